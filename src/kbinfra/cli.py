@@ -1,0 +1,213 @@
+"""The ``kbinfra`` command line: parse options, call one function, print. No logic here."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kbinfra import __version__
+from kbinfra.errors import KbinfraError
+from kbinfra.ui import Console, Output
+
+app = typer.Typer(
+    name="kbinfra",
+    help="Stand up, prove, back up and restore a self-hosted RAG knowledge-base stack.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,  # rich's markdown help costs ~0.3 s of imports on every --help
+)
+profiles_app = typer.Typer(
+    help="Hardware profiles: list them, show one.", no_args_is_help=True, rich_markup_mode=None
+)
+app.add_typer(profiles_app, name="profiles")
+
+DirOption = Annotated[
+    Path, typer.Option("--dir", "-d", help="Stack folder (holds kbinfra.yaml).", show_default=False)
+]
+OutputOption = Annotated[Output, typer.Option("--output", "-o", help="text or json.")]
+
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"kbinfra {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    _state["debug"] = debug or os.environ.get("KBINFRA_DEBUG") == "1"
+
+
+@profiles_app.command("list")
+def profiles_list(output: OutputOption = Output.text) -> None:
+    """List the built-in hardware profiles."""
+    from kbinfra.spec.profile import builtin_profile_names, load_profile  # noqa: PLC0415
+
+    console = Console(output)
+    profiles = [load_profile(name).profile for name in builtin_profile_names()]
+    if console.json_mode:
+        console.emit_json([p.summary() for p in profiles])
+        return
+    rows = [
+        (
+            p.name,
+            p.host.cpus,
+            f"{p.host.memory_mb // 1024} GiB",
+            f"{p.host.storage_gb} GB {p.host.disk}",
+            p.description,
+        )
+        for p in profiles
+    ]
+    console.table(None, ["name", "cpus", "memory", "storage", "description"], rows)
+
+
+@profiles_app.command("show")
+def profiles_show(
+    profile: Annotated[str, typer.Argument(help="A built-in profile name or a YAML path.")],
+    output: OutputOption = Output.text,
+) -> None:
+    """Show a profile: the host and every service's allocation."""
+    from kbinfra.spec.profile import load_profile  # noqa: PLC0415
+
+    console = Console(output)
+    loaded = load_profile(profile, relative_to=Path.cwd()).profile
+    for warning in loaded.warnings():
+        console.warn(warning)
+    summary = loaded.summary()
+    if console.json_mode:
+        console.emit_json(summary)
+        return
+    host = summary["host"]
+    console.line(
+        f"{loaded.name}: {host['cpus']} CPUs, {host['memory_mb']} MiB, "
+        f"{host['storage_gb']} GB {host['disk']}, {host['network_gbps']} Gbps"
+    )
+    rows = [
+        (name, a["cpus"], a["memory_mb"], a["storage_gb"])
+        for name, a in summary["services"].items()
+    ]
+    console.table(None, ["service", "cpus", "memory MiB", "storage GB"], rows)
+
+
+@app.command()
+def init(
+    profile: Annotated[str, typer.Option(help="Profile name or YAML path.")] = "recommended",
+    stack_dir: DirOption = Path(),
+    domain: Annotated[str, typer.Option(help="Public name for nginx and the TLS cert.")] = (
+        "kb.example.com"
+    ),
+    target: Annotated[str, typer.Option(help="local or ssh://user@host[:port].")] = "local",
+    images: Annotated[
+        Path | None, typer.Option(help="YAML mapping service -> image (private registry).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Rewrite kbinfra.yaml and the TLS cert.")] = False,
+    output: OutputOption = Output.text,
+) -> None:
+    """Create a stack folder: kbinfra.yaml, secrets.yaml (0600) and a self-signed TLS cert."""
+    from kbinfra.scaffold import init_stack  # noqa: PLC0415
+
+    console = Console(output)
+    result = init_stack(
+        stack_dir, profile=profile, target=target, domain=domain, images_file=images, force=force
+    )
+    if console.json_mode:
+        console.emit_json(result.as_json())
+        return
+    for name in result.created:
+        console.line(f"created {stack_dir / name}")
+    for name in result.kept:
+        console.line(f"kept    {stack_dir / name} (exists; --force rewrites all but secrets)")
+    if result.secrets_added:
+        console.line(f"generated secrets: {', '.join(result.secrets_added)}")
+
+
+@app.command()
+def render(
+    stack_dir: DirOption = Path(),
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: DIR/rendered).", show_default=False)
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Validate every file with the real tools.")
+    ] = False,
+    output: OutputOption = Output.text,
+) -> None:
+    """Render every enabled service's configuration (a CI dry run with --check)."""
+    from kbinfra.render import render_stack, write_tree  # noqa: PLC0415
+    from kbinfra.stack import open_stack  # noqa: PLC0415
+
+    console = Console(output)
+    started = time.perf_counter()
+    stack = open_stack(stack_dir)
+    console.set_redactor(stack.redact)
+    for warning in stack.profile.warnings():
+        console.warn(warning)
+    files = render_stack(stack)
+    target = out if out is not None else stack_dir / "rendered"
+    write_tree(files, target)
+    elapsed = time.perf_counter() - started
+    results = []
+    if check:
+        from kbinfra.validation import validate_tree  # noqa: PLC0415
+
+        results = validate_tree(stack, target)
+    failed = [r for r in results if not r.ok]
+    if console.json_mode:
+        console.emit_json(
+            {
+                "out": str(target),
+                "files": [
+                    {"path": f.path, "mode": f"{f.mode:04o}", "bytes": len(f.text.encode())}
+                    for f in files
+                ],
+                "checks": [r.as_json() for r in results],
+                "ok": not failed,
+            }
+        )
+    else:
+        console.line(f"rendered {len(files)} files into {target} in {elapsed:.2f}s")
+        if results:
+            rows = [(r.path, r.tool, "ok" if r.ok else "FAILED", r.detail) for r in results]
+            console.table("checks", ["file", "tool", "result", "detail"], rows)
+    if failed:
+        first = failed[0]
+        raise KbinfraError(
+            f"{len(failed)} check(s) failed; first: {first.detail}",
+            where=f"{target / first.path}" + (f":{first.line}" if first.line else ""),
+            fix="fix the setting in kbinfra.yaml or the profile, then render again",
+        )
+
+
+def main() -> None:
+    """Entry point: one clear line and exit 2 for user errors; tracebacks only with --debug.
+
+    Typer (click) handles usage errors itself in standalone mode and exits 2 with the usage.
+    """
+    try:
+        app()
+    except KbinfraError as error:
+        if _state["debug"]:
+            raise
+        Console().error(error.one_line())
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        Console().error("interrupted")
+        sys.exit(130)
+    except Exception as error:
+        if _state["debug"]:
+            raise
+        Console().error(f"{type(error).__name__}: {error} (run with --debug for the traceback)")
+        sys.exit(1)

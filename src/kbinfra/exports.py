@@ -1,0 +1,112 @@
+"""Stack-wide files: a docker compose export, a systemd unit, and a firewall script."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from kbinfra.services.base import ContainerSpec, RenderedFile
+from kbinfra.stack import Stack
+
+COMPOSE_FILE = "docker-compose.yml"
+COMPOSE_ENV = ".env"
+
+
+def containers(stack: Stack) -> dict[str, ContainerSpec]:
+    return {name: s.container(stack.contexts[name]) for name, s in stack.services.items()}
+
+
+def env_var_for(secret: str) -> str:
+    return f"KBINFRA_{secret.upper()}"
+
+
+def compose_document(stack: Stack) -> dict[str, Any]:
+    """The stack as a compose file; secrets come from ``.env`` by ``${VAR}`` interpolation."""
+    services: dict[str, Any] = {}
+    volumes: dict[str, Any] = {}
+    for name, spec in containers(stack).items():
+        entry: dict[str, Any] = {
+            "image": spec.image,
+            "container_name": f"{stack.spec.name}-{name}",
+            "hostname": name,
+            "restart": "unless-stopped",
+            "networks": {"kbinfra": {"aliases": [name]}},
+            "cpus": spec.cpus,
+            "mem_limit": f"{spec.memory_mb}m",
+            "stop_grace_period": f"{spec.stop_timeout_s}s",
+            "labels": {"kbinfra.stack": stack.spec.name, "kbinfra.service": name},
+        }
+        if spec.entrypoint is not None:
+            entry["entrypoint"] = spec.entrypoint
+        if spec.command is not None:
+            entry["command"] = [part.replace("$", "$$") for part in spec.command]
+        if spec.user is not None:
+            entry["user"] = spec.user
+        environment = {key: value.replace("$", "$$") for key, value in spec.env.items()}
+        environment.update({k: f"${{{env_var_for(s)}}}" for k, s in spec.secret_env.items()})
+        if environment:
+            entry["environment"] = dict(sorted(environment.items()))
+        if spec.ports:
+            entry["ports"] = [f"{p.host_ip}:{p.host_port}:{p.container_port}" for p in spec.ports]
+        mounts = [f"{v.volume}:{v.target}" for v in spec.volumes]
+        mounts += [f"./{f.source}:{f.target}:ro" for f in spec.files]
+        if mounts:
+            entry["volumes"] = mounts
+        for volume in spec.volumes:
+            volumes[volume.volume] = {"name": volume.volume}
+        if spec.shm_size_mb:
+            entry["shm_size"] = f"{spec.shm_size_mb}m"
+        if spec.healthcheck is not None:
+            check = spec.healthcheck
+            entry["healthcheck"] = {
+                "test": [part.replace("$", "$$") for part in check.test],
+                "interval": f"{check.interval_s}s",
+                "timeout": f"{check.timeout_s}s",
+                "retries": check.retries,
+                "start_period": f"{check.start_period_s}s",
+            }
+        depends = [d for d in spec.depends_on if d in stack.services]
+        if depends:
+            entry["depends_on"] = {d: {"condition": "service_healthy"} for d in depends}
+        if spec.extra_hosts:
+            entry["extra_hosts"] = spec.extra_hosts
+        services[name] = entry
+    return {
+        "name": stack.spec.name,
+        "services": services,
+        "networks": {"kbinfra": {"name": f"{stack.spec.name}-net"}},
+        "volumes": volumes,
+    }
+
+
+def stack_files(stack: Stack) -> list[RenderedFile]:
+    from kbinfra.render import environment  # noqa: PLC0415 (render imports this module)
+
+    document = compose_document(stack)
+    header = (
+        f"# docker compose export of kbinfra stack {stack.spec.name!r}.\n"
+        "# `kbinfra apply` is the supported way to deploy; this file is for people who prefer\n"
+        "# compose. Secrets are read from .env (mode 0600) next to this file.\n"
+    )
+    compose = header + yaml.safe_dump(document, sort_keys=True, default_flow_style=False)
+    secret_names = sorted(
+        {s for spec in containers(stack).values() for s in spec.secret_env.values()}
+    )
+    env_text = "".join(f"{env_var_for(s)}={stack.secrets[s]}\n" for s in secret_names)
+    published = sorted(
+        {(p.host_ip, p.host_port) for spec in containers(stack).values() for p in spec.ports}
+    )
+    variables = {
+        "stack": stack.spec,
+        "public_ports": sorted({port for ip, port in published if ip != "127.0.0.1"}),
+        "internal_ports": sorted({port for ip, port in published if ip == "127.0.0.1"}),
+    }
+    unit = environment().get_template("_stack/kbinfra.service.j2").render(variables)
+    firewall = environment().get_template("_stack/firewall.sh.j2").render(variables)
+    return [
+        RenderedFile(path=COMPOSE_FILE, text=compose),
+        RenderedFile(path=COMPOSE_ENV, text=env_text, mode=0o600, secret=True),
+        RenderedFile(path="systemd/kbinfra-stack.service", text=unit),
+        RenderedFile(path="firewall.sh", text=firewall, mode=0o755),
+    ]

@@ -1,0 +1,209 @@
+"""What a service is to kbinfra: settings, resources, rendered files and a container.
+
+Every module in this package (except this one and ``__init__``) defines one service as a
+subclass of :class:`Service` named ``SERVICE``. Nothing else in kbinfra knows a service's name.
+Everything here is pure: no network, no Docker, no SSH.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from kbinfra.spec.profile import Profile
+    from kbinfra.spec.stack import StackSpec
+
+
+class ServiceSettings(BaseModel):
+    """The part of ``kbinfra.yaml`` under ``services.<name>``. Services subclass it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    image: str = Field(default="", description="Pinned image reference; empty means the default")
+    port: int | None = Field(default=None, ge=1, le=65535, description="Host port, on 127.0.0.1")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one container may use: CPUs (Docker ``--cpus``), memory and disk."""
+
+    cpus: float
+    memory_mb: int
+    storage_gb: int
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    """One file of the rendered stack, relative to the output folder."""
+
+    path: str
+    text: str
+    mode: int = 0o644
+    secret: bool = False
+
+
+class PortBinding(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    host_ip: str
+    host_port: int
+    container_port: int
+
+
+class VolumeMount(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    volume: str
+    target: str
+    data: bool = True  # data volumes are never removed without an explicit, confirmed command
+
+
+class FileMount(BaseModel):
+    """A rendered file mounted read-only into the container."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source: str  # path of a RenderedFile
+    target: str
+
+
+class HealthCheck(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    test: list[str]
+    interval_s: int = 10
+    timeout_s: int = 5
+    retries: int = 5
+    start_period_s: int = 10
+
+
+class ContainerSpec(BaseModel):
+    """Everything that defines a service's container. Secrets appear only by name."""
+
+    model_config = ConfigDict(frozen=True)
+
+    service: str
+    image: str
+    command: list[str] | None = None
+    entrypoint: list[str] | None = None
+    user: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    secret_env: dict[str, str] = Field(default_factory=dict)  # env var -> secret name
+    ports: list[PortBinding] = Field(default_factory=list)
+    volumes: list[VolumeMount] = Field(default_factory=list)
+    files: list[FileMount] = Field(default_factory=list)
+    healthcheck: HealthCheck | None = None
+    cpus: float
+    memory_mb: int
+    shm_size_mb: int | None = None
+    extra_hosts: list[str] = Field(default_factory=list)  # "name:ip", "name:host-gateway"
+    depends_on: list[str] = Field(default_factory=list)
+    stop_timeout_s: int = 30
+
+
+class ScrapeTarget(BaseModel):
+    """An endpoint Prometheus scrapes, offered by the service that serves it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job: str
+    address: str  # host:port on the stack network
+    path: str = "/metrics"
+    bearer_secret: str | None = None  # secret name sent as ``Authorization: Bearer``
+    interval_s: int = 30
+
+
+@dataclass(frozen=True)
+class ServiceContext:
+    """What a service is given to decide its tuning, files and container."""
+
+    name: str
+    stack: StackSpec
+    profile: Profile
+    settings: Any  # the service's own ServiceSettings subclass
+    resources: Resources
+    secrets: Mapping[str, str]
+    enabled: frozenset[str]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def image(self) -> str:
+        image: str = self.settings.image
+        return image
+
+    def volume(self, purpose: str = "data") -> str:
+        """The named volume of this service in this stack, e.g. ``kb-postgres-data``."""
+        return f"{self.stack.name}-{self.name}-{purpose}"
+
+    def loopback_port(self, container_port: int) -> list[PortBinding]:
+        """Publish on 127.0.0.1 only when the stack file gives the service a host port."""
+        host_port = self.settings.port
+        if host_port is None:
+            return []
+        return [
+            PortBinding(host_ip="127.0.0.1", host_port=host_port, container_port=container_port)
+        ]
+
+
+Stage = Literal["data", "service", "edge", "monitoring"]
+
+
+class Service(ABC):
+    """One deployable service. Subclasses set the class attributes and implement the hooks."""
+
+    name: ClassVar[str]
+    #: The profile budget it draws from, and which share of that budget it takes.
+    allocation: ClassVar[str]
+    share: ClassVar[float] = 1.0
+    settings_model: ClassVar[type[ServiceSettings]] = ServiceSettings
+    default_image: ClassVar[str]
+    #: The port the service listens on inside the stack network, and its default host port.
+    container_port: ClassVar[int | None] = None
+    default_host_port: ClassVar[int | None] = None
+    #: Names of the secrets it needs; ``kbinfra init`` generates every one.
+    secrets: ClassVar[tuple[str, ...]] = ()
+    stage: ClassVar[Stage] = "service"
+    #: Enabled by ``kbinfra init`` unless the user says otherwise.
+    enabled_by_default: ClassVar[bool] = True
+
+    def resources(self, profile: Profile) -> Resources:
+        budget = getattr(profile.services, self.allocation)
+        cpus = max(0.05, round(budget.cpus * self.share * 20) / 20)
+        return Resources(
+            cpus=cpus,
+            memory_mb=max(64, int(budget.memory_mb * self.share)),
+            storage_gb=max(1, int(budget.storage_gb * self.share)),
+        )
+
+    @abstractmethod
+    def tuning(self, ctx: ServiceContext) -> BaseModel:
+        """The settings derived from the service's resources (pure)."""
+
+    @abstractmethod
+    def template_context(self, ctx: ServiceContext) -> dict[str, Any]:
+        """Variables for ``templates/<name>/*.j2``."""
+
+    def files(self, ctx: ServiceContext) -> list[RenderedFile]:
+        """Extra files not rendered from a template (certificates, credential files)."""
+        return []
+
+    def secret_templates(self) -> frozenset[str]:
+        """Template names whose output holds a secret (written 0600)."""
+        return frozenset()
+
+    @abstractmethod
+    def container(self, ctx: ServiceContext) -> ContainerSpec:
+        """The container that runs the service, with the rendered files it mounts."""
+
+    def scrape_targets(self, ctx: ServiceContext) -> list[ScrapeTarget]:
+        return []
+
+    def address(self, port: int | None = None) -> str:
+        """``name:port`` on the stack network."""
+        return f"{self.name}:{port or self.container_port}"

@@ -1,0 +1,171 @@
+"""The stack file, ``kbinfra.yaml``: which services, where, with which images and ports."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+
+from kbinfra.services import all_services
+from kbinfra.services.base import ServiceSettings
+from kbinfra.spec.yamlfile import YamlDocument, read_yaml, validate
+
+STACK_FILE = "kbinfra.yaml"
+Workload = Literal["web", "oltp", "dw", "mixed"]
+_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+_SSH_TARGET = re.compile(
+    r"^ssh://(?P<user>[A-Za-z_][A-Za-z0-9_.-]*)@(?P<host>[A-Za-z0-9_.:\[\]-]+?)(?::(?P<port>\d+))?$"
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsSettings(_Strict):
+    certificate: str = Field(
+        "tls/cert.pem", description="PEM certificate, relative to the stack dir"
+    )
+    key: str = Field("tls/key.pem", description="PEM private key, relative to the stack dir")
+
+
+class BackupSettings(_Strict):
+    root: str = "backups"
+    keep_last: Annotated[int, Field(ge=1)] = 7
+    keep_days: Annotated[int, Field(ge=1)] | None = 30
+    volumes: list[str] = Field(default_factory=list, description="Extra named volumes to back up")
+
+
+class AppSettings(_Strict):
+    upstream: str = Field(
+        "host.docker.internal:8000",
+        description="host:port of the user's API servers that nginx proxies / to",
+    )
+
+    @field_validator("upstream")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} is not host:port")
+        return value
+
+
+class ServicesBase(_Strict):
+    """Subclassed at run time with one field per registered service."""
+
+    def get(self, name: str) -> ServiceSettings:
+        settings: ServiceSettings = getattr(self, name)
+        return settings
+
+    def names(self) -> list[str]:
+        """Registered services, in deployment order."""
+        fields = type(self).model_fields
+        return [name for name in all_services() if name in fields]
+
+
+class StackSpec(_Strict):
+    name: str = "kb"
+    profile: str = "recommended"
+    target: str = "local"
+    domain: str = "kb.example.com"
+    workload: Workload = "web"
+    tls: TlsSettings = TlsSettings()
+    app: AppSettings = AppSettings()
+    backup: BackupSettings = BackupSettings()
+    services: ServicesBase = Field(default_factory=ServicesBase)
+
+    @field_validator("name")
+    @classmethod
+    def _docker_safe(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(
+                f"{value!r} is not a usable stack name: lowercase letters, digits and -, "
+                "starting with a letter, at most 31 characters"
+            )
+        return value
+
+    @field_validator("target")
+    @classmethod
+    def _known_target(cls, value: str) -> str:
+        if value != "local" and not _SSH_TARGET.match(value):
+            raise ValueError(f"{value!r} is not a target: use local or ssh://user@host[:port]")
+        return value
+
+    @model_validator(mode="after")
+    def _ports_unique(self) -> StackSpec:
+        seen: dict[int, str] = {}
+        for name in self.services.names():
+            settings = self.services.get(name)
+            if not settings.enabled or settings.port is None:
+                continue
+            if settings.port in seen:
+                raise ValueError(
+                    f"services {seen[settings.port]} and {name} both use host port "
+                    f"{settings.port}; give each its own port"
+                )
+            seen[settings.port] = name
+        return self
+
+    def enabled_services(self) -> list[str]:
+        return [name for name in self.services.names() if self.services.get(name).enabled]
+
+    def ssh_parts(self) -> tuple[str, str, int] | None:
+        """``(user, host, port)`` for an ssh:// target, else None."""
+        match = _SSH_TARGET.match(self.target)
+        if match is None:
+            return None
+        return match["user"], match["host"].strip("[]"), int(match["port"] or 22)
+
+
+@cache
+def stack_model() -> type[StackSpec]:
+    """StackSpec whose ``services`` has a typed field for every registered service."""
+    fields: dict[str, Any] = {}
+    for name, service in all_services().items():
+        defaults = service.settings_model(
+            image=service.default_image,
+            port=service.default_host_port,
+            enabled=service.enabled_by_default,
+        )
+        fields[name] = (service.settings_model, defaults)
+    services_model = create_model("Services", __base__=ServicesBase, **fields)
+    return create_model(
+        "Stack",
+        __base__=StackSpec,
+        services=(services_model, Field(default_factory=services_model)),
+    )
+
+
+def load_stack(stack_dir: Path) -> tuple[StackSpec, YamlDocument]:
+    """Read and validate ``stack_dir/kbinfra.yaml``."""
+    doc = read_yaml(
+        stack_dir / STACK_FILE,
+        what="stack file",
+        fix_missing=f"run `kbinfra init --dir {stack_dir}` first, or pass --dir",
+    )
+    data = _fill_service_defaults(doc.data)
+    return validate(stack_model(), data, doc, what="stack file"), doc
+
+
+def _fill_service_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """An empty ``image:`` or absent ``port:`` means the service's default."""
+    services = data.get("services")
+    if not isinstance(services, dict):
+        return data
+    known = all_services()
+    filled = {}
+    for name, raw in services.items():
+        if name in known and (raw is None or isinstance(raw, dict)):
+            settings = dict(raw or {})
+            if not settings.get("image"):
+                settings["image"] = known[name].default_image
+            settings.setdefault("port", known[name].default_host_port)
+            settings.setdefault("enabled", known[name].enabled_by_default)
+            filled[name] = settings
+        else:
+            filled[name] = raw
+    return {**data, "services": filled}

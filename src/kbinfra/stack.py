@@ -1,0 +1,84 @@
+"""Everything one stack directory holds, read once and validated: the input of every command."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from kbinfra.errors import SpecError
+from kbinfra.secrets import Redactor, load_secrets
+from kbinfra.services import all_services
+from kbinfra.services.base import Service, ServiceContext
+from kbinfra.spec.profile import Profile, load_profile
+from kbinfra.spec.stack import StackSpec, load_stack
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A validated stack: spec, profile, secrets and TLS material. Pure from here on."""
+
+    dir: Path
+    spec: StackSpec
+    profile: Profile
+    secrets: Mapping[str, str]
+    tls_certificate: str
+    tls_key: str
+
+    @cached_property
+    def services(self) -> dict[str, Service]:
+        """The enabled services, in deployment order."""
+        enabled = set(self.spec.enabled_services())
+        return {name: s for name, s in all_services().items() if name in enabled}
+
+    @cached_property
+    def contexts(self) -> dict[str, ServiceContext]:
+        enabled = frozenset(self.services)
+        return {
+            name: ServiceContext(
+                name=name,
+                stack=self.spec,
+                profile=self.profile,
+                settings=self.spec.services.get(name),
+                resources=service.resources(self.profile),
+                secrets=self.secrets,
+                enabled=enabled,
+                extra={"tls_certificate": self.tls_certificate, "tls_key": self.tls_key},
+            )
+            for name, service in self.services.items()
+        }
+
+    @cached_property
+    def redact(self) -> Redactor:
+        return Redactor({**self.secrets, "tls_key": self.tls_key})
+
+
+def required_secrets(spec: StackSpec) -> set[str]:
+    services = all_services()
+    return {secret for name in spec.enabled_services() for secret in services[name].secrets}
+
+
+def open_stack(stack_dir: Path) -> Stack:
+    """Load ``kbinfra.yaml``, its profile, secrets and TLS files from ``stack_dir``."""
+    spec, _ = load_stack(stack_dir)
+    profile = load_profile(spec.profile, relative_to=stack_dir).profile
+    secrets = load_secrets(stack_dir, required_secrets(spec))
+    certificate = _read_tls(stack_dir, spec.tls.certificate, "TLS certificate")
+    key = _read_tls(stack_dir, spec.tls.key, "TLS key")
+    return Stack(stack_dir, spec, profile, secrets, certificate, key)
+
+
+def _read_tls(stack_dir: Path, relative: str, what: str) -> str:
+    path = stack_dir / relative
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(
+            f"{what} not found",
+            where=str(path),
+            fix="run `kbinfra init` to create a self-signed one, or set tls: in kbinfra.yaml",
+        ) from None
+    if "-----BEGIN" not in text:
+        raise SpecError(f"{what} is not PEM", where=str(path), fix="point tls: at a PEM file")
+    return text
