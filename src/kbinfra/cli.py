@@ -180,7 +180,7 @@ def render(
     else:
         console.line(f"rendered {len(files)} files into {target} in {elapsed:.2f}s")
         if results:
-            rows = [(r.path, r.tool, "ok" if r.ok else "FAILED", r.detail) for r in results]
+            rows = [(r.path, r.tool, r.outcome, r.detail) for r in results]
             console.table("checks", ["file", "tool", "result", "detail"], rows)
     if failed:
         first = failed[0]

@@ -15,8 +15,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from kbinfra.spec.profile import Profile
     from kbinfra.spec.stack import StackSpec
+    from kbinfra.validation import CheckResult
 
 
 class ServiceSettings(BaseModel):
@@ -202,6 +205,14 @@ class Service(ABC):
         """The container that runs the service, with the rendered files it mounts."""
 
     def scrape_targets(self, ctx: ServiceContext) -> list[ScrapeTarget]:
+        return []
+
+    def check_rendered(self, ctx: ServiceContext, out: Path) -> list[CheckResult]:
+        """Validate this service's rendered files under ``out`` with the real tools.
+
+        Runs only for ``kbinfra render --check``; import tools and helpers lazily
+        (``kbinfra.validation``). A missing tool gives a ``skipped`` result.
+        """
         return []
 
     def address(self, port: int | None = None) -> str:

@@ -1,0 +1,74 @@
+"""Shared fixtures: stack folders with fixed secrets and TLS files, so output is comparable."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kbinfra.scaffold import init_stack
+from kbinfra.secrets import dump_secrets, write_private_file
+from kbinfra.stack import Stack, open_stack, required_secrets
+
+FIXTURES = Path(__file__).parent / "fixtures"
+PROFILES = ("minimum", "recommended", "large")
+
+
+def fixed_secret(name: str) -> str:
+    """Test secrets: recognisable, so a leak into any output is easy to assert against."""
+    return f"TESTSECRET-{name}-0123456789"
+
+
+def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def write_stack_dir(
+    folder: Path, profile: str = "minimum", overrides: dict[str, Any] | None = None
+) -> Path:
+    """``kbinfra init`` into ``folder``, then pin secrets and TLS and apply ``overrides``."""
+    init_stack(
+        folder,
+        profile=profile,
+        target="local",
+        domain="kb.example.com",
+        images_file=None,
+        force=False,
+    )
+    stack_file = folder / "kbinfra.yaml"
+    data = yaml.safe_load(stack_file.read_text())
+    data["name"] = "kb"
+    if overrides:
+        _deep_update(data, overrides)
+    stack_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    from kbinfra.spec.stack import load_stack
+
+    spec, _ = load_stack(folder)
+    write_private_file(
+        folder / "secrets.yaml",
+        dump_secrets({name: fixed_secret(name) for name in required_secrets(spec)}),
+    )
+    shutil.copy(FIXTURES / "tls" / "cert.pem", folder / "tls" / "cert.pem")
+    shutil.copy(FIXTURES / "tls" / "key.pem", folder / "tls" / "key.pem")
+    return folder
+
+
+@pytest.fixture
+def make_stack(tmp_path: Path) -> Callable[..., Stack]:
+    """``make_stack("large", {"services": {"redis": {"enabled": False}}})`` → a loaded Stack."""
+    counter = iter(range(1000))
+
+    def factory(profile: str = "minimum", overrides: dict[str, Any] | None = None) -> Stack:
+        folder = tmp_path / f"stack{next(counter)}"
+        return open_stack(write_stack_dir(folder, profile, overrides))
+
+    return factory

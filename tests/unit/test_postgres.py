@@ -1,0 +1,116 @@
+"""PGTune's formulas, worked by hand, and the rendered PostgreSQL files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from kbinfra.render import render_service
+from kbinfra.services.postgres import GB, MB, SERVICE, format_kb, major_version, pgtune
+from kbinfra.stack import Stack
+
+
+def test_pgtune_web_8gb_2cpu_ssd_matches_hand_calculation() -> None:
+    # RAM 8 GB = 8388608 kB. shared_buffers = 2097152 kB (2GB); cache = 6GB;
+    # maintenance = 524288 kB (512MB); wal_buffers = 3% of 2GB = 62914 kB → capped 16MB.
+    # Fewer than 4 CPUs: no parallel settings, W = 8.
+    # work_mem = (8388608 - 2097152) / ((200 + 8) * 3) = 6291456 / 624 = 10082 kB.
+    tune = pgtune(memory_kb=8 * GB, cpus=2, workload="web", disk="ssd", version=17)
+    assert tune.shared_buffers_kb == 2 * GB
+    assert tune.effective_cache_size_kb == 6 * GB
+    assert tune.maintenance_work_mem_kb == 512 * MB
+    assert tune.wal_buffers_kb == 16 * MB
+    assert tune.work_mem_kb == 10082
+    assert tune.max_connections == 200
+    assert tune.max_worker_processes is None
+    assert tune.random_page_cost == 1.1
+    assert tune.effective_io_concurrency == 200
+    assert tune.huge_pages == "try"
+    assert (tune.min_wal_size_kb, tune.max_wal_size_kb) == (1 * GB, 4 * GB)
+    assert tune.wal_compression == "lz4"
+    assert tune.jit == "off"
+
+
+def test_pgtune_oltp_64gb_16cpu_nvme_parallel_settings() -> None:
+    # shared_buffers 16GB; parallel: W = 16, gather = min(ceil(16/2), 4) = 4.
+    # work_mem = (67108864 - 16777216) / ((300 + 16) * 3) = 50331648 / 948 = 53092 kB.
+    tune = pgtune(memory_kb=64 * GB, cpus=16, workload="oltp", disk="nvme", version=17)
+    assert tune.max_worker_processes == 16
+    assert tune.max_parallel_workers == 16
+    assert tune.max_parallel_workers_per_gather == 4
+    assert tune.max_parallel_maintenance_workers == 4
+    assert tune.work_mem_kb == 53092
+    assert tune.effective_io_concurrency == 1000
+    assert tune.maintenance_work_mem_kb == 4 * GB
+    assert (tune.min_wal_size_kb, tune.max_wal_size_kb) == (2 * GB, 8 * GB)
+
+
+def test_pgtune_dw_halves_work_mem_and_caps_maintenance_at_8gb() -> None:
+    # dw: maintenance = RAM/8 = 16GB → capped at 8GB; work_mem halved.
+    # 4 CPUs: parallel settings apply, so W = 4:
+    # work_mem = (134217728 - 33554432) / ((40 + 4) * 3) / 2 = 100663296 / 132 / 2 = 381300 kB.
+    tune = pgtune(memory_kb=128 * GB, cpus=4, workload="dw", disk="hdd", version=14)
+    assert tune.maintenance_work_mem_kb == 8 * GB
+    assert tune.work_mem_kb == 381300
+    assert tune.random_page_cost == 4.0
+    assert tune.effective_io_concurrency == 2
+    assert tune.wal_compression == "on"
+    assert tune.jit is None
+    assert tune.default_statistics_target == 500
+
+
+def test_pgtune_small_memory_floors_work_mem_at_4mb() -> None:
+    tune = pgtune(memory_kb=1 * GB, cpus=1, workload="mixed", disk="ssd", version=16)
+    assert tune.work_mem_kb == 4 * MB
+    assert tune.huge_pages == "off"
+
+
+def test_format_kb_uses_largest_exact_unit() -> None:
+    assert format_kb(2 * GB) == "2GB"
+    assert format_kb(1536 * MB) == "1536MB"
+    assert format_kb(10082) == "10082kB"
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        ("postgres:17.6-bookworm", 17),
+        ("registry.local:5000/mirror/postgres:16", 16),
+        ("kbinfra-testbed/postgres:15-abc123", 15),
+    ],
+)
+def test_major_version_from_tag(image: str, expected: int) -> None:
+    assert major_version(image, None) == expected
+
+
+def test_major_version_needs_a_numeric_tag_or_override() -> None:
+    with pytest.raises(ValueError, match="services.postgres.version"):
+        major_version("registry.local:5000/postgres:latest", None)
+    assert major_version("postgres:latest", 16) == 16
+
+
+def test_rendered_files_are_scram_only_and_use_pg13_column_names(
+    make_stack: Callable[..., Stack],
+) -> None:
+    stack = make_stack("recommended")
+    files = {f.path: f.text for f in render_service(SERVICE, stack.contexts["postgres"])}
+    hba = files["postgres/pg_hba.conf"]
+    methods = {line.split()[-1] for line in hba.splitlines() if line and not line.startswith("#")}
+    assert methods == {"scram-sha-256"}
+    sql = files["postgres/initdb/10-monitoring.sql"]
+    assert "total_exec_time" in sql
+    assert "mean_time" not in sql.replace("mean_exec_time", "")
+    assert "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" in sql
+    assert "indexrelname" in sql
+    conf = files["postgres/postgresql.conf"]
+    assert "shared_buffers = 2GB" in conf  # recommended gives PostgreSQL 8 GB
+    assert "shared_preload_libraries = 'pg_stat_statements'" in conf
+
+
+def test_container_keeps_password_out_of_env_values(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack("minimum")
+    spec = SERVICE.container(stack.contexts["postgres"])
+    assert spec.secret_env["POSTGRES_PASSWORD"] == "postgres_password"
+    assert all("TESTSECRET" not in value for value in spec.env.values())
+    assert [(p.host_ip, p.host_port) for p in spec.ports] == [("127.0.0.1", 5432)]
