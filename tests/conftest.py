@@ -12,6 +12,7 @@ import yaml
 
 from kbinfra.scaffold import init_stack
 from kbinfra.secrets import dump_secrets, write_private_file
+from kbinfra.spec.stack import load_stack
 from kbinfra.stack import Stack, open_stack, required_secrets
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -50,8 +51,6 @@ def write_stack_dir(
     if overrides:
         _deep_update(data, overrides)
     stack_file.write_text(yaml.safe_dump(data, sort_keys=False))
-    from kbinfra.spec.stack import load_stack
-
     spec, _ = load_stack(folder)
     write_private_file(
         folder / "secrets.yaml",

@@ -85,7 +85,7 @@ def test_major_version_from_tag(image: str, expected: int) -> None:
 
 
 def test_major_version_needs_a_numeric_tag_or_override() -> None:
-    with pytest.raises(ValueError, match="services.postgres.version"):
+    with pytest.raises(ValueError, match=r"services\.postgres\.version"):
         major_version("registry.local:5000/postgres:latest", None)
     assert major_version("postgres:latest", 16) == 16
 
