@@ -68,12 +68,18 @@ class VolumeMount(BaseModel):
 
 
 class FileMount(BaseModel):
-    """A rendered file mounted read-only into the container."""
+    """A rendered file placed into the container at ``target``.
+
+    ``uid``/``gid`` are the owner inside the container: a 0600 file must belong to the user
+    the service runs as (e.g. 65534 for Prometheus' ``nobody``), or it cannot read it.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     source: str  # path of a RenderedFile
     target: str
+    uid: int = 0
+    gid: int = 0
 
 
 class HealthCheck(BaseModel):
