@@ -191,6 +191,9 @@ def render(
         )
 
 
+from kbinfra.commands import deploy as _deploy  # noqa: E402, F401 (registers its commands)
+
+
 def main() -> None:
     """Entry point: one clear line and exit 2 for user errors; tracebacks only with --debug.
 

@@ -54,6 +54,18 @@ class AppSettings(_Strict):
         return value
 
 
+class DeploySettings(_Strict):
+    dir: str | None = Field(
+        None,
+        description="Deployed stack folder on an SSH target (default /var/lib/kbinfra/<name> "
+        "as root, else ~/.kbinfra/<name>)",
+    )
+    health_timeout_s: Annotated[int, Field(ge=5, le=3600)] | None = Field(
+        None, description="Seconds a new container has to become healthy (default: from its check)"
+    )
+    parallel: Annotated[int, Field(ge=1, le=16)] = 4
+
+
 class ServicesBase(_Strict):
     """Subclassed at run time with one field per registered service."""
 
@@ -76,6 +88,7 @@ class StackSpec(_Strict):
     tls: TlsSettings = TlsSettings()
     app: AppSettings = AppSettings()
     backup: BackupSettings = BackupSettings()
+    deploy: DeploySettings = DeploySettings()
     services: ServicesBase = Field(default_factory=ServicesBase)
 
     @field_validator("name")

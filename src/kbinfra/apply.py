@@ -1,0 +1,554 @@
+"""Execute a plan on a target: ordered, parallel where independent, health-gated, reversible.
+
+A recreate keeps the previous container (renamed ``<name>.kbinfra-old``, stopped) until the
+new one is healthy; on failure the new one is removed and the old one put back. Named data
+volumes are never touched. A lock per stack keeps two applies apart, and every apply first
+repairs what an interrupted one left behind.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from kbinfra.errors import KbinfraError
+from kbinfra.plan import (
+    OLD_SUFFIX,
+    Action,
+    DesiredService,
+    Facts,
+    ObservedContainer,
+    Plan,
+    dependencies,
+    desired_services,
+    files_to_read,
+    make_plan,
+    mounted_by,
+)
+from kbinfra.render import render_stack
+from kbinfra.services.base import RenderedFile
+from kbinfra.stack import Stack
+from kbinfra.targets.base import FileStore, Target
+from kbinfra.targets.engine import Engine
+
+Outcome = Literal["created", "recreated", "started", "removed", "unchanged", "failed", "skipped"]
+Progress = Callable[[str, str], None]
+LOG_LINES = 20
+MARGIN_S = 30
+
+
+def _silent(service: str, message: str) -> None:
+    return None
+
+
+@dataclass
+class ServiceResult:
+    service: str
+    action: Action
+    outcome: Outcome
+    seconds: float = 0.0
+    error: str | None = None
+    rolled_back: bool = False
+    logs: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "service": self.service,
+            "action": self.action,
+            "outcome": self.outcome,
+            "seconds": round(self.seconds, 2),
+            "error": self.error,
+            "rolled_back": self.rolled_back,
+            "logs": self.logs,
+        }
+
+
+@dataclass
+class ApplyResult:
+    stack: str
+    target: str
+    services: list[ServiceResult] = field(default_factory=list)
+    files_uploaded: list[str] = field(default_factory=list)
+    files_removed: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.outcome not in ("failed", "skipped") for r in self.services)
+
+    def count(self, outcome: Outcome) -> int:
+        return sum(1 for r in self.services if r.outcome == outcome)
+
+    def summary(self) -> str:
+        text = (
+            f"{self.count('created')} created, {self.count('recreated')} recreated, "
+            f"{self.count('started')} started, {self.count('removed')} removed, "
+            f"{len(self.files_uploaded)} files uploaded"
+        )
+        if self.files_removed:
+            text += f", {len(self.files_removed)} files removed"
+        failed = self.count("failed")
+        if failed:
+            text += f", {failed} failed"
+        return text
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "stack": self.stack,
+            "target": self.target,
+            "ok": self.ok,
+            "summary": self.summary(),
+            "services": [r.as_json() for r in self.services],
+            "files_uploaded": self.files_uploaded,
+            "files_removed": self.files_removed,
+            "repaired": self.repaired,
+            "notes": self.notes,
+        }
+
+
+def health_timeout(desired: DesiredService, override: float | None) -> float:
+    """How long a new container may take to become healthy."""
+    if override is not None:
+        return override
+    check = desired.spec.healthcheck
+    if check is None:
+        return MARGIN_S
+    return check.start_period_s + check.retries * (check.interval_s + check.timeout_s) + MARGIN_S
+
+
+# ---------------------------------------------------------------- observing and planning
+@dataclass(frozen=True)
+class Observation:
+    rendered: list[RenderedFile]
+    desired: dict[str, DesiredService]
+    facts: Facts
+
+
+def observe(stack: Stack, engine: Engine, store: FileStore) -> Observation:
+    rendered = render_stack(stack)
+    desired = desired_services(stack, rendered)
+    facts = replace(engine.observe(), deployed_files=store.hashes())
+    return Observation(rendered, desired, facts)
+
+
+def plan_stack(stack: Stack, target: Target, *, with_diffs: bool = True) -> Plan:
+    """Observe the target and compare: what ``apply`` would do (changes nothing)."""
+    engine = Engine(target.docker_client(), stack.spec.name)
+    store = target.file_store(stack.spec.name)
+    seen = observe(stack, engine, store)
+    old_texts: dict[str, str] = {}
+    if with_diffs:
+        for path in files_to_read(seen.rendered, seen.facts.deployed_files):
+            data = store.read(path)
+            if data is not None:
+                old_texts[path] = data.decode("utf-8", "replace")
+    return make_plan(
+        stack=stack.spec.name,
+        target=target.name,
+        desired=seen.desired,
+        rendered=seen.rendered,
+        facts=seen.facts,
+        old_texts=old_texts,
+        redact=stack.redact,
+    )
+
+
+# ---------------------------------------------------------------- repair
+def _serving(container: ObservedContainer) -> bool:
+    return container.state == "running" and container.health in ("healthy", None)
+
+
+def repair(engine: Engine, progress: Progress = _silent) -> list[str]:
+    """Undo what an interrupted apply left: put back or drop ``.kbinfra-old`` containers."""
+    facts = engine.observe()
+    done: list[str] = []
+    handled: set[str] = set()
+    for old in facts.containers:
+        if not old.name.endswith(OLD_SUFFIX):
+            continue
+        primary_name = old.name.removesuffix(OLD_SUFFIX)
+        primary = facts.container(primary_name)
+        handled.add(primary_name)
+        if primary is not None and _serving(primary):
+            engine.remove(old.id)
+            done.append(
+                f"{primary_name}: removed the previous container left by an interrupted apply"
+            )
+            continue
+        if primary is not None:
+            engine.remove(primary.id)
+        engine.rename(old.id, primary_name)
+        engine.start(old.id)
+        done.append(f"{primary_name}: put back the previous container (interrupted apply)")
+    for container in facts.containers:
+        if (
+            container.state == "created"
+            and not container.name.endswith(OLD_SUFFIX)
+            and container.name not in handled
+        ):
+            engine.remove(container.id)
+            done.append(f"{container.name}: removed a container an interrupted apply never started")
+    for line in done:
+        progress("repair", line)
+    return done
+
+
+# ---------------------------------------------------------------- one service
+class ServiceRunner:
+    """Carries out one service's action against the engine."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        secrets: Mapping[str, str],
+        redact: Callable[[str], str],
+        timeout: float | None,
+        progress: Progress,
+    ) -> None:
+        self.engine = engine
+        self.secrets = secrets
+        self.redact = redact
+        self.timeout = timeout
+        self.progress = progress
+
+    def run(
+        self, desired: DesiredService, action: Action, observed: ObservedContainer | None
+    ) -> ServiceResult:
+        started = time.monotonic()
+        if action == "create":
+            result = self._create(desired)
+        elif action == "recreate":
+            assert observed is not None
+            result = self._recreate(desired, observed)
+        elif action == "start":
+            assert observed is not None
+            result = self._start(desired, observed)
+        else:
+            result = ServiceResult(desired.service, action, "unchanged")
+        result.seconds = time.monotonic() - started
+        if result.error:
+            result.error = self.redact(result.error)
+            result.logs = [self.redact(line) for line in result.logs]
+        return result
+
+    def _new_container(self, desired: DesiredService) -> str:
+        container_id = self.engine.create(desired, self.secrets)
+        self.engine.put_files(container_id, desired.files)
+        return container_id
+
+    def _gate(self, desired: DesiredService, container_id: str) -> str | None:
+        self.progress(desired.service, "waiting until healthy")
+        return self.engine.wait_healthy(container_id, health_timeout(desired, self.timeout))
+
+    def _create(self, desired: DesiredService) -> ServiceResult:
+        self.progress(desired.service, "creating")
+        container_id: str | None = None
+        try:
+            container_id = self._new_container(desired)
+            self.engine.start(container_id)
+            error = self._gate(desired, container_id)
+        except Exception as failure:
+            error = _engine_error(failure)
+        if error is None:
+            self.progress(desired.service, "healthy")
+            return ServiceResult(desired.service, "create", "created")
+        logs = self.engine.logs_tail(container_id, LOG_LINES) if container_id else []
+        if container_id:
+            self.engine.remove(container_id)
+        self.progress(desired.service, f"failed: {error}")
+        return ServiceResult(desired.service, "create", "failed", error=error, logs=logs)
+
+    def _recreate(self, desired: DesiredService, old: ObservedContainer) -> ServiceResult:
+        self.progress(desired.service, "recreating")
+        was_running = old.state in ("running", "restarting")
+        self.engine.rename(old.id, desired.container + OLD_SUFFIX)
+        container_id: str | None = None
+        try:
+            container_id = self._new_container(desired)
+            self.engine.stop(old.id, desired.spec.stop_timeout_s)
+            self.engine.start(container_id)
+            error = self._gate(desired, container_id)
+        except Exception as failure:
+            error = _engine_error(failure)
+        if error is None:
+            self.engine.remove(old.id)
+            self.progress(desired.service, "healthy; previous container removed")
+            return ServiceResult(desired.service, "recreate", "recreated")
+        self.progress(desired.service, f"failed: {error}; rolling back")
+        logs = self.engine.logs_tail(container_id, LOG_LINES) if container_id else []
+        if container_id:
+            self.engine.remove(container_id)
+        self.engine.rename(old.id, desired.container)
+        if was_running:
+            self.engine.start(old.id)
+            back = self.engine.wait_healthy(old.id, health_timeout(desired, self.timeout))
+            if back is not None:
+                error += f"; the previous container did not come back healthy either: {back}"
+        self.progress(desired.service, "previous container restored")
+        return ServiceResult(
+            desired.service, "recreate", "failed", error=error, rolled_back=True, logs=logs
+        )
+
+    def _start(self, desired: DesiredService, observed: ObservedContainer) -> ServiceResult:
+        self.progress(desired.service, "starting")
+        try:
+            self.engine.start(observed.id)
+            error = self._gate(desired, observed.id)
+        except Exception as failure:
+            error = _engine_error(failure)
+        if error is None:
+            self.progress(desired.service, "healthy")
+            return ServiceResult(desired.service, "start", "started")
+        logs = self.engine.logs_tail(observed.id, LOG_LINES)
+        return ServiceResult(desired.service, "start", "failed", error=error, logs=logs)
+
+
+def _engine_error(error: Exception) -> str:
+    explanation = getattr(error, "explanation", None)
+    return str(explanation or error).strip()
+
+
+# ---------------------------------------------------------------- the whole stack
+def _ensure_images(
+    engine: Engine,
+    plan: Plan,
+    desired: Mapping[str, DesiredService],
+    target: Target,
+    progress: Progress,
+) -> None:
+    """Pull what the new containers need and is missing; one clear line when that fails."""
+    needed = {
+        desired[a.service].spec.image
+        for a in plan.services
+        if a.action in ("create", "recreate") and a.service in desired
+    }
+    failures = []
+    for image in sorted(needed & set(plan.missing_images)):
+        progress("images", f"pulling {image}")
+        if engine.pull(image) is not None:
+            failures.append(image)
+    if failures:
+        raise KbinfraError(
+            f"image {', '.join(failures)} is not on the target and cannot be pulled",
+            where=target.name,
+            fix=f"load it there with `kbinfra images load {failures[0]}` (or `docker load`)",
+        )
+
+
+def _run_services(
+    desired: Mapping[str, DesiredService],
+    plan: Plan,
+    facts: Facts,
+    runner: ServiceRunner,
+    parallel: int,
+) -> list[ServiceResult]:
+    """Every service's action, each after its dependencies; stop scheduling on a failure."""
+    deps = dependencies(desired)
+    actions = {a.service: a for a in plan.services if a.service in desired}
+    results: dict[str, ServiceResult] = {}
+    pending = set(desired)
+    ok: set[str] = set()
+    failed = threading.Event()
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="kbinfra-apply") as pool:
+        running: dict[Future[ServiceResult], str] = {}
+        while pending or running:
+            if not failed.is_set():
+                for name in [n for n in desired if n in pending and deps[n] <= ok]:
+                    pending.discard(name)
+                    action = actions[name].action
+                    if action == "nothing":
+                        results[name] = ServiceResult(name, action, "unchanged")
+                        ok.add(name)
+                        continue
+                    observed = facts.container(desired[name].container)
+                    running[pool.submit(runner.run, desired[name], action, observed)] = name
+                if not running and pending and any(deps[n] <= ok for n in pending):
+                    continue  # "nothing" services unblocked others: schedule again
+            if failed.is_set() or (not running and pending):
+                for name in sorted(pending):
+                    why = "an earlier service failed" if failed.is_set() else "dependency cycle"
+                    results[name] = ServiceResult(
+                        name, actions[name].action, "skipped", error=f"not applied: {why}"
+                    )
+                pending.clear()
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                name = running.pop(future)
+                result = future.result()
+                results[name] = result
+                if result.outcome == "failed":
+                    failed.set()
+                else:
+                    ok.add(name)
+    return [results[name] for name in desired if name in results]
+
+
+def _remove_orphans(
+    plan: Plan, facts: Facts, engine: Engine, progress: Progress
+) -> list[ServiceResult]:
+    results = []
+    for action in plan.services:
+        if action.action != "remove":
+            continue
+        container = facts.container(action.container)
+        if container is not None:
+            progress(action.service, "removing (not enabled; its volumes are kept)")
+            engine.stop(container.id, 30)
+            engine.remove(container.id)
+        results.append(ServiceResult(action.service, "remove", "removed"))
+    return results
+
+
+def _sync_files(
+    *,
+    store: FileStore,
+    plan: Plan,
+    rendered: Sequence[RenderedFile],
+    desired: Mapping[str, DesiredService],
+    results: Sequence[ServiceResult],
+    outcome: ApplyResult,
+) -> None:
+    """Upload changed files, except those of services that failed (they keep the old copy)."""
+    by_path = {f.path: f for f in rendered}
+    owners = mounted_by(desired)
+    not_applied = {r.service for r in results if r.outcome in ("failed", "skipped")}
+    for change in plan.files:
+        if change.change == "remove":
+            store.remove(change.path)
+            outcome.files_removed.append(change.path)
+            continue
+        if owners.get(change.path, set()) & not_applied:
+            continue
+        file = by_path[change.path]
+        store.put(change.path, file.text.encode("utf-8"), file.mode)
+        outcome.files_uploaded.append(change.path)
+
+
+def apply_stack(
+    stack: Stack,
+    target: Target,
+    *,
+    timeout: float | None = None,
+    force_unlock: bool = False,
+    parallel: int | None = None,
+    progress: Progress = _silent,
+) -> ApplyResult:
+    """Bring the target to the desired state; the result says what happened to each service."""
+    engine = Engine(target.docker_client(), stack.spec.name)
+    store = target.file_store(stack.spec.name)
+    outcome = ApplyResult(stack=stack.spec.name, target=target.name)
+    with engine.locked(force=force_unlock) as notes:
+        outcome.notes.extend(notes)
+        outcome.repaired = repair(engine, progress)
+        seen = observe(stack, engine, store)
+        plan = make_plan(
+            stack=stack.spec.name,
+            target=target.name,
+            desired=seen.desired,
+            rendered=seen.rendered,
+            facts=seen.facts,
+            old_texts={},
+            redact=stack.redact,
+        )
+        _ensure_images(engine, plan, seen.desired, target, progress)
+        if engine.ensure_network():
+            progress("network", f"created {stack.spec.name}-net")
+        for service in seen.desired.values():
+            for volume in service.spec.volumes:
+                if engine.ensure_volume(volume.volume):
+                    progress(service.service, f"created volume {volume.volume}")
+        runner = ServiceRunner(
+            engine,
+            stack.secrets,
+            stack.redact,
+            timeout if timeout is not None else stack.spec.deploy.health_timeout_s,
+            progress,
+        )
+        results = _run_services(
+            seen.desired, plan, seen.facts, runner, parallel or stack.spec.deploy.parallel
+        )
+        if all(r.outcome not in ("failed", "skipped") for r in results):
+            results += _remove_orphans(plan, seen.facts, engine, progress)
+        outcome.services = results
+        _sync_files(
+            store=store,
+            plan=plan,
+            rendered=seen.rendered,
+            desired=seen.desired,
+            results=results,
+            outcome=outcome,
+        )
+    return outcome
+
+
+def status_stack(stack: Stack, target: Target) -> list[Any]:
+    """``kbinfra status`` rows: every service, desired vs running, health, drift."""
+    from kbinfra.plan import stack_status  # noqa: PLC0415
+
+    engine = Engine(target.docker_client(), stack.spec.name)
+    rendered = render_stack(stack)
+    desired = desired_services(stack, rendered)
+    return list(stack_status(stack.spec.name, desired, engine.observe()))
+
+
+@dataclass
+class DestroyResult:
+    stack: str
+    target: str
+    containers: list[str] = field(default_factory=list)
+    network: bool = False
+    volumes: list[str] = field(default_factory=list)
+    files_removed: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "stack": self.stack,
+            "target": self.target,
+            "containers_removed": self.containers,
+            "network_removed": self.network,
+            "volumes_removed": self.volumes,
+            "files_removed": self.files_removed,
+        }
+
+
+def destroy_stack(
+    stack: Stack,
+    target: Target,
+    *,
+    delete_data: bool,
+    force_unlock: bool = False,
+    progress: Progress = _silent,
+) -> DestroyResult:
+    """Remove the stack's containers, network and deployed files; volumes only if asked."""
+    engine = Engine(target.docker_client(), stack.spec.name)
+    store = target.file_store(stack.spec.name)
+    result = DestroyResult(stack=stack.spec.name, target=target.name)
+    with engine.locked(force=force_unlock):
+        for container in engine.observe().containers:
+            progress(container.service or container.name, f"removing {container.name}")
+            if container.state in ("running", "restarting", "paused"):
+                engine.stop(container.id, 60)  # a clean shutdown; data volumes stay
+            engine.remove(container.id)
+            result.containers.append(container.name)
+        result.network = engine.remove_network()
+        if delete_data:
+            declared = {
+                v.volume
+                for name, service in stack.services.items()
+                for v in service.container(stack.contexts[name]).volumes
+            }
+            for volume in sorted(set(engine.stack_volumes()) | declared):
+                if engine.ensure_volume_absent(volume):
+                    progress("volumes", f"deleted {volume}")
+                    result.volumes.append(volume)
+        for path in store.hashes():
+            store.remove(path)
+            result.files_removed += 1
+    return result

@@ -1,0 +1,1 @@
+"""Command groups registered on ``kbinfra.cli.app``, one module per group."""

@@ -1,0 +1,368 @@
+"""``kbinfra plan / apply / status / destroy`` and ``kbinfra ssh trust``.
+
+Each command parses options, calls one function of ``kbinfra.apply`` and prints. docker and
+paramiko are imported only inside the commands, so ``kbinfra --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from kbinfra.cli import DirOption, OutputOption, app
+from kbinfra.errors import KbinfraError
+from kbinfra.ui import Console, Output
+
+if TYPE_CHECKING:
+    from kbinfra.apply import ApplyResult
+    from kbinfra.plan import Plan
+    from kbinfra.stack import Stack
+    from kbinfra.targets import Target
+
+EXIT_CHANGES = 3
+
+ssh_app = typer.Typer(
+    help="SSH targets: trust a host key.", no_args_is_help=True, rich_markup_mode=None
+)
+app.add_typer(ssh_app, name="ssh")
+
+TargetOption = Annotated[
+    str | None,
+    typer.Option("--target", help="local or ssh://user@host[:port] (default: the stack file's)."),
+]
+KnownHostsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--known-hosts",
+        help="known_hosts file (default: $KBINFRA_KNOWN_HOSTS or ~/.ssh/known_hosts).",
+        show_default=False,
+    ),
+]
+IdentityOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--identity", help="SSH private key (default: $KBINFRA_SSH_IDENTITY, ssh config, agent)."
+    ),
+]
+ForceUnlockOption = Annotated[
+    bool, typer.Option("--force-unlock", help="Break the stack's lock even if its holder runs.")
+]
+
+
+class ApplyFailedError(KbinfraError):
+    """A service did not become healthy; what could be was rolled back."""
+
+    exit_code = 1
+
+
+def _open(
+    stack_dir: Path,
+    target: str | None,
+    known_hosts: Path | None,
+    identity: Path | None,
+    console: Console,
+) -> tuple[Stack, Target]:
+    from kbinfra.stack import open_stack  # noqa: PLC0415
+    from kbinfra.targets import open_target  # noqa: PLC0415
+
+    stack = open_stack(stack_dir)
+    console.set_redactor(stack.redact)
+    for warning in stack.profile.warnings():
+        console.warn(warning)
+    return stack, open_target(
+        stack.spec, stack_dir, target=target, known_hosts=known_hosts, identity=identity
+    )
+
+
+def _progress(console: Console) -> Callable[[str, str], None]:
+    started = time.monotonic()
+
+    def report(service: str, message: str) -> None:
+        console.note(f"[{time.monotonic() - started:6.1f}s] {service}: {message}")
+
+    return report
+
+
+_SYMBOL = {"create": "+", "recreate": "~", "start": ">", "remove": "-", "nothing": "="}
+
+
+def print_plan(console: Console, plan: Plan) -> None:
+    for leftover in plan.leftovers:
+        console.line(f"! {leftover}: left by an interrupted apply; apply repairs it first")
+    for action in plan.services:
+        reasons = f" ({'; '.join(action.reasons)})" if action.reasons else ""
+        console.line(f"{_SYMBOL[action.action]} {action.service}: {action.action}{reasons}")
+    for image in plan.missing_images:
+        console.line(f"! image {image} is not on the target: apply will try to pull it")
+    for change in plan.files:
+        if change.change == "remove":
+            console.line(f"- file {change.path}: remove")
+        elif change.secret:
+            console.line(f"~ file {change.path}: (secret file changed)")
+        else:
+            console.line(
+                f"{'+' if change.change == 'add' else '~'} file {change.path}: {change.change}"
+            )
+            if change.diff and change.change == "change":
+                for line in change.diff.rstrip("\n").splitlines():
+                    console.line(f"    {line}")
+    counts = {kind: sum(1 for a in plan.services if a.action == kind) for kind in _SYMBOL}
+    console.line(
+        f"Plan: {counts['create']} to create, {counts['recreate']} to recreate, "
+        f"{counts['start']} to start, {counts['remove']} to remove; "
+        f"{sum(1 for f in plan.files if f.change != 'remove')} files to upload, "
+        f"{sum(1 for f in plan.files if f.change == 'remove')} to remove."
+    )
+
+
+@app.command()
+def plan(
+    stack_dir: DirOption = Path(),
+    target: TargetOption = None,
+    known_hosts: KnownHostsOption = None,
+    identity: IdentityOption = None,
+    output: OutputOption = Output.text,
+) -> None:
+    """Show what apply would change, with file diffs. Exit 0: nothing; 3: changes; 2: error."""
+    from kbinfra.apply import plan_stack  # noqa: PLC0415
+
+    console = Console(output)
+    stack, where = _open(stack_dir, target, known_hosts, identity, console)
+    with where:
+        result = plan_stack(stack, where)
+    if console.json_mode:
+        console.emit_json(result.as_json())
+    else:
+        print_plan(console, result)
+    if result.has_changes:
+        raise typer.Exit(EXIT_CHANGES)
+
+
+def _confirm(console: Console, question: str) -> bool:
+    if not sys.stdin.isatty():
+        raise KbinfraError(
+            "cannot ask for confirmation without a terminal", fix="pass --yes to proceed"
+        )
+    console.note(question + " [y/N] ")
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
+def print_apply(console: Console, result: ApplyResult) -> None:
+    rows = [
+        (r.service, r.action, r.outcome, f"{r.seconds:.1f}s", r.error or "")
+        for r in result.services
+    ]
+    console.table(None, ["service", "action", "outcome", "time", "detail"], rows)
+    console.line(result.summary())
+
+
+@app.command()
+def apply(
+    stack_dir: DirOption = Path(),
+    target: TargetOption = None,
+    known_hosts: KnownHostsOption = None,
+    identity: IdentityOption = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking.")] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds each new container has to become healthy.", min=1),
+    ] = None,
+    force_unlock: ForceUnlockOption = False,
+    output: OutputOption = Output.text,
+) -> None:
+    """Create or update the stack's containers: health-gated, rolled back on failure."""
+    from kbinfra.apply import apply_stack, plan_stack  # noqa: PLC0415
+
+    console = Console(output)
+    stack, where = _open(stack_dir, target, known_hosts, identity, console)
+    with where:
+        if not yes:
+            pending = plan_stack(stack, where)
+            if not console.json_mode:
+                print_plan(console, pending)
+            if not pending.has_changes:
+                console.note("nothing to do")
+            elif not _confirm(console, f"Apply these changes to {where.name}?"):
+                raise typer.Exit(1)
+        result = apply_stack(
+            stack, where, timeout=timeout, force_unlock=force_unlock, progress=_progress(console)
+        )
+    for note in result.notes + result.repaired:
+        console.note(note)
+    if console.json_mode:
+        console.emit_json(result.as_json())
+    else:
+        print_apply(console, result)
+    failed = [r for r in result.services if r.outcome == "failed"]
+    if failed:
+        for failure in failed:
+            if failure.logs:
+                console.note(f"--- last {len(failure.logs)} log lines of {failure.service} ---")
+                for line in failure.logs:
+                    console.note(f"    {line}")
+        first = failed[0]
+        back = "; the previous container was restored" if first.rolled_back else ""
+        raise ApplyFailedError(
+            f"{first.service} did not become healthy: {first.error}{back}",
+            where=where.name,
+            fix="see the log lines above, fix kbinfra.yaml, then `kbinfra plan`",
+        )
+
+
+@app.command()
+def status(
+    stack_dir: DirOption = Path(),
+    target: TargetOption = None,
+    known_hosts: KnownHostsOption = None,
+    identity: IdentityOption = None,
+    output: OutputOption = Output.text,
+) -> None:
+    """Every service: running vs desired image, state, health, uptime, ports, drift."""
+    from kbinfra.apply import status_stack  # noqa: PLC0415
+
+    console = Console(output)
+    stack, where = _open(stack_dir, target, known_hosts, identity, console)
+    with where:
+        rows = status_stack(stack, where)
+    if console.json_mode:
+        console.emit_json(
+            {
+                "stack": stack.spec.name,
+                "target": where.name,
+                "services": [r.as_json() for r in rows],
+            }
+        )
+        return
+    table = []
+    for row in rows:
+        image = row.running_image or "-"
+        if row.desired_image and row.running_image and row.desired_image != row.running_image:
+            image += f" (want {row.desired_image})"
+        table.append(
+            (
+                row.service,
+                row.state,
+                row.health or "-",
+                row.uptime or "-",
+                image,
+                ", ".join(row.ports) or "-",
+                "; ".join(row.drift) or "none",
+            )
+        )
+    console.table(
+        f"stack {stack.spec.name} on {where.name}",
+        ["service", "state", "health", "uptime", "image", "ports", "drift"],
+        table,
+    )
+
+
+@app.command()
+def destroy(
+    stack_dir: DirOption = Path(),
+    target: TargetOption = None,
+    known_hosts: KnownHostsOption = None,
+    identity: IdentityOption = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    delete_data: Annotated[
+        bool, typer.Option("--delete-data", help="Also delete the data volumes (irreversible).")
+    ] = False,
+    confirm_name: Annotated[
+        str | None,
+        typer.Option("--confirm-name", help="The stack name, to delete data without a prompt."),
+    ] = None,
+    force_unlock: ForceUnlockOption = False,
+    output: OutputOption = Output.text,
+) -> None:
+    """Remove the stack's containers and network; data volumes only with --delete-data."""
+    from kbinfra.apply import destroy_stack  # noqa: PLC0415
+
+    console = Console(output)
+    stack, where = _open(stack_dir, target, known_hosts, identity, console)
+    name = stack.spec.name
+    if delete_data:
+        if confirm_name is None:
+            if yes or not sys.stdin.isatty():
+                raise KbinfraError(
+                    "--delete-data needs the stack name confirmed",
+                    fix=f"add --confirm-name {name} (or run it in a terminal and type it)",
+                )
+            console.note(f"This deletes every data volume of stack {name!r}. Type its name: ")
+            confirm_name = sys.stdin.readline().strip()
+        if confirm_name != name:
+            raise KbinfraError(
+                f"confirmation {confirm_name!r} is not the stack name {name!r}; nothing deleted"
+            )
+    elif not yes and not _confirm(
+        console, f"Remove the containers and network of stack {name} on {where.name}?"
+    ):
+        raise typer.Exit(1)
+    with where:
+        result = destroy_stack(
+            stack,
+            where,
+            delete_data=delete_data,
+            force_unlock=force_unlock,
+            progress=_progress(console),
+        )
+    if console.json_mode:
+        console.emit_json(result.as_json())
+        return
+    console.line(
+        f"removed {len(result.containers)} containers"
+        + (", the network" if result.network else "")
+        + (f", {len(result.volumes)} volumes" if delete_data else "; data volumes kept")
+    )
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        port = rest.removeprefix(":")
+    else:
+        host, sep, port = address.rpartition(":")
+        if not sep or not port.isdigit():
+            host, port = address, ""
+    if not host or (port and not port.isdigit()):
+        raise KbinfraError(f"{address!r} is not HOST or HOST:PORT")
+    return host, int(port or 22)
+
+
+@ssh_app.command("trust")
+def ssh_trust(
+    address: Annotated[str, typer.Argument(help="HOST or HOST:PORT")],
+    known_hosts: KnownHostsOption = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Trust without asking.")] = False,
+) -> None:
+    """Fetch a host's SSH key, show its fingerprint and add it to known_hosts."""
+    from kbinfra.targets.ssh import (  # noqa: PLC0415
+        append_known_host,
+        default_known_hosts,
+        fetch_host_key,
+        fingerprint,
+        known_keys,
+    )
+
+    console = Console()
+    host, port = _host_port(address)
+    path = known_hosts or default_known_hosts()
+    key = fetch_host_key(host, port)
+    shown = f"{host}:{port} offers {key.get_name()} {fingerprint(key.asbytes())}"
+    known = known_keys(path, host, port)
+    if known.get(key.get_name()) == key.get_base64():
+        console.line(f"{shown}: already trusted in {path}")
+        return
+    if known:
+        raise KbinfraError(
+            f"{shown}, but {path} already holds another key for it",
+            fix="check why the key changed; remove the old line with `ssh-keygen -R` first",
+        )
+    console.line(shown)
+    if not yes and not _confirm(console, f"Add it to {path}?"):
+        raise typer.Exit(1)
+    append_known_host(path, host, port, key)
+    console.line(f"added to {path}")

@@ -1,0 +1,564 @@
+"""Desired state vs observed facts → what ``apply`` would do, and why. Pure: no I/O.
+
+A container carries labels with the sha256 of each part that defines it (image, command,
+every env var, ports, volumes, limits, health check, every file it mounts) and one
+``kbinfra.config-hash`` over all of them. Comparing the single hash tells *whether* to
+recreate; comparing the parts tells the user *why*.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from kbinfra.services.base import ContainerSpec, FileMount, RenderedFile
+from kbinfra.stack import Stack
+
+LABEL_STACK = "kbinfra.stack"
+LABEL_SERVICE = "kbinfra.service"
+LABEL_CONFIG_HASH = "kbinfra.config-hash"
+LABEL_HASH_PREFIX = "kbinfra.hash."
+OLD_SUFFIX = ".kbinfra-old"
+HASH_FORMAT = "1"  # bump when the hashed parts change meaning, so every container is recreated
+STAGE_ORDER = {"data": 0, "service": 1, "edge": 2, "monitoring": 3}
+
+Action = Literal["create", "recreate", "start", "remove", "nothing"]
+FileChangeKind = Literal["add", "change", "remove"]
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return sha256_bytes(text.encode("utf-8"))
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def normalize_ref(ref: str) -> str:
+    """``postgres`` → ``postgres:latest``; ``docker.io/library/x:1`` → ``x:1``."""
+    name, _, digest = ref.partition("@")
+    if digest:
+        return ref
+    last = name.rsplit("/", 1)[-1]
+    if ":" not in last:
+        name += ":latest"
+    for prefix in ("docker.io/library/", "docker.io/", "index.docker.io/library/"):
+        if name.startswith(prefix):
+            name = name[len(prefix) :]
+            break
+    return name.removeprefix("library/")
+
+
+def container_name(stack: str, service: str) -> str:
+    return f"{stack}-{service}"
+
+
+def network_name(stack: str) -> str:
+    return f"{stack}-net"
+
+
+def lock_name(stack: str) -> str:
+    return f"{stack}-kbinfra-lock"
+
+
+@dataclass(frozen=True)
+class MountedFile:
+    """A rendered file and where it goes in a container."""
+
+    mount: FileMount
+    file: RenderedFile
+
+    @property
+    def data(self) -> bytes:
+        return self.file.text.encode("utf-8")
+
+
+@dataclass(frozen=True)
+class DesiredService:
+    """One service's container as it should be, with the hashes that identify it."""
+
+    service: str
+    container: str
+    stage: str
+    spec: ContainerSpec
+    files: tuple[MountedFile, ...]
+    parts: Mapping[str, str]  # part name -> sha256 of that part
+    config_hash: str
+
+    def labels(self, stack: str) -> dict[str, str]:
+        labels = {
+            LABEL_STACK: stack,
+            LABEL_SERVICE: self.service,
+            LABEL_CONFIG_HASH: self.config_hash,
+        }
+        labels.update({LABEL_HASH_PREFIX + part: digest for part, digest in self.parts.items()})
+        return labels
+
+
+def config_parts(
+    spec: ContainerSpec, files: Sequence[MountedFile], secrets: Mapping[str, str]
+) -> dict[str, str]:
+    """sha256 of every part of a container; secret values enter only as their sha256."""
+    parts: dict[str, Any] = {
+        "image": spec.image,
+        "command": {"command": spec.command, "entrypoint": spec.entrypoint, "user": spec.user},
+        "ports": [p.model_dump() for p in spec.ports],
+        "volumes": [v.model_dump() for v in spec.volumes],
+        "limits": {
+            "cpus": spec.cpus,
+            "memory_mb": spec.memory_mb,
+            "shm_size_mb": spec.shm_size_mb,
+            "stop_timeout_s": spec.stop_timeout_s,
+        },
+        "healthcheck": spec.healthcheck.model_dump() if spec.healthcheck else None,
+        "extra_hosts": spec.extra_hosts,
+    }
+    for name, value in spec.env.items():
+        parts[f"env.{name}"] = value
+    for name, secret in spec.secret_env.items():
+        parts[f"env.{name}"] = {"secret": sha256_text(secrets.get(secret, ""))}
+    for mounted in files:
+        parts[f"file.{mounted.file.path}"] = {
+            "target": mounted.mount.target,
+            "uid": mounted.mount.uid,
+            "gid": mounted.mount.gid,
+            "mode": mounted.file.mode,
+            "sha256": sha256_bytes(mounted.data),
+        }
+    return {name: sha256_text(_canonical(value)) for name, value in sorted(parts.items())}
+
+
+def config_hash(parts: Mapping[str, str]) -> str:
+    return sha256_text(_canonical({"format": HASH_FORMAT, "parts": dict(parts)}))
+
+
+def desired_service(
+    stack: str,
+    spec: ContainerSpec,
+    stage: str,
+    rendered: Mapping[str, RenderedFile],
+    secrets: Mapping[str, str],
+) -> DesiredService:
+    missing = [m.source for m in spec.files if m.source not in rendered]
+    if missing:
+        raise ValueError(f"{spec.service} mounts files that were not rendered: {missing}")
+    files = tuple(MountedFile(m, rendered[m.source]) for m in spec.files)
+    parts = config_parts(spec, files, secrets)
+    return DesiredService(
+        service=spec.service,
+        container=container_name(stack, spec.service),
+        stage=stage,
+        spec=spec,
+        files=files,
+        parts=parts,
+        config_hash=config_hash(parts),
+    )
+
+
+@dataclass(frozen=True)
+class ObservedContainer:
+    """What the Docker Engine reports about one container (one list call gives them all)."""
+
+    id: str
+    name: str
+    state: str  # created, running, restarting, exited, paused, dead
+    status: str  # "Up 5 minutes (healthy)"
+    image: str
+    image_id: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    ports: tuple[str, ...] = ()
+
+    @property
+    def service(self) -> str | None:
+        return self.labels.get(LABEL_SERVICE)
+
+    @property
+    def health(self) -> str | None:
+        """healthy, unhealthy, starting, or None when the container has no health check."""
+        if "(healthy)" in self.status:
+            return "healthy"
+        if "(unhealthy)" in self.status:
+            return "unhealthy"
+        if "(health: starting)" in self.status:
+            return "starting"
+        return None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "status": self.status,
+            "health": self.health,
+            "image": self.image,
+            "image_id": self.image_id,
+            "ports": list(self.ports),
+        }
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything observed on a target in one pass."""
+
+    containers: tuple[ObservedContainer, ...] = ()
+    images: Mapping[str, str] = field(default_factory=dict)  # image reference -> image id
+    deployed_files: Mapping[str, str] = field(default_factory=dict)  # path -> sha256
+
+    def container(self, name: str) -> ObservedContainer | None:
+        return next((c for c in self.containers if c.name == name), None)
+
+
+@dataclass(frozen=True)
+class ServiceAction:
+    service: str
+    container: str
+    action: Action
+    reasons: tuple[str, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "service": self.service,
+            "container": self.container,
+            "action": self.action,
+            "reasons": list(self.reasons),
+        }
+
+
+@dataclass(frozen=True)
+class FileChange:
+    path: str
+    change: FileChangeKind
+    secret: bool = False
+    diff: str | None = None  # unified diff, redacted; None for secret or removed files
+
+    def as_json(self) -> dict[str, Any]:
+        return {"path": self.path, "change": self.change, "secret": self.secret, "diff": self.diff}
+
+
+@dataclass(frozen=True)
+class Plan:
+    stack: str
+    target: str
+    services: tuple[ServiceAction, ...]
+    files: tuple[FileChange, ...]
+    leftovers: tuple[str, ...] = ()  # containers an interrupted apply left behind
+    missing_images: tuple[str, ...] = ()
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(
+            self.files or self.leftovers or any(a.action != "nothing" for a in self.services)
+        )
+
+    def action(self, service: str) -> ServiceAction:
+        return next(a for a in self.services if a.service == service)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "stack": self.stack,
+            "target": self.target,
+            "changes": self.has_changes,
+            "services": [a.as_json() for a in self.services],
+            "files": [f.as_json() for f in self.files],
+            "leftovers": list(self.leftovers),
+            "missing_images": list(self.missing_images),
+        }
+
+
+def _describe_part(part: str, change: str) -> str:
+    if part.startswith("env."):
+        return f"env {part[4:]} {change}"
+    if part.startswith("file."):
+        return f"file {part[5:]} {change}"
+    return f"{part} {change}"
+
+
+def recreate_reasons(desired: DesiredService, observed: ObservedContainer) -> list[str]:
+    """Why the running container differs from the desired one, part by part."""
+    old = {
+        key.removeprefix(LABEL_HASH_PREFIX): value
+        for key, value in observed.labels.items()
+        if key.startswith(LABEL_HASH_PREFIX)
+    }
+    reasons: list[str] = []
+    for part in sorted(set(old) | set(desired.parts)):
+        if part not in old:
+            reasons.append(_describe_part(part, "added"))
+        elif part not in desired.parts:
+            reasons.append(_describe_part(part, "removed"))
+        elif old[part] != desired.parts[part]:
+            if part == "image":
+                reasons.append(f"image {observed.image} → {desired.spec.image}")
+            else:
+                reasons.append(_describe_part(part, "changed"))
+    if not reasons:
+        reasons.append("made by another kbinfra version (hash format changed)")
+    return reasons
+
+
+def service_action(
+    desired: DesiredService, observed: ObservedContainer | None, image_id: str | None
+) -> ServiceAction:
+    """What to do about one service, from its desired state and its container, if any."""
+
+    def act(action: Action, *reasons: str) -> ServiceAction:
+        return ServiceAction(desired.service, desired.container, action, tuple(reasons))
+
+    if observed is None:
+        return act("create", "no container yet")
+    if observed.state == "created":
+        return act("create", "left unstarted by an interrupted apply")
+    if observed.labels.get(LABEL_CONFIG_HASH) != desired.config_hash:
+        return act("recreate", *recreate_reasons(desired, observed))
+    if image_id is not None and observed.image_id and observed.image_id != image_id:
+        return act(
+            "recreate",
+            f"image {desired.spec.image} was updated ({_short(observed.image_id)} → "
+            f"{_short(image_id)})",
+        )
+    if observed.state in ("exited", "dead", "paused"):
+        return act("start", f"container is {observed.state}")
+    return act("nothing")
+
+
+def _short(image_id: str) -> str:
+    return image_id.removeprefix("sha256:")[:12]
+
+
+def files_to_read(rendered: Iterable[RenderedFile], deployed: Mapping[str, str]) -> list[str]:
+    """Deployed files whose old content a diff needs: changed and not secret."""
+    return [
+        f.path
+        for f in rendered
+        if f.path in deployed and deployed[f.path] != sha256_text(f.text) and not is_secret_file(f)
+    ]
+
+
+def is_secret_file(file: RenderedFile) -> bool:
+    return file.secret or not file.mode & 0o077
+
+
+def file_changes(
+    rendered: Iterable[RenderedFile],
+    deployed: Mapping[str, str],
+    old_texts: Mapping[str, str],
+    redact: Callable[[str], str],
+) -> list[FileChange]:
+    """Files to upload or remove in the target's stack folder, with redacted diffs."""
+    changes: list[FileChange] = []
+    seen: set[str] = set()
+    for file in rendered:
+        seen.add(file.path)
+        old_hash = deployed.get(file.path)
+        if old_hash == sha256_text(file.text):
+            continue
+        secret = is_secret_file(file)
+        kind: FileChangeKind = "add" if old_hash is None else "change"
+        diff = None
+        if not secret:
+            old = old_texts.get(file.path, "") if kind == "change" else ""
+            diff = redact(unified_diff(file.path, old, file.text))
+        changes.append(FileChange(file.path, kind, secret, diff))
+    changes.extend(FileChange(path, "remove") for path in sorted(set(deployed) - seen))
+    return changes
+
+
+def unified_diff(path: str, old: str, new: str) -> str:
+    lines = difflib.unified_diff(
+        old.splitlines(keepends=True),
+        new.splitlines(keepends=True),
+        fromfile=f"deployed/{path}",
+        tofile=f"rendered/{path}",
+    )
+    return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+
+
+def leftovers(stack: str, facts: Facts) -> list[str]:
+    """Containers an interrupted apply left: renamed old ones and never-started new ones."""
+    names = []
+    for container in facts.containers:
+        if container.labels.get(LABEL_STACK) != stack:
+            continue
+        if container.name.endswith(OLD_SUFFIX) or container.state == "created":
+            names.append(container.name)
+    return sorted(names)
+
+
+def make_plan(
+    *,
+    stack: str,
+    target: str,
+    desired: Mapping[str, DesiredService],
+    rendered: Sequence[RenderedFile],
+    facts: Facts,
+    old_texts: Mapping[str, str],
+    redact: Callable[[str], str],
+) -> Plan:
+    """Per service create / recreate / start / remove / nothing, and the file changes."""
+    actions = [
+        service_action(
+            d, facts.container(d.container), facts.images.get(normalize_ref(d.spec.image))
+        )
+        for d in desired.values()
+    ]
+    wanted = {d.container for d in desired.values()}
+    for container in facts.containers:
+        service = container.service
+        if (
+            container.labels.get(LABEL_STACK) == stack
+            and service is not None
+            and container.name == container_name(stack, service)
+            and container.name not in wanted
+        ):
+            actions.append(
+                ServiceAction(service, container.name, "remove", ("not enabled in kbinfra.yaml",))
+            )
+    missing = sorted(
+        {d.spec.image for d in desired.values() if normalize_ref(d.spec.image) not in facts.images}
+    )
+    return Plan(
+        stack=stack,
+        target=target,
+        services=tuple(actions),
+        files=tuple(file_changes(rendered, facts.deployed_files, old_texts, redact)),
+        leftovers=tuple(leftovers(stack, facts)),
+        missing_images=tuple(missing),
+    )
+
+
+def dependencies(desired: Mapping[str, DesiredService]) -> dict[str, set[str]]:
+    """What each service waits for: its ``depends_on`` and every service of an earlier stage."""
+    deps: dict[str, set[str]] = {}
+    for name, service in desired.items():
+        rank = STAGE_ORDER[service.stage]
+        earlier = {n for n, s in desired.items() if STAGE_ORDER[s.stage] < rank}
+        declared = {d for d in service.spec.depends_on if d in desired and d != name}
+        deps[name] = earlier | declared
+    return deps
+
+
+def mounted_by(desired: Mapping[str, DesiredService]) -> dict[str, set[str]]:
+    """For each rendered file path, the services that mount it."""
+    owners: dict[str, set[str]] = {}
+    for name, service in desired.items():
+        for mounted in service.files:
+            owners.setdefault(mounted.file.path, set()).add(name)
+    return owners
+
+
+def desired_services(stack: Stack, rendered: Sequence[RenderedFile]) -> dict[str, DesiredService]:
+    """Every enabled service's desired container, in deployment order."""
+    by_path = {f.path: f for f in rendered}
+    return {
+        name: desired_service(
+            stack.spec.name,
+            service.container(stack.contexts[name]),
+            service.stage,
+            by_path,
+            stack.secrets,
+        )
+        for name, service in stack.services.items()
+    }
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """One row of ``kbinfra status``: desired vs running, health and drift."""
+
+    service: str
+    container: str
+    desired_image: str | None
+    running_image: str | None
+    state: str
+    health: str | None
+    uptime: str
+    ports: tuple[str, ...]
+    drift: tuple[str, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "service": self.service,
+            "container": self.container,
+            "desired_image": self.desired_image,
+            "running_image": self.running_image,
+            "state": self.state,
+            "health": self.health,
+            "uptime": self.uptime,
+            "ports": list(self.ports),
+            "drift": list(self.drift),
+        }
+
+
+def _uptime(status: str) -> str:
+    text = status.split(" (", 1)[0]
+    return text.removeprefix("Up ") if text.startswith("Up ") else ""
+
+
+def stack_status(
+    stack: str, desired: Mapping[str, DesiredService], facts: Facts
+) -> list[ServiceStatus]:
+    """Every enabled service (and any container of a disabled one) as it runs now."""
+    rows = []
+    for service in desired.values():
+        observed = facts.container(service.container)
+        if observed is None:
+            rows.append(
+                ServiceStatus(
+                    service.service,
+                    service.container,
+                    service.spec.image,
+                    None,
+                    "missing",
+                    None,
+                    "",
+                    (),
+                    ("no container",),
+                )
+            )
+            continue
+        action = service_action(
+            service, observed, facts.images.get(normalize_ref(service.spec.image))
+        )
+        drift = action.reasons if action.action in ("recreate", "create") else ()
+        rows.append(
+            ServiceStatus(
+                service.service,
+                service.container,
+                service.spec.image,
+                observed.image,
+                observed.state,
+                observed.health,
+                _uptime(observed.status),
+                observed.ports,
+                drift,
+            )
+        )
+    wanted = {d.container for d in desired.values()}
+    for observed in facts.containers:
+        if observed.name in wanted or observed.labels.get(LABEL_STACK) != stack:
+            continue
+        if observed.service is None:
+            continue
+        rows.append(
+            ServiceStatus(
+                observed.service,
+                observed.name,
+                None,
+                observed.image,
+                observed.state,
+                observed.health,
+                _uptime(observed.status),
+                observed.ports,
+                ("leftover of an interrupted apply",)
+                if observed.name.endswith(OLD_SUFFIX)
+                else ("not enabled in kbinfra.yaml",),
+            )
+        )
+    return rows

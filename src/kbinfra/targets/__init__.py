@@ -1,0 +1,50 @@
+"""Where stacks run. ``open_target`` picks local or SSH from the stack file's ``target``.
+
+Nothing here imports docker or paramiko at module level: ``kbinfra --help`` and
+``kbinfra render`` stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from kbinfra.spec.stack import StackSpec
+from kbinfra.targets.base import FileStore, Target
+
+__all__ = ["FileStore", "Target", "open_target"]
+
+
+def open_target(
+    spec: StackSpec,
+    stack_dir: Path,
+    *,
+    target: str | None = None,
+    known_hosts: Path | None = None,
+    identity: Path | None = None,
+) -> Target:
+    """The stack's target (``target`` overrides the stack file's), not yet connected."""
+    if target is not None and target != spec.target:
+        spec = spec.model_copy(update={"target": type(spec)._known_target(target)})
+    parts = spec.ssh_parts()
+    if parts is None:
+        from kbinfra.targets.local import LocalTarget  # noqa: PLC0415
+
+        return LocalTarget(stack_dir)
+    from kbinfra.targets.ssh import (  # noqa: PLC0415
+        SSHAddress,
+        SSHOptions,
+        SSHTarget,
+        default_known_hosts,
+    )
+
+    user, host, port = parts
+    identity_env = os.environ.get("KBINFRA_SSH_IDENTITY")
+    return SSHTarget(
+        SSHAddress(user, host, port),
+        SSHOptions(
+            known_hosts=known_hosts or default_known_hosts(),
+            identity=identity or (Path(identity_env) if identity_env else None),
+            deploy_dir=spec.deploy.dir,
+        ),
+    )

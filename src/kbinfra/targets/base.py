@@ -1,0 +1,59 @@
+"""The one small interface every target offers: a Docker client and a file store."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+
+TEMP_PREFIX = ".kbinfra-tmp-"
+
+
+class FileStore(ABC):
+    """A folder on the target holding the deployed copy of the rendered stack."""
+
+    #: Where the folder is, for messages: a local path or ``user@host:/path``.
+    location: str
+
+    @abstractmethod
+    def hashes(self, paths: Iterable[str] | None = None) -> dict[str, str]:
+        """sha256 of files, in one call: ``paths`` (missing ones left out), or every file."""
+
+    @abstractmethod
+    def read(self, path: str) -> bytes | None:
+        """A file's content, or None when it does not exist."""
+
+    @abstractmethod
+    def put(self, path: str, data: bytes, mode: int) -> None:
+        """Write ``path`` atomically (temp file + rename) with ``mode`` from the first byte."""
+
+    @abstractmethod
+    def remove(self, path: str) -> None:
+        """Delete ``path`` if it exists."""
+
+
+class Target(ABC):
+    """Where a stack runs: the local Docker Engine or one reached over SSH."""
+
+    #: ``local`` or ``ssh://user@host:port``, for messages.
+    name: str
+
+    @abstractmethod
+    def docker_client(self) -> DockerClient:
+        """A connected docker SDK client (made once, then reused)."""
+
+    @abstractmethod
+    def file_store(self, stack: str) -> FileStore:
+        """The deployed stack folder of ``stack`` on this target."""
+
+    def close(self) -> None:  # noqa: B027 (a default no-op: local targets hold nothing)
+        """Release connections."""
+
+    def __enter__(self) -> Target:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

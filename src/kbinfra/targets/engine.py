@@ -1,0 +1,401 @@
+"""Docker Engine operations kbinfra needs, typed, over docker-py's low-level API.
+
+Everything that talks to the engine is here; ``plan`` decides from the facts it gathers,
+``apply`` sequences these calls.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import os
+import socket
+import tarfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from kbinfra.errors import KbinfraError
+from kbinfra.plan import (
+    LABEL_STACK,
+    DesiredService,
+    Facts,
+    MountedFile,
+    ObservedContainer,
+    lock_name,
+    network_name,
+    normalize_ref,
+)
+
+if TYPE_CHECKING:
+    from docker import APIClient, DockerClient
+
+LOCK_IMAGE = "kbinfra-lock:1"
+LABEL_LOCK = "kbinfra.lock"
+POLL_S = 0.5
+SETTLE_S = 2.0  # a container without a health check must stay up this long
+
+
+def split_ref(ref: str) -> tuple[str, str | None]:
+    """Repository and tag of an image reference (tag None for a digest reference)."""
+    if "@" in ref:
+        return ref, None
+    repo, sep, tag = ref.rpartition(":")
+    if not sep or "/" in tag:
+        return ref, "latest"
+    return repo, tag
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    host: str
+    pid: int
+    since: str
+    process_start: str
+
+    def describe(self) -> str:
+        return f"host {self.host}, pid {self.pid}, since {self.since}"
+
+
+def _process_start(pid: int) -> str:
+    """The kernel's start time of ``pid`` (tells a reused pid from the holder)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return fields[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def holder_alive(holder: LockHolder) -> bool | None:
+    """Whether the lock holder still runs; None when it ran on another host."""
+    if holder.host != socket.gethostname():
+        return None
+    try:
+        os.kill(holder.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not holder.process_start or _process_start(holder.pid) == holder.process_start
+
+
+class Engine:
+    """One stack's view of a Docker Engine."""
+
+    def __init__(self, client: DockerClient, stack: str) -> None:
+        self.client = client
+        self.api: APIClient = client.api
+        self.stack = stack
+
+    # ---------------------------------------------------------------- facts
+    def observe(self) -> Facts:
+        """Every container of the stack and every image reference present, in two calls."""
+        listed = self.api.containers(all=True, filters={"label": f"{LABEL_STACK}={self.stack}"})
+        containers = tuple(sorted((self._observed(c) for c in listed), key=lambda c: c.name))
+        images: dict[str, str] = {}
+        for image in self.api.images():
+            for tag in image.get("RepoTags") or ():
+                if tag != "<none>:<none>":
+                    images[normalize_ref(tag)] = image["Id"]
+        return Facts(containers=containers, images=images)
+
+    @staticmethod
+    def _observed(raw: Mapping[str, Any]) -> ObservedContainer:
+        ports = sorted(
+            f"{p.get('IP', '')}:{p['PublicPort']}->{p['PrivatePort']}/{p.get('Type', 'tcp')}"
+            for p in raw.get("Ports") or ()
+            if p.get("PublicPort")
+        )
+        return ObservedContainer(
+            id=raw["Id"],
+            name=raw["Names"][0].lstrip("/"),
+            state=raw.get("State", ""),
+            status=raw.get("Status", ""),
+            image=raw.get("Image", ""),
+            image_id=raw.get("ImageID", ""),
+            labels=dict(raw.get("Labels") or {}),
+            ports=tuple(dict.fromkeys(ports)),
+        )
+
+    def image_id(self, ref: str) -> str | None:
+        import docker.errors  # noqa: PLC0415
+
+        try:
+            info = self.api.inspect_image(ref)  # type: ignore[no-untyped-call]
+        except docker.errors.ImageNotFound:
+            return None
+        image_id: str = info["Id"]
+        return image_id
+
+    def pull(self, ref: str) -> str | None:
+        """Pull ``ref``; the engine's error message when that fails, else None."""
+        import docker.errors  # noqa: PLC0415
+
+        repo, tag = split_ref(ref)
+        try:
+            self.api.pull(repo, tag=tag)
+        except docker.errors.DockerException as error:
+            return str(getattr(error, "explanation", None) or error)
+        return None
+
+    # ---------------------------------------------------------------- network, volumes
+    def ensure_network(self) -> bool:
+        """Create ``<stack>-net`` unless it exists; True when created."""
+        name = network_name(self.stack)
+        if any(n["Name"] == name for n in self.api.networks(names=[name])):
+            return False
+        self.api.create_network(
+            name, driver="bridge", check_duplicate=True, labels={LABEL_STACK: self.stack}
+        )
+        return True
+
+    def ensure_volume(self, name: str) -> bool:
+        import docker.errors  # noqa: PLC0415
+
+        try:
+            self.api.inspect_volume(name)
+        except docker.errors.NotFound:
+            self.api.create_volume(name, labels={LABEL_STACK: self.stack})
+            return True
+        return False
+
+    def stack_volumes(self) -> list[str]:
+        listed = self.api.volumes(filters={"label": f"{LABEL_STACK}={self.stack}"})
+        return sorted(v["Name"] for v in (listed or {}).get("Volumes") or ())
+
+    def remove_network(self) -> bool:
+        name = network_name(self.stack)
+        removed = False
+        for network in self.api.networks(names=[name]):
+            if network["Name"] == name:
+                self.api.remove_network(network["Id"])
+                removed = True
+        return removed
+
+    def ensure_volume_absent(self, name: str) -> bool:
+        """Delete a volume; True when it existed."""
+        import docker.errors  # noqa: PLC0415
+
+        try:
+            self.api.remove_volume(name)
+        except docker.errors.NotFound:
+            return False
+        return True
+
+    # ---------------------------------------------------------------- containers
+    def create(self, desired: DesiredService, secrets: Mapping[str, str]) -> str:
+        """Create (not start) the service's container; its id."""
+        spec = desired.spec
+        api = self.api
+        from docker.types import Mount  # noqa: PLC0415
+
+        env = dict(spec.env)
+        env.update({var: secrets[name] for var, name in spec.secret_env.items()})
+        port_bindings: dict[int | str, Any] = {}
+        for port in spec.ports:
+            port_bindings.setdefault(f"{port.container_port}/tcp", []).append(
+                (port.host_ip, port.host_port)
+            )
+        host_config = api.create_host_config(
+            mounts=[Mount(target=v.target, source=v.volume, type="volume") for v in spec.volumes],
+            port_bindings=port_bindings or None,
+            nano_cpus=round(spec.cpus * 1e9),
+            mem_limit=f"{spec.memory_mb}m",
+            restart_policy={"Name": "unless-stopped"},
+            shm_size=f"{spec.shm_size_mb}m" if spec.shm_size_mb else None,
+            extra_hosts=list(spec.extra_hosts) or None,
+            network_mode=network_name(self.stack),
+        )
+        healthcheck = None
+        if spec.healthcheck is not None:
+            check = spec.healthcheck
+            healthcheck = {
+                "test": check.test,
+                "interval": check.interval_s * 1_000_000_000,
+                "timeout": check.timeout_s * 1_000_000_000,
+                "retries": check.retries,
+                "start_period": check.start_period_s * 1_000_000_000,
+            }
+        endpoint = api.create_endpoint_config(aliases=[desired.service])
+        networking = api.create_networking_config({network_name(self.stack): endpoint})  # type: ignore[arg-type]
+        created = api.create_container(
+            spec.image,
+            command=spec.command,
+            entrypoint=spec.entrypoint,
+            user=spec.user or "",
+            environment=[f"{k}={v}" for k, v in sorted(env.items())],
+            labels=desired.labels(self.stack),
+            hostname=desired.service,
+            ports=[p.container_port for p in spec.ports] or None,
+            host_config=host_config,
+            networking_config=networking,
+            healthcheck=healthcheck,
+            stop_timeout=spec.stop_timeout_s,
+            name=desired.container,
+        )
+        container_id: str = created["Id"]
+        return container_id
+
+    def put_files(self, container_id: str, files: Sequence[MountedFile]) -> None:
+        """Copy the mounted files in, owned by the uid/gid the service runs as."""
+        if not files:
+            return
+        buffer = io.BytesIO()
+        now = int(time.time())
+        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for mounted in files:
+                data = mounted.data
+                info = tarfile.TarInfo(mounted.mount.target.lstrip("/"))
+                info.size = len(data)
+                info.mode = mounted.file.mode
+                info.uid = mounted.mount.uid
+                info.gid = mounted.mount.gid
+                info.mtime = now
+                tar.addfile(info, io.BytesIO(data))
+        self.api.put_archive(container_id, "/", buffer.getvalue())
+
+    def start(self, container_id: str) -> None:
+        self.api.start(container_id)
+
+    def stop(self, container_id: str, timeout: int) -> None:
+        self.api.stop(container_id, timeout=timeout)
+
+    def rename(self, container_id: str, name: str) -> None:
+        self.api.rename(container_id, name)
+
+    def remove(self, container_id: str) -> None:
+        """Remove a container and its anonymous volumes; named (data) volumes stay."""
+        self.api.remove_container(container_id, v=True, force=True)
+
+    def inspect(self, container_id: str) -> dict[str, Any]:
+        info: dict[str, Any] = self.api.inspect_container(container_id)
+        return info
+
+    def logs_tail(self, container_id: str, lines: int = 20) -> list[str]:
+        import docker.errors  # noqa: PLC0415
+
+        try:
+            raw = self.api.logs(container_id, stdout=True, stderr=True, tail=lines)
+        except docker.errors.DockerException:
+            return []
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        return text.splitlines()[-lines:]
+
+    def wait_healthy(
+        self, container_id: str, timeout: float, cancelled: Callable[[], bool] = lambda: False
+    ) -> str | None:
+        """None once the container is healthy (or, without a check, stays up); else why not."""
+        deadline = time.monotonic() + timeout
+        up_since: float | None = None
+        status = "starting"
+        while True:
+            info = self.inspect(container_id)
+            state = info["State"]
+            if state["Status"] in ("exited", "dead") or info.get("RestartCount", 0) > 0:
+                error = f": {state['Error']}" if state.get("Error") else ""
+                return f"container exited with code {state.get('ExitCode')}{error}"
+            health = state.get("Health")
+            now = time.monotonic()
+            if health:
+                status = health.get("Status", "starting")
+                if status == "healthy":
+                    return None
+                if status == "unhealthy":
+                    log = health.get("Log") or [{}]
+                    output = str(log[-1].get("Output", "")).strip().splitlines()
+                    detail = f": {output[-1]}" if output else ""
+                    return f"health check failed{detail}"
+            elif state["Status"] == "running":
+                status = "running"
+                up_since = up_since if up_since is not None else now
+                if now - up_since >= SETTLE_S:
+                    return None
+            if now >= deadline:
+                return f"not healthy after {timeout:.0f}s (health: {status})"
+            if cancelled():
+                return "cancelled: another service failed"
+            time.sleep(POLL_S)
+
+    # ---------------------------------------------------------------- lock
+    def _ensure_lock_image(self) -> None:
+        if self.image_id(LOCK_IMAGE) is not None:
+            return
+        repo, tag = split_ref(LOCK_IMAGE)
+        empty_tar = bytes(1024)  # an image with no files: creating a container needs one
+        self.api.import_image_from_data(empty_tar, repository=repo, tag=tag)
+
+    def lock_holder(self) -> LockHolder | None:
+        import docker.errors  # noqa: PLC0415
+
+        try:
+            labels = self.inspect(lock_name(self.stack))["Config"].get("Labels") or {}
+        except docker.errors.NotFound:
+            return None
+        return LockHolder(
+            host=labels.get(f"{LABEL_LOCK}.host", "?"),
+            pid=int(labels.get(f"{LABEL_LOCK}.pid", "0") or 0),
+            since=labels.get(f"{LABEL_LOCK}.since", "?"),
+            process_start=labels.get(f"{LABEL_LOCK}.process-start", ""),
+        )
+
+    @contextmanager
+    def locked(self, *, force: bool = False) -> Iterator[list[str]]:
+        """Hold the stack's lock (a container the engine creates atomically by name).
+
+        Yields notes (e.g. a stale lock that was broken). A lock whose holder process on
+        this host is gone is stale; ``force`` breaks any lock.
+        """
+        import docker.errors  # noqa: PLC0415
+
+        self._ensure_lock_image()
+        name = lock_name(self.stack)
+        pid = os.getpid()
+        labels = {
+            LABEL_LOCK: self.stack,
+            f"{LABEL_LOCK}.host": socket.gethostname(),
+            f"{LABEL_LOCK}.pid": str(pid),
+            f"{LABEL_LOCK}.since": datetime.datetime.now(datetime.UTC).isoformat(
+                timespec="seconds"
+            ),
+            f"{LABEL_LOCK}.process-start": _process_start(pid),
+        }
+        notes: list[str] = []
+        for attempt in range(2):
+            try:
+                created = self.api.create_container(
+                    LOCK_IMAGE, command=["lock"], name=name, labels=labels, network_disabled=True
+                )
+                break
+            except docker.errors.APIError as error:
+                if error.status_code != 409 or attempt:
+                    raise
+                holder = self.lock_holder()
+                if holder is None:
+                    continue
+                alive = holder_alive(holder)
+                if force or alive is False:
+                    self.api.remove_container(name, force=True)
+                    why = "forced" if force else "its holder is gone"
+                    notes.append(f"broke the lock of {holder.describe()} ({why})")
+                    continue
+                raise KbinfraError(
+                    f"stack {self.stack} is locked by {holder.describe()}",
+                    where=name,
+                    fix="wait for that apply to finish; if it died, re-run with --force-unlock",
+                ) from None
+        lock_id = created["Id"]
+        try:
+            yield notes
+        finally:
+            with suppress(docker.errors.DockerException):
+                self.api.remove_container(lock_id, force=True)
+
+    def stack_containers(self) -> list[ObservedContainer]:
+        return list(self.observe().containers)
+
+    def remove_all(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.remove(name)

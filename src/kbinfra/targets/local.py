@@ -1,0 +1,104 @@
+"""The Docker Engine of this machine (``DOCKER_HOST`` honoured) and a local folder."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kbinfra.errors import KbinfraError
+from kbinfra.targets.base import TEMP_PREFIX, FileStore, Target
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+
+
+class LocalFileStore(FileStore):
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.location = str(root)
+
+    def _path(self, path: str) -> Path:
+        full = (self.root / path).resolve()
+        if not full.is_relative_to(self.root.resolve()):
+            raise ValueError(f"{path!r} is outside the stack folder")
+        return full
+
+    def hashes(self, paths: Iterable[str] | None = None) -> dict[str, str]:
+        if not self.root.is_dir():
+            return {}
+        if paths is None:
+            candidates = sorted(
+                p.relative_to(self.root).as_posix()
+                for p in self.root.rglob("*")
+                if p.is_file() and not p.name.startswith(TEMP_PREFIX)
+            )
+        else:
+            candidates = list(paths)
+        result = {}
+        for path in candidates:
+            try:
+                result[path] = hashlib.sha256(self._path(path).read_bytes()).hexdigest()
+            except FileNotFoundError:
+                continue
+        return result
+
+    def read(self, path: str) -> bytes | None:
+        try:
+            return self._path(path).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def put(self, path: str, data: bytes, mode: int) -> None:
+        target = self._path(path)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f"{TEMP_PREFIX}{target.name}-{os.getpid()}")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(temp, mode)
+            os.replace(temp, target)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+
+    def remove(self, path: str) -> None:
+        self._path(path).unlink(missing_ok=True)
+
+
+class LocalTarget(Target):
+    """The local engine; the deployed copy lives in ``<stack_dir>/.kbinfra/deployed``."""
+
+    def __init__(self, stack_dir: Path) -> None:
+        self.name = "local"
+        self.stack_dir = stack_dir
+        self._client: DockerClient | None = None
+
+    def docker_client(self) -> DockerClient:
+        if self._client is None:
+            import docker  # noqa: PLC0415 (heavy; only commands that deploy need it)
+
+            try:
+                self._client = docker.from_env()
+                self._client.ping()
+            except docker.errors.DockerException as error:
+                raise KbinfraError(
+                    f"cannot reach the Docker Engine: {error}",
+                    where=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"),
+                    fix="start dockerd, or set DOCKER_HOST",
+                ) from None
+        return self._client
+
+    def file_store(self, stack: str) -> FileStore:
+        return LocalFileStore(self.stack_dir / ".kbinfra" / "deployed")
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None

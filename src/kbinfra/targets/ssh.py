@@ -1,0 +1,402 @@
+"""A Docker Engine reached over SSH (paramiko), with a strictly verified host key.
+
+One paramiko connection carries everything: the Docker API (``docker system dial-stdio``
+on a channel per HTTP connection, as docker-py does), the ``sha256sum`` of the deployed
+files, and SFTP uploads.
+
+docker-py's own ``ssh://`` support builds its paramiko client itself: it loads only the
+system known_hosts and the key named in ``~/.ssh/config``. kbinfra must use *its*
+known_hosts file (``--known-hosts`` / ``KBINFRA_KNOWN_HOSTS``) and key (``--identity``), so
+it connects and verifies the host itself, then hands the connected client to docker-py's
+``SSHHTTPAdapter`` (subclassed so it does not connect again).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import posixpath
+import shlex
+import stat
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kbinfra.errors import KbinfraError
+from kbinfra.targets.base import TEMP_PREFIX, FileStore, Target
+
+if TYPE_CHECKING:
+    import paramiko
+    from docker import DockerClient
+
+DEFAULT_PORT = 22
+CONNECT_TIMEOUT_S = 15.0
+DOCKER_TIMEOUT_S = 120
+
+
+def default_known_hosts() -> Path:
+    return Path(os.environ.get("KBINFRA_KNOWN_HOSTS") or "~/.ssh/known_hosts").expanduser()
+
+
+def known_hosts_name(host: str, port: int) -> str:
+    """How OpenSSH names a host in known_hosts: ``host``, or ``[host]:port`` off port 22."""
+    return host if port == DEFAULT_PORT else f"[{host}]:{port}"
+
+
+def fingerprint(key_bytes: bytes) -> str:
+    """OpenSSH's ``SHA256:`` fingerprint of a public key blob."""
+    digest = hashlib.sha256(key_bytes).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def trust_hint(host: str, port: int) -> str:
+    address = host if port == DEFAULT_PORT else f"{host}:{port}"
+    return f"kbinfra ssh trust {address}"
+
+
+class HostKeyError(KbinfraError):
+    """An unknown or changed SSH host key: the connection is refused."""
+
+
+@dataclass(frozen=True)
+class SSHAddress:
+    user: str
+    host: str
+    port: int = DEFAULT_PORT
+
+    @property
+    def url(self) -> str:
+        return f"ssh://{self.user}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class SSHOptions:
+    known_hosts: Path
+    identity: Path | None = None
+    deploy_dir: str | None = None
+
+
+def _unknown_host_policy(address: SSHAddress, known_hosts: Path) -> Any:
+    import paramiko  # noqa: PLC0415
+
+    class RefuseUnknownHost(paramiko.MissingHostKeyPolicy):
+        """Refuse, saying which key was offered and how to trust it after checking it."""
+
+        def missing_host_key(
+            self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+        ) -> None:
+            raise HostKeyError(
+                f"unknown SSH host key {key.get_name()} {fingerprint(key.asbytes())}",
+                where=f"{address.host}:{address.port} (not in {known_hosts})",
+                fix=(
+                    "compare the fingerprint with the host's own (`ssh-keygen -lf "
+                    "/etc/ssh/ssh_host_*_key.pub`), then run "
+                    f"`{trust_hint(address.host, address.port)}`"
+                ),
+            )
+
+    return RefuseUnknownHost()
+
+
+def connect(address: SSHAddress, options: SSHOptions) -> paramiko.SSHClient:
+    """A connected paramiko client whose host key matched ``options.known_hosts``."""
+    import paramiko  # noqa: PLC0415
+
+    client = paramiko.SSHClient()
+    if options.known_hosts.exists():
+        client.load_host_keys(str(options.known_hosts))
+    client.set_missing_host_key_policy(_unknown_host_policy(address, options.known_hosts))
+    params: dict[str, Any] = {
+        "hostname": address.host,
+        "port": address.port,
+        "username": address.user,
+        "timeout": CONNECT_TIMEOUT_S,
+        "banner_timeout": CONNECT_TIMEOUT_S,
+        "auth_timeout": CONNECT_TIMEOUT_S,
+    }
+    config_file = Path("~/.ssh/config").expanduser()
+    if config_file.exists():
+        host_config = paramiko.SSHConfig.from_path(str(config_file)).lookup(address.host)
+        if "proxycommand" in host_config:
+            params["sock"] = paramiko.ProxyCommand(host_config["proxycommand"])
+        if "identityfile" in host_config and options.identity is None:
+            params["key_filename"] = host_config["identityfile"]
+    if options.identity is not None:
+        params["key_filename"] = str(options.identity.expanduser())
+        params["look_for_keys"] = False
+        params["allow_agent"] = False
+    where = f"{address.host}:{address.port}"
+    try:
+        client.connect(**params)
+    except HostKeyError:
+        client.close()
+        raise
+    except paramiko.BadHostKeyException as error:
+        client.close()
+        raise HostKeyError(
+            f"SSH host key CHANGED: offered {error.key.get_name()} "
+            f"{fingerprint(error.key.asbytes())}, known_hosts has "
+            f"{fingerprint(error.expected_key.asbytes())}; this may be an attack",
+            where=f"{where} ({options.known_hosts})",
+            fix=(
+                "if the host was reinstalled, check the new fingerprint, remove the old line "
+                f"(`ssh-keygen -f {options.known_hosts} -R "
+                f"'{known_hosts_name(address.host, address.port)}'`), then run "
+                f"`{trust_hint(address.host, address.port)}`"
+            ),
+        ) from None
+    except paramiko.AuthenticationException as error:
+        client.close()
+        raise KbinfraError(
+            f"SSH login as {address.user} refused: {error}",
+            where=where,
+            fix="pass --identity KEY (or KBINFRA_SSH_IDENTITY) for a key the host accepts",
+        ) from None
+    except (OSError, paramiko.SSHException) as error:
+        client.close()
+        raise KbinfraError(
+            f"cannot connect over SSH: {error}",
+            where=where,
+            fix="check the target in kbinfra.yaml and that sshd runs there",
+        ) from None
+    return client
+
+
+def fetch_host_key(host: str, port: int) -> paramiko.PKey:
+    """The host key the server offers (what ``ssh`` would be asked to trust)."""
+    import socket  # noqa: PLC0415
+
+    import paramiko  # noqa: PLC0415
+
+    try:
+        sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
+    except OSError as error:
+        raise KbinfraError(f"cannot connect: {error}", where=f"{host}:{port}") from None
+    transport = paramiko.Transport(sock)
+    try:
+        transport.start_client(timeout=CONNECT_TIMEOUT_S)
+        return transport.get_remote_server_key()
+    except paramiko.SSHException as error:
+        raise KbinfraError(f"SSH handshake failed: {error}", where=f"{host}:{port}") from None
+    finally:
+        transport.close()
+
+
+def known_keys(known_hosts: Path, host: str, port: int) -> dict[str, str]:
+    """Key type → base64 key already trusted for ``host:port``."""
+    import paramiko  # noqa: PLC0415
+
+    if not known_hosts.exists():
+        return {}
+    entry = paramiko.HostKeys(str(known_hosts)).lookup(known_hosts_name(host, port))
+    if entry is None:
+        return {}
+    return {key_type: key.get_base64() for key_type, key in entry.items()}
+
+
+def append_known_host(known_hosts: Path, host: str, port: int, key: paramiko.PKey) -> None:
+    """Add one OpenSSH known_hosts line (file 0600 and folder 0700 when created)."""
+    known_hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    line = f"{known_hosts_name(host, port)} {key.get_name()} {key.get_base64()}\n"
+    fd = os.open(known_hosts, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "a+b") as handle:
+        handle.seek(0, os.SEEK_END)
+        if handle.tell() > 0:
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":
+                handle.write(b"\n")
+        handle.write(line.encode())
+
+
+def _docker_client_over(
+    ssh_client: paramiko.SSHClient, reconnect: Callable[[], paramiko.SSHClient]
+) -> DockerClient:
+    """A DockerClient whose HTTP connections are channels of ``ssh_client``."""
+    import docker  # noqa: PLC0415
+    from docker.transport.sshconn import SSHHTTPAdapter  # noqa: PLC0415
+
+    class ConnectedSSHAdapter(SSHHTTPAdapter):
+        def __init__(self) -> None:
+            super().__init__("ssh://kbinfra", timeout=DOCKER_TIMEOUT_S, shell_out=False)
+
+        def _create_paramiko_client(self, base_url: str) -> None:
+            self.ssh_client = ssh_client
+            self.ssh_params: dict[str, Any] = {}
+
+        def _connect(self) -> None:
+            if self.ssh_client is not None and self.ssh_client.get_transport() is None:
+                self.ssh_client = reconnect()
+
+    # No connection is made while the version is given; the adapter is mounted for the
+    # same URL prefix docker-py uses for ssh://, so its stream handling applies unchanged.
+    client = docker.DockerClient(base_url="unix:///kbinfra-unused.sock", version="1.24")
+    api: Any = client.api
+    adapter = ConnectedSSHAdapter()
+    api.mount("http+docker://ssh", adapter)
+    api._custom_adapter = adapter
+    api.base_url = "http+docker://ssh"
+    try:
+        api._version = api.version(api_version=False)["ApiVersion"]
+    except docker.errors.DockerException as error:
+        raise KbinfraError(
+            f"no Docker Engine answers through SSH: {error}",
+            fix="the SSH user needs the docker CLI and access to /var/run/docker.sock",
+        ) from None
+    return client
+
+
+class SFTPFileStore(FileStore):
+    """The deployed stack folder on the remote host: hashes by one ``sha256sum`` call."""
+
+    def __init__(self, target: SSHTarget, root: str) -> None:
+        self._target = target
+        self.root = root.rstrip("/")
+        self.location = f"{target.address.user}@{target.address.host}:{self.root}"
+        self._made_dirs: set[str] = set()
+
+    def _remote(self, path: str) -> str:
+        full = posixpath.normpath(posixpath.join(self.root, path))
+        if not full.startswith(self.root + "/"):
+            raise ValueError(f"{path!r} is outside the stack folder")
+        return full
+
+    def hashes(self, paths: Iterable[str] | None = None) -> dict[str, str]:
+        root = shlex.quote(self.root)
+        if paths is None:
+            listing = (
+                f"find . -type f ! -name {shlex.quote(TEMP_PREFIX + '*')} -exec sha256sum {{}} +"
+            )
+        else:
+            quoted = " ".join(shlex.quote("./" + p) for p in paths)
+            if not quoted:
+                return {}
+            listing = f"sha256sum {quoted} 2>/dev/null"
+        command = f"cd {root} 2>/dev/null || exit 0; {listing}; exit 0"
+        output = self._target.run(command)
+        result: dict[str, str] = {}
+        for line in output.splitlines():
+            digest, sep, name = line.partition("  ")
+            if not sep:
+                continue
+            if digest.startswith("\\"):  # sha256sum escapes names holding \ or newline
+                digest = digest[1:]
+                name = name.replace("\\n", "\n").replace("\\\\", "\\")
+            result[name.removeprefix("./")] = digest
+        return result
+
+    def read(self, path: str) -> bytes | None:
+        sftp = self._target.sftp()
+        try:
+            with sftp.open(self._remote(path), "rb") as handle:
+                data: bytes = handle.read()
+                return data
+        except FileNotFoundError:
+            return None
+
+    def _mkdirs(self, directory: str) -> None:
+        sftp = self._target.sftp()
+        missing = []
+        current = directory
+        while current not in self._made_dirs and current not in ("", "/"):
+            try:
+                if stat.S_ISDIR(sftp.stat(current).st_mode or 0):
+                    break
+            except FileNotFoundError:
+                missing.append(current)
+            current = posixpath.dirname(current)
+        for folder in reversed(missing):
+            sftp.mkdir(folder, mode=0o700)
+        self._made_dirs.add(directory)
+
+    def put(self, path: str, data: bytes, mode: int) -> None:
+        sftp = self._target.sftp()
+        remote = self._remote(path)
+        self._mkdirs(posixpath.dirname(remote))
+        temp = posixpath.join(
+            posixpath.dirname(remote), f"{TEMP_PREFIX}{posixpath.basename(remote)}-{os.getpid()}"
+        )
+        try:
+            with sftp.open(temp, "wb") as handle:
+                handle.chmod(mode)  # before any byte is written
+                handle.write(data)
+            sftp.posix_rename(temp, remote)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                sftp.remove(temp)
+            raise
+
+    def remove(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._target.sftp().remove(self._remote(path))
+
+
+class SSHTarget(Target):
+    """``ssh://user@host:port``: Docker over SSH, files over SFTP."""
+
+    def __init__(self, address: SSHAddress, options: SSHOptions) -> None:
+        self.address = address
+        self.options = options
+        self.name = address.url
+        self._lock = threading.Lock()
+        self._ssh: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._docker: DockerClient | None = None
+
+    def ssh(self) -> paramiko.SSHClient:
+        with self._lock:
+            if self._ssh is None or self._ssh.get_transport() is None:
+                self._ssh = connect(self.address, self.options)
+            return self._ssh
+
+    def _reconnect(self) -> paramiko.SSHClient:
+        with self._lock:
+            self._ssh = connect(self.address, self.options)
+            return self._ssh
+
+    def run(self, command: str) -> str:
+        """Run a shell command on the host; its stdout (an error on a non-zero exit)."""
+        _, stdout, stderr = self.ssh().exec_command(command, timeout=DOCKER_TIMEOUT_S)
+        output = stdout.read().decode("utf-8", "replace")
+        status = stdout.channel.recv_exit_status()
+        if status != 0:
+            message = stderr.read().decode("utf-8", "replace").strip()
+            raise KbinfraError(
+                f"remote command failed ({status}): {message}", where=self.address.url
+            )
+        return output
+
+    def sftp(self) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            self._sftp = self.ssh().open_sftp()
+        return self._sftp
+
+    def docker_client(self) -> DockerClient:
+        if self._docker is None:
+            self._docker = _docker_client_over(self.ssh(), self._reconnect)
+        return self._docker
+
+    def file_store(self, stack: str) -> FileStore:
+        root = self.options.deploy_dir
+        if root is None:
+            root = f"/var/lib/kbinfra/{stack}" if self.address.user == "root" else "~/.kbinfra"
+            root = root if self.address.user == "root" else f"{root}/{stack}"
+        if root == "~" or root.startswith("~/"):
+            root = self.sftp().normalize(".") + root[1:]
+        elif not root.startswith("/"):
+            root = posixpath.join(self.sftp().normalize("."), root)
+        return SFTPFileStore(self, root)
+
+    def close(self) -> None:
+        if self._docker is not None:
+            self._docker.close()
+            self._docker = None
+        if self._sftp is not None:
+            self._sftp.close()
+            self._sftp = None
+        if self._ssh is not None:
+            self._ssh.close()
+            self._ssh = None

@@ -1,0 +1,441 @@
+"""plan / apply / status / destroy against the real Docker Engine, locally and over SSH.
+
+Every claim here runs the real CLI (a subprocess) against real containers: nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+SECRET_MARK = "TESTSECRET"
+KBINFRA = [sys.executable, "-c", "from kbinfra.cli import main; main()"]
+
+
+def fixed_secret(name: str) -> str:
+    """The same pinned secrets as tests/conftest.py, so a leak is easy to spot."""
+    return f"{SECRET_MARK}-{name}-0123456789"
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+@dataclass
+class Deployment:
+    """A stack folder deployed to one target, and how to run kbinfra on it."""
+
+    dir: Path
+    name: str
+    kind: str  # local or ssh
+    env: dict[str, str]
+    images: dict[str, str]
+
+    def run(self, *args: str, timeout: float = 600) -> Run:
+        proc = subprocess.run(
+            [*KBINFRA, *args, "--dir", str(self.dir)],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            check=False,
+        )
+        for text in (proc.stdout, proc.stderr):
+            assert SECRET_MARK not in text, f"a secret leaked into the output of {args}"
+        return Run(proc.returncode, proc.stdout, proc.stderr)
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [*KBINFRA, *args, "--dir", str(self.dir)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+        )
+
+    def edit(self, change: Callable[[dict[str, Any]], None]) -> None:
+        path = self.dir / "kbinfra.yaml"
+        data = yaml.safe_load(path.read_text())
+        change(data)
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def container(self, service: str) -> str:
+        return f"{self.name}-{service}"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _docker(*args: str) -> str:
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def _inspect(name: str) -> dict[str, Any] | None:
+    proc = subprocess.run(["docker", "inspect", name], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        return None
+    data: dict[str, Any] = json.loads(proc.stdout)[0]
+    return data
+
+
+# ---------------------------------------------------------------- the SSH target
+# Until the test bed's fixtures land on main, this module brings up its own small sshd
+# (key-only, loopback) and uses locally built images (see TESTBED.md).
+SSH_USER = "kbapply"
+IMAGE_MAP = {"postgres": "kbinfra-apply/postgres:15"}
+
+
+@dataclass(frozen=True)
+class SSHTarget:
+    user: str
+    host: str
+    port: int
+    key_path: Path
+    known_hosts_path: Path
+    host_key_pub: Path
+
+
+@pytest.fixture(scope="session")
+def ssh_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHTarget]:
+    if os.geteuid() != 0 or not Path("/usr/sbin/sshd").exists():
+        pytest.skip("needs root and openssh-server")
+    folder = tmp_path_factory.mktemp("sshd")
+    folder.chmod(0o755)
+    host_key = folder / "host_ed25519"
+    client_key = folder / "client_ed25519"
+    for key in (host_key, client_key):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    if subprocess.run(["id", SSH_USER], capture_output=True, check=False).returncode != 0:
+        subprocess.run(
+            ["useradd", "-m", "-s", "/bin/sh", "-p", "*", "-G", "docker", SSH_USER], check=True
+        )
+    home = Path(f"/home/{SSH_USER}")
+    (home / ".ssh").mkdir(mode=0o700, exist_ok=True)
+    (home / ".ssh" / "authorized_keys").write_text(Path(f"{client_key}.pub").read_text())
+    subprocess.run(["chown", "-R", f"{SSH_USER}:{SSH_USER}", str(home / ".ssh")], check=True)
+    port = _free_port()
+    config = folder / "sshd_config"
+    config.write_text(
+        f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {host_key}\n"
+        f"PidFile {folder}/sshd.pid\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PubkeyAuthentication yes\nUsePAM no\nPermitRootLogin no\nAllowUsers kbapply\n"
+        "MaxSessions 64\nMaxStartups 64\n"
+    )
+    Path("/run/sshd").mkdir(exist_ok=True)
+    subprocess.run(
+        ["/usr/sbin/sshd", "-f", str(config), "-E", str(folder / "sshd.log")], check=True
+    )
+    known_hosts = folder / "known_hosts"
+    host_line = Path(f"{host_key}.pub").read_text().split()[:2]
+    known_hosts.write_text(f"[127.0.0.1]:{port} {' '.join(host_line)}\n")
+    for _ in range(50):
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    yield SSHTarget(SSH_USER, "127.0.0.1", port, client_key, known_hosts, Path(f"{host_key}.pub"))
+    pid = int((folder / "sshd.pid").read_text())
+    os.kill(pid, signal.SIGTERM)
+
+
+@pytest.fixture(scope="session")
+def image_map_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    for image in IMAGE_MAP.values():
+        if subprocess.run(
+            ["docker", "image", "inspect", image], capture_output=True, check=False
+        ).returncode:
+            pytest.skip(f"image {image} is not built (see TESTBED.md)")
+    path = tmp_path_factory.mktemp("images") / "images.yaml"
+    path.write_text(yaml.safe_dump({"images": IMAGE_MAP}))
+    return path
+
+
+# ---------------------------------------------------------------- deployments
+def _new_deployment(
+    kind: str, folder: Path, image_map_path: Path, ssh: SSHTarget | None
+) -> Deployment:
+    name = f"kbt{kind[0]}{uuid.uuid4().hex[:6]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KBINFRA_")}
+    target = "local"
+    if ssh is not None:
+        target = f"ssh://{ssh.user}@{ssh.host}:{ssh.port}"
+        env["KBINFRA_KNOWN_HOSTS"] = str(ssh.known_hosts_path)
+        env["KBINFRA_SSH_IDENTITY"] = str(ssh.key_path)
+    deployment = Deployment(folder, name, kind, env, {})
+    run = subprocess.run(
+        [
+            *KBINFRA,
+            "init",
+            "--profile",
+            "minimum",
+            "--images",
+            str(image_map_path),
+            "--target",
+            target,
+            "--dir",
+            str(folder),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    images = yaml.safe_load(image_map_path.read_text())["images"]
+    deployment.images = images
+
+    def configure(data: dict[str, Any]) -> None:
+        data["name"] = name
+        for service, settings in data["services"].items():
+            settings["enabled"] = service in images  # no test bed image: not deployable here
+            if settings.get("port"):
+                settings["port"] = _free_port()
+
+    deployment.edit(configure)
+    secrets = yaml.safe_load((folder / "secrets.yaml").read_text())
+    pinned = yaml.safe_dump({k: fixed_secret(k) for k in secrets})
+    (folder / "secrets.yaml").write_text(pinned)
+    return deployment
+
+
+@pytest.fixture(params=["local", "ssh"])
+def deployment(
+    request: pytest.FixtureRequest, tmp_path: Path, image_map_path: Path
+) -> Iterator[Deployment]:
+    ssh = request.getfixturevalue("ssh_target") if request.param == "ssh" else None
+    created = _new_deployment(request.param, tmp_path / "stack", image_map_path, ssh)
+    yield created
+    created.run(
+        "destroy", "--yes", "--delete-data", "--confirm-name", created.name, "--force-unlock"
+    )
+
+
+def _services(deployment: Deployment) -> list[str]:
+    return sorted(deployment.images)
+
+
+def _psql(deployment: Deployment, sql: str) -> str:
+    return _docker(
+        "exec",
+        "-e",
+        f"PGPASSWORD={fixed_secret('postgres_password')}",
+        deployment.container("postgres"),
+        "psql",
+        "-h",
+        "127.0.0.1",
+        "-U",
+        "kb",
+        "-d",
+        "kb",
+        "-At",
+        "-c",
+        sql,
+    )
+
+
+# ---------------------------------------------------------------- the tests
+def test_apply_status_and_noop_reapply(deployment: Deployment) -> None:
+    before = deployment.run("plan", "--output", "json")
+    assert before.code == 3, before.err
+    assert {a["action"] for a in before.json()["services"]} == {"create"}
+
+    first = deployment.run("apply", "--yes", "--output", "json")
+    assert first.code == 0, first.err
+    result = first.json()
+    assert sorted(r["service"] for r in result["services"] if r["outcome"] == "created") == (
+        _services(deployment)
+    )
+    assert ".env" in result["files_uploaded"]
+
+    status = deployment.run("status", "--output", "json")
+    assert status.code == 0, status.err
+    rows = {r["service"]: r for r in status.json()["services"]}
+    for service in _services(deployment):
+        row = rows[service]
+        assert row["state"] == "running"
+        assert row["health"] in ("healthy", None)
+        assert row["drift"] == []
+        assert row["running_image"] == deployment.images[service]
+        for port in row["ports"]:
+            host_ip = port.split(":", 1)[0]
+            assert host_ip == ("0.0.0.0" if service == "nginx" else "127.0.0.1"), port
+    text_status = deployment.run("status")
+    assert "postgres" in text_status.out and "healthy" in text_status.out
+
+    info = _inspect(deployment.container("postgres"))
+    assert info is not None
+    assert info["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    assert info["HostConfig"]["NanoCpus"] > 0 and info["HostConfig"]["Memory"] > 0
+    assert deployment.name + "-net" in info["NetworkSettings"]["Networks"]
+    aliases = info["NetworkSettings"]["Networks"][deployment.name + "-net"]["Aliases"]
+    assert "postgres" in aliases
+    assert SECRET_MARK not in json.dumps(info["Config"]["Labels"])
+
+    again = deployment.run("apply", "--yes")
+    assert again.code == 0, again.err
+    assert "0 created, 0 recreated, 0 started, 0 removed, 0 files uploaded" in again.out
+    assert deployment.run("plan").code == 0
+
+
+def test_one_setting_recreates_only_that_service(deployment: Deployment) -> None:
+    assert deployment.run("apply", "--yes").code == 0
+    ids = {s: _inspect(deployment.container(s))["Id"] for s in _services(deployment)}  # type: ignore[index]
+
+    deployment.edit(lambda d: d["services"]["postgres"].__setitem__("max_connections", 77))
+    plan = deployment.run("plan")
+    assert plan.code == 3
+    assert "~ postgres: recreate (file postgres/postgresql.conf changed)" in plan.out
+    assert "+max_connections = 77" in plan.out
+
+    applied = deployment.run("apply", "--yes", "--output", "json")
+    assert applied.code == 0, applied.err
+    outcomes = {r["service"]: r["outcome"] for r in applied.json()["services"]}
+    assert outcomes.pop("postgres") == "recreated"
+    assert set(outcomes.values()) <= {"unchanged"}
+    assert applied.json()["files_uploaded"] == ["postgres/postgresql.conf"]
+    for service, old_id in ids.items():
+        new_id = _inspect(deployment.container(service))["Id"]  # type: ignore[index]
+        assert (new_id != old_id) == (service == "postgres")
+    assert _psql(deployment, "show max_connections") == "77"
+    assert _inspect(deployment.container("postgres") + ".kbinfra-old") is None
+
+
+def test_failed_health_check_rolls_back_and_keeps_data(deployment: Deployment) -> None:
+    assert deployment.run("apply", "--yes").code == 0
+    _psql(deployment, "create table keep (n int); insert into keep values (1), (2), (3)")
+    old_id = _inspect(deployment.container("postgres"))["Id"]  # type: ignore[index]
+
+    # An image that has no PostgreSQL: the new container exits at once.
+    broken = "kbinfra-apply/debian:bookworm"
+    deployment.edit(lambda d: d["services"]["postgres"].__setitem__("image", broken))
+    deployment.edit(lambda d: d["services"]["postgres"].__setitem__("version", 15))
+    failed = deployment.run("apply", "--yes", "--timeout", "60")
+    assert failed.code == 1, failed.out + failed.err
+    assert "postgres did not become healthy" in failed.err
+    assert "previous container was restored" in failed.err
+
+    current = _inspect(deployment.container("postgres"))
+    assert current is not None and current["Id"] == old_id
+    assert current["State"]["Running"]
+    assert _inspect(deployment.container("postgres") + ".kbinfra-old") is None
+    assert _psql(deployment, "select count(*) from keep") == "3"
+    # The deployed copy still describes what runs: the plan still wants the change.
+    assert deployment.run("plan").code == 3
+
+
+def test_kill_midway_then_apply_converges(deployment: Deployment) -> None:
+    def kill_when(marker: str) -> None:
+        proc = deployment.popen("apply", "--yes")
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if marker in line:
+                proc.send_signal(signal.SIGKILL)
+                break
+        proc.wait(timeout=60)
+        assert proc.returncode == -signal.SIGKILL
+
+    kill_when("waiting until healthy")  # the first service has started
+    assert _inspect(f"{deployment.name}-kbinfra-lock") is not None  # the dead run's lock
+    converged = deployment.run("apply", "--yes")
+    assert converged.code == 0, converged.err
+    assert "broke the lock" in converged.err
+    assert deployment.run("plan").code == 0
+
+    # Killed in the middle of a recreate: the old container is renamed and stopped.
+    deployment.edit(lambda d: d["services"]["postgres"].__setitem__("max_connections", 66))
+    kill_when("waiting until healthy")
+    assert _inspect(deployment.container("postgres") + ".kbinfra-old") is not None
+    converged = deployment.run("apply", "--yes")
+    assert converged.code == 0, converged.err
+    assert deployment.run("plan").code == 0
+    assert _inspect(deployment.container("postgres") + ".kbinfra-old") is None
+    assert _psql(deployment, "show max_connections") == "66"
+
+
+def test_destroy_keeps_data_unless_confirmed(deployment: Deployment) -> None:
+    assert deployment.run("apply", "--yes").code == 0
+    volume = f"{deployment.name}-postgres-data"
+    assert deployment.run("destroy", "--yes").code == 0
+    assert _inspect(deployment.container("postgres")) is None
+    assert _docker("volume", "inspect", volume)
+    refused = deployment.run("destroy", "--yes", "--delete-data")
+    assert refused.code == 2 and "--confirm-name" in refused.err
+    wrong = deployment.run("destroy", "--yes", "--delete-data", "--confirm-name", "nope")
+    assert wrong.code == 2
+    assert _docker("volume", "inspect", volume)
+    gone = deployment.run("destroy", "--yes", "--delete-data", "--confirm-name", deployment.name)
+    assert gone.code == 0, gone.err
+    assert subprocess.run(
+        ["docker", "volume", "inspect", volume], capture_output=True, check=False
+    ).returncode
+
+
+def test_unknown_or_changed_host_key_is_refused(
+    ssh_target: SSHTarget, tmp_path: Path, image_map_path: Path
+) -> None:
+    deployment = _new_deployment("ssh", tmp_path / "stack", image_map_path, ssh_target)
+    offered = subprocess.run(
+        ["ssh-keygen", "-lf", str(ssh_target.host_key_pub)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[1]
+    address = f"{ssh_target.host}:{ssh_target.port}"
+
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    deployment.env["KBINFRA_KNOWN_HOSTS"] = str(empty)
+    refused = deployment.run("plan")
+    assert refused.code == 2
+    line = refused.err.strip()
+    assert len(line.splitlines()) == 1
+    assert "unknown SSH host key ssh-ed25519" in line and offered in line
+    assert address in line and f"kbinfra ssh trust {address}" in line
+
+    other = tmp_path / "other_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    wrong = tmp_path / "known_hosts_wrong"
+    other_key = " ".join(Path(f"{other}.pub").read_text().split()[:2])
+    wrong.write_text(f"[{ssh_target.host}]:{ssh_target.port} {other_key}\n")
+    deployment.env["KBINFRA_KNOWN_HOSTS"] = str(wrong)
+    changed = deployment.run("plan")
+    assert changed.code == 2
+    assert "host key CHANGED" in changed.err and offered in changed.err
+
+    trusted = subprocess.run(
+        [*KBINFRA, "ssh", "trust", address, "--yes", "--known-hosts", str(empty)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert trusted.returncode == 0, trusted.stderr
+    assert offered in trusted.stdout
+    deployment.env["KBINFRA_KNOWN_HOSTS"] = str(empty)
+    assert deployment.run("plan").code == 3
