@@ -424,8 +424,9 @@ def _sync_files(
             store.remove(change.path)
             outcome.files_removed.append(change.path)
             continue
-        if owners.get(change.path, set()) & not_applied:
-            continue
+        owned_by = owners.get(change.path, set())
+        if owned_by & not_applied or (not owned_by and not_applied):
+            continue  # stack-wide files (compose export) describe all services: only if all ran
         file = by_path[change.path]
         store.put(change.path, file.text.encode("utf-8"), file.mode)
         outcome.files_uploaded.append(change.path)

@@ -63,7 +63,9 @@ class Console:
 
         table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
         for column in columns:
-            table.add_column(column)
+            table.add_column(column, overflow="fold")  # never hide part of an id or a port
         for row in rows:
             table.add_row(*(self.redact(str(cell)) for cell in row))
-        RichConsole(soft_wrap=False).print(table)
+        # Piped output has no terminal width: don't squeeze it into 80 columns.
+        width = None if sys.stdout.isatty() else 200
+        RichConsole(soft_wrap=False, width=width).print(table)

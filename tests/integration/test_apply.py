@@ -146,7 +146,7 @@ def ssh_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHTarget]:
         f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {host_key}\n"
         f"PidFile {folder}/sshd.pid\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         "PubkeyAuthentication yes\nUsePAM no\nPermitRootLogin no\nAllowUsers kbapply\n"
-        "MaxSessions 64\nMaxStartups 64\n"
+        "MaxSessions 64\nMaxStartups 64\nSubsystem sftp internal-sftp\n"
     )
     Path("/run/sshd").mkdir(exist_ok=True)
     subprocess.run(

@@ -103,7 +103,8 @@ def print_plan(console: Console, plan: Plan) -> None:
         if change.change == "remove":
             console.line(f"- file {change.path}: remove")
         elif change.secret:
-            console.line(f"~ file {change.path}: (secret file changed)")
+            mark, what = ("+", "added") if change.change == "add" else ("~", "changed")
+            console.line(f"{mark} file {change.path}: (secret file {what})")
         else:
             console.line(
                 f"{'+' if change.change == 'add' else '~'} file {change.path}: {change.change}"
@@ -210,7 +211,8 @@ def apply(
         raise ApplyFailedError(
             f"{first.service} did not become healthy: {first.error}{back}",
             where=where.name,
-            fix="see the log lines above, fix kbinfra.yaml, then `kbinfra plan`",
+            fix=("see its last log lines above; " if first.logs else "")
+            + "fix kbinfra.yaml, then `kbinfra plan`",
         )
 
 

@@ -69,7 +69,16 @@ class LocalFileStore(FileStore):
             raise
 
     def remove(self, path: str) -> None:
-        self._path(path).unlink(missing_ok=True)
+        target = self._path(path)
+        target.unlink(missing_ok=True)
+        root = self.root.resolve()
+        for parent in target.parents:
+            if parent == root or not parent.is_relative_to(root):
+                break
+            try:
+                parent.rmdir()  # only when empty
+            except OSError:
+                break
 
 
 class LocalTarget(Target):

@@ -330,8 +330,18 @@ class SFTPFileStore(FileStore):
             raise
 
     def remove(self, path: str) -> None:
+        sftp = self._target.sftp()
+        remote = self._remote(path)
         with contextlib.suppress(FileNotFoundError):
-            self._target.sftp().remove(self._remote(path))
+            sftp.remove(remote)
+        parent = posixpath.dirname(remote)
+        while parent.startswith(self.root + "/"):
+            try:
+                sftp.rmdir(parent)  # only when empty
+            except OSError:
+                break
+            self._made_dirs.discard(parent)
+            parent = posixpath.dirname(parent)
 
 
 class SSHTarget(Target):
@@ -371,7 +381,16 @@ class SSHTarget(Target):
 
     def sftp(self) -> paramiko.SFTPClient:
         if self._sftp is None:
-            self._sftp = self.ssh().open_sftp()
+            import paramiko  # noqa: PLC0415
+
+            try:
+                self._sftp = self.ssh().open_sftp()
+            except paramiko.SSHException as error:
+                raise KbinfraError(
+                    f"SFTP is not available: {error}",
+                    where=self.address.url,
+                    fix="enable it in the host's sshd_config (`Subsystem sftp internal-sftp`)",
+                ) from None
         return self._sftp
 
     def docker_client(self) -> DockerClient:
