@@ -61,6 +61,13 @@ def write_stack_dir(
     return folder
 
 
+def edit_stack_file(folder: Path, overrides: dict[str, Any]) -> None:
+    """Deep-merge ``overrides`` into ``folder/kbinfra.yaml`` without validating it."""
+    stack_file = folder / "kbinfra.yaml"
+    data = yaml.safe_load(stack_file.read_text())
+    stack_file.write_text(yaml.safe_dump(_deep_update(data, overrides), sort_keys=False))
+
+
 @pytest.fixture
 def make_stack(tmp_path: Path) -> Callable[..., Stack]:
     """``make_stack("large", {"services": {"redis": {"enabled": False}}})`` → a loaded Stack."""
