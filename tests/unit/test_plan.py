@@ -137,12 +137,12 @@ def test_plan_removes_disabled_services_and_reports_leftovers(make_stack: Any) -
     pg = desired["postgres"]
     orphan = ObservedContainer(
         "1",
-        "kb-redis",
+        "kb-retired",
         "running",
         "Up 2 hours",
         "redis:7",
         "sha256:r",
-        {LABEL_STACK: "kb", LABEL_SERVICE: "redis", LABEL_CONFIG_HASH: "x"},
+        {LABEL_STACK: "kb", LABEL_SERVICE: "retired", LABEL_CONFIG_HASH: "x"},
     )
     old = ObservedContainer(
         "2",
@@ -173,7 +173,7 @@ def test_plan_removes_disabled_services_and_reports_leftovers(make_stack: Any) -
     )
     facts = Facts(
         containers=(orphan, old, current, other_stack),
-        images={normalize_ref(pg.spec.image): "sha256:p"},
+        images={normalize_ref(d.spec.image): "sha256:p" for d in desired.values()},
         deployed_files={f.path: sha256_text(f.text) for f in rendered},
     )
     plan = make_plan(
@@ -186,7 +186,9 @@ def test_plan_removes_disabled_services_and_reports_leftovers(make_stack: Any) -
         redact=lambda t: t,
     )
     assert plan.action("postgres").action == "nothing"
-    assert plan.action("redis").action == "remove"
+    others = {a.action for a in plan.services if a.service not in ("postgres", "retired")}
+    assert others <= {"create"}
+    assert plan.action("retired").action == "remove"
     assert plan.leftovers == ("kb-postgres.kbinfra-old",)
     assert plan.files == ()
     assert plan.missing_images == ()
@@ -195,7 +197,7 @@ def test_plan_removes_disabled_services_and_reports_leftovers(make_stack: Any) -
     rows = {r.container: r for r in stack_status("kb", desired, facts)}
     assert rows["kb-postgres"].drift == ()
     assert rows["kb-postgres"].uptime == "1 minute"
-    assert rows["kb-redis"].drift == ("not enabled in kbinfra.yaml",)
+    assert rows["kb-retired"].drift == ("not enabled in kbinfra.yaml",)
 
 
 def test_plan_with_nothing_deployed_creates_everything(make_stack: Any) -> None:
