@@ -202,7 +202,7 @@ def append_known_host(known_hosts: Path, host: str, port: int, key: paramiko.PKe
     """Add one OpenSSH known_hosts line (file 0600 and folder 0700 when created)."""
     known_hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     line = f"{known_hosts_name(host, port)} {key.get_name()} {key.get_base64()}\n"
-    fd = os.open(known_hosts, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    fd = os.open(known_hosts, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
     with os.fdopen(fd, "a+b") as handle:
         handle.seek(0, os.SEEK_END)
         if handle.tell() > 0:

@@ -1,0 +1,99 @@
+"""Target helpers that need no host: fingerprints, known_hosts lines, the local file store."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from kbinfra.commands.deploy import _host_port
+from kbinfra.targets.local import LocalFileStore
+from kbinfra.targets.ssh import (
+    append_known_host,
+    fingerprint,
+    known_hosts_name,
+    known_keys,
+    trust_hint,
+)
+
+
+def test_fingerprint_is_openssh_sha256() -> None:
+    blob = b"\x00\x00\x00\x0bssh-ed25519" + bytes(range(36))
+    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    assert fingerprint(blob) == f"SHA256:{digest}"
+
+
+def test_known_hosts_names_and_hints() -> None:
+    assert known_hosts_name("h", 22) == "h"
+    assert known_hosts_name("10.0.0.5", 2222) == "[10.0.0.5]:2222"
+    assert trust_hint("h", 22) == "kbinfra ssh trust h"
+    assert trust_hint("h", 2222) == "kbinfra ssh trust h:2222"
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("h", ("h", 22)),
+        ("h:2200", ("h", 2200)),
+        ("[::1]:2200", ("::1", 2200)),
+        ("[::1]", ("::1", 22)),
+    ],
+)
+def test_host_port(address: str, expected: tuple[str, int]) -> None:
+    assert _host_port(address) == expected
+
+
+def test_append_known_host_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "ssh" / "known_hosts"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")], check=True
+    )
+    key = paramiko.Ed25519Key.from_private_key_file(str(tmp_path / "k"))
+    path.parent.mkdir()
+    other = key.get_base64()
+    path.write_text(f"other ssh-ed25519 {other}")  # no final newline
+    append_known_host(path, "127.0.0.1", 2222, key)
+    assert known_keys(path, "127.0.0.1", 2222) == {"ssh-ed25519": key.get_base64()}
+    assert known_keys(path, "127.0.0.1", 22) == {}
+    assert path.read_text().splitlines()[1].startswith("[127.0.0.1]:2222 ssh-ed25519 ")
+
+
+def test_local_file_store_is_atomic_private_and_prunes(tmp_path: Path) -> None:
+    store = LocalFileStore(tmp_path / "deployed")
+    assert store.hashes() == {}
+    store.put("a/b.conf", b"x", 0o644)
+    store.put(".env", b"SECRET=1\n", 0o600)
+    assert stat.S_IMODE((tmp_path / "deployed" / ".env").stat().st_mode) == 0o600
+    assert store.hashes() == {
+        ".env": hashlib.sha256(b"SECRET=1\n").hexdigest(),
+        "a/b.conf": hashlib.sha256(b"x").hexdigest(),
+    }
+    assert store.hashes(["a/b.conf", "missing"]) == {"a/b.conf": hashlib.sha256(b"x").hexdigest()}
+    assert store.read("a/b.conf") == b"x" and store.read("nope") is None
+    assert not [p for p in (tmp_path / "deployed").rglob("*") if ".kbinfra-tmp-" in p.name]
+    store.remove("a/b.conf")
+    assert not (tmp_path / "deployed" / "a").exists()
+    with pytest.raises(ValueError, match="outside"):
+        store.put("../escape", b"", 0o644)
+
+
+def test_help_and_render_do_not_import_docker_or_paramiko() -> None:
+    code = (
+        "import sys\n"
+        "from kbinfra.cli import app\n"
+        "import kbinfra.commands.deploy, kbinfra.targets\n"
+        "heavy = sorted(m for m in ('docker', 'paramiko') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONSTARTUP"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    ).stdout.strip()
+    assert out == ""
