@@ -109,7 +109,13 @@ def _inspect(name: str) -> dict[str, Any] | None:
 # Until the test bed's fixtures land on main, this module brings up its own small sshd
 # (key-only, loopback) and uses locally built images (see TESTBED.md).
 SSH_USER = "kbapply"
-IMAGE_MAP = {"postgres": "kbinfra-apply/postgres:15"}
+IMAGE_MAP = {
+    "postgres": "kbinfra-apply/postgres:15",
+    "postgres-exporter": "kbinfra-apply/postgres-exporter:tb",
+    "node-exporter": "kbinfra-apply/node-exporter:tb",
+    "prometheus": "kbinfra-apply/prometheus:tb",
+    "alertmanager": "kbinfra-apply/alertmanager:tb",
+}
 
 
 @dataclass(frozen=True)
