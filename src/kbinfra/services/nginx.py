@@ -326,67 +326,89 @@ _MESSAGE = re.compile(
 )
 
 
-def nginx_config_test(nginx: str, out: Path, mounts: list[FileMount]) -> CheckResult:
-    """``nginx -t`` on the rendered files, laid out in a scratch copy of /etc/nginx.
+@dataclass(frozen=True)
+class ScratchNginx:
+    """A runnable copy of the rendered configuration outside the container."""
 
-    The copy keeps every line where it was, so nginx's ``file:line`` maps straight back to the
-    rendered file. Rewritten per line: paths under /etc/nginx, ``listen`` ports (free high
-    ports on 127.0.0.1), ``pid``, ``user`` (dropped: the image's ``nginx`` user may not exist
-    here), Docker's /etc/hosts names (→ 127.0.0.1, as ``extra_hosts`` would), and, for a local
-    nginx older than 1.25.1, ``http2 on;`` folded back into ``listen ... http2``.
+    root: Path
+    #: scratch file → rendered file (``nginx/site.conf``), to map nginx's messages back
+    origin: dict[str, str]
+    #: container port (``"443"``) → the free local port that replaced it
+    ports: dict[str, int]
+
+    @property
+    def conf(self) -> Path:
+        return self.root / "nginx.conf"
+
+
+def scratch_copy(
+    out: Path, mounts: list[FileMount], root: Path, *, fold_http2: bool
+) -> ScratchNginx:
+    """Lay the rendered files out under ``root`` as they are mounted under /etc/nginx.
+
+    Every line stays where it was, so nginx's ``file:line`` maps straight back to the rendered
+    file. Rewritten per line: paths under /etc/nginx, ``listen`` ports (free ports on
+    127.0.0.1), ``pid``, ``user`` (dropped: the image's ``nginx`` user may not exist here),
+    Docker's /etc/hosts names (→ 127.0.0.1, as ``extra_hosts`` does), and, for a local nginx
+    older than 1.25.1, ``http2 on;`` folded back into ``listen ... http2``.
     """
+    origin: dict[str, str] = {}
+    ports: dict[str, int] = {}
+    for mount in mounts:
+        if not mount.target.startswith(f"{CONFIG_DIR}/"):
+            continue
+        copy = root / mount.target.removeprefix(f"{CONFIG_DIR}/")
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        source = out / mount.source
+        if copy.suffix == ".conf":
+            text = source.read_text(encoding="utf-8")
+            copy.write_text(_scratch_text(text, root, ports, fold_http2), encoding="utf-8")
+        else:
+            shutil.copyfile(source, copy)
+        origin[str(copy)] = mount.source
+    _provide_mime_types(root)
+    return ScratchNginx(root, origin, ports)
+
+
+def nginx_config_test(nginx: str, out: Path, mounts: list[FileMount]) -> CheckResult:
+    """``nginx -t`` on the rendered files, in a scratch copy (see :func:`scratch_copy`)."""
     from kbinfra.validation import run_tool  # noqa: PLC0415
 
-    version = _local_version(nginx)
+    version = local_nginx_version(nginx)
     fold_http2 = version is not None and version < HTTP2_DIRECTIVE_SINCE
-    scratch = Path(tempfile.mkdtemp(prefix="kbinfra-nginx-"))
+    root = Path(tempfile.mkdtemp(prefix="kbinfra-nginx-"))
     try:
-        origin: dict[str, str] = {}
-        ports: dict[str, int] = {}
-        for mount in mounts:
-            if not mount.target.startswith(f"{CONFIG_DIR}/"):
-                continue
-            copy = scratch / mount.target.removeprefix(f"{CONFIG_DIR}/")
-            copy.parent.mkdir(parents=True, exist_ok=True)
-            source = out / mount.source
-            if copy.suffix == ".conf":
-                text = source.read_text(encoding="utf-8")
-                copy.write_text(_scratch_text(text, scratch, ports, fold_http2), encoding="utf-8")
-            else:
-                shutil.copyfile(source, copy)
-            origin[str(copy)] = mount.source
-        _provide_mime_types(scratch)
+        scratch = scratch_copy(out, mounts, root, fold_http2=fold_http2)
         run = run_tool(
-            [nginx, "-t", "-p", f"{scratch}/", "-c", str(scratch / "nginx.conf"), "-e", "stderr"],
-            timeout=30,
+            [nginx, "-t", "-p", f"{root}/", "-c", str(scratch.conf), "-e", "stderr"], timeout=30
         )
-        return _result(run, origin, scratch, version, fold_http2)
+        return _result(run, scratch, version, fold_http2)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
-def _local_version(nginx: str) -> tuple[int, int, int] | None:
+def local_nginx_version(nginx: str) -> tuple[int, int, int] | None:
     from kbinfra.validation import run_tool  # noqa: PLC0415
 
     match = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", run_tool([nginx, "-v"], timeout=10).output)
     return (int(match[1]), int(match[2]), int(match[3])) if match else None
 
 
-def _scratch_text(text: str, scratch: Path, ports: dict[str, int], fold_http2: bool) -> str:
-    return "\n".join(_scratch_line(line, scratch, ports, fold_http2) for line in text.split("\n"))
+def _scratch_text(text: str, root: Path, ports: dict[str, int], fold_http2: bool) -> str:
+    return "\n".join(_scratch_line(line, root, ports, fold_http2) for line in text.split("\n"))
 
 
-def _scratch_line(line: str, scratch: Path, ports: dict[str, int], fold_http2: bool) -> str:
+def _scratch_line(line: str, root: Path, ports: dict[str, int], fold_http2: bool) -> str:
     stripped = line.strip()
     if re.match(r"user\s", stripped):
         return f"# {stripped}"
     if fold_http2 and stripped == "http2 on;":
         return ""
-    line = line.replace(f"{CONFIG_DIR}/", f"{scratch}/")
+    line = line.replace(f"{CONFIG_DIR}/", f"{root}/")
     for alias in DOCKER_HOST_ALIASES:
         line = line.replace(alias, "127.0.0.1")
     if re.match(r"pid\s", stripped):
-        return re.sub(r"pid\s+\S+;", f"pid {scratch}/nginx.pid;", line)
+        return re.sub(r"pid\s+\S+;", f"pid {root}/nginx.pid;", line)
     listen = re.match(r"(?P<lead>\s*listen\s+)(?P<port>\d+)(?P<rest>[^;]*);(?P<tail>.*)$", line)
     if listen is None:
         return line
@@ -408,9 +430,9 @@ def _unused_port(taken: set[int]) -> int:
     return port
 
 
-def _provide_mime_types(scratch: Path) -> None:
+def _provide_mime_types(root: Path) -> None:
     """The image ships /etc/nginx/mime.types; use this machine's copy, or a minimal one."""
-    target = scratch / "mime.types"
+    target = root / "mime.types"
     if target.exists():
         return
     local = Path(CONFIG_DIR) / "mime.types"
@@ -422,8 +444,7 @@ def _provide_mime_types(scratch: Path) -> None:
 
 def _result(
     run: ToolRun,
-    origin: dict[str, str],
-    scratch: Path,
+    scratch: ScratchNginx,
     version: tuple[int, int, int] | None,
     fold_http2: bool,
 ) -> CheckResult:
@@ -435,8 +456,8 @@ def _result(
         message = _MESSAGE.search(raw)
         if message is None:
             continue
-        text = message["text"].replace(f"{scratch}/", f"{CONFIG_DIR}/")
-        path = origin.get(message["file"] or "", MAIN_CONF)
+        text = message["text"].replace(f"{scratch.root}/", f"{CONFIG_DIR}/")
+        path = scratch.origin.get(message["file"] or "", MAIN_CONF)
         line = int(message["line"]) if message["line"] else None
         if message["level"] in ("emerg", "alert", "crit"):
             return CheckResult(path, tool, "failed", text, line)
@@ -444,7 +465,7 @@ def _result(
         warnings.append(f"{message['level']}: {text}{where}")
     if not run.ok:
         last = run.output.splitlines()[-1] if run.output else f"exit code {run.returncode}"
-        return CheckResult(MAIN_CONF, tool, "failed", last.replace(f"{scratch}/", ""))
+        return CheckResult(MAIN_CONF, tool, "failed", last.replace(f"{scratch.root}/", ""))
     notes = [f"nginx {'.'.join(map(str, version))}" if version else "nginx"]
     if fold_http2:
         notes.append("http2 checked as listen ... http2 (this nginx predates http2 on)")
