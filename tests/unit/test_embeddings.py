@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import subprocess
+import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +17,7 @@ from pydantic import ValidationError
 from kbinfra import __version__
 from kbinfra.errors import SpecError
 from kbinfra.render import render_service, render_stack, write_tree
+from kbinfra.services._probes import python_http_probe
 from kbinfra.services.embeddings import (
     CONFIG_FILE,
     DEFAULT_MODELS,
@@ -23,6 +28,7 @@ from kbinfra.services.embeddings import (
     embeddings_tuning,
 )
 from kbinfra.stack import Stack
+from kbinfra.validation import free_port
 
 MODELS = [EmbeddingModel.model_validate(m) for m in DEFAULT_MODELS]
 
@@ -191,3 +197,31 @@ def test_check_rendered_validates_config_against_the_model(
     assert result.detail.startswith("workers:")
     assert result.line is not None
     assert '"workers": 0' in text.splitlines()[result.line - 1]
+
+
+def test_health_probe_really_runs_with_the_standard_library() -> None:
+    """The probe's Python exits 0 on a 200 and non-zero when nothing answers."""
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/health" else 503)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+
+        def probe(path: str) -> int:
+            _, _, flag, code = python_http_probe(f"http://127.0.0.1:{port}{path}", timeout_s=2)
+            return subprocess.run([sys.executable, "-I", flag, code], check=False).returncode
+
+        assert probe("/health") == 0
+        assert probe("/broken") != 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert probe("/health") != 0

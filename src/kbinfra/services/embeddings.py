@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kbinfra import __version__
 from kbinfra.errors import SpecError
+from kbinfra.services._probes import python_http_probe
 from kbinfra.services.base import (
     ContainerSpec,
     FileMount,
@@ -292,13 +293,7 @@ class Embeddings(Service):
             files=[FileMount(source=CONFIG_FILE, target=CONFIG_TARGET)],
             # The image has Python but not `requests` (the guide's health check imported it).
             healthcheck=HealthCheck(
-                test=[
-                    "CMD",
-                    "python3",
-                    "-c",
-                    "import urllib.request; "
-                    f"urllib.request.urlopen('http://127.0.0.1:{PORT}/health', timeout=5)",
-                ],
+                test=python_http_probe(f"http://127.0.0.1:{PORT}/health"),
                 interval_s=15,
                 timeout_s=10,
                 retries=8,

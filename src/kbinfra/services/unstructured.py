@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from kbinfra.services._probes import python_http_probe
 from kbinfra.services.base import (
     ContainerSpec,
     HealthCheck,
@@ -289,13 +290,7 @@ class Unstructured(Service):
             ports=ctx.loopback_port(PORT),
             # The image has python3 (no curl); /healthcheck needs no API key.
             healthcheck=HealthCheck(
-                test=[
-                    "CMD",
-                    "python3",
-                    "-c",
-                    "import urllib.request; "
-                    f"urllib.request.urlopen('http://127.0.0.1:{PORT}/healthcheck', timeout=5)",
-                ],
+                test=python_http_probe(f"http://127.0.0.1:{PORT}/healthcheck"),
                 interval_s=15,
                 timeout_s=10,
                 retries=8,
