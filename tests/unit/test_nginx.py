@@ -24,7 +24,6 @@ from kbinfra.services.nginx import (
     TLS12_CIPHERS,
     app_upstream,
     check_ciphers,
-    local_nginx_version,
     nginx_tuning,
     nginx_version,
     openssl_knows,
@@ -469,13 +468,8 @@ def test_nginx_serves_the_rendered_config(
         pytest.skip("runs nginx's master as root, as in the container")
     stack = make_stack("minimum", {"app": {"upstream": f"127.0.0.1:{app_server}"}})
     out = render_to(stack, tmp_path / "out")
-    version = local_nginx_version(nginx)
-    scratch = scratch_copy(
-        out,
-        SERVICE.container(stack.contexts["nginx"]).files,
-        tmp_path / "etc-nginx",
-        fold_http2=version is not None and version < (1, 25, 1),
-    )
+    mounts = SERVICE.container(stack.contexts["nginx"]).files
+    scratch = scratch_copy(nginx, out, mounts, tmp_path / "etc-nginx")
     command = [nginx, "-g", "daemon off;", "-e", "stderr", "-p", f"{scratch.root}/"]
     process = subprocess.Popen(
         [*command, "-c", str(scratch.conf)],

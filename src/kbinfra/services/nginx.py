@@ -146,14 +146,18 @@ def nginx_tuning(*, cpus: float, memory_mb: int) -> NginxTune:
     )
 
 
-def nginx_version(image: str) -> tuple[int, int, int] | None:
-    """``nginx:1.30.5`` → (1, 30, 5); None when the tag names no version (``latest``)."""
-    last = image.rsplit("/", 1)[-1]
-    tag = last.rsplit(":", 1)[-1] if ":" in last else ""
-    match = re.match(r"^(\d+)\.(\d+)(?:\.(\d+))?", tag)
+def parse_version(text: str) -> tuple[int, int, int] | None:
+    """``1.30.5-trixie`` → (1, 30, 5), ``1.24`` → (1, 24, 0); None without a leading version."""
+    match = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
     if match is None:
         return None
     return int(match[1]), int(match[2]), int(match[3] or 0)
+
+
+def nginx_version(image: str) -> tuple[int, int, int] | None:
+    """``nginx:1.30.5`` → (1, 30, 5); None when the tag names no version (``latest``)."""
+    last = image.rsplit("/", 1)[-1]
+    return parse_version(last.rsplit(":", 1)[-1] if ":" in last else "")
 
 
 @dataclass(frozen=True)
@@ -335,15 +339,16 @@ class ScratchNginx:
     origin: dict[str, str]
     #: container port (``"443"``) → the free local port that replaced it
     ports: dict[str, int]
+    #: the local nginx's version, and whether ``http2 on;`` had to be folded for it
+    version: tuple[int, int, int] | None
+    fold_http2: bool
 
     @property
     def conf(self) -> Path:
         return self.root / "nginx.conf"
 
 
-def scratch_copy(
-    out: Path, mounts: list[FileMount], root: Path, *, fold_http2: bool
-) -> ScratchNginx:
+def scratch_copy(nginx: str, out: Path, mounts: list[FileMount], root: Path) -> ScratchNginx:
     """Lay the rendered files out under ``root`` as they are mounted under /etc/nginx.
 
     Every line stays where it was, so nginx's ``file:line`` maps straight back to the rendered
@@ -352,6 +357,8 @@ def scratch_copy(
     Docker's /etc/hosts names (→ 127.0.0.1, as ``extra_hosts`` does), and, for a local nginx
     older than 1.25.1, ``http2 on;`` folded back into ``listen ... http2``.
     """
+    version = local_nginx_version(nginx)
+    fold_http2 = version is not None and version < HTTP2_DIRECTIVE_SINCE
     origin: dict[str, str] = {}
     ports: dict[str, int] = {}
     for mount in mounts:
@@ -367,31 +374,30 @@ def scratch_copy(
             shutil.copyfile(source, copy)
         origin[str(copy)] = mount.source
     _provide_mime_types(root)
-    return ScratchNginx(root, origin, ports)
+    return ScratchNginx(root, origin, ports, version, fold_http2)
 
 
 def nginx_config_test(nginx: str, out: Path, mounts: list[FileMount]) -> CheckResult:
     """``nginx -t`` on the rendered files, in a scratch copy (see :func:`scratch_copy`)."""
     from kbinfra.validation import run_tool  # noqa: PLC0415
 
-    version = local_nginx_version(nginx)
-    fold_http2 = version is not None and version < HTTP2_DIRECTIVE_SINCE
     root = Path(tempfile.mkdtemp(prefix="kbinfra-nginx-"))
     try:
-        scratch = scratch_copy(out, mounts, root, fold_http2=fold_http2)
+        scratch = scratch_copy(nginx, out, mounts, root)
         run = run_tool(
             [nginx, "-t", "-p", f"{root}/", "-c", str(scratch.conf), "-e", "stderr"], timeout=30
         )
-        return _result(run, scratch, version, fold_http2)
+        return _result(run, scratch)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
 def local_nginx_version(nginx: str) -> tuple[int, int, int] | None:
+    """The version of the nginx binary at ``nginx`` (``nginx -v``)."""
     from kbinfra.validation import run_tool  # noqa: PLC0415
 
-    match = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", run_tool([nginx, "-v"], timeout=10).output)
-    return (int(match[1]), int(match[2]), int(match[3])) if match else None
+    output = run_tool([nginx, "-v"], timeout=10).output
+    return parse_version(output.partition("nginx/")[2])
 
 
 def _scratch_text(text: str, root: Path, ports: dict[str, int], fold_http2: bool) -> str:
@@ -442,12 +448,7 @@ def _provide_mime_types(root: Path) -> None:
         target.write_text("types {\n    text/html html;\n    application/json json;\n}\n")
 
 
-def _result(
-    run: ToolRun,
-    scratch: ScratchNginx,
-    version: tuple[int, int, int] | None,
-    fold_http2: bool,
-) -> CheckResult:
+def _result(run: ToolRun, scratch: ScratchNginx) -> CheckResult:
     from kbinfra.validation import CheckResult  # noqa: PLC0415
 
     tool = "nginx -t"
@@ -466,8 +467,9 @@ def _result(
     if not run.ok:
         last = run.output.splitlines()[-1] if run.output else f"exit code {run.returncode}"
         return CheckResult(MAIN_CONF, tool, "failed", last.replace(f"{scratch.root}/", ""))
+    version = scratch.version
     notes = [f"nginx {'.'.join(map(str, version))}" if version else "nginx"]
-    if fold_http2:
+    if scratch.fold_http2:
         notes.append("http2 checked as listen ... http2 (this nginx predates http2 on)")
     return CheckResult(MAIN_CONF, tool, "ok", "; ".join(notes + warnings))
 
