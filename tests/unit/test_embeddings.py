@@ -90,8 +90,10 @@ def test_overrides_win() -> None:
 
 def test_too_little_memory_for_the_models_is_one_clear_error() -> None:
     # 600 + 1220 + 8 x 16 = 1948 MiB at least.
-    with pytest.raises(SpecError, match="at least 1948 MiB"):
+    with pytest.raises(SpecError, match="1 worker\\(s\\) need at least 1948 MiB"):
         embeddings_tuning(cpus=2, memory_mb=1900, models=MODELS, device="cpu")
+    with pytest.raises(SpecError, match="4 worker\\(s\\) need at least 7792 MiB"):
+        embeddings_tuning(cpus=8, memory_mb=4096, models=MODELS, device="cpu", workers=4)
 
 
 @pytest.mark.parametrize(

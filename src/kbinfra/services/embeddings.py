@@ -148,13 +148,6 @@ def embeddings_tuning(
     cores = max(1, math.floor(cpus))
     models_mb = sum(m.memory_mb for m in models)
     per_sequence = sequence_mb(models)
-    smallest = RUNTIME_MB + models_mb + MIN_BATCH * per_sequence
-    if memory_mb < smallest:
-        raise SpecError(
-            f"embeddings has {memory_mb} MiB but its models need at least {math.ceil(smallest)} "
-            f"MiB ({RUNTIME_MB} runtime + {models_mb} models + a batch of {MIN_BATCH})",
-            fix="raise the embeddings memory in the profile, or serve fewer models",
-        )
     if device == "cuda":
         count = workers or 1
         batch = batch_size or CUDA_BATCH
@@ -163,6 +156,15 @@ def embeddings_tuning(
         count = workers or max(1, min(fits, cores // 2))
         budget = memory_mb / count - RUNTIME_MB - models_mb
         batch = batch_size or _clamp_pow2(budget / per_sequence, MIN_BATCH, MAX_CPU_BATCH)
+    # Every worker loads its own copy of every model (on CUDA too, through host memory).
+    smallest = count * (RUNTIME_MB + models_mb + MIN_BATCH * per_sequence)
+    if memory_mb < smallest:
+        raise SpecError(
+            f"embeddings has {memory_mb} MiB but {count} worker(s) need at least "
+            f"{math.ceil(smallest)} MiB (each: {RUNTIME_MB} runtime + {models_mb} models "
+            f"+ a batch of {MIN_BATCH})",
+            fix="raise the embeddings memory in the profile, or serve fewer models or workers",
+        )
     return EmbeddingsTune(workers=count, torch_threads=max(1, cores // count), batch_size=batch)
 
 
