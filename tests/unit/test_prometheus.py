@@ -107,10 +107,11 @@ def test_scrape_jobs_are_exactly_those_of_enabled_services(
     make_stack: Callable[..., Stack],
 ) -> None:
     stack = make_stack("minimum")
-    # Everything registered in this branch is on; redis is not registered, so no redis job.
+    # Every registered service is on by default, so each offers its job.
     assert job_names(stack.contexts["prometheus"]) == [
         "alertmanager",
         "app",
+        "embeddings",
         "grafana",
         "node",
         "postgres",
@@ -129,11 +130,11 @@ def test_scrape_jobs_are_exactly_those_of_enabled_services(
         },
     )
     ctx = fewer.contexts["prometheus"]
-    assert job_names(ctx) == ["app", "prometheus"]
+    assert job_names(ctx) == ["app", "embeddings", "prometheus"]
     assert SERVICE.alertmanagers(ctx) == []
     config = yaml.safe_load(rendered(ctx)["prometheus/prometheus.yml"].text)
     assert config["alerting"]["alertmanagers"] == []
-    assert [c["job_name"] for c in config["scrape_configs"]] == ["app", "prometheus"]
+    assert [c["job_name"] for c in config["scrape_configs"]] == ["app", "embeddings", "prometheus"]
 
 
 def test_redis_job_appears_with_redis(make_stack: Callable[..., Stack]) -> None:
@@ -275,6 +276,7 @@ def test_down_alert_for_every_scraped_job_but_prometheus(make_stack: Callable[..
     assert sorted(down) == [
         "AlertmanagerDown",
         "AppDown",
+        "EmbeddingsDown",
         "GrafanaDown",
         "NodeDown",
         "PostgresDown",
