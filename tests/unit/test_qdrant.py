@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
+import shutil
+import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,7 +13,7 @@ import pytest
 import yaml
 
 from kbinfra.render import render_service, write_tree
-from kbinfra.services.qdrant import SERVICE, config_problems, qdrant_tuning
+from kbinfra.services.qdrant import SERVICE, config_problems, qdrant_tuning, readyz_probe
 from kbinfra.spec.yamlfile import parse_yaml
 from kbinfra.stack import Stack
 
@@ -128,6 +132,38 @@ def test_health_check_probes_readyz_with_bash_only(make_stack: Callable[..., Sta
     assert "GET /readyz HTTP/1.1" in script
     assert " 200 " in script
     assert "curl" not in script and "wget" not in script
+
+
+class _Readyz(http.server.BaseHTTPRequestHandler):
+    """Answers /readyz like Qdrant: 200 once ready, 503 before."""
+
+    protocol_version = "HTTP/1.1"
+    status = 503
+
+    def do_GET(self) -> None:
+        code = self.status if self.path == "/readyz" else 404
+        self.send_response(code)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.parametrize(("status", "healthy"), [(200, True), (503, False), (404, False)])
+def test_readyz_probe_really_speaks_http(status: int, healthy: bool) -> None:
+    handler = type("Handler", (_Readyz,), {"status": status})
+    server = http.server.HTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.handle_request)
+    thread.start()
+    try:
+        probe = readyz_probe(server.server_address[1])
+        done = subprocess.run(["bash", "-c", probe], capture_output=True, timeout=10, check=False)
+    finally:
+        thread.join(5)
+        server.server_close()
+    assert (done.returncode == 0) is healthy
 
 
 def test_grpc_port_can_be_left_unpublished(make_stack: Callable[..., Stack]) -> None:

@@ -41,14 +41,18 @@ CONFIG_TARGET = "/qdrant/config/production.yaml"
 HTTP_PORT = 6333
 GRPC_PORT = 6334
 
-# A readiness probe with what the image has: the official image (debian slim) ships bash but
-# neither curl nor wget, so bash's /dev/tcp speaks HTTP/1.1 to /readyz (no api key needed;
-# 503 until every shard is loaded) and the status line must say 200.
-READYZ_PROBE = (
-    f"exec 3<>/dev/tcp/127.0.0.1/{HTTP_PORT} && "
-    "printf 'GET /readyz HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' >&3 && "
-    'read -r status <&3 && [[ "$status" == *" 200 "* ]]'
-)
+
+def readyz_probe(port: int = HTTP_PORT) -> str:
+    """A bash script that succeeds only when Qdrant's /readyz answers 200.
+
+    The official image (debian slim) has bash but neither curl nor wget, so bash's /dev/tcp
+    speaks HTTP/1.1; /readyz needs no api key and answers 503 until every shard is loaded.
+    """
+    request = "GET /readyz HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n"
+    return (
+        f"exec 3<>/dev/tcp/127.0.0.1/{port} && printf '{request}' >&3 && "
+        'read -r status <&3 && [[ "$status" == *" 200 "* ]]'
+    )
 
 
 class QdrantSettings(ServiceSettings):
@@ -370,7 +374,7 @@ class Qdrant(Service):
             ],
             files=[FileMount(source=CONFIG_FILE, target=CONFIG_TARGET)],
             healthcheck=HealthCheck(
-                test=["CMD", "bash", "-c", READYZ_PROBE],
+                test=["CMD", "bash", "-c", readyz_probe()],
                 interval_s=10,
                 timeout_s=5,
                 retries=12,
