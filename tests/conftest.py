@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ from kbinfra.scaffold import init_stack
 from kbinfra.secrets import dump_secrets, write_private_file
 from kbinfra.spec.stack import load_stack
 from kbinfra.stack import Stack, open_stack, required_secrets
+from kbinfra.validation import find_tool
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PROFILES = ("minimum", "recommended", "large")
@@ -71,3 +73,18 @@ def make_stack(tmp_path: Path) -> Callable[..., Stack]:
         return open_stack(write_stack_dir(folder, profile, overrides))
 
     return factory
+
+
+@pytest.fixture
+def require_tool() -> Callable[..., str]:
+    """``require_tool("redis-server")`` → its path; skips locally, fails when ``CI=true``."""
+
+    def need(name: str, *extra_dirs: str) -> str:
+        found = find_tool(name, *extra_dirs)
+        if found is None:
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"{name} is not installed, and CI=true needs every validator")
+            pytest.skip(f"{name} is not installed")
+        return found
+
+    return need
