@@ -316,3 +316,18 @@ def test_real_server_fails_a_maxmemory_that_differs_from_the_tuning(
     (result,) = SERVICE.check_rendered(ctx, out)
     assert (result.outcome, result.line) == ("failed", line)
     assert "expected 1502609408" in result.detail
+
+
+@pytest.mark.validators
+def test_real_server_fails_an_acl_file_without_the_default_user(
+    make_stack: Callable[..., Stack], tmp_path: Path, require_tool: Callable[..., str]
+) -> None:
+    # Without a ``user default`` line Redis recreates the default user with no password.
+    require_tool("redis-server")
+    ctx, out = _rendered(make_stack, tmp_path)
+    acl = out / "redis/users.acl"
+    acl.write_text("".join(acl.read_text().splitlines(keepends=True)[1:]))
+    results = SERVICE.check_rendered(ctx, out)
+    assert [(r.outcome, r.detail) for r in results] == [
+        ("failed", "a client that never logs in may run commands: the default user must be off")
+    ]

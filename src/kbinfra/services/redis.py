@@ -54,6 +54,7 @@ START = (
     f"exec docker-entrypoint.sh redis-server {CONF_PATH}"
 )
 HEALTHCHECK_USER = "healthcheck"
+ANONYMOUS = "(no login)"
 #: The ACL users with a password, and the secret that holds it.
 PASSWORD_USERS = {
     "admin": "redis_admin_password",
@@ -477,6 +478,7 @@ def _probe(
             except RespError as error:
                 line = _user_line(acl_text, user)
                 return [_failed(ACL_FILE, f"user {user} cannot log in: {error}", line)]
+        connections[ANONYMOUS] = stack.enter_context(RespConnection(port))
         try:
             problems, version = _probe_users(connections, expected_maxmemory, conf_text, acl_text)
         except RespError as error:
@@ -549,6 +551,18 @@ def _probe_users(
     ]
     if allowed("exporter", ("GET", "session:1")):
         problems.append(_failed(ACL_FILE, "exporter may read values (GET)", exporter_line))
+    try:
+        connections[ANONYMOUS].call("PING")
+        problems.append(
+            _failed(
+                ACL_FILE,
+                "a client that never logs in may run commands: the default user must be off",
+                _user_line(acl_text, "default"),
+            )
+        )
+    except RespError as error:
+        if not str(error).startswith("NOAUTH"):
+            problems.append(_failed(ACL_FILE, f"PING without a login: {error}"))
     if connections[HEALTHCHECK_USER].call("PING") != "PONG":
         problems.append(
             _failed(ACL_FILE, "healthcheck cannot PING", _user_line(acl_text, HEALTHCHECK_USER))
