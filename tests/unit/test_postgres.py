@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kbinfra.render import render_service, write_tree
+from kbinfra.render import render_service
 from kbinfra.services.base import ServiceContext
 from kbinfra.services.postgres import (
     GB,
@@ -21,6 +21,9 @@ from kbinfra.services.postgres import (
     postgres_bin_dirs,
 )
 from kbinfra.stack import Stack
+
+Rendered = Callable[..., tuple[ServiceContext, Path]]
+EditOnce = Callable[[Path, str, str], int]
 
 
 def test_pgtune_web_8gb_2cpu_ssd_matches_hand_calculation() -> None:
@@ -151,23 +154,6 @@ def test_expected_settings_skip_what_is_not_rendered() -> None:
     assert "max_worker_processes" not in expected  # fewer than 4 CPUs: not rendered
 
 
-def _rendered(
-    make_stack: Callable[..., Stack], tmp_path: Path, profile: str = "minimum"
-) -> tuple[ServiceContext, Path]:
-    ctx = make_stack(profile).contexts["postgres"]
-    out = tmp_path / "out"
-    write_tree(render_service(SERVICE, ctx), out)
-    return ctx, out
-
-
-def _edit(path: Path, old: str, new: str) -> int:
-    """Replace ``old`` once; returns its 1-based line."""
-    text = path.read_text()
-    assert old in text
-    path.write_text(text.replace(old, new, 1))
-    return text[: text.index(old)].count("\n") + 1
-
-
 @pytest.fixture
 def postgres_tool(require_tool: Callable[..., str]) -> str:
     return require_tool("postgres", *postgres_bin_dirs())
@@ -176,9 +162,9 @@ def postgres_tool(require_tool: Callable[..., str]) -> str:
 @pytest.mark.validators
 @pytest.mark.parametrize("profile", ["minimum", "recommended", "large"])
 def test_real_postgres_reads_back_every_profile(
-    make_stack: Callable[..., Stack], tmp_path: Path, postgres_tool: str, profile: str
+    rendered: Rendered, postgres_tool: str, profile: str
 ) -> None:
-    ctx, out = _rendered(make_stack, tmp_path, profile)
+    ctx, out = rendered("postgres", profile)
     results = SERVICE.check_rendered(ctx, out)
     assert [(r.path, r.outcome) for r in results] == [
         ("postgres/postgresql.conf", "ok"),
@@ -191,10 +177,10 @@ def test_real_postgres_reads_back_every_profile(
 
 @pytest.mark.validators
 def test_real_postgres_names_an_unknown_parameter_and_its_line(
-    make_stack: Callable[..., Stack], tmp_path: Path, postgres_tool: str
+    rendered: Rendered, edit_once: EditOnce, postgres_tool: str
 ) -> None:
-    ctx, out = _rendered(make_stack, tmp_path)
-    line = _edit(out / "postgres/postgresql.conf", "shared_buffers =", "shared_bufers =")
+    ctx, out = rendered("postgres")
+    line = edit_once(out / "postgres/postgresql.conf", "shared_buffers =", "shared_bufers =")
     (result,) = SERVICE.check_rendered(ctx, out)
     assert (result.path, result.outcome, result.line) == (
         "postgres/postgresql.conf",
@@ -206,10 +192,12 @@ def test_real_postgres_names_an_unknown_parameter_and_its_line(
 
 @pytest.mark.validators
 def test_real_postgres_names_an_invalid_value_and_its_line(
-    make_stack: Callable[..., Stack], tmp_path: Path, postgres_tool: str
+    rendered: Rendered, edit_once: EditOnce, postgres_tool: str
 ) -> None:
-    ctx, out = _rendered(make_stack, tmp_path)
-    line = _edit(out / "postgres/postgresql.conf", "wal_compression = lz4", "wal_compression = lz5")
+    ctx, out = rendered("postgres")
+    line = edit_once(
+        out / "postgres/postgresql.conf", "wal_compression = lz4", "wal_compression = lz5"
+    )
     (result,) = SERVICE.check_rendered(ctx, out)
     assert (result.outcome, result.line) == ("failed", line)
     assert 'invalid value for parameter "wal_compression": "lz5"' in result.detail
@@ -218,9 +206,9 @@ def test_real_postgres_names_an_invalid_value_and_its_line(
 
 @pytest.mark.validators
 def test_real_postgres_catches_a_later_line_overriding_the_tuning(
-    make_stack: Callable[..., Stack], tmp_path: Path, postgres_tool: str
+    rendered: Rendered, edit_once: EditOnce, postgres_tool: str
 ) -> None:
-    ctx, out = _rendered(make_stack, tmp_path)
+    ctx, out = rendered("postgres")
     conf = out / "postgres/postgresql.conf"
     conf.write_text(conf.read_text() + "work_mem = 1MB\n")
     (result,) = SERVICE.check_rendered(ctx, out)
@@ -231,12 +219,12 @@ def test_real_postgres_catches_a_later_line_overriding_the_tuning(
 
 @pytest.mark.validators
 def test_real_postgres_start_catches_a_missing_preload_library(
-    make_stack: Callable[..., Stack], tmp_path: Path, postgres_tool: str
+    rendered: Rendered, edit_once: EditOnce, postgres_tool: str
 ) -> None:
     # postgres -C does not load libraries; only the real start finds this one.
-    ctx, out = _rendered(make_stack, tmp_path)
+    ctx, out = rendered("postgres")
     conf = out / "postgres/postgresql.conf"
-    line = _edit(conf, "'pg_stat_statements'", "'pg_stat_statement'")
+    line = edit_once(conf, "'pg_stat_statements'", "'pg_stat_statement'")
     conf_result, start_result = SERVICE.check_rendered(ctx, out)
     assert conf_result.outcome == "ok"
     assert (start_result.path, start_result.outcome) == ("postgres/postgresql.conf", "failed")
@@ -246,10 +234,10 @@ def test_real_postgres_start_catches_a_missing_preload_library(
 
 @pytest.mark.validators
 def test_real_postgres_reports_a_bad_hba_line(
-    make_stack: Callable[..., Stack], tmp_path: Path, postgres_tool: str
+    rendered: Rendered, edit_once: EditOnce, postgres_tool: str
 ) -> None:
-    ctx, out = _rendered(make_stack, tmp_path)
-    line = _edit(out / "postgres/pg_hba.conf", "0.0.0.0/0   scram-sha-256", "0.0.0.0/0   scram")
+    ctx, out = rendered("postgres")
+    line = edit_once(out / "postgres/pg_hba.conf", "0.0.0.0/0   scram-sha-256", "0.0.0.0/0   scram")
     _, result = SERVICE.check_rendered(ctx, out)
     assert (result.path, result.outcome, result.line) == ("postgres/pg_hba.conf", "failed", line)
     assert 'invalid authentication method "scram"' in result.detail
@@ -257,10 +245,10 @@ def test_real_postgres_reports_a_bad_hba_line(
 
 @pytest.mark.validators
 def test_real_postgres_fails_an_hba_that_trusts(
-    make_stack: Callable[..., Stack], tmp_path: Path, postgres_tool: str
+    rendered: Rendered, edit_once: EditOnce, postgres_tool: str
 ) -> None:
-    ctx, out = _rendered(make_stack, tmp_path)
-    _edit(
+    ctx, out = rendered("postgres")
+    edit_once(
         out / "postgres/pg_hba.conf",
         "local   all       all               scram-sha-256",
         "local all all trust",

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kbinfra.render import render_service, write_tree
+from kbinfra.render import render_service
+from kbinfra.services.base import ServiceContext
 from kbinfra.services.qdrant import SERVICE, config_problems, qdrant_tuning, readyz_probe
 from kbinfra.spec.yamlfile import parse_yaml
 from kbinfra.stack import Stack
@@ -180,11 +181,10 @@ def test_scrape_target_uses_the_read_only_key(make_stack: Callable[..., Stack]) 
 
 @pytest.mark.parametrize("profile", ["minimum", "recommended", "large"])
 def test_schema_check_passes_every_profile(
-    make_stack: Callable[..., Stack], tmp_path: Path, profile: str
+    rendered: Callable[..., tuple[ServiceContext, Path]], profile: str
 ) -> None:
-    ctx = make_stack(profile).contexts["qdrant"]
-    write_tree(render_service(SERVICE, ctx), tmp_path / "out")
-    (result,) = SERVICE.check_rendered(ctx, tmp_path / "out")
+    ctx, out = rendered("qdrant", profile)
+    (result,) = SERVICE.check_rendered(ctx, out)
     assert result.outcome == "ok", result.detail
     assert result.tool == "qdrant schema (v1.19.0)"
 

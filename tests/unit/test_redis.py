@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kbinfra.errors import SpecError
-from kbinfra.render import render_service, write_tree
+from kbinfra.render import render_service
 from kbinfra.services.base import ServiceContext
 from kbinfra.services.redis import (
     SERVICE,
@@ -23,6 +23,8 @@ from kbinfra.services.redis import (
 from kbinfra.stack import Stack
 
 PROFILES = ("minimum", "recommended", "large")
+Rendered = Callable[..., tuple[ServiceContext, Path]]
+EditOnce = Callable[[Path, str, str], int]
 
 
 def test_tuning_minimum_profile_half_a_cpu_2gb() -> None:
@@ -177,20 +179,17 @@ def test_local_copy_keeps_line_numbers() -> None:
     ]
 
 
-def test_lint_catches_the_guides_mistakes_and_plain_passwords(
-    make_stack: Callable[..., Stack], tmp_path: Path
-) -> None:
-    ctx = make_stack().contexts["redis"]
-    write_tree(render_service(SERVICE, ctx), tmp_path)
+def test_lint_catches_the_guides_mistakes_and_plain_passwords(rendered: Rendered) -> None:
+    ctx, out = rendered("redis")
     secrets = {s: ctx.secrets[s] for s in SERVICE.secrets}
-    assert static_problems(tmp_path, secrets) == []
-    conf = tmp_path / "redis/redis.conf"
+    assert static_problems(out, secrets) == []
+    conf = out / "redis/redis.conf"
     conf.write_text(conf.read_text() + 'rename-command FLUSHALL ""\nrequirepass hunter2\n')
-    acl = tmp_path / "redis/users.acl"
+    acl = out / "redis/users.acl"
     acl.write_text(
         acl.read_text() + f"user bob on nopass\nuser eve on >{secrets['redis_app_password']}\n"
     )
-    found = {(r.path, r.line, r.detail.split(" ")[0]) for r in static_problems(tmp_path, secrets)}
+    found = {(r.path, r.line, r.detail.split(" ")[0]) for r in static_problems(out, secrets)}
     conf_lines = conf.read_text().splitlines()
     assert found == {
         ("redis/redis.conf", len(conf_lines) - 1, "rename-command"),
@@ -204,25 +203,13 @@ def test_lint_catches_the_guides_mistakes_and_plain_passwords(
 # --- the real redis-server ------------------------------------------------------------------
 
 
-def _rendered(
-    make_stack: Callable[..., Stack], tmp_path: Path, profile: str = "minimum"
-) -> tuple[ServiceContext, Path]:
-    ctx = make_stack(profile).contexts["redis"]
-    out = tmp_path / "out"
-    write_tree(render_service(SERVICE, ctx), out)
-    return ctx, out
-
-
 @pytest.mark.validators
 @pytest.mark.parametrize("profile", PROFILES)
 def test_real_server_accepts_every_profile(
-    make_stack: Callable[..., Stack],
-    tmp_path: Path,
-    require_tool: Callable[..., str],
-    profile: str,
+    rendered: Rendered, require_tool: Callable[..., str], profile: str
 ) -> None:
     require_tool("redis-server")
-    ctx, out = _rendered(make_stack, tmp_path, profile)
+    ctx, out = rendered("redis", profile)
     results = SERVICE.check_rendered(ctx, out)
     assert [(r.path, r.outcome) for r in results] == [
         ("redis/redis.conf", "ok"),
@@ -232,22 +219,15 @@ def test_real_server_accepts_every_profile(
     assert f"maxmemory is {maxmemory} bytes" in results[0].detail
 
 
-def _replace(path: Path, old: str, new: str) -> int:
-    """Replace ``old`` once; returns the 1-based line it was on."""
-    text = path.read_text()
-    assert old in text
-    line = text[: text.index(old)].count("\n") + 1
-    path.write_text(text.replace(old, new, 1))
-    return line
-
-
 @pytest.mark.validators
 def test_real_server_reports_a_bad_directive_with_its_line(
-    make_stack: Callable[..., Stack], tmp_path: Path, require_tool: Callable[..., str]
+    rendered: Rendered, edit_once: EditOnce, require_tool: Callable[..., str]
 ) -> None:
     require_tool("redis-server")
-    ctx, out = _rendered(make_stack, tmp_path)
-    line = _replace(out / "redis/redis.conf", "maxmemory-policy noeviction", "maxmemory-policy lru")
+    ctx, out = rendered("redis")
+    line = edit_once(
+        out / "redis/redis.conf", "maxmemory-policy noeviction", "maxmemory-policy lru"
+    )
     (result,) = SERVICE.check_rendered(ctx, out)
     assert (result.path, result.outcome, result.line) == ("redis/redis.conf", "failed", line)
     assert "maxmemory-policy lru" in result.detail
@@ -256,11 +236,11 @@ def test_real_server_reports_a_bad_directive_with_its_line(
 
 @pytest.mark.validators
 def test_real_server_reports_a_bad_acl_rule_with_its_line(
-    make_stack: Callable[..., Stack], tmp_path: Path, require_tool: Callable[..., str]
+    rendered: Rendered, edit_once: EditOnce, require_tool: Callable[..., str]
 ) -> None:
     require_tool("redis-server")
-    ctx, out = _rendered(make_stack, tmp_path)
-    _replace(out / "redis/users.acl", "+@all -@dangerous", "+@all -@dangerus")
+    ctx, out = rendered("redis")
+    edit_once(out / "redis/users.acl", "+@all -@dangerous", "+@all -@dangerus")
     (result,) = SERVICE.check_rendered(ctx, out)
     assert (result.path, result.outcome, result.line) == ("redis/users.acl", "failed", 3)
     assert "-@dangerus" in result.detail
@@ -268,11 +248,11 @@ def test_real_server_reports_a_bad_acl_rule_with_its_line(
 
 @pytest.mark.validators
 def test_real_server_fails_an_app_user_that_may_flush(
-    make_stack: Callable[..., Stack], tmp_path: Path, require_tool: Callable[..., str]
+    rendered: Rendered, edit_once: EditOnce, require_tool: Callable[..., str]
 ) -> None:
     require_tool("redis-server")
-    ctx, out = _rendered(make_stack, tmp_path)
-    _replace(out / "redis/users.acl", "+@all -@dangerous", "+@all")
+    ctx, out = rendered("redis")
+    edit_once(out / "redis/users.acl", "+@all -@dangerous", "+@all")
     results = SERVICE.check_rendered(ctx, out)
     details = {r.detail for r in results if r.outcome == "failed"}
     assert {"app may run FLUSHALL", "app may run CONFIG", "app ran FLUSHALL"} <= details
@@ -281,22 +261,22 @@ def test_real_server_fails_an_app_user_that_may_flush(
 
 @pytest.mark.validators
 def test_real_server_fails_an_app_user_that_cannot_do_celerys_work(
-    make_stack: Callable[..., Stack], tmp_path: Path, require_tool: Callable[..., str]
+    rendered: Rendered, edit_once: EditOnce, require_tool: Callable[..., str]
 ) -> None:
     require_tool("redis-server")
-    ctx, out = _rendered(make_stack, tmp_path)
-    _replace(out / "redis/users.acl", "+@all -@dangerous", "+@all -@dangerous -@scripting")
+    ctx, out = rendered("redis")
+    edit_once(out / "redis/users.acl", "+@all -@dangerous", "+@all -@dangerous -@scripting")
     details = {r.detail for r in SERVICE.check_rendered(ctx, out)}
     assert {"app may not run EVALSHA 0000000000000000000000000000000000000000"} <= details
 
 
 @pytest.mark.validators
 def test_real_server_fails_a_wrong_password_hash(
-    make_stack: Callable[..., Stack], tmp_path: Path, require_tool: Callable[..., str]
+    rendered: Rendered, edit_once: EditOnce, require_tool: Callable[..., str]
 ) -> None:
     require_tool("redis-server")
-    ctx, out = _rendered(make_stack, tmp_path)
-    _replace(
+    ctx, out = rendered("redis")
+    edit_once(
         out / "redis/users.acl",
         acl_password_hash(ctx.secrets["redis_app_password"]),
         acl_password_hash("something else"),
@@ -308,11 +288,11 @@ def test_real_server_fails_a_wrong_password_hash(
 
 @pytest.mark.validators
 def test_real_server_fails_a_maxmemory_that_differs_from_the_tuning(
-    make_stack: Callable[..., Stack], tmp_path: Path, require_tool: Callable[..., str]
+    rendered: Rendered, edit_once: EditOnce, require_tool: Callable[..., str]
 ) -> None:
     require_tool("redis-server")
-    ctx, out = _rendered(make_stack, tmp_path)
-    line = _replace(out / "redis/redis.conf", "maxmemory 1433mb", "maxmemory 1433m")
+    ctx, out = rendered("redis")
+    line = edit_once(out / "redis/redis.conf", "maxmemory 1433mb", "maxmemory 1433m")
     (result,) = SERVICE.check_rendered(ctx, out)
     assert (result.outcome, result.line) == ("failed", line)
     assert "expected 1502609408" in result.detail
@@ -320,11 +300,11 @@ def test_real_server_fails_a_maxmemory_that_differs_from_the_tuning(
 
 @pytest.mark.validators
 def test_real_server_fails_an_acl_file_without_the_default_user(
-    make_stack: Callable[..., Stack], tmp_path: Path, require_tool: Callable[..., str]
+    rendered: Rendered, edit_once: EditOnce, require_tool: Callable[..., str]
 ) -> None:
     # Without a ``user default`` line Redis recreates the default user with no password.
     require_tool("redis-server")
-    ctx, out = _rendered(make_stack, tmp_path)
+    ctx, out = rendered("redis")
     acl = out / "redis/users.acl"
     acl.write_text("".join(acl.read_text().splitlines(keepends=True)[1:]))
     results = SERVICE.check_rendered(ctx, out)
