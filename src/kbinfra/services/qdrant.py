@@ -6,7 +6,7 @@ import difflib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,13 +21,12 @@ from kbinfra.services.base import (
     ServiceSettings,
     VolumeMount,
 )
+from kbinfra.spec.profile import DiskKind
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from kbinfra.validation import CheckResult
-
-DiskKind = Literal["ssd", "nvme", "hdd"]
 
 KIB_PER_GIB = 1024 * 1024
 #: One segment never grows past this (KiB): bigger segments make each HNSW build long.
