@@ -116,6 +116,8 @@ def test_scrape_jobs_are_exactly_those_of_enabled_services(
         "node",
         "postgres",
         "prometheus",
+        "qdrant",
+        "redis",
     ]
     fewer = make_stack(
         "minimum",
@@ -130,15 +132,21 @@ def test_scrape_jobs_are_exactly_those_of_enabled_services(
         },
     )
     ctx = fewer.contexts["prometheus"]
-    assert job_names(ctx) == ["app", "embeddings", "prometheus"]
+    assert job_names(ctx) == ["app", "embeddings", "prometheus", "qdrant", "redis"]
     assert SERVICE.alertmanagers(ctx) == []
     config = yaml.safe_load(rendered(ctx)["prometheus/prometheus.yml"].text)
     assert config["alerting"]["alertmanagers"] == []
-    assert [c["job_name"] for c in config["scrape_configs"]] == ["app", "embeddings", "prometheus"]
+    assert [c["job_name"] for c in config["scrape_configs"]] == [
+        "app",
+        "embeddings",
+        "prometheus",
+        "qdrant",
+        "redis",
+    ]
 
 
 def test_redis_job_appears_with_redis(make_stack: Callable[..., Stack]) -> None:
-    ctx = make_stack("minimum").contexts["prometheus"]
+    ctx = make_stack("minimum", {"services": {"redis": {"enabled": False}}}).contexts["prometheus"]
     with_redis = dataclasses.replace(ctx, enabled=ctx.enabled | {"redis"})
     assert "redis" in job_names(with_redis)
     assert "redis" not in job_names(ctx)
@@ -280,13 +288,15 @@ def test_down_alert_for_every_scraped_job_but_prometheus(make_stack: Callable[..
         "GrafanaDown",
         "NodeDown",
         "PostgresDown",
+        "QdrantDown",
+        "RedisDown",
     ]
     assert down["PostgresDown"].expr == 'up{job="postgres"} == 0'
     assert down["PostgresDown"].severity == "critical"
 
 
 def test_document_backlog_reads_the_queue_length(make_stack: Callable[..., Stack]) -> None:
-    ctx = make_stack("minimum").contexts["prometheus"]
+    ctx = make_stack("minimum", {"services": {"redis": {"enabled": False}}}).contexts["prometheus"]
     assert SERVICE.rule_groups(ctx)["kb_performance"][-1].alert == "HighMemoryUsage"
     with_redis = dataclasses.replace(ctx, enabled=ctx.enabled | {"redis"})
     backlog = SERVICE.rule_groups(with_redis)["kb_performance"][-1]
