@@ -209,8 +209,7 @@ class Engine:
             raise ApiError(400, f"Bad request: unknown snapshot priority {priority!r}")
         with tempfile.TemporaryDirectory(dir=self.snapshots_path) as tmp:
             try:
-                with tarfile.open(snapshot) as tar:
-                    tar.extractall(tmp, filter="data")
+                extract_members(snapshot, Path(tmp), {MANIFEST_NAME, STORAGE_FILE})
             except (tarfile.TarError, OSError) as exc:
                 raise ApiError(400, f"Bad request: cannot read snapshot: {exc}") from exc
             manifest_path = Path(tmp) / MANIFEST_NAME
@@ -249,6 +248,17 @@ class Engine:
                 meta_path.with_suffix(".tmp").replace(meta_path)
             finally:
                 self.client = self._open()
+
+
+def extract_members(archive: Path, target: Path, names: set[str]) -> None:
+    """Extract only the named regular files (Debian's Python 3.11.2 has no extraction filter)."""
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            if member.name in names and member.isfile():
+                source = tar.extractfile(member)
+                assert source is not None
+                with source, (target / member.name).open("wb") as out:
+                    shutil.copyfileobj(source, out, 1 << 20)
 
 
 def minor(version: str) -> str:
