@@ -318,7 +318,21 @@ def test_exporters_read_upstream_env_names(
         images["redis-exporter"],
         unique_name("rx"),
         network=net,
-        environment={"REDIS_ADDR": f"redis://{redis.name}:6379", "REDIS_PASSWORD": "redis-pass"},
+        environment={
+            "REDIS_ADDR": f"redis://{redis.name}:6379",
+            "REDIS_USER": "default",
+            "REDIS_PASSWORD": "redis-pass",
+        },
+    )
+    pg_exporter_dsn = start(
+        docker_client,
+        cleanup,
+        images["postgres-exporter"],
+        unique_name("pgx-dsn"),
+        network=net,
+        environment={
+            "DATA_SOURCE_NAME": f"postgresql://postgres:pg-pass@{pg.name}:5432/postgres?sslmode=disable"
+        },
     )
     probe = start(
         docker_client,
@@ -336,6 +350,10 @@ def test_exporters_read_upstream_env_names(
     wait_for(
         lambda: metric(f"http://{pg_exporter.name}:9187/metrics", "\npg_up 1"),
         f"pg_up 1 from postgres-exporter\n{logs(pg_exporter)}",
+    )
+    wait_for(
+        lambda: metric(f"http://{pg_exporter_dsn.name}:9187/metrics", "\npg_up 1"),
+        f"pg_up 1 from postgres-exporter with DATA_SOURCE_NAME\n{logs(pg_exporter_dsn)}",
     )
     wait_for(
         lambda: metric(f"http://{redis_exporter.name}:9121/metrics", "\nredis_up 1"),
