@@ -23,6 +23,7 @@ try:  # a package when tests/ has __init__.py files, plain modules otherwise
     from .testbed_support import (
         SSHTarget,
         exec_ok,
+        output_text,
         published_port,
         ssh_docker_client,
         wait_for,
@@ -31,6 +32,7 @@ except ImportError:
     from testbed_support import (  # type: ignore[no-redef]
         SSHTarget,
         exec_ok,
+        output_text,
         published_port,
         ssh_docker_client,
         wait_for,
@@ -50,7 +52,8 @@ SERVICES = {
     "postgres-exporter",
     "redis-exporter",
 }
-LOOPBACK_ANY_PORT = ("127.0.0.1", None)
+# docker-py publishes on a free port when the host port is None (its stubs do not know that).
+LOOPBACK_ANY_PORT: Any = ("127.0.0.1", None)
 Cleanup = Callable[[Any], Any]
 Namer = Callable[[str], str]
 
@@ -78,7 +81,9 @@ def start(
     name: str,
     **kwargs: Any,
 ) -> Container:
-    container = cleanup(docker_client.containers.run(image, name=name, detach=True, **kwargs))
+    container: Container = cleanup(
+        docker_client.containers.run(image, name=name, detach=True, **kwargs)
+    )
     return container
 
 
@@ -202,7 +207,8 @@ def test_redis_without_config_accepts_other_containers_like_upstream(
     docker_client: docker.DockerClient, images: dict[str, str], cleanup: Cleanup, unique_name: Namer
 ) -> None:
     net = network(docker_client, cleanup, unique_name("net"))
-    server = start(docker_client, cleanup, images["redis"], unique_name("redis"), network=net)
+    server_name = unique_name("redis")
+    server = start(docker_client, cleanup, images["redis"], server_name, network=net)
     wait_for(lambda: "PONG" in exec_ok(server, "redis-cli", "ping"), "redis PONG")
     client = start(
         docker_client,
@@ -213,7 +219,7 @@ def test_redis_without_config_accepts_other_containers_like_upstream(
         command=["sleep", "300"],
     )
     # Upstream's redis has protected mode off by default; Debian's binary would refuse this.
-    assert exec_ok(client, "redis-cli", "-h", server.name, "ping").strip() == "PONG"
+    assert exec_ok(client, "redis-cli", "-h", server_name, "ping").strip() == "PONG"
 
 
 # ------------------------------------------------------------------ nginx
@@ -345,7 +351,7 @@ def test_exporters_read_upstream_env_names(
 
     def metric(target: str, line: str) -> bool:
         code, output = probe.exec_run(["wget", "-qO-", target])
-        return code == 0 and line in output.decode()
+        return code == 0 and line in output_text(output)
 
     wait_for(
         lambda: metric(f"http://{pg_exporter.name}:9187/metrics", "\npg_up 1"),

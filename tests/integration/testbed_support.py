@@ -94,10 +94,15 @@ def wait_for(
     pytest.fail(f"timed out waiting for {what}; last error: {last!r}", pytrace=False)
 
 
+def output_text(output: bytes | Iterator[bytes] | None) -> str:
+    """The text of a non-streamed `exec_run` output."""
+    return output.decode(errors="replace") if isinstance(output, bytes) else ""
+
+
 def exec_ok(container: Container, *cmd: str) -> str:
     """Run a command in a container; its output, or a failed test with the output."""
     code, output = container.exec_run(list(cmd), demux=False)
-    text = output.decode(errors="replace") if output else ""
+    text = output_text(output)
     assert code == 0, f"{' '.join(cmd)} exited {code}: {text}"
     return text
 

@@ -81,7 +81,7 @@ psql_run() {
 
 setup_db() {
   local exists
-  exists=$(POSTGRES_DB=postgres psql_run --dbname postgres --set db="$POSTGRES_DB" --tuples-only <<<"SELECT 1 FROM pg_database WHERE datname = :'db';")
+  exists=$(psql_run --dbname postgres --set db="$POSTGRES_DB" --tuples-only <<<"SELECT 1 FROM pg_database WHERE datname = :'db';")
   if [ -z "${exists// /}" ]; then
     psql_run --dbname postgres --set db="$POSTGRES_DB" <<<'CREATE DATABASE :"db" ;'
     echo
@@ -95,6 +95,7 @@ process_init_files() {
     [ -e "$f" ] || continue
     case "$f" in
       *.sh)
+        # shellcheck disable=SC1090 # init scripts are the user's, sourced like upstream does
         if [ -x "$f" ]; then echo "$0: running $f"; "$f"; else echo "$0: sourcing $f"; . "$f"; fi ;;
       *.sql) echo "$0: running $f"; psql_run --dbname "$POSTGRES_DB" -f "$f"; echo ;;
       *.sql.gz) echo "$0: running $f"; gunzip -c "$f" | psql_run --dbname "$POSTGRES_DB"; echo ;;
