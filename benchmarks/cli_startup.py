@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.conftest import write_stack_dir  # noqa: E402  (needs the repo root on sys.path)
+from tests.conftest import write_stack_dir  # needs the repo root on sys.path
 
 
 def kbinfra_executable() -> list[str]:

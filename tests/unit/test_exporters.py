@@ -130,11 +130,11 @@ def test_exporter_of_a_disabled_service_is_not_scraped_and_fails_the_check(
     [result] = POSTGRES.check_rendered(ctx, tmp_path)
     assert result.outcome == "failed"
     assert "services.postgres-exporter.enabled: false" in result.detail
-    # redis is not registered in this branch: its exporter is not scraped either...
-    redis_ctx = stack.contexts["redis-exporter"]
+    # The same rule for redis: its exporter is scraped only while redis is enabled.
+    without_redis = make_stack("minimum", {"services": {"redis": {"enabled": False}}})
+    redis_ctx = without_redis.contexts["redis-exporter"]
     assert REDIS.scrape_targets(redis_ctx) == []
     assert watched_queues(redis_ctx) == []
-    # ...until redis is enabled.
     with_redis = dataclasses.replace(redis_ctx, enabled=redis_ctx.enabled | {"redis"})
     assert [t.job for t in REDIS.scrape_targets(with_redis)] == ["redis"]
     assert REDIS.check_rendered(with_redis, tmp_path) == []

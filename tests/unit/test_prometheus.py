@@ -107,14 +107,17 @@ def test_scrape_jobs_are_exactly_those_of_enabled_services(
     make_stack: Callable[..., Stack],
 ) -> None:
     stack = make_stack("minimum")
-    # Everything registered in this branch is on; redis is not registered, so no redis job.
+    # Every registered service is on by default, so each offers its job.
     assert job_names(stack.contexts["prometheus"]) == [
         "alertmanager",
         "app",
+        "embeddings",
         "grafana",
         "node",
         "postgres",
         "prometheus",
+        "qdrant",
+        "redis",
     ]
     fewer = make_stack(
         "minimum",
@@ -129,15 +132,21 @@ def test_scrape_jobs_are_exactly_those_of_enabled_services(
         },
     )
     ctx = fewer.contexts["prometheus"]
-    assert job_names(ctx) == ["app", "prometheus"]
+    assert job_names(ctx) == ["app", "embeddings", "prometheus", "qdrant", "redis"]
     assert SERVICE.alertmanagers(ctx) == []
     config = yaml.safe_load(rendered(ctx)["prometheus/prometheus.yml"].text)
     assert config["alerting"]["alertmanagers"] == []
-    assert [c["job_name"] for c in config["scrape_configs"]] == ["app", "prometheus"]
+    assert [c["job_name"] for c in config["scrape_configs"]] == [
+        "app",
+        "embeddings",
+        "prometheus",
+        "qdrant",
+        "redis",
+    ]
 
 
 def test_redis_job_appears_with_redis(make_stack: Callable[..., Stack]) -> None:
-    ctx = make_stack("minimum").contexts["prometheus"]
+    ctx = make_stack("minimum", {"services": {"redis": {"enabled": False}}}).contexts["prometheus"]
     with_redis = dataclasses.replace(ctx, enabled=ctx.enabled | {"redis"})
     assert "redis" in job_names(with_redis)
     assert "redis" not in job_names(ctx)
@@ -170,6 +179,8 @@ def test_qdrant_job_reads_its_token_from_a_0600_file(
     assert (token.text, token.mode, token.secret) == (QDRANT_KEY, 0o600, True)
     mounts = {m.source: m.target for m in SERVICE.container(ctx).files}
     assert mounts["prometheus/secrets/qdrant_api_key"] == "/etc/prometheus/secrets/qdrant_api_key"
+    owners = {m.source: (m.uid, m.gid) for m in SERVICE.container(ctx).files}
+    assert owners["prometheus/secrets/qdrant_api_key"] == (65534, 65534)  # nobody reads it
     # Jobs without a token have no credentials file.
     node = next(c for c in config["scrape_configs"] if c["job_name"] == "node")
     assert "authorization" not in node
@@ -275,16 +286,19 @@ def test_down_alert_for_every_scraped_job_but_prometheus(make_stack: Callable[..
     assert sorted(down) == [
         "AlertmanagerDown",
         "AppDown",
+        "EmbeddingsDown",
         "GrafanaDown",
         "NodeDown",
         "PostgresDown",
+        "QdrantDown",
+        "RedisDown",
     ]
     assert down["PostgresDown"].expr == 'up{job="postgres"} == 0'
     assert down["PostgresDown"].severity == "critical"
 
 
 def test_document_backlog_reads_the_queue_length(make_stack: Callable[..., Stack]) -> None:
-    ctx = make_stack("minimum").contexts["prometheus"]
+    ctx = make_stack("minimum", {"services": {"redis": {"enabled": False}}}).contexts["prometheus"]
     assert SERVICE.rule_groups(ctx)["kb_performance"][-1].alert == "HighMemoryUsage"
     with_redis = dataclasses.replace(ctx, enabled=ctx.enabled | {"redis"})
     backlog = SERVICE.rule_groups(with_redis)["kb_performance"][-1]
