@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -48,6 +49,15 @@ class Target(ABC):
     @abstractmethod
     def file_store(self, stack: str) -> FileStore:
         """The deployed stack folder of ``stack`` on this target."""
+
+    @contextmanager
+    def tunnel(self, port: int, host: str = "127.0.0.1") -> Iterator[tuple[str, int]]:
+        """A ``(host, port)`` on this machine that reaches ``host:port`` as the target sees it.
+
+        Internal services publish on the target's loopback only; checks, benchmarks and
+        backups connect to them through this. On the local target it is the address itself.
+        """
+        yield host, port
 
     def close(self) -> None:  # noqa: B027 (a default no-op: local targets hold nothing)
         """Release connections."""

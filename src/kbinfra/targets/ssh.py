@@ -21,7 +21,8 @@ import posixpath
 import shlex
 import stat
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -397,6 +398,24 @@ class SSHTarget(Target):
         if self._docker is None:
             self._docker = _docker_client_over(self.ssh(), self._reconnect)
         return self._docker
+
+    @contextmanager
+    def tunnel(self, port: int, host: str = "127.0.0.1") -> Iterator[tuple[str, int]]:
+        """A local port forwarded over this SSH connection to ``host:port`` on the target."""
+        from kbinfra.targets.tunnel import Tunnel  # noqa: PLC0415
+
+        transport = self.ssh().get_transport()
+        if transport is None:
+            raise KbinfraError("the SSH connection closed", where=self.address.url)
+
+        def open_channel() -> Any:
+            return transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0))
+
+        forward = Tunnel(open_channel)
+        try:
+            yield "127.0.0.1", forward.local_port
+        finally:
+            forward.close()
 
     def file_store(self, stack: str) -> FileStore:
         root = self.options.deploy_dir
