@@ -35,6 +35,10 @@ class FileStore(ABC):
     def remove(self, path: str) -> None:
         """Delete ``path`` if it exists."""
 
+    def modes(self, paths: Iterable[str]) -> dict[str, int]:
+        """Permission bits (``0o600``…) of ``paths``; missing files are left out."""
+        raise NotImplementedError(f"{type(self).__name__} cannot read file modes")
+
 
 class Target(ABC):
     """Where a stack runs: the local Docker Engine or one reached over SSH."""

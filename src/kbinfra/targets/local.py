@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,6 +42,15 @@ class LocalFileStore(FileStore):
         for path in candidates:
             try:
                 result[path] = hashlib.sha256(self._path(path).read_bytes()).hexdigest()
+            except FileNotFoundError:
+                continue
+        return result
+
+    def modes(self, paths: Iterable[str]) -> dict[str, int]:
+        result = {}
+        for path in paths:
+            try:
+                result[path] = stat.S_IMODE(self._path(path).stat().st_mode)
             except FileNotFoundError:
                 continue
         return result

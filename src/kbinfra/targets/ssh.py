@@ -289,6 +289,17 @@ class SFTPFileStore(FileStore):
             result[name.removeprefix("./")] = digest
         return result
 
+    def modes(self, paths: Iterable[str]) -> dict[str, int]:
+        sftp = self._target.sftp()
+        result = {}
+        for path in paths:
+            try:
+                attributes = sftp.stat(self._remote(path))
+            except FileNotFoundError:
+                continue
+            result[path] = stat.S_IMODE(attributes.st_mode or 0)
+        return result
+
     def read(self, path: str) -> bytes | None:
         sftp = self._target.sftp()
         try:

@@ -43,6 +43,20 @@ LOG = logging.getLogger("qdrant-standin")
 SNAPSHOT_FORMAT = "kbinfra-testbed-qdrant-standin-snapshot/1"
 MANIFEST_NAME = "standin-manifest.json"
 STORAGE_FILE = "storage.sqlite"
+CONFIG_FILE = "standin-collection-config.json"
+#: Server config keys (storage.optimizers) → the names GET /collections/{name} reports them by.
+OPTIMIZER_KEYS = {
+    "deleted_threshold": "deleted_threshold",
+    "vacuum_min_vector_number": "vacuum_min_vector_number",
+    "default_segment_number": "default_segment_number",
+    "max_segment_size_kb": "max_segment_size",
+    "max_segment_size": "max_segment_size",
+    "indexing_threshold_kb": "indexing_threshold",
+    "indexing_threshold": "indexing_threshold",
+    "flush_interval_sec": "flush_interval_sec",
+    "max_optimization_threads": "max_optimization_threads",
+}
+WAL_KEYS = {"wal_capacity_mb": "wal_capacity_mb", "wal_segments_ahead": "wal_segments_ahead"}
 WHITELIST = {"/", "/healthz", "/livez", "/readyz"}
 # POST routes a read-only key may use (upstream: READ_ONLY_POST_PATTERNS plus the query API).
 READ_ONLY_POST_SUFFIXES = (
@@ -149,6 +163,28 @@ class Engine:
     def meta(self) -> dict[str, Any]:
         return json.loads((self.storage_path / "meta.json").read_text())
 
+    # Upstream fixes a collection's optimizer and WAL config when it is created, from the
+    # server's storage.optimizers / storage.wal merged with the request's own diffs, and
+    # reports it in GET /collections/{name}. qdrant-client's local mode reports fixed
+    # defaults, so the stand-in keeps what upstream would have fixed next to the storage.
+    def _config_file(self) -> Path:
+        return self.storage_path / CONFIG_FILE
+
+    def remembered_config(self, collection: str) -> dict[str, Any]:
+        path = self._config_file()
+        known = json.loads(path.read_text()) if path.is_file() else {}
+        return dict(known.get(collection, {}))
+
+    def remember_config(self, collection: str, config: dict[str, Any] | None) -> None:
+        path = self._config_file()
+        known = json.loads(path.read_text()) if path.is_file() else {}
+        if config is None:
+            known.pop(collection, None)
+        else:
+            known[collection] = config
+        path.with_suffix(".tmp").write_text(json.dumps(known))
+        path.with_suffix(".tmp").replace(path)
+
     # -------------------------------------------------------------- snapshots
     def collection_snapshot_dir(self, collection: str) -> Path:
         path = self.snapshots_path / collection
@@ -248,6 +284,31 @@ class Engine:
                 meta_path.with_suffix(".tmp").replace(meta_path)
             finally:
                 self.client = self._open()
+
+
+def collection_defaults(storage: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer and WAL config upstream gives a new collection: server config + diffs."""
+    optimizers = {
+        OPTIMIZER_KEYS[key]: value
+        for key, value in (storage.get("optimizers") or {}).items()
+        if key in OPTIMIZER_KEYS
+    }
+    optimizers.update(
+        {
+            OPTIMIZER_KEYS[key]: value
+            for key, value in (body.get("optimizers_config") or {}).items()
+            if key in OPTIMIZER_KEYS and value is not None
+        }
+    )
+    wal = {WAL_KEYS[k]: v for k, v in (storage.get("wal") or {}).items() if k in WAL_KEYS}
+    wal.update(
+        {
+            WAL_KEYS[k]: v
+            for k, v in (body.get("wal_config") or {}).items()
+            if k in WAL_KEYS and v is not None
+        }
+    )
+    return {"optimizer_config": optimizers, "wal_config": wal}
 
 
 def extract_members(archive: Path, target: Path, names: set[str]) -> None:
@@ -469,14 +530,20 @@ def create_app(config: dict[str, Any], version: str) -> FastAPI:
             vectors_config=spec.vectors,
             sparse_vectors_config=spec.sparse_vectors,
         )
+        engine.remember_config(collection, collection_defaults(storage, body or {}))
         return True
 
     @route("GET", "/collections/{collection}")
     def get_collection(request: Request, body: None, collection: str) -> Any:
-        return engine.client.get_collection(engine.resolve(collection))
+        name = engine.resolve(collection)
+        info = to_json(engine.client.get_collection(name))
+        for section, values in engine.remembered_config(name).items():
+            info["config"][section] = {**(info["config"].get(section) or {}), **values}
+        return info
 
     @route("DELETE", "/collections/{collection}")
     def delete_collection(request: Request, body: None, collection: str) -> bool:
+        engine.remember_config(collection, None)
         return engine.client.delete_collection(collection)
 
     @route("GET", "/collections/{collection}/exists")

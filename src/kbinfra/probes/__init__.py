@@ -1,0 +1,127 @@
+"""``kbinfra check`` and ``kbinfra bench``: per-service probes, found by the service's module.
+
+A service whose code lives in ``kbinfra/services/<module>.py`` is probed by
+``kbinfra/probes/<module>.py`` when that exists. The module exposes
+``checks(probe: ProbeContext) -> list[CheckRow]`` and, optionally,
+``bench(probe: ProbeContext, plan: BenchPlan) -> list[BenchResult]``. Nothing here knows a
+service's name; stack-wide checks (file modes, published ports) live in ``_stack``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, cast
+
+from kbinfra.errors import KbinfraError
+from kbinfra.probes.base import (
+    BenchPlan,
+    BenchResult,
+    CheckRow,
+    ProbeContext,
+    Progress,
+    _silent,
+    describe_error,
+    failed_bench,
+)
+
+if TYPE_CHECKING:
+    from kbinfra.services.base import Service
+    from kbinfra.stack import Stack
+    from kbinfra.targets import Target
+
+#: The name stack-wide checks are reported under, and that ``--only`` accepts for them.
+STACK = "stack"
+
+ChecksFunction = Callable[[ProbeContext], list[CheckRow]]
+BenchFunction = Callable[[ProbeContext, BenchPlan], list[BenchResult]]
+
+
+def probe_module(service: Service) -> ModuleType | None:
+    """``kbinfra.probes.<the service's module name>``, or None when it has no probes."""
+    module = type(service).__module__.rsplit(".", 1)[-1]
+    qualified = f"{__name__}.{module}"
+    try:
+        return importlib.import_module(qualified)
+    except ModuleNotFoundError as error:
+        if error.name == qualified:
+            return None
+        raise
+
+
+def select(stack: Stack, only: Sequence[str]) -> list[str]:
+    """The enabled services to probe (deployment order) plus ``stack``; ``only`` narrows it.
+
+    ``only`` takes names repeated or comma-separated; an unknown or disabled one is an error.
+    """
+    known = [*stack.services, STACK]
+    wanted = [name.strip() for item in only for name in item.split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        raise KbinfraError(
+            f"--only {', '.join(unknown)}: not an enabled service of stack {stack.spec.name}",
+            fix=f"choose from {', '.join(known)}",
+        )
+    return [name for name in known if not wanted or name in wanted]
+
+
+def run_checks(
+    stack: Stack,
+    target: Target,
+    only: Sequence[str] = (),
+    *,
+    progress: Progress = _silent,
+) -> tuple[list[CheckRow], list[str]]:
+    """Every selected service's checks; also the services that have no probes."""
+    from kbinfra.probes import _stack  # noqa: PLC0415
+
+    rows: list[CheckRow] = []
+    unprobed: list[str] = []
+    for name in select(stack, only):
+        if name == STACK:
+            progress(STACK, "checking file modes and published ports")
+            rows += _stack.checks(stack, target)
+            continue
+        service = stack.services[name]
+        module = probe_module(service)
+        if module is None:
+            unprobed.append(name)
+            continue
+        checks = cast(ChecksFunction, module.checks)
+        progress(name, "checking")
+        with ProbeContext(stack, service, target, progress=progress) as probe:
+            rows += checks(probe)
+    return rows, unprobed
+
+
+def run_benches(
+    stack: Stack,
+    target: Target,
+    plan: BenchPlan,
+    only: Sequence[str] = (),
+    *,
+    progress: Progress = _silent,
+) -> tuple[list[BenchResult], list[str]]:
+    """Every selected service's benchmarks, one service after the other (they would compete
+    for the same CPUs otherwise); also the services that have none."""
+    results: list[BenchResult] = []
+    skipped: list[str] = []
+    for name in select(stack, only):
+        if name == STACK:
+            continue
+        service = stack.services[name]
+        module = probe_module(service)
+        bench = getattr(module, "bench", None) if module is not None else None
+        if bench is None:
+            skipped.append(name)
+            continue
+        with ProbeContext(stack, service, target, progress=progress) as probe:
+            try:
+                results += cast(BenchFunction, bench)(probe, plan)
+            except Exception as error:  # one service's failure must not hide the others'
+                results.append(failed_bench(name, "bench", "-", describe_error(error)))
+    return results, skipped
+
+
+__all__ = ["STACK", "probe_module", "run_benches", "run_checks", "select"]
