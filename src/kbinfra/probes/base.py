@@ -429,7 +429,8 @@ class LoadRun:
 
 
 Operation = Callable[[], int]
-"""One request of a worker; returns how many operations it completed (1, or a batch size)."""
+"""One request of a worker; returns how many operations it completed (1, or a batch size),
+or 0 when there is no work left for it."""
 
 
 @dataclass(frozen=True)
@@ -480,6 +481,8 @@ def run_load(
                 started = time.perf_counter()
                 count = operation()
                 elapsed = time.perf_counter() - started
+                if count == 0:
+                    break  # no work left
                 with lock:
                     samples.append(elapsed)
                     done[0] += count
