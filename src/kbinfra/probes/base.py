@@ -373,7 +373,7 @@ def prometheus_text(stack: str, results: Sequence[BenchResult]) -> str:
     """The results in Prometheus' text format, for node-exporter's textfile collector."""
     families: dict[str, tuple[str, str, list[str]]] = {
         "kbinfra_bench_throughput_per_second": ("gauge", "Operations per second", []),
-        "kbinfra_bench_latency_seconds": ("gauge", "Latency quantiles of one operation", []),
+        "kbinfra_bench_latency_seconds": ("summary", "Latency of one operation", []),
         "kbinfra_bench_operations": ("gauge", "Operations completed in the run", []),
         "kbinfra_bench_duration_seconds": ("gauge", "Wall time of the run", []),
         "kbinfra_bench_concurrency": ("gauge", "Concurrent clients", []),
@@ -397,10 +397,12 @@ def prometheus_text(stack: str, results: Sequence[BenchResult]) -> str:
         families["kbinfra_bench_concurrency"][2].append(f"{_labels(**base)} {r.concurrency}")
         if r.latency is not None:
             quantiles = (("0.5", r.latency.p50), ("0.95", r.latency.p95), ("0.99", r.latency.p99))
+            latency = families["kbinfra_bench_latency_seconds"][2]
             for quantile, value in quantiles:
-                families["kbinfra_bench_latency_seconds"][2].append(
-                    f"{_labels(**base, quantile=quantile)} {value:.6g}"
-                )
+                latency.append(f"{_labels(**base, quantile=quantile)} {value:.6g}")
+            count = r.latency.count
+            latency.append(f"_sum{_labels(**base)} {r.latency.mean * count:.6g}")
+            latency.append(f"_count{_labels(**base)} {count}")
         for name, value in sorted(r.extra.items()):
             families["kbinfra_bench_extra"][2].append(f"{_labels(**base, name=name)} {value:.6g}")
         for verdict in r.verdicts:

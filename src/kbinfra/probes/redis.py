@@ -267,8 +267,9 @@ def cleanup(address: tuple[str, int], admin_password: str, prefix: str) -> None:
         admin.close()
 
 
-def parse_benchmark_csv(output: str) -> tuple[float, LatencyStats] | None:
-    """``redis-benchmark --csv``: requests/s and latency of its last result line."""
+def parse_benchmark_csv(output: str, requests: int) -> tuple[float, LatencyStats] | None:
+    """``redis-benchmark --csv``: requests/s and latency of its last result line (of
+    ``requests`` requests)."""
     lines = [line for line in output.splitlines() if line.startswith('"')]
     rows = list(csv.reader(io.StringIO("\n".join(lines))))
     if len(rows) < 2 or rows[0][:2] != ["test", "rps"]:
@@ -281,7 +282,7 @@ def parse_benchmark_csv(output: str) -> tuple[float, LatencyStats] | None:
     except (KeyError, ValueError):
         return None
     return rps, LatencyStats(
-        count=0, mean=ms["avg"], p50=ms["p50"], p95=ms["p95"], p99=ms["p99"], max=ms["max"]
+        count=requests, mean=ms["avg"], p50=ms["p50"], p95=ms["p95"], p99=ms["p99"], max=ms["max"]
     )
 
 
@@ -373,7 +374,7 @@ def _tool_bench(
         f", pipelines of {depth}" if depth > 1 else ""
     )
     code, output = probe.exec(argv)
-    parsed = parse_benchmark_csv(output)
+    parsed = parse_benchmark_csv(output, requests)
     if parsed is None:
         last = (output.strip().splitlines() or ["no output"])[-1]
         reason = f"redis-benchmark exited {code}: {last}"
