@@ -18,14 +18,10 @@ import typer
 
 from kbinfra import __version__
 from kbinfra.cli import DirOption, OutputOption, app
-from kbinfra.commands.deploy import (
-    ForceUnlockOption,
-    IdentityOption,
-    KnownHostsOption,
-    TargetOption,
-    _open,
-    _progress,
-)
+
+# Imported as a module: deploy imports kbinfra.cli, which imports this module, so deploy may
+# still be initialising here; its names are looked up when the commands run.
+from kbinfra.commands import deploy
 from kbinfra.ui import Console, Output
 
 EXIT_FAILED = 1
@@ -44,9 +40,9 @@ OnlyOption = Annotated[
 def check(
     stack_dir: DirOption = Path(),
     only: OnlyOption = None,
-    target: TargetOption = None,
-    known_hosts: KnownHostsOption = None,
-    identity: IdentityOption = None,
+    target: deploy.TargetOption = None,
+    known_hosts: deploy.KnownHostsOption = None,
+    identity: deploy.IdentityOption = None,
     output: OutputOption = Output.text,
 ) -> None:
     """Prove every enabled service is reachable, locked down and running as rendered.
@@ -57,9 +53,9 @@ def check(
     from kbinfra.probes.base import check_rows_ok  # noqa: PLC0415
 
     console = Console(output)
-    stack, where = _open(stack_dir, target, known_hosts, identity, console)
+    stack, where = deploy._open(stack_dir, target, known_hosts, identity, console)
     with where:
-        rows, unprobed = run_checks(stack, where, only or [], progress=_progress(console))
+        rows, unprobed = run_checks(stack, where, only or [], progress=deploy._progress(console))
     ok = check_rows_ok(rows)
     failed = [r for r in rows if not r.ok]
     if console.json_mode:
@@ -116,10 +112,10 @@ def bench(
             show_default=False,
         ),
     ] = None,
-    target: TargetOption = None,
-    known_hosts: KnownHostsOption = None,
-    identity: IdentityOption = None,
-    force_unlock: ForceUnlockOption = False,
+    target: deploy.TargetOption = None,
+    known_hosts: deploy.KnownHostsOption = None,
+    identity: deploy.IdentityOption = None,
+    force_unlock: deploy.ForceUnlockOption = False,
     output: OutputOption = Output.text,
 ) -> None:
     """Measure every enabled service: throughput and p50/p95/p99 against thresholds.
@@ -138,10 +134,10 @@ def bench(
     from kbinfra.targets.engine import Engine  # noqa: PLC0415
 
     console = Console(output)
-    stack, where = _open(stack_dir, target, known_hosts, identity, console)
+    stack, where = deploy._open(stack_dir, target, known_hosts, identity, console)
     plan = bench_plan(quick=quick, token=secrets.token_hex(6))
     signal.signal(signal.SIGTERM, _interrupt_on_term)
-    progress = _progress(console)
+    progress = deploy._progress(console)
     with where:
         engine = Engine(where.docker_client(), stack.spec.name)
         with engine.locked(force=force_unlock) as notes:
