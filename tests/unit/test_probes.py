@@ -21,6 +21,7 @@ from kbinfra.errors import KbinfraError
 from kbinfra.probes import (
     STACK,
     alertmanager,
+    embeddings,
     nginx,
     postgres,
     probe_module,
@@ -503,6 +504,13 @@ def test_legacy_tls_client_offers_nothing_newer_than_tls_1_1() -> None:
     assert context.minimum_version == ssl.TLSVersion.TLSv1
 
 
+# --------------------------------------------------------------------------- embeddings
+def test_embeddings_without_a_required_key_fails_without_asking() -> None:
+    # Nothing listens on port 9: the verdict comes from the setting alone.
+    with pytest.raises(CheckFailedError, match="require_api_key is false"):
+        embeddings.check_refuses_without_key("http://127.0.0.1:9", required=False)
+
+
 # --------------------------------------------------------------------------- prometheus
 def test_prometheus_durations_targets_and_flags() -> None:
     assert prometheus.parse_duration("30s") == 30
@@ -533,6 +541,20 @@ def test_prometheus_durations_targets_and_flags() -> None:
     assert prometheus.normalise_flag("19073MB") == prometheus.normalise_flag("18GiB641MiB")
     assert prometheus.normalise_flag("30d") == prometheus.normalise_flag("720h")
     assert prometheus.normalise_flag("/prometheus") == "/prometheus"
+
+
+def test_only_a_fresh_scrape_decides_that_a_target_is_down() -> None:
+    first = {"redis http://redis-exporter:9121/metrics": "2026-01-01T00:00:00Z"}
+    down = {
+        "labels": {"job": "redis"},
+        "scrapeUrl": "http://redis-exporter:9121/metrics",
+        "health": "down",
+        "lastScrape": "2026-01-01T00:00:00Z",
+    }
+    assert prometheus.stale_failures([down], first) == [down]
+    rescraped = {**down, "lastScrape": "2026-01-01T00:00:30Z"}
+    assert prometheus.stale_failures([rescraped], first) == []
+    assert prometheus.stale_failures([{**down, "health": "up"}], first) == []
 
 
 def test_rendered_alert_names() -> None:

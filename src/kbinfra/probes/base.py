@@ -552,7 +552,7 @@ class BenchPlan:
         return quick if self.quick else full
 
 
-QUICK_SECONDS = 3.0
+QUICK_SECONDS = 2.0
 FULL_SECONDS = 20.0
 _PREFIX = re.compile(rf"^{BENCH_PREFIX}[0-9a-f]{{8,32}}$")
 

@@ -16,8 +16,9 @@ if TYPE_CHECKING:
     import httpx
 
 TIMEOUT_S = 15.0
-#: A target Prometheus has not scraped yet is "unknown": wait at most one scrape interval
-#: (plus this margin) for it, so a check right after apply does not fail for that.
+#: A target that is not up is judged by a scrape taken after the check began: wait at most
+#: one scrape interval (plus this margin) for it, so a check right after apply does not fail
+#: on a scrape taken before the target's container existed.
 SCRAPE_MARGIN_S = 5.0
 MAX_WAIT_S = 75.0
 
@@ -69,20 +70,42 @@ def check_ready(base: str) -> str:
     return "/-/ready 200"
 
 
+def _key(target: Mapping[str, Any]) -> str:
+    return f"{target.get('labels', {}).get('job')} {target.get('scrapeUrl')}"
+
+
+def stale_failures(
+    targets: Sequence[Mapping[str, Any]], first_seen: Mapping[str, str]
+) -> list[Mapping[str, Any]]:
+    """Targets not up whose last scrape is still the one seen when the check began.
+
+    Right after an apply a target may have failed a scrape taken before its container
+    existed; only a scrape taken since then tells whether it is down.
+    """
+    return [
+        t
+        for t in targets
+        if t.get("health") != "up" and first_seen.get(_key(t)) == t.get("lastScrape")
+    ]
+
+
 def check_targets(base: str) -> str:
     started = time.monotonic()
     with client(base) as http:
+        targets = http.get("/api/v1/targets").json()["data"]["activeTargets"]
+        first_seen = {_key(t): str(t.get("lastScrape")) for t in targets if t.get("health") != "up"}
         while True:
-            targets = http.get("/api/v1/targets").json()["data"]["activeTargets"]
-            up, down, unknown = target_summary(targets)
+            waiting = stale_failures(targets, first_seen)
             longest = max(
-                (parse_duration(str(t.get("scrapeInterval", "0s"))) for t in targets),
+                (parse_duration(str(t.get("scrapeInterval", "0s"))) for t in waiting),
                 default=0.0,
             )
             waited = time.monotonic() - started
-            if not unknown or waited > min(MAX_WAIT_S, longest + SCRAPE_MARGIN_S):
+            if not waiting or waited > min(MAX_WAIT_S, longest + SCRAPE_MARGIN_S):
                 break
             time.sleep(1)
+            targets = http.get("/api/v1/targets").json()["data"]["activeTargets"]
+    up, down, unknown = target_summary(targets)
     require(bool(targets), "Prometheus scrapes nothing")
     require(not down, "down: " + "; ".join(down))
     require(not unknown, f"never scraped after {waited:.0f}s: {', '.join(unknown)}")

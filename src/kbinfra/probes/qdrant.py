@@ -241,7 +241,7 @@ def _upsert(
     probe: ProbeContext, plan: BenchPlan, key: str, dimension: int, limits: tuple[Threshold, ...]
 ) -> BenchResult:
     base = probe.url()
-    total = plan.scale(2_000, 20_000)
+    total = plan.scale(1_000, 20_000)
     hubs = centres(dimension, 1)
     next_id = [0]
     take = threading.Lock()

@@ -354,7 +354,7 @@ _FLOOR_SOURCE = "sanity floor per Redis core, scaled by the profile's Redis CPUs
 def _tool_bench(
     probe: ProbeContext, plan: BenchPlan, password: str, *, command: str, depth: int, limit: float
 ) -> BenchResult:
-    requests = plan.scale(20_000, 200_000) * (10 if depth > 1 else 1)
+    requests = plan.scale(10_000, 200_000) * (10 if depth > 1 else 1)
     seconds = max(10, int(plan.seconds * 3))
     argv = [
         "timeout",
