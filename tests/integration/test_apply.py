@@ -111,11 +111,18 @@ def _inspect(name: str) -> dict[str, Any] | None:
 SSH_USER = "kbapply"
 IMAGE_MAP = {
     "postgres": "kbinfra-apply/postgres:15",
-    "postgres-exporter": "kbinfra-apply/postgres-exporter:tb",
-    "node-exporter": "kbinfra-apply/node-exporter:tb",
-    "prometheus": "kbinfra-apply/prometheus:tb",
-    "alertmanager": "kbinfra-apply/alertmanager:tb",
+    "redis": "kbinfra-apply/redis:7-tb",
+    "qdrant": "kbinfra-apply/qdrant:tb",
+    "unstructured": "kbinfra-apply/unstructured:tb",
+    "nginx": "kbinfra-apply/nginx:1.22-tb",
+    "postgres-exporter": "kbinfra-apply/postgres-exporter:0.11-tb",
+    "redis-exporter": "kbinfra-apply/redis-exporter:1.45-tb",
+    "node-exporter": "kbinfra-apply/node-exporter:1.5-tb",
+    "prometheus": "kbinfra-apply/prometheus:2.42-tb",
+    "alertmanager": "kbinfra-apply/alertmanager:0.25-tb",
 }
+# The tests of failure paths deploy a few services: a data store, another one and an exporter.
+SMALL = ("postgres", "redis", "node-exporter")
 
 
 @dataclass(frozen=True)
@@ -125,7 +132,6 @@ class SSHTarget:
     port: int
     key_path: Path
     known_hosts_path: Path
-    host_key_pub: Path
 
 
 @pytest.fixture(scope="session")
@@ -166,7 +172,7 @@ def ssh_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHTarget]:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 break
         time.sleep(0.1)
-    yield SSHTarget(SSH_USER, "127.0.0.1", port, client_key, known_hosts, Path(f"{host_key}.pub"))
+    yield SSHTarget(SSH_USER, "127.0.0.1", port, client_key, known_hosts)
     pid = int((folder / "sshd.pid").read_text())
     os.kill(pid, signal.SIGTERM)
 
@@ -185,7 +191,11 @@ def image_map_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # ---------------------------------------------------------------- deployments
 def _new_deployment(
-    kind: str, folder: Path, image_map_path: Path, ssh: SSHTarget | None
+    kind: str,
+    folder: Path,
+    image_map_path: Path,
+    ssh: SSHTarget | None,
+    only: tuple[str, ...] | None = None,
 ) -> Deployment:
     name = f"kbt{kind[0]}{uuid.uuid4().hex[:6]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("KBINFRA_")}
@@ -214,15 +224,17 @@ def _new_deployment(
         check=False,
     )
     assert run.returncode == 0, run.stderr
-    images = yaml.safe_load(image_map_path.read_text())["images"]
-    deployment.images = images
+    mapped = yaml.safe_load(image_map_path.read_text())["images"]
+    deployment.images = {s: i for s, i in mapped.items() if only is None or s in only}
 
     def configure(data: dict[str, Any]) -> None:
         data["name"] = name
         for service, settings in data["services"].items():
-            settings["enabled"] = service in images  # no test bed image: not deployable here
-            if settings.get("port"):
-                settings["port"] = _free_port()
+            # A service without a test bed image cannot run here.
+            settings["enabled"] = service in deployment.images
+            for key in ("port", "grpc_port", "http_port", "https_port"):
+                if settings.get(key):
+                    settings[key] = _free_port()  # local and SSH stacks share one engine
 
     deployment.edit(configure)
     secrets = yaml.safe_load((folder / "secrets.yaml").read_text())
@@ -231,16 +243,31 @@ def _new_deployment(
     return deployment
 
 
-@pytest.fixture(params=["local", "ssh"])
-def deployment(
-    request: pytest.FixtureRequest, tmp_path: Path, image_map_path: Path
+def _deployment(
+    request: pytest.FixtureRequest, folder: Path, image_map_path: Path, only: tuple[str, ...] | None
 ) -> Iterator[Deployment]:
     ssh = request.getfixturevalue("ssh_target") if request.param == "ssh" else None
-    created = _new_deployment(request.param, tmp_path / "stack", image_map_path, ssh)
+    created = _new_deployment(request.param, folder, image_map_path, ssh, only)
     yield created
     created.run(
         "destroy", "--yes", "--delete-data", "--confirm-name", created.name, "--force-unlock"
     )
+
+
+@pytest.fixture(params=["local", "ssh"])
+def full_deployment(
+    request: pytest.FixtureRequest, tmp_path: Path, image_map_path: Path
+) -> Iterator[Deployment]:
+    """Every service that has a test bed image."""
+    yield from _deployment(request, tmp_path / "stack", image_map_path, None)
+
+
+@pytest.fixture(params=["local", "ssh"])
+def deployment(
+    request: pytest.FixtureRequest, tmp_path: Path, image_map_path: Path
+) -> Iterator[Deployment]:
+    """A few services, for the failure paths."""
+    yield from _deployment(request, tmp_path / "stack", image_map_path, SMALL)
 
 
 def _services(deployment: Deployment) -> list[str]:
@@ -267,7 +294,8 @@ def _psql(deployment: Deployment, sql: str) -> str:
 
 
 # ---------------------------------------------------------------- the tests
-def test_apply_status_and_noop_reapply(deployment: Deployment) -> None:
+def test_apply_status_reapply_and_one_change(full_deployment: Deployment) -> None:
+    deployment = full_deployment
     before = deployment.run("plan", "--output", "json")
     assert before.code == 3, before.err
     assert {a["action"] for a in before.json()["services"]} == {"create"}
@@ -309,9 +337,7 @@ def test_apply_status_and_noop_reapply(deployment: Deployment) -> None:
     assert "0 created, 0 recreated, 0 started, 0 removed, 0 files uploaded" in again.out
     assert deployment.run("plan").code == 0
 
-
-def test_one_setting_recreates_only_that_service(deployment: Deployment) -> None:
-    assert deployment.run("apply", "--yes").code == 0
+    # One changed setting recreates exactly that service.
     ids = {s: _inspect(deployment.container(s))["Id"] for s in _services(deployment)}  # type: ignore[index]
 
     deployment.edit(lambda d: d["services"]["postgres"].__setitem__("max_connections", 77))
@@ -408,7 +434,7 @@ def test_unknown_or_changed_host_key_is_refused(
 ) -> None:
     deployment = _new_deployment("ssh", tmp_path / "stack", image_map_path, ssh_target)
     offered = subprocess.run(
-        ["ssh-keygen", "-lf", str(ssh_target.host_key_pub)],
+        ["ssh-keygen", "-lf", str(ssh_target.known_hosts_path)],
         capture_output=True,
         text=True,
         check=True,
