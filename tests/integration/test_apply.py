@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,6 +19,11 @@ from typing import Any
 
 import pytest
 import yaml
+
+try:  # a package when tests/ has __init__.py files, plain modules otherwise
+    from .testbed_support import SSHTarget
+except ImportError:
+    from testbed_support import SSHTarget  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.integration
 
@@ -105,88 +109,12 @@ def _inspect(name: str) -> dict[str, Any] | None:
     return data
 
 
-# ---------------------------------------------------------------- the SSH target
-# Until the test bed's fixtures land on main, this module brings up its own small sshd
-# (key-only, loopback) and uses locally built images (see TESTBED.md).
-SSH_USER = "kbapply"
-IMAGE_MAP = {
-    "postgres": "kbinfra-apply/postgres:15",
-    "redis": "kbinfra-apply/redis:7-tb",
-    "qdrant": "kbinfra-apply/qdrant:tb",
-    "unstructured": "kbinfra-apply/unstructured:tb",
-    "nginx": "kbinfra-apply/nginx:1.22-tb",
-    "postgres-exporter": "kbinfra-apply/postgres-exporter:0.11-tb",
-    "redis-exporter": "kbinfra-apply/redis-exporter:1.45-tb",
-    "node-exporter": "kbinfra-apply/node-exporter:1.5-tb",
-    "prometheus": "kbinfra-apply/prometheus:2.42-tb",
-    "alertmanager": "kbinfra-apply/alertmanager:0.25-tb",
-}
+# The test bed (tests/integration/conftest.py) gives `image_map_path` (its images for every
+# service it can build) and `ssh_target` (an sshd on loopback, its host key pinned in a
+# known_hosts file, a user in the docker group).
+
 # The tests of failure paths deploy a few services: a data store, another one and an exporter.
 SMALL = ("postgres", "redis", "node-exporter")
-
-
-@dataclass(frozen=True)
-class SSHTarget:
-    user: str
-    host: str
-    port: int
-    key_path: Path
-    known_hosts_path: Path
-
-
-@pytest.fixture(scope="session")
-def ssh_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHTarget]:
-    if os.geteuid() != 0 or not Path("/usr/sbin/sshd").exists():
-        pytest.skip("needs root and openssh-server")
-    folder = tmp_path_factory.mktemp("sshd")
-    folder.chmod(0o755)
-    host_key = folder / "host_ed25519"
-    client_key = folder / "client_ed25519"
-    for key in (host_key, client_key):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    if subprocess.run(["id", SSH_USER], capture_output=True, check=False).returncode != 0:
-        subprocess.run(
-            ["useradd", "-m", "-s", "/bin/sh", "-p", "*", "-G", "docker", SSH_USER], check=True
-        )
-    home = Path(f"/home/{SSH_USER}")
-    (home / ".ssh").mkdir(mode=0o700, exist_ok=True)
-    (home / ".ssh" / "authorized_keys").write_text(Path(f"{client_key}.pub").read_text())
-    subprocess.run(["chown", "-R", f"{SSH_USER}:{SSH_USER}", str(home / ".ssh")], check=True)
-    port = _free_port()
-    config = folder / "sshd_config"
-    config.write_text(
-        f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {host_key}\n"
-        f"PidFile {folder}/sshd.pid\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-        "PubkeyAuthentication yes\nUsePAM no\nPermitRootLogin no\nAllowUsers kbapply\n"
-        "MaxSessions 64\nMaxStartups 64\nSubsystem sftp internal-sftp\n"
-    )
-    Path("/run/sshd").mkdir(exist_ok=True)
-    subprocess.run(
-        ["/usr/sbin/sshd", "-f", str(config), "-E", str(folder / "sshd.log")], check=True
-    )
-    known_hosts = folder / "known_hosts"
-    host_line = Path(f"{host_key}.pub").read_text().split()[:2]
-    known_hosts.write_text(f"[127.0.0.1]:{port} {' '.join(host_line)}\n")
-    for _ in range(50):
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.1)
-    yield SSHTarget(SSH_USER, "127.0.0.1", port, client_key, known_hosts)
-    pid = int((folder / "sshd.pid").read_text())
-    os.kill(pid, signal.SIGTERM)
-
-
-@pytest.fixture(scope="session")
-def image_map_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    for image in IMAGE_MAP.values():
-        if subprocess.run(
-            ["docker", "image", "inspect", image], capture_output=True, check=False
-        ).returncode:
-            pytest.skip(f"image {image} is not built (see TESTBED.md)")
-    path = tmp_path_factory.mktemp("images") / "images.yaml"
-    path.write_text(yaml.safe_dump({"images": IMAGE_MAP}))
-    return path
 
 
 # ---------------------------------------------------------------- deployments
