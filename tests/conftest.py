@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -10,10 +11,14 @@ from typing import Any
 import pytest
 import yaml
 
+from kbinfra.render import render_service, write_tree
 from kbinfra.scaffold import init_stack
 from kbinfra.secrets import dump_secrets, write_private_file
+from kbinfra.services import get_service
+from kbinfra.services.base import ServiceContext
 from kbinfra.spec.stack import load_stack
 from kbinfra.stack import Stack, open_stack, required_secrets
+from kbinfra.validation import find_tool
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PROFILES = ("minimum", "recommended", "large")
@@ -61,6 +66,13 @@ def write_stack_dir(
     return folder
 
 
+def edit_stack_file(folder: Path, overrides: dict[str, Any]) -> None:
+    """Deep-merge ``overrides`` into ``folder/kbinfra.yaml`` without validating it."""
+    stack_file = folder / "kbinfra.yaml"
+    data = yaml.safe_load(stack_file.read_text())
+    stack_file.write_text(yaml.safe_dump(_deep_update(data, overrides), sort_keys=False))
+
+
 @pytest.fixture
 def make_stack(tmp_path: Path) -> Callable[..., Stack]:
     """``make_stack("large", {"services": {"redis": {"enabled": False}}})`` → a loaded Stack."""
@@ -71,3 +83,50 @@ def make_stack(tmp_path: Path) -> Callable[..., Stack]:
         return open_stack(write_stack_dir(folder, profile, overrides))
 
     return factory
+
+
+@pytest.fixture
+def require_tool() -> Callable[..., str]:
+    """``require_tool("redis-server")`` → its path; skips locally, fails when ``CI=true``."""
+
+    def need(name: str, *extra_dirs: str) -> str:
+        found = find_tool(name, *extra_dirs)
+        if found is None:
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"{name} is not installed, and CI=true needs every validator")
+            pytest.skip(f"{name} is not installed")
+        return found
+
+    return need
+
+
+@pytest.fixture
+def rendered(
+    make_stack: Callable[..., Stack], tmp_path: Path
+) -> Callable[..., tuple[ServiceContext, Path]]:
+    """``rendered("redis", "large")`` → the service's context and a folder holding its files
+    as ``kbinfra render`` writes them (to break on purpose before ``check_rendered``)."""
+    counter = iter(range(1000))
+
+    def render(
+        service: str, profile: str = "minimum", overrides: dict[str, Any] | None = None
+    ) -> tuple[ServiceContext, Path]:
+        ctx = make_stack(profile, overrides).contexts[service]
+        out = tmp_path / f"rendered{next(counter)}"
+        write_tree(render_service(get_service(service), ctx), out)
+        return ctx, out
+
+    return render
+
+
+@pytest.fixture
+def edit_once() -> Callable[[Path, str, str], int]:
+    """``edit_once(path, old, new)`` replaces ``old`` once and returns its 1-based line."""
+
+    def edit(path: Path, old: str, new: str) -> int:
+        text = path.read_text()
+        assert old in text, f"{old!r} is not in {path}"
+        path.write_text(text.replace(old, new, 1))
+        return text[: text.index(old)].count("\n") + 1
+
+    return edit

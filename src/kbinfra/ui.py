@@ -62,8 +62,9 @@ class Console:
         from rich.table import Table  # noqa: PLC0415
 
         table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-        for column in columns:
-            table.add_column(column)
+        for index, column in enumerate(columns):
+            # Names stay whole; only the last column (details) wraps.
+            table.add_column(column, no_wrap=index < len(columns) - 1)
         for row in rows:
             table.add_row(*(self.redact(str(cell)) for cell in row))
         RichConsole(soft_wrap=False).print(table)

@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -68,13 +71,19 @@ def find_tool(name: str, *extra_dirs: str) -> str | None:
     return None
 
 
+def as_user(argv: Sequence[str], user: str | None) -> list[str]:
+    """``argv`` run as ``user`` through setpriv when we are root; unchanged otherwise."""
+    command = list(argv)
+    if user is not None and os.geteuid() == 0:
+        command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", *command]
+    return command
+
+
 def run_tool(
     argv: Sequence[str], *, cwd: Path | None = None, timeout: float = 60, user: str | None = None
 ) -> ToolRun:
     """Run a validator; ``user`` drops root privileges (postgres refuses to run as root)."""
-    command = list(argv)
-    if user is not None and os.geteuid() == 0:
-        command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", *command]
+    command = as_user(argv, user)
     try:
         done = subprocess.run(
             command,
@@ -87,6 +96,44 @@ def run_tool(
     except subprocess.TimeoutExpired:
         return ToolRun(124, f"{argv[0]} did not finish within {timeout:.0f}s")
     return ToolRun(done.returncode, (done.stdout + done.stderr).strip())
+
+
+@contextmanager
+def server_process(
+    argv: Sequence[str],
+    *,
+    log: Path,
+    user: str | None = None,
+    stop_signal: signal.Signals = signal.SIGTERM,
+    stop_timeout: float = 15,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A server started for a check, its output in ``log``; stopped (then killed) on exit."""
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            as_user(argv, user), stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(stop_signal)
+            try:
+                process.wait(stop_timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def wait_until(ready: Callable[[], bool], process: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Poll ``ready`` until it holds, ``process`` exits, or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return False
 
 
 def free_port() -> int:

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from debian_base import python_base_image
 
 from kbinfra.images.build import build_image
+
+from .debian_base import python_base_image
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -12,7 +12,8 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from embeddings_app import load_app_module
+
+from ..embeddings_app import load_app_module
 
 pytestmark = pytest.mark.slow
 

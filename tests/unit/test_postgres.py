@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from kbinfra.render import render_service
-from kbinfra.services.postgres import GB, MB, SERVICE, format_kb, major_version, pgtune
+from kbinfra.services.base import ServiceContext
+from kbinfra.services.postgres import (
+    GB,
+    MB,
+    SERVICE,
+    expected_settings,
+    format_kb,
+    major_version,
+    normalise_setting,
+    pgtune,
+    postgres_bin_dirs,
+)
 from kbinfra.stack import Stack
+
+Rendered = Callable[..., tuple[ServiceContext, Path]]
+EditOnce = Callable[[Path, str, str], int]
 
 
 def test_pgtune_web_8gb_2cpu_ssd_matches_hand_calculation() -> None:
@@ -114,3 +129,130 @@ def test_container_keeps_password_out_of_env_values(make_stack: Callable[..., St
     assert spec.secret_env["POSTGRES_PASSWORD"] == "postgres_password"
     assert all("TESTSECRET" not in value for value in spec.env.values())
     assert [(p.host_ip, p.host_port) for p in spec.ports] == [("127.0.0.1", 5432)]
+
+
+# --- check_rendered: the real postgres ------------------------------------------------------
+
+
+def test_normalise_setting_reads_postgres_base_units() -> None:
+    # postgres -C prints shared_buffers in 8 kB pages and max_wal_size in MB.
+    assert normalise_setting("shared_buffers", "262144") == "2097152kB"
+    assert normalise_setting("shared_buffers", "2GB") == "2097152kB"
+    assert normalise_setting("wal_buffers", "2048") == "16384kB"
+    assert normalise_setting("work_mem", "10082kB") == "10082kB"
+    assert normalise_setting("max_wal_size", "4096") == "4194304kB"
+    assert normalise_setting("random_page_cost", "1.1") == "1.1"
+    assert normalise_setting("max_connections", "200") == "200.0"
+    assert normalise_setting("jit", "'off'") == "off"
+
+
+def test_expected_settings_skip_what_is_not_rendered() -> None:
+    tune = pgtune(memory_kb=8 * GB, cpus=2, workload="web", disk="ssd", version=17)
+    expected = expected_settings(tune)
+    assert expected["shared_buffers"] == "2097152kB"
+    assert expected["work_mem"] == "10082kB"
+    assert "max_worker_processes" not in expected  # fewer than 4 CPUs: not rendered
+
+
+@pytest.fixture
+def postgres_tool(require_tool: Callable[..., str]) -> str:
+    return require_tool("postgres", *postgres_bin_dirs())
+
+
+@pytest.mark.validators
+@pytest.mark.parametrize("profile", ["minimum", "recommended", "large"])
+def test_real_postgres_reads_back_every_profile(
+    rendered: Rendered, postgres_tool: str, profile: str
+) -> None:
+    ctx, out = rendered("postgres", profile)
+    results = SERVICE.check_rendered(ctx, out)
+    assert [(r.path, r.outcome) for r in results] == [
+        ("postgres/postgresql.conf", "ok"),
+        ("postgres/pg_hba.conf", "ok"),
+    ], results
+    count = len(expected_settings(SERVICE.tuning(ctx)))
+    assert f"read all {count} tuned settings" in results[0].detail
+    assert "refused psql without a password" in results[1].detail
+
+
+@pytest.mark.validators
+def test_real_postgres_names_an_unknown_parameter_and_its_line(
+    rendered: Rendered, edit_once: EditOnce, postgres_tool: str
+) -> None:
+    ctx, out = rendered("postgres")
+    line = edit_once(out / "postgres/postgresql.conf", "shared_buffers =", "shared_bufers =")
+    (result,) = SERVICE.check_rendered(ctx, out)
+    assert (result.path, result.outcome, result.line) == (
+        "postgres/postgresql.conf",
+        "failed",
+        line,
+    )
+    assert 'unrecognized configuration parameter "shared_bufers"' in result.detail
+
+
+@pytest.mark.validators
+def test_real_postgres_names_an_invalid_value_and_its_line(
+    rendered: Rendered, edit_once: EditOnce, postgres_tool: str
+) -> None:
+    ctx, out = rendered("postgres")
+    line = edit_once(
+        out / "postgres/postgresql.conf", "wal_compression = lz4", "wal_compression = lz5"
+    )
+    (result,) = SERVICE.check_rendered(ctx, out)
+    assert (result.outcome, result.line) == ("failed", line)
+    assert 'invalid value for parameter "wal_compression": "lz5"' in result.detail
+    assert "Available values" in result.detail  # PostgreSQL's HINT
+
+
+@pytest.mark.validators
+def test_real_postgres_catches_a_later_line_overriding_the_tuning(
+    rendered: Rendered, edit_once: EditOnce, postgres_tool: str
+) -> None:
+    ctx, out = rendered("postgres")
+    conf = out / "postgres/postgresql.conf"
+    conf.write_text(conf.read_text() + "work_mem = 1MB\n")
+    (result,) = SERVICE.check_rendered(ctx, out)
+    assert result.outcome == "failed"
+    assert result.line == len(conf.read_text().splitlines())
+    assert result.detail.startswith("PostgreSQL reads work_mem as 1024kB, kbinfra tuned it to")
+
+
+@pytest.mark.validators
+def test_real_postgres_start_catches_a_missing_preload_library(
+    rendered: Rendered, edit_once: EditOnce, postgres_tool: str
+) -> None:
+    # postgres -C does not load libraries; only the real start finds this one.
+    ctx, out = rendered("postgres")
+    conf = out / "postgres/postgresql.conf"
+    line = edit_once(conf, "'pg_stat_statements'", "'pg_stat_statement'")
+    conf_result, start_result = SERVICE.check_rendered(ctx, out)
+    assert conf_result.outcome == "ok"
+    assert (start_result.path, start_result.outcome) == ("postgres/postgresql.conf", "failed")
+    assert start_result.detail.startswith('could not access file "pg_stat_statement"')
+    assert start_result.line == line
+
+
+@pytest.mark.validators
+def test_real_postgres_reports_a_bad_hba_line(
+    rendered: Rendered, edit_once: EditOnce, postgres_tool: str
+) -> None:
+    ctx, out = rendered("postgres")
+    line = edit_once(out / "postgres/pg_hba.conf", "0.0.0.0/0   scram-sha-256", "0.0.0.0/0   scram")
+    _, result = SERVICE.check_rendered(ctx, out)
+    assert (result.path, result.outcome, result.line) == ("postgres/pg_hba.conf", "failed", line)
+    assert 'invalid authentication method "scram"' in result.detail
+
+
+@pytest.mark.validators
+def test_real_postgres_fails_an_hba_that_trusts(
+    rendered: Rendered, edit_once: EditOnce, postgres_tool: str
+) -> None:
+    ctx, out = rendered("postgres")
+    edit_once(
+        out / "postgres/pg_hba.conf",
+        "local   all       all               scram-sha-256",
+        "local all all trust",
+    )
+    _, result = SERVICE.check_rendered(ctx, out)
+    assert (result.path, result.outcome) == ("postgres/pg_hba.conf", "failed")
+    assert "without a password" in result.detail

@@ -175,9 +175,14 @@ def _load(ref: str, *, relative_to: Path | None, chain: tuple[Path, ...]) -> Loa
     parent_ref = data.pop("extends", None)
     data.setdefault("name", path.stem)
     if parent_ref is not None:
-        if not isinstance(parent_ref, str):
+        if not isinstance(parent_ref, str) or not parent_ref.strip():
             raise SpecError("extends: must name a profile or a path", where=doc.where(("extends",)))
-        parent = _load(parent_ref, relative_to=path.parent, chain=(*chain, path.resolve()))
+        try:
+            parent = _load(parent_ref, relative_to=path.parent, chain=(*chain, path.resolve()))
+        except SpecError as error:
+            if error.where is None:
+                raise SpecError(error.what, where=doc.where(("extends",)), fix=error.fix) from None
+            raise
         data = _merge(parent.profile.model_dump(by_alias=True), data)
     return LoadedProfile(profile=validate(Profile, data, doc, what="profile"), source=path)
 

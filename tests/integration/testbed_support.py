@@ -1,0 +1,114 @@
+"""Helpers shared by the integration tests and their fixtures (see conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import docker
+import pytest
+
+if TYPE_CHECKING:
+    from docker.models.containers import Container
+
+
+@dataclass(frozen=True)
+class SSHTarget:
+    """The test bed's sshd: key-only, its host key pinned in known_hosts_path."""
+
+    user: str
+    host: str
+    port: int
+    key_path: Path
+    known_hosts_path: Path
+
+    @property
+    def docker_base_url(self) -> str:
+        return f"ssh://{self.user}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Testbed:
+    images_file: Path
+    images: dict[str, str]
+    ssh: SSHTarget
+    up_log: str
+
+
+@contextmanager
+def paramiko_home(target: SSHTarget, home: Path, known_hosts: Path | None = None) -> Iterator[None]:
+    """Point docker-py's paramiko at the test key and known_hosts without touching ~/.ssh.
+
+    docker-py reads only ~/.ssh/config (hostname, port, user, identityfile, proxycommand) and
+    loads ~/.ssh/known_hosts as system host keys with RejectPolicy, so a generated HOME is
+    enough; SSH_AUTH_SOCK is hidden so no agent key is offered. Only the connection made while
+    this is active sees the override: docker-py connects once, in the client's constructor.
+    """
+    ssh_dir = home / ".ssh"
+    ssh_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    (ssh_dir / "config").write_text(f"Host {target.host}\n  IdentityFile {target.key_path}\n")
+    (ssh_dir / "known_hosts").write_bytes((known_hosts or target.known_hosts_path).read_bytes())
+    saved = {name: os.environ.get(name) for name in ("HOME", "SSH_AUTH_SOCK")}
+    os.environ["HOME"] = str(home)
+    os.environ.pop("SSH_AUTH_SOCK", None)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def ssh_docker_client(
+    target: SSHTarget, home: Path, known_hosts: Path | None = None
+) -> docker.DockerClient:
+    """A docker-py client that reaches the engine through the test bed's sshd (paramiko)."""
+    with paramiko_home(target, home, known_hosts):
+        return docker.DockerClient(
+            base_url=target.docker_base_url, use_ssh_client=False, timeout=120
+        )
+
+
+def wait_for(
+    check: Callable[[], Any], what: str, timeout_s: float = 90.0, interval_s: float = 0.5
+) -> Any:
+    """Poll `check` until it returns something truthy; fail with `what` and the last error."""
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except Exception as exc:
+            last = exc
+        else:
+            if result:
+                return result
+        time.sleep(interval_s)
+    pytest.fail(f"timed out waiting for {what}; last error: {last!r}", pytrace=False)
+
+
+def output_text(output: bytes | Iterator[bytes] | None) -> str:
+    """The text of a non-streamed `exec_run` output."""
+    return output.decode(errors="replace") if isinstance(output, bytes) else ""
+
+
+def exec_ok(container: Container, *cmd: str) -> str:
+    """Run a command in a container; its output, or a failed test with the output."""
+    code, output = container.exec_run(list(cmd), demux=False)
+    text = output_text(output)
+    assert code == 0, f"{' '.join(cmd)} exited {code}: {text}"
+    return text
+
+
+def published_port(container: Container, port: str) -> int:
+    container.reload()
+    bindings = container.ports.get(port) or []
+    assert bindings, f"{container.name} publishes no {port}: {container.ports}"
+    return int(bindings[0]["HostPort"])

@@ -1,0 +1,3 @@
+#!/bin/sh
+# Packages installed while building an image must not start their services.
+exit 101
