@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 from kbinfra.cli import app
 from kbinfra.stack import Stack
 
+from .testbed_support import SSHTarget, paramiko_home
+
 pytestmark = pytest.mark.integration
 
 
@@ -74,6 +76,31 @@ def test_save_then_load_restores_the_stack_images(
         app, ["images", "load", str(archive), "--dir", str(stack.dir), "-o", "json"]
     )
     assert loaded.exit_code == 0, loaded.output
+    assert docker_client.images.get(unique_image).id == image_id
+
+
+def test_load_streams_the_archive_to_an_ssh_target(
+    docker_client: Any,
+    unique_image: str,
+    ssh_target: SSHTarget,
+    make_stack: Callable[..., Stack],
+    tmp_path: Path,
+) -> None:
+    overrides = only_postgres(make_stack, unique_image)
+    overrides["target"] = ssh_target.docker_base_url
+    stack = make_stack("minimum", overrides)
+    image_id = docker_client.images.get(unique_image).id
+    archive = tmp_path / "images.tar"
+    runner = CliRunner()
+    saved = runner.invoke(app, ["images", "save", str(archive), "--dir", str(stack.dir)])
+    assert saved.exit_code == 0, saved.output
+    docker_client.images.remove(unique_image, force=True)
+
+    # The test bed's sshd fronts this same engine: what arrives over SSH shows up here.
+    with paramiko_home(ssh_target, tmp_path / "home"):
+        loaded = runner.invoke(app, ["images", "load", str(archive), "--dir", str(stack.dir)])
+    assert loaded.exit_code == 0, loaded.output
+    assert f"into {ssh_target.docker_base_url}" in loaded.output
     assert docker_client.images.get(unique_image).id == image_id
 
 
