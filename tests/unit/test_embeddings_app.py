@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,7 +55,7 @@ def config_data(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     return data
 
 
-def testclient() -> Any:
+def client_class() -> Any:
     """FastAPI's TestClient, imported only once the app's dependencies are known present."""
     from fastapi.testclient import TestClient  # noqa: PLC0415
 
@@ -76,7 +78,7 @@ def loaded_model(app_module: ModuleType, tmp_path_factory: pytest.TempPathFactor
 def make_client(
     app_module: ModuleType, tmp_path: Path, loaded: Any, preload: bool = True, **overrides: Any
 ) -> Iterator[Any]:
-    test_client = testclient()
+    test_client = client_class()
 
     config = app_module.ServiceConfig.model_validate(config_data(tmp_path, **overrides))
 
@@ -196,7 +198,7 @@ def test_health_is_503_until_the_default_model_is_warm(
 def test_a_missing_default_model_keeps_the_service_unhealthy_and_says_where_it_looked(
     app_module: ModuleType, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    test_client = testclient()
+    test_client = client_class()
 
     config = app_module.ServiceConfig.model_validate(
         config_data(tmp_path, default_model="all-mpnet-base-v2")
@@ -274,6 +276,42 @@ def test_a_missing_or_broken_config_file_is_one_line(
     broken.write_text('{\n  "models": ,\n}')
     with pytest.raises(app_module.ConfigError, match=r"broken.json:2: not JSON"):
         app_module.load_config(broken)
+
+
+@pytest.mark.parametrize(
+    ("change", "env", "expected"),
+    [
+        (
+            {"default_model": "x"},
+            {},
+            "{path}: default_model 'x' is not in models (all-MiniLM-L6-v2, all-mpnet-base-v2)",
+        ),
+        (
+            {"api_key": {"required": True, "header": "X-API-Key", "env": "EMB_KEY"}},
+            {"EMB_KEY": ""},
+            "api_key.required is true but $EMB_KEY is empty or unset",
+        ),
+    ],
+)
+def test_the_service_refuses_to_start_with_one_line_and_exit_2(
+    app_module: ModuleType,
+    tmp_path: Path,
+    change: dict[str, Any],
+    env: dict[str, str],
+    expected: str,
+) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config_data(tmp_path, **change)))
+    result = subprocess.run(
+        [sys.executable, app_module.__file__],
+        env={**os.environ, "KBINFRA_EMBEDDINGS_CONFIG": str(path), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr == f"kbinfra-embeddings: {expected.format(path=path)}\n"
 
 
 def test_the_hub_is_switched_off_before_anything_imports_it(app_module: ModuleType) -> None:

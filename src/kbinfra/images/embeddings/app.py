@@ -144,9 +144,9 @@ def load_config(path: str | Path) -> ServiceConfig:
         return ServiceConfig.model_validate(data)
     except ValidationError as error:
         first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        where = "".join(f"{part}: " for part in [".".join(map(str, first["loc"]))] if part)
         message = first["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{path}: {where}: {message}") from None
+        raise ConfigError(f"{path}: {where}{message}") from None
 
 
 # --------------------------------------------------------------------------- models
