@@ -179,6 +179,8 @@ def test_qdrant_job_reads_its_token_from_a_0600_file(
     assert (token.text, token.mode, token.secret) == (QDRANT_KEY, 0o600, True)
     mounts = {m.source: m.target for m in SERVICE.container(ctx).files}
     assert mounts["prometheus/secrets/qdrant_api_key"] == "/etc/prometheus/secrets/qdrant_api_key"
+    owners = {m.source: (m.uid, m.gid) for m in SERVICE.container(ctx).files}
+    assert owners["prometheus/secrets/qdrant_api_key"] == (65534, 65534)  # nobody reads it
     # Jobs without a token have no credentials file.
     node = next(c for c in config["scrape_configs"] if c["job_name"] == "node")
     assert "authorization" not in node

@@ -138,18 +138,17 @@ def test_no_secret_in_any_rendered_file_or_container_field(
     assert all("TESTSECRET" not in value for value in spec.env.values())
 
 
-def test_container_installs_the_acl_for_the_redis_user(make_stack: Callable[..., Stack]) -> None:
+def test_container_gives_the_acl_file_to_the_redis_user(make_stack: Callable[..., Stack]) -> None:
     spec = SERVICE.container(make_stack("minimum").contexts["redis"])
     assert spec.image == "redis:8.2.10"
-    assert spec.entrypoint is not None and spec.entrypoint[:2] == ["/bin/sh", "-c"]
-    start = spec.entrypoint[2]
-    assert "install -o redis -g redis -m 0600 /run/kbinfra/users.acl" in start
-    assert start.endswith("exec docker-entrypoint.sh redis-server /usr/local/etc/redis/redis.conf")
-    assert "$" not in start  # compose would try to interpolate it
-    assert [(f.source, f.target) for f in spec.files] == [
-        ("redis/redis.conf", "/usr/local/etc/redis/redis.conf"),
-        ("redis/users.acl", "/run/kbinfra/users.acl"),
-    ]
+    assert spec.entrypoint is None  # the image's own entrypoint drops root as upstream does
+    assert spec.command == ["redis-server", "/usr/local/etc/redis/redis.conf"]
+    owners = {(f.source, f.target): (f.uid, f.gid) for f in spec.files}
+    assert owners == {
+        ("redis/redis.conf", "/usr/local/etc/redis/redis.conf"): (0, 0),
+        # 0600 and read after the drop to uid 999: it must belong to that user.
+        ("redis/users.acl", "/usr/local/etc/redis/users.acl"): (999, 999),
+    }
     assert [(v.volume, v.target) for v in spec.volumes] == [("kb-redis-data", "/data")]
     assert [(p.host_ip, p.host_port, p.container_port) for p in spec.ports] == [
         ("127.0.0.1", 6379, 6379)

@@ -332,10 +332,15 @@ class Prometheus(Service):
             FileMount(source=CONFIG_FILE, target=f"{CONFIG_DIR}/prometheus.yml"),
             FileMount(source=RULES_FILE, target=f"{CONFIG_DIR}/rules/kb_alerts.yml"),
         ]
-        # These are 0600 and the image runs as nobody (65534): apply must hand them to that
-        # uid in the container, or Prometheus cannot read them (ContainerSpec has no owner yet).
+        # These are 0600 and the image runs as nobody: they must belong to that uid inside
+        # the container, or Prometheus cannot read them.
         mounts += [
-            FileMount(source=f"{SECRETS_DIR}/{secret}", target=credentials_path(secret))
+            FileMount(
+                source=f"{SECRETS_DIR}/{secret}",
+                target=credentials_path(secret),
+                uid=CONTAINER_UID,
+                gid=CONTAINER_UID,
+            )
             for secret in self.bearer_secrets(ctx)
         ]
         upstream_host = ctx.stack.app.upstream.rpartition(":")[0]

@@ -46,13 +46,9 @@ CONF_FILE = "redis/redis.conf"
 ACL_FILE = "redis/users.acl"
 CONF_PATH = "/usr/local/etc/redis/redis.conf"
 ACL_PATH = "/usr/local/etc/redis/users.acl"
-#: Where the rendered 0600 ACL file is mounted; the entrypoint installs a copy owned by the
-#: image's ``redis`` user at ACL_PATH, because the server drops root before reading it.
-ACL_MOUNT = "/run/kbinfra/users.acl"
-START = (
-    f"install -o redis -g redis -m 0600 {ACL_MOUNT} {ACL_PATH} && "
-    f"exec docker-entrypoint.sh redis-server {CONF_PATH}"
-)
+#: The official image's ``redis`` user. The server drops root before it reads the 0600 ACL
+#: file, so the file is placed into the container owned by that user.
+REDIS_UID = 999
 HEALTHCHECK_USER = "healthcheck"
 ANONYMOUS = "(no login)"
 #: The ACL users with a password, and the secret that holds it.
@@ -196,12 +192,12 @@ class Redis(Service):
         return ContainerSpec(
             service=self.name,
             image=ctx.image,
-            entrypoint=["/bin/sh", "-c", START],
+            command=["redis-server", CONF_PATH],
             ports=ctx.loopback_port(PORT),
             volumes=[VolumeMount(volume=ctx.volume(), target="/data")],
             files=[
                 FileMount(source=CONF_FILE, target=CONF_PATH),
-                FileMount(source=ACL_FILE, target=ACL_MOUNT),
+                FileMount(source=ACL_FILE, target=ACL_PATH, uid=REDIS_UID, gid=REDIS_UID),
             ],
             # The healthcheck user may run PING and nothing else, so it needs no password:
             # no secret in the container's env or in `docker inspect`. redis-cli exits 0 on
