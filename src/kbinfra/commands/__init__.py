@@ -1,0 +1,1 @@
+"""Command groups, one Typer app per module, mounted by ``kbinfra.cli`` with ``add_typer``."""
