@@ -336,7 +336,8 @@ def _ensure_images(
         raise KbinfraError(
             f"image {', '.join(failures)} is not on the target and cannot be pulled",
             where=target.name,
-            fix=f"load it there with `kbinfra images load {failures[0]}` (or `docker load`)",
+            fix="where the images exist run `kbinfra images save FILE`, then here "
+            "`kbinfra images load FILE`",
         )
 
 
