@@ -286,6 +286,29 @@ def test_apply_status_reapply_and_one_change(full_deployment: Deployment) -> Non
     assert _psql(deployment, "show max_connections") == "77"
     assert _inspect(deployment.container("postgres") + ".kbinfra-old") is None
 
+    # --only: two services changed, one converged; the other stays pending.
+    ids = {s: _inspect(deployment.container(s))["Id"] for s in _services(deployment)}  # type: ignore[index]
+    deployment.edit(lambda d: d["services"]["postgres"].__setitem__("max_connections", 78))
+    deployment.edit(
+        lambda d: d["services"]["redis"].update(
+            maxmemory_policy="volatile-lru", allow_eviction_of_queues=True
+        )
+    )
+    only = deployment.run("apply", "--yes", "--only", "postgres", "--output", "json")
+    assert only.code == 0, only.err
+    outcomes = {r["service"]: r["outcome"] for r in only.json()["services"]}
+    assert outcomes.pop("postgres") == "recreated"
+    assert set(outcomes.values()) <= {"unchanged"}
+    assert only.json()["files_uploaded"] == ["postgres/postgresql.conf"]
+    for service, old_id in ids.items():
+        new_id = _inspect(deployment.container(service))["Id"]  # type: ignore[index]
+        assert (new_id != old_id) == (service == "postgres")
+    pending = deployment.run("plan", "--output", "json")
+    assert pending.code == 3
+    changed = {a["service"] for a in pending.json()["services"] if a["action"] != "nothing"}
+    assert changed == {"redis"}
+    assert deployment.run("apply", "--yes", "--only", "redsi").code == 2
+
 
 def test_failed_health_check_rolls_back_and_keeps_data(deployment: Deployment) -> None:
     assert deployment.run("apply", "--yes").code == 0
