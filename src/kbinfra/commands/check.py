@@ -55,6 +55,7 @@ def check(
     console = Console(output)
     stack, where = deploy._open(stack_dir, target, known_hosts, identity, console)
     with where:
+        where.docker_client()  # an unreachable target is one error line (exit 2), not 40 rows
         rows, unprobed = run_checks(stack, where, only or [], progress=deploy._progress(console))
     ok = check_rows_ok(rows)
     failed = [r for r in rows if not r.ok]

@@ -404,17 +404,18 @@ def bench(probe: ProbeContext, plan: BenchPlan) -> list[BenchResult]:
     address = probe.address()
     limits = floors(probe.ctx.resources.cpus)
     password = secrets.token_urlsafe(24)
-    admin = connect(address, ADMIN, admin_password)
-    try:
-        removed = sweep(admin)
-        if removed:
-            probe.note(f"removed leftovers of an earlier bench: {', '.join(removed)}")
-        run_command(admin, "ACL", "SETUSER", plan.prefix, *bench_user_rules(plan.prefix, password))
-    finally:
-        admin.close()
-    probe.note(f"keys {plan.prefix}:* in db {BENCH_DB} as temporary user {plan.prefix}")
     results: list[BenchResult] = []
     try:
+        admin = connect(address, ADMIN, admin_password)
+        try:
+            removed = sweep(admin)
+            if removed:
+                probe.note(f"removed leftovers of an earlier bench: {', '.join(removed)}")
+            rules = bench_user_rules(plan.prefix, password)
+            run_command(admin, "ACL", "SETUSER", plan.prefix, *rules)
+        finally:
+            admin.close()
+        probe.note(f"keys {plan.prefix}:* in db {BENCH_DB} as temporary user {plan.prefix}")
         for depth, kind in ((1, "plain"), (PIPELINE_DEPTH, "pipelined")):
             probe.note(f"kbinfra client, SET/GET {kind}")
             results.append(_client_bench(probe, plan, password, depth=depth, limit=limits[kind]))
