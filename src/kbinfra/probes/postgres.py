@@ -148,7 +148,7 @@ def check_non_scram(address: tuple[str, int], user: str, password: str, dbname: 
     version = libpq_version()
     require(
         version >= REQUIRE_AUTH_SINCE,
-        f"libpq {version} has no require_auth (needs 16+): install psycopg[binary] >= 3.1",
+        f"libpq {version} has no require_auth (needs 16+): install psycopg[binary] >= 3.2.3",
     )
     try:
         conn = connect(address, user, password, dbname, require_auth="!scram-sha-256")
