@@ -21,9 +21,9 @@ from kbinfra.probes.base import (
     CheckRow,
     ProbeContext,
     Progress,
-    _silent,
     describe_error,
     failed_bench,
+    silent,
 )
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ def run_checks(
     target: Target,
     only: Sequence[str] = (),
     *,
-    progress: Progress = _silent,
+    progress: Progress = silent,
 ) -> tuple[list[CheckRow], list[str]]:
     """Every selected service's checks; also the services that have no probes."""
     from kbinfra.probes import _stack  # noqa: PLC0415
@@ -101,7 +101,7 @@ def run_benches(
     plan: BenchPlan,
     only: Sequence[str] = (),
     *,
-    progress: Progress = _silent,
+    progress: Progress = silent,
 ) -> tuple[list[BenchResult], list[str]]:
     """Every selected service's benchmarks, one service after the other (they would compete
     for the same CPUs otherwise); also the services that have none."""

@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from kbinfra.targets import FileStore, Target
 
 Category = Literal["reachable", "locked-down", "configured"]
-CATEGORIES: tuple[Category, ...] = ("reachable", "locked-down", "configured")
 
 #: Every object a benchmark creates starts with this, then a random part (``kbinfra_bench_3f9a…``).
 BENCH_PREFIX = "kbinfra_bench_"
@@ -574,7 +573,7 @@ def is_bench_name(name: str) -> bool:
 Progress = Callable[[str, str], None]
 
 
-def _silent(service: str, message: str) -> None:
+def silent(service: str, message: str) -> None:
     pass
 
 
@@ -590,7 +589,7 @@ class ProbeContext:
         service: Service,
         target: Target,
         *,
-        progress: Progress = _silent,
+        progress: Progress = silent,
     ) -> None:
         self.stack = stack
         self.service = service

@@ -74,8 +74,10 @@ def connect(
     db: int = 0,
     timeout: float = 10,
 ) -> Redis:
-    """A redis-py client speaking RESP2 (HELLO 3 would need a login first)."""
+    """A redis-py client speaking RESP2 (HELLO 3 would need a login first), never retrying."""
     import redis  # noqa: PLC0415
+    from redis.backoff import NoBackoff  # noqa: PLC0415
+    from redis.retry import Retry  # noqa: PLC0415
 
     host, port = address
     return redis.Redis(
@@ -85,6 +87,9 @@ def connect(
         password=password,
         db=db,
         protocol=2,
+        # A refused login must fail the check at once: redis-py retries an AuthenticationError
+        # (a ConnectionError) three times with backoff by default.
+        retry=Retry(NoBackoff(), 0),
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         decode_responses=True,
