@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
 from kbinfra.services.base import ContainerSpec, RenderedFile
+from kbinfra.spec.yamlfile import dump_yaml
 from kbinfra.stack import Stack
 
 COMPOSE_FILE = "docker-compose.yml"
@@ -89,7 +88,7 @@ def stack_files(stack: Stack) -> list[RenderedFile]:
         "# `kbinfra apply` is the supported way to deploy; this file is for people who prefer\n"
         "# compose. Secrets are read from .env (mode 0600) next to this file.\n"
     )
-    compose = header + yaml.safe_dump(document, sort_keys=True, default_flow_style=False)
+    compose = header + dump_yaml(document)
     secret_names = sorted(
         {s for spec in containers(stack).values() for s in spec.secret_env.values()}
     )

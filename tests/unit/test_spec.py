@@ -297,3 +297,10 @@ def test_random_stack_files_load_or_fail_with_one_line(
         load_stack(folder)
     except SpecError as error:
         assert "\n" not in error.one_line()
+
+
+def test_every_published_host_port_is_unique_including_extra_ports(tmp_path: Path) -> None:
+    folder = write_stack_dir(tmp_path / "s")
+    edit_stack_file(folder, {"services": {"qdrant": {"grpc_port": 5432}}})
+    with pytest.raises(SpecError, match="services postgres and qdrant both use host port 5432"):
+        load_stack(folder)

@@ -31,6 +31,10 @@ class ServiceSettings(BaseModel):
     image: str = Field(default="", description="Pinned image reference; empty means the default")
     port: int | None = Field(default=None, ge=1, le=65535, description="Host port, on 127.0.0.1")
 
+    def host_ports(self) -> list[int]:
+        """Every host port this service publishes; the stack refuses two services sharing one."""
+        return [self.port] if self.port is not None else []
+
 
 @dataclass(frozen=True)
 class Resources:

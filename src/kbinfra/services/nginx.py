@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from kbinfra.errors import SpecError
 from kbinfra.services import get_service
 from kbinfra.services.base import (
     ContainerSpec,
@@ -110,6 +109,9 @@ class NginxSettings(ServiceSettings):
         300, ge=1, le=3600, description="Read/send timeout to Unstructured (hi_res is slow)"
     )
 
+    def host_ports(self) -> list[int]:
+        return [self.http_port, self.https_port]
+
     @model_validator(mode="after")
     def _ports(self) -> NginxSettings:
         if self.port is not None:
@@ -195,7 +197,6 @@ class Nginx(Service):
 
     def template_context(self, ctx: ServiceContext) -> dict[str, Any]:
         settings: NginxSettings = ctx.settings
-        self._check_public_ports(ctx)
         version = nginx_version(ctx.image)
         routes = [
             {
@@ -232,7 +233,6 @@ class Nginx(Service):
 
     def container(self, ctx: ServiceContext) -> ContainerSpec:
         settings: NginxSettings = ctx.settings
-        self._check_public_ports(ctx)
         return ContainerSpec(
             service=self.name,
             image=ctx.image,
@@ -270,17 +270,6 @@ class Nginx(Service):
         else:
             results.append(nginx_config_test(nginx, out, self.container(ctx).files))
         return results
-
-    def _check_public_ports(self, ctx: ServiceContext) -> None:
-        """nginx's 0.0.0.0 ports would collide with any service's 127.0.0.1 port."""
-        settings: NginxSettings = ctx.settings
-        for other in sorted(ctx.enabled - {self.name}):
-            port = ctx.stack.services.get(other).port
-            if port in (settings.http_port, settings.https_port):
-                raise SpecError(
-                    f"nginx publishes port {port} on 0.0.0.0 and {other} uses it on 127.0.0.1",
-                    fix=f"give services.{other}.port or nginx's http_port/https_port another port",
-                )
 
 
 # --- validation with the real nginx and OpenSSL (kbinfra render --check) -----------------

@@ -62,6 +62,9 @@ class QdrantSettings(ServiceSettings):
         384, ge=1, le=65536, description="Vector size of the knowledge-base collection"
     )
 
+    def host_ports(self) -> list[int]:
+        return [p for p in (self.port, self.grpc_port) if p is not None]
+
 
 class QdrantTune(BaseModel):
     """The settings derived from the CPUs, memory and disk the profile gives Qdrant."""

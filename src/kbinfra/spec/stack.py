@@ -113,14 +113,15 @@ class StackSpec(_Strict):
         seen: dict[int, str] = {}
         for name in self.services.names():
             settings = self.services.get(name)
-            if not settings.enabled or settings.port is None:
+            if not settings.enabled:
                 continue
-            if settings.port in seen:
-                raise ValueError(
-                    f"services {seen[settings.port]} and {name} both use host port "
-                    f"{settings.port}; give each its own port"
-                )
-            seen[settings.port] = name
+            for port in settings.host_ports():
+                if port in seen:
+                    raise ValueError(
+                        f"services {seen[port]} and {name} both use host port {port}; "
+                        "give each its own port"
+                    )
+                seen[port] = name
         return self
 
     def enabled_services(self) -> list[str]:
