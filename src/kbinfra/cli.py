@@ -191,6 +191,7 @@ def render(
         )
 
 
+from kbinfra.commands import backup as _backup  # noqa: E402, F401 (registers its commands)
 from kbinfra.commands import deploy as _deploy  # noqa: E402, F401 (registers its commands)
 
 
