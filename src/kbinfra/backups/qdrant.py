@@ -24,7 +24,6 @@ import hashlib
 import io
 import json
 import re
-import struct
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,22 +71,41 @@ def snapshot_path(collection: str) -> str:
     return f"qdrant/collection-{hashlib.sha256(collection.encode()).hexdigest()[:16]}.snapshot"
 
 
-def float32(value: Any) -> Any:
-    """Vector numbers as the float32 Qdrant stores: a server may answer with the float32
-    it holds in memory or with the float64 it was sent (the stand-in does after a reload)."""
-    if isinstance(value, float | int) and not isinstance(value, bool):
-        return struct.unpack("<f", struct.pack("<f", float(value)))[0]
-    if isinstance(value, list):
-        return [float32(v) for v in value]
-    if isinstance(value, dict):
-        return {k: (v if k == "indices" else float32(v)) for k, v in value.items()}
-    return value
+def vector_fingerprint(vector: Any) -> Any:
+    """What of a vector survives every faithful restore exactly: its shape, the sign of each
+    component and where its largest and smallest components are.
+
+    The values themselves do not: a server may answer with the float32 it stores or the
+    float64 it was sent, and normalizes cosine vectors on insert (the stand-in answers
+    normalized values until it reloads, then the originals). The snapshot's sha256 already
+    guards its bytes; this guards against vectors lost, zeroed or mixed up between points.
+    """
+    if isinstance(vector, dict) and "indices" in vector:  # sparse
+        return {"indices": vector["indices"], "values": vector_fingerprint(vector["values"])}
+    if isinstance(vector, dict):  # named vectors
+        return {name: vector_fingerprint(v) for name, v in sorted(vector.items())}
+    if isinstance(vector, list) and vector and isinstance(vector[0], list):  # multivector
+        return [vector_fingerprint(v) for v in vector]
+    if isinstance(vector, list) and vector:
+        values = [float(v) for v in vector]
+        signs = "".join("+" if v > 0 else "-" if v < 0 else "0" for v in values)
+        return {
+            "dim": len(values),
+            "signs": signs,
+            "max": values.index(max(values)),
+            "min": values.index(min(values)),
+        }
+    return vector
 
 
 def points_digest(points: Sequence[dict[str, Any]]) -> str:
-    """Ids, vectors and payloads of points, in a form independent of JSON key order."""
+    """Ids, payloads and vector fingerprints of points, independent of JSON key order."""
     plain = [
-        {"id": p.get("id"), "vector": float32(p.get("vector")), "payload": p.get("payload")}
+        {
+            "id": p.get("id"),
+            "vector": vector_fingerprint(p.get("vector")),
+            "payload": p.get("payload"),
+        }
         for p in points
     ]
     text = json.dumps(plain, sort_keys=True, separators=(",", ":"))
