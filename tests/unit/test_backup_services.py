@@ -31,6 +31,7 @@ from kbinfra.backups.redis import (
     keyspace_counts,
     parse_info,
     persistence_settings,
+    read_command,
     sample_name,
 )
 from kbinfra.backups.run import (
@@ -260,3 +261,9 @@ def test_summaries_per_kind() -> None:
     assert summarize({"db0": 4}, "redis_rdb") == "1 dbs, 4 keys"
     assert summarize({"points": 7}, "qdrant_snapshot") == "7 points"
     assert summarize({"files": 2, "bytes": 9}, "volume_tar") == "2 files, 9 bytes"
+
+
+def test_values_are_read_with_the_key_first() -> None:
+    assert read_command("list", b"k") == ("LRANGE", b"k", "0", "-1")
+    assert read_command("string", b"k") == ("GET", b"k")
+    assert read_command("zset", b"k") == ("ZRANGE", b"k", "0", "-1", "WITHSCORES")

@@ -160,6 +160,9 @@ class BackupHandler(ABC):
     """Backup, restore and counting for one service."""
 
     service: ClassVar[str]
+    #: The restore stops and starts the container: it goes first, so that its start-up
+    #: overlaps with the other services' restores.
+    restarts_container: ClassVar[bool] = False
 
     @abstractmethod
     def version(self, instance: Instance) -> str:

@@ -59,6 +59,7 @@ ATTEMPTS = 4
 HELPER_SOCKET = "/tmp/kbinfra-restore.sock"
 HELPER_LOG = "/tmp/kbinfra-restore.log"
 OLD = ".kbinfra-old"
+#: The command that reads a whole value of each type, and its arguments after the key.
 _READERS = {
     "string": ("GET",),
     "list": ("LRANGE", "0", "-1"),
@@ -157,6 +158,7 @@ def canonical_digest(kind: str, value: Any) -> str:
 # ---------------------------------------------------------------- the handler
 class RedisBackup(BackupHandler):
     service = "redis"
+    restarts_container = True
 
     @contextmanager
     def _clients(self, instance: Instance) -> Iterator[Callable[[int], redis.Redis]]:
@@ -299,6 +301,11 @@ class RedisBackup(BackupHandler):
 Clients = Callable[[int], "redis.Redis"]
 
 
+def read_command(kind: str, key: bytes) -> tuple[Any, ...]:
+    name, *rest = _READERS[kind]
+    return (name, key, *rest)
+
+
 def _command(client: Any, *args: Any) -> Any:
     """``execute_command`` (untyped in redis-py) on a client or pipeline."""
     return client.execute_command(*args)
@@ -348,7 +355,7 @@ def _read_samples(client: Clients, candidates: Mapping[int, list[bytes]]) -> dic
         for index, key in enumerate(keys):
             kind, ttl = _kind(kinds[2 * index]), kinds[2 * index + 1]
             if kind in _READERS and ttl == -1:
-                _command(pipe, *_READERS[kind], key)
+                _command(pipe, *read_command(kind, key))
                 readable.append((key, kind))
         values = pipe.execute(raise_on_error=False) if readable else []
         for (key, kind), value in zip(readable, values, strict=True):
@@ -434,7 +441,7 @@ def _find_samples(client: Clients, wanted: set[str]) -> dict[str, str]:
                 continue
             kind = _kind(db_client.type(key))
             if kind in _READERS:
-                found[name] = canonical_digest(kind, _command(db_client, *_READERS[kind], key))
+                found[name] = canonical_digest(kind, _command(db_client, *read_command(kind, key)))
             if len(found) == len(wanted):
                 return found
     return found

@@ -529,7 +529,9 @@ def _restore_and_check(
 ) -> None:
     from kbinfra.apply import health_timeout  # noqa: PLC0415
 
-    for service, instance in instances.items():
+    order = sorted(instances, key=lambda s: not handlers[s].restarts_container)
+    for service in order:
+        instance = instances[service]
         progress.note(service, "restoring")
         record = manifest.services[service]
         result.notes += handlers[service].restore(
@@ -656,14 +658,14 @@ def remove_drill(engine: Engine) -> list[str]:
     return removed
 
 
-def _drill_instance(
+def _start_drill_instance(
     stack: Stack,
     target: Target,
     engine: Engine,
     service: str,
     rendered: Mapping[str, Any],
 ) -> Instance:
-    from kbinfra.apply import health_timeout  # noqa: PLC0415
+    """Create and start the service's throwaway container (healthy or not: see below)."""
     from kbinfra.plan import desired_service  # noqa: PLC0415
 
     definition = stack.services[service]
@@ -676,11 +678,20 @@ def _drill_instance(
     container_id = engine.create(desired, stack.secrets)
     engine.put_files(container_id, desired.files)
     engine.start(container_id)
-    error = engine.wait_healthy(container_id, health_timeout(desired, None))
-    if error is not None:
-        raise BackupError(f"the drill's {service} container did not become healthy: {error}",
-                          where=desired.container)  # fmt: skip
     return Instance(service, stack, target, engine, container_id, desired, drill=True)
+
+
+def _wait_drill_healthy(engine: Engine, instances: Mapping[str, Instance]) -> None:
+    """All throwaway containers start at once; then each must become healthy."""
+    from kbinfra.apply import health_timeout  # noqa: PLC0415
+
+    for service, instance in instances.items():
+        error = engine.wait_healthy(instance.container_id, health_timeout(instance.desired, None))
+        if error is not None:
+            raise BackupError(
+                f"the drill's {service} container did not become healthy: {error}",
+                where=instance.name,
+            )
 
 
 def run_drill(stack: Stack, target: Target, backup_dir: Path, *, progress: Progress) -> CheckResult:
@@ -714,7 +725,9 @@ def run_drill(stack: Stack, target: Target, backup_dir: Path, *, progress: Progr
                 if service == VOLUMES_SERVICE:
                     continue
                 progress.note(service, "starting a throwaway container")
-                instances[service] = _drill_instance(stack, target, engine, service, rendered)
+                instances[service] = _start_drill_instance(stack, target, engine, service, rendered)
+            progress.note("drill", "waiting until the throwaway containers are healthy")
+            _wait_drill_healthy(engine, instances)
             versions = _versions(enabled, instances, manifest)
             _restore_and_check(
                 manifest=manifest,
