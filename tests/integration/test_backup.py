@@ -340,6 +340,8 @@ def test_backup_destroy_restore_gives_back_every_row_point_and_key(stack: Deploy
 def test_the_drill_fails_loudly_when_the_data_differs_from_the_manifest(
     stack: Deployment,
 ) -> None:
+    if stack.kind == "ssh":
+        pytest.skip("the drill over SSH is exercised by the round trip; this checks the verdict")
     reset(stack)
     with pg(stack) as conn:
         conn.execute("create table few (id int primary key)")
