@@ -9,6 +9,7 @@ import math
 import random
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -235,6 +236,23 @@ def destroy_data(stack: Deployment) -> None:
     rdb(stack, 3).set("intruder", "x")
 
 
+def docker_cli(*args: str) -> str:
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def in_volume(image: str, volume: str, script: str) -> str:
+    """Run ``sh -c script`` with ``volume`` at /v (the target is this machine, also for SSH)."""
+    return docker_cli(
+        "run", "--rm", "-v", f"{volume}:/v", "--entrypoint", "sh", image, "-c", script
+    )
+
+
+def volume_files(image: str, volume: str) -> str:
+    return in_volume(image, volume, "cd /v && find . -type f | sort | xargs sha256sum")
+
+
 def backups_of(stack: Deployment) -> list[Path]:
     root = stack.dir / "backups"
     return sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []
@@ -253,13 +271,23 @@ def reset(stack: Deployment) -> None:
             client.delete(f"/collections/{collection['name']}").raise_for_status()
     rdb(stack).flushall()
     shutil.rmtree(stack.dir / "backups", ignore_errors=True)
+    stack.edit(lambda d: d["backup"].update({"volumes": []}))
 
 
 # ---------------------------------------------------------------- the tests
-def test_backup_destroy_restore_gives_back_every_row_point_and_key(stack: Deployment) -> None:
+def test_backup_destroy_restore_gives_back_every_row_point_and_key(
+    stack: Deployment, testbed: testbed_support.Testbed
+) -> None:
     reset(stack)
     sent = seed(stack)
     before_pg, before_q, before_r = read_postgres(stack), read_qdrant(stack), read_redis(stack)
+    # An uploaded-files volume that no service mounts, declared in backup.volumes.
+    image, uploads = testbed.images["redis"], f"{stack.name}-uploads"
+    docker_cli("volume", "create", "--label", f"kbinfra.stack={stack.name}", uploads)
+    in_volume(image, uploads, "mkdir -p /v/docs && echo one > /v/a.txt && "
+              "head -c 300000 /dev/urandom > /v/docs/b.bin")  # fmt: skip
+    before_files = volume_files(image, uploads)
+    stack.edit(lambda d: d["backup"].update({"volumes": [uploads]}))
 
     made = stack.run("backup", "--output", "json")
     assert made.code == 0, made.err
@@ -278,6 +306,7 @@ def test_backup_destroy_restore_gives_back_every_row_point_and_key(stack: Deploy
     assert manifest["services"]["qdrant"]["meta"]["aliases"] == [
         {"alias_name": "docs", "collection_name": "kb_docs"}
     ]
+    assert by_path[f"volumes/{uploads}.tar"]["counts"] == {"files": 2, "bytes": 300004}
     assert "stack/kbinfra.yaml" in by_path and "stack/secrets.yaml" not in by_path
     assert not any(a["secret"] for a in manifest["artifacts"])
 
@@ -298,6 +327,7 @@ def test_backup_destroy_restore_gives_back_every_row_point_and_key(stack: Deploy
     rdb(stack).delete("marker")
 
     destroy_data(stack)
+    in_volume(image, uploads, "rm /v/a.txt && echo new > /v/c.txt")
     restored = stack.run("restore", str(backup), "--yes", "--output", "json")
     assert restored.code == 0, restored.err
     report = restored.json()
@@ -309,6 +339,12 @@ def test_backup_destroy_restore_gives_back_every_row_point_and_key(stack: Deploy
     after_q = read_qdrant(stack)
     assert after_q["aliases"] == before_q["aliases"] == [("docs", "kb_docs")]
     assert_vectors_equal(after_q, sent)
+    # Every backed-up file is back as it was; a file added since is kept, and said so.
+    after_files = volume_files(image, uploads).splitlines()
+    assert set(before_files.splitlines()) <= set(after_files)
+    assert [line.split()[-1] for line in after_files] == ["./a.txt", "./c.txt", "./docs/b.bin"]
+    volume_check = next(c for c in report["checks"] if c["path"] == f"volumes/{uploads}.tar")
+    assert volume_check["ok"] and volume_check["warnings"]
 
     # The safety backup holds the destroyed state; the containers were never recreated.
     safety = json.loads((Path(report["safety_backup"]) / "manifest.json").read_text())

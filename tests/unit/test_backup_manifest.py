@@ -126,7 +126,7 @@ def test_backup_names_sort_by_time_and_never_collide() -> None:
 # ---------------------------------------------------------------- verification plan
 def test_verification_plan_names_missing_and_resized_files_and_hashes_the_rest() -> None:
     a, b, c = artifact("a"), artifact("b"), artifact("c")
-    plan = plan_verification(manifest(a, b, c), {"a": 10, "b": 11})
+    plan = plan_verification(manifest(a, b, c).artifacts, {"a": 10, "b": 11})
     assert [p.describe() for p in plan.problems] == [
         "b: size 11 bytes, manifest says 10",
         "c: missing",

@@ -197,14 +197,16 @@ class VerificationPlan:
     to_hash: tuple[Artifact, ...]
 
 
-def plan_verification(manifest: Manifest, sizes: Mapping[str, int | None]) -> VerificationPlan:
+def plan_verification(
+    artifacts: Iterable[Artifact], sizes: Mapping[str, int | None]
+) -> VerificationPlan:
     """From the size of each listed file on disk (None: missing), what to hash next.
 
     A file of the wrong size is corrupt without reading it; every other one is hashed.
     """
     problems: list[FileProblem] = []
     to_hash: list[Artifact] = []
-    for artifact in manifest.artifacts:
+    for artifact in artifacts:
         size = sizes.get(artifact.path)
         if size is None:
             problems.append(FileProblem(artifact.path, "missing"))

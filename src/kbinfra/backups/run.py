@@ -281,9 +281,8 @@ def _size(backup_dir: Path, path: str) -> int | None:
 
 def verify_backup(backup_dir: Path, manifest: Manifest, progress: Progress) -> None:
     """Every artifact present, of its size and sha256; else an error naming the file."""
-    plan = plan_verification(
-        manifest, {a.path: _size(backup_dir, a.path) for a in manifest.artifacts}
-    )
+    sizes = {a.path: _size(backup_dir, a.path) for a in manifest.artifacts}
+    plan = plan_verification(manifest.artifacts, sizes)
     total = sum(a.size for a in plan.to_hash)
     hashes: dict[str, str] = {}
     with progress.transfer("verifying checksums", total) as advance:
@@ -386,13 +385,7 @@ def _now() -> dt.datetime:
 
 def _reverify(root: Path, artifacts: Sequence[Artifact], progress: Progress) -> None:
     """Read every written file back: the hash taken while streaming must be what's on disk."""
-    plan = plan_verification(
-        Manifest(
-            kbinfra_version=__version__, name="check", stack="check", profile="", target="",
-            created_at=_now(), finished_at=_now(), artifacts=list(artifacts),
-        ),
-        {a.path: _size(root, a.path) for a in artifacts},
-    )  # fmt: skip
+    plan = plan_verification(artifacts, {a.path: _size(root, a.path) for a in artifacts})
     problems = list(plan.problems)
     with progress.transfer("verifying the written files", sum(a.size for a in artifacts)) as adv:
         hashes = {a.path: sha256_file(root / a.path, adv) for a in plan.to_hash}
