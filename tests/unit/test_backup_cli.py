@@ -31,7 +31,12 @@ def kbinfra(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def write_backup(folder: Path, files: dict[str, bytes], stack: str = "kb") -> Path:
+def write_backup(
+    folder: Path,
+    files: dict[str, bytes],
+    stack: str = "kb",
+    when: dt.datetime = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+) -> Path:
     folder.mkdir(parents=True)
     artifacts = []
     for path, data in files.items():
@@ -49,7 +54,6 @@ def write_backup(folder: Path, files: dict[str, bytes], stack: str = "kb") -> Pa
                 meta={"database": "kb"} if service == "postgres" else {},
             )
         )
-    when = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
     manifest = Manifest(
         kbinfra_version="0.1.0",
         name=folder.name,
@@ -143,3 +147,24 @@ def test_only_must_name_what_the_backup_holds(stack_dir: Path, backup: Path) -> 
     assert done.returncode == 2
     assert "the backup holds no qdrant" in done.stderr
     assert "postgres, redis" in done.stderr
+
+
+def test_latest_is_the_newest_complete_backup_by_manifest_date(stack_dir: Path) -> None:
+    root = stack_dir / "backups"
+    files = {"redis/dump.rdb": b"REDIS0011"}
+    write_backup(root / "kb-b", files, when=dt.datetime(2026, 3, 1, tzinfo=dt.UTC))
+    newest = write_backup(root / "kb-a", files, when=dt.datetime(2026, 4, 1, tzinfo=dt.UTC))
+    write_backup(root / "kb-c.partial", files, when=dt.datetime(2026, 5, 1, tzinfo=dt.UTC))
+    write_backup(
+        root / "other-d", files, stack="other", when=dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
+    )
+    flip_a_byte(newest / "redis" / "dump.rdb", 3)
+    done = kbinfra("backup", "verify", "latest", "--dir", str(stack_dir))
+    assert done.returncode == 2
+    assert f"{newest}: redis/dump.rdb: sha256 differs" in done.stderr
+
+
+def test_latest_without_any_backup_says_so(stack_dir: Path) -> None:
+    done = kbinfra("restore", "latest", "--dir", str(stack_dir), "--yes")
+    assert done.returncode == 2
+    assert "no complete backup of stack kb" in done.stderr

@@ -67,6 +67,9 @@ if TYPE_CHECKING:
     from kbinfra.targets.engine import Engine
 
 
+LATEST = "latest"
+
+
 class DifferencesError(KbinfraError):
     """Restored content does not match the backup: exit 1, like a failed health check."""
 
@@ -315,6 +318,24 @@ def list_backups(root: Path) -> list[Found]:
             continue
         found.append(Found(entry.name, manifest.stack, manifest.created_at))
     return found
+
+
+def resolve_backup(stack: Stack, backup_dir: Path) -> Path:
+    """``latest`` (when no such folder exists) is the newest complete backup of the stack in
+    its backup root, by manifest date; any other path is itself."""
+    if str(backup_dir) != LATEST or backup_dir.exists():
+        return backup_dir
+    root = backup_root(stack)
+    complete = [
+        f for f in list_backups(root) if f.stack == stack.spec.name and f.created_at is not None
+    ]
+    if not complete:
+        raise BackupError(
+            f"no complete backup of stack {stack.spec.name} in {root}",
+            fix="run `kbinfra backup` first, or pass the backup's folder",
+        )
+    newest = max(complete, key=lambda f: (f.created_at, f.name))
+    return root / newest.name
 
 
 def apply_retention(stack: Stack, root: Path, now: dt.datetime) -> RetentionPlan:
@@ -581,7 +602,7 @@ def run_restore(
     allow_other_stack: bool = False,
 ) -> CheckResult:
     started = time.monotonic()
-    backup_dir = backup_dir.absolute()
+    backup_dir = resolve_backup(stack, backup_dir).absolute()
     manifest = load_backup(backup_dir)
     if manifest.stack != stack.spec.name and not allow_other_stack:
         raise BackupError(
@@ -692,7 +713,7 @@ def run_drill(stack: Stack, target: Target, backup_dir: Path, *, progress: Progr
     from kbinfra.render import render_stack  # noqa: PLC0415
 
     started = time.monotonic()
-    backup_dir = backup_dir.absolute()
+    backup_dir = resolve_backup(stack, backup_dir).absolute()
     manifest = load_backup(backup_dir)
     verify_backup(backup_dir, manifest, progress)
     selected = manifest.data_services()

@@ -172,7 +172,13 @@ def _finish(console: Console, result: CheckResult, what: str) -> None:
 
 @backup_app.command("verify")
 def verify(
-    backup_dir: Annotated[Path, typer.Argument(help="A backup directory.", show_default=False)],
+    backup_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="A backup directory, or `latest` (the newest in backup.root).",
+            show_default=False,
+        ),
+    ],
     stack_dir: DirOption = Path(),
     target: TargetOption = None,
     known_hosts: KnownHostsOption = None,
@@ -194,7 +200,13 @@ def verify(
 
 @app.command()
 def restore(
-    backup_dir: Annotated[Path, typer.Argument(help="A backup directory.", show_default=False)],
+    backup_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="A backup directory, or `latest` (the newest in backup.root).",
+            show_default=False,
+        ),
+    ],
     stack_dir: DirOption = Path(),
     only: Annotated[
         list[str] | None,
