@@ -24,7 +24,7 @@ import redis
 from kbinfra.backups.manifest import manifest_sum_line
 
 from . import testbed_support
-from .stack_support import Deployment, fixed_secret, new_deployment
+from .stack_support import SECRET_MARK, Deployment, fixed_secret, new_deployment
 
 pytestmark = pytest.mark.integration
 
@@ -307,6 +307,12 @@ def test_backup_destroy_restore_gives_back_every_row_point_and_key(
         {"alias_name": "docs", "collection_name": "kb_docs"}
     ]
     assert by_path[f"volumes/{uploads}.tar"]["counts"] == {"files": 2, "bytes": 300004}
+    # Samples: tables with a primary key, the first points, a few keys per Redis db.
+    assert set(by_path["postgres/kb.dump"]["samples"]) == {"public.chunks", "public.docs"}
+    assert set(by_path["qdrant/kb_docs.snapshot"]["samples"]) == {"first_points", "aliases"}
+    redis_samples = by_path["redis/dump.rdb"]["samples"]
+    assert {name.split(":")[0] for name in redis_samples} == {"db0", "db3", "db7"}
+    assert len(redis_samples) == 24
     assert "stack/kbinfra.yaml" in by_path and "stack/secrets.yaml" not in by_path
     assert not any(a["secret"] for a in manifest["artifacts"])
 
@@ -382,9 +388,14 @@ def test_the_drill_fails_loudly_when_the_data_differs_from_the_manifest(
     with pg(stack) as conn:
         conn.execute("create table few (id int primary key)")
         conn.execute("insert into few select generate_series(1, 10)")
-    made = stack.run("backup", "--output", "json")
+    made = stack.run("backup", "--include-secrets", "--output", "json")
     assert made.code == 0, made.err
+    assert "contains secrets" in made.err
     backup = Path(made.json()["path"])
+    assert (backup / "CONTAINS-SECRETS.txt").exists()
+    assert (backup / "stack" / "secrets.yaml").stat().st_mode & 0o777 == 0o600
+    assert "PASSWORD" in (backup / "postgres" / "globals.sql").read_text()
+    assert SECRET_MARK not in (backup / "manifest.json").read_text()
     # A manifest that claims one row more (and a matching checksum file): the drill's count
     # of what the dump really restores must disagree.
     manifest_file = backup / "manifest.json"
