@@ -103,8 +103,8 @@ class Filler:
         if rows > self.rows:
             self.pg.execute(
                 "insert into blob select g, decode(string_agg(md5(g::text || '-' || i), ''"
-                " order by i), 'hex') from generate_series(%s::int, %s::int) g, generate_series(1, 512) i"
-                " group by g",
+                " order by i), 'hex') from generate_series(%s::int, %s::int) g,"
+                " generate_series(1, 512) i group by g",
                 (self.rows, rows - 1),
             )
             self.rows = rows

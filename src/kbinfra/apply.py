@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -136,7 +136,9 @@ def observe(stack: Stack, engine: Engine, store: FileStore) -> Observation:
     return Observation(rendered, desired, facts)
 
 
-def plan_stack(stack: Stack, target: Target, *, with_diffs: bool = True) -> Plan:
+def plan_stack(
+    stack: Stack, target: Target, *, with_diffs: bool = True, only: Collection[str] = ()
+) -> Plan:
     """Observe the target and compare: what ``apply`` would do (changes nothing)."""
     engine = Engine(target.docker_client(), stack.spec.name)
     store = target.file_store(stack.spec.name)
@@ -147,7 +149,7 @@ def plan_stack(stack: Stack, target: Target, *, with_diffs: bool = True) -> Plan
             data = store.read(path)
             if data is not None:
                 old_texts[path] = data.decode("utf-8", "replace")
-    return make_plan(
+    plan = make_plan(
         stack=stack.spec.name,
         target=target.name,
         desired=seen.desired,
@@ -156,6 +158,7 @@ def plan_stack(stack: Stack, target: Target, *, with_diffs: bool = True) -> Plan
         old_texts=old_texts,
         redact=stack.redact,
     )
+    return plan.only(only, mounted_by(seen.desired)) if only else plan
 
 
 # ---------------------------------------------------------------- repair
@@ -336,7 +339,8 @@ def _ensure_images(
         raise KbinfraError(
             f"image {', '.join(failures)} is not on the target and cannot be pulled",
             where=target.name,
-            fix=f"load it there with `kbinfra images load {failures[0]}` (or `docker load`)",
+            fix="where the images exist run `kbinfra images save FILE`, then here "
+            "`kbinfra images load FILE`",
         )
 
 
@@ -439,9 +443,13 @@ def apply_stack(
     timeout: float | None = None,
     force_unlock: bool = False,
     parallel: int | None = None,
+    only: Collection[str] = (),
     progress: Progress = _silent,
 ) -> ApplyResult:
-    """Bring the target to the desired state; the result says what happened to each service."""
+    """Bring the target to the desired state; the result says what happened to each service.
+
+    ``only``: converge these services alone and leave every other container as it is.
+    """
     engine = Engine(target.docker_client(), stack.spec.name)
     store = target.file_store(stack.spec.name)
     outcome = ApplyResult(stack=stack.spec.name, target=target.name)
@@ -458,6 +466,8 @@ def apply_stack(
             old_texts={},
             redact=stack.redact,
         )
+        if only:
+            plan = plan.only(only, mounted_by(seen.desired))
         _ensure_images(engine, plan, seen.desired, target, progress)
         if engine.ensure_network():
             progress("network", f"created {stack.spec.name}-net")
@@ -475,7 +485,7 @@ def apply_stack(
         results = _run_services(
             seen.desired, plan, seen.facts, runner, parallel or stack.spec.deploy.parallel
         )
-        if all(r.outcome not in ("failed", "skipped") for r in results):
+        if not only and all(r.outcome not in ("failed", "skipped") for r in results):
             results += _remove_orphans(plan, seen.facts, engine, progress)
         outcome.services = results
         _sync_files(

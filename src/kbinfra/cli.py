@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from kbinfra import __version__
+from kbinfra.commands.images import app as images_app
 from kbinfra.errors import KbinfraError
 from kbinfra.ui import Console, Output
 
@@ -26,6 +27,7 @@ profiles_app = typer.Typer(
     help="Hardware profiles: list them, show one.", no_args_is_help=True, rich_markup_mode=None
 )
 app.add_typer(profiles_app, name="profiles")
+app.add_typer(images_app, name="images")
 
 DirOption = Annotated[
     Path, typer.Option("--dir", "-d", help="Stack folder (holds kbinfra.yaml).", show_default=False)

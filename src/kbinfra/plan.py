@@ -11,8 +11,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from kbinfra.services.base import ContainerSpec, FileMount, RenderedFile
@@ -259,6 +259,22 @@ class Plan:
 
     def action(self, service: str) -> ServiceAction:
         return next(a for a in self.services if a.service == service)
+
+    def only(self, services: Collection[str], owners: Mapping[str, set[str]]) -> Plan:
+        """The plan for ``services`` alone (``apply --only``): every other service keeps
+        what it runs, and only files mounted by the named services change. Stack-wide files
+        (the compose export) describe every service, so they wait for a full apply."""
+        chosen = set(services)
+        return replace(
+            self,
+            services=tuple(
+                a if a.service in chosen else replace(a, action="nothing", reasons=())
+                for a in self.services
+            ),
+            files=tuple(
+                f for f in self.files if owners.get(f.path, set()) & chosen and f.change != "remove"
+            ),
+        )
 
     def as_json(self) -> dict[str, Any]:
         return {

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -48,6 +49,22 @@ class Stack:
             )
             for name, service in self.services.items()
         }
+
+    def select(self, names: Iterable[str]) -> list[str]:
+        """The enabled services named (``--only``), in deployment order; a name that is not
+        an enabled service is a one-line error with a did-you-mean hint."""
+        wanted = list(dict.fromkeys(names))
+        for name in wanted:
+            if name not in self.services:
+                close = difflib.get_close_matches(name, list(self.services), n=1)
+                state = "disabled in kbinfra.yaml" if name in all_services() else "unknown"
+                raise SpecError(
+                    f"--only {name}: service is {state}",
+                    fix=f"did you mean {close[0]!r}?"
+                    if close
+                    else f"use one of {', '.join(self.services)}",
+                )
+        return [name for name in self.services if name in wanted]
 
     @cached_property
     def redact(self) -> Redactor:

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,6 +19,11 @@ from typing import Any
 
 import pytest
 import yaml
+
+try:  # a package when tests/ has __init__.py files, plain modules otherwise
+    from .testbed_support import SSHTarget
+except ImportError:
+    from testbed_support import SSHTarget  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.integration
 
@@ -105,87 +109,21 @@ def _inspect(name: str) -> dict[str, Any] | None:
     return data
 
 
-# ---------------------------------------------------------------- the SSH target
-# Until the test bed's fixtures land on main, this module brings up its own small sshd
-# (key-only, loopback) and uses locally built images (see TESTBED.md).
-SSH_USER = "kbapply"
-IMAGE_MAP = {
-    "postgres": "kbinfra-apply/postgres:15",
-    "postgres-exporter": "kbinfra-apply/postgres-exporter:tb",
-    "node-exporter": "kbinfra-apply/node-exporter:tb",
-    "prometheus": "kbinfra-apply/prometheus:tb",
-    "alertmanager": "kbinfra-apply/alertmanager:tb",
-}
+# The test bed (tests/integration/conftest.py) gives `image_map_path` (its images for every
+# service it can build) and `ssh_target` (an sshd on loopback, its host key pinned in a
+# known_hosts file, a user in the docker group).
 
-
-@dataclass(frozen=True)
-class SSHTarget:
-    user: str
-    host: str
-    port: int
-    key_path: Path
-    known_hosts_path: Path
-    host_key_pub: Path
-
-
-@pytest.fixture(scope="session")
-def ssh_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHTarget]:
-    if os.geteuid() != 0 or not Path("/usr/sbin/sshd").exists():
-        pytest.skip("needs root and openssh-server")
-    folder = tmp_path_factory.mktemp("sshd")
-    folder.chmod(0o755)
-    host_key = folder / "host_ed25519"
-    client_key = folder / "client_ed25519"
-    for key in (host_key, client_key):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    if subprocess.run(["id", SSH_USER], capture_output=True, check=False).returncode != 0:
-        subprocess.run(
-            ["useradd", "-m", "-s", "/bin/sh", "-p", "*", "-G", "docker", SSH_USER], check=True
-        )
-    home = Path(f"/home/{SSH_USER}")
-    (home / ".ssh").mkdir(mode=0o700, exist_ok=True)
-    (home / ".ssh" / "authorized_keys").write_text(Path(f"{client_key}.pub").read_text())
-    subprocess.run(["chown", "-R", f"{SSH_USER}:{SSH_USER}", str(home / ".ssh")], check=True)
-    port = _free_port()
-    config = folder / "sshd_config"
-    config.write_text(
-        f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {host_key}\n"
-        f"PidFile {folder}/sshd.pid\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-        "PubkeyAuthentication yes\nUsePAM no\nPermitRootLogin no\nAllowUsers kbapply\n"
-        "MaxSessions 64\nMaxStartups 64\nSubsystem sftp internal-sftp\n"
-    )
-    Path("/run/sshd").mkdir(exist_ok=True)
-    subprocess.run(
-        ["/usr/sbin/sshd", "-f", str(config), "-E", str(folder / "sshd.log")], check=True
-    )
-    known_hosts = folder / "known_hosts"
-    host_line = Path(f"{host_key}.pub").read_text().split()[:2]
-    known_hosts.write_text(f"[127.0.0.1]:{port} {' '.join(host_line)}\n")
-    for _ in range(50):
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.1)
-    yield SSHTarget(SSH_USER, "127.0.0.1", port, client_key, known_hosts, Path(f"{host_key}.pub"))
-    pid = int((folder / "sshd.pid").read_text())
-    os.kill(pid, signal.SIGTERM)
-
-
-@pytest.fixture(scope="session")
-def image_map_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    for image in IMAGE_MAP.values():
-        if subprocess.run(
-            ["docker", "image", "inspect", image], capture_output=True, check=False
-        ).returncode:
-            pytest.skip(f"image {image} is not built (see TESTBED.md)")
-    path = tmp_path_factory.mktemp("images") / "images.yaml"
-    path.write_text(yaml.safe_dump({"images": IMAGE_MAP}))
-    return path
+# The tests of failure paths deploy a few services: a data store, another one and an exporter.
+SMALL = ("postgres", "redis", "node-exporter")
 
 
 # ---------------------------------------------------------------- deployments
 def _new_deployment(
-    kind: str, folder: Path, image_map_path: Path, ssh: SSHTarget | None
+    kind: str,
+    folder: Path,
+    image_map_path: Path,
+    ssh: SSHTarget | None,
+    only: tuple[str, ...] | None = None,
 ) -> Deployment:
     name = f"kbt{kind[0]}{uuid.uuid4().hex[:6]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("KBINFRA_")}
@@ -214,15 +152,17 @@ def _new_deployment(
         check=False,
     )
     assert run.returncode == 0, run.stderr
-    images = yaml.safe_load(image_map_path.read_text())["images"]
-    deployment.images = images
+    mapped = yaml.safe_load(image_map_path.read_text())["images"]
+    deployment.images = {s: i for s, i in mapped.items() if only is None or s in only}
 
     def configure(data: dict[str, Any]) -> None:
         data["name"] = name
         for service, settings in data["services"].items():
-            settings["enabled"] = service in images  # no test bed image: not deployable here
-            if settings.get("port"):
-                settings["port"] = _free_port()
+            # A service without a test bed image cannot run here.
+            settings["enabled"] = service in deployment.images
+            for key in ("port", "grpc_port", "http_port", "https_port"):
+                if settings.get(key):
+                    settings[key] = _free_port()  # local and SSH stacks share one engine
 
     deployment.edit(configure)
     secrets = yaml.safe_load((folder / "secrets.yaml").read_text())
@@ -231,16 +171,31 @@ def _new_deployment(
     return deployment
 
 
-@pytest.fixture(params=["local", "ssh"])
-def deployment(
-    request: pytest.FixtureRequest, tmp_path: Path, image_map_path: Path
+def _deployment(
+    request: pytest.FixtureRequest, folder: Path, image_map_path: Path, only: tuple[str, ...] | None
 ) -> Iterator[Deployment]:
     ssh = request.getfixturevalue("ssh_target") if request.param == "ssh" else None
-    created = _new_deployment(request.param, tmp_path / "stack", image_map_path, ssh)
+    created = _new_deployment(request.param, folder, image_map_path, ssh, only)
     yield created
     created.run(
         "destroy", "--yes", "--delete-data", "--confirm-name", created.name, "--force-unlock"
     )
+
+
+@pytest.fixture(params=["local", "ssh"])
+def full_deployment(
+    request: pytest.FixtureRequest, tmp_path: Path, image_map_path: Path
+) -> Iterator[Deployment]:
+    """Every service that has a test bed image."""
+    yield from _deployment(request, tmp_path / "stack", image_map_path, None)
+
+
+@pytest.fixture(params=["local", "ssh"])
+def deployment(
+    request: pytest.FixtureRequest, tmp_path: Path, image_map_path: Path
+) -> Iterator[Deployment]:
+    """A few services, for the failure paths."""
+    yield from _deployment(request, tmp_path / "stack", image_map_path, SMALL)
 
 
 def _services(deployment: Deployment) -> list[str]:
@@ -267,7 +222,8 @@ def _psql(deployment: Deployment, sql: str) -> str:
 
 
 # ---------------------------------------------------------------- the tests
-def test_apply_status_and_noop_reapply(deployment: Deployment) -> None:
+def test_apply_status_reapply_and_one_change(full_deployment: Deployment) -> None:
+    deployment = full_deployment
     before = deployment.run("plan", "--output", "json")
     assert before.code == 3, before.err
     assert {a["action"] for a in before.json()["services"]} == {"create"}
@@ -309,9 +265,7 @@ def test_apply_status_and_noop_reapply(deployment: Deployment) -> None:
     assert "0 created, 0 recreated, 0 started, 0 removed, 0 files uploaded" in again.out
     assert deployment.run("plan").code == 0
 
-
-def test_one_setting_recreates_only_that_service(deployment: Deployment) -> None:
-    assert deployment.run("apply", "--yes").code == 0
+    # One changed setting recreates exactly that service.
     ids = {s: _inspect(deployment.container(s))["Id"] for s in _services(deployment)}  # type: ignore[index]
 
     deployment.edit(lambda d: d["services"]["postgres"].__setitem__("max_connections", 77))
@@ -331,6 +285,29 @@ def test_one_setting_recreates_only_that_service(deployment: Deployment) -> None
         assert (new_id != old_id) == (service == "postgres")
     assert _psql(deployment, "show max_connections") == "77"
     assert _inspect(deployment.container("postgres") + ".kbinfra-old") is None
+
+    # --only: two services changed, one converged; the other stays pending.
+    ids = {s: _inspect(deployment.container(s))["Id"] for s in _services(deployment)}  # type: ignore[index]
+    deployment.edit(lambda d: d["services"]["postgres"].__setitem__("max_connections", 78))
+    deployment.edit(
+        lambda d: d["services"]["redis"].update(
+            maxmemory_policy="volatile-lru", allow_eviction_of_queues=True
+        )
+    )
+    only = deployment.run("apply", "--yes", "--only", "postgres", "--output", "json")
+    assert only.code == 0, only.err
+    outcomes = {r["service"]: r["outcome"] for r in only.json()["services"]}
+    assert outcomes.pop("postgres") == "recreated"
+    assert set(outcomes.values()) <= {"unchanged"}
+    assert only.json()["files_uploaded"] == ["postgres/postgresql.conf"]
+    for service, old_id in ids.items():
+        new_id = _inspect(deployment.container(service))["Id"]  # type: ignore[index]
+        assert (new_id != old_id) == (service == "postgres")
+    pending = deployment.run("plan", "--output", "json")
+    assert pending.code == 3
+    changed = {a["service"] for a in pending.json()["services"] if a["action"] != "nothing"}
+    assert changed == {"redis"}
+    assert deployment.run("apply", "--yes", "--only", "redsi").code == 2
 
 
 def test_failed_health_check_rolls_back_and_keeps_data(deployment: Deployment) -> None:
@@ -408,7 +385,7 @@ def test_unknown_or_changed_host_key_is_refused(
 ) -> None:
     deployment = _new_deployment("ssh", tmp_path / "stack", image_map_path, ssh_target)
     offered = subprocess.run(
-        ["ssh-keygen", "-lf", str(ssh_target.host_key_pub)],
+        ["ssh-keygen", "-lf", str(ssh_target.known_hosts_path)],
         capture_output=True,
         text=True,
         check=True,

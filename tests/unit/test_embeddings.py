@@ -52,20 +52,19 @@ def test_guides_three_models_are_the_default() -> None:
 
 def test_cpu_tuning_worked_by_hand() -> None:
     # Models 120 + 550 + 550 = 1220 MiB; the longest sequence (512 tokens x 32 KiB) = 16 MiB.
-    # A worker at the guide's batch of 32: 600 + 1220 + 32 x 16 = 2332 MiB.
-    # minimum: 2 CPUs, 4096 MiB: 4096 // 2332 = 1 fits, 2 // 2 = 1 → 1 worker, 2 threads.
-    # batch: (4096 - 600 - 1220) / 16 = 142 → 128 → capped at 64 on CPU.
+    # One process; torch uses every core for each batch.
+    # minimum: 2 CPUs, 4096 MiB: batch (4096 - 600 - 1220) / 16 = 142 → 128 → capped at 64.
     tune = embeddings_tuning(cpus=2, memory_mb=4096, models=MODELS, device="auto")
     assert (tune.workers, tune.torch_threads, tune.batch_size) == (1, 2, 64)
-    # recommended: 4 CPUs, 16384 MiB: 7 fit, 4 // 2 = 2 → 2 workers, 2 threads each.
+    # recommended: 4 CPUs, 16384 MiB → 1 worker, 4 threads, batch capped at 64.
     tune = embeddings_tuning(cpus=4, memory_mb=16384, models=MODELS, device="cpu")
-    assert (tune.workers, tune.torch_threads, tune.batch_size) == (2, 2, 64)
-    # large: 16 CPUs, 32768 MiB: 14 fit, 16 // 2 = 8 → 8 workers, 2 threads each.
+    assert (tune.workers, tune.torch_threads, tune.batch_size) == (1, 4, 64)
+    # large: 16 CPUs, 32768 MiB → 1 worker, 16 threads.
     tune = embeddings_tuning(cpus=16, memory_mb=32768, models=MODELS, device="cpu")
-    assert (tune.workers, tune.torch_threads) == (8, 2)
-    # memory-bound: 16 CPUs, 8192 MiB: 8192 // 2332 = 3 workers, 16 // 3 = 5 threads;
-    # batch (8192 / 3 - 1820) / 16 = 56.9 → 32.
-    tune = embeddings_tuning(cpus=16, memory_mb=8192, models=MODELS, device="cpu")
+    assert (tune.workers, tune.torch_threads) == (1, 16)
+    # An image of your own that forks: 3 workers share 16 cores (5 threads each) and the
+    # memory: batch (8192 / 3 - 1820) / 16 = 56.9 → 32.
+    tune = embeddings_tuning(cpus=16, memory_mb=8192, models=MODELS, device="cpu", workers=3)
     assert (tune.workers, tune.torch_threads, tune.batch_size) == (3, 5, 32)
 
 
@@ -123,7 +122,7 @@ def test_rendered_config_is_sorted_and_complete(make_stack: Callable[..., Stack]
         "path": "/models/all-mpnet-base-v2",
     }
     assert document["default_model"] == "all-MiniLM-L6-v2"
-    assert (document["workers"], document["torch_threads"], document["batch_size"]) == (2, 2, 64)
+    assert (document["workers"], document["torch_threads"], document["batch_size"]) == (1, 4, 64)
     assert document["offline"] is True
     assert document["half_precision_on_cuda"] is True
     assert document["api_key"] == {

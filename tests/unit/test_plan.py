@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from kbinfra.errors import SpecError
 from kbinfra.plan import (
     LABEL_CONFIG_HASH,
     LABEL_HASH_PREFIX,
@@ -23,6 +24,7 @@ from kbinfra.plan import (
     files_to_read,
     leftovers,
     make_plan,
+    mounted_by,
     normalize_ref,
     service_action,
     sha256_text,
@@ -220,6 +222,36 @@ def test_plan_with_nothing_deployed_creates_everything(make_stack: Any) -> None:
     assert "TESTSECRET" not in text
     env = next(f for f in plan.files if f.path == ".env")
     assert env.secret and env.diff is None
+
+
+def test_only_restricts_actions_and_files_to_the_named_services(make_stack: Any) -> None:
+    stack = make_stack("minimum")
+    rendered = render_stack(stack)
+    desired = desired_services(stack, rendered)
+    full = make_plan(
+        stack="kb",
+        target="local",
+        desired=desired,
+        rendered=rendered,
+        facts=Facts(),
+        old_texts={},
+        redact=stack.redact,
+    )
+    only = full.only(["redis", "postgres"], mounted_by(desired))
+    actions = {a.service: a.action for a in only.services}
+    assert {s for s, a in actions.items() if a != "nothing"} == {"postgres", "redis"}
+    paths = {f.path for f in only.files}
+    assert paths and all(p.startswith(("postgres/", "redis/")) for p in paths)
+    assert "docker-compose.yml" not in paths  # stack-wide: waits for a full apply
+
+
+def test_select_names_enabled_services_or_says_what_is_wrong(make_stack: Any) -> None:
+    stack = make_stack("minimum", {"services": {"grafana": {"enabled": False}}})
+    assert stack.select(["redis", "postgres", "redis"]) == ["postgres", "redis"]
+    with pytest.raises(SpecError, match="--only grafana: service is disabled"):
+        stack.select(["grafana"])
+    with pytest.raises(SpecError, match="did you mean 'postgres'"):
+        stack.select(["postgress"])
 
 
 def test_dependencies_follow_stages_and_depends_on(make_stack: Any) -> None:

@@ -120,6 +120,15 @@ def test_unknown_profile_lists_the_builtins() -> None:
         load_profile("medium")
 
 
+@pytest.mark.parametrize("parent", ["", "missing.yaml", "sub/dir/", ".", "medium"])
+def test_a_bad_extends_names_the_extends_line(tmp_path: Path, parent: str) -> None:
+    path = tmp_path / "child.yaml"
+    path.write_text(f"name: child\nextends: {parent!r}\n")
+    with pytest.raises(SpecError) as caught:
+        load_profile(str(path))
+    assert caught.value.one_line().startswith(f"{path}:2: ")
+
+
 def test_extends_loop_is_refused(tmp_path: Path) -> None:
     _write(tmp_path / "a.yaml", {"extends": "b.yaml"})
     _write(tmp_path / "b.yaml", {"extends": "a.yaml"})

@@ -1,1 +1,2 @@
-"""Command groups registered on ``kbinfra.cli.app``, one module per group."""
+"""Command modules: Typer apps mounted by ``kbinfra.cli`` (``add_typer``), or commands
+registered on ``kbinfra.cli.app`` when imported (``deploy``)."""

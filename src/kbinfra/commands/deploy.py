@@ -174,6 +174,14 @@ def apply(
         typer.Option(help="Seconds each new container has to become healthy.", min=1),
     ] = None,
     force_unlock: ForceUnlockOption = False,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--only",
+            metavar="SERVICE",
+            help="Converge only this service (repeatable); others stay as they are.",
+        ),
+    ] = None,
     output: OutputOption = Output.text,
 ) -> None:
     """Create or update the stack's containers: health-gated, rolled back on failure."""
@@ -181,9 +189,10 @@ def apply(
 
     console = Console(output)
     stack, where = _open(stack_dir, target, known_hosts, identity, console)
+    chosen = stack.select(only or [])
     with where:
         if not yes:
-            pending = plan_stack(stack, where)
+            pending = plan_stack(stack, where, only=chosen)
             if not console.json_mode:
                 print_plan(console, pending)
             if not pending.has_changes:
@@ -191,7 +200,12 @@ def apply(
             elif not _confirm(console, f"Apply these changes to {where.name}?"):
                 raise typer.Exit(1)
         result = apply_stack(
-            stack, where, timeout=timeout, force_unlock=force_unlock, progress=_progress(console)
+            stack,
+            where,
+            timeout=timeout,
+            force_unlock=force_unlock,
+            only=chosen,
+            progress=_progress(console),
         )
     for note in result.notes + result.repaired:
         console.note(note)

@@ -11,3 +11,8 @@ def python_http_probe(url: str, timeout_s: int = 5) -> list[str]:
     """
     code = f"import urllib.request; urllib.request.urlopen({url!r}, timeout={timeout_s})"
     return ["CMD", "python3", "-c", code]
+
+
+def wget_http_probe(port: int, path: str = "/") -> list[str]:
+    """A Docker health-check test for busybox-based images (Prometheus' family): wget only."""
+    return ["CMD", "wget", "-qO", "/dev/null", f"http://127.0.0.1:{port}{path}"]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, cast
 from pydantic import Field, model_validator
 
 from kbinfra.services._monitoring import MONITORING, NoTuning, failure_text, first_line_number
+from kbinfra.services._probes import wget_http_probe
 from kbinfra.services.base import (
     ContainerSpec,
     FileMount,
@@ -97,7 +98,7 @@ class Alertmanager(Service):
             files=[FileMount(source=CONFIG_FILE, target=f"{CONFIG_DIR}/alertmanager.yml")],
             healthcheck=HealthCheck(
                 # busybox wget is in the image; curl is not.
-                test=["CMD", "wget", "-qO", "/dev/null", "http://127.0.0.1:9093/-/ready"],
+                test=wget_http_probe(self.container_port, "/-/ready"),
             ),
             cpus=ctx.resources.cpus,
             memory_mb=ctx.resources.memory_mb,

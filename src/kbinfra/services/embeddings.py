@@ -97,7 +97,7 @@ class EmbeddingsSettings(ServiceSettings):
         True, description=f"Clients must send {API_KEY_HEADER} (nginx exposes /embeddings/)"
     )
     workers: int | None = Field(
-        None, ge=1, le=64, description="uvicorn workers; empty: from CPUs and memory"
+        None, ge=1, le=64, description="server processes; empty: 1 (kbinfra's image runs one)"
     )
     batch_size: int | None = Field(
         None, ge=1, le=4096, description="Texts encoded per batch; empty: from memory"
@@ -140,10 +140,10 @@ def embeddings_tuning(
 ) -> EmbeddingsTune:
     """Workers, torch threads and batch size for the service's CPUs and memory.
 
-    On CPU, a worker needs a full set of models plus a batch of the guide's 32; workers are
-    as many as the memory holds, but at most one per two cores so that each batch still runs
-    on two threads. On CUDA one worker owns the GPU (each process would hold its own CUDA
-    context and model copies). ``auto`` is sized as CPU: the GPU is found only at run time.
+    kbinfra's image serves from one process (its metrics and warm-up are per process), and
+    torch spreads each batch over every core the container has; ``workers`` above 1 is for
+    an image of your own that forks. The batch takes what memory is left after the runtime
+    and the models. ``auto`` is sized as CPU: the GPU is found only at run time.
     """
     cores = max(1, math.floor(cpus))
     models_mb = sum(m.memory_mb for m in models)
@@ -152,8 +152,7 @@ def embeddings_tuning(
         count = workers or 1
         batch = batch_size or CUDA_BATCH
     else:
-        fits = int(memory_mb // (RUNTIME_MB + models_mb + GUIDE_BATCH * per_sequence))
-        count = workers or max(1, min(fits, cores // 2))
+        count = workers or 1
         budget = memory_mb / count - RUNTIME_MB - models_mb
         batch = batch_size or _clamp_pow2(budget / per_sequence, MIN_BATCH, MAX_CPU_BATCH)
     # Every worker loads its own copy of every model (on CUDA too, through host memory).

@@ -7,6 +7,7 @@ and the stack file key services by ``Service.name``).
 from __future__ import annotations
 
 from kbinfra.services._monitoring import Exporter
+from kbinfra.services._probes import wget_http_probe
 from kbinfra.services.base import ContainerSpec, HealthCheck, ServiceContext
 
 #: Where the host's root file system is expected inside the container. kbinfra cannot mount it
@@ -34,13 +35,7 @@ class NodeExporter(Exporter):
             ports=ctx.loopback_port(self.container_port),
             healthcheck=HealthCheck(
                 # The image is busybox-based: wget is there, curl is not.
-                test=[
-                    "CMD",
-                    "wget",
-                    "-qO",
-                    "/dev/null",
-                    f"http://127.0.0.1:{self.container_port}/",
-                ],
+                test=wget_http_probe(self.container_port, "/"),
             ),
             cpus=ctx.resources.cpus,
             memory_mb=ctx.resources.memory_mb,

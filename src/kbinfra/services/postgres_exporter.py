@@ -11,6 +11,7 @@ from typing import cast
 
 from kbinfra.services import get_service
 from kbinfra.services._monitoring import Exporter
+from kbinfra.services._probes import wget_http_probe
 from kbinfra.services.base import ContainerSpec, HealthCheck, ServiceContext
 from kbinfra.services.postgres import PostgresSettings
 
@@ -45,13 +46,7 @@ class PostgresExporter(Exporter):
             ports=ctx.loopback_port(self.container_port),
             healthcheck=HealthCheck(
                 # The landing page, not /metrics: a health check must not query PostgreSQL.
-                test=[
-                    "CMD",
-                    "wget",
-                    "-qO",
-                    "/dev/null",
-                    f"http://127.0.0.1:{self.container_port}/",
-                ],
+                test=wget_http_probe(self.container_port, "/"),
             ),
             cpus=ctx.resources.cpus,
             memory_mb=ctx.resources.memory_mb,

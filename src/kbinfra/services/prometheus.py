@@ -26,6 +26,7 @@ from kbinfra.services._monitoring import (
     failure_text,
     first_line_number,
 )
+from kbinfra.services._probes import wget_http_probe
 from kbinfra.services.base import (
     ContainerSpec,
     FileMount,
@@ -366,7 +367,7 @@ class Prometheus(Service):
             files=mounts,
             healthcheck=HealthCheck(
                 # busybox wget is in the image; curl is not.
-                test=["CMD", "wget", "-qO", "/dev/null", "http://127.0.0.1:9090/-/ready"],
+                test=wget_http_probe(self.container_port, "/-/ready"),
                 start_period_s=30,
             ),
             cpus=ctx.resources.cpus,

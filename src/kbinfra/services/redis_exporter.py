@@ -14,6 +14,7 @@ from typing import Annotated, cast
 from pydantic import Field
 
 from kbinfra.services._monitoring import Exporter, address_of
+from kbinfra.services._probes import wget_http_probe
 from kbinfra.services.base import ContainerSpec, HealthCheck, ServiceContext, ServiceSettings
 
 EXPORTER_USER = "exporter"
@@ -59,13 +60,7 @@ class RedisExporter(Exporter):
             secret_env={"REDIS_PASSWORD": EXPORTER_SECRET},
             ports=ctx.loopback_port(self.container_port),
             healthcheck=HealthCheck(
-                test=[
-                    "CMD",
-                    "wget",
-                    "-qO",
-                    "/dev/null",
-                    f"http://127.0.0.1:{self.container_port}/health",
-                ],
+                test=wget_http_probe(self.container_port, "/health"),
             ),
             cpus=ctx.resources.cpus,
             memory_mb=ctx.resources.memory_mb,

@@ -177,12 +177,19 @@ def _load(ref: str, *, relative_to: Path | None, chain: tuple[Path, ...]) -> Loa
     if parent_ref is not None:
         if not isinstance(parent_ref, str) or not parent_ref.strip():
             raise SpecError("extends: must name a profile or a path", where=doc.where(("extends",)))
+        extends_line = doc.where(("extends",))
         try:
-            parent = _load(parent_ref, relative_to=path.parent, chain=(*chain, path.resolve()))
+            parent_path = _resolve(parent_ref, path.parent)
         except SpecError as error:
-            if error.where is None:
-                raise SpecError(error.what, where=doc.where(("extends",)), fix=error.fix) from None
-            raise
+            raise SpecError(error.what, where=extends_line, fix=error.fix) from None
+        if not parent_path.is_file():
+            raise SpecError(
+                f"extends: {parent_ref!r} is not a profile file ({parent_path})",
+                where=extends_line,
+                fix="name a built-in profile or the path of a profile YAML",
+            )
+        # Errors inside the parent name the parent's own file and line.
+        parent = _load(parent_ref, relative_to=path.parent, chain=(*chain, path.resolve()))
         data = _merge(parent.profile.model_dump(by_alias=True), data)
     return LoadedProfile(profile=validate(Profile, data, doc, what="profile"), source=path)
 

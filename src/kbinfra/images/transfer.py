@@ -1,0 +1,173 @@
+"""Move a stack's images without a registry: one tarball out, into the target's engine.
+
+Both directions stream: ``save`` writes the engine's archive to disk chunk by chunk and
+``load`` sends the file to the engine (local socket or ``ssh://``) from an open file, so
+neither ever holds a whole image in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from kbinfra.errors import KbinfraError
+
+if TYPE_CHECKING:
+    import docker
+
+    from kbinfra.stack import Stack
+
+CHUNK_BYTES = 2**20
+PROGRESS_EVERY_BYTES = 64 * 2**20
+
+Progress = Callable[[str], None]
+
+
+def stack_images(stack: Stack) -> list[str]:
+    """Every image the stack's enabled services run, sorted, each once."""
+    images = {
+        service.container(stack.contexts[name]).image for name, service in stack.services.items()
+    }
+    return sorted(images)
+
+
+def docker_client_for(stack: Stack) -> docker.DockerClient:
+    """The Docker Engine of the stack's target: the local socket, or ``ssh://`` (paramiko).
+
+    The remote host key must already be known (docker-py loads the system known_hosts and
+    rejects unknown hosts); kbinfra keeps that default.
+    """
+    import docker  # noqa: PLC0415 (heavy: only commands that talk to an engine import it)
+
+    parts = stack.spec.ssh_parts()
+    if parts is None:
+        return docker.from_env()
+    user, host, port = parts
+    address = f"[{host}]" if ":" in host else host
+    return docker.DockerClient(base_url=f"ssh://{user}@{address}:{port}", timeout=600)
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    file: Path
+    images: list[str]
+    bytes: int
+    seconds: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "file": str(self.file),
+            "images": self.images,
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+class _Meter:
+    """Counts bytes and reports every ``PROGRESS_EVERY_BYTES``."""
+
+    def __init__(self, verb: str, total: int | None, progress: Progress) -> None:
+        self.verb = verb
+        self.total = total
+        self.progress = progress
+        self.done = 0
+        self._next = PROGRESS_EVERY_BYTES
+        self.started = time.perf_counter()
+
+    def add(self, count: int) -> None:
+        self.done += count
+        if self.done >= self._next:
+            self._next += PROGRESS_EVERY_BYTES
+            self.report()
+
+    def report(self) -> None:
+        rate = self.done / max(time.perf_counter() - self.started, 1e-6) / 2**20
+        of = f" of {self.total / 2**20:.0f}" if self.total else ""
+        self.progress(f"{self.verb} {self.done / 2**20:.0f}{of} MiB ({rate:.0f} MiB/s)")
+
+
+def save_images(
+    client: docker.DockerClient, images: list[str], file: Path, progress: Progress
+) -> TransferResult:
+    """Write ``images`` (shared layers once) into one ``docker save`` tarball at ``file``."""
+    import docker.errors  # noqa: PLC0415
+
+    if not images:
+        raise KbinfraError("no images to save: the stack enables no service")
+    missing = []
+    for name in images:
+        try:
+            client.images.get(name)
+        except docker.errors.ImageNotFound:
+            missing.append(name)
+    if missing:
+        raise KbinfraError(
+            f"not on this engine: {', '.join(missing)}",
+            fix="pull or build them first (`kbinfra images build` for kbinfra's own)",
+        )
+    started = time.perf_counter()
+    meter = _Meter("saved", None, progress)
+    partial = file.with_name(file.name + ".partial")
+    try:
+        with partial.open("wb") as out:
+            for chunk in _image_archive(client, images):
+                out.write(chunk)
+                meter.add(len(chunk))
+            out.flush()
+            os.fsync(out.fileno())
+        partial.replace(file)
+    finally:
+        partial.unlink(missing_ok=True)
+    meter.report()
+    return TransferResult(file, images, meter.done, time.perf_counter() - started)
+
+
+def _image_archive(client: docker.DockerClient, images: list[str]) -> Iterator[bytes]:
+    # docker-py's get_image() takes one name; the Engine's GET /images/get takes several
+    # and writes each shared layer once, which is what makes one tarball worth having.
+    api: Any = client.api
+    response = api._get(api._url("/images/get"), params={"names": images}, stream=True)
+    yield from api._stream_raw_result(response, chunk_size=CHUNK_BYTES, decode=False)
+
+
+class _CountingReader:
+    """A file object for requests' body: read() by blocks, and a length for Content-Length."""
+
+    def __init__(self, stream: BinaryIO, size: int, meter: _Meter) -> None:
+        self._stream = stream
+        self._size = size
+        self._meter = meter
+
+    def __len__(self) -> int:
+        return self._size
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(CHUNK_BYTES if size is None or size < 0 else size)
+        self._meter.add(len(data))
+        return data
+
+
+def load_images(client: docker.DockerClient, file: Path, progress: Progress) -> TransferResult:
+    """Send the tarball at ``file`` to ``client``'s engine; the images it loaded."""
+    if not file.is_file():
+        raise KbinfraError("no such image archive", where=str(file))
+    size = file.stat().st_size
+    started = time.perf_counter()
+    meter = _Meter("sent", size, progress)
+    loaded: list[str] = []
+    with file.open("rb") as stream:
+        reader = _CountingReader(stream, size, meter)
+        # types-docker leaves load_image unannotated; it yields the engine's JSON messages.
+        for item in client.api.load_image(reader):  # type: ignore[no-untyped-call]
+            if "error" in item:
+                raise KbinfraError(f"the engine refused the archive: {item['error']}")
+            text = str(item.get("stream", "")).strip()
+            if text.startswith("Loaded image"):
+                loaded.append(text.split(": ", 1)[-1])
+                progress(text)
+    meter.report()
+    return TransferResult(file, loaded, size, time.perf_counter() - started)
