@@ -253,6 +253,15 @@ def volume_files(image: str, volume: str) -> str:
     return in_volume(image, volume, "cd /v && find . -type f | sort | xargs sha256sum")
 
 
+def rewrite_manifest(backup: Path, change: Any) -> None:
+    """Edit a backup's manifest and write a matching manifest.sha256 (a consistent lie)."""
+    manifest = json.loads((backup / "manifest.json").read_text())
+    change(manifest)
+    data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    (backup / "manifest.json").write_bytes(data)
+    (backup / "manifest.sha256").write_text(manifest_sum_line(data))
+
+
 def backups_of(stack: Deployment) -> list[Path]:
     root = stack.dir / "backups"
     return sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []
@@ -396,21 +405,37 @@ def test_the_drill_fails_loudly_when_the_data_differs_from_the_manifest(
     assert (backup / "stack" / "secrets.yaml").stat().st_mode & 0o777 == 0o600
     assert "PASSWORD" in (backup / "postgres" / "globals.sql").read_text()
     assert SECRET_MARK not in (backup / "manifest.json").read_text()
+
     # A manifest that claims one row more (and a matching checksum file): the drill's count
     # of what the dump really restores must disagree.
-    manifest_file = backup / "manifest.json"
-    manifest = json.loads(manifest_file.read_text())
-    for artifact in manifest["artifacts"]:
-        if artifact["path"] == "postgres/kb.dump":
-            artifact["counts"]["public.few"] = 11
-    data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-    manifest_file.write_bytes(data)
-    (backup / "manifest.sha256").write_text(manifest_sum_line(data))
+    def claim_eleven(manifest: dict[str, Any]) -> None:
+        for artifact in manifest["artifacts"]:
+            if artifact["path"] == "postgres/kb.dump":
+                artifact["counts"]["public.few"] = 11
 
+    rewrite_manifest(backup, claim_eleven)
     drill = stack.run("backup", "verify", str(backup))
     assert drill.code == 1, drill.out + drill.err
     assert "postgres/kb.dump: public.few expected 11, found 10" in drill.out
     assert "restore drill: 1 difference(s)" in drill.err
+
+    # Snapshots of another Qdrant minor version: refused before anything changes.
+    with qdrant(stack) as client:
+        client.put("/collections/c", json={"vectors": {"size": 2, "distance": "Dot"}})
+        client.put(
+            "/collections/c/points?wait=true", json={"points": [{"id": 1, "vector": [1, 0]}]}
+        )
+    made = stack.run("backup", "--output", "json")
+    assert made.code == 0, made.err
+    backup = Path(made.json()["path"])
+    rewrite_manifest(backup, lambda m: m["services"]["qdrant"].update({"version": "1.15.2"}))
+    with pg(stack) as conn:
+        conn.execute("delete from few where id > 5")
+    refused = stack.run("restore", str(backup), "--yes")
+    assert refused.code == 2
+    assert "qdrant: the snapshots are of Qdrant 1.15.2; this server runs 1.16" in refused.err
+    with pg(stack) as conn:
+        assert conn.execute("select count(*) from few").fetchone() == (5,)
 
 
 def test_a_killed_backup_leaves_only_a_partial_that_restore_and_retention_ignore(
