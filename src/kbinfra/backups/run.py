@@ -419,6 +419,25 @@ def _reverify(root: Path, artifacts: Sequence[Artifact], progress: Progress) -> 
         )
 
 
+def _seal(partial: Path, final: Path, manifest: Manifest) -> None:
+    """Write the manifest and its sum, then rename ``.partial`` to its final name: the one
+    step after which the folder is a backup."""
+    data = manifest.to_json().encode()
+    for file_name, content in (
+        (MANIFEST_FILE, data),
+        (MANIFEST_SUM_FILE, manifest_sum_line(data).encode()),
+    ):
+        fd = os.open(partial / file_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+    (partial / OWNER_FILE).unlink()
+    fsync_dir(partial)
+    os.rename(partial, final)
+    fsync_dir(final.parent)
+
+
 def run_backup(
     stack: Stack,
     target: Target,
@@ -443,13 +462,15 @@ def run_backup(
             break
         except FileExistsError:
             continue
-    (partial / OWNER_FILE).write_text(_owner())
     handlers = data_handlers(stack)
     wanted = [*handlers, VOLUMES_SERVICE] if services is None else list(services)
-    engine = _engine(target, stack.spec.name)
     try:
-        lock: AbstractContextManager[Any] = engine.locked() if hold_lock else nullcontext()
-        with lock:
+        (partial / OWNER_FILE).write_text(_owner())
+        engine = _engine(target, stack.spec.name)
+        lock: AbstractContextManager[Any] = engine.locked() if hold_lock else nullcontext([])
+        with lock as lock_notes:
+            for note in lock_notes:
+                progress.note("lock", note)
             out = BackupOutput(partial, progress, include_secrets)
             artifacts, notes = backup_stack_files(stack, out)
             records = {}
@@ -479,20 +500,7 @@ def run_backup(
             artifacts=artifacts,
             notes=notes,
         )
-        data = manifest.to_json().encode()
-        for file_name, content in (
-            (MANIFEST_FILE, data),
-            (MANIFEST_SUM_FILE, manifest_sum_line(data).encode()),
-        ):
-            fd = os.open(partial / file_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(content)
-                handle.flush()
-                os.fsync(handle.fileno())
-        (partial / OWNER_FILE).unlink()
-        fsync_dir(partial)
-        os.rename(partial, root / name)
-        fsync_dir(root)
+        _seal(partial, root / name, manifest)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
