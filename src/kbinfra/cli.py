@@ -193,6 +193,7 @@ def render(
         )
 
 
+from kbinfra.commands import backup as _backup  # noqa: E402, F401 (registers its commands)
 from kbinfra.commands import check as _check  # noqa: E402, F401 (registers its commands)
 from kbinfra.commands import deploy as _deploy  # noqa: E402, F401 (registers its commands)
 

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from enum import StrEnum
 from typing import Any
+
+#: Transfers smaller and quicker than this print no summary line (off a terminal).
+QUIET_BELOW_BYTES = 1_000_000
+QUIET_BELOW_S = 2.0
 
 
 class Output(StrEnum):
@@ -53,6 +59,49 @@ class Console:
     def error(self, text: str) -> None:
         sys.stderr.write(self.redact(f"error: {text}") + "\n")
 
+    @contextmanager
+    def transfer(self, label: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
+        """Bytes and throughput of a long transfer: a live bar on a terminal (stderr), one
+        summary line otherwise. Yields the function to call with each chunk's size."""
+        started = time.monotonic()
+        done = 0
+        if sys.stderr.isatty():
+            from rich.console import Console as RichConsole  # noqa: PLC0415 (startup time)
+            from rich.progress import (  # noqa: PLC0415
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TransferSpeedColumn,
+            )
+
+            columns = (
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeElapsedColumn(),
+            )
+            with Progress(*columns, console=RichConsole(stderr=True)) as bars:
+                task = bars.add_task(self.redact(label), total=total)
+
+                def advance_bar(size: int) -> None:
+                    bars.update(task, advance=size)
+
+                yield advance_bar
+            return
+
+        def advance(size: int) -> None:
+            nonlocal done
+            done += size
+
+        yield advance
+        seconds = max(time.monotonic() - started, 1e-6)
+        if done >= QUIET_BELOW_BYTES or seconds >= QUIET_BELOW_S:
+            rate = format_bytes(done / seconds)
+            self.note(f"{label}: {format_bytes(done)} in {seconds:.1f}s ({rate}/s)")
+
     def table(
         self, title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> None:
@@ -70,3 +119,12 @@ class Console:
         # Piped output has no terminal width: don't squeeze it into 80 columns.
         width = None if sys.stdout.isatty() else 200
         RichConsole(soft_wrap=False, width=width).print(table)
+
+
+def format_bytes(size: float) -> str:
+    """``1536`` → ``1.5 kB``; decimal units, as throughput is usually quoted (MB/s)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(size) < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"  # pragma: no cover

@@ -1,0 +1,139 @@
+"""A stack folder deployed on the test bed (local or over its sshd), driven by the real CLI.
+
+Shared by the integration tests that need running services: the images come from the test
+bed's image map, every secret is the fixed ``TESTSECRET-…`` value, every host port is free,
+and every run asserts that no secret reached stdout or stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+try:
+    from .testbed_support import Testbed
+except ImportError:  # pragma: no cover - plain modules
+    from testbed_support import Testbed  # type: ignore[no-redef]
+
+SECRET_MARK = "TESTSECRET"
+KBINFRA = [sys.executable, "-c", "from kbinfra.cli import main; main()"]
+
+
+def fixed_secret(name: str) -> str:
+    return f"{SECRET_MARK}-{name}-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+@dataclass
+class Deployment:
+    """A stack folder and how to run kbinfra on it."""
+
+    dir: Path
+    name: str
+    kind: str  # local or ssh
+    env: dict[str, str]
+
+    def command(self, *args: str) -> list[str]:
+        return [*KBINFRA, *args, "--dir", str(self.dir)]
+
+    def run(self, *args: str, timeout: float = 600) -> Run:
+        proc = subprocess.run(
+            self.command(*args),
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            check=False,
+        )
+        for text in (proc.stdout, proc.stderr):
+            assert SECRET_MARK not in text, f"a secret leaked into the output of {args}"
+        return Run(proc.returncode, proc.stdout, proc.stderr)
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.command(*args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+        )
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        data: dict[str, Any] = yaml.safe_load((self.dir / "kbinfra.yaml").read_text())
+        return data
+
+    def edit(self, change: Callable[[dict[str, Any]], None]) -> None:
+        path = self.dir / "kbinfra.yaml"
+        data = yaml.safe_load(path.read_text())
+        change(data)
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def port(self, service: str) -> int:
+        port: int = self.spec["services"][service]["port"]
+        return port
+
+    def container(self, service: str) -> str:
+        return f"{self.name}-{service}"
+
+
+def new_deployment(
+    kind: str, folder: Path, testbed: Testbed, services: Iterable[str], prefix: str = "kbt"
+) -> Deployment:
+    """``kbinfra init`` with the test bed's images; only ``services`` enabled; free ports."""
+    name = f"{prefix}{kind[0]}{uuid.uuid4().hex[:6]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KBINFRA_")}
+    target = "local"
+    if kind == "ssh":
+        ssh = testbed.ssh
+        target = f"ssh://{ssh.user}@{ssh.host}:{ssh.port}"
+        env["KBINFRA_KNOWN_HOSTS"] = str(ssh.known_hosts_path)
+        env["KBINFRA_SSH_IDENTITY"] = str(ssh.key_path)
+    deployment = Deployment(folder, name, kind, env)
+    init = subprocess.run(
+        [*KBINFRA, "init", "--profile", "minimum", "--images", str(testbed.images_file),
+         "--target", target, "--dir", str(folder)],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    wanted = set(services)
+
+    def configure(data: dict[str, Any]) -> None:
+        data["name"] = name
+        for service, settings in data["services"].items():
+            settings["enabled"] = service in wanted
+            if settings.get("port"):
+                settings["port"] = free_port()
+            if "grpc_port" in settings:
+                settings["grpc_port"] = None
+
+    deployment.edit(configure)
+    secrets = yaml.safe_load((folder / "secrets.yaml").read_text())
+    (folder / "secrets.yaml").write_text(yaml.safe_dump({k: fixed_secret(k) for k in secrets}))
+    return deployment
