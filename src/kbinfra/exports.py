@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from kbinfra.services.base import ContainerSpec, RenderedFile
@@ -109,3 +110,55 @@ def stack_files(stack: Stack) -> list[RenderedFile]:
         RenderedFile(path="systemd/kbinfra-stack.service", text=unit),
         RenderedFile(path="firewall.sh", text=firewall, mode=0o755),
     ]
+
+
+_COMPOSE_TOP = {"name", "services", "networks", "volumes"}
+_COMPOSE_SERVICE = {
+    "image", "container_name", "hostname", "restart", "networks", "cpus", "mem_limit",
+    "stop_grace_period", "labels", "entrypoint", "command", "user", "environment", "ports",
+    "volumes", "shm_size", "healthcheck", "depends_on", "extra_hosts",
+}  # fmt: skip
+_PORT = re.compile(r"^(\d{1,3}(\.\d{1,3}){3}:)?\d{1,5}:\d{1,5}$")
+
+
+def compose_problems(document: Any) -> list[str]:
+    """What ``docker compose config`` would refuse in the parts of the compose file kbinfra
+    writes: unknown keys, a service without an image, a bad port, an undeclared volume or
+    network, a dependency on a service that is not there. Empty when the file is sound."""
+    if not isinstance(document, dict):
+        return ["the compose file is not a mapping"]
+    problems = [f"unknown top-level key {k!r}" for k in sorted(set(document) - _COMPOSE_TOP)]
+    services = document.get("services") or {}
+    volumes = set(document.get("volumes") or {})
+    networks = set(document.get("networks") or {})
+    for name, service in sorted(services.items()):
+        where = f"services.{name}"
+        problems += [f"{where}: unknown key {k!r}" for k in sorted(set(service) - _COMPOSE_SERVICE)]
+        if not service.get("image"):
+            problems.append(f"{where}: no image")
+        problems += [
+            f"{where}.ports: {port!r} is not [ip:]host:container"
+            for port in service.get("ports", [])
+            if not _PORT.match(str(port))
+        ]
+        for mount in service.get("volumes", []):
+            source = str(mount).split(":", 1)[0]
+            if not source.startswith((".", "/")) and source not in volumes:
+                problems.append(f"{where}.volumes: {source!r} is not declared under volumes")
+        problems += [
+            f"{where}.networks: {net!r} is not declared under networks"
+            for net in service.get("networks", {})
+            if net not in networks
+        ]
+        problems += [
+            f"{where}.depends_on: {dep!r} is not a service of this file"
+            for dep in service.get("depends_on", {})
+            if dep not in services
+        ]
+        environment = service.get("environment", {})
+        problems += [
+            f"{where}.environment.{key}: not a string"
+            for key, value in environment.items()
+            if not isinstance(value, str)
+        ]
+    return problems

@@ -169,6 +169,23 @@ def validate_tree(stack: Stack, out: Path) -> list[CheckResult]:
     for relative in sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()):
         if relative.endswith((".yml", ".yaml", ".json")):
             results.append(parse_check(out, relative))
+    results.append(compose_check(out))
     for name, service in stack.services.items():
         results.extend(service.check_rendered(stack.contexts[name], out))
     return results
+
+
+def compose_check(out: Path) -> CheckResult:
+    """The compose export, checked against what compose accepts (no compose CLI needed)."""
+    from kbinfra.exports import COMPOSE_FILE, compose_problems  # noqa: PLC0415
+
+    try:
+        document = yaml.safe_load((out / COMPOSE_FILE).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        return CheckResult(COMPOSE_FILE, "compose schema", "failed", str(error))
+    problems = compose_problems(document)
+    if problems:
+        return CheckResult(COMPOSE_FILE, "compose schema", "failed", "; ".join(problems))
+    return CheckResult(
+        COMPOSE_FILE, "compose schema", "ok", f"{len(document['services'])} services"
+    )
