@@ -8,12 +8,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,78 +19,25 @@ import pytest
 import yaml
 
 try:  # a package when tests/ has __init__.py files, plain modules otherwise
+    from .stack_support import KBINFRA, SECRET_MARK, fixed_secret, free_port
+    from .stack_support import Deployment as StackDeployment
     from .testbed_support import SSHTarget
 except ImportError:
+    from stack_support import KBINFRA, SECRET_MARK, fixed_secret, free_port  # type: ignore[no-redef]
+    from stack_support import Deployment as StackDeployment  # type: ignore[no-redef]
     from testbed_support import SSHTarget  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.integration
 
-SECRET_MARK = "TESTSECRET"
-KBINFRA = [sys.executable, "-c", "from kbinfra.cli import main; main()"]
-
-
-def fixed_secret(name: str) -> str:
-    """The same pinned secrets as tests/conftest.py, so a leak is easy to spot."""
-    return f"{SECRET_MARK}-{name}-0123456789"
-
 
 @dataclass
-class Run:
-    code: int
-    out: str
-    err: str
+class Deployment(StackDeployment):
+    """A stack folder deployed to one target, with the images it was given."""
 
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-@dataclass
-class Deployment:
-    """A stack folder deployed to one target, and how to run kbinfra on it."""
-
-    dir: Path
-    name: str
-    kind: str  # local or ssh
-    env: dict[str, str]
-    images: dict[str, str]
-
-    def run(self, *args: str, timeout: float = 600) -> Run:
-        proc = subprocess.run(
-            [*KBINFRA, *args, "--dir", str(self.dir)],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=timeout,
-            check=False,
-        )
-        for text in (proc.stdout, proc.stderr):
-            assert SECRET_MARK not in text, f"a secret leaked into the output of {args}"
-        return Run(proc.returncode, proc.stdout, proc.stderr)
-
-    def popen(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [*KBINFRA, *args, "--dir", str(self.dir)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=self.env,
-        )
-
-    def edit(self, change: Callable[[dict[str, Any]], None]) -> None:
-        path = self.dir / "kbinfra.yaml"
-        data = yaml.safe_load(path.read_text())
-        change(data)
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
+    images: dict[str, str] = field(default_factory=dict)
 
     def container(self, service: str) -> str:
         return f"{self.name}-{service}"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _docker(*args: str) -> str:
@@ -162,7 +107,7 @@ def _new_deployment(
             settings["enabled"] = service in deployment.images
             for key in ("port", "grpc_port", "http_port", "https_port"):
                 if settings.get(key):
-                    settings[key] = _free_port()  # local and SSH stacks share one engine
+                    settings[key] = free_port()  # local and SSH stacks share one engine
 
     deployment.edit(configure)
     secrets = yaml.safe_load((folder / "secrets.yaml").read_text())

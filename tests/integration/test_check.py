@@ -14,8 +14,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import tarfile
 import time
 import uuid
@@ -43,12 +41,12 @@ from kbinfra.targets.local import LocalTarget
 from kbinfra.targets.ssh import SSHAddress, SSHOptions
 from kbinfra.targets.ssh import SSHTarget as KbinfraSSHTarget
 from tests.conftest import fixed_secret, write_stack_dir
+from tests.integration.stack_support import SECRET_MARK, Run, free_port
+from tests.integration.stack_support import Deployment as StackDeployment
 from tests.integration.testbed_support import SSHTarget, wait_for
 
 pytestmark = pytest.mark.integration
 
-SECRET_MARK = "TESTSECRET"
-KBINFRA = [sys.executable, "-c", "from kbinfra.cli import main; main()"]
 #: The embedding service's image is built by `kbinfra images build` (its own tests tag it);
 #: the stack enables the service only when one of these is on the engine.
 EMBEDDINGS_IMAGES = ("kbinfra-test/embeddings:it",)
@@ -66,13 +64,6 @@ BENCHED = {"postgres", "qdrant", "redis", "embeddings", "unstructured", "nginx"}
 LEFTOVER = "kbinfra_bench_deadbeef0042"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def image_present(client: docker.DockerClient, ref: str) -> bool:
     try:
         client.images.get(ref)
@@ -82,47 +73,14 @@ def image_present(client: docker.DockerClient, ref: str) -> bool:
 
 
 @dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-@dataclass
-class Deployment:
+class Deployment(StackDeployment):
     """A stack applied to one target, and the CLI pointed at it."""
 
-    dir: Path
-    name: str
-    kind: str
-    env: dict[str, str]
-    ssh: SSHTarget | None
+    ssh: SSHTarget | None = None
     enabled: set[str] = field(default_factory=set)
 
     def run(self, *args: str, timeout: float = 900) -> Run:
-        proc = subprocess.run(
-            [*KBINFRA, *args, "--dir", str(self.dir)],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=timeout,
-            check=False,
-        )
-        for text in (proc.stdout, proc.stderr):
-            assert SECRET_MARK not in text, f"a secret leaked into the output of {args}"
-        return Run(proc.returncode, proc.stdout, proc.stderr)
-
-    def popen(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [*KBINFRA, *args, "--dir", str(self.dir)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=self.env,
-        )
+        return super().run(*args, timeout=timeout)
 
     def stack(self) -> Stack:
         return open_stack(self.dir)
