@@ -1,6 +1,8 @@
-"""The ``kbinfra`` command line: parse options, call one function, print. No logic here."""
+"""The ``kbinfra`` command line: parse options, call one function, print. No logic here.
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here or in ``kbinfra.commands``: Typer reads every
+command's annotations on each start, and evaluating them from strings doubles that (~10 ms).
+"""
 
 import os
 import sys

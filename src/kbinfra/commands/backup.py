@@ -3,8 +3,6 @@
 Each command parses options, calls one function of ``kbinfra.backups.run`` and prints.
 """
 
-from __future__ import annotations
-
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -50,7 +48,7 @@ class ConsoleProgress:
         return self.console.transfer(label, total)
 
 
-def _artifact_rows(result: BackupResult) -> Iterator[tuple[str, str, str]]:
+def _artifact_rows(result: "BackupResult") -> Iterator[tuple[str, str, str]]:
     from kbinfra.backups.run import summarize  # noqa: PLC0415
 
     stack_files = [a for a in result.manifest.artifacts if a.service == "stack"]
@@ -70,7 +68,7 @@ def _artifact_rows(result: BackupResult) -> Iterator[tuple[str, str, str]]:
     )
 
 
-def print_backup(console: Console, result: BackupResult) -> None:
+def print_backup(console: Console, result: "BackupResult") -> None:
     rate = result.bytes / result.seconds if result.seconds else 0.0
     console.line(
         f"backup {result.manifest.name} written to {result.path} "
@@ -131,7 +129,7 @@ def backup(
         print_backup(console, result)
 
 
-def print_checks(console: Console, result: CheckResult, what: str) -> None:
+def print_checks(console: Console, result: "CheckResult", what: str) -> None:
     rows = [
         (
             check.service,
@@ -152,7 +150,7 @@ def print_checks(console: Console, result: CheckResult, what: str) -> None:
     console.line(f"{what}: {verdict} ({result.seconds:.1f}s)")
 
 
-def _finish(console: Console, result: CheckResult, what: str) -> None:
+def _finish(console: Console, result: "CheckResult", what: str) -> None:
     from kbinfra.backups.run import DifferencesError  # noqa: PLC0415
 
     for note in result.notes:

@@ -4,8 +4,6 @@ Each command parses options, calls one function of ``kbinfra.probes`` and prints
 (psycopg, redis, httpx, docker) are imported by the probes when they run.
 """
 
-from __future__ import annotations
-
 import os
 import platform
 import secrets

@@ -4,8 +4,6 @@ Each command parses options, calls one function of ``kbinfra.apply`` and prints.
 paramiko are imported only inside the commands, so ``kbinfra --help`` stays fast.
 """
 
-from __future__ import annotations
-
 import sys
 import time
 from collections.abc import Callable
@@ -66,7 +64,7 @@ def _open(
     known_hosts: Path | None,
     identity: Path | None,
     console: Console,
-) -> tuple[Stack, Target]:
+) -> "tuple[Stack, Target]":
     from kbinfra.stack import open_stack  # noqa: PLC0415
     from kbinfra.targets import open_target  # noqa: PLC0415
 
@@ -91,7 +89,7 @@ def _progress(console: Console) -> Callable[[str, str], None]:
 _SYMBOL = {"create": "+", "recreate": "~", "start": ">", "remove": "-", "nothing": "="}
 
 
-def print_plan(console: Console, plan: Plan) -> None:
+def print_plan(console: Console, plan: "Plan") -> None:
     for leftover in plan.leftovers:
         console.line(f"! {leftover}: left by an interrupted apply; apply repairs it first")
     for action in plan.services:
@@ -153,7 +151,7 @@ def _confirm(console: Console, question: str) -> bool:
     return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
-def print_apply(console: Console, result: ApplyResult) -> None:
+def print_apply(console: Console, result: "ApplyResult") -> None:
     rows = [
         (r.service, r.action, r.outcome, f"{r.seconds:.1f}s", r.error or "")
         for r in result.services

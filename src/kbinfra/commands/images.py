@@ -1,7 +1,5 @@
 """``kbinfra images``: build kbinfra's own images, and move a stack's images without a registry."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 

@@ -11,7 +11,6 @@ import ipaddress
 import math
 import re
 import shutil
-import ssl
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,6 +276,8 @@ class Nginx(Service):
 
 def openssl_knows(cipher: str) -> bool:
     """True when the local OpenSSL has a TLS cipher suite of that name."""
+    import ssl  # noqa: PLC0415 (only render --check needs it; ~5 ms at every start)
+
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.set_ciphers(cipher)
@@ -291,6 +292,8 @@ def check_ciphers(out: Path, relative: str) -> CheckResult:
     nginx cannot catch this: OpenSSL ignores unknown names in a list as long as one is valid,
     so the guide's list passes ``nginx -t`` with two suites that do not exist.
     """
+    import ssl  # noqa: PLC0415
+
     from kbinfra.validation import CheckResult  # noqa: PLC0415
 
     tool = "openssl ciphers"
