@@ -110,15 +110,15 @@ def config_parts(
     parts: dict[str, Any] = {
         "image": spec.image,
         "command": {"command": spec.command, "entrypoint": spec.entrypoint, "user": spec.user},
-        "ports": [p.model_dump() for p in spec.ports],
-        "volumes": [v.model_dump() for v in spec.volumes],
+        "ports": [p._asdict() for p in spec.ports],
+        "volumes": [v._asdict() for v in spec.volumes],
         "limits": {
             "cpus": spec.cpus,
             "memory_mb": spec.memory_mb,
             "shm_size_mb": spec.shm_size_mb,
             "stop_timeout_s": spec.stop_timeout_s,
         },
-        "healthcheck": spec.healthcheck.model_dump() if spec.healthcheck else None,
+        "healthcheck": spec.healthcheck._asdict() if spec.healthcheck else None,
         "extra_hosts": spec.extra_hosts,
     }
     for name, value in spec.env.items():

@@ -202,7 +202,7 @@ def test_drill_containers_publish_nothing_and_use_their_own_volumes() -> None:
         memory_mb=512,
     )
     drilled = drill_spec(spec, "kb", "kb-drill")
-    assert drilled.ports == [] and drilled.depends_on == []
+    assert not drilled.ports and not drilled.depends_on
     assert [v.volume for v in drilled.volumes] == ["kb-drill-postgres-data"]
     assert drilled.image == spec.image and drilled.memory_mb == spec.memory_mb
 

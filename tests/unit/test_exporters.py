@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,7 +61,7 @@ def test_exporters_publish_no_host_port_and_offer_their_job(
     stack = make_stack("minimum")
     for service in (NODE, POSTGRES, REDIS):
         ctx = stack.contexts[service.name]
-        assert service.container(ctx).ports == []
+        assert not service.container(ctx).ports
         assert service.stage == "monitoring"
     node_ctx = stack.contexts["node-exporter"]
     assert [(t.job, t.address) for t in NODE.scrape_targets(node_ctx)] == [
@@ -135,7 +134,7 @@ def test_exporter_of_a_disabled_service_is_not_scraped_and_fails_the_check(
     redis_ctx = without_redis.contexts["redis-exporter"]
     assert REDIS.scrape_targets(redis_ctx) == []
     assert watched_queues(redis_ctx) == []
-    with_redis = dataclasses.replace(redis_ctx, enabled=redis_ctx.enabled | {"redis"})
+    with_redis = redis_ctx._replace(enabled=redis_ctx.enabled | {"redis"})
     assert [t.job for t in REDIS.scrape_targets(with_redis)] == ["redis"]
     assert REDIS.check_rendered(with_redis, tmp_path) == []
     assert watched_queues(with_redis) == ["document_processing"]

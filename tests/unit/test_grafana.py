@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -73,7 +72,7 @@ def test_dashboard_uses_metric_names_that_exist(make_stack: Callable[..., Stack]
 
 def test_queue_panel_follows_the_redis_exporter_queues(make_stack: Callable[..., Stack]) -> None:
     ctx = make_stack("minimum").contexts["grafana"]
-    with_redis = dataclasses.replace(ctx, enabled=ctx.enabled | {"redis"})
+    with_redis = ctx._replace(enabled=ctx.enabled | {"redis"})
     document = SERVICE.template_context(with_redis)["dashboard"]
     queue = next(p for p in document["panels"] if p["title"] == "Celery queue length")
     assert queue["targets"][0]["expr"] == (

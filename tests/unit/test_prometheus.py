@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -85,8 +84,7 @@ def with_qdrant(monkeypatch: pytest.MonkeyPatch) -> Callable[[ServiceContext], S
 
     def enable(ctx: ServiceContext) -> ServiceContext:
         stack = ctx.stack.model_copy(update={"services": ServicesWithQdrant(ctx.stack.services)})
-        return dataclasses.replace(
-            ctx,
+        return ctx._replace(
             stack=stack,
             enabled=ctx.enabled | {"qdrant"},
             secrets={**ctx.secrets, "qdrant_api_key": QDRANT_KEY},
@@ -147,7 +145,7 @@ def test_scrape_jobs_are_exactly_those_of_enabled_services(
 
 def test_redis_job_appears_with_redis(make_stack: Callable[..., Stack]) -> None:
     ctx = make_stack("minimum", {"services": {"redis": {"enabled": False}}}).contexts["prometheus"]
-    with_redis = dataclasses.replace(ctx, enabled=ctx.enabled | {"redis"})
+    with_redis = ctx._replace(enabled=ctx.enabled | {"redis"})
     assert "redis" in job_names(with_redis)
     assert "redis" not in job_names(ctx)
 
@@ -256,7 +254,7 @@ def test_container_publishes_on_loopback_and_checks_readiness(
     assert spec.extra_hosts == ["host.docker.internal:host-gateway"]
     no_app = make_stack("minimum", {"services": {"prometheus": {"scrape_app": False}}})
     assert no_app.contexts["prometheus"].settings.scrape_app is False
-    assert SERVICE.container(no_app.contexts["prometheus"]).extra_hosts == []
+    assert not SERVICE.container(no_app.contexts["prometheus"]).extra_hosts
     assert "app" not in job_names(no_app.contexts["prometheus"])
 
 
@@ -300,7 +298,7 @@ def test_down_alert_for_every_scraped_job_but_prometheus(make_stack: Callable[..
 def test_document_backlog_reads_the_queue_length(make_stack: Callable[..., Stack]) -> None:
     ctx = make_stack("minimum", {"services": {"redis": {"enabled": False}}}).contexts["prometheus"]
     assert SERVICE.rule_groups(ctx)["kb_performance"][-1].alert == "HighMemoryUsage"
-    with_redis = dataclasses.replace(ctx, enabled=ctx.enabled | {"redis"})
+    with_redis = ctx._replace(enabled=ctx.enabled | {"redis"})
     backlog = SERVICE.rule_groups(with_redis)["kb_performance"][-1]
     assert backlog.alert == "DocumentProcessingBacklog"
     assert backlog.expr == 'max(redis_key_size{job="redis", key="document_processing"}) > 100'

@@ -160,7 +160,7 @@ def test_container_sets_only_env_the_upstream_image_reads(
     assert spec.env["UNSTRUCTURED_MEMORY_FREE_MINIMUM_MB"] == "1024"
     assert spec.env["OMP_NUM_THREADS"] == "1"  # 8 cores, 8 documents
     assert "UNSTRUCTURED_PARALLEL_MODE_ENABLED" not in spec.env
-    assert spec.volumes == []  # nothing upstream reads /tmp/unstructured
+    assert not spec.volumes  # nothing upstream reads /tmp/unstructured
     assert (spec.cpus, spec.memory_mb) == (8.0, 16384)
 
 

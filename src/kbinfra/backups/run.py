@@ -93,7 +93,7 @@ def drill_spec(spec: ContainerSpec, stack: str, drill: str) -> ContainerSpec:
         )
         for v in spec.volumes
     ]  # fmt: skip
-    return spec.model_copy(update={"ports": [], "volumes": volumes, "depends_on": []})
+    return spec._replace(ports=(), volumes=volumes, depends_on=())
 
 
 def drill_volume(drill: str, volume: str) -> str:

@@ -4,20 +4,17 @@ Shared by services whose rendered file is JSON for another program to read (the 
 service's config, Unstructured's strategies). Not a service: the registry skips ``_`` modules.
 """
 
-from __future__ import annotations
-
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ValidationError
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from kbinfra.validation import CheckResult
 
 
-def check_json_file(out: Path, relative: str, model: type[BaseModel], tool: str) -> CheckResult:
+def check_json_file(out: Path, relative: str, model: type[BaseModel], tool: str) -> "CheckResult":
     """Parse ``out/relative`` and validate it with ``model``; the first error, with its line."""
     from kbinfra.validation import CheckResult  # noqa: PLC0415 (validation loads the stack)
 

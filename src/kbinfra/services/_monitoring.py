@@ -6,28 +6,21 @@ here. Every monitoring service draws from the profile's ``monitoring`` budget; t
 redis-exporter 0.075) add up to 1.0 and are set on each class.
 """
 
-from __future__ import annotations
-
 import re
-from typing import TYPE_CHECKING, Any, ClassVar
-
-from pydantic import BaseModel, ConfigDict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from kbinfra.services.base import ScrapeTarget, Service, ServiceContext, Stage
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from kbinfra.validation import CheckResult
 
 MONITORING: Stage = "monitoring"
 STACK_FILE = "kbinfra.yaml"
 
 
-class NoTuning(BaseModel):
+class NoTuning(NamedTuple):
     """Services whose settings do not depend on their resources."""
-
-    model_config = ConfigDict(frozen=True)
 
 
 def camel(name: str) -> str:
@@ -44,7 +37,7 @@ def address_of(name: str, default_port: int) -> str:
     return service.address() if service is not None else f"{name}:{default_port}"
 
 
-def missing_dependency(ctx: ServiceContext, needed: str) -> list[CheckResult]:
+def missing_dependency(ctx: ServiceContext, needed: str) -> list["CheckResult"]:
     """A failed check when ``ctx.name`` is enabled but the service it watches is not.
 
     ``kbinfra.stack`` enables services one by one, so an exporter left on after its
@@ -104,5 +97,5 @@ class Exporter(Service):
             return []
         return [ScrapeTarget(job=self.job, address=self.address())]
 
-    def check_rendered(self, ctx: ServiceContext, out: Path) -> list[CheckResult]:
+    def check_rendered(self, ctx: ServiceContext, out: Path) -> list["CheckResult"]:
         return missing_dependency(ctx, self.watches) if self.watches else []

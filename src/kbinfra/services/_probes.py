@@ -1,7 +1,5 @@
 """Container health probes built from what an image is known to have."""
 
-from __future__ import annotations
-
 
 def python_http_probe(url: str, timeout_s: int = 5) -> list[str]:
     """A Docker health-check test that GETs ``url`` with Python's standard library only.

@@ -4,10 +4,8 @@ Without a webhook or email in ``kbinfra.yaml`` the receivers are empty: alerts a
 inhibited and shown in the Alertmanager UI (127.0.0.1:9093), but sent nowhere.
 """
 
-from __future__ import annotations
-
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Self, cast
 
 from pydantic import Field, model_validator
 
@@ -51,7 +49,7 @@ class AlertmanagerSettings(ServiceSettings):
     smtp_require_tls: bool = Field(True, description="Require STARTTLS to the SMTP relay")
 
     @model_validator(mode="after")
-    def _email_complete(self) -> AlertmanagerSettings:
+    def _email_complete(self) -> Self:
         given = [self.email_to, self.smtp_smarthost, self.smtp_from]
         if any(given) and not all(given):
             raise ValueError("email alerts need email_to, smtp_smarthost and smtp_from together")
@@ -104,7 +102,7 @@ class Alertmanager(Service):
             memory_mb=ctx.resources.memory_mb,
         )
 
-    def check_rendered(self, ctx: ServiceContext, out: Path) -> list[CheckResult]:
+    def check_rendered(self, ctx: ServiceContext, out: Path) -> list["CheckResult"]:
         """``amtool check-config``: unknown receivers, bad matchers, unknown fields."""
         from kbinfra.validation import CheckResult, find_tool, run_tool, skipped  # noqa: PLC0415
 

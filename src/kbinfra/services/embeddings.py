@@ -6,11 +6,10 @@ and how large a batch, all read by the app from ``config.json``. Models load fro
 ``models`` volume only: the container runs with the Hugging Face hub switched off.
 """
 
-from __future__ import annotations
-
 import math
 import re
-from typing import TYPE_CHECKING, Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -29,8 +28,6 @@ from kbinfra.services.base import (
 )
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from kbinfra.validation import CheckResult
 
 CONFIG_FILE = "embeddings/config.json"
@@ -104,7 +101,7 @@ class EmbeddingsSettings(ServiceSettings):
     )
 
     @model_validator(mode="after")
-    def _default_is_served(self) -> EmbeddingsSettings:
+    def _default_is_served(self) -> Self:
         names = [model.name for model in self.models]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
@@ -116,9 +113,7 @@ class EmbeddingsSettings(ServiceSettings):
         return self
 
 
-class EmbeddingsTune(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
+class EmbeddingsTune(NamedTuple):
     workers: int
     torch_threads: int
     batch_size: int
@@ -209,7 +204,7 @@ class EmbeddingsConfig(BaseModel):
     api_key: ApiKey
 
     @model_validator(mode="after")
-    def _default_is_served(self) -> EmbeddingsConfig:
+    def _default_is_served(self) -> Self:
         if self.default_model not in self.models:
             raise ValueError(f"default_model {self.default_model!r} is not in models")
         return self
@@ -307,7 +302,7 @@ class Embeddings(Service):
     def scrape_targets(self, ctx: ServiceContext) -> list[ScrapeTarget]:
         return [ScrapeTarget(job="embeddings", address=self.address(), path="/metrics")]
 
-    def check_rendered(self, ctx: ServiceContext, out: Path) -> list[CheckResult]:
+    def check_rendered(self, ctx: ServiceContext, out: Path) -> list["CheckResult"]:
         from kbinfra.services._json_file import check_json_file  # noqa: PLC0415
 
         return [check_json_file(out, CONFIG_FILE, EmbeddingsConfig, "config schema")]

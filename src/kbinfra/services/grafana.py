@@ -7,8 +7,6 @@ and ``stat`` panels with ``gridPos``, every panel and query bound to the provisi
 datasource by uid, and the metric names the exporters really publish.
 """
 
-from __future__ import annotations
-
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -278,7 +276,7 @@ class Grafana(Service):
             depends_on=["prometheus"],
         )
 
-    def check_rendered(self, ctx: ServiceContext, out: Path) -> list[CheckResult]:
+    def check_rendered(self, ctx: ServiceContext, out: Path) -> list["CheckResult"]:
         """Grafana cannot run here; check the dashboard's structure and the datasource."""
         from kbinfra.validation import CheckResult  # noqa: PLC0415
 

@@ -5,18 +5,17 @@ they are enabled, the stack's embedding and Unstructured services, so that ``kbi
 can prove that HTTPS answers all the way through. Qdrant, PostgreSQL and Redis are never routed.
 """
 
-from __future__ import annotations
-
 import ipaddress
 import math
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from kbinfra.services import get_service
 from kbinfra.services.base import (
@@ -112,7 +111,7 @@ class NginxSettings(ServiceSettings):
         return [self.http_port, self.https_port]
 
     @model_validator(mode="after")
-    def _ports(self) -> NginxSettings:
+    def _ports(self) -> Self:
         if self.port is not None:
             raise ValueError(
                 "nginx does not use port; set http_port and https_port (published on 0.0.0.0)"
@@ -122,10 +121,8 @@ class NginxSettings(ServiceSettings):
         return self
 
 
-class NginxTune(BaseModel):
+class NginxTune(NamedTuple):
     """Worker settings for the CPUs and memory nginx is given."""
-
-    model_config = ConfigDict(frozen=True)
 
     worker_processes: int
     worker_connections: int
@@ -259,7 +256,7 @@ class Nginx(Service):
             stop_timeout_s=max(settings.proxy_timeout_s, settings.document_timeout_s),
         )
 
-    def check_rendered(self, ctx: ServiceContext, out: Path) -> list[CheckResult]:
+    def check_rendered(self, ctx: ServiceContext, out: Path) -> list["CheckResult"]:
         from kbinfra.validation import find_tool, skipped  # noqa: PLC0415
 
         results = [check_ciphers(out, SITE_CONF)]
@@ -286,7 +283,7 @@ def openssl_knows(cipher: str) -> bool:
     return True
 
 
-def check_ciphers(out: Path, relative: str) -> CheckResult:
+def check_ciphers(out: Path, relative: str) -> "CheckResult":
     """Every name in ``ssl_ciphers`` must exist in OpenSSL.
 
     nginx cannot catch this: OpenSSL ignores unknown names in a list as long as one is valid,
@@ -340,7 +337,7 @@ class ScratchNginx:
         return self.root / "nginx.conf"
 
 
-def scratch_copy(nginx: str, out: Path, mounts: list[FileMount], root: Path) -> ScratchNginx:
+def scratch_copy(nginx: str, out: Path, mounts: Sequence[FileMount], root: Path) -> ScratchNginx:
     """Lay the rendered files out under ``root`` as they are mounted under /etc/nginx.
 
     Every line stays where it was, so nginx's ``file:line`` maps straight back to the rendered
@@ -369,7 +366,7 @@ def scratch_copy(nginx: str, out: Path, mounts: list[FileMount], root: Path) -> 
     return ScratchNginx(root, origin, ports, version, fold_http2)
 
 
-def nginx_config_test(nginx: str, out: Path, mounts: list[FileMount]) -> CheckResult:
+def nginx_config_test(nginx: str, out: Path, mounts: Sequence[FileMount]) -> "CheckResult":
     """``nginx -t`` on the rendered files, in a scratch copy (see :func:`scratch_copy`)."""
     from kbinfra.validation import run_tool  # noqa: PLC0415
 
@@ -440,7 +437,7 @@ def _provide_mime_types(root: Path) -> None:
         target.write_text("types {\n    text/html html;\n    application/json json;\n}\n")
 
 
-def _result(run: ToolRun, scratch: ScratchNginx) -> CheckResult:
+def _result(run: "ToolRun", scratch: ScratchNginx) -> "CheckResult":
     from kbinfra.validation import CheckResult  # noqa: PLC0415
 
     tool = "nginx -t"

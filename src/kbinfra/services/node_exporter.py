@@ -4,8 +4,6 @@ The module is ``node_exporter`` (a Python name); the service is ``node-exporter`
 and the stack file key services by ``Service.name``).
 """
 
-from __future__ import annotations
-
 from kbinfra.services._monitoring import Exporter
 from kbinfra.services._probes import wget_http_probe
 from kbinfra.services.base import ContainerSpec, HealthCheck, ServiceContext

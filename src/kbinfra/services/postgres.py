@@ -1,14 +1,12 @@
 """PostgreSQL: PGTune-derived settings, scram-only access, pg_stat_statements and views."""
 
-from __future__ import annotations
-
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from kbinfra.services.base import (
     ContainerSpec,
@@ -68,16 +66,14 @@ class PostgresSettings(ServiceSettings):
     max_connections: int | None = Field(None, ge=10, le=10000)
 
 
-class PgTune(BaseModel):
+class PgTune(NamedTuple):
     """PGTune's settings; memory values in kB."""
-
-    model_config = ConfigDict(frozen=True)
 
     max_connections: int
     shared_buffers_kb: int
     effective_cache_size_kb: int
     maintenance_work_mem_kb: int
-    checkpoint_completion_target: float = 0.9
+    checkpoint_completion_target: float
     wal_buffers_kb: int
     default_statistics_target: int
     random_page_cost: float
@@ -127,6 +123,7 @@ def pgtune(
         shared_buffers_kb=shared_buffers,
         effective_cache_size_kb=memory_kb * 3 // 4,
         maintenance_work_mem_kb=maintenance,
+        checkpoint_completion_target=0.9,  # PGTune's value for every workload
         wal_buffers_kb=wal_buffers,
         default_statistics_target=500 if workload == "dw" else 100,
         random_page_cost=4.0 if disk == "hdd" else 1.1,
@@ -192,7 +189,7 @@ class Postgres(Service):
         tune = self.tuning(ctx)
         memory = {
             key.removesuffix("_kb"): format_kb(value)
-            for key, value in tune.model_dump().items()
+            for key, value in tune._asdict().items()
             if key.endswith("_kb")
         }
         return {"tune": tune, "memory": memory, "settings": ctx.settings}
@@ -243,7 +240,7 @@ class Postgres(Service):
             stop_timeout_s=60,
         )
 
-    def check_rendered(self, ctx: ServiceContext, out: Path) -> list[CheckResult]:
+    def check_rendered(self, ctx: ServiceContext, out: Path) -> list["CheckResult"]:
         """Read every tuned setting back with the real ``postgres -C``, then start a server.
 
         ``-C`` parses the file and prints one setting without starting anything, so the
@@ -302,7 +299,7 @@ def _can_run_server() -> bool:
 def expected_settings(tune: PgTune) -> dict[str, str]:
     """Every rendered setting, normalised as :func:`normalise_setting` prints it."""
     expected = {}
-    for key, value in tune.model_dump().items():
+    for key, value in tune._asdict().items():
         if value is None:
             continue
         name = key.removesuffix("_kb")
@@ -346,7 +343,7 @@ def _value_line(conf_text: str, value: str) -> int | None:
     return None
 
 
-def config_errors(output: str, conf_text: str, scratch: Path) -> list[CheckResult]:
+def config_errors(output: str, conf_text: str, scratch: Path) -> list["CheckResult"]:
     """PostgreSQL's complaints about the rendered file, each pointed at its line."""
     from kbinfra.validation import CheckResult  # noqa: PLC0415
 
@@ -416,7 +413,7 @@ class Scratch:
 
 def run_postgres_checks(
     bin_dir: Path, out: Path, expected: dict[str, str], *, rendered_major: int
-) -> list[CheckResult]:
+) -> list["CheckResult"]:
     """``postgres -C`` for every tuned setting, then a short start that loads pg_hba.conf."""
     import os  # noqa: PLC0415
     import shutil  # noqa: PLC0415
@@ -454,7 +451,7 @@ def run_postgres_checks(
 
 def read_back_settings(
     scratch: Scratch, expected: dict[str, str], conf_text: str
-) -> list[CheckResult]:
+) -> list["CheckResult"]:
     """Each tuned setting as PostgreSQL reads it, compared with what kbinfra rendered."""
     from kbinfra.validation import CheckResult, run_tool  # noqa: PLC0415
 
@@ -516,7 +513,7 @@ def scratch_cluster(bin_dir: Path, user: str | None) -> Path | str:
     return data
 
 
-def start_with_hba(scratch: Scratch, conf_text: str) -> CheckResult:
+def start_with_hba(scratch: Scratch, conf_text: str) -> "CheckResult":
     """Start the postmaster on a unix socket with both files; psql must need a password."""
     import signal  # noqa: PLC0415
 
@@ -575,7 +572,7 @@ def start_with_hba(scratch: Scratch, conf_text: str) -> CheckResult:
     return CheckResult(HBA_FILE, "postgres", "ok", detail)
 
 
-def start_failure(log: str, conf_text: str, folder: Path) -> CheckResult:
+def start_failure(log: str, conf_text: str, folder: Path) -> "CheckResult":
     """Why the postmaster did not start: a pg_hba.conf line, or a postgresql.conf problem."""
     from kbinfra.validation import CheckResult  # noqa: PLC0415
 

@@ -5,8 +5,6 @@ service creates at initdb (``templates/postgres/initdb/20-monitor-role.sh``), wi
 from the secret ``postgres_monitor_password``, passed by environment, never written to a file.
 """
 
-from __future__ import annotations
-
 from typing import cast
 
 from kbinfra.services import get_service

@@ -8,16 +8,13 @@ The rendered files are accepted by the pinned Prometheus 3 and by Debian 12's pr
 which ``kbinfra render --check`` runs: no option newer than 2.42 is used.
 """
 
-from __future__ import annotations
-
-import dataclasses
 import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from kbinfra.services import all_services
 from kbinfra.services._monitoring import (
@@ -74,19 +71,15 @@ class PrometheusSettings(ServiceSettings):
     )
 
 
-class PrometheusTuning(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
+class PrometheusTuning(NamedTuple):
     retention_time: str
     retention_size_mb: int  # MiB: Prometheus' "MB" is 2^20 bytes
     scrape_interval_s: int
     evaluation_interval_s: int
 
 
-class ScrapeJob(BaseModel):
+class ScrapeJob(NamedTuple):
     """One ``scrape_configs`` entry: every target that shares a job name and its settings."""
-
-    model_config = ConfigDict(frozen=True)
 
     job: str
     path: str
@@ -100,9 +93,7 @@ class ScrapeJob(BaseModel):
         return min(10, self.interval_s)
 
 
-class AlertRule(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
+class AlertRule(NamedTuple):
     alert: str
     expr: str
     for_: str
@@ -122,8 +113,7 @@ def retention_size_mb(storage_gb: int) -> int:
 def sibling_context(ctx: ServiceContext, other: str) -> ServiceContext:
     """The context service ``other`` gets in this stack, built from Prometheus' own."""
     service = all_services()[other]
-    return dataclasses.replace(
-        ctx,
+    return ctx._replace(
         name=other,
         settings=ctx.stack.services.get(other),
         resources=service.resources(ctx.profile),
@@ -377,7 +367,7 @@ class Prometheus(Service):
             stop_timeout_s=120,
         )
 
-    def check_rendered(self, ctx: ServiceContext, out: Path) -> list[CheckResult]:
+    def check_rendered(self, ctx: ServiceContext, out: Path) -> list["CheckResult"]:
         """``promtool check config`` and ``check rules`` on a copy with local paths.
 
         promtool opens every rule and credentials file prometheus.yml names; those are
@@ -406,7 +396,7 @@ class Prometheus(Service):
             ]
 
 
-def _promtool_result(relative: str, tool: str, run: ToolRun, staged: Path) -> CheckResult:
+def _promtool_result(relative: str, tool: str, run: "ToolRun", staged: Path) -> "CheckResult":
     from kbinfra.validation import CheckResult  # noqa: PLC0415
 
     if run.ok:

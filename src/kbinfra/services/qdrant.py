@@ -1,14 +1,13 @@
 """Qdrant: thread and segment tuning from the profile, api keys by env, a schema-checked config."""
 
-from __future__ import annotations
-
 import difflib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from kbinfra.services.base import (
     ContainerSpec,
@@ -24,8 +23,6 @@ from kbinfra.services.base import (
 from kbinfra.spec.profile import DiskKind
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from kbinfra.validation import CheckResult
 
 KIB_PER_GIB = 1024 * 1024
@@ -66,10 +63,8 @@ class QdrantSettings(ServiceSettings):
         return [p for p in (self.port, self.grpc_port) if p is not None]
 
 
-class QdrantTune(BaseModel):
+class QdrantTune(NamedTuple):
     """The settings derived from the CPUs, memory and disk the profile gives Qdrant."""
-
-    model_config = ConfigDict(frozen=True)
 
     max_search_threads: int
     optimizer_cpu_budget: int
@@ -399,7 +394,7 @@ class Qdrant(Service):
             )
         ]
 
-    def check_rendered(self, ctx: ServiceContext, out: Path) -> list[CheckResult]:
+    def check_rendered(self, ctx: ServiceContext, out: Path) -> list["CheckResult"]:
         """No Qdrant binary runs here: check every key against the pinned version's schema."""
         from kbinfra.errors import SpecError  # noqa: PLC0415
         from kbinfra.spec.yamlfile import parse_yaml  # noqa: PLC0415

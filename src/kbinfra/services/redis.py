@@ -1,16 +1,14 @@
 """Redis: cache and Celery broker with noeviction, ACL users instead of rename-command."""
 
-from __future__ import annotations
-
 import hashlib
 import math
 import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Self, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from kbinfra.services.base import (
     ContainerSpec,
@@ -118,7 +116,7 @@ class RedisSettings(ServiceSettings):
     )
 
     @model_validator(mode="after")
-    def _keep_the_queues(self) -> RedisSettings:
+    def _keep_the_queues(self) -> Self:
         if self.maxmemory_policy != "noeviction" and not self.allow_eviction_of_queues:
             raise ValueError(
                 f"maxmemory_policy {self.maxmemory_policy} lets Redis delete keys when memory "
@@ -129,10 +127,8 @@ class RedisSettings(ServiceSettings):
         return self
 
 
-class RedisTune(BaseModel):
+class RedisTune(NamedTuple):
     """The settings derived from the memory and CPUs the profile gives Redis."""
-
-    model_config = ConfigDict(frozen=True)
 
     maxmemory_mb: int
     io_threads: int
@@ -218,7 +214,7 @@ class Redis(Service):
             stop_timeout_s=60,
         )
 
-    def check_rendered(self, ctx: ServiceContext, out: Path) -> list[CheckResult]:
+    def check_rendered(self, ctx: ServiceContext, out: Path) -> list["CheckResult"]:
         """Lint the files, then start the real redis-server on a copy and probe the users."""
         from kbinfra.validation import find_tool, skipped  # noqa: PLC0415
 
@@ -252,7 +248,7 @@ class RespConnection:
         self._socket = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self._reader = self._socket.makefile("rb")
 
-    def __enter__(self) -> RespConnection:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -297,7 +293,7 @@ def _numbered(text: str) -> list[tuple[int, list[str]]]:
     return found
 
 
-def static_problems(out: Path, secrets: dict[str, str]) -> list[CheckResult]:
+def static_problems(out: Path, secrets: dict[str, str]) -> list["CheckResult"]:
     """The guide's mistakes and plain passwords, found without running anything."""
     from kbinfra.validation import CheckResult  # noqa: PLC0415
 
@@ -375,7 +371,7 @@ def _directive_line(conf_text: str, directive: str) -> int | None:
     return None
 
 
-def start_failure(log: str, scratch: Path) -> CheckResult:
+def start_failure(log: str, scratch: Path) -> "CheckResult":
     """redis-server's own reason for refusing to start, pointed at the rendered file's line."""
     from kbinfra.validation import CheckResult  # noqa: PLC0415
 
@@ -397,7 +393,7 @@ def start_failure(log: str, scratch: Path) -> CheckResult:
 
 def run_redis_checks(
     server: str, out: Path, secrets: Mapping[str, str], expected_maxmemory: int
-) -> list[CheckResult]:
+) -> list["CheckResult"]:
     """Start redis-server on a copy of the rendered files and probe every ACL user."""
     import shutil  # noqa: PLC0415
     import tempfile  # noqa: PLC0415
@@ -445,7 +441,7 @@ def run_redis_checks(
             return _probe(port, secrets, expected_maxmemory, conf_text, acl_text)
 
 
-def _failed(path: str, detail: str, line: int | None = None) -> CheckResult:
+def _failed(path: str, detail: str, line: int | None = None) -> "CheckResult":
     from kbinfra.validation import CheckResult  # noqa: PLC0415
 
     return CheckResult(path, "redis-server", "failed", detail, line)
@@ -457,7 +453,7 @@ def _probe(
     expected_maxmemory: int,
     conf_text: str,
     acl_text: str,
-) -> list[CheckResult]:
+) -> list["CheckResult"]:
     """Every user logs in; maxmemory is what was rendered; app may do Celery's work only."""
     from contextlib import ExitStack  # noqa: PLC0415
 
@@ -503,7 +499,7 @@ def _probe_users(
     expected_maxmemory: int,
     conf_text: str,
     acl_text: str,
-) -> tuple[list[CheckResult], str]:
+) -> tuple[list["CheckResult"], str]:
     admin = connections["admin"]
     problems = []
     version = re.search(r"redis_version:(\S+)", str(admin.call("INFO", "server")))

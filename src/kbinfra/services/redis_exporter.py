@@ -7,8 +7,6 @@ never reports PENDING as an event): with a Redis broker a queue is a Redis list 
 queue, so its length is ``redis_key_size{key="<queue>"}``, exported by ``check-single-keys``.
 """
 
-from __future__ import annotations
-
 from typing import Annotated, cast
 
 from pydantic import Field

@@ -9,11 +9,10 @@ SPLIT_SIZE`` and ``MAX_LIFETIME_SECONDS``. Threads inside one document are bound
 OpenMP variables that torch, OpenBLAS and Tesseract read.
 """
 
-from __future__ import annotations
-
 import math
 import re
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -27,8 +26,6 @@ from kbinfra.services.base import (
 )
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from kbinfra.validation import CheckResult
 
 STRATEGIES_FILE = "unstructured/strategies.json"
@@ -71,7 +68,7 @@ class PartitionParams(BaseModel):
     multipage_sections: bool | None = None
 
     @model_validator(mode="after")
-    def _consistent(self) -> PartitionParams:
+    def _consistent(self) -> Self:
         chunking = (
             "max_characters",
             "new_after_n_chars",
@@ -162,9 +159,7 @@ class UnstructuredSettings(ServiceSettings):
     )
 
 
-class UnstructuredTune(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
+class UnstructuredTune(NamedTuple):
     concurrency: int
     threads_per_document: int
     memory_free_minimum_mb: int
@@ -301,7 +296,7 @@ class Unstructured(Service):
             stop_timeout_s=60,
         )
 
-    def check_rendered(self, ctx: ServiceContext, out: Path) -> list[CheckResult]:
+    def check_rendered(self, ctx: ServiceContext, out: Path) -> list["CheckResult"]:
         from kbinfra.services._json_file import check_json_file  # noqa: PLC0415
 
         return [check_json_file(out, STRATEGIES_FILE, StrategiesDocument, "strategies schema")]

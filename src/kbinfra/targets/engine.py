@@ -223,8 +223,8 @@ class Engine:
         networking = api.create_networking_config({network_name(self.stack): endpoint})  # type: ignore[arg-type]
         created = api.create_container(
             spec.image,
-            command=spec.command,
-            entrypoint=spec.entrypoint,
+            command=list(spec.command) if spec.command is not None else None,
+            entrypoint=list(spec.entrypoint) if spec.entrypoint is not None else None,
             user=spec.user or "",
             environment=[f"{k}={v}" for k, v in sorted(env.items())],
             labels=desired.labels(self.stack),
