@@ -21,11 +21,11 @@ def env_var_for(secret: str) -> str:
     return f"KBINFRA_{secret.upper()}"
 
 
-def compose_document(stack: Stack) -> dict[str, Any]:
+def compose_document(stack: Stack, specs: dict[str, ContainerSpec] | None = None) -> dict[str, Any]:
     """The stack as a compose file; secrets come from ``.env`` by ``${VAR}`` interpolation."""
     services: dict[str, Any] = {}
     volumes: dict[str, Any] = {}
-    for name, spec in containers(stack).items():
+    for name, spec in (containers(stack) if specs is None else specs).items():
         entry: dict[str, Any] = {
             "image": spec.image,
             "container_name": f"{stack.spec.name}-{name}",
@@ -83,20 +83,17 @@ def compose_document(stack: Stack) -> dict[str, Any]:
 def stack_files(stack: Stack) -> list[RenderedFile]:
     from kbinfra.render import environment  # noqa: PLC0415 (render imports this module)
 
-    document = compose_document(stack)
+    specs = containers(stack)
+    document = compose_document(stack, specs)
     header = (
         f"# docker compose export of kbinfra stack {stack.spec.name!r}.\n"
         "# `kbinfra apply` is the supported way to deploy; this file is for people who prefer\n"
         "# compose. Secrets are read from .env (mode 0600) next to this file.\n"
     )
     compose = header + dump_yaml(document)
-    secret_names = sorted(
-        {s for spec in containers(stack).values() for s in spec.secret_env.values()}
-    )
+    secret_names = sorted({s for spec in specs.values() for s in spec.secret_env.values()})
     env_text = "".join(f"{env_var_for(s)}={stack.secrets[s]}\n" for s in secret_names)
-    published = sorted(
-        {(p.host_ip, p.host_port) for spec in containers(stack).values() for p in spec.ports}
-    )
+    published = sorted({(p.host_ip, p.host_port) for spec in specs.values() for p in spec.ports})
     variables = {
         "stack": stack.spec,
         "public_ports": sorted({port for ip, port in published if ip != "127.0.0.1"}),

@@ -8,9 +8,8 @@ datasource by uid, and the metric names the exporters really publish.
 """
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kbinfra.services import all_services
 from kbinfra.services._monitoring import MONITORING, NoTuning, missing_dependency
@@ -43,8 +42,7 @@ PROVIDER_FILE = "grafana/provisioning/dashboards/kbinfra.yml"
 ADMIN_SECRET = "grafana_admin_password"
 
 
-@dataclass(frozen=True)
-class PanelSpec:
+class PanelSpec(NamedTuple):
     """One panel: its title, kind, place (x, y, w, h on Grafana's 24-column grid), unit and
     PromQL queries as (expression, legend) pairs."""
 

@@ -11,7 +11,6 @@ import re
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
@@ -158,8 +157,7 @@ def nginx_version(image: str) -> tuple[int, int, int] | None:
     return parse_version(last.rsplit(":", 1)[-1] if ":" in last else "")
 
 
-@dataclass(frozen=True)
-class AppUpstream:
+class AppUpstream(NamedTuple):
     """How nginx reaches the user's API servers."""
 
     address: str
@@ -319,8 +317,7 @@ _MESSAGE = re.compile(
 )
 
 
-@dataclass(frozen=True)
-class ScratchNginx:
+class ScratchNginx(NamedTuple):
     """A runnable copy of the rendered configuration outside the container."""
 
     root: Path

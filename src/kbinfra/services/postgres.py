@@ -2,7 +2,6 @@
 
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -382,8 +381,7 @@ def config_errors(output: str, conf_text: str, scratch: Path) -> list["CheckResu
     return results
 
 
-@dataclass(frozen=True)
-class Scratch:
+class Scratch(NamedTuple):
     """One check's copies of the rendered files, the binaries, and the user to run them as."""
 
     bin_dir: Path

@@ -3,7 +3,6 @@
 import difflib
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -103,8 +102,7 @@ def qdrant_tuning(*, cpus: float, memory_mb: int, disk: DiskKind) -> QdrantTune:
     )
 
 
-@dataclass(frozen=True)
-class KeyRule:
+class KeyRule(NamedTuple):
     """What one config key accepts: YAML types (``None`` for null) and a lower bound."""
 
     types: tuple[type | None, ...]
@@ -252,8 +250,7 @@ DEPRECATED_KEYS = {
 SECRET_KEYS = ("service.api_key", "service.read_only_api_key", "service.alt_api_key")
 
 
-@dataclass(frozen=True)
-class ConfigProblem:
+class ConfigProblem(NamedTuple):
     key: str
     line: int | None
     message: str

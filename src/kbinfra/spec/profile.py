@@ -1,10 +1,7 @@
 """Hardware profiles: what the host has and how much of it each part of the stack may use."""
 
-from __future__ import annotations
-
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -71,7 +68,7 @@ class Profile(_Strict):
     services: Allocations
 
     @model_validator(mode="after")
-    def _fits_on_host(self) -> Profile:
+    def _fits_on_host(self) -> Self:
         memory = sum(a.memory_mb for _, a in self.services.items())
         if memory > self.host.memory_mb:
             raise ValueError(
@@ -132,8 +129,7 @@ def _number(value: float) -> int | float:
     return int(value) if float(value).is_integer() else value
 
 
-@dataclass(frozen=True)
-class LoadedProfile:
+class LoadedProfile(NamedTuple):
     profile: Profile
     source: Path
 

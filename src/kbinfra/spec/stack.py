@@ -1,11 +1,9 @@
 """The stack file, ``kbinfra.yaml``: which services, where, with which images and ports."""
 
-from __future__ import annotations
-
 import re
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
@@ -36,7 +34,9 @@ class BackupSettings(_Strict):
     root: str = "backups"
     keep_last: Annotated[int, Field(ge=1)] = 7
     keep_days: Annotated[int, Field(ge=1)] | None = 30
-    volumes: list[str] = Field(default_factory=list, description="Extra named volumes to back up")
+    # Not default_factory=list: pydantic would read that builtin's signature, which compiles
+    # the tokenize module's regex (~4 ms of every start). Pydantic copies mutable defaults.
+    volumes: list[str] = Field([], description="Extra named volumes to back up")
 
 
 class AppSettings(_Strict):
@@ -69,6 +69,9 @@ class DeploySettings(_Strict):
 class ServicesBase(_Strict):
     """Subclassed at run time with one field per registered service."""
 
+    # Only the subclass validates anything: build its validator then, not this one's now.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
     def get(self, name: str) -> ServiceSettings:
         settings: ServiceSettings = getattr(self, name)
         return settings
@@ -80,6 +83,10 @@ class ServicesBase(_Strict):
 
 
 class StackSpec(_Strict):
+    """The stack file; :func:`stack_model` subclasses it with the registered services."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
     name: str = "kb"
     profile: str = "recommended"
     target: str = "local"
@@ -109,7 +116,7 @@ class StackSpec(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _ports_unique(self) -> StackSpec:
+    def _ports_unique(self) -> Self:
         seen: dict[int, str] = {}
         for name in self.services.names():
             settings = self.services.get(name)
