@@ -1,5 +1,5 @@
 """``python -m kbinfra`` is the ``kbinfra`` command."""
 
-from kbinfra.cli import main
+from kbinfra.entry import main
 
 main()

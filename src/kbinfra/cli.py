@@ -4,6 +4,7 @@ No ``from __future__ import annotations`` here or in ``kbinfra.commands``: Typer
 command's annotations on each start, and evaluating them from strings doubles that (~10 ms).
 """
 
+import gc
 import os
 import sys
 import time
@@ -45,14 +46,22 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+#: Commands that finish in well under a second keep the cyclic garbage collector off, as
+#: kbinfra.entry starts them. Every other command runs long enough to need it.
+SHORT_COMMANDS = frozenset({"render", "init", "profiles"})
+
+
 @app.callback()
 def root(
+    ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
     _state["debug"] = debug or os.environ.get("KBINFRA_DEBUG") == "1"
+    if ctx.invoked_subcommand not in SHORT_COMMANDS:
+        gc.enable()
 
 
 @profiles_app.command("list")

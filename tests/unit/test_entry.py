@@ -1,0 +1,59 @@
+"""The console script starts without the cyclic GC; every long-running command turns it on."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import kbinfra.cli
+from kbinfra import entry
+from kbinfra.cli import app
+
+
+@pytest.fixture
+def collector_off() -> Iterator[None]:
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def test_the_console_script_imports_and_runs_the_cli_with_the_collector_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[bool] = []
+    monkeypatch.setattr(kbinfra.cli, "main", lambda: seen.append(gc.isenabled()))
+    try:
+        entry.main()
+    finally:
+        gc.enable()
+    assert seen == [False]
+
+
+@pytest.mark.parametrize(
+    ("argv", "collecting"),
+    [
+        (["render"], False),
+        (["init", "--profile", "nope"], False),
+        (["profiles", "list"], False),
+        (["plan"], True),
+        (["apply"], True),
+        (["check"], True),
+        (["backup"], True),
+        (["restore", "somewhere"], True),
+        (["images", "load"], True),  # missing FILE: fails before touching Docker
+        (["ssh", "trust"], True),
+    ],
+)
+def test_only_short_commands_run_without_the_collector(
+    tmp_path: Path, collector_off: None, argv: list[str], collecting: bool
+) -> None:
+    """Each command fails fast here (no stack folder); the root callback has run by then."""
+    args = [*argv, "--dir", str(tmp_path)] if argv[0] not in {"profiles", "images", "ssh"} else argv
+    CliRunner().invoke(app, args)
+    assert gc.isenabled() is collecting
