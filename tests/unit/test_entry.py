@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,16 +25,30 @@ def collector_off() -> Iterator[None]:
         gc.enable()
 
 
-def test_the_console_script_imports_and_runs_the_cli_with_the_collector_off(
+def test_the_console_script_runs_the_cli_with_the_collector_off_and_freezes_at_exit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     seen: list[bool] = []
     monkeypatch.setattr(kbinfra.cli, "main", lambda: seen.append(gc.isenabled()))
     try:
         entry.main()
+        frozen = gc.get_freeze_count()
     finally:
+        gc.unfreeze()
         gc.enable()
     assert seen == [False]
+    assert frozen > 0  # the exit's full collection has nothing left to walk
+
+
+def test_the_console_script_keeps_the_exit_code() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "kbinfra", "render", "--dir", "/nonexistent"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1
 
 
 @pytest.mark.parametrize(
