@@ -15,6 +15,7 @@ import typer
 
 from kbinfra import __version__
 from kbinfra.commands.images import app as images_app
+from kbinfra.commands.options import DirOption, OutputOption
 from kbinfra.errors import KbinfraError
 from kbinfra.ui import Console, Output
 
@@ -32,10 +33,6 @@ profiles_app = typer.Typer(
 app.add_typer(profiles_app, name="profiles")
 app.add_typer(images_app, name="images")
 
-DirOption = Annotated[
-    Path, typer.Option("--dir", "-d", help="Stack folder (holds kbinfra.yaml).", show_default=False)
-]
-OutputOption = Annotated[Output, typer.Option("--output", "-o", help="text or json.")]
 
 _state = {"debug": False}
 

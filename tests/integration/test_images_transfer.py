@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 import tarfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,6 +21,8 @@ from kbinfra.stack import Stack
 from .testbed_support import SSHTarget, paramiko_home
 
 pytestmark = pytest.mark.integration
+
+KBINFRA = [sys.executable, "-m", "kbinfra"]
 
 
 @pytest.fixture
@@ -97,11 +101,60 @@ def test_load_streams_the_archive_to_an_ssh_target(
     docker_client.images.remove(unique_image, force=True)
 
     # The test bed's sshd fronts this same engine: what arrives over SSH shows up here.
-    with paramiko_home(ssh_target, tmp_path / "home"):
-        loaded = runner.invoke(app, ["images", "load", str(archive), "--dir", str(stack.dir)])
+    loaded = runner.invoke(app, ["images", "load", str(archive), *ssh_options(stack, ssh_target)])
     assert loaded.exit_code == 0, loaded.output
     assert f"into {ssh_target.docker_base_url}" in loaded.output
     assert docker_client.images.get(unique_image).id == image_id
+
+
+def test_load_refuses_an_ssh_target_whose_host_key_is_not_trusted(
+    docker_client: Any,
+    unique_image: str,
+    ssh_target: SSHTarget,
+    make_stack: Callable[..., Stack],
+    tmp_path: Path,
+) -> None:
+    """The same known_hosts rule as apply: no trust on first use, not even for images."""
+    overrides = only_postgres(make_stack, unique_image)
+    overrides["target"] = ssh_target.docker_base_url
+    stack = make_stack("minimum", overrides)
+    archive = tmp_path / "images.tar"
+    runner = CliRunner()
+    saved = runner.invoke(app, ["images", "save", str(archive), "--dir", str(stack.dir)])
+    assert saved.exit_code == 0, saved.output
+    docker_client.images.remove(unique_image, force=True)
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    # Even a user whose own ~/.ssh/known_hosts trusts the host: kbinfra's file decides.
+    with paramiko_home(ssh_target, tmp_path / "home"):
+        refused = subprocess.run(
+            [
+                *KBINFRA,
+                "images",
+                "load",
+                str(archive),
+                *ssh_options(stack, ssh_target, known_hosts=empty),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    assert refused.returncode == 2, refused.stderr
+    error = refused.stderr.strip().splitlines()[-1]
+    assert "unknown SSH host key" in error
+    assert f"kbinfra ssh trust {ssh_target.host}:{ssh_target.port}" in error
+    assert not docker_client.images.list(name=unique_image)
+
+
+def ssh_options(stack: Stack, ssh_target: SSHTarget, known_hosts: Path | None = None) -> list[str]:
+    return [
+        "--dir",
+        str(stack.dir),
+        "--known-hosts",
+        str(known_hosts or ssh_target.known_hosts_path),
+        "--identity",
+        str(ssh_target.key_path),
+    ]
 
 
 def test_save_names_the_images_the_engine_lacks(

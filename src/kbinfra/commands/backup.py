@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from kbinfra.cli import DirOption, OutputOption, app
-from kbinfra.commands.deploy import (
+from kbinfra.cli import app
+from kbinfra.commands.deploy import _confirm, _open
+from kbinfra.commands.options import (
+    DirOption,
     IdentityOption,
     KnownHostsOption,
+    OutputOption,
     TargetOption,
-    _confirm,
-    _open,
 )
 from kbinfra.ui import Console, Output, format_bytes
 

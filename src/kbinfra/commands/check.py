@@ -15,11 +15,18 @@ from typing import Annotated, Any
 import typer
 
 from kbinfra import __version__
-from kbinfra.cli import DirOption, OutputOption, app
+from kbinfra.cli import app
 
 # Imported as a module: deploy imports kbinfra.cli, which imports this module, so deploy may
 # still be initialising here; its names are looked up when the commands run.
 from kbinfra.commands import deploy
+from kbinfra.commands.options import (
+    DirOption,
+    IdentityOption,
+    KnownHostsOption,
+    OutputOption,
+    TargetOption,
+)
 from kbinfra.ui import Console, Output
 
 EXIT_FAILED = 1
@@ -38,9 +45,9 @@ OnlyOption = Annotated[
 def check(
     stack_dir: DirOption = Path(),
     only: OnlyOption = None,
-    target: deploy.TargetOption = None,
-    known_hosts: deploy.KnownHostsOption = None,
-    identity: deploy.IdentityOption = None,
+    target: TargetOption = None,
+    known_hosts: KnownHostsOption = None,
+    identity: IdentityOption = None,
     output: OutputOption = Output.text,
 ) -> None:
     """Prove every enabled service is reachable, locked down and running as rendered.
@@ -111,9 +118,9 @@ def bench(
             show_default=False,
         ),
     ] = None,
-    target: deploy.TargetOption = None,
-    known_hosts: deploy.KnownHostsOption = None,
-    identity: deploy.IdentityOption = None,
+    target: TargetOption = None,
+    known_hosts: KnownHostsOption = None,
+    identity: IdentityOption = None,
     force_unlock: deploy.ForceUnlockOption = False,
     output: OutputOption = Output.text,
 ) -> None:

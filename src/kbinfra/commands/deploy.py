@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from kbinfra.cli import DirOption, OutputOption, app
+from kbinfra.cli import app
+from kbinfra.commands.options import (
+    DirOption,
+    IdentityOption,
+    KnownHostsOption,
+    OutputOption,
+    TargetOption,
+)
 from kbinfra.errors import KbinfraError
 from kbinfra.ui import Console, Output
 
@@ -29,24 +36,6 @@ ssh_app = typer.Typer(
 )
 app.add_typer(ssh_app, name="ssh")
 
-TargetOption = Annotated[
-    str | None,
-    typer.Option("--target", help="local or ssh://user@host[:port] (default: the stack file's)."),
-]
-KnownHostsOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--known-hosts",
-        help="known_hosts file (default: $KBINFRA_KNOWN_HOSTS or ~/.ssh/known_hosts).",
-        show_default=False,
-    ),
-]
-IdentityOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--identity", help="SSH private key (default: $KBINFRA_SSH_IDENTITY, ssh config, agent)."
-    ),
-]
 ForceUnlockOption = Annotated[
     bool, typer.Option("--force-unlock", help="Break the stack's lock even if its holder runs.")
 ]

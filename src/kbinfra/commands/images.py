@@ -5,6 +5,13 @@ from typing import Annotated
 
 import typer
 
+from kbinfra.commands.options import (
+    DirOption,
+    IdentityOption,
+    KnownHostsOption,
+    OutputOption,
+    TargetOption,
+)
 from kbinfra.ui import Console, Output
 
 app = typer.Typer(
@@ -12,11 +19,6 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
 )
-
-DirOption = Annotated[
-    Path, typer.Option("--dir", "-d", help="Stack folder (holds kbinfra.yaml).", show_default=False)
-]
-OutputOption = Annotated[Output, typer.Option("--output", "-o", help="text or json.")]
 
 
 @app.command()
@@ -95,20 +97,28 @@ def save(
 def load(
     file: Annotated[Path, typer.Argument(help="Tarball written by `kbinfra images save`.")],
     stack_dir: DirOption = Path(),
+    target: TargetOption = None,
+    known_hosts: KnownHostsOption = None,
+    identity: IdentityOption = None,
     output: OutputOption = Output.text,
 ) -> None:
-    """Load a tarball into the stack's target engine (local, or over SSH), streamed."""
-    from kbinfra.images.transfer import docker_client_for, load_images  # noqa: PLC0415
-    from kbinfra.stack import open_stack  # noqa: PLC0415
+    """Load a tarball into the stack's target engine (local, or over SSH), streamed.
+
+    Over SSH it uses the connection every other command uses: the host key checked against
+    kbinfra's known_hosts (`kbinfra ssh trust`), never trusted on first use.
+    """
+    from kbinfra.commands.deploy import _open  # noqa: PLC0415 (deploy imports kbinfra.cli)
+    from kbinfra.images.transfer import load_images  # noqa: PLC0415
 
     console = Console(output)
-    stack = open_stack(stack_dir)
-    console.note(f"loading {file} into {stack.spec.target}")
-    result = load_images(docker_client_for(stack), file, console.note)
+    stack, engine = _open(stack_dir, target, known_hosts, identity, console)
+    where = target or stack.spec.target
+    console.note(f"loading {file} into {where}")
+    result = load_images(engine.docker_client(), file, console.note)
     if console.json_mode:
-        console.emit_json({**result.as_json(), "target": stack.spec.target})
+        console.emit_json({**result.as_json(), "target": where})
         return
     console.line(
-        f"loaded {len(result.images)} images into {stack.spec.target} "
+        f"loaded {len(result.images)} images into {where} "
         f"({result.bytes / 2**20:.0f} MiB) in {result.seconds:.1f}s"
     )

@@ -35,22 +35,6 @@ def stack_images(stack: Stack) -> list[str]:
     return sorted(images)
 
 
-def docker_client_for(stack: Stack) -> docker.DockerClient:
-    """The Docker Engine of the stack's target: the local socket, or ``ssh://`` (paramiko).
-
-    The remote host key must already be known (docker-py loads the system known_hosts and
-    rejects unknown hosts); kbinfra keeps that default.
-    """
-    import docker  # noqa: PLC0415 (heavy: only commands that talk to an engine import it)
-
-    parts = stack.spec.ssh_parts()
-    if parts is None:
-        return docker.from_env()
-    user, host, port = parts
-    address = f"[{host}]" if ":" in host else host
-    return docker.DockerClient(base_url=f"ssh://{user}@{address}:{port}", timeout=600)
-
-
 @dataclass(frozen=True)
 class TransferResult:
     file: Path
