@@ -90,18 +90,13 @@ def test_load_streams_the_archive_to_an_ssh_target(
     make_stack: Callable[..., Stack],
     tmp_path: Path,
 ) -> None:
-    overrides = only_postgres(make_stack, unique_image)
-    overrides["target"] = ssh_target.docker_base_url
-    stack = make_stack("minimum", overrides)
     image_id = docker_client.images.get(unique_image).id
-    archive = tmp_path / "images.tar"
-    runner = CliRunner()
-    saved = runner.invoke(app, ["images", "save", str(archive), "--dir", str(stack.dir)])
-    assert saved.exit_code == 0, saved.output
-    docker_client.images.remove(unique_image, force=True)
+    stack, archive = saved_ssh_stack(docker_client, unique_image, ssh_target, make_stack, tmp_path)
 
     # The test bed's sshd fronts this same engine: what arrives over SSH shows up here.
-    loaded = runner.invoke(app, ["images", "load", str(archive), *ssh_options(stack, ssh_target)])
+    loaded = CliRunner().invoke(
+        app, ["images", "load", str(archive), *ssh_options(stack, ssh_target)]
+    )
     assert loaded.exit_code == 0, loaded.output
     assert f"into {ssh_target.docker_base_url}" in loaded.output
     assert docker_client.images.get(unique_image).id == image_id
@@ -115,14 +110,7 @@ def test_load_refuses_an_ssh_target_whose_host_key_is_not_trusted(
     tmp_path: Path,
 ) -> None:
     """The same known_hosts rule as apply: no trust on first use, not even for images."""
-    overrides = only_postgres(make_stack, unique_image)
-    overrides["target"] = ssh_target.docker_base_url
-    stack = make_stack("minimum", overrides)
-    archive = tmp_path / "images.tar"
-    runner = CliRunner()
-    saved = runner.invoke(app, ["images", "save", str(archive), "--dir", str(stack.dir)])
-    assert saved.exit_code == 0, saved.output
-    docker_client.images.remove(unique_image, force=True)
+    stack, archive = saved_ssh_stack(docker_client, unique_image, ssh_target, make_stack, tmp_path)
     empty = tmp_path / "known_hosts"
     empty.write_text("")
     # Even a user whose own ~/.ssh/known_hosts trusts the host: kbinfra's file decides.
@@ -144,6 +132,25 @@ def test_load_refuses_an_ssh_target_whose_host_key_is_not_trusted(
     assert "unknown SSH host key" in error
     assert f"kbinfra ssh trust {ssh_target.host}:{ssh_target.port}" in error
     assert not docker_client.images.list(name=unique_image)
+
+
+def saved_ssh_stack(
+    docker_client: Any,
+    image: str,
+    ssh_target: SSHTarget,
+    make_stack: Callable[..., Stack],
+    tmp_path: Path,
+) -> tuple[Stack, Path]:
+    """A stack on the SSH target running ``image``, saved to an archive, then the image
+    removed from the engine: only a load can bring it back."""
+    overrides = only_postgres(make_stack, image)
+    overrides["target"] = ssh_target.docker_base_url
+    stack = make_stack("minimum", overrides)
+    archive = tmp_path / "images.tar"
+    saved = CliRunner().invoke(app, ["images", "save", str(archive), "--dir", str(stack.dir)])
+    assert saved.exit_code == 0, saved.output
+    docker_client.images.remove(image, force=True)
+    return stack, archive
 
 
 def ssh_options(stack: Stack, ssh_target: SSHTarget, known_hosts: Path | None = None) -> list[str]:
