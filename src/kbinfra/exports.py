@@ -50,6 +50,7 @@ def compose_document(stack: Stack, specs: dict[str, ContainerSpec] | None = None
         if spec.ports:
             entry["ports"] = [f"{p.host_ip}:{p.host_port}:{p.container_port}" for p in spec.ports]
         mounts = [f"{v.volume}:{v.target}" for v in spec.volumes]
+        mounts += [f"{b.source}:{b.target}" + (":ro" if b.read_only else "") for b in spec.binds]
         mounts += [f"./{f.source}:{f.target}:ro" for f in spec.files]
         if mounts:
             entry["volumes"] = mounts

@@ -121,6 +121,8 @@ def config_parts(
         "healthcheck": spec.healthcheck._asdict() if spec.healthcheck else None,
         "extra_hosts": spec.extra_hosts,
     }
+    if spec.binds:  # only then: containers without binds keep the hash they always had
+        parts["binds"] = [b._asdict() for b in spec.binds]
     for name, value in spec.env.items():
         parts[f"env.{name}"] = value
     for name, secret in spec.secret_env.items():

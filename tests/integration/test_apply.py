@@ -166,6 +166,26 @@ def _psql(deployment: Deployment, sql: str) -> str:
     )
 
 
+def _node_root_size(deployment: Deployment) -> float:
+    """node_filesystem_size_bytes of mount point "/" as node-exporter reports it."""
+    metrics = _docker(
+        "exec",
+        deployment.container("node-exporter"),
+        "wget",
+        "-qO-",
+        "http://127.0.0.1:9100/metrics",
+    )
+    for line in metrics.splitlines():
+        if line.startswith("node_filesystem_size_bytes{") and 'mountpoint="/"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("node-exporter reports no file system mounted at /")
+
+
+def _host_root_size() -> float:
+    stat = os.statvfs("/")
+    return float(stat.f_blocks * stat.f_frsize)
+
+
 # ---------------------------------------------------------------- the tests
 def test_apply_status_reapply_and_one_change(full_deployment: Deployment) -> None:
     deployment = full_deployment
@@ -204,6 +224,8 @@ def test_apply_status_reapply_and_one_change(full_deployment: Deployment) -> Non
     aliases = info["NetworkSettings"]["Networks"][deployment.name + "-net"]["Aliases"]
     assert "postgres" in aliases
     assert SECRET_MARK not in json.dumps(info["Config"]["Labels"])
+    # The test bed's engine runs on this machine (over SSH too): node-exporter's "/" is ours.
+    assert _node_root_size(deployment) == _host_root_size()
 
     again = deployment.run("apply", "--yes")
     assert again.code == 0, again.err

@@ -9,8 +9,10 @@ import pytest
 
 from kbinfra.errors import SpecError
 from kbinfra.paths import templates_dir
+from kbinfra.plan import config_parts
 from kbinfra.services import all_services
 from kbinfra.services._monitoring import camel, failure_text, first_line_number
+from kbinfra.services.base import BindMount
 from kbinfra.services.node_exporter import SERVICE as NODE
 from kbinfra.services.postgres_exporter import SERVICE as POSTGRES
 from kbinfra.services.redis_exporter import SERVICE as REDIS
@@ -77,6 +79,27 @@ def test_node_exporter_reads_the_host_root(make_stack: Callable[..., Stack]) -> 
     spec = NODE.container(make_stack("minimum").contexts["node-exporter"])
     assert spec.image == "prom/node-exporter:v1.12.1"
     assert "--path.rootfs=/host" in (spec.command or [])
+    assert list(spec.binds) == [BindMount(source="/", target="/host", read_only=True)]
+    assert not spec.volumes  # the host is seen, never written, and nothing of it is backed up
+
+
+def test_node_exporter_without_the_host_root(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack("minimum", {"services": {"node-exporter": {"host_root": False}}})
+    spec = NODE.container(stack.contexts["node-exporter"])
+    assert not spec.binds
+    assert not any(arg.startswith("--path.rootfs") for arg in spec.command or [])
+
+
+def test_only_containers_with_binds_hash_them(make_stack: Callable[..., Stack]) -> None:
+    """Adding bind mounts to kbinfra changed no other container's config hash."""
+    stack = make_stack("minimum")
+    for name, service in stack.services.items():
+        spec = service.container(stack.contexts[name])
+        parts = config_parts(spec, [], stack.secrets)
+        assert ("binds" in parts) is bool(spec.binds), name
+    assert [n for n, s in stack.services.items() if s.container(stack.contexts[n]).binds] == [
+        "node-exporter"
+    ]
 
 
 def test_postgres_exporter_logs_in_as_the_monitor_role(make_stack: Callable[..., Stack]) -> None:

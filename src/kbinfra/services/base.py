@@ -67,6 +67,18 @@ class VolumeMount(NamedTuple):
     data: bool = True  # data volumes are never removed without an explicit, confirmed command
 
 
+class BindMount(NamedTuple):
+    """A folder of the target host, seen inside the container (read-only unless told).
+
+    Only for what a service must see of the host itself (node-exporter reads the host's file
+    systems); data lives in named volumes, which kbinfra backs up and never bind-mounts.
+    """
+
+    source: str  # absolute path on the target host
+    target: str
+    read_only: bool = True
+
+
 class FileMount(NamedTuple):
     """A rendered file placed into the container at ``target``.
 
@@ -105,6 +117,7 @@ class ContainerSpec(NamedTuple):
     secret_env: Mapping[str, str] = _NO_ENV  # env var -> secret name
     ports: Sequence[PortBinding] = ()
     volumes: Sequence[VolumeMount] = ()
+    binds: Sequence[BindMount] = ()
     files: Sequence[FileMount] = ()
     healthcheck: HealthCheck | None = None
     shm_size_mb: int | None = None

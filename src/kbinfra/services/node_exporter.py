@@ -4,33 +4,63 @@ The module is ``node_exporter`` (a Python name); the service is ``node-exporter`
 and the stack file key services by ``Service.name``).
 """
 
+from pydantic import Field
+
 from kbinfra.services._monitoring import Exporter
 from kbinfra.services._probes import wget_http_probe
-from kbinfra.services.base import ContainerSpec, HealthCheck, ServiceContext
+from kbinfra.services.base import (
+    BindMount,
+    ContainerSpec,
+    HealthCheck,
+    ServiceContext,
+    ServiceSettings,
+)
 
-#: Where the host's root file system is expected inside the container. kbinfra cannot mount it
-#: yet (``ContainerSpec`` has named volumes only), so until it can, the filesystem collector
-#: sees the container's own view; memory, CPU and network come from /proc and /sys, which
-#: show the host's counters for those anyway.
+#: Where the host's root file system appears inside the container (upstream's layout).
 HOST_ROOT = "/host"
+#: Upstream's default exclusions, plus the files Docker mounts into every container: without
+#: the host's PID namespace node-exporter reads the container's mount table, where they show
+#: up as file systems of their own (the host disk again, under /etc/hosts and friends).
+MOUNT_POINTS_EXCLUDE = (
+    r"^/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+"
+    r"|etc/hostname|etc/hosts|etc/resolv\.conf)($|/)"
+)
+
+
+class NodeExporterSettings(ServiceSettings):
+    host_root: bool = Field(
+        True,
+        description="Mount the host's / read-only at /host, so disk figures are the host's",
+    )
 
 
 class NodeExporter(Exporter):
     name = "node-exporter"
     share = 0.05
+    settings_model = NodeExporterSettings
     default_image = "prom/node-exporter:v1.12.1"
     container_port = 9100
     job = "node"
 
     def container(self, ctx: ServiceContext) -> ContainerSpec:
+        settings: NodeExporterSettings = ctx.settings
+        # Read-only and without upstream's rslave: rslave needs / to be a shared mount, which
+        # hosts without systemd (many VMs and containers) do not have; Docker would refuse.
+        binds = [BindMount("/", HOST_ROOT)] if settings.host_root else []
+        rootfs = (
+            [
+                f"--path.rootfs={HOST_ROOT}",
+                f"--collector.filesystem.mount-points-exclude={MOUNT_POINTS_EXCLUDE}",
+            ]
+            if settings.host_root
+            else []
+        )
         return ContainerSpec(
             service=self.name,
             image=ctx.image,
-            command=[
-                f"--path.rootfs={HOST_ROOT}",
-                f"--web.listen-address=:{self.container_port}",
-            ],
+            command=[*rootfs, f"--web.listen-address=:{self.container_port}"],
             ports=ctx.loopback_port(self.container_port),
+            binds=binds,
             healthcheck=HealthCheck(
                 # The image is busybox-based: wget is there, curl is not.
                 test=wget_http_probe(self.container_port, "/"),

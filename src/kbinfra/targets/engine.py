@@ -200,7 +200,11 @@ class Engine:
                 (port.host_ip, port.host_port)
             )
         host_config = api.create_host_config(
-            mounts=[Mount(target=v.target, source=v.volume, type="volume") for v in spec.volumes],
+            mounts=[Mount(target=v.target, source=v.volume, type="volume") for v in spec.volumes]
+            + [
+                Mount(target=b.target, source=b.source, type="bind", read_only=b.read_only)
+                for b in spec.binds
+            ],
             port_bindings=port_bindings or None,
             nano_cpus=round(spec.cpus * 1e9),
             mem_limit=f"{spec.memory_mb}m",
