@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from kbinfra.errors import SpecError
 from kbinfra.spec.profile import builtin_profile_names, load_profile
-from kbinfra.spec.stack import load_stack
+from kbinfra.spec.stack import BackupSettings, load_stack
 from kbinfra.units import parse_memory_mib, parse_storage_gb
 from tests.conftest import edit_stack_file, write_stack_dir
 
@@ -313,3 +313,9 @@ def test_every_published_host_port_is_unique_including_extra_ports(tmp_path: Pat
     edit_stack_file(folder, {"services": {"qdrant": {"grpc_port": 5432}}})
     with pytest.raises(SpecError, match="services postgres and qdrant both use host port 5432"):
         load_stack(folder)
+
+
+def test_the_backup_volumes_default_is_not_shared_between_stacks() -> None:
+    """It is a plain ``[]`` default (not default_factory=list, slow at start-up)."""
+    first, second = BackupSettings(), BackupSettings()
+    assert first.volumes == [] and first.volumes is not second.volumes
