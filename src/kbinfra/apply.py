@@ -550,11 +550,7 @@ def destroy_stack(
             result.containers.append(container.name)
         result.network = engine.remove_network()
         if delete_data:
-            declared = {
-                v.volume
-                for name, service in stack.services.items()
-                for v in service.container(stack.contexts[name]).volumes
-            }
+            declared = {v.volume for spec in stack.containers.values() for v in spec.volumes}
             for volume in sorted(set(engine.stack_volumes()) | declared):
                 if engine.ensure_volume_absent(volume):
                     progress("volumes", f"deleted {volume}")

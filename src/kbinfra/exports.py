@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from kbinfra.services.base import ContainerSpec, RenderedFile
+from kbinfra.services.base import RenderedFile
 from kbinfra.spec.yamlfile import dump_yaml
 from kbinfra.stack import Stack
 
@@ -13,19 +13,15 @@ COMPOSE_FILE = "docker-compose.yml"
 COMPOSE_ENV = ".env"
 
 
-def containers(stack: Stack) -> dict[str, ContainerSpec]:
-    return {name: s.container(stack.contexts[name]) for name, s in stack.services.items()}
-
-
 def env_var_for(secret: str) -> str:
     return f"KBINFRA_{secret.upper()}"
 
 
-def compose_document(stack: Stack, specs: dict[str, ContainerSpec] | None = None) -> dict[str, Any]:
+def compose_document(stack: Stack) -> dict[str, Any]:
     """The stack as a compose file; secrets come from ``.env`` by ``${VAR}`` interpolation."""
     services: dict[str, Any] = {}
     volumes: dict[str, Any] = {}
-    for name, spec in (containers(stack) if specs is None else specs).items():
+    for name, spec in stack.containers.items():
         entry: dict[str, Any] = {
             "image": spec.image,
             "container_name": f"{stack.spec.name}-{name}",
@@ -84,17 +80,17 @@ def compose_document(stack: Stack, specs: dict[str, ContainerSpec] | None = None
 def stack_files(stack: Stack) -> list[RenderedFile]:
     from kbinfra.render import environment  # noqa: PLC0415 (render imports this module)
 
-    specs = containers(stack)
-    document = compose_document(stack, specs)
+    document = compose_document(stack)
     header = (
         f"# docker compose export of kbinfra stack {stack.spec.name!r}.\n"
         "# `kbinfra apply` is the supported way to deploy; this file is for people who prefer\n"
         "# compose. Secrets are read from .env (mode 0600) next to this file.\n"
     )
     compose = header + dump_yaml(document)
-    secret_names = sorted({s for spec in specs.values() for s in spec.secret_env.values()})
+    specs = stack.containers.values()
+    secret_names = sorted({s for spec in specs for s in spec.secret_env.values()})
     env_text = "".join(f"{env_var_for(s)}={stack.secrets[s]}\n" for s in secret_names)
-    published = sorted({(p.host_ip, p.host_port) for spec in specs.values() for p in spec.ports})
+    published = sorted({(p.host_ip, p.host_port) for spec in specs for p in spec.ports})
     variables = {
         "stack": stack.spec,
         "public_ports": sorted({port for ip, port in published if ip != "127.0.0.1"}),

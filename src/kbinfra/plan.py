@@ -476,11 +476,7 @@ def desired_services(stack: Stack, rendered: Sequence[RenderedFile]) -> dict[str
     by_path = {f.path: f for f in rendered}
     return {
         name: desired_service(
-            stack.spec.name,
-            service.container(stack.contexts[name]),
-            service.stage,
-            by_path,
-            stack.secrets,
+            stack.spec.name, stack.containers[name], service.stage, by_path, stack.secrets
         )
         for name, service in stack.services.items()
     }

@@ -11,7 +11,7 @@ from pathlib import Path
 from kbinfra.errors import SpecError
 from kbinfra.secrets import Redactor, load_secrets
 from kbinfra.services import all_services
-from kbinfra.services.base import Service, ServiceContext
+from kbinfra.services.base import ContainerSpec, Service, ServiceContext
 from kbinfra.spec.profile import Profile, load_profile
 from kbinfra.spec.stack import StackSpec, load_stack
 
@@ -49,6 +49,11 @@ class Stack:
             )
             for name, service in self.services.items()
         }
+
+    @cached_property
+    def containers(self) -> dict[str, ContainerSpec]:
+        """Every enabled service's container, in deployment order."""
+        return {name: s.container(self.contexts[name]) for name, s in self.services.items()}
 
     def select(self, names: Iterable[str]) -> list[str]:
         """The enabled services named (``--only``), in deployment order; a name that is not

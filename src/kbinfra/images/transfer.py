@@ -29,10 +29,7 @@ Progress = Callable[[str], None]
 
 def stack_images(stack: Stack) -> list[str]:
     """Every image the stack's enabled services run, sorted, each once."""
-    images = {
-        service.container(stack.contexts[name]).image for name, service in stack.services.items()
-    }
-    return sorted(images)
+    return sorted({spec.image for spec in stack.containers.values()})
 
 
 @dataclass(frozen=True)

@@ -135,8 +135,8 @@ def check_published(bindings: Sequence[Binding], allowed: set[tuple[str, int, in
 def allowed_public(stack: Stack) -> set[tuple[str, int, int]]:
     """The non-loopback ports the stack's container specs publish (nginx's)."""
     allowed = set()
-    for name, service in stack.services.items():
-        for port in service.container(stack.contexts[name]).ports:
+    for name, spec in stack.containers.items():
+        for port in spec.ports:
             if not loopback(port.host_ip):
                 allowed.add((name, port.host_port, port.container_port))
     return allowed
