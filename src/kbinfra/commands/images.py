@@ -111,14 +111,14 @@ def load(
     from kbinfra.images.transfer import load_images  # noqa: PLC0415
 
     console = Console(output)
-    stack, engine = _open(stack_dir, target, known_hosts, identity, console)
-    where = target or stack.spec.target
-    console.note(f"loading {file} into {where}")
-    result = load_images(engine.docker_client(), file, console.note)
+    _, where = _open(stack_dir, target, known_hosts, identity, console)
+    console.note(f"loading {file} into {where.name}")
+    with where:
+        result = load_images(where.docker_client(), file, console.note)
     if console.json_mode:
-        console.emit_json({**result.as_json(), "target": where})
+        console.emit_json({**result.as_json(), "target": where.name})
         return
     console.line(
-        f"loaded {len(result.images)} images into {where} "
+        f"loaded {len(result.images)} images into {where.name} "
         f"({result.bytes / 2**20:.0f} MiB) in {result.seconds:.1f}s"
     )
