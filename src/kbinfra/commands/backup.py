@@ -25,6 +25,13 @@ from kbinfra.ui import Console, Output, format_bytes
 if TYPE_CHECKING:
     from kbinfra.backups.run import BackupResult, CheckResult
 
+BackupDirArgument = Annotated[
+    Path,
+    typer.Argument(
+        help="A backup directory, or `latest` (the newest in backup.root).", show_default=False
+    ),
+]
+
 backup_app = typer.Typer(
     help="Back up the stack's data and files; `backup verify DIR` runs the restore drill.",
     invoke_without_command=True,
@@ -171,13 +178,7 @@ def _finish(console: Console, result: "CheckResult", what: str) -> None:
 
 @backup_app.command("verify")
 def verify(
-    backup_dir: Annotated[
-        Path,
-        typer.Argument(
-            help="A backup directory, or `latest` (the newest in backup.root).",
-            show_default=False,
-        ),
-    ],
+    backup_dir: BackupDirArgument,
     stack_dir: DirOption = Path(),
     target: TargetOption = None,
     known_hosts: KnownHostsOption = None,
@@ -199,13 +200,7 @@ def verify(
 
 @app.command()
 def restore(
-    backup_dir: Annotated[
-        Path,
-        typer.Argument(
-            help="A backup directory, or `latest` (the newest in backup.root).",
-            show_default=False,
-        ),
-    ],
+    backup_dir: BackupDirArgument,
     stack_dir: DirOption = Path(),
     only: Annotated[
         list[str] | None,
