@@ -100,7 +100,7 @@ class HealthCheck(NamedTuple):
     start_period_s: int = 10
 
 
-_NO_ENV: Mapping[str, str] = MappingProxyType({})
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 class ContainerSpec(NamedTuple):
@@ -113,8 +113,8 @@ class ContainerSpec(NamedTuple):
     command: Sequence[str] | None = None
     entrypoint: Sequence[str] | None = None
     user: str | None = None
-    env: Mapping[str, str] = _NO_ENV
-    secret_env: Mapping[str, str] = _NO_ENV  # env var -> secret name
+    env: Mapping[str, str] = _EMPTY
+    secret_env: Mapping[str, str] = _EMPTY  # env var -> secret name
     ports: Sequence[PortBinding] = ()
     volumes: Sequence[VolumeMount] = ()
     binds: Sequence[BindMount] = ()
@@ -146,7 +146,7 @@ class ServiceContext(NamedTuple):
     resources: Resources
     secrets: Mapping[str, str]
     enabled: frozenset[str]
-    extra: Mapping[str, Any] = _NO_ENV
+    extra: Mapping[str, Any] = _EMPTY
 
     @property
     def image(self) -> str:

@@ -46,15 +46,14 @@ class NodeExporter(Exporter):
         settings: NodeExporterSettings = ctx.settings
         # Read-only and without upstream's rslave: rslave needs / to be a shared mount, which
         # hosts without systemd (many VMs and containers) do not have; Docker would refuse.
-        binds = [BindMount("/", HOST_ROOT)] if settings.host_root else []
-        rootfs = (
-            [
+        binds: list[BindMount] = []
+        rootfs: list[str] = []
+        if settings.host_root:
+            binds = [BindMount("/", HOST_ROOT)]
+            rootfs = [
                 f"--path.rootfs={HOST_ROOT}",
                 f"--collector.filesystem.mount-points-exclude={MOUNT_POINTS_EXCLUDE}",
             ]
-            if settings.host_root
-            else []
-        )
         return ContainerSpec(
             service=self.name,
             image=ctx.image,
