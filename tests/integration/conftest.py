@@ -81,6 +81,7 @@ def bring_up_testbed() -> Testbed:
             known_hosts_path=Path(ssh["known_hosts_path"]),
         ),
         up_log=proc.stderr,
+        base_image=str(state.get("base_image") or ""),
     )
 
 
@@ -98,6 +99,19 @@ def image_map_path(testbed: Testbed) -> Path:
 @pytest.fixture(scope="session")
 def images(testbed: Testbed) -> dict[str, str]:
     return testbed.images
+
+
+@pytest.fixture(scope="session")
+def base_image(testbed: Testbed, docker_client: docker.DockerClient) -> str:
+    """The test bed's plain Debian image, present in the engine (no registry can provide it)."""
+    step = "scripts/testbed up builds it (ensure_base_image) and records it in testbed.json"
+    if not testbed.base_image:
+        pytest.fail(f"the test bed recorded no base image: {step}", pytrace=False)
+    try:
+        docker_client.images.get(testbed.base_image)
+    except docker.errors.ImageNotFound:
+        pytest.fail(f"image {testbed.base_image} is missing: {step}", pytrace=False)
+    return testbed.base_image
 
 
 @pytest.fixture(scope="session")

@@ -277,13 +277,15 @@ def test_apply_status_reapply_and_one_change(full_deployment: Deployment) -> Non
     assert deployment.run("apply", "--yes", "--only", "redsi").code == 2
 
 
-def test_failed_health_check_rolls_back_and_keeps_data(deployment: Deployment) -> None:
+def test_failed_health_check_rolls_back_and_keeps_data(
+    deployment: Deployment, base_image: str
+) -> None:
     assert deployment.run("apply", "--yes").code == 0
     _psql(deployment, "create table keep (n int); insert into keep values (1), (2), (3)")
     old_id = _inspect(deployment.container("postgres"))["Id"]  # type: ignore[index]
 
     # An image that has no PostgreSQL: the new container exits at once.
-    broken = "kbinfra-apply/debian:bookworm"
+    broken = base_image
     deployment.edit(lambda d: d["services"]["postgres"].__setitem__("image", broken))
     deployment.edit(lambda d: d["services"]["postgres"].__setitem__("version", 15))
     failed = deployment.run("apply", "--yes", "--timeout", "60")

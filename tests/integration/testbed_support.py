@@ -38,6 +38,9 @@ class Testbed:
     images: dict[str, str]
     ssh: SSHTarget
     up_log: str
+    #: The test bed's debootstrap'd Debian (`ensure_base_image` in scripts/testbed): the image
+    #: a test uses when it needs one that runs no service at all.
+    base_image: str
 
 
 @contextmanager
