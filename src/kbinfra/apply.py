@@ -30,7 +30,7 @@ from kbinfra.plan import (
     mounted_by,
 )
 from kbinfra.render import render_stack
-from kbinfra.services.base import RenderedFile
+from kbinfra.service import RenderedFile
 from kbinfra.stack import Stack
 from kbinfra.targets.base import FileStore, Target
 from kbinfra.targets.engine import Engine

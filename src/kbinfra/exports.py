@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from kbinfra.services.base import RenderedFile
+from kbinfra.service import RenderedFile
 from kbinfra.spec.yamlfile import dump_yaml
 from kbinfra.stack import Stack
 

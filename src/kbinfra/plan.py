@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from kbinfra.services.base import ContainerSpec, FileMount, RenderedFile
+from kbinfra.service import ContainerSpec, FileMount, RenderedFile
 from kbinfra.stack import Stack
 
 LABEL_STACK = "kbinfra.stack"

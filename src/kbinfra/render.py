@@ -16,7 +16,8 @@ import jinja2
 from kbinfra import __version__
 from kbinfra.errors import KbinfraError
 from kbinfra.paths import templates_dir
-from kbinfra.services.base import RenderedFile, Service, ServiceContext
+from kbinfra.registry import all_services, service_folder
+from kbinfra.service import RenderedFile, Service, ServiceContext
 from kbinfra.spec.yamlfile import dump_yaml
 from kbinfra.stack import Stack
 from kbinfra.units import format_mib
@@ -45,10 +46,31 @@ def _bytecode_cache() -> jinja2.BytecodeCache | None:
     return jinja2.FileSystemBytecodeCache(str(folder))
 
 
+def _stack_loader() -> jinja2.BaseLoader:
+    """The templates that belong to no service: ``_stack/`` (exports) and ``_init/``."""
+    return jinja2.FileSystemLoader(str(templates_dir()))
+
+
+def _service_loaders() -> dict[str, jinja2.BaseLoader]:
+    """``<service>/<file>.j2`` is ``kbinfra/services/<folder>/templates/<file>.j2``."""
+    return {
+        name: jinja2.FileSystemLoader(str(folder))
+        for name in all_services()
+        if (folder := service_templates(name)) is not None
+    }
+
+
+def service_templates(name: str) -> Path | None:
+    """The ``templates/`` folder of service ``name``, or None when it renders none."""
+    folder = service_folder(name)
+    templates = folder / "templates" if folder is not None else None
+    return templates if templates is not None and templates.is_dir() else None
+
+
 @cache
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        loader=jinja2.ChoiceLoader([jinja2.PrefixLoader(_service_loaders()), _stack_loader()]),
         bytecode_cache=_bytecode_cache(),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
@@ -63,10 +85,11 @@ def environment() -> jinja2.Environment:
 
 
 def template_names(service: str) -> list[str]:
-    folder = templates_dir() / service
-    if not folder.is_dir():
+    """``<service>/<path>.j2`` for every template in the service's ``templates/`` folder."""
+    folder = service_templates(service)
+    if folder is None:
         return []
-    return sorted(p.relative_to(templates_dir()).as_posix() for p in folder.rglob("*.j2"))
+    return sorted(f"{service}/{p.relative_to(folder).as_posix()}" for p in folder.rglob("*.j2"))
 
 
 def render_service(service: Service, ctx: ServiceContext) -> list[RenderedFile]:
@@ -79,7 +102,7 @@ def render_service(service: Service, ctx: ServiceContext) -> list[RenderedFile]:
             text = environment().get_template(name).render(variables)
         except jinja2.TemplateError as error:
             line = getattr(error, "lineno", None)
-            where = f"templates/{name}" + (f":{line}" if line else "")
+            where = (getattr(error, "filename", None) or name) + (f":{line}" if line else "")
             raise KbinfraError(f"template failed: {error}", where=where) from None
         short = Path(name).name.removesuffix(".j2")
         secret = short in secret_templates

@@ -9,9 +9,9 @@ from functools import cached_property
 from pathlib import Path
 
 from kbinfra.errors import SpecError
+from kbinfra.registry import all_services
 from kbinfra.secrets import Redactor, load_secrets
-from kbinfra.services import all_services
-from kbinfra.services.base import ContainerSpec, Service, ServiceContext
+from kbinfra.service import ContainerSpec, Service, ServiceContext
 from kbinfra.spec.profile import Profile, load_profile
 from kbinfra.spec.stack import StackSpec, load_stack
 

@@ -12,7 +12,7 @@ import yaml
 
 from kbinfra.errors import SpecError
 from kbinfra.render import render_service, write_tree
-from kbinfra.services.alertmanager import CONFIG_FILE, SERVICE
+from kbinfra.services.alertmanager.service import CONFIG_FILE, SERVICE
 from kbinfra.stack import Stack
 from kbinfra.validation import find_tool
 

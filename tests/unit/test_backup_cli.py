@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kbinfra.backups.manifest import Artifact, Manifest, manifest_sum_line
+from kbinfra.backup.manifest import Artifact, Manifest, manifest_sum_line
 from tests.conftest import write_stack_dir
 
 NOWHERE = "unix:///nonexistent/docker.sock"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from kbinfra.backups.manifest import (
+from kbinfra.backup.manifest import (
     Artifact,
     Difference,
     Manifest,

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from kbinfra.backups.retention import Found, retention_plan
+from kbinfra.backup.retention import Found, retention_plan
 
 NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
 

@@ -7,16 +7,25 @@ from typing import Any
 
 import pytest
 
-from kbinfra.backups import handler_for
-from kbinfra.backups.base import Observed
-from kbinfra.backups.manifest import Artifact
-from kbinfra.backups.postgres import (
+from kbinfra.backup import handler_for
+from kbinfra.backup.handler import Observed
+from kbinfra.backup.manifest import Artifact
+from kbinfra.backup.run import (
+    check_artifact,
+    data_handlers,
+    drill_spec,
+    select_services,
+    summarize,
+)
+from kbinfra.backup.volumes import tar_path
+from kbinfra.service import ContainerSpec, PortBinding, VolumeMount
+from kbinfra.services.postgres.backup import (
     conninfo_dbname,
     dump_path,
     restore_errors,
     without_passwords_of,
 )
-from kbinfra.backups.qdrant import (
+from kbinfra.services.qdrant.backup import (
     State,
     alias_actions,
     aliases_digest,
@@ -25,7 +34,7 @@ from kbinfra.backups.qdrant import (
     snapshot_path,
     vector_fingerprint,
 )
-from kbinfra.backups.redis import (
+from kbinfra.services.redis.backup import (
     Persistence,
     canonical_digest,
     keyspace_counts,
@@ -34,15 +43,6 @@ from kbinfra.backups.redis import (
     read_command,
     sample_name,
 )
-from kbinfra.backups.run import (
-    check_artifact,
-    data_handlers,
-    drill_spec,
-    select_services,
-    summarize,
-)
-from kbinfra.backups.volumes import tar_path
-from kbinfra.services.base import ContainerSpec, PortBinding, VolumeMount
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 SHA = "0" * 64

@@ -17,8 +17,8 @@ from pydantic import ValidationError
 from kbinfra import __version__
 from kbinfra.errors import SpecError
 from kbinfra.render import render_service, render_stack, write_tree
-from kbinfra.services._probes import python_http_probe
-from kbinfra.services.embeddings import (
+from kbinfra.service_kit.healthchecks import python_http_probe
+from kbinfra.services.embeddings.service import (
     CONFIG_FILE,
     DEFAULT_MODELS,
     SERVICE,

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 
 from kbinfra.errors import SpecError
-from kbinfra.paths import templates_dir
 from kbinfra.plan import config_parts
-from kbinfra.services import all_services
-from kbinfra.services._monitoring import camel, failure_text, first_line_number
-from kbinfra.services.base import BindMount
-from kbinfra.services.node_exporter import SERVICE as NODE
-from kbinfra.services.postgres_exporter import SERVICE as POSTGRES
-from kbinfra.services.redis_exporter import SERVICE as REDIS
-from kbinfra.services.redis_exporter import watched_queues
+from kbinfra.registry import all_services
+from kbinfra.render import service_templates
+from kbinfra.service import BindMount
+from kbinfra.service_kit.monitoring import camel, failure_text, first_line_number
+from kbinfra.services.node_exporter.service import SERVICE as NODE
+from kbinfra.services.postgres.exporter import SERVICE as POSTGRES
+from kbinfra.services.redis.exporter import SERVICE as REDIS
+from kbinfra.services.redis.exporter import watched_queues
 from kbinfra.stack import Stack
 
 MONITORING_SHARES = {
@@ -112,7 +112,7 @@ def test_postgres_exporter_logs_in_as_the_monitor_role(make_stack: Callable[...,
     # The postgres service creates this role with pg_monitor from the same secret.
     assert spec.secret_env == {"DATA_SOURCE_PASS": "postgres_monitor_password"}
     assert "postgres_monitor_password" in all_services()["postgres"].secrets
-    role_script = (templates_dir() / "postgres/initdb/20-monitor-role.sh.j2").read_text()
+    role_script = (service_templates("postgres") / "initdb/20-monitor-role.sh.j2").read_text()
     assert "kbinfra_monitor" in role_script
     assert "pg_monitor" in role_script
     assert spec.depends_on == ["postgres"]

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from kbinfra.render import render_service, write_tree
-from kbinfra.services.grafana import (
+from kbinfra.services.grafana.service import (
     DASHBOARD_FILE,
     DATASOURCE_FILE,
     DATASOURCE_UID,

@@ -18,7 +18,7 @@ import pytest
 
 from kbinfra.errors import SpecError
 from kbinfra.render import render_service, render_stack, write_tree
-from kbinfra.services.nginx import (
+from kbinfra.services.nginx.service import (
     SECURITY_HEADERS,
     SERVICE,
     TLS12_CIPHERS,

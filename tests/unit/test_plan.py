@@ -31,7 +31,7 @@ from kbinfra.plan import (
     stack_status,
 )
 from kbinfra.render import render_stack
-from kbinfra.services.base import RenderedFile
+from kbinfra.service import RenderedFile
 
 CASES = json.loads((Path(__file__).parent / "plan_cases" / "cases.json").read_text())
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from kbinfra.render import render_service
-from kbinfra.services.base import ServiceContext
-from kbinfra.services.postgres import (
+from kbinfra.service import ServiceContext
+from kbinfra.services.postgres.service import (
     GB,
     MB,
     SERVICE,

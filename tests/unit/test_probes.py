@@ -18,20 +18,8 @@ from typing import Any
 import pytest
 
 from kbinfra.errors import KbinfraError
-from kbinfra.probes import (
-    STACK,
-    alertmanager,
-    embeddings,
-    nginx,
-    postgres,
-    probe_module,
-    prometheus,
-    qdrant,
-    redis,
-    select,
-)
-from kbinfra.probes import _stack as stack_probe
-from kbinfra.probes.base import (
+from kbinfra.probing import stack_checks as stack_probe
+from kbinfra.probing.probe import (
     BenchResult,
     CheckFailedError,
     Checks,
@@ -48,7 +36,15 @@ from kbinfra.probes.base import (
     require_same,
     run_load,
 )
-from kbinfra.services import all_services
+from kbinfra.probing.run import STACK, probe_module, select
+from kbinfra.registry import all_services
+from kbinfra.services.alertmanager import probe as alertmanager
+from kbinfra.services.embeddings import probe as embeddings
+from kbinfra.services.nginx import probe as nginx
+from kbinfra.services.postgres import probe as postgres
+from kbinfra.services.prometheus import probe as prometheus
+from kbinfra.services.qdrant import probe as qdrant
+from kbinfra.services.redis import probe as redis
 from kbinfra.stack import Stack
 
 

@@ -11,17 +11,17 @@ import pytest
 import yaml
 
 from kbinfra.errors import SpecError
+from kbinfra.registry import all_services
 from kbinfra.render import render_service, render_stack, write_tree
-from kbinfra.services import all_services
-from kbinfra.services import prometheus as prometheus_module
-from kbinfra.services.base import (
+from kbinfra.service import (
     ContainerSpec,
     ScrapeTarget,
     Service,
     ServiceContext,
     ServiceSettings,
 )
-from kbinfra.services.prometheus import (
+from kbinfra.services.prometheus import service as prometheus_module
+from kbinfra.services.prometheus.service import (
     SERVICE,
     ScrapeJob,
     backlog_rules,

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from kbinfra.render import render_service
-from kbinfra.services.base import ServiceContext
-from kbinfra.services.qdrant import SERVICE, config_problems, qdrant_tuning, readyz_probe
+from kbinfra.service import ServiceContext
+from kbinfra.services.qdrant.service import SERVICE, config_problems, qdrant_tuning, readyz_probe
 from kbinfra.spec.yamlfile import parse_yaml
 from kbinfra.stack import Stack
 

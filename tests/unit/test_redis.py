@@ -11,8 +11,8 @@ import pytest
 
 from kbinfra.errors import SpecError
 from kbinfra.render import render_service
-from kbinfra.services.base import ServiceContext
-from kbinfra.services.redis import (
+from kbinfra.service import ServiceContext
+from kbinfra.services.redis.service import (
     SERVICE,
     RedisSettings,
     acl_password_hash,

@@ -11,9 +11,9 @@ import pytest
 from pydantic import ValidationError
 
 from kbinfra.errors import SpecError
+from kbinfra.registry import get_service
 from kbinfra.render import render_service, render_stack, write_tree
-from kbinfra.services import get_service
-from kbinfra.services.unstructured import (
+from kbinfra.services.unstructured.service import (
     SERVICE,
     STRATEGIES_FILE,
     UnstructuredSettings,

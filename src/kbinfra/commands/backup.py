@@ -1,6 +1,6 @@
 """``kbinfra backup``, ``kbinfra backup verify`` (the restore drill) and ``kbinfra restore``.
 
-Each command parses options, calls one function of ``kbinfra.backups.run`` and prints.
+Each command parses options, calls one function of ``kbinfra.backup.run`` and prints.
 """
 
 import time
@@ -23,7 +23,7 @@ from kbinfra.commands.options import (
 from kbinfra.ui import Console, Output, format_bytes
 
 if TYPE_CHECKING:
-    from kbinfra.backups.run import BackupResult, CheckResult
+    from kbinfra.backup.run import BackupResult, CheckResult
 
 BackupDirArgument = Annotated[
     Path,
@@ -57,7 +57,7 @@ class ConsoleProgress:
 
 
 def _artifact_rows(result: "BackupResult") -> Iterator[tuple[str, str, str]]:
-    from kbinfra.backups.run import summarize  # noqa: PLC0415
+    from kbinfra.backup.run import summarize  # noqa: PLC0415
 
     stack_files = [a for a in result.manifest.artifacts if a.service == "stack"]
     for artifact in result.manifest.artifacts:
@@ -117,7 +117,7 @@ def backup(
     """Back up every data service, the stack's files and extra volumes, then apply retention."""
     if context.invoked_subcommand is not None:
         return
-    from kbinfra.backups.run import run_backup  # noqa: PLC0415
+    from kbinfra.backup.run import run_backup  # noqa: PLC0415
 
     console = Console(output)
     stack, where = _open(stack_dir, target, known_hosts, identity, console)
@@ -159,7 +159,7 @@ def print_checks(console: Console, result: "CheckResult", what: str) -> None:
 
 
 def _finish(console: Console, result: "CheckResult", what: str) -> None:
-    from kbinfra.backups.run import DifferencesError  # noqa: PLC0415
+    from kbinfra.backup.run import DifferencesError  # noqa: PLC0415
 
     for note in result.notes:
         console.note(note)
@@ -189,7 +189,7 @@ def verify(
 
     Exit 0: every count and sample matches the manifest; 1: a difference; 2: an error.
     """
-    from kbinfra.backups.run import run_drill  # noqa: PLC0415
+    from kbinfra.backup.run import run_drill  # noqa: PLC0415
 
     console = Console(output)
     stack, where = _open(stack_dir, target, known_hosts, identity, console)
@@ -229,7 +229,7 @@ def restore(
     Exit 0: restored and identical to the backup; 1: a difference; 2: an error (a corrupt
     or incompatible backup is refused before anything changes).
     """
-    from kbinfra.backups.run import run_restore  # noqa: PLC0415
+    from kbinfra.backup.run import run_restore  # noqa: PLC0415
 
     console = Console(output)
     stack, where = _open(stack_dir, target, known_hosts, identity, console)

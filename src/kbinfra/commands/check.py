@@ -54,8 +54,8 @@ def check(
 
     Exit 0 only when every check passes; 1 when one fails; 2 on errors.
     """
-    from kbinfra.probes import run_checks  # noqa: PLC0415
-    from kbinfra.probes.base import check_rows_ok  # noqa: PLC0415
+    from kbinfra.probing.probe import check_rows_ok  # noqa: PLC0415
+    from kbinfra.probing.run import run_checks  # noqa: PLC0415
 
     console = Console(output)
     stack, where = deploy._open(stack_dir, target, known_hosts, identity, console)
@@ -130,13 +130,13 @@ def bench(
     kbinfra_bench_<random> and removed at the end, also when interrupted. Exit 0 when every
     benchmark ran and met its thresholds; 1 otherwise; 2 on errors.
     """
-    from kbinfra.probes import run_benches  # noqa: PLC0415
-    from kbinfra.probes.base import (  # noqa: PLC0415
+    from kbinfra.probing.probe import (  # noqa: PLC0415
         BENCH_COLUMNS,
         bench_plan,
         bench_rows,
         prometheus_text,
     )
+    from kbinfra.probing.run import run_benches  # noqa: PLC0415
     from kbinfra.targets.engine import Engine  # noqa: PLC0415
 
     console = Console(output)
