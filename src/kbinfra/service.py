@@ -17,11 +17,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from kbinfra.spec.profile import Profile
     from kbinfra.spec.stack import StackSpec
-    from kbinfra.validation import CheckResult
 
 
 class ServiceSettings(BaseModel):
@@ -187,6 +184,9 @@ class Service(ABC):
     stage: ClassVar[Stage] = "service"
     #: Enabled by ``kbinfra init`` unless the user says otherwise.
     enabled_by_default: ClassVar[bool] = True
+    #: Services this one is useless without (an exporter's store): ``render --check`` fails
+    #: when this one is enabled and one of them is not.
+    requires: ClassVar[tuple[str, ...]] = ()
 
     def resources(self, profile: "Profile") -> Resources:
         budget = getattr(profile.services, self.allocation)
@@ -218,14 +218,6 @@ class Service(ABC):
         """The container that runs the service, with the rendered files it mounts."""
 
     def scrape_targets(self, ctx: ServiceContext) -> list[ScrapeTarget]:
-        return []
-
-    def check_rendered(self, ctx: ServiceContext, out: "Path") -> list["CheckResult"]:
-        """Validate this service's rendered files under ``out`` with the real tools.
-
-        Runs only for ``kbinfra render --check``; import tools and helpers lazily
-        (``kbinfra.validation``). A missing tool gives a ``skipped`` result.
-        """
         return []
 
     def address(self, port: int | None = None) -> str:

@@ -1,6 +1,7 @@
 """``kbinfra render --check``: validate rendered files with the real tools, where installed.
 
-Each service validates its own files (``Service.check_rendered``) with the helpers here;
+Each service validates its own files (``services/<name>/render_check.py``, whose
+``check_rendered(ctx, out)`` returns a list of :class:`CheckResult`) with the helpers here;
 every YAML and JSON file is at least parsed. A tool that is not installed is reported as
 skipped, never as passed.
 """
@@ -18,11 +19,17 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import yaml
 
-from kbinfra.stack import Stack
+from kbinfra.registry import service_part
+
+if TYPE_CHECKING:
+    from kbinfra.service import ServiceContext
+    from kbinfra.stack import Stack
+
+STACK_FILE = "kbinfra.yaml"
 
 Outcome = Literal["ok", "failed", "skipped"]
 
@@ -47,6 +54,9 @@ class CheckResult:
             "detail": self.detail,
             "line": self.line,
         }
+
+
+RenderCheck = Callable[["ServiceContext", Path], list[CheckResult]]
 
 
 @dataclass(frozen=True)
@@ -170,9 +180,35 @@ def validate_tree(stack: Stack, out: Path) -> list[CheckResult]:
         if relative.endswith((".yml", ".yaml", ".json")):
             results.append(parse_check(out, relative))
     results.append(compose_check(out))
+    enabled = frozenset(stack.services)
     for name, service in stack.services.items():
-        results.extend(service.check_rendered(stack.contexts[name], out))
+        results.extend(missing_requirements(name, service.requires, enabled))
+        check = service_part(name, "render_check")
+        if check is not None:
+            rendered_check = cast(RenderCheck, check.check_rendered)
+            results.extend(rendered_check(stack.contexts[name], out))
     return results
+
+
+def missing_requirements(
+    name: str, requires: Sequence[str], enabled: frozenset[str]
+) -> list[CheckResult]:
+    """A failed check for each service ``name`` requires that is not enabled.
+
+    ``kbinfra.stack`` enables services one by one, so an exporter left on after its
+    service was switched off would run and report nothing but ``*_up 0``.
+    """
+    return [
+        CheckResult(
+            STACK_FILE,
+            "kbinfra",
+            "failed",
+            f"services.{name} is enabled but {needed} is not: set "
+            f"services.{name}.enabled: false, or enable {needed}",
+        )
+        for needed in requires
+        if needed not in enabled
+    ]
 
 
 def compose_check(out: Path) -> CheckResult:

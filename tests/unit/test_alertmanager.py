@@ -12,6 +12,7 @@ import yaml
 
 from kbinfra.errors import SpecError
 from kbinfra.render import render_service, write_tree
+from kbinfra.services.alertmanager.render_check import check_rendered
 from kbinfra.services.alertmanager.service import CONFIG_FILE, SERVICE
 from kbinfra.stack import Stack
 from kbinfra.validation import find_tool
@@ -97,7 +98,7 @@ def test_amtool_accepts_rendered_config(
     stack = make_stack("minimum", {"services": {"alertmanager": overrides}})
     ctx = stack.contexts["alertmanager"]
     write_tree(render_service(SERVICE, ctx), tmp_path / "out")
-    [result] = SERVICE.check_rendered(ctx, tmp_path / "out")
+    [result] = check_rendered(ctx, tmp_path / "out")
     assert (result.tool, result.outcome) == ("amtool check-config", "ok"), result
 
 
@@ -111,7 +112,7 @@ def test_amtool_fails_on_a_route_to_an_unknown_receiver(
     write_tree(render_service(SERVICE, ctx), out)
     path = out / CONFIG_FILE
     path.write_text(path.read_text().replace("- receiver: warning", "- receiver: pager"))
-    [result] = SERVICE.check_rendered(ctx, out)
+    [result] = check_rendered(ctx, out)
     assert result.outcome == "failed"
     assert 'undefined receiver "pager"' in result.detail
 
@@ -127,6 +128,6 @@ def test_amtool_reports_unknown_fields_with_line(
     path = out / CONFIG_FILE
     text = path.read_text().replace("  group_wait: 30s", "  group_wiat: 30s")
     path.write_text(text)
-    [result] = SERVICE.check_rendered(ctx, out)
+    [result] = check_rendered(ctx, out)
     assert result.outcome == "failed"
     assert result.line == 1 + text.splitlines().index("  group_wiat: 30s")

@@ -18,6 +18,7 @@ from kbinfra import __version__
 from kbinfra.errors import SpecError
 from kbinfra.render import render_service, render_stack, write_tree
 from kbinfra.service_kit.healthchecks import python_http_probe
+from kbinfra.services.embeddings.render_check import check_rendered
 from kbinfra.services.embeddings.service import (
     CONFIG_FILE,
     DEFAULT_MODELS,
@@ -182,19 +183,19 @@ def test_check_rendered_validates_config_against_the_model(
     out = tmp_path / "out"
     write_tree(render_stack(stack), out)
     ctx = stack.contexts["embeddings"]
-    (result,) = SERVICE.check_rendered(ctx, out)
+    (result,) = check_rendered(ctx, out)
     assert result.outcome == "ok"
 
     path = out / CONFIG_FILE
     text = path.read_text().replace('"default_model": "all-MiniLM-L6-v2"', '"default_model": "x"')
     path.write_text(text)
-    (result,) = SERVICE.check_rendered(ctx, out)
+    (result,) = check_rendered(ctx, out)
     assert result.outcome == "failed"
     assert "default_model 'x' is not in models" in result.detail
 
     text = text.replace('"workers": 1', '"workers": 0')
     path.write_text(text)
-    (result,) = SERVICE.check_rendered(ctx, out)
+    (result,) = check_rendered(ctx, out)
     assert result.detail.startswith("workers:")
     assert result.line is not None
     assert '"workers": 0' in text.splitlines()[result.line - 1]

@@ -18,6 +18,7 @@ from kbinfra.services.postgres.exporter import SERVICE as POSTGRES
 from kbinfra.services.redis.exporter import SERVICE as REDIS
 from kbinfra.services.redis.exporter import watched_queues
 from kbinfra.stack import Stack
+from kbinfra.validation import missing_requirements
 
 MONITORING_SHARES = {
     "prometheus": 0.5,
@@ -149,7 +150,7 @@ def test_exporter_of_a_disabled_service_is_not_scraped_and_fails_the_check(
     stack = make_stack("minimum", {"services": {"postgres": {"enabled": False}}})
     ctx = stack.contexts["postgres-exporter"]
     assert POSTGRES.scrape_targets(ctx) == []
-    [result] = POSTGRES.check_rendered(ctx, tmp_path)
+    [result] = missing_requirements(POSTGRES.name, POSTGRES.requires, ctx.enabled)
     assert result.outcome == "failed"
     assert "services.postgres-exporter.enabled: false" in result.detail
     # The same rule for redis: its exporter is scraped only while redis is enabled.
@@ -159,7 +160,7 @@ def test_exporter_of_a_disabled_service_is_not_scraped_and_fails_the_check(
     assert watched_queues(redis_ctx) == []
     with_redis = redis_ctx._replace(enabled=redis_ctx.enabled | {"redis"})
     assert [t.job for t in REDIS.scrape_targets(with_redis)] == ["redis"]
-    assert REDIS.check_rendered(with_redis, tmp_path) == []
+    assert missing_requirements(REDIS.name, REDIS.requires, with_redis.enabled) == []
     assert watched_queues(with_redis) == ["document_processing"]
 
 

@@ -9,15 +9,16 @@ from typing import Any
 
 import yaml
 
-from kbinfra.render import render_service, write_tree
+from kbinfra.render import render_service, render_stack, write_tree
+from kbinfra.services.grafana.render_check import check_rendered, dashboard_problems
 from kbinfra.services.grafana.service import (
     DASHBOARD_FILE,
     DATASOURCE_FILE,
     DATASOURCE_UID,
     SERVICE,
-    dashboard_problems,
 )
 from kbinfra.stack import Stack
+from kbinfra.validation import validate_tree
 
 #: The guide's dashboard, as written.
 GUIDE_DASHBOARD = {
@@ -123,17 +124,17 @@ def test_check_rendered(make_stack: Callable[..., Stack], tmp_path: Path) -> Non
     ctx = stack.contexts["grafana"]
     out = tmp_path / "out"
     write_tree(render_service(SERVICE, ctx), out)
-    assert [(r.tool, r.outcome) for r in SERVICE.check_rendered(ctx, out)] == [("dashboard", "ok")]
+    assert [(r.tool, r.outcome) for r in check_rendered(ctx, out)] == [("dashboard", "ok")]
     broken = json.loads((out / DASHBOARD_FILE).read_text())
     del broken["panels"][0]["gridPos"]
     broken["panels"][1]["targets"][0]["expr"] = ""
     (out / DASHBOARD_FILE).write_text(json.dumps(broken))
-    [result] = SERVICE.check_rendered(ctx, out)
+    [result] = check_rendered(ctx, out)
     assert result.outcome == "failed"
     assert "gridPos" in result.detail
     assert "lacks expr" in result.detail
     (out / DASHBOARD_FILE).write_text("{")
-    [result] = SERVICE.check_rendered(ctx, out)
+    [result] = check_rendered(ctx, out)
     assert (result.outcome, result.line) == ("failed", 1)
 
 
@@ -141,8 +142,9 @@ def test_grafana_without_prometheus_fails_the_check(
     make_stack: Callable[..., Stack], tmp_path: Path
 ) -> None:
     stack = make_stack("minimum", {"services": {"prometheus": {"enabled": False}}})
-    ctx = stack.contexts["grafana"]
-    write_tree(render_service(SERVICE, ctx), tmp_path / "out")
-    results = SERVICE.check_rendered(ctx, tmp_path / "out")
-    assert [r.outcome for r in results] == ["failed", "ok"]
-    assert "prometheus" in results[0].detail
+    write_tree(render_stack(stack), tmp_path / "out")
+    results = validate_tree(stack, tmp_path / "out")
+    [missing] = [r for r in results if r.outcome == "failed"]
+    assert missing.path == "kbinfra.yaml"
+    assert "services.grafana is enabled but prometheus is not" in missing.detail
+    assert [r.outcome for r in results if r.tool == "dashboard"] == ["ok"]

@@ -18,16 +18,19 @@ import pytest
 
 from kbinfra.errors import SpecError
 from kbinfra.render import render_service, render_stack, write_tree
+from kbinfra.services.nginx.render_check import (
+    check_ciphers,
+    check_rendered,
+    openssl_knows,
+    scratch_copy,
+)
 from kbinfra.services.nginx.service import (
     SECURITY_HEADERS,
     SERVICE,
     TLS12_CIPHERS,
     app_upstream,
-    check_ciphers,
     nginx_tuning,
     nginx_version,
-    openssl_knows,
-    scratch_copy,
 )
 from kbinfra.stack import Stack
 from kbinfra.validation import CheckResult, find_tool, free_port
@@ -353,7 +356,7 @@ def render_to(stack: Stack, out: Path) -> Path:
 
 
 def nginx_checks(stack: Stack, out: Path) -> dict[str, CheckResult]:
-    return {r.tool: r for r in SERVICE.check_rendered(stack.contexts["nginx"], out)}
+    return {r.tool: r for r in check_rendered(stack.contexts["nginx"], out)}
 
 
 @pytest.mark.validators

@@ -9,6 +9,7 @@ import pytest
 
 from kbinfra.render import render_service
 from kbinfra.service import ServiceContext
+from kbinfra.services.postgres.render_check import check_rendered, postgres_bin_dirs
 from kbinfra.services.postgres.service import (
     GB,
     MB,
@@ -18,7 +19,6 @@ from kbinfra.services.postgres.service import (
     major_version,
     normalise_setting,
     pgtune,
-    postgres_bin_dirs,
 )
 from kbinfra.stack import Stack
 
@@ -165,7 +165,7 @@ def test_real_postgres_reads_back_every_profile(
     rendered: Rendered, postgres_tool: str, profile: str
 ) -> None:
     ctx, out = rendered("postgres", profile)
-    results = SERVICE.check_rendered(ctx, out)
+    results = check_rendered(ctx, out)
     assert [(r.path, r.outcome) for r in results] == [
         ("postgres/postgresql.conf", "ok"),
         ("postgres/pg_hba.conf", "ok"),
@@ -181,7 +181,7 @@ def test_real_postgres_names_an_unknown_parameter_and_its_line(
 ) -> None:
     ctx, out = rendered("postgres")
     line = edit_once(out / "postgres/postgresql.conf", "shared_buffers =", "shared_bufers =")
-    (result,) = SERVICE.check_rendered(ctx, out)
+    (result,) = check_rendered(ctx, out)
     assert (result.path, result.outcome, result.line) == (
         "postgres/postgresql.conf",
         "failed",
@@ -198,7 +198,7 @@ def test_real_postgres_names_an_invalid_value_and_its_line(
     line = edit_once(
         out / "postgres/postgresql.conf", "wal_compression = lz4", "wal_compression = lz5"
     )
-    (result,) = SERVICE.check_rendered(ctx, out)
+    (result,) = check_rendered(ctx, out)
     assert (result.outcome, result.line) == ("failed", line)
     assert 'invalid value for parameter "wal_compression": "lz5"' in result.detail
     assert "Available values" in result.detail  # PostgreSQL's HINT
@@ -211,7 +211,7 @@ def test_real_postgres_catches_a_later_line_overriding_the_tuning(
     ctx, out = rendered("postgres")
     conf = out / "postgres/postgresql.conf"
     conf.write_text(conf.read_text() + "work_mem = 1MB\n")
-    (result,) = SERVICE.check_rendered(ctx, out)
+    (result,) = check_rendered(ctx, out)
     assert result.outcome == "failed"
     assert result.line == len(conf.read_text().splitlines())
     assert result.detail.startswith("PostgreSQL reads work_mem as 1024kB, kbinfra tuned it to")
@@ -225,7 +225,7 @@ def test_real_postgres_start_catches_a_missing_preload_library(
     ctx, out = rendered("postgres")
     conf = out / "postgres/postgresql.conf"
     line = edit_once(conf, "'pg_stat_statements'", "'pg_stat_statement'")
-    conf_result, start_result = SERVICE.check_rendered(ctx, out)
+    conf_result, start_result = check_rendered(ctx, out)
     assert conf_result.outcome == "ok"
     assert (start_result.path, start_result.outcome) == ("postgres/postgresql.conf", "failed")
     assert start_result.detail.startswith('could not access file "pg_stat_statement"')
@@ -238,7 +238,7 @@ def test_real_postgres_reports_a_bad_hba_line(
 ) -> None:
     ctx, out = rendered("postgres")
     line = edit_once(out / "postgres/pg_hba.conf", "0.0.0.0/0   scram-sha-256", "0.0.0.0/0   scram")
-    _, result = SERVICE.check_rendered(ctx, out)
+    _, result = check_rendered(ctx, out)
     assert (result.path, result.outcome, result.line) == ("postgres/pg_hba.conf", "failed", line)
     assert 'invalid authentication method "scram"' in result.detail
 
@@ -253,6 +253,6 @@ def test_real_postgres_fails_an_hba_that_trusts(
         "local   all       all               scram-sha-256",
         "local all all trust",
     )
-    _, result = SERVICE.check_rendered(ctx, out)
+    _, result = check_rendered(ctx, out)
     assert (result.path, result.outcome) == ("postgres/pg_hba.conf", "failed")
     assert "without a password" in result.detail

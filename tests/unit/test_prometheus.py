@@ -21,6 +21,7 @@ from kbinfra.service import (
     ServiceSettings,
 )
 from kbinfra.services.prometheus import service as prometheus_module
+from kbinfra.services.prometheus.render_check import check_rendered
 from kbinfra.services.prometheus.service import (
     SERVICE,
     ScrapeJob,
@@ -337,7 +338,7 @@ def test_promtool_accepts_rendered_config_with_credentials_file(
     out = tmp_path / "out"
     write_tree(render_service(SERVICE, ctx), out)
     assert (out / "prometheus/secrets/qdrant_api_key").stat().st_mode & 0o777 == 0o600
-    results = SERVICE.check_rendered(ctx, out)
+    results = check_rendered(ctx, out)
     assert [(r.tool, r.outcome) for r in results] == [
         ("promtool check config", "ok"),
         ("promtool check rules", "ok"),
@@ -356,7 +357,7 @@ def test_promtool_fails_on_invalid_promql_with_its_line(
     index = next(i for i, line in enumerate(lines) if 'up{job=\\"node\\"}' in line)
     lines[index] = '        expr: "up{job=\\"node\\" == 0"'
     rules.write_text("\n".join(lines) + "\n")
-    results = {r.tool: r for r in SERVICE.check_rendered(stack.contexts["prometheus"], out)}
+    results = {r.tool: r for r in check_rendered(stack.contexts["prometheus"], out)}
     for tool in ("promtool check config", "promtool check rules"):
         result = results[tool]
         assert result.outcome == "failed"
@@ -377,7 +378,7 @@ def test_promtool_fails_on_a_missing_credentials_file(
     out = tmp_path / "out"
     write_tree(render_service(SERVICE, ctx), out)
     (out / "prometheus/secrets/qdrant_api_key").unlink()
-    result = SERVICE.check_rendered(ctx, out)[0]
+    result = check_rendered(ctx, out)[0]
     assert result.outcome == "failed"
     assert "prometheus/secrets/qdrant_api_key" in result.detail
 
@@ -395,7 +396,7 @@ def test_promtool_reports_unknown_fields_with_line(
     line = 1 + text.splitlines().index(
         next(x for x in text.splitlines() if "evaluation_intervall" in x)
     )
-    result = SERVICE.check_rendered(stack.contexts["prometheus"], out)[0]
+    result = check_rendered(stack.contexts["prometheus"], out)[0]
     assert (result.path, result.outcome, result.line) == (
         "prometheus/prometheus.yml",
         "failed",

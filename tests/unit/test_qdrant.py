@@ -14,7 +14,8 @@ import yaml
 
 from kbinfra.render import render_service
 from kbinfra.service import ServiceContext
-from kbinfra.services.qdrant.service import SERVICE, config_problems, qdrant_tuning, readyz_probe
+from kbinfra.services.qdrant.render_check import check_rendered, config_problems
+from kbinfra.services.qdrant.service import SERVICE, qdrant_tuning, readyz_probe
 from kbinfra.spec.yamlfile import parse_yaml
 from kbinfra.stack import Stack
 
@@ -184,7 +185,7 @@ def test_schema_check_passes_every_profile(
     rendered: Callable[..., tuple[ServiceContext, Path]], profile: str
 ) -> None:
     ctx, out = rendered("qdrant", profile)
-    (result,) = SERVICE.check_rendered(ctx, out)
+    (result,) = check_rendered(ctx, out)
     assert result.outcome == "ok", result.detail
     assert result.tool == "qdrant schema (v1.19.0)"
 
@@ -216,7 +217,7 @@ def test_schema_check_fails_on_the_guides_config_with_lines(
     ctx = make_stack().contexts["qdrant"]
     (tmp_path / "qdrant").mkdir()
     (tmp_path / "qdrant" / "config.yaml").write_text(GUIDE_CONFIG)
-    results = SERVICE.check_rendered(ctx, tmp_path)
+    results = check_rendered(ctx, tmp_path)
     found = {(r.line, r.detail.split(":")[0].split(" is ")[0]) for r in results}
     assert all(r.outcome == "failed" for r in results)
     assert found == {
@@ -239,7 +240,7 @@ def test_schema_check_reports_unparsable_yaml(
 ) -> None:
     (tmp_path / "qdrant").mkdir()
     (tmp_path / "qdrant" / "config.yaml").write_text("storage: [unclosed\n")
-    (result,) = SERVICE.check_rendered(make_stack().contexts["qdrant"], tmp_path)
+    (result,) = check_rendered(make_stack().contexts["qdrant"], tmp_path)
     assert result.outcome == "failed"
 
 

@@ -12,13 +12,12 @@ import pytest
 from kbinfra.errors import SpecError
 from kbinfra.render import render_service
 from kbinfra.service import ServiceContext
+from kbinfra.services.redis.render_check import check_rendered, local_copy, static_problems
 from kbinfra.services.redis.service import (
     SERVICE,
     RedisSettings,
     acl_password_hash,
-    local_copy,
     redis_tuning,
-    static_problems,
 )
 from kbinfra.stack import Stack
 
@@ -209,7 +208,7 @@ def test_real_server_accepts_every_profile(
 ) -> None:
     require_tool("redis-server")
     ctx, out = rendered("redis", profile)
-    results = SERVICE.check_rendered(ctx, out)
+    results = check_rendered(ctx, out)
     assert [(r.path, r.outcome) for r in results] == [
         ("redis/redis.conf", "ok"),
         ("redis/users.acl", "ok"),
@@ -227,7 +226,7 @@ def test_real_server_reports_a_bad_directive_with_its_line(
     line = edit_once(
         out / "redis/redis.conf", "maxmemory-policy noeviction", "maxmemory-policy lru"
     )
-    (result,) = SERVICE.check_rendered(ctx, out)
+    (result,) = check_rendered(ctx, out)
     assert (result.path, result.outcome, result.line) == ("redis/redis.conf", "failed", line)
     assert "maxmemory-policy lru" in result.detail
     assert "noeviction" in result.detail  # redis-server lists the values it accepts
@@ -240,7 +239,7 @@ def test_real_server_reports_a_bad_acl_rule_with_its_line(
     require_tool("redis-server")
     ctx, out = rendered("redis")
     edit_once(out / "redis/users.acl", "+@all -@dangerous", "+@all -@dangerus")
-    (result,) = SERVICE.check_rendered(ctx, out)
+    (result,) = check_rendered(ctx, out)
     assert (result.path, result.outcome, result.line) == ("redis/users.acl", "failed", 3)
     assert "-@dangerus" in result.detail
 
@@ -252,7 +251,7 @@ def test_real_server_fails_an_app_user_that_may_flush(
     require_tool("redis-server")
     ctx, out = rendered("redis")
     edit_once(out / "redis/users.acl", "+@all -@dangerous", "+@all")
-    results = SERVICE.check_rendered(ctx, out)
+    results = check_rendered(ctx, out)
     details = {r.detail for r in results if r.outcome == "failed"}
     assert {"app may run FLUSHALL", "app may run CONFIG", "app ran FLUSHALL"} <= details
     assert {r.line for r in results if r.outcome == "failed"} == {3}
@@ -265,7 +264,7 @@ def test_real_server_fails_an_app_user_that_cannot_do_celerys_work(
     require_tool("redis-server")
     ctx, out = rendered("redis")
     edit_once(out / "redis/users.acl", "+@all -@dangerous", "+@all -@dangerous -@scripting")
-    details = {r.detail for r in SERVICE.check_rendered(ctx, out)}
+    details = {r.detail for r in check_rendered(ctx, out)}
     assert {"app may not run EVALSHA 0000000000000000000000000000000000000000"} <= details
 
 
@@ -280,7 +279,7 @@ def test_real_server_fails_a_wrong_password_hash(
         acl_password_hash(ctx.secrets["redis_app_password"]),
         acl_password_hash("something else"),
     )
-    (result,) = SERVICE.check_rendered(ctx, out)
+    (result,) = check_rendered(ctx, out)
     assert (result.outcome, result.line) == ("failed", 3)
     assert result.detail.startswith("user app cannot log in: WRONGPASS")
 
@@ -292,7 +291,7 @@ def test_real_server_fails_a_maxmemory_that_differs_from_the_tuning(
     require_tool("redis-server")
     ctx, out = rendered("redis")
     line = edit_once(out / "redis/redis.conf", "maxmemory 1433mb", "maxmemory 1433m")
-    (result,) = SERVICE.check_rendered(ctx, out)
+    (result,) = check_rendered(ctx, out)
     assert (result.outcome, result.line) == ("failed", line)
     assert "expected 1502609408" in result.detail
 
@@ -306,7 +305,7 @@ def test_real_server_fails_an_acl_file_without_the_default_user(
     ctx, out = rendered("redis")
     acl = out / "redis/users.acl"
     acl.write_text("".join(acl.read_text().splitlines(keepends=True)[1:]))
-    results = SERVICE.check_rendered(ctx, out)
+    results = check_rendered(ctx, out)
     assert [(r.outcome, r.detail) for r in results] == [
         ("failed", "a client that never logs in may run commands: the default user must be off")
     ]

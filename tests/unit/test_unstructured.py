@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from kbinfra.errors import SpecError
 from kbinfra.registry import get_service
 from kbinfra.render import render_service, render_stack, write_tree
+from kbinfra.services.unstructured.render_check import check_rendered
 from kbinfra.services.unstructured.service import (
     SERVICE,
     STRATEGIES_FILE,
@@ -191,13 +192,13 @@ def test_check_rendered_validates_the_strategies_file(
     out = tmp_path / "out"
     write_tree(render_stack(stack), out)
     ctx = stack.contexts["unstructured"]
-    (result,) = SERVICE.check_rendered(ctx, out)
+    (result,) = check_rendered(ctx, out)
     assert result.outcome == "ok"
 
     path = out / STRATEGIES_FILE
     text = path.read_text().replace('"strategy": "hi_res"', '"strategy": "accurate"', 1)
     path.write_text(text)
-    (result,) = SERVICE.check_rendered(ctx, out)
+    (result,) = check_rendered(ctx, out)
     assert result.outcome == "failed"
     assert result.detail.startswith("strategies.docx.strategy:")
     assert result.line is not None

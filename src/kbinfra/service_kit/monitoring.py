@@ -1,22 +1,15 @@
-"""What the monitoring services share: exporters, tool output parsing and dependency checks.
+"""What the monitoring services share: the exporter base, tool output parsing, alert names.
 
-A private module (its name starts with ``_``), so the registry does not look for a service
-here. Every monitoring service draws from the profile's ``monitoring`` budget; the shares
-(prometheus 0.5, grafana 0.2, alertmanager 0.1, node-exporter 0.05, postgres-exporter 0.075,
-redis-exporter 0.075) add up to 1.0 and are set on each class.
+Every monitoring service draws from the profile's ``monitoring`` budget; the shares set on
+each class add up to 1.0 (a unit test adds them up).
 """
 
 import re
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from kbinfra.service import ScrapeTarget, Service, ServiceContext, Stage
 
-if TYPE_CHECKING:
-    from kbinfra.validation import CheckResult
-
 MONITORING: Stage = "monitoring"
-STACK_FILE = "kbinfra.yaml"
 
 
 class NoTuning(NamedTuple):
@@ -37,27 +30,6 @@ def address_of(name: str, default_port: int) -> str:
     return service.address() if service is not None else f"{name}:{default_port}"
 
 
-def missing_dependency(ctx: ServiceContext, needed: str) -> list["CheckResult"]:
-    """A failed check when ``ctx.name`` is enabled but the service it watches is not.
-
-    ``kbinfra.stack`` enables services one by one, so an exporter left on after its
-    service was switched off would run and report nothing but ``*_up 0``.
-    """
-    from kbinfra.validation import CheckResult  # noqa: PLC0415 (render --check only)
-
-    if needed in ctx.enabled:
-        return []
-    return [
-        CheckResult(
-            STACK_FILE,
-            "kbinfra",
-            "failed",
-            f"services.{ctx.name} is enabled but {needed} is not: set "
-            f"services.{ctx.name}.enabled: false, or enable {needed}",
-        )
-    ]
-
-
 def first_line_number(output: str) -> int | None:
     """The line a promtool/amtool message points at: ``file.yml: 8:15:`` or ``line 3:``."""
     match = re.search(r"\.ya?ml: (\d+):\d+:", output) or re.search(r"\bline (\d+):", output)
@@ -76,7 +48,7 @@ def failure_text(output: str) -> str:
 class Exporter(Service):
     """A Prometheus exporter: no host port, no files, scraped on the stack network.
 
-    ``watches`` names the service the exporter reads; the exporter is only scraped while that
+    ``requires`` names the service the exporter reads; the exporter is only scraped while that
     service is enabled, and ``render --check`` fails when the exporter is left on without it.
     """
 
@@ -84,7 +56,6 @@ class Exporter(Service):
     stage = MONITORING
     default_host_port = None
     job: ClassVar[str]
-    watches: ClassVar[str | None] = None
 
     def tuning(self, ctx: ServiceContext) -> NoTuning:
         return NoTuning()
@@ -93,9 +64,6 @@ class Exporter(Service):
         return {}
 
     def scrape_targets(self, ctx: ServiceContext) -> list[ScrapeTarget]:
-        if self.watches is not None and self.watches not in ctx.enabled:
+        if any(needed not in ctx.enabled for needed in self.requires):
             return []
         return [ScrapeTarget(job=self.job, address=self.address())]
-
-    def check_rendered(self, ctx: ServiceContext, out: Path) -> list["CheckResult"]:
-        return missing_dependency(ctx, self.watches) if self.watches else []

@@ -4,7 +4,6 @@ Without a webhook or email in ``kbinfra.yaml`` the receivers are empty: alerts a
 inhibited and shown in the Alertmanager UI (127.0.0.1:9093), but sent nowhere.
 """
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, cast
 
 from pydantic import Field, model_validator
@@ -20,10 +19,10 @@ from kbinfra.service import (
     VolumeMount,
 )
 from kbinfra.service_kit.healthchecks import wget_http_probe
-from kbinfra.service_kit.monitoring import MONITORING, NoTuning, failure_text, first_line_number
+from kbinfra.service_kit.monitoring import MONITORING, NoTuning
 
 if TYPE_CHECKING:
-    from kbinfra.validation import CheckResult
+    pass
 
 CONFIG_DIR = "/etc/alertmanager"
 DATA_DIR = "/alertmanager"
@@ -101,27 +100,6 @@ class Alertmanager(Service):
             cpus=ctx.resources.cpus,
             memory_mb=ctx.resources.memory_mb,
         )
-
-    def check_rendered(self, ctx: ServiceContext, out: Path) -> list["CheckResult"]:
-        """``amtool check-config``: unknown receivers, bad matchers, unknown fields."""
-        from kbinfra.validation import CheckResult, find_tool, run_tool, skipped  # noqa: PLC0415
-
-        amtool = find_tool("amtool")
-        if amtool is None:
-            return [skipped(CONFIG_FILE, "amtool")]
-        run = run_tool([amtool, "check-config", str(out / CONFIG_FILE)])
-        if run.ok:
-            return [CheckResult(CONFIG_FILE, "amtool check-config", "ok")]
-        output = run.output.replace(str(out / CONFIG_FILE), CONFIG_FILE)
-        return [
-            CheckResult(
-                CONFIG_FILE,
-                "amtool check-config",
-                "failed",
-                failure_text(output),
-                first_line_number(output),
-            )
-        ]
 
 
 SERVICE = Alertmanager()

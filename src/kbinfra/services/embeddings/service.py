@@ -8,7 +8,6 @@ and how large a batch, all read by the app from ``config.json``. Models load fro
 
 import math
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -28,7 +27,7 @@ from kbinfra.service import (
 from kbinfra.service_kit.healthchecks import python_http_probe
 
 if TYPE_CHECKING:
-    from kbinfra.validation import CheckResult
+    pass
 
 CONFIG_FILE = "embeddings/config.json"
 CONFIG_TARGET = "/etc/kbinfra/embeddings/config.json"
@@ -301,11 +300,6 @@ class Embeddings(Service):
 
     def scrape_targets(self, ctx: ServiceContext) -> list[ScrapeTarget]:
         return [ScrapeTarget(job="embeddings", address=self.address(), path="/metrics")]
-
-    def check_rendered(self, ctx: ServiceContext, out: Path) -> list["CheckResult"]:
-        from kbinfra.service_kit.json_file import check_json_file  # noqa: PLC0415
-
-        return [check_json_file(out, CONFIG_FILE, EmbeddingsConfig, "config schema")]
 
 
 SERVICE = Embeddings()

@@ -7,8 +7,6 @@ and ``stat`` panels with ``gridPos``, every panel and query bound to the provisi
 datasource by uid, and the metric names the exporters really publish.
 """
 
-import json
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kbinfra.registry import all_services
@@ -21,12 +19,12 @@ from kbinfra.service import (
     ServiceContext,
     VolumeMount,
 )
-from kbinfra.service_kit.monitoring import MONITORING, NoTuning, missing_dependency
+from kbinfra.service_kit.monitoring import MONITORING, NoTuning
 from kbinfra.services.redis.exporter import SERVICE as REDIS_EXPORTER
 from kbinfra.services.redis.exporter import watched_queues
 
 if TYPE_CHECKING:
-    from kbinfra.validation import CheckResult
+    pass
 
 DATA_DIR = "/var/lib/grafana"
 PROVISIONING_DIR = "/etc/grafana/provisioning"
@@ -169,45 +167,6 @@ def dashboard(stack_name: str, queues: list[str]) -> dict[str, Any]:
     }
 
 
-def dashboard_problems(document: Any) -> list[str]:
-    """What would keep Grafana from loading or showing the dashboard; empty when fine."""
-    if not isinstance(document, dict):
-        return ["the dashboard is not a JSON object"]
-    problems = []
-    if "dashboard" in document:
-        problems.append("a provisioned dashboard is the model itself, not {'dashboard': ...}")
-    for key in ("uid", "title", "schemaVersion", "panels"):
-        if key not in document:
-            problems.append(f"missing {key}")
-    for index, panel in enumerate(document.get("panels") or []):
-        name = f"panel {index + 1} ({panel.get('title', 'untitled')})"
-        if panel.get("type") not in ("timeseries", "stat", "gauge", "table", "bargauge", "text"):
-            problems.append(f"{name}: unknown or retired type {panel.get('type')!r}")
-        if (panel.get("datasource") or {}).get("uid") != DATASOURCE_UID:
-            problems.append(f"{name}: datasource is not {DATASOURCE_UID}")
-        grid = panel.get("gridPos") or {}
-        if not all(isinstance(grid.get(k), int) for k in ("x", "y", "w", "h")):
-            problems.append(f"{name}: gridPos needs integer x, y, w, h")
-        targets = panel.get("targets") or []
-        if not targets:
-            problems.append(f"{name}: no targets")
-        for target in targets:
-            if not target.get("expr") or not target.get("refId"):
-                problems.append(f"{name}: a target lacks expr or refId")
-    return problems
-
-
-def datasource_problems(path: Path) -> list[str]:
-    """The provisioned datasource must carry the uid every panel refers to."""
-    import yaml  # noqa: PLC0415
-
-    document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    uids = [source.get("uid") for source in document.get("datasources") or []]
-    if DATASOURCE_UID not in uids:
-        return [f"{DATASOURCE_FILE} provides no datasource with uid {DATASOURCE_UID}"]
-    return []
-
-
 class Grafana(Service):
     name = "grafana"
     allocation = "monitoring"
@@ -217,6 +176,7 @@ class Grafana(Service):
     default_host_port = 3000
     secrets = (ADMIN_SECRET,)
     stage = MONITORING
+    requires = ("prometheus",)
 
     def tuning(self, ctx: ServiceContext) -> NoTuning:
         return NoTuning()
@@ -273,31 +233,6 @@ class Grafana(Service):
             memory_mb=ctx.resources.memory_mb,
             depends_on=["prometheus"],
         )
-
-    def check_rendered(self, ctx: ServiceContext, out: Path) -> list["CheckResult"]:
-        """Grafana cannot run here; check the dashboard's structure and the datasource."""
-        from kbinfra.validation import CheckResult  # noqa: PLC0415
-
-        results = missing_dependency(ctx, "prometheus")
-        try:
-            document = json.loads((out / DASHBOARD_FILE).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            return [
-                *results,
-                CheckResult(DASHBOARD_FILE, "dashboard", "failed", error.msg, error.lineno),
-            ]
-        problems = dashboard_problems(document)
-        if self.prometheus_url(ctx) is not None:
-            problems += datasource_problems(out / DATASOURCE_FILE)
-        results.append(
-            CheckResult(
-                DASHBOARD_FILE,
-                "dashboard",
-                "failed" if problems else "ok",
-                "; ".join(problems),
-            )
-        )
-        return results
 
 
 SERVICE = Grafana()

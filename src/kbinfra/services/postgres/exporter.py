@@ -26,7 +26,7 @@ class PostgresExporter(Exporter):
     container_port = 9187
     secrets = (MONITOR_SECRET,)
     job = "postgres"
-    watches = "postgres"
+    requires = ("postgres",)
 
     def data_source_uri(self, ctx: ServiceContext) -> str:
         """``postgres:5432/kb?sslmode=disable``: on the stack network, not over TLS."""

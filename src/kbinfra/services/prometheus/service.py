@@ -8,10 +8,6 @@ The rendered files are accepted by the pinned Prometheus 3 and by Debian 12's pr
 which ``kbinfra render --check`` runs: no option newer than 2.42 is used.
 """
 
-import re
-import shutil
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from pydantic import Field
@@ -32,14 +28,12 @@ from kbinfra.service_kit.healthchecks import wget_http_probe
 from kbinfra.service_kit.monitoring import (
     MONITORING,
     camel,
-    failure_text,
-    first_line_number,
 )
 from kbinfra.services.redis.exporter import SERVICE as REDIS_EXPORTER
 from kbinfra.services.redis.exporter import watched_queues
 
 if TYPE_CHECKING:
-    from kbinfra.validation import CheckResult, ToolRun
+    pass
 
 CONFIG_DIR = "/etc/prometheus"
 DATA_DIR = "/prometheus"
@@ -366,51 +360,6 @@ class Prometheus(Service):
             # Prometheus writes its head block on shutdown; a hard kill replays the WAL.
             stop_timeout_s=120,
         )
-
-    def check_rendered(self, ctx: ServiceContext, out: Path) -> list["CheckResult"]:
-        """``promtool check config`` and ``check rules`` on a copy with local paths.
-
-        promtool opens every rule and credentials file prometheus.yml names; those are
-        container paths (/etc/prometheus/…), so the check runs on a temporary copy where
-        they point into the copy. Line numbers are unchanged by the rewrite.
-        """
-        from kbinfra.validation import find_tool, run_tool, skipped  # noqa: PLC0415
-
-        promtool = find_tool("promtool")
-        if promtool is None:
-            return [skipped(CONFIG_FILE, "promtool"), skipped(RULES_FILE, "promtool")]
-        with tempfile.TemporaryDirectory(prefix="kbinfra-promtool-") as temp:
-            staged = Path(temp) / "prometheus"
-            shutil.copytree(out / "prometheus", staged)
-            config = staged / "prometheus.yml"
-            text = config.read_text(encoding="utf-8")
-            config.write_text(
-                re.sub(rf"(?<![\w/]){re.escape(CONFIG_DIR)}/", f"{staged}/", text),
-                encoding="utf-8",
-            )
-            config_run = run_tool([promtool, "check", "config", str(config)])
-            rules_run = run_tool([promtool, "check", "rules", str(staged / "rules/kb_alerts.yml")])
-            return [
-                _promtool_result(CONFIG_FILE, "promtool check config", config_run, staged),
-                _promtool_result(RULES_FILE, "promtool check rules", rules_run, staged),
-            ]
-
-
-def _promtool_result(relative: str, tool: str, run: "ToolRun", staged: Path) -> "CheckResult":
-    from kbinfra.validation import CheckResult  # noqa: PLC0415
-
-    if run.ok:
-        return CheckResult(relative, tool, "ok")
-    output = run.output.replace(f"{staged}/", "prometheus/").replace(str(staged), "prometheus")
-    # `check config` also parses the rule files: a line number may belong to one of them.
-    where = re.search(r"(prometheus/\S+\.ya?ml): \d+:\d+:", output)
-    return CheckResult(
-        where.group(1) if where else relative,
-        tool,
-        "failed",
-        failure_text(output),
-        first_line_number(output),
-    )
 
 
 SERVICE = Prometheus()

@@ -39,7 +39,7 @@ class RedisExporter(Exporter):
     container_port = 9121
     secrets = (EXPORTER_SECRET,)
     job = "redis"
-    watches = "redis"
+    requires = ("redis",)
 
     def container(self, ctx: ServiceContext) -> ContainerSpec:
         settings = cast(RedisExporterSettings, ctx.settings)
@@ -72,7 +72,7 @@ def watched_queues(ctx: ServiceContext) -> list[str]:
     Empty unless both redis-exporter and redis are enabled: without them there is no
     ``redis_key_size`` to alert on.
     """
-    if SERVICE.name not in ctx.enabled or SERVICE.watches not in ctx.enabled:
+    if SERVICE.name not in ctx.enabled or any(n not in ctx.enabled for n in SERVICE.requires):
         return []
     settings = cast(RedisExporterSettings, ctx.stack.services.get(SERVICE.name))
     return list(settings.celery_queues)

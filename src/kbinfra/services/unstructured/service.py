@@ -11,7 +11,6 @@ OpenMP variables that torch, OpenBLAS and Tesseract read.
 
 import math
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -26,7 +25,7 @@ from kbinfra.service import (
 from kbinfra.service_kit.healthchecks import python_http_probe
 
 if TYPE_CHECKING:
-    from kbinfra.validation import CheckResult
+    pass
 
 STRATEGIES_FILE = "unstructured/strategies.json"
 API_PATH = "/general/v0/general"
@@ -295,11 +294,6 @@ class Unstructured(Service):
             memory_mb=ctx.resources.memory_mb,
             stop_timeout_s=60,
         )
-
-    def check_rendered(self, ctx: ServiceContext, out: Path) -> list["CheckResult"]:
-        from kbinfra.service_kit.json_file import check_json_file  # noqa: PLC0415
-
-        return [check_json_file(out, STRATEGIES_FILE, StrategiesDocument, "strategies schema")]
 
 
 SERVICE = Unstructured()
