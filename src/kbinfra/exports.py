@@ -8,6 +8,7 @@ from typing import Any
 from kbinfra.service import RenderedFile
 from kbinfra.spec.yamlfile import dump_yaml
 from kbinfra.stack import Stack
+from kbinfra.templating import environment
 
 COMPOSE_FILE = "docker-compose.yml"
 COMPOSE_ENV = ".env"
@@ -78,7 +79,6 @@ def compose_document(stack: Stack) -> dict[str, Any]:
 
 
 def stack_files(stack: Stack) -> list[RenderedFile]:
-    from kbinfra.render import environment  # noqa: PLC0415 (render imports this module)
 
     document = compose_document(stack)
     header = (

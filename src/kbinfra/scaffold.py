@@ -10,12 +10,12 @@ from typing import Any
 
 from kbinfra.errors import SpecError
 from kbinfra.registry import all_services
-from kbinfra.render import environment
 from kbinfra.secrets import ensure_secrets, write_private_file
 from kbinfra.spec.profile import load_profile
 from kbinfra.spec.stack import STACK_FILE, StackSpec, load_stack, stack_model
 from kbinfra.spec.yamlfile import read_yaml
 from kbinfra.stack import required_secrets
+from kbinfra.templating import environment
 
 _COMMON = {"enabled", "image", "port"}
 

@@ -10,7 +10,6 @@ import pytest
 from kbinfra.errors import SpecError
 from kbinfra.plan import config_parts
 from kbinfra.registry import all_services
-from kbinfra.render import service_templates
 from kbinfra.service import BindMount
 from kbinfra.service_kit.monitoring import camel, failure_text, first_line_number
 from kbinfra.services.node_exporter.service import SERVICE as NODE
@@ -18,6 +17,7 @@ from kbinfra.services.postgres.exporter import SERVICE as POSTGRES
 from kbinfra.services.redis.exporter import SERVICE as REDIS
 from kbinfra.services.redis.exporter import watched_queues
 from kbinfra.stack import Stack
+from kbinfra.templating import service_templates
 from kbinfra.validation import missing_requirements
 
 MONITORING_SHARES = {
