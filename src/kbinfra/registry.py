@@ -19,7 +19,7 @@ from types import ModuleType
 from typing import Literal
 
 from kbinfra import services as services_package
-from kbinfra.service import Service
+from kbinfra.service import Service, ServiceContext
 
 _STAGE_ORDER = {"data": 0, "service": 1, "edge": 2, "monitoring": 3}
 
@@ -50,6 +50,23 @@ def all_services() -> dict[str, Service]:
 
 def get_service(name: str) -> Service:
     return all_services()[name]
+
+
+def enabled_services(ctx: ServiceContext) -> list[tuple[Service, ServiceContext]]:
+    """Every service enabled in ``ctx``'s stack, in deployment order, with the context it has
+    there: how one service asks the others what it needs of them (scrape targets, routes)."""
+    return [
+        (
+            service,
+            ctx._replace(
+                name=name,
+                settings=ctx.stack.services.get(name),
+                resources=service.resources(ctx.profile),
+            ),
+        )
+        for name, service in all_services().items()
+        if name in ctx.enabled
+    ]
 
 
 @cache

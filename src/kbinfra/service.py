@@ -133,6 +133,45 @@ class ScrapeTarget(NamedTuple):
     interval_s: int = 30
 
 
+class Route(NamedTuple):
+    """A public path prefix nginx forwards to a service on the stack network."""
+
+    prefix: str  # "/embeddings/": stripped before the request is passed on
+    address: str  # host:port on the stack network
+    #: Requests that take minutes (documents): nginx gives them its longer timeout.
+    long_running: bool = False
+
+
+class Panel(NamedTuple):
+    """A panel a service offers the stack's Grafana dashboard: its title, kind, place
+    (x, y, w, h on Grafana's 24-column grid), PromQL queries as (expression, legend) pairs
+    and unit. Places are fixed, so a panel is where users expect it whatever else is on."""
+
+    title: str
+    kind: str
+    grid: tuple[int, int, int, int]
+    queries: Sequence[tuple[str, str]]
+    unit: str = "short"
+
+
+class AlertRule(NamedTuple):
+    """A Prometheus alerting rule a service offers for the metrics it exports."""
+
+    alert: str
+    expr: str
+    for_: str
+    severity: str
+    summary: str
+    description: str
+
+
+class WorkQueue(NamedTuple):
+    """A queue of jobs whose length a service exports: Prometheus alerts when it backs up."""
+
+    name: str
+    length: str  # PromQL for its current length
+
+
 class ServiceContext(NamedTuple):
     """What a service is given to decide its tuning, files and container."""
 
@@ -217,7 +256,30 @@ class Service(ABC):
     def container(self, ctx: ServiceContext) -> ContainerSpec:
         """The container that runs the service, with the rendered files it mounts."""
 
+    #: A path that answers HTTP 200 without credentials while the service is up; the probes
+    #: and nginx's end-to-end check use it.
+    health_path: ClassVar[str | None] = None
+    #: Prometheus sends its alerts to every enabled service that sets this.
+    receives_alerts: ClassVar[bool] = False
+
     def scrape_targets(self, ctx: ServiceContext) -> list[ScrapeTarget]:
+        """The endpoints Prometheus scrapes for this service."""
+        return []
+
+    def routes(self, ctx: ServiceContext) -> list[Route]:
+        """The public paths nginx forwards to this service (data stores have none)."""
+        return []
+
+    def dashboard_panels(self, ctx: ServiceContext) -> list[Panel]:
+        """The panels this service adds to the stack's Grafana dashboard."""
+        return []
+
+    def alert_rules(self, ctx: ServiceContext) -> list[AlertRule]:
+        """The alerting rules this service adds to Prometheus' ``kb_performance`` group."""
+        return []
+
+    def work_queues(self, ctx: ServiceContext) -> list[WorkQueue]:
+        """The job queues whose length this service exports (Prometheus alerts on a backlog)."""
         return []
 
     def address(self, port: int | None = None) -> str:

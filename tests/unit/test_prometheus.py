@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from kbinfra import registry as registry_module
 from kbinfra.errors import SpecError
 from kbinfra.registry import all_services
 from kbinfra.render import render_service, render_stack, write_tree
@@ -19,8 +20,8 @@ from kbinfra.service import (
     Service,
     ServiceContext,
     ServiceSettings,
+    WorkQueue,
 )
-from kbinfra.services.prometheus import service as prometheus_module
 from kbinfra.services.prometheus.render_check import check_rendered
 from kbinfra.services.prometheus.service import (
     SERVICE,
@@ -81,7 +82,7 @@ class ServicesWithQdrant:
 def with_qdrant(monkeypatch: pytest.MonkeyPatch) -> Callable[[ServiceContext], ServiceContext]:
     """Register the fake qdrant and return a function that enables it in a context."""
     registry = {**all_services(), "qdrant": FakeQdrant()}
-    monkeypatch.setattr(prometheus_module, "all_services", lambda: registry)
+    monkeypatch.setattr(registry_module, "all_services", lambda: registry)
 
     def enable(ctx: ServiceContext) -> ServiceContext:
         stack = ctx.stack.model_copy(update={"services": ServicesWithQdrant(ctx.stack.services)})
@@ -304,7 +305,8 @@ def test_document_backlog_reads_the_queue_length(make_stack: Callable[..., Stack
     assert backlog.alert == "DocumentProcessingBacklog"
     assert backlog.expr == 'max(redis_key_size{job="redis", key="document_processing"}) > 100'
     assert backlog.for_ == "5m"
-    assert [r.alert for r in backlog_rules(["ingest", "re-index"], 5)] == [
+    queues = [WorkQueue("ingest", "a"), WorkQueue("re-index", "b")]
+    assert [r.alert for r in backlog_rules(queues, 5)] == [
         "IngestBacklog",
         "ReIndexBacklog",
     ]

@@ -30,6 +30,16 @@ def address_of(name: str, default_port: int) -> str:
     return service.address() if service is not None else f"{name}:{default_port}"
 
 
+def p95(bucket: str) -> str:
+    """The 95th percentile of a histogram across every series of it.
+
+    The guide wrote ``histogram_quantile(0.95, rate(x_bucket[5m]))``: one quantile per series,
+    so with two servers (or any extra label) it never computes the service's p95. Buckets
+    must be summed by ``le`` first.
+    """
+    return f"histogram_quantile(0.95, sum by (le) (rate({bucket}[5m])))"
+
+
 def first_line_number(output: str) -> int | None:
     """The line a promtool/amtool message points at: ``file.yml: 8:15:`` or ``line 3:``."""
     match = re.search(r"\.ya?ml: (\d+):\d+:", output) or re.search(r"\bline (\d+):", output)

@@ -64,6 +64,7 @@ class Alertmanager(Service):
     container_port = 9093
     default_host_port = 9093
     stage = MONITORING
+    receives_alerts = True
 
     def tuning(self, ctx: ServiceContext) -> NoTuning:
         return NoTuning()

@@ -22,13 +22,16 @@ from kbinfra.probing.probe import (
     require,
     run_load,
 )
-from kbinfra.services.embeddings.service import API_KEY_HEADER, EmbeddingsSettings, EmbeddingsTune
+from kbinfra.services.embeddings.service import (
+    API_KEY_HEADER,
+    HEALTH_PATH,
+    EmbeddingsSettings,
+    EmbeddingsTune,
+)
 
 if TYPE_CHECKING:
     import httpx
 
-#: What nginx's route to this service asks to prove HTTPS reaches it (no key needed).
-HEALTH_PATH = "/health"
 SECRET = "embeddings_api_key"
 TIMEOUT_S = 60.0
 #: The guide's HighEmbeddingLatency alert: p95 of embedding_generation_duration_seconds > 2 s.
@@ -99,9 +102,9 @@ def default_dimension(settings: EmbeddingsSettings) -> int:
 # --------------------------------------------------------------------------- checks
 def check_health(base: str) -> str:
     with client(base, None) as http:
-        response = http.get("/health")
-    require(response.status_code == 200, f"/health answered HTTP {response.status_code}")
-    return f"/health 200, default model {response.json().get('model')} loaded"
+        response = http.get(HEALTH_PATH)
+    require(response.status_code == 200, f"{HEALTH_PATH} answered HTTP {response.status_code}")
+    return f"{HEALTH_PATH} 200, default model {response.json().get('model')} loaded"
 
 
 def check_embed(base: str, key: str, model: str, dimension: int) -> str:
@@ -231,4 +234,4 @@ def bench(probe: ProbeContext, plan: BenchPlan) -> list[BenchResult]:
     return results
 
 
-__all__ = ["HEALTH_PATH", "bench", "checks"]
+__all__ = ["bench", "checks"]

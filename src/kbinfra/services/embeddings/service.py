@@ -15,9 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from kbinfra import __version__
 from kbinfra.errors import SpecError
 from kbinfra.service import (
+    AlertRule,
     ContainerSpec,
     FileMount,
     HealthCheck,
+    Panel,
+    Route,
     ScrapeTarget,
     Service,
     ServiceContext,
@@ -25,6 +28,7 @@ from kbinfra.service import (
     VolumeMount,
 )
 from kbinfra.service_kit.healthchecks import python_http_probe
+from kbinfra.service_kit.monitoring import p95
 
 if TYPE_CHECKING:
     pass
@@ -34,6 +38,10 @@ CONFIG_TARGET = "/etc/kbinfra/embeddings/config.json"
 API_KEY_HEADER = "X-API-Key"
 API_KEY_ENV = "EMBEDDINGS_API_KEY"
 PORT = 8001
+#: Answers 200 without a key once the default model is loaded.
+HEALTH_PATH = "/health"
+#: The histogram the service's app exports for each embedding request.
+LATENCY_BUCKET = "embedding_generation_duration_seconds_bucket"
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -219,6 +227,7 @@ class Embeddings(Service):
     default_host_port = PORT
     secrets = ("embeddings_api_key",)
     stage = "service"
+    health_path = HEALTH_PATH
 
     def tuning(self, ctx: ServiceContext) -> EmbeddingsTune:
         settings: EmbeddingsSettings = ctx.settings
@@ -288,7 +297,7 @@ class Embeddings(Service):
             files=[FileMount(source=CONFIG_FILE, target=CONFIG_TARGET)],
             # The image has Python but not `requests` (the guide's health check imported it).
             healthcheck=HealthCheck(
-                test=python_http_probe(f"http://127.0.0.1:{PORT}/health"),
+                test=python_http_probe(f"http://127.0.0.1:{PORT}{self.health_path}"),
                 interval_s=15,
                 timeout_s=10,
                 retries=8,
@@ -300,6 +309,33 @@ class Embeddings(Service):
 
     def scrape_targets(self, ctx: ServiceContext) -> list[ScrapeTarget]:
         return [ScrapeTarget(job="embeddings", address=self.address(), path="/metrics")]
+
+    def routes(self, ctx: ServiceContext) -> list[Route]:
+        return [Route(prefix="/embeddings/", address=self.address())]
+
+    def alert_rules(self, ctx: ServiceContext) -> list[AlertRule]:
+        """The guide's HighEmbeddingLatency, on the service's own histogram."""
+        return [
+            AlertRule(
+                alert="HighEmbeddingLatency",
+                expr=f"{p95(LATENCY_BUCKET)} > 2",
+                for_="2m",
+                severity="warning",
+                summary="Embedding generation is slow",
+                description="95th percentile embedding time is {{ $value | humanizeDuration }}",
+            )
+        ]
+
+    def dashboard_panels(self, ctx: ServiceContext) -> list[Panel]:
+        return [
+            Panel(
+                "Embedding latency (p95)",
+                "timeseries",
+                (0, 22, 12, 8),
+                [(p95(LATENCY_BUCKET), "p95")],
+                "s",
+            )
+        ]
 
 
 SERVICE = Embeddings()

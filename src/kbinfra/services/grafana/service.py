@@ -4,28 +4,27 @@ The guide's dashboard was an API payload (``{"dashboard": {...}}``) with ``graph
 no layout, no datasource and Qdrant metrics that do not exist (``qdrant_collections_total``,
 ``qdrant_points_total``). kbinfra renders a file-provisioned dashboard instead: ``timeseries``
 and ``stat`` panels with ``gridPos``, every panel and query bound to the provisioned
-datasource by uid, and the metric names the exporters really publish.
+datasource by uid, and the metric names the exporters really publish. Each service offers
+the panels for the metrics it exports (``Service.dashboard_panels``); Grafana lays them out.
 """
 
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any
 
-from kbinfra.registry import all_services
+from kbinfra.registry import all_services, enabled_services
 from kbinfra.service import (
     ContainerSpec,
     FileMount,
     HealthCheck,
+    Panel,
     ScrapeTarget,
     Service,
     ServiceContext,
     VolumeMount,
 )
-from kbinfra.service_kit.monitoring import MONITORING, NoTuning
-from kbinfra.services.redis.exporter import SERVICE as REDIS_EXPORTER
-from kbinfra.services.redis.exporter import watched_queues
+from kbinfra.service_kit.monitoring import MONITORING, NoTuning, p95
 
-if TYPE_CHECKING:
-    pass
-
+#: The dependency Grafana declares: the datasource it is provisioned with.
+PROMETHEUS = "prometheus"
 DATA_DIR = "/var/lib/grafana"
 PROVISIONING_DIR = "/etc/grafana/provisioning"
 DASHBOARDS_DIR = "/etc/grafana/dashboards"
@@ -40,17 +39,6 @@ PROVIDER_FILE = "grafana/provisioning/dashboards/kbinfra.yml"
 ADMIN_SECRET = "grafana_admin_password"
 
 
-class PanelSpec(NamedTuple):
-    """One panel: its title, kind, place (x, y, w, h on Grafana's 24-column grid), unit and
-    PromQL queries as (expression, legend) pairs."""
-
-    title: str
-    kind: str
-    grid: tuple[int, int, int, int]
-    queries: list[tuple[str, str]]
-    unit: str = "short"
-
-
 _STAT_OPTIONS = {
     "colorMode": "value",
     "graphMode": "area",
@@ -63,7 +51,7 @@ _TIMESERIES_OPTIONS = {
 }
 
 
-def panel_json(panel_id: int, spec: PanelSpec) -> dict[str, Any]:
+def panel_json(panel_id: int, spec: Panel) -> dict[str, Any]:
     """A panel of the classic dashboard model, bound to the provisioned datasource."""
     x, y, w, h = spec.grid
     return {
@@ -81,75 +69,45 @@ def panel_json(panel_id: int, spec: PanelSpec) -> dict[str, Any]:
     }
 
 
-def _p95(bucket: str) -> str:
-    # The guide took the quantile of each series; buckets must be summed by `le` first.
-    return f"histogram_quantile(0.95, sum by (le) (rate({bucket}[5m])))"
-
-
-def panel_specs(queues: list[str]) -> list[PanelSpec]:
-    """The guide's three panels (search, vector database, document processing), split so each
-    has one unit, with real metric names, and a few the alerts refer to."""
-    if queues:
-        keys = "|".join(queues)
-        queue = (
-            f'sum by (key) (redis_key_size{{job="{REDIS_EXPORTER.job}", key=~"{keys}"}})',
-            "{{key}}",
-        )
-    else:
-        queue = ("sum by (key) (redis_key_size)", "{{key}}")
+def own_panels() -> list[Panel]:
+    """The guide's panels on the app's own metrics, and the stack's health. The services add
+    theirs (``Service.dashboard_panels``): the vector database, queues, embeddings, host."""
     return [
-        PanelSpec(
+        Panel(
             "Searches per second",
             "timeseries",
             (0, 0, 12, 8),
             [("sum(rate(kb_search_total[5m]))", "Searches/s")],
             "reqps",
         ),
-        PanelSpec(
+        Panel(
             "Search latency (p95)",
             "timeseries",
             (12, 0, 12, 8),
-            [(_p95("kb_search_duration_seconds_bucket"), "p95")],
+            [(p95("kb_search_duration_seconds_bucket"), "p95")],
             "s",
         ),
-        # Qdrant publishes collections_total and collections_vector_total (no qdrant_ prefix).
-        PanelSpec(
-            "Vector database",
-            "stat",
-            (0, 8, 8, 6),
-            [
-                ('sum(collections_total{job="qdrant"})', "Collections"),
-                ('sum(collections_vector_total{job="qdrant"})', "Total vectors"),
-            ],
-        ),
-        PanelSpec("Services up", "stat", (8, 8, 16, 6), [("min by (job) (up)", "{{job}}")]),
-        PanelSpec(
+        Panel("Services up", "stat", (8, 8, 16, 6), [("min by (job) (up)", "{{job}}")]),
+        Panel(
             "Documents processed",
             "timeseries",
             (0, 14, 12, 8),
             [("sum(rate(documents_processed_total[5m]))", "Documents/s")],
             "ops",
         ),
-        # The guide's celery_tasks_total{state="PENDING"} is exported by nothing here.
-        PanelSpec("Celery queue length", "timeseries", (12, 14, 12, 8), [queue]),
-        PanelSpec(
-            "Embedding latency (p95)",
-            "timeseries",
-            (0, 22, 12, 8),
-            [(_p95("embedding_generation_duration_seconds_bucket"), "p95")],
-            "s",
-        ),
-        PanelSpec(
-            "Host memory used",
-            "timeseries",
-            (12, 22, 12, 8),
-            [("1 - node_memory_MemAvailable_bytes / node_memory_MemTotal_bytes", "{{instance}}")],
-            "percentunit",
-        ),
     ]
 
 
-def dashboard(stack_name: str, queues: list[str]) -> dict[str, Any]:
+def panel_specs(ctx: ServiceContext) -> list[Panel]:
+    """Grafana's own panels and those the enabled services offer, top to bottom, left to
+    right (the order Grafana numbers them in)."""
+    offered = [
+        panel for service, own in enabled_services(ctx) for panel in service.dashboard_panels(own)
+    ]
+    return sorted([*own_panels(), *offered], key=lambda panel: (panel.grid[1], panel.grid[0]))
+
+
+def dashboard(stack_name: str, panels: list[Panel]) -> dict[str, Any]:
     """The guide's "PrivexBot KB System" dashboard, named for the stack and made loadable."""
     return {
         "uid": f"kbinfra-{stack_name}",
@@ -163,7 +121,7 @@ def dashboard(stack_name: str, queues: list[str]) -> dict[str, Any]:
         "time": {"from": "now-6h", "to": "now"},
         "annotations": {"list": []},
         "templating": {"list": []},
-        "panels": [panel_json(i, spec) for i, spec in enumerate(panel_specs(queues), start=1)],
+        "panels": [panel_json(i, spec) for i, spec in enumerate(panels, start=1)],
     }
 
 
@@ -176,13 +134,13 @@ class Grafana(Service):
     default_host_port = 3000
     secrets = (ADMIN_SECRET,)
     stage = MONITORING
-    requires = ("prometheus",)
+    requires = (PROMETHEUS,)
 
     def tuning(self, ctx: ServiceContext) -> NoTuning:
         return NoTuning()
 
     def prometheus_url(self, ctx: ServiceContext) -> str | None:
-        prometheus = all_services().get("prometheus")
+        prometheus = all_services().get(PROMETHEUS)
         if prometheus is None or prometheus.name not in ctx.enabled:
             return None
         return f"http://{prometheus.address()}"
@@ -192,7 +150,7 @@ class Grafana(Service):
             "prometheus_url": self.prometheus_url(ctx),
             "datasource_uid": DATASOURCE_UID,
             "dashboards_dir": DASHBOARDS_DIR,
-            "dashboard": dashboard(ctx.stack.name, watched_queues(ctx)),
+            "dashboard": dashboard(ctx.stack.name, panel_specs(ctx)),
         }
 
     def scrape_targets(self, ctx: ServiceContext) -> list[ScrapeTarget]:
@@ -231,7 +189,7 @@ class Grafana(Service):
             ),
             cpus=ctx.resources.cpus,
             memory_mb=ctx.resources.memory_mb,
-            depends_on=["prometheus"],
+            depends_on=[PROMETHEUS],
         )
 
 

@@ -31,10 +31,10 @@ from kbinfra.probing.probe import (
     run_load,
 )
 from kbinfra.services.nginx.service import (
-    INTERNAL_ROUTES,
     SECURITY_HEADERS,
     NginxSettings,
     NginxTune,
+    routed_services,
 )
 
 if TYPE_CHECKING:
@@ -102,19 +102,12 @@ class Https:
 
 
 def routes(probe: ProbeContext) -> list[tuple[str, str]]:
-    """``(service, path)`` of each routed service and its health location (from its probe)."""
-    from kbinfra.probing.run import probe_module  # noqa: PLC0415
-    from kbinfra.registry import get_service  # noqa: PLC0415
-
-    found = []
-    for service, prefix, _ in INTERNAL_ROUTES:
-        if service not in probe.ctx.enabled:
-            continue
-        module = probe_module(get_service(service))
-        health = getattr(module, "HEALTH_PATH", None)
-        if isinstance(health, str):
-            found.append((service, prefix.rstrip("/") + health))
-    return found
+    """``(service, path)`` of each routed service's health location through nginx."""
+    return [
+        (service.name, route.prefix.rstrip("/") + service.health_path)
+        for service, route in routed_services(probe.ctx)
+        if service.health_path is not None
+    ]
 
 
 # --------------------------------------------------------------------------- checks

@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
 from pydantic import Field, model_validator
 
-from kbinfra.registry import get_service
+from kbinfra.registry import enabled_services
 from kbinfra.service import (
     ContainerSpec,
     FileMount,
     HealthCheck,
     PortBinding,
     RenderedFile,
+    Route,
     Service,
     ServiceContext,
     ServiceSettings,
@@ -62,13 +63,6 @@ SECURITY_HEADERS = (
 #: never reads /etc/hosts, so an upstream under one of these names is resolved once, at start.
 DOCKER_HOST_ALIASES = frozenset({"host.docker.internal"})
 DOCKER_DNS = "127.0.0.11"
-
-#: Internal services nginx routes to when they are enabled: (service, public prefix, timeout
-#: setting). Data stores are deliberately absent: they are never reachable through nginx.
-INTERNAL_ROUTES = (
-    ("embeddings", "/embeddings/", "proxy_timeout_s"),
-    ("unstructured", "/unstructured/", "document_timeout_s"),
-)
 
 #: ``http2 on;`` replaced ``listen ... http2`` in nginx 1.25.1.
 HTTP2_DIRECTIVE_SINCE = (1, 25, 1)
@@ -171,6 +165,12 @@ def app_upstream(upstream: str) -> AppUpstream:
     return AppUpstream(upstream, static=True)
 
 
+def routed_services(ctx: ServiceContext) -> list[tuple[Service, Route]]:
+    """Every public route the enabled services offer (``Service.routes``), with its service.
+    Data stores offer none: they are never reachable through nginx."""
+    return [(s, route) for s, own in enabled_services(ctx) for route in s.routes(own)]
+
+
 class Nginx(Service):
     name = "nginx"
     allocation = "app"
@@ -190,13 +190,14 @@ class Nginx(Service):
         version = nginx_version(ctx.image)
         routes = [
             {
-                "path": path,
-                "service": name,
-                "address": get_service(name).address(),
-                "timeout_s": getattr(settings, timeout),
+                "path": route.prefix,
+                "service": service.name,
+                "address": route.address,
+                "timeout_s": settings.document_timeout_s
+                if route.long_running
+                else settings.proxy_timeout_s,
             }
-            for name, path, timeout in INTERNAL_ROUTES
-            if name in ctx.enabled
+            for service, route in routed_services(ctx)
         ]
         domain = ctx.stack.domain
         return {

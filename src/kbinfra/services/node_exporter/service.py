@@ -7,9 +7,11 @@ and the stack file key services by ``Service.name``).
 from pydantic import Field
 
 from kbinfra.service import (
+    AlertRule,
     BindMount,
     ContainerSpec,
     HealthCheck,
+    Panel,
     ServiceContext,
     ServiceSettings,
 )
@@ -67,6 +69,39 @@ class NodeExporter(Exporter):
             cpus=ctx.resources.cpus,
             memory_mb=ctx.resources.memory_mb,
         )
+
+    def alert_rules(self, ctx: ServiceContext) -> list[AlertRule]:
+        return [
+            AlertRule(
+                alert="HighMemoryUsage",
+                expr=(
+                    "(node_memory_MemTotal_bytes - node_memory_MemAvailable_bytes)"
+                    " / node_memory_MemTotal_bytes > 0.9"
+                ),
+                for_="5m",
+                severity="warning",
+                summary="High memory usage detected",
+                description=(
+                    "{{ $labels.instance }} uses {{ $value | humanizePercentage }} of memory"
+                ),
+            )
+        ]
+
+    def dashboard_panels(self, ctx: ServiceContext) -> list[Panel]:
+        return [
+            Panel(
+                "Host memory used",
+                "timeseries",
+                (12, 22, 12, 8),
+                [
+                    (
+                        "1 - node_memory_MemAvailable_bytes / node_memory_MemTotal_bytes",
+                        "{{instance}}",
+                    )
+                ],
+                "percentunit",
+            )
+        ]
 
 
 SERVICE = NodeExporter()

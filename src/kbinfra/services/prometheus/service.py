@@ -8,12 +8,13 @@ The rendered files are accepted by the pinned Prometheus 3 and by Debian 12's pr
 which ``kbinfra render --check`` runs: no option newer than 2.42 is used.
 """
 
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 from pydantic import Field
 
-from kbinfra.registry import all_services
+from kbinfra.registry import enabled_services
 from kbinfra.service import (
+    AlertRule,
     ContainerSpec,
     FileMount,
     HealthCheck,
@@ -23,17 +24,10 @@ from kbinfra.service import (
     ServiceContext,
     ServiceSettings,
     VolumeMount,
+    WorkQueue,
 )
 from kbinfra.service_kit.healthchecks import wget_http_probe
-from kbinfra.service_kit.monitoring import (
-    MONITORING,
-    camel,
-)
-from kbinfra.services.redis.exporter import SERVICE as REDIS_EXPORTER
-from kbinfra.services.redis.exporter import watched_queues
-
-if TYPE_CHECKING:
-    pass
+from kbinfra.service_kit.monitoring import MONITORING, camel, p95
 
 CONFIG_DIR = "/etc/prometheus"
 DATA_DIR = "/prometheus"
@@ -87,15 +81,6 @@ class ScrapeJob(NamedTuple):
         return min(10, self.interval_s)
 
 
-class AlertRule(NamedTuple):
-    alert: str
-    expr: str
-    for_: str
-    severity: str
-    summary: str
-    description: str
-
-
 def retention_size_mb(storage_gb: int) -> int:
     """``RETENTION_FRACTION`` of ``storage_gb`` (decimal GB, as disks are sold) in MiB.
 
@@ -104,23 +89,9 @@ def retention_size_mb(storage_gb: int) -> int:
     return int(storage_gb * 1_000_000_000 * RETENTION_FRACTION) // (1024 * 1024)
 
 
-def sibling_context(ctx: ServiceContext, other: str) -> ServiceContext:
-    """The context service ``other`` gets in this stack, built from Prometheus' own."""
-    service = all_services()[other]
-    return ctx._replace(
-        name=other,
-        settings=ctx.stack.services.get(other),
-        resources=service.resources(ctx.profile),
-    )
-
-
 def collect_scrape_targets(ctx: ServiceContext) -> list[ScrapeTarget]:
     """Every endpoint the enabled services offer, Prometheus' own included."""
-    found: list[ScrapeTarget] = []
-    for name, service in all_services().items():
-        if name in ctx.enabled:
-            found.extend(service.scrape_targets(sibling_context(ctx, name)))
-    return found
+    return [t for service, own in enabled_services(ctx) for t in service.scrape_targets(own)]
 
 
 def scrape_jobs(targets: list[ScrapeTarget]) -> list[ScrapeJob]:
@@ -149,42 +120,18 @@ def scrape_jobs(targets: list[ScrapeTarget]) -> list[ScrapeJob]:
     return jobs
 
 
-def _p95(metric: str) -> str:
-    # The guide wrote histogram_quantile(0.95, rate(x_bucket[5m])): one quantile per series, so
-    # with two app servers (or any extra label) it never computes the service's p95. Buckets
-    # must be summed by `le` first.
-    return f"histogram_quantile(0.95, sum by (le) (rate({metric}[5m])))"
-
-
 def guide_rules() -> list[AlertRule]:
-    """The guide's ``kb_performance`` alerts, corrected. QdrantDown is one of ``down_rules``."""
+    """The guide's ``kb_performance`` alert on the app's own metrics, corrected. Its other
+    alerts come from the services that export their metrics (``Service.alert_rules``), and
+    QdrantDown is one of ``down_rules``."""
     return [
         AlertRule(
             alert="HighSearchLatency",
-            expr=f"{_p95('kb_search_duration_seconds_bucket')} > 0.5",
+            expr=f"{p95('kb_search_duration_seconds_bucket')} > 0.5",
             for_="2m",
             severity="warning",
             summary="KB search latency is high",
             description="95th percentile search latency is {{ $value | humanizeDuration }}",
-        ),
-        AlertRule(
-            alert="HighEmbeddingLatency",
-            expr=f"{_p95('embedding_generation_duration_seconds_bucket')} > 2",
-            for_="2m",
-            severity="warning",
-            summary="Embedding generation is slow",
-            description="95th percentile embedding time is {{ $value | humanizeDuration }}",
-        ),
-        AlertRule(
-            alert="HighMemoryUsage",
-            expr=(
-                "(node_memory_MemTotal_bytes - node_memory_MemAvailable_bytes)"
-                " / node_memory_MemTotal_bytes > 0.9"
-            ),
-            for_="5m",
-            severity="warning",
-            summary="High memory usage detected",
-            description="{{ $labels.instance }} uses {{ $value | humanizePercentage }} of memory",
         ),
     ]
 
@@ -206,16 +153,16 @@ def down_rules(jobs: list[ScrapeJob]) -> list[AlertRule]:
     ]
 
 
-def backlog_rules(queues: list[str], threshold: int) -> list[AlertRule]:
-    """The guide's DocumentProcessingBacklog, on the queue's real length (a Redis list)."""
+def backlog_rules(queues: list[WorkQueue], threshold: int) -> list[AlertRule]:
+    """The guide's DocumentProcessingBacklog, on each queue's real length."""
     return [
         AlertRule(
-            alert=f"{camel(queue)}Backlog",
-            expr=f'max(redis_key_size{{job="{REDIS_EXPORTER.job}", key="{queue}"}}) > {threshold}',
+            alert=f"{camel(queue.name)}Backlog",
+            expr=f"{queue.length} > {threshold}",
             for_="5m",
             severity="warning",
-            summary=f"{queue} backlog detected",
-            description=f"{{{{ $value }}}} tasks are waiting in Celery queue {queue}",
+            summary=f"{queue.name} backlog detected",
+            description=f"{{{{ $value }}}} tasks are waiting in Celery queue {queue.name}",
         )
         for queue in queues
     ]
@@ -270,17 +217,23 @@ class Prometheus(Service):
     def rule_groups(self, ctx: ServiceContext) -> dict[str, list[AlertRule]]:
         """The rule groups of kb_alerts.yml: the guide's (fixed) and one alert per job."""
         settings = cast(PrometheusSettings, ctx.settings)
+        others = enabled_services(ctx)
+        offered = [rule for service, own in others for rule in service.alert_rules(own)]
+        queues = [queue for service, own in others for queue in service.work_queues(own)]
         return {
             "kb_performance": [
                 *guide_rules(),
-                *backlog_rules(watched_queues(ctx), settings.queue_backlog_threshold),
+                *offered,
+                *backlog_rules(queues, settings.queue_backlog_threshold),
             ],
             "kb_availability": down_rules(self.jobs(ctx)),
         }
 
     def alertmanagers(self, ctx: ServiceContext) -> list[str]:
-        manager = all_services().get("alertmanager")
-        return [manager.address()] if manager and manager.name in ctx.enabled else []
+        """Where Prometheus sends alerts: every enabled service that receives them."""
+        return [
+            service.address() for service, _ in enabled_services(ctx) if service.receives_alerts
+        ]
 
     def template_context(self, ctx: ServiceContext) -> dict[str, Any]:
         return {

@@ -9,6 +9,7 @@ from kbinfra.service import (
     ContainerSpec,
     FileMount,
     HealthCheck,
+    Panel,
     PortBinding,
     ScrapeTarget,
     Service,
@@ -31,6 +32,7 @@ CONFIG_FILE = "qdrant/config.yaml"
 #: config/config.yaml, then config/production.yaml (this file), then QDRANT__* env vars.
 CONFIG_TARGET = "/qdrant/config/production.yaml"
 HTTP_PORT = 6333
+METRICS_JOB = "qdrant"
 GRPC_PORT = 6334
 
 
@@ -163,10 +165,25 @@ class Qdrant(Service):
         # it asks for, and Qdrant accepts it as ``Authorization: Bearer``.
         return [
             ScrapeTarget(
-                job="qdrant",
+                job=METRICS_JOB,
                 address=self.address(),
                 path="/metrics",
                 bearer_secret="qdrant_read_only_api_key",
+            )
+        ]
+
+    def dashboard_panels(self, ctx: ServiceContext) -> list[Panel]:
+        # Qdrant publishes collections_total and collections_vector_total (no qdrant_ prefix;
+        # the guide's qdrant_collections_total and qdrant_points_total do not exist).
+        return [
+            Panel(
+                "Vector database",
+                "stat",
+                (0, 8, 8, 6),
+                [
+                    (f'sum(collections_total{{job="{METRICS_JOB}"}})', "Collections"),
+                    (f'sum(collections_vector_total{{job="{METRICS_JOB}"}})', "Total vectors"),
+                ],
             )
         ]
 

@@ -11,7 +11,14 @@ from typing import Annotated, cast
 
 from pydantic import Field
 
-from kbinfra.service import ContainerSpec, HealthCheck, ServiceContext, ServiceSettings
+from kbinfra.service import (
+    ContainerSpec,
+    HealthCheck,
+    Panel,
+    ServiceContext,
+    ServiceSettings,
+    WorkQueue,
+)
 from kbinfra.service_kit.healthchecks import wget_http_probe
 from kbinfra.service_kit.monitoring import Exporter, address_of
 
@@ -64,6 +71,22 @@ class RedisExporter(Exporter):
             memory_mb=ctx.resources.memory_mb,
             depends_on=["redis"],
         )
+
+    def work_queues(self, ctx: ServiceContext) -> list[WorkQueue]:
+        return [
+            WorkQueue(queue, f'max(redis_key_size{{job="{self.job}", key="{queue}"}})')
+            for queue in watched_queues(ctx)
+        ]
+
+    def dashboard_panels(self, ctx: ServiceContext) -> list[Panel]:
+        # The guide's celery_tasks_total{state="PENDING"} is exported by nothing here.
+        queues = watched_queues(ctx)
+        if queues:
+            keys = "|".join(queues)
+            query = f'sum by (key) (redis_key_size{{job="{self.job}", key=~"{keys}"}})'
+        else:
+            query = "sum by (key) (redis_key_size)"
+        return [Panel("Celery queue length", "timeseries", (12, 14, 12, 8), [(query, "{{key}}")])]
 
 
 def watched_queues(ctx: ServiceContext) -> list[str]:

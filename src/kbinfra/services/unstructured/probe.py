@@ -23,6 +23,7 @@ from kbinfra.probing.probe import (
 from kbinfra.services.unstructured.service import (
     API_KEY_HEADER,
     API_PATH,
+    HEALTH_PATH,
     UnstructuredSettings,
     UnstructuredTune,
 )
@@ -30,8 +31,6 @@ from kbinfra.services.unstructured.service import (
 if TYPE_CHECKING:
     import httpx
 
-#: What nginx's route to this service asks to prove HTTPS reaches it (no key needed).
-HEALTH_PATH = "/healthcheck"
 SECRET = "unstructured_api_key"
 TIMEOUT_S = 120.0
 #: A small text document must take a tenth of what the app waits for any document at most.
@@ -188,4 +187,4 @@ def bench(probe: ProbeContext, plan: BenchPlan) -> list[BenchResult]:
     ]
 
 
-__all__ = ["HEALTH_PATH", "bench", "checks"]
+__all__ = ["bench", "checks"]

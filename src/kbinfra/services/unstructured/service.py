@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from kbinfra.service import (
     ContainerSpec,
     HealthCheck,
+    Route,
     Service,
     ServiceContext,
     ServiceSettings,
@@ -31,6 +32,8 @@ STRATEGIES_FILE = "unstructured/strategies.json"
 API_PATH = "/general/v0/general"
 API_KEY_HEADER = "unstructured-api-key"
 PORT = 8000
+#: Answers 200 without the API key.
+HEALTH_PATH = "/healthcheck"
 
 # Sizing (MiB): the API process with its layout, table and OCR models loaded, and the peak of
 # one hi_res document on top of it (rendered page images, layout and table inference).
@@ -225,6 +228,7 @@ class Unstructured(Service):
     default_host_port = 8002
     secrets = ("unstructured_api_key",)
     stage = "service"
+    health_path = HEALTH_PATH
 
     def tuning(self, ctx: ServiceContext) -> UnstructuredTune:
         settings: UnstructuredSettings = ctx.settings
@@ -282,9 +286,9 @@ class Unstructured(Service):
             env=env,
             secret_env={"UNSTRUCTURED_API_KEY": "unstructured_api_key"},
             ports=ctx.loopback_port(PORT),
-            # The image has python3 (no curl); /healthcheck needs no API key.
+            # The image has python3 (no curl).
             healthcheck=HealthCheck(
-                test=python_http_probe(f"http://127.0.0.1:{PORT}/healthcheck"),
+                test=python_http_probe(f"http://127.0.0.1:{PORT}{self.health_path}"),
                 interval_s=15,
                 timeout_s=10,
                 retries=8,
@@ -294,6 +298,10 @@ class Unstructured(Service):
             memory_mb=ctx.resources.memory_mb,
             stop_timeout_s=60,
         )
+
+    def routes(self, ctx: ServiceContext) -> list[Route]:
+        # hi_res partitioning of a long PDF takes minutes.
+        return [Route(prefix="/unstructured/", address=self.address(), long_running=True)]
 
 
 SERVICE = Unstructured()
