@@ -203,6 +203,32 @@ class ServiceContext(NamedTuple):
         ]
 
 
+Outcome = Literal["ok", "failed", "skipped"]
+
+
+class CheckResult(NamedTuple):
+    """What ``kbinfra render --check`` found in one rendered file with one tool."""
+
+    path: str  # relative to the output folder
+    tool: str
+    outcome: Outcome
+    detail: str = ""
+    line: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome != "failed"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "tool": self.tool,
+            "outcome": self.outcome,
+            "detail": self.detail,
+            "line": self.line,
+        }
+
+
 Stage = Literal["data", "service", "edge", "monitoring"]
 
 

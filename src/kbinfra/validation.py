@@ -19,42 +19,18 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, cast
 
 import yaml
 
 from kbinfra.registry import service_part
+from kbinfra.service import CheckResult
 
 if TYPE_CHECKING:
     from kbinfra.service import ServiceContext
     from kbinfra.stack import Stack
 
 STACK_FILE = "kbinfra.yaml"
-
-Outcome = Literal["ok", "failed", "skipped"]
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    path: str
-    tool: str
-    outcome: Outcome
-    detail: str = ""
-    line: int | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome != "failed"
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "tool": self.tool,
-            "outcome": self.outcome,
-            "detail": self.detail,
-            "line": self.line,
-        }
-
 
 RenderCheck = Callable[["ServiceContext", Path], list[CheckResult]]
 

@@ -18,6 +18,7 @@ import pytest
 
 from kbinfra.errors import SpecError
 from kbinfra.render import render_service, render_stack, write_tree
+from kbinfra.service import CheckResult
 from kbinfra.services.nginx.render_check import (
     check_ciphers,
     check_rendered,
@@ -33,7 +34,7 @@ from kbinfra.services.nginx.service import (
     nginx_version,
 )
 from kbinfra.stack import Stack
-from kbinfra.validation import CheckResult, find_tool, free_port
+from kbinfra.validation import find_tool, free_port
 
 GUIDE_CIPHERS = (
     "ECDHE-RSA-AES256-GCM-SHA512:DHE-RSA-AES256-GCM-SHA512:"

@@ -1,6 +1,6 @@
 """Backups: the machinery that names no service; each data service's handler is in its folder.
 
-``handler_for("postgres")`` returns the ``HANDLER`` of ``kbinfra/services/postgres/backup.py``
+``handler_for(name)`` returns the ``HANDLER`` of ``kbinfra/services/<folder>/backup.py``
 (:func:`kbinfra.registry.service_part`). A service without a ``backup.py`` holds no data
 kbinfra backs up (its configuration is in the backup's ``stack/`` folder).
 """

@@ -215,7 +215,7 @@ class BackupResult:
 
 
 @dataclass
-class CheckResult:
+class RestoreResult:
     """What a restore or drill found, artifact by artifact."""
 
     backup: Path
@@ -547,7 +547,7 @@ def _restore_and_check(
     volume_name: Callable[[str], str],
     strict: bool,
     progress: Progress,
-    result: CheckResult,
+    result: RestoreResult,
 ) -> None:
     from kbinfra.apply import health_timeout  # noqa: PLC0415
 
@@ -608,7 +608,7 @@ def run_restore(
     only: Sequence[str] | None = None,
     safety_backup: bool = True,
     allow_other_stack: bool = False,
-) -> CheckResult:
+) -> RestoreResult:
     started = time.monotonic()
     backup_dir = resolve_backup(stack, backup_dir).absolute()
     manifest = load_backup(backup_dir)
@@ -627,7 +627,7 @@ def run_restore(
             f"the backup holds {', '.join(missing)}, which this stack does not run",
             fix="enable it in kbinfra.yaml and apply, or leave it out with --only",
         )
-    result = CheckResult(backup_dir, stack.spec.name, target.name)
+    result = RestoreResult(backup_dir, stack.spec.name, target.name)
     engine = _engine(target, stack.spec.name)
     with engine.locked():
         services = [s for s in selected if s != VOLUMES_SERVICE]
@@ -716,7 +716,9 @@ def _wait_drill_healthy(engine: Engine, instances: Mapping[str, Instance]) -> No
             )
 
 
-def run_drill(stack: Stack, target: Target, backup_dir: Path, *, progress: Progress) -> CheckResult:
+def run_drill(
+    stack: Stack, target: Target, backup_dir: Path, *, progress: Progress
+) -> RestoreResult:
     """Restore the backup into throwaway containers, compare with the manifest, clean up."""
     from kbinfra.render import render_stack  # noqa: PLC0415
 
@@ -733,7 +735,7 @@ def run_drill(stack: Stack, target: Target, backup_dir: Path, *, progress: Progr
             "needs its configuration",
             fix="enable it in kbinfra.yaml",
         )
-    result = CheckResult(backup_dir, stack.spec.name, target.name)
+    result = RestoreResult(backup_dir, stack.spec.name, target.name)
     engine = _engine(target, drill_name(stack.spec.name))
     rendered = {f.path: f for f in render_stack(stack)}
     with engine.locked():

@@ -23,7 +23,7 @@ from kbinfra.commands.options import (
 from kbinfra.ui import Console, Output, format_bytes
 
 if TYPE_CHECKING:
-    from kbinfra.backup.run import BackupResult, CheckResult
+    from kbinfra.backup.run import BackupResult, RestoreResult
 
 BackupDirArgument = Annotated[
     Path,
@@ -137,7 +137,7 @@ def backup(
         print_backup(console, result)
 
 
-def print_checks(console: Console, result: "CheckResult", what: str) -> None:
+def print_checks(console: Console, result: "RestoreResult", what: str) -> None:
     rows = [
         (
             check.service,
@@ -158,7 +158,7 @@ def print_checks(console: Console, result: "CheckResult", what: str) -> None:
     console.line(f"{what}: {verdict} ({result.seconds:.1f}s)")
 
 
-def _finish(console: Console, result: "CheckResult", what: str) -> None:
+def _finish(console: Console, result: "RestoreResult", what: str) -> None:
     from kbinfra.backup.run import DifferencesError  # noqa: PLC0415
 
     for note in result.notes:

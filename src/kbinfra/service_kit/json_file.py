@@ -1,23 +1,19 @@
 """Validate a rendered JSON file against the pydantic model it was built from.
 
 Shared by services whose rendered file is JSON for another program to read (the embedding
-service's config, Unstructured's strategies). Not a service: the registry skips ``_`` modules.
+service's config, Unstructured's strategies).
 """
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ValidationError
 
-if TYPE_CHECKING:
-    from kbinfra.validation import CheckResult
+from kbinfra.service import CheckResult
 
 
-def check_json_file(out: Path, relative: str, model: type[BaseModel], tool: str) -> "CheckResult":
+def check_json_file(out: Path, relative: str, model: type[BaseModel], tool: str) -> CheckResult:
     """Parse ``out/relative`` and validate it with ``model``; the first error, with its line."""
-    from kbinfra.validation import CheckResult  # noqa: PLC0415 (validation loads the stack)
-
     text = (out / relative).read_text(encoding="utf-8")
     try:
         data = json.loads(text)

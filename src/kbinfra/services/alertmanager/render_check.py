@@ -2,13 +2,13 @@
 
 from pathlib import Path
 
-from kbinfra.service import ServiceContext
+from kbinfra.service import CheckResult, ServiceContext
 from kbinfra.service_kit.monitoring import failure_text, first_line_number
 from kbinfra.services.alertmanager.service import CONFIG_FILE
-from kbinfra.validation import CheckResult, find_tool, run_tool, skipped
+from kbinfra.validation import find_tool, run_tool, skipped
 
 
-def check_rendered(ctx: ServiceContext, out: Path) -> list["CheckResult"]:
+def check_rendered(ctx: ServiceContext, out: Path) -> list[CheckResult]:
     """``amtool check-config``: unknown receivers, bad matchers, unknown fields."""
     amtool = find_tool("amtool")
     if amtool is None:

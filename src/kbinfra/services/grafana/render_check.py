@@ -8,17 +8,16 @@ from typing import Any
 
 import yaml
 
-from kbinfra.service import ServiceContext
+from kbinfra.service import CheckResult, ServiceContext
 from kbinfra.services.grafana.service import (
     DASHBOARD_FILE,
     DATASOURCE_FILE,
     DATASOURCE_UID,
     SERVICE,
 )
-from kbinfra.validation import CheckResult
 
 
-def check_rendered(ctx: ServiceContext, out: Path) -> list["CheckResult"]:
+def check_rendered(ctx: ServiceContext, out: Path) -> list[CheckResult]:
     """Grafana cannot run here; check the dashboard's structure and the datasource."""
     results: list[CheckResult] = []
     try:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from kbinfra.service import FileMount, ServiceContext
+from kbinfra.service import CheckResult, FileMount, ServiceContext
 from kbinfra.services.nginx.service import (
     CONFIG_DIR,
     DOCKER_HOST_ALIASES,
@@ -20,10 +20,10 @@ from kbinfra.services.nginx.service import (
     SITE_CONF,
     parse_version,
 )
-from kbinfra.validation import CheckResult, ToolRun, find_tool, free_port, run_tool, skipped
+from kbinfra.validation import ToolRun, find_tool, free_port, run_tool, skipped
 
 
-def check_rendered(ctx: ServiceContext, out: Path) -> list["CheckResult"]:
+def check_rendered(ctx: ServiceContext, out: Path) -> list[CheckResult]:
     results = [check_ciphers(out, SITE_CONF)]
     nginx = find_tool("nginx", "/usr/sbin", "/usr/local/sbin", "/usr/local/nginx/sbin")
     if nginx is None:
@@ -43,7 +43,7 @@ def openssl_knows(cipher: str) -> bool:
     return True
 
 
-def check_ciphers(out: Path, relative: str) -> "CheckResult":
+def check_ciphers(out: Path, relative: str) -> CheckResult:
     """Every name in ``ssl_ciphers`` must exist in OpenSSL.
 
     nginx cannot catch this: OpenSSL ignores unknown names in a list as long as one is valid,
@@ -122,7 +122,7 @@ def scratch_copy(nginx: str, out: Path, mounts: Sequence[FileMount], root: Path)
     return ScratchNginx(root, origin, ports, version, fold_http2)
 
 
-def nginx_config_test(nginx: str, out: Path, mounts: Sequence[FileMount]) -> "CheckResult":
+def nginx_config_test(nginx: str, out: Path, mounts: Sequence[FileMount]) -> CheckResult:
     """``nginx -t`` on the rendered files, in a scratch copy (see :func:`scratch_copy`)."""
     root = Path(tempfile.mkdtemp(prefix="kbinfra-nginx-"))
     try:
@@ -187,7 +187,7 @@ def _provide_mime_types(root: Path) -> None:
         target.write_text("types {\n    text/html html;\n    application/json json;\n}\n")
 
 
-def _result(run: "ToolRun", scratch: ScratchNginx) -> "CheckResult":
+def _result(run: "ToolRun", scratch: ScratchNginx) -> CheckResult:
     tool = "nginx -t"
     warnings: list[str] = []
     for raw in run.output.splitlines():

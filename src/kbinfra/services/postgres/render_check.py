@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
-from kbinfra.service import ServiceContext
+from kbinfra.service import CheckResult, ServiceContext
 from kbinfra.services.postgres.service import (
     BIN_DIRS_GLOB,
     CONF_FILE,
@@ -26,7 +26,6 @@ from kbinfra.services.postgres.service import (
     normalise_setting,
 )
 from kbinfra.validation import (
-    CheckResult,
     find_tool,
     free_port,
     run_tool,
@@ -36,7 +35,7 @@ from kbinfra.validation import (
 )
 
 
-def check_rendered(ctx: ServiceContext, out: Path) -> list["CheckResult"]:
+def check_rendered(ctx: ServiceContext, out: Path) -> list[CheckResult]:
     """Read every tuned setting back with the real ``postgres -C``, then start a server.
 
     ``-C`` parses the file and prints one setting without starting anything, so the
@@ -101,7 +100,7 @@ def _value_line(conf_text: str, value: str) -> int | None:
     return None
 
 
-def config_errors(output: str, conf_text: str, scratch: Path) -> list["CheckResult"]:
+def config_errors(output: str, conf_text: str, scratch: Path) -> list[CheckResult]:
     """PostgreSQL's complaints about the rendered file, each pointed at its line."""
     messages: list[str] = []
     kept = False
@@ -168,7 +167,7 @@ class Scratch(NamedTuple):
 
 def run_postgres_checks(
     bin_dir: Path, out: Path, expected: dict[str, str], *, rendered_major: int
-) -> list["CheckResult"]:
+) -> list[CheckResult]:
     """``postgres -C`` for every tuned setting, then a short start that loads pg_hba.conf."""
 
     user = "postgres" if os.geteuid() == 0 else None  # the server refuses to run as root
@@ -201,7 +200,7 @@ def run_postgres_checks(
 
 def read_back_settings(
     scratch: Scratch, expected: dict[str, str], conf_text: str
-) -> list["CheckResult"]:
+) -> list[CheckResult]:
     """Each tuned setting as PostgreSQL reads it, compared with what kbinfra rendered."""
 
     problems = []
@@ -255,7 +254,7 @@ def scratch_cluster(bin_dir: Path, user: str | None) -> Path | str:
     return data
 
 
-def start_with_hba(scratch: Scratch, conf_text: str) -> "CheckResult":
+def start_with_hba(scratch: Scratch, conf_text: str) -> CheckResult:
     """Start the postmaster on a unix socket with both files; psql must need a password."""
 
     socket_dir = scratch.folder / "socket"
@@ -305,7 +304,7 @@ def start_with_hba(scratch: Scratch, conf_text: str) -> "CheckResult":
     return CheckResult(HBA_FILE, "postgres", "ok", detail)
 
 
-def start_failure(log: str, conf_text: str, folder: Path) -> "CheckResult":
+def start_failure(log: str, conf_text: str, folder: Path) -> CheckResult:
     """Why the postmaster did not start: a pg_hba.conf line, or a postgresql.conf problem."""
     text = log.replace(f"{folder}/", "")
     hba = re.search(

@@ -5,13 +5,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from kbinfra.service import ServiceContext
+from kbinfra.service import CheckResult, ServiceContext
 from kbinfra.service_kit.monitoring import failure_text, first_line_number
 from kbinfra.services.prometheus.service import CONFIG_DIR, CONFIG_FILE, RULES_FILE
-from kbinfra.validation import CheckResult, ToolRun, find_tool, run_tool, skipped
+from kbinfra.validation import ToolRun, find_tool, run_tool, skipped
 
 
-def check_rendered(ctx: ServiceContext, out: Path) -> list["CheckResult"]:
+def check_rendered(ctx: ServiceContext, out: Path) -> list[CheckResult]:
     """``promtool check config`` and ``check rules`` on a copy with local paths.
 
     promtool opens every rule and credentials file prometheus.yml names; those are
@@ -38,7 +38,7 @@ def check_rendered(ctx: ServiceContext, out: Path) -> list["CheckResult"]:
         ]
 
 
-def _promtool_result(relative: str, tool: str, run: "ToolRun", staged: Path) -> "CheckResult":
+def _promtool_result(relative: str, tool: str, run: "ToolRun", staged: Path) -> CheckResult:
     if run.ok:
         return CheckResult(relative, tool, "ok")
     output = run.output.replace(f"{staged}/", "prometheus/").replace(str(staged), "prometheus")

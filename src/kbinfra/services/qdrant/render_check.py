@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from kbinfra.errors import SpecError
-from kbinfra.service import ServiceContext
+from kbinfra.service import CheckResult, ServiceContext
 from kbinfra.services.qdrant.service import CONFIG_FILE, SERVICE
 from kbinfra.spec.yamlfile import parse_yaml
-from kbinfra.validation import CheckResult
 
 
-def check_rendered(ctx: ServiceContext, out: Path) -> list["CheckResult"]:
+def check_rendered(ctx: ServiceContext, out: Path) -> list[CheckResult]:
     """No Qdrant binary runs here: check every key against the pinned version's schema."""
     tool = f"qdrant schema ({SERVICE.default_image.rsplit(':', 1)[-1]})"
     path = out / CONFIG_FILE

@@ -11,7 +11,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Self, TypeAlias
 
-from kbinfra.service import ServiceContext
+from kbinfra.service import CheckResult, ServiceContext
 from kbinfra.services.redis.service import (
     ACL_FILE,
     ANONYMOUS,
@@ -24,7 +24,6 @@ from kbinfra.services.redis.service import (
     SERVICE,
 )
 from kbinfra.validation import (
-    CheckResult,
     find_tool,
     free_port,
     server_process,
@@ -33,7 +32,7 @@ from kbinfra.validation import (
 )
 
 
-def check_rendered(ctx: ServiceContext, out: Path) -> list["CheckResult"]:
+def check_rendered(ctx: ServiceContext, out: Path) -> list[CheckResult]:
     """Lint the files, then start the real redis-server on a copy and probe the users."""
     problems = static_problems(out, {s: ctx.secrets[s] for s in SERVICE.secrets})
     server = find_tool("redis-server")
@@ -107,7 +106,7 @@ def _numbered(text: str) -> list[tuple[int, list[str]]]:
     return found
 
 
-def static_problems(out: Path, secrets: dict[str, str]) -> list["CheckResult"]:
+def static_problems(out: Path, secrets: dict[str, str]) -> list[CheckResult]:
     """The guide's mistakes and plain passwords, found without running anything."""
     tool = "kbinfra redis lint"
     conf = (out / CONF_FILE).read_text(encoding="utf-8")
@@ -183,7 +182,7 @@ def _directive_line(conf_text: str, directive: str) -> int | None:
     return None
 
 
-def start_failure(log: str, scratch: Path) -> "CheckResult":
+def start_failure(log: str, scratch: Path) -> CheckResult:
     """redis-server's own reason for refusing to start, pointed at the rendered file's line."""
     text = log.replace(f"{scratch}/", "")
     fatal = re.search(r"at line (\d+)\n>>> '(.*)'\n(.+)", text)
@@ -203,7 +202,7 @@ def start_failure(log: str, scratch: Path) -> "CheckResult":
 
 def run_redis_checks(
     server: str, out: Path, secrets: Mapping[str, str], expected_maxmemory: int
-) -> list["CheckResult"]:
+) -> list[CheckResult]:
     """Start redis-server on a copy of the rendered files and probe every ACL user."""
 
     conf_text = (out / CONF_FILE).read_text(encoding="utf-8")
@@ -247,7 +246,7 @@ def run_redis_checks(
             return _probe(port, secrets, expected_maxmemory, conf_text, acl_text)
 
 
-def _failed(path: str, detail: str, line: int | None = None) -> "CheckResult":
+def _failed(path: str, detail: str, line: int | None = None) -> CheckResult:
     return CheckResult(path, "redis-server", "failed", detail, line)
 
 
@@ -257,7 +256,7 @@ def _probe(
     expected_maxmemory: int,
     conf_text: str,
     acl_text: str,
-) -> list["CheckResult"]:
+) -> list[CheckResult]:
     """Every user logs in; maxmemory is what was rendered; app may do Celery's work only."""
 
     passwords = {user: secrets[secret] for user, secret in PASSWORD_USERS.items()}
@@ -300,7 +299,7 @@ def _probe_users(
     expected_maxmemory: int,
     conf_text: str,
     acl_text: str,
-) -> tuple[list["CheckResult"], str]:
+) -> tuple[list[CheckResult], str]:
     admin = connections["admin"]
     problems = []
     version = re.search(r"redis_version:(\S+)", str(admin.call("INFO", "server")))
