@@ -29,7 +29,6 @@ from kbinfra.plan import (
     make_plan,
     mounted_by,
 )
-from kbinfra.render import render_stack
 from kbinfra.service import RenderedFile
 from kbinfra.stack import Stack
 from kbinfra.targets.base import FileStore, Target
@@ -130,7 +129,7 @@ class Observation:
 
 
 def observe(stack: Stack, engine: Engine, store: FileStore) -> Observation:
-    rendered = render_stack(stack)
+    rendered = stack.rendered
     desired = desired_services(stack, rendered)
     facts = replace(engine.observe(), deployed_files=store.hashes())
     return Observation(rendered, desired, facts)
@@ -504,8 +503,7 @@ def status_stack(stack: Stack, target: Target) -> list[Any]:
     from kbinfra.plan import stack_status  # noqa: PLC0415
 
     engine = Engine(target.docker_client(), stack.spec.name)
-    rendered = render_stack(stack)
-    desired = desired_services(stack, rendered)
+    desired = desired_services(stack, stack.rendered)
     return list(stack_status(stack.spec.name, desired, engine.observe()))
 
 

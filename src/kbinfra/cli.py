@@ -156,7 +156,7 @@ def render(
     output: OutputOption = Output.text,
 ) -> None:
     """Render every enabled service's configuration (a CI dry run with --check)."""
-    from kbinfra.render import render_stack, write_tree  # noqa: PLC0415
+    from kbinfra.render import write_tree  # noqa: PLC0415
     from kbinfra.stack import open_stack  # noqa: PLC0415
 
     console = Console(output)
@@ -165,7 +165,7 @@ def render(
     console.set_redactor(stack.redact)
     for warning in stack.profile.warnings():
         console.warn(warning)
-    files = render_stack(stack)
+    files = stack.rendered
     target = out if out is not None else stack_dir / "rendered"
     write_tree(files, target)
     elapsed = time.perf_counter() - started

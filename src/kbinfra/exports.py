@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kbinfra.service import RenderedFile
 from kbinfra.spec.yamlfile import dump_yaml
-from kbinfra.stack import Stack
 from kbinfra.templating import environment
+
+if TYPE_CHECKING:
+    from kbinfra.stack import Stack
 
 COMPOSE_FILE = "docker-compose.yml"
 COMPOSE_ENV = ".env"

@@ -7,14 +7,17 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jinja2
 
 from kbinfra.errors import KbinfraError
 from kbinfra.exports import stack_files
 from kbinfra.service import RenderedFile, Service, ServiceContext
-from kbinfra.stack import Stack
 from kbinfra.templating import environment, template_names
+
+if TYPE_CHECKING:
+    from kbinfra.stack import Stack
 
 
 def render_service(service: Service, ctx: ServiceContext) -> list[RenderedFile]:
@@ -44,7 +47,9 @@ def render_service(service: Service, ctx: ServiceContext) -> list[RenderedFile]:
 
 
 def render_stack(stack: Stack) -> list[RenderedFile]:
-    """Every file of every enabled service, plus the stack-wide exports, sorted by path."""
+    """Every file of every enabled service, plus the stack-wide exports, sorted by path.
+
+    Commands read :attr:`Stack.rendered`, which calls this once per stack."""
 
     files: list[RenderedFile] = []
     for name, service in stack.services.items():

@@ -367,9 +367,8 @@ def _stack_instances(
     stack: Stack, target: Target, engine: Engine, services: Iterable[str]
 ) -> dict[str, Instance]:
     from kbinfra.plan import desired_services  # noqa: PLC0415
-    from kbinfra.render import render_stack  # noqa: PLC0415
 
-    desired = desired_services(stack, render_stack(stack))
+    desired = desired_services(stack, stack.rendered)
     facts = engine.observe()
     instances = {}
     for service in services:
@@ -720,8 +719,6 @@ def run_drill(
     stack: Stack, target: Target, backup_dir: Path, *, progress: Progress
 ) -> RestoreResult:
     """Restore the backup into throwaway containers, compare with the manifest, clean up."""
-    from kbinfra.render import render_stack  # noqa: PLC0415
-
     started = time.monotonic()
     backup_dir = resolve_backup(stack, backup_dir).absolute()
     manifest = load_backup(backup_dir)
@@ -737,7 +734,7 @@ def run_drill(
         )
     result = RestoreResult(backup_dir, stack.spec.name, target.name)
     engine = _engine(target, drill_name(stack.spec.name))
-    rendered = {f.path: f for f in render_stack(stack)}
+    rendered = {f.path: f for f in stack.rendered}
     with engine.locked():
         leftovers = remove_drill(engine)
         if leftovers:

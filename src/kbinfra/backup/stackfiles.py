@@ -15,7 +15,6 @@ import yaml
 from kbinfra.backup.handler import BackupOutput, artifact_of
 from kbinfra.backup.manifest import SECRETS_MARKER, Artifact
 from kbinfra.plan import is_secret_file
-from kbinfra.render import render_stack
 from kbinfra.secrets import SECRETS_FILE
 from kbinfra.spec.profile import load_profile
 from kbinfra.spec.stack import STACK_FILE
@@ -42,7 +41,7 @@ def backup_stack_files(stack: Stack, out: BackupOutput) -> tuple[list[Artifact],
     resolved = yaml.safe_dump(profile.model_dump(by_alias=True, mode="json"), sort_keys=True)
     artifacts.append(_write(out, "stack/profile.yaml", resolved.encode()))
     skipped = 0
-    for file in render_stack(stack):
+    for file in stack.rendered:
         secret = is_secret_file(file)
         if secret and not out.include_secrets:
             skipped += 1

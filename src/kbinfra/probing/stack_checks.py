@@ -154,9 +154,7 @@ def observed_bindings(stack: Stack, target: Target) -> list[Binding]:
 # --------------------------------------------------------------------------- the checks
 def secret_paths(stack: Stack) -> list[str]:
     """Deployed files that hold a secret: every rendered file marked secret."""
-    from kbinfra.render import render_stack  # noqa: PLC0415
-
-    return sorted(f.path for f in render_stack(stack) if f.secret)
+    return sorted(f.path for f in stack.rendered if f.secret)
 
 
 def checks(stack: Stack, target: Target) -> list[CheckRow]:

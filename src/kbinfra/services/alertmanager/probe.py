@@ -52,7 +52,6 @@ def check_routing(base: str, rendered_text: str) -> str:
 
 
 def checks(probe: ProbeContext) -> list[CheckRow]:
-    from kbinfra.render import render_stack  # noqa: PLC0415
 
     rows = Checks(probe.name)
     rows.run(
@@ -63,7 +62,7 @@ def checks(probe: ProbeContext) -> list[CheckRow]:
     )
 
     def routes() -> str:
-        text = next(f.text for f in render_stack(probe.stack) if f.path == CONFIG_FILE)
+        text = next(f.text for f in probe.stack.rendered if f.path == CONFIG_FILE)
         return check_routing(probe.url(), text)
 
     rows.run(

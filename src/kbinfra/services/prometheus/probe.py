@@ -178,7 +178,6 @@ def check_rules(base: str, expected: set[str]) -> str:
 
 
 def checks(probe: ProbeContext) -> list[CheckRow]:
-    from kbinfra.render import render_stack  # noqa: PLC0415
 
     rows = Checks(probe.name)
     rows.run(
@@ -205,7 +204,7 @@ def checks(probe: ProbeContext) -> list[CheckRow]:
     )
 
     def rules() -> str:
-        text = next(f.text for f in render_stack(probe.stack) if f.path == RULES_FILE)
+        text = next(f.text for f in probe.stack.rendered if f.path == RULES_FILE)
         return check_rules(probe.url(), rendered_alerts(text))
 
     rows.run(
