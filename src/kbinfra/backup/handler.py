@@ -9,15 +9,16 @@ own container, or a drill's throwaway one; the handler cannot tell them apart.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from kbinfra.backup.manifest import Artifact, ArtifactKind, ServiceRecord
 from kbinfra.backup.streams import HashingFile, reach
 from kbinfra.errors import KbinfraError
+from kbinfra.progress import Progress
 
 if TYPE_CHECKING:
     from docker import APIClient
@@ -31,25 +32,6 @@ if TYPE_CHECKING:
 
 class BackupError(KbinfraError):
     """A backup, restore or drill step that failed; nothing half-done is left looking good."""
-
-
-class Progress(Protocol):
-    """Where handlers report: notes, and byte counts of long transfers (bars, throughput)."""
-
-    def note(self, service: str, message: str) -> None: ...
-
-    def transfer(
-        self, label: str, total: int | None = None
-    ) -> AbstractContextManager[Callable[[int], None]]: ...
-
-
-class SilentProgress:
-    def note(self, service: str, message: str) -> None:
-        return None
-
-    @contextmanager
-    def transfer(self, label: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
-        yield lambda n: None
 
 
 @dataclass

@@ -32,7 +32,6 @@ from kbinfra.backup.handler import (
     BackupOutput,
     Instance,
     Observed,
-    Progress,
 )
 from kbinfra.backup.manifest import (
     MANIFEST_FILE,
@@ -58,6 +57,7 @@ from kbinfra.backup.streams import fsync_dir, sha256_file
 from kbinfra.backup.volumes import SERVICE as VOLUMES_SERVICE
 from kbinfra.backup.volumes import VOLUMES
 from kbinfra.errors import KbinfraError
+from kbinfra.progress import Progress
 from kbinfra.service import ContainerSpec, VolumeMount
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from kbinfra.backup.handler import BackupError, BackupOutput, Observed, Progress, artifact_of
+from kbinfra.backup.handler import BackupError, BackupOutput, Observed, artifact_of
 from kbinfra.backup.manifest import Artifact
 from kbinfra.backup.streams import (
     CHUNK,
@@ -32,6 +32,7 @@ from kbinfra.backup.streams import (
     file_chunks,
     put_stream,
 )
+from kbinfra.progress import Progress
 
 if TYPE_CHECKING:
     from docker import APIClient

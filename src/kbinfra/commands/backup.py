@@ -3,9 +3,7 @@
 Each command parses options, calls one function of ``kbinfra.backup.run`` and prints.
 """
 
-import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -20,6 +18,7 @@ from kbinfra.commands.options import (
     OutputOption,
     TargetOption,
 )
+from kbinfra.progress import ConsoleProgress
 from kbinfra.ui import Console, Output, format_bytes
 
 if TYPE_CHECKING:
@@ -38,22 +37,6 @@ backup_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(backup_app, name="backup")
-
-
-class ConsoleProgress:
-    """Handlers report through this: timed notes and transfer bars on stderr."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.started = time.monotonic()
-
-    def note(self, service: str, message: str) -> None:
-        self.console.note(f"[{time.monotonic() - self.started:6.1f}s] {service}: {message}")
-
-    def transfer(
-        self, label: str, total: int | None = None
-    ) -> AbstractContextManager[Callable[[int], None]]:
-        return self.console.transfer(label, total)
 
 
 def _artifact_rows(result: "BackupResult") -> Iterator[tuple[str, str, str]]:

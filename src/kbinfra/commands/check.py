@@ -27,6 +27,7 @@ from kbinfra.commands.options import (
     OutputOption,
     TargetOption,
 )
+from kbinfra.progress import ConsoleProgress
 from kbinfra.ui import Console, Output
 
 EXIT_FAILED = 1
@@ -61,7 +62,7 @@ def check(
     stack, where = deploy._open(stack_dir, target, known_hosts, identity, console)
     with where:
         where.docker_client()  # an unreachable target is one error line (exit 2), not 40 rows
-        rows, unprobed = run_checks(stack, where, only or [], progress=deploy._progress(console))
+        rows, unprobed = run_checks(stack, where, only or [], progress=ConsoleProgress(console))
     ok = check_rows_ok(rows)
     failed = [r for r in rows if not r.ok]
     if console.json_mode:
@@ -143,13 +144,15 @@ def bench(
     stack, where = deploy._open(stack_dir, target, known_hosts, identity, console)
     plan = bench_plan(quick=quick, token=secrets.token_hex(6))
     signal.signal(signal.SIGTERM, _interrupt_on_term)
-    progress = deploy._progress(console)
+    progress = ConsoleProgress(console)
     with where:
         engine = Engine(where.docker_client(), stack.spec.name)
         with engine.locked(force=force_unlock) as notes:
             for note in notes:
                 console.note(note)
-            progress("bench", f"{'quick' if quick else 'full'} run, objects named {plan.prefix}")
+            progress.note(
+                "bench", f"{'quick' if quick else 'full'} run, objects named {plan.prefix}"
+            )
             results, skipped = run_benches(stack, where, plan, only or [], progress=progress)
     ok = bool(results) and all(r.ok for r in results)
     if prometheus_textfile is not None:

@@ -5,8 +5,6 @@ paramiko are imported only inside the commands, so ``kbinfra --help`` stays fast
 """
 
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -21,6 +19,7 @@ from kbinfra.commands.options import (
     TargetOption,
 )
 from kbinfra.errors import KbinfraError
+from kbinfra.progress import ConsoleProgress
 from kbinfra.ui import Console, Output
 
 if TYPE_CHECKING:
@@ -64,15 +63,6 @@ def _open(
     return stack, open_target(
         stack.spec, stack_dir, target=target, known_hosts=known_hosts, identity=identity
     )
-
-
-def _progress(console: Console) -> Callable[[str, str], None]:
-    started = time.monotonic()
-
-    def report(service: str, message: str) -> None:
-        console.note(f"[{time.monotonic() - started:6.1f}s] {service}: {message}")
-
-    return report
 
 
 _SYMBOL = {"create": "+", "recreate": "~", "start": ">", "remove": "-", "nothing": "="}
@@ -192,7 +182,7 @@ def apply(
             timeout=timeout,
             force_unlock=force_unlock,
             only=chosen,
-            progress=_progress(console),
+            progress=ConsoleProgress(console),
         )
     for note in result.notes + result.repaired:
         console.note(note)
@@ -310,7 +300,7 @@ def destroy(
             where,
             delete_data=delete_data,
             force_unlock=force_unlock,
-            progress=_progress(console),
+            progress=ConsoleProgress(console),
         )
     if console.json_mode:
         console.emit_json(result.as_json())

@@ -12,6 +12,7 @@ from kbinfra.commands.options import (
     OutputOption,
     TargetOption,
 )
+from kbinfra.progress import ConsoleProgress
 from kbinfra.ui import Console, Output
 
 app = typer.Typer(
@@ -55,7 +56,7 @@ def build(
         wheelhouse=wheelhouse,
         tag=tag,
         model_package=model_package,
-        progress=console.note,
+        progress=ConsoleProgress(console),
     )
     if console.json_mode:
         console.emit_json(result.as_json())
@@ -83,7 +84,7 @@ def save(
     stack = open_stack(stack_dir)
     images = stack_images(stack)
     console.note(f"saving {len(images)} images: {', '.join(images)}")
-    result = save_images(docker.from_env(), images, file, console.note)
+    result = save_images(docker.from_env(), images, file, ConsoleProgress(console))
     if console.json_mode:
         console.emit_json(result.as_json())
         return
@@ -114,7 +115,7 @@ def load(
     _, where = _open(stack_dir, target, known_hosts, identity, console)
     console.note(f"loading {file} into {where.name}")
     with where:
-        result = load_images(where.docker_client(), file, console.note)
+        result = load_images(where.docker_client(), file, ConsoleProgress(console))
     if console.json_mode:
         console.emit_json({**result.as_json(), "target": where.name})
         return

@@ -17,6 +17,8 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from kbinfra.progress import SILENT, Progress
+
 if TYPE_CHECKING:
     from docker import DockerClient
     from docker.models.containers import Container
@@ -570,13 +572,6 @@ def is_bench_name(name: str) -> bool:
 
 
 # --------------------------------------------------------------------------- probe context
-Progress = Callable[[str, str], None]
-
-
-def silent(service: str, message: str) -> None:
-    pass
-
-
 class ProbeContext:
     """What a probe module is given: the stack, its service, and ways to reach the target.
 
@@ -589,7 +584,7 @@ class ProbeContext:
         service: Service,
         target: Target,
         *,
-        progress: Progress = silent,
+        progress: Progress = SILENT,
     ) -> None:
         self.stack = stack
         self.service = service
@@ -614,7 +609,7 @@ class ProbeContext:
         return self.stack.secrets[name]
 
     def note(self, message: str) -> None:
-        self._progress(self.service.name, message)
+        self._progress.note(self.service.name, message)
 
     def address(self, port: int | None = None) -> tuple[str, int]:
         """A local ``(host, port)`` reaching the target's ``127.0.0.1:port`` (default: the

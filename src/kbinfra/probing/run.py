@@ -19,11 +19,10 @@ from kbinfra.probing.probe import (
     BenchResult,
     CheckRow,
     ProbeContext,
-    Progress,
     describe_error,
     failed_bench,
-    silent,
 )
+from kbinfra.progress import SILENT, Progress
 
 if TYPE_CHECKING:
     from kbinfra.service import Service
@@ -65,7 +64,7 @@ def run_checks(
     target: Target,
     only: Sequence[str] = (),
     *,
-    progress: Progress = silent,
+    progress: Progress = SILENT,
 ) -> tuple[list[CheckRow], list[str]]:
     """Every selected service's checks; also the services that have no probes."""
     from kbinfra.probing import stack_checks as _stack  # noqa: PLC0415
@@ -74,7 +73,7 @@ def run_checks(
     unprobed: list[str] = []
     for name in select(stack, only):
         if name == STACK:
-            progress(STACK, "checking file modes and published ports")
+            progress.note(STACK, "checking file modes and published ports")
             rows += _stack.checks(stack, target)
             continue
         service = stack.services[name]
@@ -83,7 +82,7 @@ def run_checks(
             unprobed.append(name)
             continue
         checks = cast(ChecksFunction, module.checks)
-        progress(name, "checking")
+        progress.note(name, "checking")
         with ProbeContext(stack, service, target, progress=progress) as probe:
             rows += checks(probe)
     return rows, unprobed
@@ -95,7 +94,7 @@ def run_benches(
     plan: BenchPlan,
     only: Sequence[str] = (),
     *,
-    progress: Progress = silent,
+    progress: Progress = SILENT,
 ) -> tuple[list[BenchResult], list[str]]:
     """Every selected service's benchmarks, one service after the other (they would compete
     for the same CPUs otherwise); also the services that have none."""

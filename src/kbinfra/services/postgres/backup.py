@@ -33,12 +33,12 @@ from kbinfra.backup.handler import (
     BackupOutput,
     Instance,
     Observed,
-    Progress,
     ServiceBackup,
     artifact_of,
 )
 from kbinfra.backup.manifest import Artifact, ServiceRecord, not_older
 from kbinfra.backup.streams import exec_run, exec_with_stdin, file_chunks
+from kbinfra.progress import Progress
 from kbinfra.services.postgres.exporter import MONITOR_ROLE
 
 if TYPE_CHECKING:

@@ -37,11 +37,11 @@ from kbinfra.backup.handler import (
     BackupOutput,
     Instance,
     Observed,
-    Progress,
     ServiceBackup,
     artifact_of,
 )
 from kbinfra.backup.manifest import Artifact, ServiceRecord, same_minor
+from kbinfra.progress import Progress
 from kbinfra.services.qdrant.service import HTTP_PORT
 
 if TYPE_CHECKING:

@@ -38,12 +38,12 @@ from kbinfra.backup.handler import (
     BackupOutput,
     Instance,
     Observed,
-    Progress,
     ServiceBackup,
     artifact_of,
 )
 from kbinfra.backup.manifest import Artifact, ServiceRecord, compare_counts, not_older
 from kbinfra.backup.streams import archive_file_to, exec_run, put_stream, tar_of_file
+from kbinfra.progress import Progress
 from kbinfra.services.redis.service import CONF_FILE, PASSWORD_USERS, PORT
 
 if TYPE_CHECKING:
