@@ -44,7 +44,7 @@ from kbinfra.services.redis.backup import (
     sample_name,
 )
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+GOLDEN = Path(__file__).resolve().parents[2] / "golden"
 SHA = "0" * 64
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from ..embeddings_app import load_app_module
+from tests.embeddings_app import load_app_module
 
 pytestmark = pytest.mark.slow
 
