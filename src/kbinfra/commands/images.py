@@ -24,7 +24,12 @@ app = typer.Typer(
 
 @app.command()
 def build(
-    recipe: Annotated[str, typer.Argument(help="Which image: embeddings.")] = "embeddings",
+    recipe: Annotated[
+        str | None,
+        typer.Argument(
+            help="The service whose image to build (default: the only one).", show_default=False
+        ),
+    ] = None,
     base_image: Annotated[
         str, typer.Option(help="Python base image on the engine (built FROM it).")
     ] = "python:3.11-slim-bookworm",

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from kbinfra import __version__
 from kbinfra.errors import KbinfraError
-from kbinfra.images import recipe_dir
+from kbinfra.images import only_recipe, recipe_dir
 from kbinfra.progress import SILENT, Progress
 
 if TYPE_CHECKING:
@@ -163,7 +163,7 @@ class BuildResult:
 
 def build_image(
     client: docker.DockerClient,
-    recipe: str = "embeddings",
+    recipe: str | None = None,
     *,
     base_image: str = DEFAULT_BASE_IMAGE,
     wheelhouse: Path | None = None,
@@ -171,10 +171,12 @@ def build_image(
     model_package: str = DEFAULT_MODEL_PACKAGE,
     progress: Progress = SILENT,
 ) -> BuildResult:
-    """Build ``recipe`` on ``client``'s engine unless an image with the same inputs exists."""
+    """Build ``recipe`` (default: the one image kbinfra builds) on ``client``'s engine unless
+    an image with the same inputs exists."""
     import docker.errors  # noqa: PLC0415 (heavy; only the commands that talk to Docker)
 
     started = time.perf_counter()
+    recipe = recipe or only_recipe()
     folder = recipe_dir(recipe)
     tag = tag or default_tag(recipe)
     wheelhouse = (wheelhouse or default_wheelhouse(recipe)).resolve()
