@@ -14,6 +14,9 @@ from typing import Annotated
 import typer
 
 from kbinfra import __version__
+from kbinfra.commands import backup as backup_commands
+from kbinfra.commands import check as check_commands
+from kbinfra.commands import deploy as deploy_commands
 from kbinfra.commands.images import app as images_app
 from kbinfra.commands.options import DirOption, OutputOption
 from kbinfra.errors import KbinfraError
@@ -30,6 +33,10 @@ app = typer.Typer(
 profiles_app = typer.Typer(
     help="Hardware profiles: list them, show one.", no_args_is_help=True, rich_markup_mode=None
 )
+# Each command module is a Typer app of its own, mounted here without a name: its commands
+# are top-level commands (``kbinfra plan``), and no command module imports this one.
+for command_module in (deploy_commands, backup_commands, check_commands):
+    app.add_typer(command_module.app)
 app.add_typer(profiles_app, name="profiles")
 app.add_typer(images_app, name="images")
 
@@ -199,11 +206,6 @@ def render(
             where=f"{target / first.path}" + (f":{first.line}" if first.line else ""),
             fix="fix the setting in kbinfra.yaml or the profile, then render again",
         )
-
-
-from kbinfra.commands import backup as _backup  # noqa: E402, F401 (registers its commands)
-from kbinfra.commands import check as _check  # noqa: E402, F401 (registers its commands)
-from kbinfra.commands import deploy as _deploy  # noqa: E402, F401 (registers its commands)
 
 
 def main() -> None:

@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from kbinfra.cli import app
-from kbinfra.commands.deploy import _confirm, _open
+from kbinfra.commands.opening import confirm, open_stack_and_target
 from kbinfra.commands.options import (
     DirOption,
     IdentityOption,
@@ -36,6 +35,8 @@ backup_app = typer.Typer(
     invoke_without_command=True,
     rich_markup_mode=None,
 )
+#: Mounted by :mod:`kbinfra.cli` at the top level: ``kbinfra backup``, ``kbinfra restore``.
+app = typer.Typer()
 app.add_typer(backup_app, name="backup")
 
 
@@ -103,7 +104,7 @@ def backup(
     from kbinfra.backup.run import run_backup  # noqa: PLC0415
 
     console = Console(output)
-    stack, where = _open(stack_dir, target, known_hosts, identity, console)
+    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
     with where:
         result = run_backup(
             stack,
@@ -175,7 +176,7 @@ def verify(
     from kbinfra.backup.run import run_drill  # noqa: PLC0415
 
     console = Console(output)
-    stack, where = _open(stack_dir, target, known_hosts, identity, console)
+    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
     with where:
         result = run_drill(stack, where, backup_dir, progress=ConsoleProgress(console))
     _finish(console, result, "restore drill")
@@ -215,10 +216,10 @@ def restore(
     from kbinfra.backup.run import run_restore  # noqa: PLC0415
 
     console = Console(output)
-    stack, where = _open(stack_dir, target, known_hosts, identity, console)
+    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
 
-    def confirm(question: str) -> bool:
-        return yes or _confirm(console, question)
+    def ask(question: str) -> bool:
+        return yes or confirm(console, question)
 
     with where:
         result = run_restore(
@@ -226,7 +227,7 @@ def restore(
             where,
             backup_dir,
             progress=ConsoleProgress(console),
-            confirm=confirm,
+            confirm=ask,
             only=only,
             safety_backup=not no_safety_backup,
             allow_other_stack=allow_other_stack,

@@ -1,6 +1,6 @@
 """``kbinfra check`` and ``kbinfra bench``: prove the deployed stack works, then measure it.
 
-Each command parses options, calls one function of ``kbinfra.probes`` and prints. Clients
+Each command parses options, calls one function of ``kbinfra.probing`` and prints. Clients
 (psycopg, redis, httpx, docker) are imported by the probes when they run.
 """
 
@@ -15,13 +15,10 @@ from typing import Annotated, Any
 import typer
 
 from kbinfra import __version__
-from kbinfra.cli import app
-
-# Imported as a module: deploy imports kbinfra.cli, which imports this module, so deploy may
-# still be initialising here; its names are looked up when the commands run.
-from kbinfra.commands import deploy
+from kbinfra.commands.opening import open_stack_and_target
 from kbinfra.commands.options import (
     DirOption,
+    ForceUnlockOption,
     IdentityOption,
     KnownHostsOption,
     OutputOption,
@@ -31,6 +28,9 @@ from kbinfra.progress import ConsoleProgress
 from kbinfra.ui import Console, Output
 
 EXIT_FAILED = 1
+
+#: Mounted by :mod:`kbinfra.cli` at the top level: ``kbinfra check``, ``kbinfra bench``.
+app = typer.Typer()
 
 OnlyOption = Annotated[
     list[str] | None,
@@ -59,7 +59,7 @@ def check(
     from kbinfra.probing.run import run_checks  # noqa: PLC0415
 
     console = Console(output)
-    stack, where = deploy._open(stack_dir, target, known_hosts, identity, console)
+    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
     with where:
         where.docker_client()  # an unreachable target is one error line (exit 2), not 40 rows
         rows, unprobed = run_checks(stack, where, only or [], progress=ConsoleProgress(console))
@@ -122,7 +122,7 @@ def bench(
     target: TargetOption = None,
     known_hosts: KnownHostsOption = None,
     identity: IdentityOption = None,
-    force_unlock: deploy.ForceUnlockOption = False,
+    force_unlock: ForceUnlockOption = False,
     output: OutputOption = Output.text,
 ) -> None:
     """Measure every enabled service: throughput and p50/p95/p99 against thresholds.
@@ -141,7 +141,7 @@ def bench(
     from kbinfra.targets.engine import Engine  # noqa: PLC0415
 
     console = Console(output)
-    stack, where = deploy._open(stack_dir, target, known_hosts, identity, console)
+    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
     plan = bench_plan(quick=quick, token=secrets.token_hex(6))
     signal.signal(signal.SIGTERM, _interrupt_on_term)
     progress = ConsoleProgress(console)

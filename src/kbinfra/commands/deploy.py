@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from kbinfra.cli import app
+from kbinfra.commands.opening import confirm, open_stack_and_target
 from kbinfra.commands.options import (
     DirOption,
+    ForceUnlockOption,
     IdentityOption,
     KnownHostsOption,
     OutputOption,
@@ -25,44 +26,21 @@ from kbinfra.ui import Console, Output
 if TYPE_CHECKING:
     from kbinfra.apply import ApplyResult
     from kbinfra.plan import Plan
-    from kbinfra.stack import Stack
-    from kbinfra.targets import Target
 
 EXIT_CHANGES = 3
 
+#: Mounted by :mod:`kbinfra.cli` at the top level: ``kbinfra plan``, ``kbinfra ssh trust``.
+app = typer.Typer()
 ssh_app = typer.Typer(
     help="SSH targets: trust a host key.", no_args_is_help=True, rich_markup_mode=None
 )
 app.add_typer(ssh_app, name="ssh")
-
-ForceUnlockOption = Annotated[
-    bool, typer.Option("--force-unlock", help="Break the stack's lock even if its holder runs.")
-]
 
 
 class ApplyFailedError(KbinfraError):
     """A service did not become healthy; what could be was rolled back."""
 
     exit_code = 1
-
-
-def _open(
-    stack_dir: Path,
-    target: str | None,
-    known_hosts: Path | None,
-    identity: Path | None,
-    console: Console,
-) -> "tuple[Stack, Target]":
-    from kbinfra.stack import open_stack  # noqa: PLC0415
-    from kbinfra.targets import open_target  # noqa: PLC0415
-
-    stack = open_stack(stack_dir)
-    console.set_redactor(stack.redact)
-    for warning in stack.profile.warnings():
-        console.warn(warning)
-    return stack, open_target(
-        stack.spec, stack_dir, target=target, known_hosts=known_hosts, identity=identity
-    )
 
 
 _SYMBOL = {"create": "+", "recreate": "~", "start": ">", "remove": "-", "nothing": "="}
@@ -110,7 +88,7 @@ def plan(
     from kbinfra.apply import plan_stack  # noqa: PLC0415
 
     console = Console(output)
-    stack, where = _open(stack_dir, target, known_hosts, identity, console)
+    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
     with where:
         result = plan_stack(stack, where)
     if console.json_mode:
@@ -119,15 +97,6 @@ def plan(
         print_plan(console, result)
     if result.has_changes:
         raise typer.Exit(EXIT_CHANGES)
-
-
-def _confirm(console: Console, question: str) -> bool:
-    if not sys.stdin.isatty():
-        raise KbinfraError(
-            "cannot ask for confirmation without a terminal", fix="pass --yes to proceed"
-        )
-    console.note(question + " [y/N] ")
-    return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
 def print_apply(console: Console, result: "ApplyResult") -> None:
@@ -165,7 +134,7 @@ def apply(
     from kbinfra.apply import apply_stack, plan_stack  # noqa: PLC0415
 
     console = Console(output)
-    stack, where = _open(stack_dir, target, known_hosts, identity, console)
+    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
     chosen = stack.select(only or [])
     with where:
         if not yes:
@@ -174,7 +143,7 @@ def apply(
                 print_plan(console, pending)
             if not pending.has_changes:
                 console.note("nothing to do")
-            elif not _confirm(console, f"Apply these changes to {where.name}?"):
+            elif not confirm(console, f"Apply these changes to {where.name}?"):
                 raise typer.Exit(1)
         result = apply_stack(
             stack,
@@ -219,7 +188,7 @@ def status(
     from kbinfra.apply import status_stack  # noqa: PLC0415
 
     console = Console(output)
-    stack, where = _open(stack_dir, target, known_hosts, identity, console)
+    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
     with where:
         rows = status_stack(stack, where)
     if console.json_mode:
@@ -275,7 +244,7 @@ def destroy(
     from kbinfra.apply import destroy_stack  # noqa: PLC0415
 
     console = Console(output)
-    stack, where = _open(stack_dir, target, known_hosts, identity, console)
+    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
     name = stack.spec.name
     if delete_data:
         if confirm_name is None:
@@ -290,7 +259,7 @@ def destroy(
             raise KbinfraError(
                 f"confirmation {confirm_name!r} is not the stack name {name!r}; nothing deleted"
             )
-    elif not yes and not _confirm(
+    elif not yes and not confirm(
         console, f"Remove the containers and network of stack {name} on {where.name}?"
     ):
         raise typer.Exit(1)
@@ -355,7 +324,7 @@ def ssh_trust(
             fix="check why the key changed; remove the old line with `ssh-keygen -R` first",
         )
     console.line(shown)
-    if not yes and not _confirm(console, f"Add it to {path}?"):
+    if not yes and not confirm(console, f"Add it to {path}?"):
         raise typer.Exit(1)
     append_known_host(path, host, port, key)
     console.line(f"added to {path}")

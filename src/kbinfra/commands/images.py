@@ -5,6 +5,7 @@ from typing import Annotated
 
 import typer
 
+from kbinfra.commands.opening import open_stack_and_target
 from kbinfra.commands.options import (
     DirOption,
     IdentityOption,
@@ -113,11 +114,10 @@ def load(
     Over SSH it uses the connection every other command uses: the host key checked against
     kbinfra's known_hosts (`kbinfra ssh trust`), never trusted on first use.
     """
-    from kbinfra.commands.deploy import _open  # noqa: PLC0415 (deploy imports kbinfra.cli)
     from kbinfra.images.transfer import load_images  # noqa: PLC0415
 
     console = Console(output)
-    _, where = _open(stack_dir, target, known_hosts, identity, console)
+    _, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
     console.note(f"loading {file} into {where.name}")
     with where:
         result = load_images(where.docker_client(), file, ConsoleProgress(console))

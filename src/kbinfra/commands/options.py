@@ -23,6 +23,9 @@ KnownHostsOption = Annotated[
         show_default=False,
     ),
 ]
+ForceUnlockOption = Annotated[
+    bool, typer.Option("--force-unlock", help="Break the stack's lock even if its holder runs.")
+]
 IdentityOption = Annotated[
     Path | None,
     typer.Option(
