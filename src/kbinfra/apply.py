@@ -15,13 +15,16 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from kbinfra.errors import KbinfraError
-from kbinfra.plan import (
+from kbinfra.containers import (
     OLD_SUFFIX,
-    Action,
     DesiredService,
     Facts,
     ObservedContainer,
+    network_name,
+)
+from kbinfra.errors import KbinfraError
+from kbinfra.plan import (
+    Action,
     Plan,
     dependencies,
     desired_services,
@@ -465,7 +468,7 @@ def apply_stack(
             plan = plan.only(only, mounted_by(seen.desired))
         _ensure_images(engine, plan, seen.desired, target, progress)
         if engine.ensure_network():
-            progress.note("network", f"created {stack.spec.name}-net")
+            progress.note("network", f"created {network_name(stack.spec.name)}")
         for service in seen.desired.values():
             for volume in service.spec.volumes:
                 if engine.ensure_volume(volume.volume):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+from kbinfra.containers import container_name, network_name
 from kbinfra.service import RenderedFile
 from kbinfra.spec.yamlfile import dump_yaml
 from kbinfra.templating import environment
@@ -27,7 +28,7 @@ def compose_document(stack: Stack) -> dict[str, Any]:
     for name, spec in stack.containers.items():
         entry: dict[str, Any] = {
             "image": spec.image,
-            "container_name": f"{stack.spec.name}-{name}",
+            "container_name": container_name(stack.spec.name, name),
             "hostname": name,
             "restart": "unless-stopped",
             "networks": {"kbinfra": {"aliases": [name]}},
@@ -75,7 +76,7 @@ def compose_document(stack: Stack) -> dict[str, Any]:
     return {
         "name": stack.spec.name,
         "services": services,
-        "networks": {"kbinfra": {"name": f"{stack.spec.name}-net"}},
+        "networks": {"kbinfra": {"name": network_name(stack.spec.name)}},
         "volumes": volumes,
     }
 

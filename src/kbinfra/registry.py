@@ -19,9 +19,7 @@ from types import ModuleType
 from typing import Literal
 
 from kbinfra import services as services_package
-from kbinfra.service import Service, ServiceContext
-
-_STAGE_ORDER = {"data": 0, "service": 1, "edge": 2, "monitoring": 3}
+from kbinfra.service import STAGE_ORDER, Service, ServiceContext
 
 #: The optional modules of a service's folder, beside ``service.py``.
 Part = Literal["render_check", "probe", "backup"]
@@ -44,7 +42,7 @@ def _folders() -> dict[str, tuple[Service, ...]]:
 def all_services() -> dict[str, Service]:
     """Every known service by name, in deployment order (data stores first, monitoring last)."""
     found = [service for services in _folders().values() for service in services]
-    found.sort(key=lambda s: (_STAGE_ORDER[s.stage], s.name))
+    found.sort(key=lambda s: (STAGE_ORDER[s.stage], s.name))
     return {service.name: service for service in found}
 
 

@@ -230,6 +230,10 @@ class CheckResult(NamedTuple):
 
 
 Stage = Literal["data", "service", "edge", "monitoring"]
+#: Deployment order: data stores first, monitoring last (apply, the registry, the plan).
+STAGE_ORDER: Mapping[str, int] = MappingProxyType(
+    {"data": 0, "service": 1, "edge": 2, "monitoring": 3}
+)
 
 
 class Service(ABC):

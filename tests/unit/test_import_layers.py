@@ -162,3 +162,15 @@ def test_lazy_imports_count_and_type_checking_ones_do_not(tmp_path: Path) -> Non
     path = tmp_path / "a.py"
     path.write_text(source)
     assert imports_of("kbinfra.a", path, {"kbinfra.a", "kbinfra.b", "kbinfra.c"}) == {"kbinfra.c"}
+
+
+def test_targets_do_not_import_the_planner() -> None:
+    """``targets/`` runs what the planner decides; the data both need is in ``containers``."""
+    graph = import_graph()
+    above = ("kbinfra.plan", "kbinfra.apply", "kbinfra.commands", "kbinfra.cli")
+    offenders = {
+        name: sorted(t for t in targets if t.startswith(above))
+        for name, targets in graph.items()
+        if name.startswith("kbinfra.targets")
+    }
+    assert {name: found for name, found in offenders.items() if found} == {}

@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from kbinfra.errors import SpecError
-from kbinfra.plan import (
+from kbinfra.containers import (
     LABEL_CONFIG_HASH,
     LABEL_HASH_PREFIX,
     LABEL_SERVICE,
@@ -17,6 +16,10 @@ from kbinfra.plan import (
     DesiredService,
     Facts,
     ObservedContainer,
+    normalize_ref,
+)
+from kbinfra.errors import SpecError
+from kbinfra.plan import (
     config_hash,
     dependencies,
     desired_services,
@@ -25,7 +28,6 @@ from kbinfra.plan import (
     leftovers,
     make_plan,
     mounted_by,
-    normalize_ref,
     service_action,
     sha256_text,
     stack_status,

@@ -23,7 +23,7 @@ from kbinfra.progress import Progress
 if TYPE_CHECKING:
     from docker import APIClient
 
-    from kbinfra.plan import DesiredService
+    from kbinfra.containers import DesiredService
     from kbinfra.service import ServiceContext
     from kbinfra.stack import Stack
     from kbinfra.targets.base import Target

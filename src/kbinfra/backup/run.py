@@ -61,7 +61,7 @@ from kbinfra.progress import Progress
 from kbinfra.service import ContainerSpec, VolumeMount
 
 if TYPE_CHECKING:
-    from kbinfra.plan import DesiredService
+    from kbinfra.containers import DesiredService
     from kbinfra.stack import Stack
     from kbinfra.targets.base import Target
     from kbinfra.targets.engine import Engine

@@ -17,8 +17,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kbinfra.errors import KbinfraError
-from kbinfra.plan import (
+from kbinfra.containers import (
     LABEL_STACK,
     DesiredService,
     Facts,
@@ -28,6 +27,7 @@ from kbinfra.plan import (
     network_name,
     normalize_ref,
 )
+from kbinfra.errors import KbinfraError
 
 if TYPE_CHECKING:
     from docker import APIClient, DockerClient
