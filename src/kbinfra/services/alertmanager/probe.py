@@ -52,7 +52,6 @@ def check_routing(base: str, rendered_text: str) -> str:
 
 
 def checks(probe: ProbeContext) -> list[CheckRow]:
-
     rows = Checks(probe.name)
     rows.run(
         "ready",

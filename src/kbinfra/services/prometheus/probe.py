@@ -178,7 +178,6 @@ def check_rules(base: str, expected: set[str]) -> str:
 
 
 def checks(probe: ProbeContext) -> list[CheckRow]:
-
     rows = Checks(probe.name)
     rows.run(
         "ready",
