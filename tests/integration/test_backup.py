@@ -22,6 +22,7 @@ import pytest
 import redis
 
 from kbinfra.backup.manifest import manifest_sum_line
+from kbinfra.backup.signing import signature_line
 
 from . import testbed_support
 from .stack_support import SECRET_MARK, Deployment, fixed_secret, new_deployment
@@ -254,12 +255,15 @@ def volume_files(image: str, volume: str) -> str:
 
 
 def rewrite_manifest(backup: Path, change: Any) -> None:
-    """Edit a backup's manifest and write a matching manifest.sha256 (a consistent lie)."""
+    """Edit a backup's manifest and write a matching manifest.sha256 and signature, with the
+    stack's own key: a consistent lie only the key's holder can tell."""
     manifest = json.loads((backup / "manifest.json").read_text())
     change(manifest)
     data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     (backup / "manifest.json").write_bytes(data)
     (backup / "manifest.sha256").write_text(manifest_sum_line(data))
+    key = fixed_secret("backup_hmac_key")
+    (backup / "manifest.hmac").write_text(signature_line(data, key))
 
 
 def backups_of(stack: Deployment) -> list[Path]:
@@ -324,6 +328,7 @@ def test_backup_destroy_restore_gives_back_every_row_point_and_key(
     assert len(redis_samples) == 24
     assert "stack/kbinfra.yaml" in by_path and "stack/secrets.yaml" not in by_path
     assert not any(a["secret"] for a in manifest["artifacts"])
+    assert (backup / "manifest.hmac").read_text().startswith("hmac-sha256 ")
 
     # A flipped byte in a copy of the backup: refused, naming the file, nothing changed.
     corrupt = backup.parent / "corrupt-copy"

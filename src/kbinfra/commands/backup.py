@@ -30,6 +30,19 @@ BackupDirArgument = Annotated[
     ),
 ]
 
+AllowUnsignedOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-unsigned",
+        help="Accept a backup without a signature (made before kbinfra signed backups): "
+        "anyone who could write its folder could have forged it.",
+    ),
+]
+AllowOtherStackOption = Annotated[
+    bool,
+    typer.Option("--allow-other-stack", help="Use a backup of another stack's name."),
+]
+
 backup_app = typer.Typer(
     help="Back up the stack's data and files; `backup verify DIR` runs the restore drill.",
     invoke_without_command=True,
@@ -142,9 +155,19 @@ def print_checks(console: Console, result: "RestoreResult", what: str) -> None:
     console.line(f"{what}: {verdict} ({result.seconds:.1f}s)")
 
 
+def _warn_unsigned(console: Console, allow_unsigned: bool) -> None:
+    if allow_unsigned:
+        console.warn(
+            "--allow-unsigned: an unsigned backup is used as it is; anyone who could write "
+            "its folder could have altered it"
+        )
+
+
 def _finish(console: Console, result: "RestoreResult", what: str) -> None:
     from kbinfra.backup.run import DifferencesError  # noqa: PLC0415
 
+    if not result.signed:
+        console.warn(f"{result.backup} is not signed: it was used because of --allow-unsigned")
     for note in result.notes:
         console.note(note)
     if console.json_mode:
@@ -164,6 +187,8 @@ def _finish(console: Console, result: "RestoreResult", what: str) -> None:
 def verify(
     backup_dir: BackupDirArgument,
     stack_dir: DirOption = Path(),
+    allow_unsigned: AllowUnsignedOption = False,
+    allow_other_stack: AllowOtherStackOption = False,
     target: TargetOption = None,
     known_hosts: KnownHostsOption = None,
     identity: IdentityOption = None,
@@ -176,9 +201,17 @@ def verify(
     from kbinfra.backup.run import run_drill  # noqa: PLC0415
 
     console = Console(output)
+    _warn_unsigned(console, allow_unsigned)
     stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
     with where:
-        result = run_drill(stack, where, backup_dir, progress=ConsoleProgress(console))
+        result = run_drill(
+            stack,
+            where,
+            backup_dir,
+            progress=ConsoleProgress(console),
+            allow_other_stack=allow_other_stack,
+            allow_unsigned=allow_unsigned,
+        )
     _finish(console, result, "restore drill")
 
 
@@ -199,10 +232,8 @@ def restore(
         bool,
         typer.Option("--no-safety-backup", help="Skip the backup of the current state first."),
     ] = False,
-    allow_other_stack: Annotated[
-        bool,
-        typer.Option("--allow-other-stack", help="Restore a backup of another stack's name."),
-    ] = False,
+    allow_other_stack: AllowOtherStackOption = False,
+    allow_unsigned: AllowUnsignedOption = False,
     target: TargetOption = None,
     known_hosts: KnownHostsOption = None,
     identity: IdentityOption = None,
@@ -216,6 +247,7 @@ def restore(
     from kbinfra.backup.run import run_restore  # noqa: PLC0415
 
     console = Console(output)
+    _warn_unsigned(console, allow_unsigned)
     stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
 
     def ask(question: str) -> bool:
@@ -231,6 +263,7 @@ def restore(
             only=only,
             safety_backup=not no_safety_backup,
             allow_other_stack=allow_other_stack,
+            allow_unsigned=allow_unsigned,
         )
     if result.safety_backup is not None:
         console.note(f"safety backup of the state before: {result.safety_backup}")

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kbinfra.backup import handler_for
-from kbinfra.backup.handler import Observed
-from kbinfra.backup.manifest import Artifact
+from kbinfra.backup.handler import BackupError, Observed
+from kbinfra.backup.manifest import Artifact, ServiceRecord
 from kbinfra.backup.run import (
     check_artifact,
     data_handlers,
@@ -17,8 +19,11 @@ from kbinfra.backup.run import (
     select_services,
     summarize,
 )
-from kbinfra.backup.volumes import tar_path
+from kbinfra.backup.volumes import member_problem, tar_path, tar_problem, volumes_to_restore
 from kbinfra.service import ContainerSpec, PortBinding, VolumeMount
+from kbinfra.services.postgres.backup import (
+    HANDLER as POSTGRES,
+)
 from kbinfra.services.postgres.backup import (
     conninfo_dbname,
     dump_path,
@@ -78,12 +83,18 @@ def test_restore_keeps_the_passwords_kbinfra_manages() -> None:
     assert "ALTER ROLE app WITH LOGIN PASSWORD 'SCRAM-SHA-256$4096:it''s';" in filtered
 
 
-def test_database_names_are_passed_as_conninfo_and_file_names_are_safe() -> None:
-    assert conninfo_dbname("kb") == "dbname='kb'"
-    assert conninfo_dbname("a=b'c\\") == "dbname='a=b\\'c\\\\'"
-    assert dump_path("kb") == "postgres/kb.dump"
-    odd = dump_path("../x y")
-    assert odd.startswith("postgres/db-") and odd.endswith(".dump") and ".." not in odd
+def pg_artifact(path: str, kind: Any, **meta: str) -> Artifact:
+    return Artifact(path=path, service="postgres", kind=kind, size=1, sha256=SHA, meta=meta)
+
+
+def test_a_manifest_lacking_what_restore_reads_is_named() -> None:
+    record = ServiceRecord(version="16.4")
+    dump = pg_artifact("postgres/kb.dump", "pg_dump")
+    assert POSTGRES.manifest_problem(None, []) == "postgres has no entry in the manifest's services"
+    assert POSTGRES.manifest_problem(record, [dump]) == "postgres/kb.dump lacks meta.database"
+    redis = handler_for("redis")
+    assert redis is not None
+    assert redis.manifest_problem(record, []) == "redis has no redis_rdb artifact"
 
 
 def test_globals_restore_ignores_only_existing_roles() -> None:
@@ -92,6 +103,70 @@ def test_globals_restore_ignores_only_existing_roles() -> None:
         'psql:<stdin>:9: ERROR:  permission denied to alter role "x"\n'
     )
     assert restore_errors(stderr) == ['psql:<stdin>:9: ERROR:  permission denied to alter role "x"']
+
+
+# ---------------------------------------------------------------- volumes
+def tar_member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    member = tarfile.TarInfo(name)
+    member.type = kind
+    member.linkname = link
+    return member
+
+
+@pytest.mark.parametrize(
+    ("member", "problem"),
+    [
+        (tar_member("kbinfra-volume/a.txt"), None),
+        (tar_member("kbinfra-volume", tarfile.DIRTYPE), None),
+        (tar_member("kbinfra-volume/docs/l", tarfile.SYMTYPE, "../a.txt"), None),
+        (tar_member("kbinfra-volume/h", tarfile.LNKTYPE, "kbinfra-volume/a.txt"), None),
+        (tar_member("/etc/cron.d/x"), "not inside the volume"),
+        (tar_member("kbinfra-volume/../etc/x"), "not inside the volume"),
+        (tar_member("etc/x"), "not inside the volume"),
+        (tar_member("kbinfra-volume/l", tarfile.SYMTYPE, "/etc/shadow"), "absolute path"),
+        (tar_member("kbinfra-volume/l", tarfile.SYMTYPE, "../../etc"), "points outside"),
+        (tar_member("kbinfra-volume/h", tarfile.LNKTYPE, "etc/passwd"), "points outside"),
+        (tar_member("kbinfra-volume/h", tarfile.LNKTYPE, "kbinfra-volume/../x"), "outside"),
+        (tar_member("kbinfra-volume/sda", tarfile.BLKTYPE), "device"),
+        (tar_member("kbinfra-volume/tty", tarfile.CHRTYPE), "device"),
+        (tar_member("kbinfra-volume/pipe", tarfile.FIFOTYPE), "FIFO"),
+    ],
+)
+def test_tar_members_that_leave_the_volume_are_refused(
+    member: tarfile.TarInfo, problem: str | None
+) -> None:
+    found = member_problem(member)
+    assert (found is None) if problem is None else (found is not None and problem in found)
+
+
+def test_the_first_bad_member_of_a_tar_stream_is_named() -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.addfile(tar_member("kbinfra-volume/ok.txt"), io.BytesIO(b""))
+        tar.addfile(tar_member("kbinfra-volume/../../root/.ssh/authorized_keys"), io.BytesIO())
+    buffer.seek(0)
+    assert tar_problem(buffer) == (
+        "member 'kbinfra-volume/../../root/.ssh/authorized_keys' is not inside the volume"
+    )
+    assert tar_problem(io.BytesIO(b"not a tar at all" * 100)) is not None
+
+
+def test_a_volume_is_the_stacks_own_never_the_manifests() -> None:
+    tar = Artifact(
+        path="volumes/uploads.tar", service="volumes", kind="volume_tar", size=1, sha256=SHA,
+        meta={"volume": "kb-postgres-data"},
+    )  # fmt: skip
+    assert volumes_to_restore([tar], ["uploads", "other"]) == {"volumes/uploads.tar": "uploads"}
+    with pytest.raises(BackupError, match=r"backup\.volumes of this stack does not list"):
+        volumes_to_restore([tar], ["other"])
+
+
+def test_database_names_are_passed_as_conninfo_and_file_names_are_safe() -> None:
+    assert conninfo_dbname("kb") == "dbname='kb'"
+    assert conninfo_dbname("a=b'c\\") == "dbname='a=b\\'c\\\\'"
+    assert dump_path("kb") == "postgres/kb.dump"
+    odd = dump_path("../x y")
+    assert odd.startswith("postgres/db-") and odd.endswith(".dump") and ".." not in odd
 
 
 # ---------------------------------------------------------------- redis

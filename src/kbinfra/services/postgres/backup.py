@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from kbinfra.backup.handler import (
     BackupError,
@@ -36,7 +36,7 @@ from kbinfra.backup.handler import (
     ServiceBackup,
     artifact_of,
 )
-from kbinfra.backup.manifest import Artifact, ServiceRecord, not_older
+from kbinfra.backup.manifest import Artifact, ArtifactKind, ServiceRecord, not_older
 from kbinfra.backup.streams import exec_run, exec_with_stdin, file_chunks
 from kbinfra.progress import Progress
 from kbinfra.services.postgres.exporter import MONITOR_ROLE
@@ -147,6 +147,8 @@ def major(version: str) -> str:
 # ---------------------------------------------------------------- the handler
 class PostgresBackup(BackupHandler):
     service = "postgres"
+    required_meta: ClassVar[dict[ArtifactKind, tuple[str, ...]]] = {"pg_dump": ("database",)}
+    unchecked_kinds: ClassVar[frozenset[ArtifactKind]] = frozenset({"pg_globals"})
 
     def _env(self, instance: Instance, database: str | None = None) -> dict[str, str]:
         env = {
