@@ -30,6 +30,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 ArtifactKind = Literal[
     "pg_globals",
+    "pg_roles",
     "pg_dump",
     "qdrant_snapshot",
     "redis_rdb",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,11 @@ from kbinfra.services.postgres.backup import (
     HANDLER as POSTGRES,
 )
 from kbinfra.services.postgres.backup import (
+    RoleRecord,
     conninfo_dbname,
     dump_path,
-    restore_errors,
-    without_passwords_of,
+    parse_roles,
+    role_options,
 )
 from kbinfra.services.qdrant.backup import (
     State,
@@ -68,23 +70,78 @@ def test_data_handlers_follow_the_enabled_services(make_stack: Any) -> None:
 
 
 # ---------------------------------------------------------------- postgres
-GLOBALS = """CREATE ROLE kb;
-ALTER ROLE kb WITH SUPERUSER INHERIT LOGIN PASSWORD 'SCRAM-SHA-256$4096:abc$def:ghi';
-CREATE ROLE app;
-ALTER ROLE app WITH LOGIN PASSWORD 'SCRAM-SHA-256$4096:it''s';
-ALTER ROLE kbinfra_monitor WITH LOGIN PASSWORD 'md5x';
-"""
+SCRAM = "SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy"
 
 
-def test_restore_keeps_the_passwords_kbinfra_manages() -> None:
-    filtered = without_passwords_of(GLOBALS, ["kb", "kbinfra_monitor"])
-    assert "ALTER ROLE kb WITH SUPERUSER INHERIT LOGIN;" in filtered
-    assert "ALTER ROLE kbinfra_monitor WITH LOGIN;" in filtered
-    assert "ALTER ROLE app WITH LOGIN PASSWORD 'SCRAM-SHA-256$4096:it''s';" in filtered
+def role(**fields: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "name": "app", "superuser": False, "inherit": True, "createrole": False,
+        "createdb": False, "login": True, "replication": False, "bypassrls": False,
+        "connection_limit": -1,
+    }  # fmt: skip
+    return {**values, **fields}
+
+
+def roles_json(*roles: dict[str, Any], memberships: Any = ()) -> bytes:
+    return json.dumps({"roles": list(roles), "memberships": list(memberships)}).encode()
+
+
+def test_roles_are_data_whose_attributes_become_fixed_keywords() -> None:
+    found = parse_roles(roles_json(role(password=SCRAM)), "b")
+    assert found.roles[0].password == SCRAM
+    assert role_options(found.roles[0]) == [
+        "NOSUPERUSER", "INHERIT", "NOCREATEROLE", "NOCREATEDB", "LOGIN", "NOREPLICATION",
+        "NOBYPASSRLS",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("roles", "message"),
+    [
+        (roles_json(role(password="plain-text")), "roles.0.password"),
+        (roles_json(role(password="SCRAM-SHA-256$1:a$b:c'; DROP ROLE kb; --")), "password"),
+        (roles_json(role(name="pg_read_server_files")), "reserves"),
+        (roles_json(role(name="a\u0000b")), "roles.0.name"),
+        (roles_json(role(superuser="yes; \\! id")), "roles.0.superuser"),
+        (roles_json(role(sql="\\! id")), "roles.0.sql"),
+        (roles_json(memberships=[{"role": "x", "member": "pg_monitor"}]), "memberships.0"),
+        (b"CREATE ROLE x;\n\\! id\n", "roles.json"),
+    ],
+)
+def test_a_roles_file_that_is_not_plain_data_is_refused(roles: bytes, message: str) -> None:
+    with pytest.raises(BackupError, match=message) as caught:
+        parse_roles(roles, "backup-dir")
+    assert "nothing was changed" in str(caught.value)
+
+
+def test_role_records_refuse_a_superuser_flag_that_is_not_a_boolean() -> None:
+    with pytest.raises(ValueError):
+        RoleRecord.model_validate(role(superuser="true"), strict=True)
 
 
 def pg_artifact(path: str, kind: Any, **meta: str) -> Artifact:
     return Artifact(path=path, service="postgres", kind=kind, size=1, sha256=SHA, meta=meta)
+
+
+def test_only_the_stacks_own_database_is_restored_and_no_script_ever(
+    make_stack: Any, tmp_path: Path
+) -> None:
+    ctx = make_stack().contexts["postgres"]
+    (tmp_path / "postgres").mkdir()
+    (tmp_path / "postgres" / "roles.json").write_bytes(roles_json(role()))
+    own = pg_artifact("postgres/kb.dump", "pg_dump", database="kb")
+    other = pg_artifact("postgres/postgres.dump", "pg_dump", database="postgres")
+    script = pg_artifact("postgres/globals.sql", "pg_globals")
+    roles = pg_artifact("postgres/roles.json", "pg_roles")
+    chosen, notes = POSTGRES.restorable(ctx, [script, roles, other, own], tmp_path)
+    assert chosen == [roles, own]
+    assert any("postgres/postgres.dump not restored" in n for n in notes)
+    assert any("postgres/globals.sql not run" in n for n in notes)
+    with pytest.raises(BackupError, match="no dump of database 'kb'"):
+        POSTGRES.restorable(ctx, [other, roles], tmp_path)
+    (tmp_path / "postgres" / "roles.json").write_text("\\! id")
+    with pytest.raises(BackupError, match=r"roles\.json"):
+        POSTGRES.restorable(ctx, [roles, own], tmp_path)
 
 
 def test_a_manifest_lacking_what_restore_reads_is_named() -> None:
@@ -95,14 +152,6 @@ def test_a_manifest_lacking_what_restore_reads_is_named() -> None:
     redis = handler_for("redis")
     assert redis is not None
     assert redis.manifest_problem(record, []) == "redis has no redis_rdb artifact"
-
-
-def test_globals_restore_ignores_only_existing_roles() -> None:
-    stderr = (
-        'psql:<stdin>:1: ERROR:  role "kb" already exists\n'
-        'psql:<stdin>:9: ERROR:  permission denied to alter role "x"\n'
-    )
-    assert restore_errors(stderr) == ['psql:<stdin>:9: ERROR:  permission denied to alter role "x"']
 
 
 # ---------------------------------------------------------------- volumes
