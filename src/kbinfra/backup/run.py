@@ -371,10 +371,17 @@ def resolve_backup(stack: Stack, backup_dir: Path) -> Path:
     return root / newest.name
 
 
-def apply_retention(stack: Stack, root: Path, now: dt.datetime) -> RetentionPlan:
+def apply_retention(
+    stack: Stack, root: Path, now: dt.datetime, signing: str | None = None
+) -> RetentionPlan:
+    """Delete what retention does not keep; only backups signed by the stack's keys (or by
+    ``signing``, a key generated just now) count."""
     settings = stack.spec.backup
+    keys = backup_keys(stack.secrets)
+    if signing is not None and signing not in keys.verifying:
+        keys = BackupKeys(signing, keys.verifying)
     plan = retention_plan(
-        list_backups(root, backup_keys(stack.secrets)),
+        list_backups(root, keys),
         stack=stack.spec.name,
         keep_last=settings.keep_last,
         keep_days=settings.keep_days,
@@ -554,7 +561,7 @@ def run_backup(
         raise
     result = BackupResult(root / name, manifest, time.monotonic() - started)
     if dest is None:
-        result.retention = apply_retention(stack, root, _now())
+        result.retention = apply_retention(stack, root, _now(), key)
     return result
 
 

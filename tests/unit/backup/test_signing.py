@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from kbinfra.backup.run import apply_retention
 from kbinfra.backup.signing import (
     UnauthenticatedBackupError,
     backup_keys,
@@ -14,6 +17,7 @@ from kbinfra.backup.signing import (
 )
 from kbinfra.scaffold import init_stack
 from kbinfra.secrets import Redactor, load_secrets
+from tests.unit.commands.test_backup import KEY, write_backup
 
 DATA = b'{"format": 1}\n'
 
@@ -61,3 +65,26 @@ def test_init_generates_the_backup_key(tmp_path: Path) -> None:
     )  # fmt: skip
     key = load_secrets(tmp_path, ["backup_hmac_key"])["backup_hmac_key"]
     assert len(key) >= 40
+
+
+def test_retention_counts_and_deletes_only_backups_the_stack_signed(make_stack: Any) -> None:
+    stack = make_stack("minimum", {"backup": {"keep_last": 1, "keep_days": None}})
+    root = stack.dir / "backups"
+    files = {"redis/dump.rdb": b"REDIS0011"}
+    made = {
+        "kb-old": (dt.datetime(2026, 1, 1, tzinfo=dt.UTC), KEY),
+        "kb-new": (dt.datetime(2026, 2, 1, tzinfo=dt.UTC), KEY),
+        "kb-forged": (dt.datetime(2025, 1, 1, tzinfo=dt.UTC), "another-key"),
+        "kb-unsigned": (dt.datetime(2025, 1, 2, tzinfo=dt.UTC), None),
+        "kb-fresh": (dt.datetime(2026, 3, 1, tzinfo=dt.UTC), "generated-just-now"),
+    }
+    for name, (when, key) in made.items():
+        write_backup(root / name, files, when=when, key=key)
+    plan = apply_retention(stack, root, dt.datetime(2026, 6, 1, tzinfo=dt.UTC))
+    assert plan.keep == ("kb-new",) and plan.delete == ("kb-old",)
+    assert {"kb-forged", "kb-unsigned", "kb-fresh"} <= set(plan.ignored)
+    plan = apply_retention(
+        stack, root, dt.datetime(2026, 6, 1, tzinfo=dt.UTC), "generated-just-now"
+    )
+    assert plan.keep == ("kb-fresh",) and plan.delete == ("kb-new",)
+    assert sorted(p.name for p in root.iterdir()) == ["kb-forged", "kb-fresh", "kb-unsigned"]
