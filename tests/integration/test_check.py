@@ -30,7 +30,7 @@ import pytest
 import redis
 import yaml
 
-from kbinfra.containers import LABEL_SERVICE, LABEL_STACK
+from kbinfra.names import LABEL_SERVICE, LABEL_STACK
 from kbinfra.probing import stack_checks as stack_probe
 from kbinfra.probing.probe import CheckRow, ProbeContext
 from kbinfra.probing.run import probe_module
