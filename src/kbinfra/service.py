@@ -1,8 +1,10 @@
-"""What a service is to kbinfra: settings, resources, rendered files and a container.
+"""The service contract: what a service is to kbinfra, and what it tells the others.
 
-Every module in this package (except this one and ``__init__``) defines one service as a
-subclass of :class:`Service` named ``SERVICE``. Nothing else in kbinfra knows a service's name.
-Everything here is pure: no network, no Docker, no SSH.
+A service is a subclass of :class:`Service` in ``services/<folder>/service.py``, found by
+:mod:`kbinfra.registry`: its settings, resources, tuning, rendered files and container, and
+what other services ask of it (scrape targets, routes, panels, alerts, its health path).
+Nothing else in kbinfra knows a service's name. Everything here is pure (no network, no
+Docker, no SSH) and imports nothing of kbinfra above it.
 
 Only what a user writes is a pydantic model (``ServiceSettings``). What kbinfra derives from it
 (resources, tuning, containers, files) is a ``NamedTuple``: every class costs its build at
