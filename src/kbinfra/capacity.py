@@ -18,7 +18,7 @@ the services tune to are the allocations.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeGuard
 
 from kbinfra.errors import KbinfraError
 
@@ -47,14 +47,13 @@ class EngineCapacity(NamedTuple):
                 where=where,
                 fix="check `docker info` on the target, or pass --allow-oversized-profile",
             )
-        assert isinstance(cpus, int) and isinstance(memory, int)
         return cls(cpus=cpus, memory_mb=memory // MIB)
 
     def describe(self) -> str:
         return f"{self.cpus} CPUs, {gib(self.memory_mb)} of memory"
 
 
-def _positive_int(value: object) -> bool:
+def _positive_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
