@@ -45,7 +45,7 @@ class EngineCapacity(NamedTuple):
                 f"the Docker Engine reports no usable CPU count or memory "
                 f"(NCPU={cpus!r}, MemTotal={memory!r})",
                 where=where,
-                fix="check `docker info` on the target, or pass --allow-oversized-profile",
+                fix="check what `docker info` says on the target",
             )
         return cls(cpus=cpus, memory_mb=memory // MIB)
 
@@ -153,9 +153,10 @@ def shortfalls(demands: Iterable[Demand], engine: EngineCapacity) -> tuple[str, 
     )
     if too_wide:
         listed = ", ".join(f"{d.service} {d.cpus:g}" for d in too_wide)
+        counted = "1 service is" if len(too_wide) == 1 else f"{len(too_wide)} services are"
         found.append(
-            f"{len(too_wide)} services are given more CPUs than the engine's {engine.cpus} "
-            f"({listed}), which Docker refuses"
+            f"{counted} given more CPUs than the engine's {engine.cpus} ({listed}), "
+            "which Docker refuses"
         )
     return tuple(found)
 

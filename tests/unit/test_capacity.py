@@ -57,6 +57,8 @@ def test_one_container_wider_than_the_engine_is_a_shortfall_naming_it() -> None:
     assert "2 services" in found
     assert "(postgres 16, redis 4)" in found
     assert "qdrant" not in found
+    (alone,) = shortfalls([Demand("postgres", 3, 64)], engine)
+    assert alone.startswith("1 service is given more CPUs than the engine's 2 (postgres 3)")
 
 
 def test_cpus_handed_out_beyond_the_engine_in_total_only_warn() -> None:
