@@ -25,6 +25,7 @@ from kbinfra.ui import Console, Output
 
 if TYPE_CHECKING:
     from kbinfra.apply import ApplyResult
+    from kbinfra.capacity import Fit
     from kbinfra.plan import Plan
     from kbinfra.stack import Stack
     from kbinfra.targets import Target
@@ -38,6 +39,14 @@ app.add_typer(ssh_app, name="ssh")
 
 ForceUnlockOption = Annotated[
     bool, typer.Option("--force-unlock", help="Break the stack's lock even if its holder runs.")
+]
+
+AllowOversizedOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-oversized-profile",
+        help="Deploy even if the profile gives the services more than the engine has.",
+    ),
 ]
 
 
@@ -64,6 +73,20 @@ def _open(
     return stack, open_target(
         stack.spec, stack_dir, target=target, known_hosts=known_hosts, identity=identity
     )
+
+
+def _require_fit(stack: "Stack", where: "Target", console: Console, *, allow: bool) -> "Fit":
+    """Refuse a profile the target's engine cannot hold, unless ``allow``: then warn."""
+    from kbinfra.capacity import stack_fit  # noqa: PLC0415
+
+    fit = stack_fit(stack, where.engine_capacity())
+    if not fit.fits:
+        if not allow:
+            raise KbinfraError(fit.refusal(), where=where.name, fix=fit.fix())
+        console.warn(f"{fit.refusal()}; deploying it anyway (--allow-oversized-profile)")
+    for warning in fit.warnings:
+        console.warn(warning)
+    return fit
 
 
 def _progress(console: Console) -> Callable[[str, str], None]:
@@ -114,6 +137,7 @@ def plan(
     target: TargetOption = None,
     known_hosts: KnownHostsOption = None,
     identity: IdentityOption = None,
+    allow_oversized_profile: AllowOversizedOption = False,
     output: OutputOption = Output.text,
 ) -> None:
     """Show what apply would change, with file diffs. Exit 0: nothing; 3: changes; 2: error."""
@@ -122,9 +146,10 @@ def plan(
     console = Console(output)
     stack, where = _open(stack_dir, target, known_hosts, identity, console)
     with where:
+        fit = _require_fit(stack, where, console, allow=allow_oversized_profile)
         result = plan_stack(stack, where)
     if console.json_mode:
-        console.emit_json(result.as_json())
+        console.emit_json({**result.as_json(), "fit": fit.as_json()})
     else:
         print_plan(console, result)
     if result.has_changes:
@@ -169,6 +194,7 @@ def apply(
             help="Converge only this service (repeatable); others stay as they are.",
         ),
     ] = None,
+    allow_oversized_profile: AllowOversizedOption = False,
     output: OutputOption = Output.text,
 ) -> None:
     """Create or update the stack's containers: health-gated, rolled back on failure."""
@@ -178,6 +204,7 @@ def apply(
     stack, where = _open(stack_dir, target, known_hosts, identity, console)
     chosen = stack.select(only or [])
     with where:
+        _require_fit(stack, where, console, allow=allow_oversized_profile)
         if not yes:
             pending = plan_stack(stack, where, only=chosen)
             if not console.json_mode:
