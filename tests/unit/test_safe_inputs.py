@@ -1,0 +1,186 @@
+"""Every string that reaches a template is checked by type when the stack file is loaded.
+
+Each case here rendered into nginx, Redis or Qdrant configuration before: a value that breaks
+out of its config context must be refused at load time, with the file and line.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kbinfra.errors import SpecError
+from kbinfra.spec.stack import load_stack
+from kbinfra.spec.values import (
+    check_domain,
+    check_image_reference,
+    check_target,
+    check_upstream,
+    parse_host_port,
+    parse_ssh_target,
+)
+from tests.conftest import edit_stack_file, write_stack_dir
+
+#: Characters that end a value in nginx, Redis, YAML, .env or shell contexts.
+BREAKOUT = set("\n\r\t ;{}\"'#`$\\")
+
+
+@pytest.fixture(scope="module")
+def pristine_stack(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_stack_dir(tmp_path_factory.mktemp("pristine") / "kb")
+
+
+@pytest.fixture
+def stack_dir(pristine_stack: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "kb"
+    shutil.copytree(pristine_stack, folder)
+    return folder
+
+
+def _load_error(stack_dir: Path, overrides: dict[str, object]) -> str:
+    edit_stack_file(stack_dir, overrides)
+    with pytest.raises(SpecError) as caught:
+        load_stack(stack_dir)
+    message = caught.value.one_line()
+    assert "\n" not in message
+    return message
+
+
+def _line_of(stack_dir: Path, key: str) -> int:
+    lines = (stack_dir / "kbinfra.yaml").read_text().splitlines()
+    return next(number for number, line in enumerate(lines, 1) if line.strip().startswith(key))
+
+
+INJECTED_LOCATION = '"x; location /x { alias /etc/; autoindex on; } #"'
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "expected"),
+    [
+        ({"domain": INJECTED_LOCATION}, "domain:", "is not a host name"),
+        ({"domain": "kb.example.com\n"}, "domain:", "is not a host name"),
+        ({"domain": "-kb.example.com"}, "domain:", "is not a host name"),
+        ({"domain": "a" * 64 + ".example.com"}, "domain:", "is not a host name"),
+        (
+            {"app": {"upstream": "h:1; location /tls { alias /etc/nginx/tls/; }"}},
+            "upstream:",
+            "port",
+        ),
+        ({"app": {"upstream": "api server:8000"}}, "upstream:", "is not a host name"),
+        ({"app": {"upstream": "api:99999"}}, "upstream:", "out of range"),
+        ({"app": {"upstream": "::1:8000"}}, "upstream:", "in brackets"),
+        ({"target": "ssh://root@203.0.113.9:99999"}, "target:", "out of range"),
+        ({"target": "ssh://root@::1"}, "target:", "in brackets"),
+        ({"target": "ssh://nohost"}, "target:", "names no user"),
+        ({"name": "kb\n"}, "name:", "is not a usable stack name"),
+        (
+            {"services": {"redis": {"image": "redis:8\nrequirepass x"}}},
+            "image:",
+            "is not an image reference",
+        ),
+        (
+            {"services": {"qdrant": {"image": "qdrant/qdrant:v1 #"}}},
+            "image:",
+            "is not an image reference",
+        ),
+        ({"services": {"redis": {"port": 99999}}}, "port:", "less than or equal to 65535"),
+    ],
+)
+def test_a_value_that_breaks_out_of_its_config_is_refused_with_its_line(
+    stack_dir: Path, overrides: dict[str, object], key: str, expected: str
+) -> None:
+    message = _load_error(stack_dir, overrides)
+    assert expected in message
+    # The error names the stack file and the line of the offending key.
+    path = stack_dir / "kbinfra.yaml"
+    lines = path.read_text().splitlines()
+    number = int(message.split(":", 2)[1])
+    assert message.startswith(f"{path}:{number}: ")
+    assert lines[number - 1].strip().startswith(key)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"domain": "_"},
+        {"domain": "kb-1.internal"},
+        {"app": {"upstream": "10.0.0.5:8000"}},
+        {"app": {"upstream": "[2001:db8::5]:8000"}},
+        {"target": "ssh://deploy@[2001:db8::9]:2222"},
+        {"target": "ssh://deploy@203.0.113.9"},
+        {"services": {"redis": {"image": "registry.example.com:5000/mirror/redis:8.2.10"}}},
+        {"services": {"redis": {"image": "redis@sha256:" + "0" * 64}}},
+        {"services": {"redis": {"image": "redis:8.2.10@sha256:" + "a1" * 32}}},
+    ],
+)
+def test_ordinary_values_still_load(stack_dir: Path, overrides: dict[str, object]) -> None:
+    edit_stack_file(stack_dir, overrides)
+    load_stack(stack_dir)
+
+
+def test_an_ipv6_target_is_split_into_host_and_port(stack_dir: Path) -> None:
+    edit_stack_file(stack_dir, {"target": "ssh://deploy@[2001:db8::9]:2222"})
+    spec, _ = load_stack(stack_dir)
+    assert spec.ssh_parts() == ("deploy", "2001:db8::9", 2222)
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port"),
+    [
+        ("203.0.113.9", "203.0.113.9", 22),
+        ("node1:2222", "node1", 2222),
+        ("[::1]", "::1", 22),
+        ("[::1]:2200", "::1", 2200),
+    ],
+)
+def test_host_and_optional_port(text: str, host: str, port: int) -> None:
+    assert parse_host_port(text, default_port=22) == (host, port)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("::1", "in brackets"),
+        ("2001:db8::1:22", "in brackets"),
+        ("host:99999", "out of range"),
+        ("host:0", "out of range"),
+        ("host:\uff12\uff12", "not a number"),
+        ("[::1]x", "expected :port"),
+        ("[nothost]:22", "bracketed IPv6"),
+        ("", "not a host name"),
+    ],
+)
+def test_bad_host_and_port_is_refused(text: str, expected: str) -> None:
+    with pytest.raises(ValueError, match=expected):
+        parse_host_port(text, default_port=22)
+
+
+def test_an_upstream_needs_its_port() -> None:
+    with pytest.raises(ValueError, match="has no port"):
+        check_upstream("api.internal")
+
+
+def _accepted(check: object, value: str) -> bool:
+    try:
+        check(value)  # type: ignore[operator]
+    except ValueError:
+        return False
+    return True
+
+
+@given(st.text(alphabet=st.sampled_from("ab.-_:[]1@/;{}# \n\"'\\$"), max_size=40))
+def test_no_accepted_value_can_break_out_of_a_config_context(value: str) -> None:
+    for check in (check_domain, check_upstream, check_image_reference, check_target):
+        if _accepted(check, value):
+            assert not BREAKOUT & set(value), (check, value)
+
+
+@given(st.text(max_size=30))
+def test_no_accepted_target_or_image_holds_a_breakout_character(value: str) -> None:
+    for prefix, check in (("ssh://u@", parse_ssh_target), ("", check_image_reference)):
+        if _accepted(check, prefix + value):
+            assert not BREAKOUT & set(value)
