@@ -7,6 +7,8 @@ out of its config context must be refused at load time, with the file and line.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kbinfra.errors import SpecError
+from kbinfra.spec.profile import load_profile
 from kbinfra.spec.stack import load_stack
 from kbinfra.spec.values import (
     check_domain,
@@ -184,3 +187,40 @@ def test_no_accepted_target_or_image_holds_a_breakout_character(value: str) -> N
     for prefix, check in (("ssh://u@", parse_ssh_target), ("", check_image_reference)):
         if _accepted(check, prefix + value):
             assert not BREAKOUT & set(value)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("host", "network_gbps", ".inf"),
+        ("host", "network_gbps", ".nan"),
+        ("host", "network_gbps", "100000"),
+        ("host", "memory", ".inf"),
+        ("host", "memory", "-.inf"),
+        ("host", "memory", "999999999999TB"),
+        ("host", "storage", ".inf"),
+        ("host", "storage", "1e30"),
+    ],
+)
+def test_sizes_are_finite_and_bounded(tmp_path: Path, section: str, key: str, value: str) -> None:
+    path = tmp_path / "odd.yaml"
+    path.write_text(f"extends: minimum\n{section}:\n  {key}: {value}\n")
+    with pytest.raises(SpecError) as caught:
+        load_profile(str(path))
+    assert caught.value.one_line().startswith(f"{path}:3: ")
+
+
+def test_profiles_show_refuses_an_infinite_size_instead_of_printing_bad_json(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "inf.yaml"
+    path.write_text("extends: minimum\nhost:\n  network_gbps: .inf\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "kbinfra", "profiles", "show", str(path), "--output", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2, done.stdout
+    assert "Infinity" not in done.stdout
+    assert done.stderr.count("\n") == 1 and f"{path}:3" in done.stderr
