@@ -6,6 +6,7 @@ out of its config context must be refused at load time, with the file and line.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kbinfra.errors import SpecError
+from kbinfra.scaffold import read_image_map
+from kbinfra.secrets import load_secrets
 from kbinfra.spec.profile import load_profile
 from kbinfra.spec.stack import load_stack
 from kbinfra.spec.values import (
@@ -26,6 +29,7 @@ from kbinfra.spec.values import (
     parse_host_port,
     parse_ssh_target,
 )
+from kbinfra.spec.yamlfile import MAX_VALUES, parse_yaml
 from tests.conftest import edit_stack_file, write_stack_dir
 
 #: Characters that end a value in nginx, Redis, YAML, .env or shell contexts.
@@ -224,3 +228,84 @@ def test_profiles_show_refuses_an_infinite_size_instead_of_printing_bad_json(
     assert done.returncode == 2, done.stdout
     assert "Infinity" not in done.stdout
     assert done.stderr.count("\n") == 1 and f"{path}:3" in done.stderr
+
+
+def _alias_bomb(levels: int, width: int = 10) -> str:
+    """``levels`` anchors, each a list of ``width`` aliases to the one before."""
+    names = [f"l{level}" for level in range(levels + 1)]
+    lines = [f"{names[0]}: &{names[0]} [{', '.join(['lol'] * width)}]"]
+    for before, name in itertools.pairwise(names):
+        lines.append(f"{name}: &{name} [{', '.join([f'*{before}'] * width)}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_duplicate_keys_in_a_profile_name_both_lines(tmp_path: Path) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text("extends: minimum\nhost:\n  memory: 64GB\n  cpus: 8\n  memory: 8GB\n")
+    with pytest.raises(SpecError) as caught:
+        load_profile(str(path))
+    assert caught.value.one_line().startswith(
+        f"{path}:5: key 'memory' appears twice in profile, on lines 3 and 5"
+    )
+
+
+def test_duplicate_keys_in_the_stack_file_are_refused(stack_dir: Path) -> None:
+    path = stack_dir / "kbinfra.yaml"
+    text = path.read_text()
+    path.write_text(text + "domain: attacker.example\n")
+    first = _line_of(stack_dir, "domain:")
+    last = len(text.splitlines()) + 1
+    with pytest.raises(SpecError, match=f"key 'domain' appears twice .* lines {first} and {last}"):
+        load_stack(stack_dir)
+
+
+def test_duplicate_keys_in_secrets_and_image_map_are_refused(stack_dir: Path) -> None:
+    secrets = stack_dir / "secrets.yaml"
+    lines = secrets.read_text().splitlines()
+    name = next(line.split(":")[0] for line in lines if ":" in line and line[0] != "#")
+    secrets.write_text(secrets.read_text() + f"{name}: second-value-kept-silently\n")
+    with pytest.raises(SpecError, match=f"key '{name}' appears twice in secrets file"):
+        load_secrets(stack_dir, required=())
+    images = stack_dir / "images.yaml"
+    images.write_text("images:\n  redis: redis:8.2.10\n  redis: redis:7\n")
+    with pytest.raises(SpecError, match="key 'redis' appears twice in image map, on lines 2 and 3"):
+        read_image_map(images)
+
+
+def test_an_alias_bomb_is_refused_before_it_is_expanded(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text("extends: minimum\ndescription: small\n" + _alias_bomb(7))
+    # 10**8 values once expanded; refused from the text's ~90 nodes, without building them.
+    with pytest.raises(SpecError, match=f"expands to more than {MAX_VALUES} values"):
+        load_profile(str(path))
+
+
+def test_alias_expansion_is_bounded_just_past_the_limit() -> None:
+    small = _alias_bomb(2, width=20)  # 20 + 400 + 8000 values, plus their lists and keys
+    parse_yaml(small, Path("small.yaml"), what="profile")
+    with pytest.raises(SpecError, match=f"more than {MAX_VALUES} values"):
+        parse_yaml(_alias_bomb(2, width=22), Path("big.yaml"), what="profile")
+
+
+def test_anchors_and_merge_keys_within_the_bound_still_work() -> None:
+    text = "base: &base {cpus: 2, memory: 4GB}\nother:\n  <<: *base\n  memory: 8GB\n"
+    doc = parse_yaml(text, Path("ok.yaml"), what="profile")
+    assert doc.data["other"] == {"cpus": 2, "memory": "8GB"}
+
+
+def test_a_recursive_alias_is_refused() -> None:
+    with pytest.raises(SpecError, match="alias to a value that contains it"):
+        parse_yaml("loop: &loop {again: *loop}\n", Path("loop.yaml"), what="profile")
+
+
+def test_profiles_show_refuses_the_alias_bomb_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text("extends: minimum\n" + _alias_bomb(7))
+    done = subprocess.run(
+        [sys.executable, "-m", "kbinfra", "profiles", "show", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "through YAML aliases" in done.stderr
