@@ -7,6 +7,7 @@ out of its config context must be refused at load time, with the file and line.
 from __future__ import annotations
 
 import itertools
+import json
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from kbinfra.spec.values import (
     parse_ssh_target,
 )
 from kbinfra.spec.yamlfile import MAX_VALUES, parse_yaml
+from kbinfra.targets.ssh import SSHAddress, trust_hint
 from tests.conftest import edit_stack_file, write_stack_dir
 
 #: Characters that end a value in nginx, Redis, YAML, .env or shell contexts.
@@ -309,3 +311,66 @@ def test_profiles_show_refuses_the_alias_bomb_in_one_line(tmp_path: Path) -> Non
     )
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "through YAML aliases" in done.stderr
+
+
+def _secrets_file(stack_dir: Path, value: str) -> str:
+    path = stack_dir / "secrets.yaml"
+    lines = path.read_text().splitlines()
+    index = next(i for i, line in enumerate(lines) if line.startswith("redis_"))
+    name = lines[index].split(":")[0]
+    lines[index] = f"{name}: {json.dumps(value)}"
+    path.write_text("\n".join(lines) + "\n")
+    return f"{path}:{index + 1}"
+
+
+@pytest.mark.parametrize("bad", ["\n", "\r", "\t", "\x00", "\x1b[2J", "\x7f", "\x85", "\u2028"])
+def test_a_secret_with_a_control_character_is_refused_without_showing_it(
+    stack_dir: Path, bad: str
+) -> None:
+    where = _secrets_file(stack_dir, f"Zq8Kx{bad}Wv3Jm")
+    with pytest.raises(SpecError) as caught:
+        load_secrets(stack_dir, required=())
+    message = caught.value.one_line()
+    assert message.startswith(f"{where}: secret 'redis_")
+    assert "non-printable" in message
+    assert "Zq8Kx" not in message and "Wv3Jm" not in message
+
+
+def test_a_secret_with_printable_punctuation_is_kept(stack_dir: Path) -> None:
+    _secrets_file(stack_dir, "p@ss w0rd;#{}")
+    values = load_secrets(stack_dir, required=())
+    assert "p@ss w0rd;#{}" in values.values()
+
+
+def test_a_secret_name_that_is_not_an_identifier_is_refused(stack_dir: Path) -> None:
+    path = stack_dir / "secrets.yaml"
+    path.write_text(path.read_text() + '"x\\nINJECTED": value\n')
+    with pytest.raises(SpecError, match="is not a secret name"):
+        load_secrets(stack_dir, required=())
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [("h:99999", "out of range"), ("::1", "in brackets"), ("h;x", "not a host name")],
+)
+def test_ssh_trust_refuses_a_bad_address_before_connecting(
+    tmp_path: Path, address: str, expected: str
+) -> None:
+    known_hosts = tmp_path / "known_hosts"
+    command = ["ssh", "trust", address, "--yes", "--known-hosts", str(known_hosts)]
+    done = subprocess.run(
+        [sys.executable, "-m", "kbinfra", *command],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert expected in done.stderr and done.stderr.count("\n") == 1
+    assert not known_hosts.exists()
+
+
+def test_ipv6_hints_and_urls_use_brackets() -> None:
+    assert trust_hint("::1", 2222) == "kbinfra ssh trust [::1]:2222"
+    assert trust_hint("::1", 22) == "kbinfra ssh trust [::1]"
+    assert SSHAddress("root", "2001:db8::1", 22).url == "ssh://root@[2001:db8::1]:22"
+    assert parse_host_port("[::1]:2222", default_port=22) == ("::1", 2222)
