@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kbinfra.errors import SpecError
-from kbinfra.scaffold import read_image_map
+from kbinfra.scaffold import read_image_map, yaml_string
 from kbinfra.secrets import load_secrets
 from kbinfra.spec.profile import load_profile
 from kbinfra.spec.stack import load_stack
@@ -30,7 +30,7 @@ from kbinfra.spec.values import (
     parse_host_port,
     parse_ssh_target,
 )
-from kbinfra.spec.yamlfile import MAX_VALUES, parse_yaml
+from kbinfra.spec.yamlfile import MAX_VALUES, load_yaml, parse_yaml
 from kbinfra.targets.ssh import SSHAddress, trust_hint
 from tests.conftest import edit_stack_file, write_stack_dir
 
@@ -374,3 +374,83 @@ def test_ipv6_hints_and_urls_use_brackets() -> None:
     assert trust_hint("::1", 22) == "kbinfra ssh trust [::1]"
     assert SSHAddress("root", "2001:db8::1", 22).url == "ssh://root@[2001:db8::1]:22"
     assert parse_host_port("[::1]:2222", default_port=22) == ("::1", 2222)
+
+
+def _init(tmp_path: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kbinfra", "init", "--dir", str(tmp_path / "new"), *options],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--domain", "kb.example.com\ntarget: ssh://x@203.0.113.9", "is not a host name"),
+        ("--domain", "[x", "is not a host name"),
+        ("--domain", INJECTED_LOCATION, "is not a host name"),
+        ("--target", "ssh://nohost", "names no user"),
+        ("--target", "ssh://root@203.0.113.9:99999", "out of range"),
+        ("--target", "ssh://root@h\nname: evil", "not a host name"),
+    ],
+)
+def test_init_refuses_a_bad_option_in_one_line_and_writes_nothing(
+    tmp_path: Path, option: str, value: str, expected: str
+) -> None:
+    done = _init(tmp_path, option, value)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert f"{option}: " in done.stderr and expected in done.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_init_refuses_a_bad_image_in_the_image_map(tmp_path: Path) -> None:
+    images = tmp_path / "images.yaml"
+    images.write_text('images:\n  redis: "redis:8\\nrequirepass x"\n')
+    done = _init(tmp_path, "--images", str(images))
+    assert done.returncode == 2
+    assert f"{images}:2: image for redis" in done.stderr and done.stderr.count("\n") == 1
+    assert not (tmp_path / "new").exists()
+
+
+def test_init_writes_an_ipv6_target_that_loads_back(tmp_path: Path) -> None:
+    done = _init(tmp_path, "--target", "ssh://deploy@[2001:db8::9]:2222", "--domain", "_")
+    assert done.returncode == 0, done.stderr
+    spec, _ = load_stack(tmp_path / "new")
+    assert spec.ssh_parts() == ("deploy", "2001:db8::9", 2222)
+    assert spec.domain == "_"
+
+
+@given(st.text(max_size=40))
+def test_a_string_written_into_the_stack_file_reads_back_as_itself(value: str) -> None:
+    written = yaml_string(value)
+    assert "\n" not in written and "\r" not in written
+    assert load_yaml(f"k: {written}\nnext: 1\n") == {"k": value, "next": 1}
+
+
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [
+        ("kb.example.com", "kb.example.com"),
+        ("ssh://root@203.0.113.9:22", "ssh://root@203.0.113.9:22"),
+        ("qdrant/qdrant:v1.19.0", "qdrant/qdrant:v1.19.0"),
+        ("true", '"true"'),
+        ("1:20", '"1:20"'),
+        ("a\nb: c", '"a\\u000ab: c"'),
+    ],
+)
+def test_ordinary_values_stay_plain_and_others_are_quoted(value: str, written: str) -> None:
+    assert yaml_string(value) == written
+
+
+def test_init_escapes_a_profile_path_that_yaml_would_cut_short(tmp_path: Path) -> None:
+    folder = tmp_path / "my profiles #1"
+    folder.mkdir()
+    profile = folder / "mine: v2.yaml"
+    profile.write_text("extends: minimum\n")
+    done = _init(tmp_path, "--profile", str(profile))
+    assert done.returncode == 0, done.stderr
+    spec, _ = load_stack(tmp_path / "new")
+    assert spec.profile == str(profile)
