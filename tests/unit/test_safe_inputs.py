@@ -97,6 +97,9 @@ INJECTED_LOCATION = '"x; location /x { alias /etc/; autoindex on; } #"'
             "is not an image reference",
         ),
         ({"services": {"redis": {"port": 99999}}}, "port:", "less than or equal to 65535"),
+        ({"backup": {"volumes": ["/etc"]}}, "- ", "is not a Docker volume name"),
+        ({"backup": {"volumes": ["../up"]}}, "- ", "is not a Docker volume name"),
+        ({"backup": {"volumes": ["files\nx"]}}, "- ", "is not a Docker volume name"),
     ],
 )
 def test_a_value_that_breaks_out_of_its_config_is_refused_with_its_line(
@@ -124,6 +127,7 @@ def test_a_value_that_breaks_out_of_its_config_is_refused_with_its_line(
         {"services": {"redis": {"image": "registry.example.com:5000/mirror/redis:8.2.10"}}},
         {"services": {"redis": {"image": "redis@sha256:" + "0" * 64}}},
         {"services": {"redis": {"image": "redis:8.2.10@sha256:" + "a1" * 32}}},
+        {"backup": {"volumes": ["kb_uploads", "files.v2"]}},
     ],
 )
 def test_ordinary_values_still_load(stack_dir: Path, overrides: dict[str, object]) -> None:

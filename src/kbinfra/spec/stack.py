@@ -9,7 +9,14 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from kbinfra.services import all_services
 from kbinfra.services.base import ServiceSettings
-from kbinfra.spec.values import Domain, SshTarget, Target, Upstream, parse_ssh_target
+from kbinfra.spec.values import (
+    Domain,
+    SshTarget,
+    Target,
+    Upstream,
+    VolumeName,
+    parse_ssh_target,
+)
 from kbinfra.spec.yamlfile import YamlDocument, read_yaml, validate
 
 STACK_FILE = "kbinfra.yaml"
@@ -34,7 +41,7 @@ class BackupSettings(_Strict):
     keep_days: Annotated[int, Field(ge=1)] | None = 30
     # Not default_factory=list: pydantic would read that builtin's signature, which compiles
     # the tokenize module's regex (~4 ms of every start). Pydantic copies mutable defaults.
-    volumes: list[str] = Field([], description="Extra named volumes to back up")
+    volumes: list[VolumeName] = Field([], description="Extra named volumes to back up")
 
 
 class AppSettings(_Strict):

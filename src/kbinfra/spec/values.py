@@ -193,8 +193,28 @@ def check_image_reference(value: str) -> str:
     return value
 
 
+_VOLUME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+_MAX_VOLUME_NAME = 255
+
+
+def check_volume_name(value: str) -> str:
+    """Docker's rule for a named volume: ``[a-zA-Z0-9][a-zA-Z0-9_.-]+``; never a path."""
+    valid = (
+        2 <= len(value) <= _MAX_VOLUME_NAME
+        and _VOLUME_CHARS.issuperset(value)
+        and value[0].isalnum()
+    )
+    if not valid:
+        raise ValueError(
+            f"{value!r} is not a Docker volume name: letters, digits, _ . -, starting with "
+            "a letter or digit (a path would be a bind mount, which kbinfra never backs up)"
+        )
+    return value
+
+
 Port = Annotated[int, Field(ge=MIN_PORT, le=MAX_PORT)]
 Domain = Annotated[str, AfterValidator(check_domain)]
 Upstream = Annotated[str, AfterValidator(check_upstream)]
 Target = Annotated[str, AfterValidator(check_target)]
 ImageReference = Annotated[str, AfterValidator(check_image_reference)]
+VolumeName = Annotated[str, AfterValidator(check_volume_name)]
