@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kbinfra.errors import SpecError
+from kbinfra.errors import KbinfraError, SpecError
 from kbinfra.scaffold import read_image_map, yaml_string
 from kbinfra.secrets import load_secrets
 from kbinfra.spec.profile import load_profile
@@ -31,6 +31,7 @@ from kbinfra.spec.values import (
     parse_ssh_target,
 )
 from kbinfra.spec.yamlfile import MAX_VALUES, load_yaml, parse_yaml
+from kbinfra.targets import open_target
 from kbinfra.targets.ssh import SSHAddress, trust_hint
 from tests.conftest import edit_stack_file, write_stack_dir
 
@@ -458,3 +459,13 @@ def test_init_escapes_a_profile_path_that_yaml_would_cut_short(tmp_path: Path) -
     assert done.returncode == 0, done.stderr
     spec, _ = load_stack(tmp_path / "new")
     assert spec.profile == str(profile)
+
+
+@pytest.mark.parametrize("bad", ["ssh://root@203.0.113.9:99999", "ssh://root@::1", "ftp://x"])
+def test_a_bad_target_option_is_a_one_line_error_naming_the_option(
+    stack_dir: Path, bad: str
+) -> None:
+    spec, _ = load_stack(stack_dir)
+    with pytest.raises(KbinfraError) as caught:
+        open_target(spec, stack_dir, target=bad)
+    assert caught.value.one_line().startswith("--target: ")
