@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,8 @@ from kbinfra.secrets import ensure_secrets, write_private_file
 from kbinfra.services import all_services
 from kbinfra.spec.profile import load_profile
 from kbinfra.spec.stack import STACK_FILE, StackSpec, load_stack, stack_model
-from kbinfra.spec.yamlfile import read_yaml
+from kbinfra.spec.values import check_domain, check_image_reference, check_target
+from kbinfra.spec.yamlfile import load_yaml, read_yaml
 from kbinfra.stack import required_secrets
 
 _COMMON = {"enabled", "image", "port"}
@@ -55,13 +58,45 @@ def read_image_map(path: Path) -> dict[str, str]:
                 where=doc.where((*prefix, name)),
                 fix=f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(known)}",
             )
-        if not isinstance(image, str) or not image or any(c.isspace() for c in image):
+        if not isinstance(image, str):
             raise SpecError(
                 f"image for {name} must be an image reference like registry/name:tag",
                 where=doc.where((*prefix, name)),
             )
-        result[str(name)] = image
+        try:
+            result[str(name)] = check_image_reference(image)
+        except ValueError as error:
+            raise SpecError(
+                f"image for {name}: {error}", where=doc.where((*prefix, name))
+            ) from None
     return result
+
+
+#: Characters a plain (unquoted) YAML scalar may hold here; anything else is double-quoted.
+_PLAIN_CHARS = frozenset(string.ascii_letters + string.digits + "._/@:+-~[]")
+_PRINTABLE_ASCII = range(0x20, 0x7F)
+
+
+def yaml_string(value: str) -> str:
+    """``value`` as a YAML scalar that reads back as exactly that string, on one line.
+
+    Plain when that is unambiguous (``kb.example.com``), else double-quoted with every
+    non-printable or non-ASCII character escaped: nothing written can start a new key.
+    """
+    if value and _PLAIN_CHARS.issuperset(value) and load_yaml(f"k: {value}") == {"k": value}:
+        return value
+    escaped = []
+    for char in value:
+        code = ord(char)
+        if char in '"\\':
+            escaped.append("\\" + char)
+        elif code in _PRINTABLE_ASCII:
+            escaped.append(char)
+        elif code <= 0xFFFF:
+            escaped.append(f"\\u{code:04x}")
+        else:
+            escaped.append(f"\\U{code:08x}")
+    return '"' + "".join(escaped) + '"'
 
 
 def _yaml_scalar(value: Any) -> str:
@@ -90,7 +125,7 @@ def stack_file_text(
             {
                 "name": service_name,
                 "enabled": service.enabled_by_default,
-                "image": images.get(service_name, service.default_image),
+                "image": yaml_string(images.get(service_name, service.default_image)),
                 "port": service.default_host_port,
                 "options": options,
             }
@@ -99,14 +134,14 @@ def stack_file_text(
         environment()
         .get_template("_init/kbinfra.yaml.j2")
         .render(
-            name=name,
-            profile=profile,
-            target=target,
-            domain=domain,
-            workload=defaults.workload,
-            tls_certificate=defaults.tls.certificate,
-            tls_key=defaults.tls.key,
-            app_upstream=defaults.app.upstream,
+            name=yaml_string(name),
+            profile=yaml_string(profile),
+            target=yaml_string(target),
+            domain=yaml_string(domain),
+            workload=yaml_string(defaults.workload),
+            tls_certificate=yaml_string(defaults.tls.certificate),
+            tls_key=yaml_string(defaults.tls.key),
+            app_upstream=yaml_string(defaults.app.upstream),
             services=services,
         )
     )
@@ -156,6 +191,9 @@ def init_stack(
 
     Existing files are kept unless ``force``; existing secrets are always kept.
     """
+    # Everything the user passed is checked before anything is written.
+    _checked_option(check_domain, domain, "--domain")
+    _checked_option(check_target, target, "--target")
     load_profile(profile, relative_to=Path.cwd())  # fail early on an unknown or broken profile
     profile_ref = profile
     if "/" in profile or profile.endswith((".yaml", ".yml")):
@@ -175,7 +213,7 @@ def init_stack(
             domain=domain,
             images=images,
         )
-        stack_model().model_validate(_parse(text))  # the template must produce a valid file
+        _check_written(text, target=target, domain=domain, profile=profile_ref, images=images)
         stack_path.write_text(text, encoding="utf-8")
         result.created.append(STACK_FILE)
     spec, _ = load_stack(stack_dir)
@@ -204,8 +242,19 @@ def _usable_name(name: str) -> bool:
     return True
 
 
-def _parse(text: str) -> dict[str, Any]:
-    import yaml  # noqa: PLC0415
+def _checked_option(check: Callable[[str], str], value: str, option: str) -> str:
+    try:
+        return check(value)
+    except ValueError as error:
+        raise SpecError(str(error), where=option, fix=f"fix {option}") from None
 
-    data: dict[str, Any] = yaml.safe_load(text)
-    return data
+
+def _check_written(
+    text: str, *, target: str, domain: str, profile: str, images: dict[str, str]
+) -> None:
+    """The written stack file must read back valid and holding exactly what was asked."""
+    spec = stack_model().model_validate(load_yaml(text))
+    written = (spec.target, spec.domain, spec.profile)
+    pinned = {name: spec.services.get(name).image for name in images}
+    if written != (target, domain, profile) or pinned != images:
+        raise AssertionError("kbinfra.yaml.j2 did not write the values it was given")

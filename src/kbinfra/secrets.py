@@ -61,13 +61,7 @@ def load_secrets(stack_dir: Path, required: Iterable[str]) -> dict[str, str]:
     )
     values: dict[str, str] = {}
     for name, value in doc.data.items():
-        if not isinstance(value, str) or not value:
-            raise SpecError(
-                f"secret {name!r} must be a non-empty string",
-                where=doc.where((name,)),
-                fix="quote it, or delete the line and run `kbinfra init` to generate it",
-            )
-        values[str(name)] = value
+        values[str(name)] = _checked_secret(name, value, doc.where((name,)))
     missing = sorted(set(required) - set(values))
     if missing:
         raise SpecError(
@@ -76,6 +70,33 @@ def load_secrets(stack_dir: Path, required: Iterable[str]) -> dict[str, str]:
             fix=f"run `kbinfra init --dir {stack_dir}` to add the missing secrets",
         )
     return values
+
+
+_REGENERATE = "delete the line and run `kbinfra init` to generate it"
+
+
+def _checked_secret(name: object, value: object, where: str) -> str:
+    """The value, if it is one a config file or ``.env`` line can hold; the error never shows it."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise SpecError(
+            f"{name!r} is not a secret name (lowercase letters, digits and _)",
+            where=where,
+            fix="fix the name, or " + _REGENERATE,
+        )
+    if not isinstance(value, str) or not value:
+        raise SpecError(
+            f"secret {name!r} must be a non-empty string",
+            where=where,
+            fix="quote it, or " + _REGENERATE,
+        )
+    if not value.isprintable():
+        # A newline would add a line to .env; say where, never what.
+        raise SpecError(
+            f"secret {name!r} holds a control or other non-printable character",
+            where=where,
+            fix="keep it on one line of printable characters, or " + _REGENERATE,
+        )
+    return value
 
 
 def dump_secrets(values: Mapping[str, str]) -> str:

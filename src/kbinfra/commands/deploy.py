@@ -350,16 +350,14 @@ def destroy(
 
 
 def _host_port(address: str) -> tuple[str, int]:
-    if address.startswith("["):
-        host, _, rest = address[1:].partition("]")
-        port = rest.removeprefix(":")
-    else:
-        host, sep, port = address.rpartition(":")
-        if not sep or not port.isdigit():
-            host, port = address, ""
-    if not host or (port and not port.isdigit()):
-        raise KbinfraError(f"{address!r} is not HOST or HOST:PORT")
-    return host, int(port or 22)
+    from kbinfra.spec.values import DEFAULT_SSH_PORT, parse_host_port  # noqa: PLC0415
+
+    try:
+        return parse_host_port(address, default_port=DEFAULT_SSH_PORT)
+    except ValueError as error:
+        raise KbinfraError(
+            str(error), where="kbinfra ssh trust", fix="give HOST, HOST:PORT or [IPv6]:PORT"
+        ) from None
 
 
 @ssh_app.command("trust")

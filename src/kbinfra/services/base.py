@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kbinfra.spec.values import ImageReference, Port
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -30,8 +32,10 @@ class ServiceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = True
-    image: str = Field(default="", description="Pinned image reference; empty means the default")
-    port: int | None = Field(default=None, ge=1, le=65535, description="Host port, on 127.0.0.1")
+    image: ImageReference = Field(
+        default="", description="Pinned image reference; empty means the default"
+    )
+    port: Port | None = Field(default=None, description="Host port, on 127.0.0.1")
 
     def host_ports(self) -> list[int]:
         """Every host port this service publishes; the stack refuses two services sharing one."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from kbinfra.errors import KbinfraError
 from kbinfra.spec.stack import StackSpec
+from kbinfra.spec.values import check_target
 from kbinfra.targets.base import FileStore, Target
 
 __all__ = ["FileStore", "Target", "open_target"]
@@ -25,7 +27,7 @@ def open_target(
 ) -> Target:
     """The stack's target (``target`` overrides the stack file's), not yet connected."""
     if target is not None and target != spec.target:
-        spec = spec.model_copy(update={"target": type(spec)._known_target(target)})
+        spec = spec.model_copy(update={"target": _checked_target(target)})
     parts = spec.ssh_parts()
     if parts is None:
         from kbinfra.targets.local import LocalTarget  # noqa: PLC0415
@@ -48,3 +50,11 @@ def open_target(
             deploy_dir=spec.deploy.dir,
         ),
     )
+
+
+def _checked_target(target: str) -> str:
+    """``--target`` is checked as the stack file's ``target:`` is, as a one-line error."""
+    try:
+        return check_target(target)
+    except ValueError as error:
+        raise KbinfraError(str(error), where="--target", fix="fix the --target option") from None

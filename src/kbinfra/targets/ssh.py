@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kbinfra.errors import KbinfraError
+from kbinfra.spec.values import HostPort
 from kbinfra.targets.base import TEMP_PREFIX, FileStore, Target
 
 if TYPE_CHECKING:
@@ -55,7 +56,10 @@ def fingerprint(key_bytes: bytes) -> str:
 
 
 def trust_hint(host: str, port: int) -> str:
-    address = host if port == DEFAULT_PORT else f"{host}:{port}"
+    if port != DEFAULT_PORT:
+        address = str(HostPort(host, port))
+    else:
+        address = f"[{host}]" if ":" in host else host
     return f"kbinfra ssh trust {address}"
 
 
@@ -71,7 +75,7 @@ class SSHAddress:
 
     @property
     def url(self) -> str:
-        return f"ssh://{self.user}@{self.host}:{self.port}"
+        return f"ssh://{self.user}@{HostPort(self.host, self.port)}"
 
 
 @dataclass(frozen=True)
