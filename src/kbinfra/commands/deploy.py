@@ -330,8 +330,12 @@ def _host_port(address: str) -> tuple[str, int]:
         host, sep, port = address.rpartition(":")
         if not sep or not port.isdigit():
             host, port = address, ""
-    if not host or (port and not port.isdigit()):
-        raise KbinfraError(f"{address!r} is not HOST or HOST:PORT")
+    if not host or (port and not port.isdigit()) or not 0 < int(port or 22) < 65536:
+        raise KbinfraError(
+            f"{address!r} is not HOST or HOST:PORT",
+            where="ssh trust",
+            fix="e.g. `kbinfra ssh trust example.org:2222` (IPv6: [::1]:2222)",
+        )
     return host, int(port or 22)
 
 
@@ -347,19 +351,23 @@ def ssh_trust(
         default_known_hosts,
         fetch_host_key,
         fingerprint,
-        known_keys,
+        read_known_hosts,
+        revoked_key_error,
     )
 
     console = Console()
     host, port = _host_port(address)
     path = known_hosts or default_known_hosts()
+    known = read_known_hosts(path)  # a broken file is an error before any connection
     key = fetch_host_key(host, port)
+    if key.get_base64() in known.revoked:
+        raise revoked_key_error(key, f"{host}:{port}", path)
     shown = f"{host}:{port} offers {key.get_name()} {fingerprint(key.asbytes())}"
-    known = known_keys(path, host, port)
-    if known.get(key.get_name()) == key.get_base64():
+    trusted = known.keys_for(host, port)
+    if trusted.get(key.get_name()) == key.get_base64():
         console.line(f"{shown}: already trusted in {path}")
         return
-    if known:
+    if trusted:
         raise KbinfraError(
             f"{shown}, but {path} already holds another key for it",
             fix="check why the key changed; remove the old line with `ssh-keygen -R` first",
