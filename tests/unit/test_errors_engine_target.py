@@ -97,3 +97,11 @@ def test_every_command_reports_an_error_as_json(tmp_path: Path, command: str) ->
     done = kbinfra(*args, cwd=tmp_path)
     error = assert_one_line_error(done, "", json_output=True)
     assert error["what"] in done.stderr
+
+
+def test_images_load_of_a_directory_is_refused_before_the_engine(
+    stack_dir: Path, tmp_path: Path
+) -> None:
+    done = kbinfra("images", "load", str(tmp_path), "--dir", str(stack_dir), "-o", "json")
+    error = assert_one_line_error(done, "is a directory, not an image archive", json_output=True)
+    assert error["where"] == str(tmp_path)

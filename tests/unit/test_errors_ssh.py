@@ -136,3 +136,13 @@ def test_an_identity_that_is_a_directory_is_refused_before_connecting(tmp_path: 
         "--identity", str(tmp_path), "--known-hosts", str(tmp_path / "known_hosts"),
     )  # fmt: skip
     assert_one_line_error(done, f"{tmp_path}: SSH private key file is a directory")
+
+
+def test_ssh_trust_into_a_known_hosts_it_cannot_write(
+    ssh_host_key: tuple[int, paramiko.PKey], tmp_path: Path
+) -> None:
+    port, _ = ssh_host_key
+    (tmp_path / "a-file").write_text("")
+    known_hosts = tmp_path / "a-file" / "known_hosts"
+    done = kbinfra("ssh", "trust", f"127.0.0.1:{port}", "--known-hosts", str(known_hosts), "-y")
+    assert_one_line_error(done, f"{known_hosts}: cannot add the key to the known_hosts file")

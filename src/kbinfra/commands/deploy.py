@@ -375,5 +375,12 @@ def ssh_trust(
     console.line(shown)
     if not yes and not _confirm(console, f"Add it to {path}?"):
         raise typer.Exit(1)
-    append_known_host(path, host, port, key)
+    try:
+        append_known_host(path, host, port, key)
+    except OSError as error:
+        raise KbinfraError(
+            f"cannot add the key to the known_hosts file: {error.strerror or error}",
+            where=str(path),
+            fix="pass --known-hosts a file path in a folder this user can write",
+        ) from None
     console.line(f"added to {path}")

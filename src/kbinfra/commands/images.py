@@ -110,9 +110,10 @@ def load(
     kbinfra's known_hosts (`kbinfra ssh trust`), never trusted on first use.
     """
     from kbinfra.commands.deploy import _open  # noqa: PLC0415 (deploy imports kbinfra.cli)
-    from kbinfra.images.transfer import load_images  # noqa: PLC0415
+    from kbinfra.images.transfer import check_archive, load_images  # noqa: PLC0415
 
     console = Console(output)
+    check_archive(file)
     _, where = _open(stack_dir, target, known_hosts, identity, console)
     console.note(f"loading {file} into {where.name}")
     with where:

@@ -146,13 +146,18 @@ class _CountingReader:
         return data
 
 
-def load_images(client: docker.DockerClient, file: Path, progress: Progress) -> TransferResult:
-    """Send the tarball at ``file`` to ``client``'s engine; the images it loaded."""
+def check_archive(file: Path) -> None:
+    """Refuse a path that is not a file, before any engine is asked to load it."""
     if not file.is_file():
         state = "is a directory, not an image archive" if file.is_dir() else "no such image archive"
         raise KbinfraError(
             state, where=str(file), fix="pass the tarball written by `kbinfra images save`"
         )
+
+
+def load_images(client: docker.DockerClient, file: Path, progress: Progress) -> TransferResult:
+    """Send the tarball at ``file`` to ``client``'s engine; the images it loaded."""
+    check_archive(file)
     size = file.stat().st_size
     started = time.perf_counter()
     meter = _Meter("sent", size, progress)
