@@ -209,20 +209,34 @@ from kbinfra.commands import deploy as _deploy  # noqa: E402, F401 (registers it
 def main() -> None:
     """Entry point: one clear line and exit 2 for user errors; tracebacks only with --debug.
 
-    Typer (click) handles usage errors itself in standalone mode and exits 2 with the usage.
+    Every error is printed through the running command's console (so ``--output json`` also
+    gets it as a JSON object on stdout) and redacted of every secret value this process
+    knows. Typer (click) handles usage errors itself in standalone mode and exits 2.
     """
     try:
         app()
     except KbinfraError as error:
         if _state["debug"]:
             raise
-        Console().error(error.one_line())
+        _report(error.what, error.where, error.fix, error.one_line())
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
-        Console().error("interrupted")
+        _report("interrupted", None, None, "interrupted")
         sys.exit(130)
-    except Exception as error:
+    except Exception as error:  # a bug in kbinfra: exit 1, still one redacted line
         if _state["debug"]:
             raise
-        Console().error(f"{type(error).__name__}: {error} (run with --debug for the traceback)")
+        what = f"{type(error).__name__}: {error}"
+        fix = "run with --debug for the traceback"
+        _report(what, None, fix, f"{what} ({fix})")
         sys.exit(1)
+
+
+def _report(what: str, where: str | None, fix: str | None, line: str) -> None:
+    from kbinfra.secrets import known_secrets_redactor  # noqa: PLC0415 (only on errors)
+
+    console = Console.of_running_command()
+    command_redact = console.redact
+    everything_known = known_secrets_redactor()
+    console.set_redactor(lambda text: everything_known(command_redact(text)))
+    console.fail(what, where, fix, line=line)

@@ -27,6 +27,7 @@ from kbinfra.commands.options import (
     OutputOption,
     TargetOption,
 )
+from kbinfra.errors import KbinfraError
 from kbinfra.ui import Console, Output
 
 EXIT_FAILED = 1
@@ -54,11 +55,12 @@ def check(
 
     Exit 0 only when every check passes; 1 when one fails; 2 on errors.
     """
-    from kbinfra.probes import run_checks  # noqa: PLC0415
+    from kbinfra.probes import run_checks, select  # noqa: PLC0415
     from kbinfra.probes.base import check_rows_ok  # noqa: PLC0415
 
     console = Console(output)
     stack, where = deploy._open(stack_dir, target, known_hosts, identity, console)
+    select(stack, only or [])  # a misspelt --only is an error before the engine is asked
     with where:
         where.docker_client()  # an unreachable target is one error line (exit 2), not 40 rows
         rows, unprobed = run_checks(stack, where, only or [], progress=deploy._progress(console))
@@ -130,7 +132,7 @@ def bench(
     kbinfra_bench_<random> and removed at the end, also when interrupted. Exit 0 when every
     benchmark ran and met its thresholds; 1 otherwise; 2 on errors.
     """
-    from kbinfra.probes import run_benches  # noqa: PLC0415
+    from kbinfra.probes import run_benches, select  # noqa: PLC0415
     from kbinfra.probes.base import (  # noqa: PLC0415
         BENCH_COLUMNS,
         bench_plan,
@@ -141,6 +143,13 @@ def bench(
 
     console = Console(output)
     stack, where = deploy._open(stack_dir, target, known_hosts, identity, console)
+    select(stack, only or [])  # a misspelt --only is an error before the engine is asked
+    if prometheus_textfile is not None and prometheus_textfile.is_dir():
+        raise KbinfraError(
+            "the Prometheus textfile is a directory",
+            where=str(prometheus_textfile),
+            fix="pass --prometheus-textfile a file path, e.g. DIR/kbinfra_bench.prom",
+        )
     plan = bench_plan(quick=quick, token=secrets.token_hex(6))
     signal.signal(signal.SIGTERM, _interrupt_on_term)
     progress = deploy._progress(console)
@@ -153,7 +162,14 @@ def bench(
             results, skipped = run_benches(stack, where, plan, only or [], progress=progress)
     ok = bool(results) and all(r.ok for r in results)
     if prometheus_textfile is not None:
-        _write_atomically(prometheus_textfile, prometheus_text(stack.spec.name, results))
+        try:
+            _write_atomically(prometheus_textfile, prometheus_text(stack.spec.name, results))
+        except OSError as error:
+            raise KbinfraError(
+                f"cannot write the Prometheus textfile: {error.strerror or error}",
+                where=str(prometheus_textfile),
+                fix="pass --prometheus-textfile a file path in a folder this user can write",
+            ) from None
     if console.json_mode:
         console.emit_json(
             {

@@ -372,19 +372,23 @@ def ssh_trust(
         default_known_hosts,
         fetch_host_key,
         fingerprint,
-        known_keys,
+        read_known_hosts,
+        revoked_key_error,
     )
 
     console = Console()
     host, port = _host_port(address)
     path = known_hosts or default_known_hosts()
+    known = read_known_hosts(path)  # a broken file is an error before any connection
     key = fetch_host_key(host, port)
+    if key.get_base64() in known.revoked:
+        raise revoked_key_error(key, f"{host}:{port}", path)
     shown = f"{host}:{port} offers {key.get_name()} {fingerprint(key.asbytes())}"
-    known = known_keys(path, host, port)
-    if known.get(key.get_name()) == key.get_base64():
+    trusted = known.keys_for(host, port)
+    if trusted.get(key.get_name()) == key.get_base64():
         console.line(f"{shown}: already trusted in {path}")
         return
-    if known:
+    if trusted:
         raise KbinfraError(
             f"{shown}, but {path} already holds another key for it",
             fix="check why the key changed; remove the old line with `ssh-keygen -R` first",
@@ -392,5 +396,12 @@ def ssh_trust(
     console.line(shown)
     if not yes and not _confirm(console, f"Add it to {path}?"):
         raise typer.Exit(1)
-    append_known_host(path, host, port, key)
+    try:
+        append_known_host(path, host, port, key)
+    except OSError as error:
+        raise KbinfraError(
+            f"cannot add the key to the known_hosts file: {error.strerror or error}",
+            where=str(path),
+            fix="pass --known-hosts a file path in a folder this user can write",
+        ) from None
     console.line(f"added to {path}")

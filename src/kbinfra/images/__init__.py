@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kbinfra.errors import KbinfraError
+
 RECIPES_DIR = Path(__file__).resolve().parent
 RECIPES = ("embeddings",)
 
@@ -15,5 +17,9 @@ RECIPES = ("embeddings",)
 def recipe_dir(name: str) -> Path:
     """The build context folder of image ``name``."""
     if name not in RECIPES:
-        raise ValueError(f"no image recipe {name!r}; kbinfra builds: {', '.join(RECIPES)}")
+        raise KbinfraError(
+            f"no image recipe {name!r}",
+            where="kbinfra images build",
+            fix=f"kbinfra builds: {', '.join(RECIPES)}",
+        )
     return RECIPES_DIR / name

@@ -67,9 +67,22 @@ def read_yaml(path: Path, *, what: str, fix_missing: str) -> YamlDocument:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(f"{what} not found", where=str(path), fix=fix_missing) from None
+    except IsADirectoryError:
+        raise SpecError(
+            f"{what} is a directory, not a file", where=str(path), fix="point it at a YAML file"
+        ) from None
     except (OSError, UnicodeDecodeError) as error:
-        raise SpecError(f"cannot read {what}: {error}", where=str(path)) from None
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise SpecError(
+            f"cannot read {what}: {reason}",
+            where=str(path),
+            fix="make it a UTF-8 YAML file that this user can read",
+        ) from None
     return parse_yaml(text, path, what=what)
+
+
+class YamlSyntaxError(SpecError):
+    """Text that is not YAML; ``what`` quotes the parser's problem, which may hold a value."""
 
 
 def parse_yaml(text: str, path: Path, *, what: str) -> YamlDocument:
@@ -86,13 +99,13 @@ def parse_yaml(text: str, path: Path, *, what: str) -> YamlDocument:
         mark = error.problem_mark or error.context_mark
         line = f":{mark.line + 1}" if mark else ""
         problem = error.problem or error.context or "invalid YAML"
-        raise SpecError(
+        raise YamlSyntaxError(
             f"{what} is not valid YAML: {problem}",
             where=f"{path}{line}",
             fix="fix the indentation or quoting on that line",
         ) from None
     except yaml.YAMLError as error:
-        raise SpecError(f"{what} is not valid YAML: {error}", where=str(path)) from None
+        raise YamlSyntaxError(f"{what} is not valid YAML: {error}", where=str(path)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

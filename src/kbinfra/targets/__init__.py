@@ -42,11 +42,19 @@ def open_target(
 
     user, host, port = parts
     identity_env = os.environ.get("KBINFRA_SSH_IDENTITY")
+    key_file = identity or (Path(identity_env) if identity_env else None)
+    if key_file is not None and not key_file.expanduser().is_file():
+        state = "is a directory" if key_file.expanduser().is_dir() else "does not exist"
+        raise KbinfraError(
+            f"SSH private key file {state}",
+            where=str(key_file),
+            fix="pass --identity (or KBINFRA_SSH_IDENTITY) the path of a private key file",
+        )
     return SSHTarget(
         SSHAddress(user, host, port),
         SSHOptions(
             known_hosts=known_hosts or default_known_hosts(),
-            identity=identity or (Path(identity_env) if identity_env else None),
+            identity=key_file,
             deploy_dir=spec.deploy.dir,
         ),
     )
