@@ -156,7 +156,7 @@ def render(
     output: OutputOption = Output.text,
 ) -> None:
     """Render every enabled service's configuration (a CI dry run with --check)."""
-    from kbinfra.render import render_stack, write_tree  # noqa: PLC0415
+    from kbinfra.render import DEFAULT_OUT, render_stack, write_tree  # noqa: PLC0415
     from kbinfra.stack import open_stack  # noqa: PLC0415
 
     console = Console(output)
@@ -166,14 +166,14 @@ def render(
     for warning in stack.profile.warnings():
         console.warn(warning)
     files = render_stack(stack)
-    target = out if out is not None else stack_dir / "rendered"
-    write_tree(files, target)
+    target = out if out is not None else stack_dir / DEFAULT_OUT
+    folder = write_tree(files, target, stack_dir=stack_dir)
     elapsed = time.perf_counter() - started
     results = []
     if check:
         from kbinfra.validation import validate_tree  # noqa: PLC0415
 
-        results = validate_tree(stack, target)
+        results = validate_tree(stack, folder)
     failed = [r for r in results if not r.ok]
     if console.json_mode:
         console.emit_json(
