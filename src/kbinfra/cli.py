@@ -123,7 +123,12 @@ def init(
     images: Annotated[
         Path | None, typer.Option(help="YAML mapping service -> image (private registry).")
     ] = None,
-    force: Annotated[bool, typer.Option(help="Rewrite kbinfra.yaml and the TLS cert.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Rewrite the kbinfra.yaml and TLS cert init wrote (never secrets, never yours)."
+        ),
+    ] = False,
     output: OutputOption = Output.text,
 ) -> None:
     """Create a stack folder: kbinfra.yaml, secrets.yaml (0600) and a self-signed TLS cert."""
@@ -139,7 +144,9 @@ def init(
     for name in result.created:
         console.line(f"created {stack_dir / name}")
     for name in result.kept:
-        console.line(f"kept    {stack_dir / name} (exists; --force rewrites all but secrets)")
+        console.line(f"kept    {stack_dir / name} (exists; --force rewrites what init wrote)")
+    for name in result.kept_as_yours:
+        console.line(f"kept    {stack_dir / name} (yours: init did not write it as it is now)")
     if result.secrets_added:
         console.line(f"generated secrets: {', '.join(result.secrets_added)}")
 
