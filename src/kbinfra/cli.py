@@ -160,9 +160,15 @@ def render(
     check: Annotated[
         bool, typer.Option("--check", help="Validate every file with the real tools.")
     ] = False,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict", help="With --check (implied): a validator not installed fails the run."
+        ),
+    ] = False,
     output: OutputOption = Output.text,
 ) -> None:
-    """Render every enabled service's configuration (a CI dry run with --check)."""
+    """Render every enabled service's configuration (a CI dry run with --check --strict)."""
     from kbinfra.render import DEFAULT_OUT, render_stack, write_tree  # noqa: PLC0415
     from kbinfra.stack import open_stack  # noqa: PLC0415
 
@@ -177,11 +183,12 @@ def render(
     folder = write_tree(files, target, stack_dir=stack_dir)
     elapsed = time.perf_counter() - started
     results = []
-    if check:
+    if check or strict:
         from kbinfra.validation import validate_tree  # noqa: PLC0415
 
         results = validate_tree(stack, folder)
     failed = [r for r in results if not r.ok]
+    unchecked = [r for r in results if r.outcome == "skipped"] if strict else []
     if console.json_mode:
         console.emit_json(
             {
@@ -191,20 +198,31 @@ def render(
                     for f in files
                 ],
                 "checks": [r.as_json() for r in results],
-                "ok": not failed,
+                "strict": strict,
+                "skipped": sum(r.outcome == "skipped" for r in results),
+                "ok": not failed and not unchecked,
             }
         )
     else:
         console.line(f"rendered {len(files)} files into {target} in {elapsed:.2f}s")
         if results:
-            rows = [(r.path, r.tool, r.outcome, r.detail) for r in results]
-            console.table("checks", ["file", "tool", "result", "detail"], rows)
+            rows = [(r.path, r.tool, r.version or "-", r.outcome, r.detail) for r in results]
+            console.table("checks", ["file", "tool", "version", "result", "detail"], rows)
     if failed:
         first = failed[0]
         raise KbinfraError(
             f"{len(failed)} check(s) failed; first: {first.detail}",
             where=f"{target / first.path}" + (f":{first.line}" if first.line else ""),
             fix="fix the setting in kbinfra.yaml or the profile, then render again",
+        )
+    if unchecked:
+        first = unchecked[0]
+        tools = sorted({r.tool for r in unchecked})
+        raise KbinfraError(
+            f"--strict: {len(unchecked)} check(s) skipped ({', '.join(tools)}); first: "
+            f"{first.detail}",
+            where=str(target / first.path),
+            fix="install the validators (README: Validators), or drop --strict",
         )
 
 
