@@ -166,3 +166,15 @@ def test_strict_passes_and_names_every_tools_version_when_all_are_installed(
     header = next(line for line in table.stdout.splitlines() if "result" in line)
     assert "version" in header
     assert by_tool["promtool check config"] in table.stdout
+
+
+def test_every_validator_package_is_installed_by_ci_and_named_in_the_readme() -> None:
+    ci = {
+        line.strip()
+        for line in (REPO / ".ci" / "apt-packages.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    readme = (REPO / "README.md").read_text()
+    for tool, package in DEBIAN_PACKAGES.items():
+        assert package in ci, f"{package} (for {tool}) is missing from .ci/apt-packages.txt"
+        assert f"| `{package}` |" in readme, f"README's Validators table lacks {package}"
