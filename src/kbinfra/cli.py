@@ -133,6 +133,7 @@ def init(
 ) -> None:
     """Create a stack folder: kbinfra.yaml, secrets.yaml (0600) and a self-signed TLS cert."""
     from kbinfra.scaffold import init_stack  # noqa: PLC0415
+    from kbinfra.secrets import SECRETS_FILE  # noqa: PLC0415
 
     console = Console(output)
     result = init_stack(
@@ -144,7 +145,12 @@ def init(
     for name in result.created:
         console.line(f"created {stack_dir / name}")
     for name in result.kept:
-        console.line(f"kept    {stack_dir / name} (exists; --force rewrites what init wrote)")
+        why = (
+            "never rewritten"
+            if name == SECRETS_FILE
+            else "exists; --force rewrites what init wrote"
+        )
+        console.line(f"kept    {stack_dir / name} ({why})")
     for name in result.kept_as_yours:
         console.line(f"kept    {stack_dir / name} (yours: init did not write it as it is now)")
     if result.secrets_added:
