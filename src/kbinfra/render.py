@@ -151,16 +151,25 @@ def write_tree(files: Sequence[RenderedFile], out: Path, *, stack_dir: Path | No
 
 
 def _swap_in(staging: Path, folder: Path) -> None:
-    """Put ``staging`` where ``folder`` is; on any failure ``folder`` is put back as it was."""
+    """Put ``staging`` where ``folder`` is; on any failure ``folder`` is put back as it was.
+
+    The previous output is deleted only once the new one is in place: if even putting it
+    back fails, it stays in the hidden ``.NAME.old-*`` folder next to it.
+    """
     retired = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-    os.replace(folder, retired / folder.name)
+    previous = retired / folder.name
+    try:
+        os.replace(folder, previous)
+    except BaseException:
+        retired.rmdir()
+        raise
     try:
         os.replace(staging, folder)
     except BaseException:
-        os.replace(retired / folder.name, folder)
+        os.replace(previous, folder)
+        retired.rmdir()
         raise
-    finally:
-        shutil.rmtree(retired, ignore_errors=True)
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 def replaceable_folder(

@@ -222,3 +222,25 @@ def test_write_tree_alone_refuses_a_folder_it_did_not_write(tmp_path: Path) -> N
     with pytest.raises(KbinfraError, match=r"has no \.kbinfra-rendered"):
         write_tree([], out)
     assert (out / "keep.txt").read_text() == "mine\n"
+
+
+def test_a_previous_output_that_cannot_be_put_back_is_kept_not_deleted(
+    make_stack: Callable[..., Stack], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = render_stack(make_stack())
+    out = tmp_path / "out"
+    write_tree(files, out)
+    before = snapshot(out)
+    real_replace = os.replace
+
+    def only_the_first_move_works(source: str | Path, target: str | Path) -> None:
+        if ".out.new-" in str(source) or ".out.old-" in str(source):
+            raise OSError("disk gone")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", only_the_first_move_works)
+    with pytest.raises(OSError, match="disk gone"):
+        write_tree(files[:3], out)
+    monkeypatch.undo()
+    (kept,) = tmp_path.glob(".out.old-*/out")
+    assert snapshot(kept) == before
