@@ -444,6 +444,8 @@ def test_a_string_written_into_the_stack_file_reads_back_as_itself(value: str) -
         ("true", '"true"'),
         ("1:20", '"1:20"'),
         ("a\nb: c", '"a\\u000ab: c"'),
+        ("-", '"-"'),  # plain, YAML syntax: found by the property test below
+        ("[", '"["'),
     ],
 )
 def test_ordinary_values_stay_plain_and_others_are_quoted(value: str, written: str) -> None:
