@@ -471,3 +471,41 @@ def test_a_bad_target_option_is_a_one_line_error_naming_the_option(
     with pytest.raises(KbinfraError) as caught:
         open_target(spec, stack_dir, target=bad)
     assert caught.value.one_line().startswith("--target: ")
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('name: "x\\nmax_connections = 5"', "U+000A"),
+        (f'name: "{"n" * 65}"', "1 to 64 characters"),
+        ('description: "clears \\x1b[2J the terminal"', "U+001B"),
+        ('description: "two\\nlines"', "U+000A"),
+    ],
+)
+def test_a_profile_name_or_description_that_is_not_one_line_of_text_is_refused(
+    tmp_path: Path, line: str, expected: str
+) -> None:
+    path = tmp_path / "odd.yaml"
+    path.write_text(f"extends: minimum\n{line}\n")
+    with pytest.raises(SpecError) as caught:
+        load_profile(str(path))
+    message = caught.value.one_line()
+    assert message.startswith(f"{path}:2: ") and expected in message
+    assert "\n" not in message and "\x1b" not in message
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"tls": {"certificate": "tls/cert.pem\nExecStart=/bin/sh"}},
+        {"tls": {"key": "tls/\x00key.pem"}},
+        {"backup": {"root": "backups\r"}},
+        {"deploy": {"dir": "/srv/kb\n"}},
+        {"profile": "minimum\x1b]0;owned\x07"},
+    ],
+)
+def test_paths_in_the_stack_file_are_one_line_of_printable_text(
+    stack_dir: Path, overrides: dict[str, object]
+) -> None:
+    message = _load_error(stack_dir, overrides)
+    assert "control character" in message and "kbinfra.yaml:" in message

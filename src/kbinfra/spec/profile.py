@@ -7,6 +7,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 
 from kbinfra.errors import SpecError
 from kbinfra.paths import profiles_dir
+from kbinfra.spec.values import ProfileName, TextLine
 from kbinfra.spec.yamlfile import read_yaml, validate
 from kbinfra.units import parse_memory_mib, parse_storage_gb
 
@@ -65,8 +66,8 @@ class Allocations(_Strict):
 
 
 class Profile(_Strict):
-    name: str
-    description: str = ""
+    name: ProfileName
+    description: TextLine = ""
     host: Host
     services: Allocations
 

@@ -13,6 +13,7 @@ from kbinfra.spec.values import (
     Domain,
     SshTarget,
     Target,
+    TextLine,
     Upstream,
     VolumeName,
     parse_ssh_target,
@@ -29,14 +30,14 @@ class _Strict(BaseModel):
 
 
 class TlsSettings(_Strict):
-    certificate: str = Field(
+    certificate: TextLine = Field(
         "tls/cert.pem", description="PEM certificate, relative to the stack dir"
     )
-    key: str = Field("tls/key.pem", description="PEM private key, relative to the stack dir")
+    key: TextLine = Field("tls/key.pem", description="PEM private key, relative to the stack dir")
 
 
 class BackupSettings(_Strict):
-    root: str = "backups"
+    root: TextLine = "backups"
     keep_last: Annotated[int, Field(ge=1)] = 7
     keep_days: Annotated[int, Field(ge=1)] | None = 30
     # Not default_factory=list: pydantic would read that builtin's signature, which compiles
@@ -52,7 +53,7 @@ class AppSettings(_Strict):
 
 
 class DeploySettings(_Strict):
-    dir: str | None = Field(
+    dir: TextLine | None = Field(
         None,
         description="Deployed stack folder on an SSH target (default /var/lib/kbinfra/<name> "
         "as root, else ~/.kbinfra/<name>)",
@@ -85,7 +86,7 @@ class StackSpec(_Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     name: str = "kb"
-    profile: str = "recommended"
+    profile: TextLine = "recommended"
     target: Target = "local"
     domain: Domain = "kb.example.com"
     workload: Workload = "web"

@@ -212,9 +212,38 @@ def check_volume_name(value: str) -> str:
     return value
 
 
+_MAX_TEXT = 1024
+_MAX_PROFILE_NAME = 64
+
+
+def check_text_line(value: str) -> str:
+    """Free text (a path, a description): one line of printable characters, bounded.
+
+    Nothing kbinfra writes or prints can be split or steered by it: no newline, no escape
+    sequence for the terminal, no NUL for a path.
+    """
+    if len(value) > _MAX_TEXT:
+        raise ValueError(f"at most {_MAX_TEXT} characters")
+    bad = next((char for char in value if not char.isprintable()), None)
+    if bad is not None:
+        raise ValueError(
+            f"holds the control character U+{ord(bad):04X}: one line of printable text only"
+        )
+    return value
+
+
+def check_profile_name(value: str) -> str:
+    """A profile's name (by default its file's name): shown in tables, JSON and messages."""
+    if not value or len(value) > _MAX_PROFILE_NAME:
+        raise ValueError(f"a profile name has 1 to {_MAX_PROFILE_NAME} characters")
+    return check_text_line(value)
+
+
 Port = Annotated[int, Field(ge=MIN_PORT, le=MAX_PORT)]
 Domain = Annotated[str, AfterValidator(check_domain)]
 Upstream = Annotated[str, AfterValidator(check_upstream)]
 Target = Annotated[str, AfterValidator(check_target)]
 ImageReference = Annotated[str, AfterValidator(check_image_reference)]
 VolumeName = Annotated[str, AfterValidator(check_volume_name)]
+TextLine = Annotated[str, AfterValidator(check_text_line)]
+ProfileName = Annotated[str, AfterValidator(check_profile_name)]
