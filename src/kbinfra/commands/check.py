@@ -15,7 +15,6 @@ from typing import Annotated, Any
 import typer
 
 from kbinfra import __version__
-from kbinfra.commands.opening import open_stack_and_target
 from kbinfra.commands.options import (
     DirOption,
     ForceUnlockOption,
@@ -23,9 +22,10 @@ from kbinfra.commands.options import (
     KnownHostsOption,
     OutputOption,
     TargetOption,
+    console_progress,
+    open_stack_and_target,
 )
 from kbinfra.errors import KbinfraError
-from kbinfra.progress import ConsoleProgress
 from kbinfra.ui import Console, Output
 
 EXIT_FAILED = 1
@@ -64,7 +64,7 @@ def check(
     select(stack, only or [])  # a misspelt --only is an error before the engine is asked
     with where:
         where.docker_client()  # an unreachable target is one error line (exit 2), not 40 rows
-        rows, unprobed = run_checks(stack, where, only or [], progress=ConsoleProgress(console))
+        rows, unprobed = run_checks(stack, where, only or [], progress=console_progress(console))
     ok = check_rows_ok(rows)
     failed = [r for r in rows if not r.ok]
     if console.json_mode:
@@ -153,7 +153,7 @@ def bench(
         )
     plan = bench_plan(quick=quick, token=secrets.token_hex(6))
     signal.signal(signal.SIGTERM, _interrupt_on_term)
-    progress = ConsoleProgress(console)
+    progress = console_progress(console)
     with where:
         engine = Engine(where.docker_client(), stack.spec.name)
         with engine.locked(force=force_unlock) as notes:

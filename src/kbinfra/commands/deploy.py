@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from kbinfra.commands.opening import confirm, open_stack_and_target
 from kbinfra.commands.options import (
     DirOption,
     ForceUnlockOption,
@@ -18,9 +17,11 @@ from kbinfra.commands.options import (
     KnownHostsOption,
     OutputOption,
     TargetOption,
+    confirm,
+    console_progress,
+    open_stack_and_target,
 )
 from kbinfra.errors import KbinfraError
-from kbinfra.progress import ConsoleProgress
 from kbinfra.ui import Console, Output
 
 if TYPE_CHECKING:
@@ -180,7 +181,7 @@ def apply(
             timeout=timeout,
             force_unlock=force_unlock,
             only=chosen,
-            progress=ConsoleProgress(console),
+            progress=console_progress(console),
         )
     for note in result.notes + result.repaired:
         console.note(note)
@@ -298,7 +299,7 @@ def destroy(
             where,
             delete_data=delete_data,
             force_unlock=force_unlock,
-            progress=ConsoleProgress(console),
+            progress=console_progress(console),
         )
     if console.json_mode:
         console.emit_json(result.as_json())

@@ -5,15 +5,15 @@ from typing import Annotated
 
 import typer
 
-from kbinfra.commands.opening import open_stack_and_target
 from kbinfra.commands.options import (
     DirOption,
     IdentityOption,
     KnownHostsOption,
     OutputOption,
     TargetOption,
+    console_progress,
+    open_stack_and_target,
 )
-from kbinfra.progress import ConsoleProgress
 from kbinfra.ui import Console, Output
 
 app = typer.Typer(
@@ -64,7 +64,7 @@ def build(
         wheelhouse=wheelhouse,
         tag=tag,
         model_package=model_package,
-        progress=ConsoleProgress(console),
+        progress=console_progress(console),
     )
     if console.json_mode:
         console.emit_json(result.as_json())
@@ -93,7 +93,7 @@ def save(
     images = stack_images(stack)
     engine = local_engine()
     console.note(f"saving {len(images)} images: {', '.join(images)}")
-    result = save_images(engine, images, file, ConsoleProgress(console))
+    result = save_images(engine, images, file, console_progress(console))
     if console.json_mode:
         console.emit_json(result.as_json())
         return
@@ -124,7 +124,7 @@ def load(
     _, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
     console.note(f"loading {file} into {where.name}")
     with where:
-        result = load_images(where.docker_client(), file, ConsoleProgress(console))
+        result = load_images(where.docker_client(), file, console_progress(console))
     if console.json_mode:
         console.emit_json({**result.as_json(), "target": where.name})
         return
