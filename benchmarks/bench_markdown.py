@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kbinfra.probes.base import format_rate, format_seconds
+from kbinfra.probing.probe import format_rate, format_seconds
 
 
 def verdicts(result: dict[str, Any]) -> str:

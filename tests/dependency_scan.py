@@ -8,7 +8,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "kbinfra"
 # Runs inside the embedding image, in that image's own venv (its requirements.txt).
-IN_IMAGE = SRC / "images" / "embeddings"
+IN_IMAGE = SRC / "services" / "embeddings" / "image"
 
 
 def third_party_imports() -> set[str]:

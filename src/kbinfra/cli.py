@@ -14,6 +14,9 @@ from typing import Annotated
 import typer
 
 from kbinfra import __version__
+from kbinfra.commands import backup as backup_commands
+from kbinfra.commands import check as check_commands
+from kbinfra.commands import deploy as deploy_commands
 from kbinfra.commands.images import app as images_app
 from kbinfra.commands.options import DirOption, OutputOption
 from kbinfra.errors import KbinfraError
@@ -30,6 +33,10 @@ app = typer.Typer(
 profiles_app = typer.Typer(
     help="Hardware profiles: list them, show one.", no_args_is_help=True, rich_markup_mode=None
 )
+# Each command module is a Typer app of its own, mounted here without a name: its commands
+# are top-level commands (``kbinfra plan``), and no command module imports this one.
+for command_module in (deploy_commands, backup_commands, check_commands):
+    app.add_typer(command_module.app)
 app.add_typer(profiles_app, name="profiles")
 app.add_typer(images_app, name="images")
 
@@ -175,7 +182,7 @@ def render(
     output: OutputOption = Output.text,
 ) -> None:
     """Render every enabled service's configuration (a CI dry run with --check --strict)."""
-    from kbinfra.render import DEFAULT_OUT, render_stack, write_tree  # noqa: PLC0415
+    from kbinfra.render import DEFAULT_OUT, write_tree  # noqa: PLC0415
     from kbinfra.stack import open_stack  # noqa: PLC0415
 
     console = Console(output)
@@ -184,7 +191,7 @@ def render(
     console.set_redactor(stack.redact)
     for warning in stack.profile.warnings():
         console.warn(warning)
-    files = render_stack(stack)
+    files = stack.rendered
     target = out if out is not None else stack_dir / DEFAULT_OUT
     folder = write_tree(files, target, stack_dir=stack_dir)
     elapsed = time.perf_counter() - started
@@ -230,11 +237,6 @@ def render(
             where=str(target / first.path),
             fix="install the validators (README: Validators), or drop --strict",
         )
-
-
-from kbinfra.commands import backup as _backup  # noqa: E402, F401 (registers its commands)
-from kbinfra.commands import check as _check  # noqa: E402, F401 (registers its commands)
-from kbinfra.commands import deploy as _deploy  # noqa: E402, F401 (registers its commands)
 
 
 def main() -> None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kbinfra.services.base import RenderedFile
+from kbinfra.names import container_name, network_name
+from kbinfra.service import RenderedFile
 from kbinfra.spec.yamlfile import dump_yaml
-from kbinfra.stack import Stack
+from kbinfra.templating import environment
+
+if TYPE_CHECKING:
+    from kbinfra.stack import Stack
 
 COMPOSE_FILE = "docker-compose.yml"
 COMPOSE_ENV = ".env"
@@ -24,7 +28,7 @@ def compose_document(stack: Stack) -> dict[str, Any]:
     for name, spec in stack.containers.items():
         entry: dict[str, Any] = {
             "image": spec.image,
-            "container_name": f"{stack.spec.name}-{name}",
+            "container_name": container_name(stack.spec.name, name),
             "hostname": name,
             "restart": "unless-stopped",
             "networks": {"kbinfra": {"aliases": [name]}},
@@ -72,13 +76,12 @@ def compose_document(stack: Stack) -> dict[str, Any]:
     return {
         "name": stack.spec.name,
         "services": services,
-        "networks": {"kbinfra": {"name": f"{stack.spec.name}-net"}},
+        "networks": {"kbinfra": {"name": network_name(stack.spec.name)}},
         "volumes": volumes,
     }
 
 
 def stack_files(stack: Stack) -> list[RenderedFile]:
-    from kbinfra.render import environment  # noqa: PLC0415 (render imports this module)
 
     document = compose_document(stack)
     header = (

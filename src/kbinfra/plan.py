@@ -12,19 +12,22 @@ import difflib
 import hashlib
 import json
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from kbinfra.services.base import ContainerSpec, FileMount, RenderedFile
+from kbinfra.containers import DesiredService, Facts, MountedFile, ObservedContainer
+from kbinfra.names import (
+    LABEL_CONFIG_HASH,
+    LABEL_HASH_PREFIX,
+    LABEL_STACK,
+    OLD_SUFFIX,
+    container_name,
+    normalize_ref,
+)
+from kbinfra.service import STAGE_ORDER, ContainerSpec, RenderedFile
 from kbinfra.stack import Stack
 
-LABEL_STACK = "kbinfra.stack"
-LABEL_SERVICE = "kbinfra.service"
-LABEL_CONFIG_HASH = "kbinfra.config-hash"
-LABEL_HASH_PREFIX = "kbinfra.hash."
-OLD_SUFFIX = ".kbinfra-old"
 HASH_FORMAT = "1"  # bump when the hashed parts change meaning, so every container is recreated
-STAGE_ORDER = {"data": 0, "service": 1, "edge": 2, "monitoring": 3}
 
 Action = Literal["create", "recreate", "start", "remove", "nothing"]
 FileChangeKind = Literal["add", "change", "remove"]
@@ -40,67 +43,6 @@ def sha256_text(text: str) -> str:
 
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
-def normalize_ref(ref: str) -> str:
-    """``postgres`` → ``postgres:latest``; ``docker.io/library/x:1`` → ``x:1``."""
-    name, _, digest = ref.partition("@")
-    if digest:
-        return ref
-    last = name.rsplit("/", 1)[-1]
-    if ":" not in last:
-        name += ":latest"
-    for prefix in ("docker.io/library/", "docker.io/", "index.docker.io/library/"):
-        if name.startswith(prefix):
-            name = name[len(prefix) :]
-            break
-    return name.removeprefix("library/")
-
-
-def container_name(stack: str, service: str) -> str:
-    return f"{stack}-{service}"
-
-
-def network_name(stack: str) -> str:
-    return f"{stack}-net"
-
-
-def lock_name(stack: str) -> str:
-    return f"{stack}-kbinfra-lock"
-
-
-@dataclass(frozen=True)
-class MountedFile:
-    """A rendered file and where it goes in a container."""
-
-    mount: FileMount
-    file: RenderedFile
-
-    @property
-    def data(self) -> bytes:
-        return self.file.text.encode("utf-8")
-
-
-@dataclass(frozen=True)
-class DesiredService:
-    """One service's container as it should be, with the hashes that identify it."""
-
-    service: str
-    container: str
-    stage: str
-    spec: ContainerSpec
-    files: tuple[MountedFile, ...]
-    parts: Mapping[str, str]  # part name -> sha256 of that part
-    config_hash: str
-
-    def labels(self, stack: str) -> dict[str, str]:
-        labels = {
-            LABEL_STACK: stack,
-            LABEL_SERVICE: self.service,
-            LABEL_CONFIG_HASH: self.config_hash,
-        }
-        labels.update({LABEL_HASH_PREFIX + part: digest for part, digest in self.parts.items()})
-        return labels
 
 
 def config_parts(
@@ -163,58 +105,6 @@ def desired_service(
         parts=parts,
         config_hash=config_hash(parts),
     )
-
-
-@dataclass(frozen=True)
-class ObservedContainer:
-    """What the Docker Engine reports about one container (one list call gives them all)."""
-
-    id: str
-    name: str
-    state: str  # created, running, restarting, exited, paused, dead
-    status: str  # "Up 5 minutes (healthy)"
-    image: str
-    image_id: str
-    labels: Mapping[str, str] = field(default_factory=dict)
-    ports: tuple[str, ...] = ()
-
-    @property
-    def service(self) -> str | None:
-        return self.labels.get(LABEL_SERVICE)
-
-    @property
-    def health(self) -> str | None:
-        """healthy, unhealthy, starting, or None when the container has no health check."""
-        if "(healthy)" in self.status:
-            return "healthy"
-        if "(unhealthy)" in self.status:
-            return "unhealthy"
-        if "(health: starting)" in self.status:
-            return "starting"
-        return None
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "state": self.state,
-            "status": self.status,
-            "health": self.health,
-            "image": self.image,
-            "image_id": self.image_id,
-            "ports": list(self.ports),
-        }
-
-
-@dataclass(frozen=True)
-class Facts:
-    """Everything observed on a target in one pass."""
-
-    containers: tuple[ObservedContainer, ...] = ()
-    images: Mapping[str, str] = field(default_factory=dict)  # image reference -> image id
-    deployed_files: Mapping[str, str] = field(default_factory=dict)  # path -> sha256
-
-    def container(self, name: str) -> ObservedContainer | None:
-        return next((c for c in self.containers if c.name == name), None)
 
 
 @dataclass(frozen=True)

@@ -2,71 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import jinja2
 
-from kbinfra import __version__
 from kbinfra.errors import KbinfraError
-from kbinfra.paths import templates_dir
-from kbinfra.services.base import RenderedFile, Service, ServiceContext
-from kbinfra.spec.yamlfile import dump_yaml
-from kbinfra.stack import Stack
-from kbinfra.units import format_mib
+from kbinfra.exports import stack_files
+from kbinfra.service import RenderedFile, Service, ServiceContext
+from kbinfra.templating import environment, template_names
 
-
-def _to_yaml(value: Any) -> str:
-    return dump_yaml(value).rstrip("\n")
-
-
-def _to_json(value: Any, indent: int | None = 2) -> str:
-    return json.dumps(value, sort_keys=True, indent=indent)
-
-
-def _bytecode_cache() -> jinja2.BytecodeCache | None:
-    """Compiled templates under the user's cache dir: compiling them all costs ~0.1 s a run.
-
-    Jinja keys each entry by the template's source checksum, so a changed template is never
-    served stale. No cache when the folder cannot be created (read-only home, sandbox).
-    """
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    folder = Path(base) / "kbinfra" / f"jinja-{__version__}-{jinja2.__version__}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError:
-        return None
-    return jinja2.FileSystemBytecodeCache(str(folder))
-
-
-@cache
-def environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir())),
-        bytecode_cache=_bytecode_cache(),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
-    )
-    env.filters["mib"] = format_mib
-    env.filters["to_yaml"] = _to_yaml
-    env.filters["to_json"] = _to_json
-    return env
-
-
-def template_names(service: str) -> list[str]:
-    folder = templates_dir() / service
-    if not folder.is_dir():
-        return []
-    return sorted(p.relative_to(templates_dir()).as_posix() for p in folder.rglob("*.j2"))
+if TYPE_CHECKING:
+    from kbinfra.stack import Stack
 
 
 def render_service(service: Service, ctx: ServiceContext) -> list[RenderedFile]:
@@ -79,7 +30,7 @@ def render_service(service: Service, ctx: ServiceContext) -> list[RenderedFile]:
             text = environment().get_template(name).render(variables)
         except jinja2.TemplateError as error:
             line = getattr(error, "lineno", None)
-            where = f"templates/{name}" + (f":{line}" if line else "")
+            where = (getattr(error, "filename", None) or name) + (f":{line}" if line else "")
             raise KbinfraError(f"template failed: {error}", where=where) from None
         short = Path(name).name.removesuffix(".j2")
         secret = short in secret_templates
@@ -96,8 +47,9 @@ def render_service(service: Service, ctx: ServiceContext) -> list[RenderedFile]:
 
 
 def render_stack(stack: Stack) -> list[RenderedFile]:
-    """Every file of every enabled service, plus the stack-wide exports, sorted by path."""
-    from kbinfra.exports import stack_files  # noqa: PLC0415 (exports needs render's env)
+    """Every file of every enabled service, plus the stack-wide exports, sorted by path.
+
+    Commands read :attr:`Stack.rendered`, which calls this once per stack."""
 
     files: list[RenderedFile] = []
     for name, service in stack.services.items():

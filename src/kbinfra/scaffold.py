@@ -16,14 +16,14 @@ from typing import Any
 import yaml
 
 from kbinfra.errors import SpecError
-from kbinfra.render import environment
+from kbinfra.registry import all_services
 from kbinfra.secrets import SECRETS_FILE, ensure_secrets
-from kbinfra.services import all_services
 from kbinfra.spec.profile import load_profile
 from kbinfra.spec.stack import STACK_FILE, StackSpec, load_stack, stack_model
 from kbinfra.spec.values import check_domain, check_image_reference, check_target
 from kbinfra.spec.yamlfile import YamlDocument, load_yaml, read_yaml
 from kbinfra.stack import required_secrets
+from kbinfra.templating import environment
 
 _COMMON = {"enabled", "image", "port"}
 

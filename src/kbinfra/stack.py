@@ -9,9 +9,9 @@ from functools import cached_property
 from pathlib import Path
 
 from kbinfra.errors import SpecError
+from kbinfra.registry import all_services
 from kbinfra.secrets import Redactor, load_secrets
-from kbinfra.services import all_services
-from kbinfra.services.base import ContainerSpec, Service, ServiceContext
+from kbinfra.service import ContainerSpec, RenderedFile, Service, ServiceContext
 from kbinfra.spec.profile import Profile, load_profile
 from kbinfra.spec.stack import StackSpec, load_stack
 
@@ -49,6 +49,13 @@ class Stack:
             )
             for name, service in self.services.items()
         }
+
+    @cached_property
+    def rendered(self) -> list[RenderedFile]:
+        """Every file of the stack, rendered once per command (sorted by path)."""
+        from kbinfra.render import render_stack  # noqa: PLC0415 (jinja2 only when rendering)
+
+        return render_stack(self)
 
     @cached_property
     def containers(self) -> dict[str, ContainerSpec]:

@@ -1,6 +1,7 @@
 """``kbinfra render --check``: validate rendered files with the real tools, where installed.
 
-Each service validates its own files (``Service.check_rendered``) with the helpers here;
+Each service validates its own files (``services/<name>/render_check.py``, whose
+``check_rendered(ctx, out)`` returns a list of :class:`CheckResult`) with the helpers here;
 every YAML and JSON file is at least parsed. A tool that is not installed is reported as
 skipped, never as passed (``--strict`` makes a skip fail the run), and every result names
 the version of what checked it: the local tool's, which may be older than the pinned image.
@@ -19,42 +20,24 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, cast
 
 import yaml
 
 from kbinfra import __version__
-from kbinfra.stack import Stack
+from kbinfra.registry import service_part
+from kbinfra.service import CheckResult
 
-Outcome = Literal["ok", "failed", "skipped"]
+if TYPE_CHECKING:
+    from kbinfra.service import ServiceContext
+    from kbinfra.stack import Stack
 
+STACK_FILE = "kbinfra.yaml"
 
-@dataclass(frozen=True)
-class CheckResult:
-    path: str
-    tool: str
-    outcome: Outcome
-    detail: str = ""
-    line: int | None = None
-    #: what checked it, e.g. ``nginx 1.22.1`` or ``PyYAML 6.0.1``; empty when skipped
-    version: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome != "failed"
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "tool": self.tool,
-            "version": self.version or None,
-            "outcome": self.outcome,
-            "detail": self.detail,
-            "line": self.line,
-        }
+RenderCheck = Callable[["ServiceContext", Path], list[CheckResult]]
 
 
 @dataclass(frozen=True)
@@ -252,12 +235,40 @@ def validate_tree(stack: Stack, out: Path) -> list[CheckResult]:
         if relative.endswith((".yml", ".yaml", ".json")):
             results.append(parse_check(out, relative))
     results.append(compose_check(out))
-    results = [replace(result, version=checked_by(result, {})) for result in results]
+    results = [result._replace(version=checked_by(result, {})) for result in results]
+    enabled = frozenset(stack.services)
     for name, service in stack.services.items():
+        missing = missing_requirements(name, service.requires, enabled)
+        results.extend(result._replace(version=checked_by(result, {})) for result in missing)
+        check = service_part(name, "render_check")
+        if check is None:
+            continue
+        rendered_check = cast(RenderCheck, check.check_rendered)
         with tools_found() as found:
-            checked = service.check_rendered(stack.contexts[name], out)
-        results.extend(replace(result, version=checked_by(result, found)) for result in checked)
+            checked = rendered_check(stack.contexts[name], out)
+        results.extend(result._replace(version=checked_by(result, found)) for result in checked)
     return results
+
+
+def missing_requirements(
+    name: str, requires: Sequence[str], enabled: frozenset[str]
+) -> list[CheckResult]:
+    """A failed check for each service ``name`` requires that is not enabled.
+
+    ``kbinfra.stack`` enables services one by one, so an exporter left on after its
+    service was switched off would run and report nothing but ``*_up 0``.
+    """
+    return [
+        CheckResult(
+            STACK_FILE,
+            "kbinfra",
+            "failed",
+            f"services.{name} is enabled but {needed} is not: set "
+            f"services.{name}.enabled: false, or enable {needed}",
+        )
+        for needed in requires
+        if needed not in enabled
+    ]
 
 
 def compose_check(out: Path) -> CheckResult:

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 import redis
 
-from kbinfra.backups.manifest import manifest_sum_line
+from kbinfra.backup.manifest import manifest_sum_line
 
 from . import testbed_support
 from .stack_support import SECRET_MARK, Deployment, fixed_secret, new_deployment

@@ -30,10 +30,10 @@ import pytest
 import redis
 import yaml
 
-from kbinfra.plan import LABEL_SERVICE, LABEL_STACK
-from kbinfra.probes import _stack as stack_probe
-from kbinfra.probes import probe_module
-from kbinfra.probes.base import CheckRow, ProbeContext
+from kbinfra.names import LABEL_SERVICE, LABEL_STACK
+from kbinfra.probing import stack_checks as stack_probe
+from kbinfra.probing.probe import CheckRow, ProbeContext
+from kbinfra.probing.run import probe_module
 from kbinfra.render import render_stack
 from kbinfra.stack import Stack, open_stack
 from kbinfra.targets import Target, open_target

@@ -25,7 +25,8 @@ IMPORT_ALL = """
 import importlib, pkgutil, sys
 import kbinfra
 for module in pkgutil.walk_packages(kbinfra.__path__, "kbinfra."):
-    skip = module.name == "kbinfra.__main__" or module.name.startswith("kbinfra.images.embeddings.")
+    image = module.name.startswith("kbinfra.services.embeddings.image.")
+    skip = module.name == "kbinfra.__main__" or image
     if not skip:
         importlib.import_module(module.name)
 for name in sys.argv[1:]:

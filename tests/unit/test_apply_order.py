@@ -7,15 +7,8 @@ import time
 from typing import Any
 
 from kbinfra.apply import ServiceResult, _run_services, health_timeout
-from kbinfra.plan import (
-    Action,
-    DesiredService,
-    Facts,
-    ObservedContainer,
-    Plan,
-    ServiceAction,
-    desired_services,
-)
+from kbinfra.containers import DesiredService, Facts, ObservedContainer
+from kbinfra.plan import Action, Plan, ServiceAction, desired_services
 from kbinfra.render import render_stack
 
 

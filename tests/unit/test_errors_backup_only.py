@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from kbinfra.backups.manifest import manifest_sum_line
+from kbinfra.backup.manifest import manifest_sum_line
 from tests.conftest import write_stack_dir
+from tests.unit.commands.test_backup import write_backup
 from tests.unit.error_checks import assert_one_line_error, kbinfra
-from tests.unit.test_backup_cli import write_backup
 
 
 @pytest.fixture

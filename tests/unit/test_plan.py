@@ -8,15 +8,16 @@ from typing import Any
 
 import pytest
 
+from kbinfra.containers import DesiredService, Facts, ObservedContainer
 from kbinfra.errors import SpecError
-from kbinfra.plan import (
+from kbinfra.names import (
     LABEL_CONFIG_HASH,
     LABEL_HASH_PREFIX,
     LABEL_SERVICE,
     LABEL_STACK,
-    DesiredService,
-    Facts,
-    ObservedContainer,
+    normalize_ref,
+)
+from kbinfra.plan import (
     config_hash,
     dependencies,
     desired_services,
@@ -25,13 +26,12 @@ from kbinfra.plan import (
     leftovers,
     make_plan,
     mounted_by,
-    normalize_ref,
     service_action,
     sha256_text,
     stack_status,
 )
 from kbinfra.render import render_stack
-from kbinfra.services.base import RenderedFile
+from kbinfra.service import RenderedFile
 
 CASES = json.loads((Path(__file__).parent / "plan_cases" / "cases.json").read_text())
 

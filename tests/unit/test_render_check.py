@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kbinfra.services.postgres import postgres_bin_dirs
+from kbinfra.services.postgres.render_check import postgres_bin_dirs
 from kbinfra.validation import (
     DEBIAN_PACKAGES,
     CheckResult,

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kbinfra.render import render_stack
-from kbinfra.services.postgres import MB
-from kbinfra.services.postgres import SERVICE as POSTGRES
+from kbinfra.services.postgres.service import MB
+from kbinfra.services.postgres.service import SERVICE as POSTGRES
 from kbinfra.stack import open_stack
 from tests.conftest import edit_stack_file, write_stack_dir
 

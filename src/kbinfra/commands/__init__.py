@@ -1,5 +1,6 @@
-"""Command modules: Typer apps mounted by ``kbinfra.cli`` (``add_typer``), or commands
-registered on ``kbinfra.cli.app`` when imported (``deploy``).
+"""Command modules: each a Typer app, mounted by ``kbinfra.cli`` with ``add_typer`` (without a
+name for top-level commands). What they share, options and the opening, is in
+:mod:`kbinfra.commands.options`.
 
 Annotations stay real objects (no ``from __future__ import annotations``); see ``kbinfra.cli``.
 """

@@ -1,29 +1,28 @@
 """``kbinfra backup``, ``kbinfra backup verify`` (the restore drill) and ``kbinfra restore``.
 
-Each command parses options, calls one function of ``kbinfra.backups.run`` and prints.
+Each command parses options, calls one function of ``kbinfra.backup.run`` and prints.
 """
 
-import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from kbinfra.cli import app
-from kbinfra.commands.deploy import _confirm, _open
 from kbinfra.commands.options import (
     DirOption,
     IdentityOption,
     KnownHostsOption,
     OutputOption,
     TargetOption,
+    confirm,
+    console_progress,
+    open_stack_and_target,
 )
 from kbinfra.ui import Console, Output, format_bytes
 
 if TYPE_CHECKING:
-    from kbinfra.backups.run import BackupResult, CheckResult
+    from kbinfra.backup.run import BackupResult, RestoreResult
 
 BackupDirArgument = Annotated[
     Path,
@@ -37,27 +36,13 @@ backup_app = typer.Typer(
     invoke_without_command=True,
     rich_markup_mode=None,
 )
+#: Mounted by :mod:`kbinfra.cli` at the top level: ``kbinfra backup``, ``kbinfra restore``.
+app = typer.Typer()
 app.add_typer(backup_app, name="backup")
 
 
-class ConsoleProgress:
-    """Handlers report through this: timed notes and transfer bars on stderr."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.started = time.monotonic()
-
-    def note(self, service: str, message: str) -> None:
-        self.console.note(f"[{time.monotonic() - self.started:6.1f}s] {service}: {message}")
-
-    def transfer(
-        self, label: str, total: int | None = None
-    ) -> AbstractContextManager[Callable[[int], None]]:
-        return self.console.transfer(label, total)
-
-
 def _artifact_rows(result: "BackupResult") -> Iterator[tuple[str, str, str]]:
-    from kbinfra.backups.run import summarize  # noqa: PLC0415
+    from kbinfra.backup.run import summarize  # noqa: PLC0415
 
     stack_files = [a for a in result.manifest.artifacts if a.service == "stack"]
     for artifact in result.manifest.artifacts:
@@ -117,15 +102,15 @@ def backup(
     """Back up every data service, the stack's files and extra volumes, then apply retention."""
     if context.invoked_subcommand is not None:
         return
-    from kbinfra.backups.run import run_backup  # noqa: PLC0415
+    from kbinfra.backup.run import run_backup  # noqa: PLC0415
 
     console = Console(output)
-    stack, where = _open(stack_dir, target, known_hosts, identity, console)
+    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
     with where:
         result = run_backup(
             stack,
             where,
-            progress=ConsoleProgress(console),
+            progress=console_progress(console),
             dest=dest,
             include_secrets=include_secrets,
         )
@@ -137,7 +122,7 @@ def backup(
         print_backup(console, result)
 
 
-def print_checks(console: Console, result: "CheckResult", what: str) -> None:
+def print_checks(console: Console, result: "RestoreResult", what: str) -> None:
     rows = [
         (
             check.service,
@@ -158,8 +143,8 @@ def print_checks(console: Console, result: "CheckResult", what: str) -> None:
     console.line(f"{what}: {verdict} ({result.seconds:.1f}s)")
 
 
-def _finish(console: Console, result: "CheckResult", what: str) -> None:
-    from kbinfra.backups.run import DifferencesError  # noqa: PLC0415
+def _finish(console: Console, result: "RestoreResult", what: str) -> None:
+    from kbinfra.backup.run import DifferencesError  # noqa: PLC0415
 
     for note in result.notes:
         console.note(note)
@@ -189,12 +174,12 @@ def verify(
 
     Exit 0: every count and sample matches the manifest; 1: a difference; 2: an error.
     """
-    from kbinfra.backups.run import run_drill  # noqa: PLC0415
+    from kbinfra.backup.run import run_drill  # noqa: PLC0415
 
     console = Console(output)
-    stack, where = _open(stack_dir, target, known_hosts, identity, console)
+    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
     with where:
-        result = run_drill(stack, where, backup_dir, progress=ConsoleProgress(console))
+        result = run_drill(stack, where, backup_dir, progress=console_progress(console))
     _finish(console, result, "restore drill")
 
 
@@ -229,21 +214,21 @@ def restore(
     Exit 0: restored and identical to the backup; 1: a difference; 2: an error (a corrupt
     or incompatible backup is refused before anything changes).
     """
-    from kbinfra.backups.run import run_restore  # noqa: PLC0415
+    from kbinfra.backup.run import run_restore  # noqa: PLC0415
 
     console = Console(output)
-    stack, where = _open(stack_dir, target, known_hosts, identity, console)
+    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
 
-    def confirm(question: str) -> bool:
-        return yes or _confirm(console, question)
+    def ask(question: str) -> bool:
+        return yes or confirm(console, question)
 
     with where:
         result = run_restore(
             stack,
             where,
             backup_dir,
-            progress=ConsoleProgress(console),
-            confirm=confirm,
+            progress=console_progress(console),
+            confirm=ask,
             only=only,
             safety_backup=not no_safety_backup,
             allow_other_stack=allow_other_stack,

@@ -1,6 +1,6 @@
 """``kbinfra check`` and ``kbinfra bench``: prove the deployed stack works, then measure it.
 
-Each command parses options, calls one function of ``kbinfra.probes`` and prints. Clients
+Each command parses options, calls one function of ``kbinfra.probing`` and prints. Clients
 (psycopg, redis, httpx, docker) are imported by the probes when they run.
 """
 
@@ -15,22 +15,23 @@ from typing import Annotated, Any
 import typer
 
 from kbinfra import __version__
-from kbinfra.cli import app
-
-# Imported as a module: deploy imports kbinfra.cli, which imports this module, so deploy may
-# still be initialising here; its names are looked up when the commands run.
-from kbinfra.commands import deploy
 from kbinfra.commands.options import (
     DirOption,
+    ForceUnlockOption,
     IdentityOption,
     KnownHostsOption,
     OutputOption,
     TargetOption,
+    console_progress,
+    open_stack_and_target,
 )
 from kbinfra.errors import KbinfraError
 from kbinfra.ui import Console, Output
 
 EXIT_FAILED = 1
+
+#: Mounted by :mod:`kbinfra.cli` at the top level: ``kbinfra check``, ``kbinfra bench``.
+app = typer.Typer()
 
 OnlyOption = Annotated[
     list[str] | None,
@@ -55,15 +56,15 @@ def check(
 
     Exit 0 only when every check passes; 1 when one fails; 2 on errors.
     """
-    from kbinfra.probes import run_checks, select  # noqa: PLC0415
-    from kbinfra.probes.base import check_rows_ok  # noqa: PLC0415
+    from kbinfra.probing.probe import check_rows_ok  # noqa: PLC0415
+    from kbinfra.probing.run import run_checks, select  # noqa: PLC0415
 
     console = Console(output)
-    stack, where = deploy._open(stack_dir, target, known_hosts, identity, console)
+    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
     select(stack, only or [])  # a misspelt --only is an error before the engine is asked
     with where:
         where.docker_client()  # an unreachable target is one error line (exit 2), not 40 rows
-        rows, unprobed = run_checks(stack, where, only or [], progress=deploy._progress(console))
+        rows, unprobed = run_checks(stack, where, only or [], progress=console_progress(console))
     ok = check_rows_ok(rows)
     failed = [r for r in rows if not r.ok]
     if console.json_mode:
@@ -123,7 +124,7 @@ def bench(
     target: TargetOption = None,
     known_hosts: KnownHostsOption = None,
     identity: IdentityOption = None,
-    force_unlock: deploy.ForceUnlockOption = False,
+    force_unlock: ForceUnlockOption = False,
     output: OutputOption = Output.text,
 ) -> None:
     """Measure every enabled service: throughput and p50/p95/p99 against thresholds.
@@ -132,17 +133,17 @@ def bench(
     kbinfra_bench_<random> and removed at the end, also when interrupted. Exit 0 when every
     benchmark ran and met its thresholds; 1 otherwise; 2 on errors.
     """
-    from kbinfra.probes import run_benches, select  # noqa: PLC0415
-    from kbinfra.probes.base import (  # noqa: PLC0415
+    from kbinfra.probing.probe import (  # noqa: PLC0415
         BENCH_COLUMNS,
         bench_plan,
         bench_rows,
         prometheus_text,
     )
+    from kbinfra.probing.run import run_benches, select  # noqa: PLC0415
     from kbinfra.targets.engine import Engine  # noqa: PLC0415
 
     console = Console(output)
-    stack, where = deploy._open(stack_dir, target, known_hosts, identity, console)
+    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
     select(stack, only or [])  # a misspelt --only is an error before the engine is asked
     if prometheus_textfile is not None and prometheus_textfile.is_dir():
         raise KbinfraError(
@@ -152,13 +153,15 @@ def bench(
         )
     plan = bench_plan(quick=quick, token=secrets.token_hex(6))
     signal.signal(signal.SIGTERM, _interrupt_on_term)
-    progress = deploy._progress(console)
+    progress = console_progress(console)
     with where:
         engine = Engine(where.docker_client(), stack.spec.name)
         with engine.locked(force=force_unlock) as notes:
             for note in notes:
                 console.note(note)
-            progress("bench", f"{'quick' if quick else 'full'} run, objects named {plan.prefix}")
+            progress.note(
+                "bench", f"{'quick' if quick else 'full'} run, objects named {plan.prefix}"
+            )
             results, skipped = run_benches(stack, where, plan, only or [], progress=progress)
     ok = bool(results) and all(r.ok for r in results)
     if prometheus_textfile is not None:

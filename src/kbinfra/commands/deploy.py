@@ -5,20 +5,21 @@ paramiko are imported only inside the commands, so ``kbinfra --help`` stays fast
 """
 
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from kbinfra.cli import app
 from kbinfra.commands.options import (
     DirOption,
+    ForceUnlockOption,
     IdentityOption,
     KnownHostsOption,
     OutputOption,
     TargetOption,
+    confirm,
+    console_progress,
+    open_stack_and_target,
 )
 from kbinfra.errors import KbinfraError
 from kbinfra.ui import Console, Output
@@ -32,14 +33,12 @@ if TYPE_CHECKING:
 
 EXIT_CHANGES = 3
 
+#: Mounted by :mod:`kbinfra.cli` at the top level: ``kbinfra plan``, ``kbinfra ssh trust``.
+app = typer.Typer()
 ssh_app = typer.Typer(
     help="SSH targets: trust a host key.", no_args_is_help=True, rich_markup_mode=None
 )
 app.add_typer(ssh_app, name="ssh")
-
-ForceUnlockOption = Annotated[
-    bool, typer.Option("--force-unlock", help="Break the stack's lock even if its holder runs.")
-]
 
 AllowOversizedOption = Annotated[
     bool,
@@ -56,25 +55,6 @@ class ApplyFailedError(KbinfraError):
     exit_code = 1
 
 
-def _open(
-    stack_dir: Path,
-    target: str | None,
-    known_hosts: Path | None,
-    identity: Path | None,
-    console: Console,
-) -> "tuple[Stack, Target]":
-    from kbinfra.stack import open_stack  # noqa: PLC0415
-    from kbinfra.targets import open_target  # noqa: PLC0415
-
-    stack = open_stack(stack_dir)
-    console.set_redactor(stack.redact)
-    for warning in stack.profile.warnings():
-        console.warn(warning)
-    return stack, open_target(
-        stack.spec, stack_dir, target=target, known_hosts=known_hosts, identity=identity
-    )
-
-
 def _require_fit(stack: "Stack", where: "Target", console: Console, *, allow: bool) -> "Fit":
     """Refuse a profile the target's engine cannot hold, unless ``allow``: then warn."""
     from kbinfra.capacity import stack_fit  # noqa: PLC0415
@@ -87,15 +67,6 @@ def _require_fit(stack: "Stack", where: "Target", console: Console, *, allow: bo
     for warning in fit.warnings:
         console.warn(warning)
     return fit
-
-
-def _progress(console: Console) -> Callable[[str, str], None]:
-    started = time.monotonic()
-
-    def report(service: str, message: str) -> None:
-        console.note(f"[{time.monotonic() - started:6.1f}s] {service}: {message}")
-
-    return report
 
 
 _SYMBOL = {"create": "+", "recreate": "~", "start": ">", "remove": "-", "nothing": "="}
@@ -144,7 +115,7 @@ def plan(
     from kbinfra.apply import plan_stack  # noqa: PLC0415
 
     console = Console(output)
-    stack, where = _open(stack_dir, target, known_hosts, identity, console)
+    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
     with where:
         fit = _require_fit(stack, where, console, allow=allow_oversized_profile)
         result = plan_stack(stack, where)
@@ -154,15 +125,6 @@ def plan(
         print_plan(console, result)
     if result.has_changes:
         raise typer.Exit(EXIT_CHANGES)
-
-
-def _confirm(console: Console, question: str) -> bool:
-    if not sys.stdin.isatty():
-        raise KbinfraError(
-            "cannot ask for confirmation without a terminal", fix="pass --yes to proceed"
-        )
-    console.note(question + " [y/N] ")
-    return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
 def print_apply(console: Console, result: "ApplyResult") -> None:
@@ -201,7 +163,7 @@ def apply(
     from kbinfra.apply import apply_stack, plan_stack  # noqa: PLC0415
 
     console = Console(output)
-    stack, where = _open(stack_dir, target, known_hosts, identity, console)
+    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
     chosen = stack.select(only or [])
     with where:
         _require_fit(stack, where, console, allow=allow_oversized_profile)
@@ -211,7 +173,7 @@ def apply(
                 print_plan(console, pending)
             if not pending.has_changes:
                 console.note("nothing to do")
-            elif not _confirm(console, f"Apply these changes to {where.name}?"):
+            elif not confirm(console, f"Apply these changes to {where.name}?"):
                 raise typer.Exit(1)
         result = apply_stack(
             stack,
@@ -219,7 +181,7 @@ def apply(
             timeout=timeout,
             force_unlock=force_unlock,
             only=chosen,
-            progress=_progress(console),
+            progress=console_progress(console),
         )
     for note in result.notes + result.repaired:
         console.note(note)
@@ -256,7 +218,7 @@ def status(
     from kbinfra.apply import status_stack  # noqa: PLC0415
 
     console = Console(output)
-    stack, where = _open(stack_dir, target, known_hosts, identity, console)
+    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
     with where:
         rows = status_stack(stack, where)
     if console.json_mode:
@@ -312,7 +274,7 @@ def destroy(
     from kbinfra.apply import destroy_stack  # noqa: PLC0415
 
     console = Console(output)
-    stack, where = _open(stack_dir, target, known_hosts, identity, console)
+    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
     name = stack.spec.name
     if delete_data:
         if confirm_name is None:
@@ -327,7 +289,7 @@ def destroy(
             raise KbinfraError(
                 f"confirmation {confirm_name!r} is not the stack name {name!r}; nothing deleted"
             )
-    elif not yes and not _confirm(
+    elif not yes and not confirm(
         console, f"Remove the containers and network of stack {name} on {where.name}?"
     ):
         raise typer.Exit(1)
@@ -337,7 +299,7 @@ def destroy(
             where,
             delete_data=delete_data,
             force_unlock=force_unlock,
-            progress=_progress(console),
+            progress=console_progress(console),
         )
     if console.json_mode:
         console.emit_json(result.as_json())
@@ -394,7 +356,7 @@ def ssh_trust(
             fix="check why the key changed; remove the old line with `ssh-keygen -R` first",
         )
     console.line(shown)
-    if not yes and not _confirm(console, f"Add it to {path}?"):
+    if not yes and not confirm(console, f"Add it to {path}?"):
         raise typer.Exit(1)
     try:
         append_known_host(path, host, port, key)

@@ -11,6 +11,8 @@ from kbinfra.commands.options import (
     KnownHostsOption,
     OutputOption,
     TargetOption,
+    console_progress,
+    open_stack_and_target,
 )
 from kbinfra.ui import Console, Output
 
@@ -23,7 +25,12 @@ app = typer.Typer(
 
 @app.command()
 def build(
-    recipe: Annotated[str, typer.Argument(help="Which image: embeddings.")] = "embeddings",
+    recipe: Annotated[
+        str | None,
+        typer.Argument(
+            help="The service whose image to build (default: the only one).", show_default=False
+        ),
+    ] = None,
     base_image: Annotated[
         str, typer.Option(help="Python base image on the engine (built FROM it).")
     ] = "python:3.11-slim-bookworm",
@@ -43,11 +50,12 @@ def build(
     output: OutputOption = Output.text,
 ) -> None:
     """Build an image from a wheelhouse prepared here; skipped when its inputs are unchanged."""
-    from kbinfra.images import recipe_dir  # noqa: PLC0415
+    from kbinfra.images import only_recipe, recipe_dir  # noqa: PLC0415
     from kbinfra.images.build import build_image  # noqa: PLC0415
     from kbinfra.targets.local import local_engine  # noqa: PLC0415
 
     console = Console(output)
+    recipe = recipe or only_recipe()
     recipe_dir(recipe)  # an unknown recipe is an error before the engine is asked
     result = build_image(
         local_engine(),
@@ -56,7 +64,7 @@ def build(
         wheelhouse=wheelhouse,
         tag=tag,
         model_package=model_package,
-        progress=console.note,
+        progress=console_progress(console),
     )
     if console.json_mode:
         console.emit_json(result.as_json())
@@ -85,7 +93,7 @@ def save(
     images = stack_images(stack)
     engine = local_engine()
     console.note(f"saving {len(images)} images: {', '.join(images)}")
-    result = save_images(engine, images, file, console.note)
+    result = save_images(engine, images, file, console_progress(console))
     if console.json_mode:
         console.emit_json(result.as_json())
         return
@@ -109,15 +117,14 @@ def load(
     Over SSH it uses the connection every other command uses: the host key checked against
     kbinfra's known_hosts (`kbinfra ssh trust`), never trusted on first use.
     """
-    from kbinfra.commands.deploy import _open  # noqa: PLC0415 (deploy imports kbinfra.cli)
     from kbinfra.images.transfer import check_archive, load_images  # noqa: PLC0415
 
     console = Console(output)
     check_archive(file)
-    _, where = _open(stack_dir, target, known_hosts, identity, console)
+    _, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
     console.note(f"loading {file} into {where.name}")
     with where:
-        result = load_images(where.docker_client(), file, console.note)
+        result = load_images(where.docker_client(), file, console_progress(console))
     if console.json_mode:
         console.emit_json({**result.as_json(), "target": where.name})
         return

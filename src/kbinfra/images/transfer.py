@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from kbinfra.errors import KbinfraError
+from kbinfra.progress import Progress
 
 if TYPE_CHECKING:
     import docker
@@ -23,8 +24,6 @@ if TYPE_CHECKING:
 
 CHUNK_BYTES = 2**20
 PROGRESS_EVERY_BYTES = 64 * 2**20
-
-Progress = Callable[[str], None]
 
 
 def stack_images(stack: Stack) -> list[str]:
@@ -68,7 +67,9 @@ class _Meter:
     def report(self) -> None:
         rate = self.done / max(time.perf_counter() - self.started, 1e-6) / 2**20
         of = f" of {self.total / 2**20:.0f}" if self.total else ""
-        self.progress(f"{self.verb} {self.done / 2**20:.0f}{of} MiB ({rate:.0f} MiB/s)")
+        self.progress.note(
+            "images", f"{self.verb} {self.done / 2**20:.0f}{of} MiB ({rate:.0f} MiB/s)"
+        )
 
 
 def save_images(
@@ -171,6 +172,6 @@ def load_images(client: docker.DockerClient, file: Path, progress: Progress) -> 
             text = str(item.get("stream", "")).strip()
             if text.startswith("Loaded image"):
                 loaded.append(text.split(": ", 1)[-1])
-                progress(text)
+                progress.note("images", text)
     meter.report()
     return TransferResult(file, loaded, size, time.perf_counter() - started)

@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from kbinfra.services import all_services
-from kbinfra.services.base import ServiceSettings
+from kbinfra.registry import all_services
+from kbinfra.service import ServiceSettings
 from kbinfra.spec.values import (
     Domain,
     SshTarget,

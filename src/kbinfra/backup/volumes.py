@@ -1,0 +1,138 @@
+"""Extra named volumes (``backup.volumes``, e.g. uploaded files): tar streams in and out.
+
+No service owns them, so nothing runs for them: a container of the file-less image is
+created (never started) with the volume mounted, and the engine streams its content out
+(``get_archive``) into ``volumes/<name>.tar`` or a backup's tar back in (``put_archive``).
+The copy is consistent only if nothing writes to the volume meanwhile; uploaded files are
+usually written once and never changed, which is the case this is meant for.
+
+Restore extracts over what is there: every backed-up file comes back; files added since
+the backup stay and are reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tarfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+from kbinfra.backup.handler import BackupError, BackupOutput, Observed, artifact_of
+from kbinfra.backup.manifest import Artifact
+from kbinfra.backup.streams import (
+    CHUNK,
+    ChunkReader,
+    archive_to,
+    ensure_empty_image,
+    file_chunks,
+    put_stream,
+)
+from kbinfra.progress import Progress
+
+if TYPE_CHECKING:
+    from docker import APIClient
+
+SERVICE = "volumes"
+MOUNT = "/kbinfra-volume"
+FILES = "files"
+BYTES = "bytes"
+_SAFE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def tar_path(volume: str) -> str:
+    if _SAFE.match(volume) and not volume.startswith("."):
+        return f"volumes/{volume}.tar"
+    return f"volumes/volume-{hashlib.sha256(volume.encode()).hexdigest()[:16]}.tar"
+
+
+@dataclass(frozen=True)
+class Contents:
+    files: int
+    bytes: int
+
+
+def tar_contents(handle: IO[bytes]) -> Contents:
+    """Regular files and their bytes in a tar stream (read forward only)."""
+    files = size = 0
+    with tarfile.open(fileobj=handle, mode="r|") as tar:
+        for member in tar:
+            if member.isfile():
+                files += 1
+                size += member.size
+    return Contents(files, size)
+
+
+@contextmanager
+def _mounted(api: APIClient, volume: str, label: str) -> Iterator[str]:
+    """A created, never started container with ``volume`` at ``MOUNT``."""
+    import docker.errors  # noqa: PLC0415
+    from docker.types import Mount  # noqa: PLC0415
+
+    try:
+        api.inspect_volume(volume)
+    except docker.errors.NotFound:
+        raise BackupError(
+            f"volume {volume} does not exist",
+            fix="create it, or remove it from backup.volumes in kbinfra.yaml",
+        ) from None
+    image = ensure_empty_image(api)
+    host_config = api.create_host_config(
+        mounts=[Mount(target=MOUNT, source=volume, type="volume")], network_mode="none"
+    )
+    created = api.create_container(
+        image,
+        command=["none"],
+        host_config=host_config,
+        network_disabled=True,
+        labels={"kbinfra.helper": label},
+        name=f"kbinfra-volume-{uuid.uuid4().hex[:12]}",
+    )
+    try:
+        yield created["Id"]
+    finally:
+        api.remove_container(created["Id"], force=True)
+
+
+class VolumeBackup:
+    """Backup, restore and counting of named volumes that no service module owns."""
+
+    service = SERVICE
+
+    def backup(self, api: APIClient, volume: str, out: BackupOutput) -> Artifact:
+        path = tar_path(volume)
+        out.progress.note(SERVICE, f"copying volume {volume}")
+        with _mounted(api, volume, "backup") as helper, out.file(path) as handle:
+            archive_to(api, helper, MOUNT, handle.write)
+        with (out.root / path).open("rb") as written:
+            contents = tar_contents(written)
+        return artifact_of(
+            handle,
+            path,
+            SERVICE,
+            "volume_tar",
+            counts={FILES: contents.files, BYTES: contents.bytes},
+            meta={"volume": volume},
+        )
+
+    def restore(
+        self, api: APIClient, volume: str, artifact: Artifact, backup_dir: Path, progress: Progress
+    ) -> None:
+        with (
+            _mounted(api, volume, "restore") as helper,
+            progress.transfer(f"{artifact.path} → {volume}", artifact.size) as advance,
+        ):
+            put_stream(api, helper, "/", file_chunks(backup_dir / artifact.path, advance))
+
+    def observe(self, api: APIClient, volume: str) -> Observed:
+        with _mounted(api, volume, "count") as helper:
+            chunks, _ = api.get_archive(helper, MOUNT, chunk_size=CHUNK)
+            contents = tar_contents(ChunkReader(iter(chunks)))  # type: ignore[arg-type]
+        return Observed(counts={FILES: contents.files, BYTES: contents.bytes})
+
+
+VOLUMES = VolumeBackup()

@@ -1,0 +1,326 @@
+"""The service contract: what a service is to kbinfra, and what it tells the others.
+
+A service is a subclass of :class:`Service` in ``services/<folder>/service.py``, found by
+:mod:`kbinfra.registry`: its settings, resources, tuning, rendered files and container, and
+what other services ask of it (scrape targets, routes, panels, alerts, its health path).
+Nothing else in kbinfra knows a service's name. Everything here is pure (no network, no
+Docker, no SSH) and imports nothing of kbinfra above it.
+
+Only what a user writes is a pydantic model (``ServiceSettings``). What kbinfra derives from it
+(resources, tuning, containers, files) is a ``NamedTuple``: every class costs its build at
+each start, and a NamedTuple builds ~5x faster than a dataclass or a pydantic model.
+"""
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kbinfra.spec.values import ImageReference, Port
+
+if TYPE_CHECKING:
+    from kbinfra.spec.profile import Profile
+    from kbinfra.spec.stack import StackSpec
+
+
+class ServiceSettings(BaseModel):
+    """The part of ``kbinfra.yaml`` under ``services.<name>``. Services subclass it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    image: ImageReference = Field(
+        default="", description="Pinned image reference; empty means the default"
+    )
+    port: Port | None = Field(default=None, description="Host port, on 127.0.0.1")
+
+    def host_ports(self) -> list[int]:
+        """Every host port this service publishes; the stack refuses two services sharing one."""
+        return [self.port] if self.port is not None else []
+
+
+class Resources(NamedTuple):
+    """What one container may use: CPUs (Docker ``--cpus``), memory and disk."""
+
+    cpus: float
+    memory_mb: int
+    storage_gb: int
+
+
+class RenderedFile(NamedTuple):
+    """One file of the rendered stack, relative to the output folder."""
+
+    path: str
+    text: str
+    mode: int = 0o644
+    secret: bool = False
+
+
+class PortBinding(NamedTuple):
+    host_ip: str
+    host_port: int
+    container_port: int
+
+
+class VolumeMount(NamedTuple):
+    volume: str
+    target: str
+    data: bool = True  # data volumes are never removed without an explicit, confirmed command
+
+
+class BindMount(NamedTuple):
+    """A folder of the target host, seen inside the container (read-only unless told).
+
+    Only for what a service must see of the host itself (node-exporter reads the host's file
+    systems); data lives in named volumes, which kbinfra backs up and never bind-mounts.
+    """
+
+    source: str  # absolute path on the target host
+    target: str
+    read_only: bool = True
+
+
+class FileMount(NamedTuple):
+    """A rendered file placed into the container at ``target``.
+
+    ``uid``/``gid`` are the owner inside the container: a 0600 file must belong to the user
+    the service runs as (e.g. 65534 for Prometheus' ``nobody``), or it cannot read it.
+    """
+
+    source: str  # path of a RenderedFile
+    target: str
+    uid: int = 0
+    gid: int = 0
+
+
+class HealthCheck(NamedTuple):
+    test: Sequence[str]
+    interval_s: int = 10
+    timeout_s: int = 5
+    retries: int = 5
+    start_period_s: int = 10
+
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+class ContainerSpec(NamedTuple):
+    """Everything that defines a service's container. Secrets appear only by name."""
+
+    service: str
+    image: str
+    cpus: float
+    memory_mb: int
+    command: Sequence[str] | None = None
+    entrypoint: Sequence[str] | None = None
+    user: str | None = None
+    env: Mapping[str, str] = _EMPTY
+    secret_env: Mapping[str, str] = _EMPTY  # env var -> secret name
+    ports: Sequence[PortBinding] = ()
+    volumes: Sequence[VolumeMount] = ()
+    binds: Sequence[BindMount] = ()
+    files: Sequence[FileMount] = ()
+    healthcheck: HealthCheck | None = None
+    shm_size_mb: int | None = None
+    extra_hosts: Sequence[str] = ()  # "name:ip", "name:host-gateway"
+    depends_on: Sequence[str] = ()
+    stop_timeout_s: int = 30
+
+
+class ScrapeTarget(NamedTuple):
+    """An endpoint Prometheus scrapes, offered by the service that serves it."""
+
+    job: str
+    address: str  # host:port on the stack network
+    path: str = "/metrics"
+    bearer_secret: str | None = None  # secret name sent as ``Authorization: Bearer``
+    interval_s: int = 30
+
+
+class Route(NamedTuple):
+    """A public path prefix nginx forwards to a service on the stack network."""
+
+    prefix: str  # "/embeddings/": stripped before the request is passed on
+    address: str  # host:port on the stack network
+    #: Requests that take minutes (documents): nginx gives them its longer timeout.
+    long_running: bool = False
+
+
+class Panel(NamedTuple):
+    """A panel a service offers the stack's Grafana dashboard: its title, kind, place
+    (x, y, w, h on Grafana's 24-column grid), PromQL queries as (expression, legend) pairs
+    and unit. Places are fixed, so a panel is where users expect it whatever else is on."""
+
+    title: str
+    kind: str
+    grid: tuple[int, int, int, int]
+    queries: Sequence[tuple[str, str]]
+    unit: str = "short"
+
+
+class AlertRule(NamedTuple):
+    """A Prometheus alerting rule a service offers for the metrics it exports."""
+
+    alert: str
+    expr: str
+    for_: str
+    severity: str
+    summary: str
+    description: str
+
+
+class WorkQueue(NamedTuple):
+    """A queue of jobs whose length a service exports: Prometheus alerts when it backs up."""
+
+    name: str
+    length: str  # PromQL for its current length
+
+
+class ServiceContext(NamedTuple):
+    """What a service is given to decide its tuning, files and container."""
+
+    name: str
+    stack: "StackSpec"
+    profile: "Profile"
+    settings: Any  # the service's own ServiceSettings subclass
+    resources: Resources
+    secrets: Mapping[str, str]
+    enabled: frozenset[str]
+    extra: Mapping[str, Any] = _EMPTY
+
+    @property
+    def image(self) -> str:
+        image: str = self.settings.image
+        return image
+
+    def volume(self, purpose: str = "data") -> str:
+        """The named volume of this service in this stack, e.g. ``kb-postgres-data``."""
+        return f"{self.stack.name}-{self.name}-{purpose}"
+
+    def loopback_port(self, container_port: int) -> list[PortBinding]:
+        """Publish on 127.0.0.1 only when the stack file gives the service a host port."""
+        host_port = self.settings.port
+        if host_port is None:
+            return []
+        return [
+            PortBinding(host_ip="127.0.0.1", host_port=host_port, container_port=container_port)
+        ]
+
+
+Outcome = Literal["ok", "failed", "skipped"]
+
+
+class CheckResult(NamedTuple):
+    """What ``kbinfra render --check`` found in one rendered file with one tool."""
+
+    path: str  # relative to the output folder
+    tool: str
+    outcome: Outcome
+    detail: str = ""
+    line: int | None = None
+    #: what checked it, e.g. ``nginx 1.22.1`` or ``PyYAML 6.0.1``; empty when skipped
+    version: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome != "failed"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "tool": self.tool,
+            "version": self.version or None,
+            "outcome": self.outcome,
+            "detail": self.detail,
+            "line": self.line,
+        }
+
+
+Stage = Literal["data", "service", "edge", "monitoring"]
+#: Deployment order: data stores first, monitoring last (apply, the registry, the plan).
+STAGE_ORDER: Mapping[str, int] = MappingProxyType(
+    {"data": 0, "service": 1, "edge": 2, "monitoring": 3}
+)
+
+
+class Service(ABC):
+    """One deployable service. Subclasses set the class attributes and implement the hooks."""
+
+    name: ClassVar[str]
+    #: The profile budget it draws from, and which share of that budget it takes.
+    allocation: ClassVar[str]
+    share: ClassVar[float] = 1.0
+    settings_model: ClassVar[type[ServiceSettings]] = ServiceSettings
+    default_image: ClassVar[str]
+    #: The port the service listens on inside the stack network, and its default host port.
+    container_port: ClassVar[int | None] = None
+    default_host_port: ClassVar[int | None] = None
+    #: Names of the secrets it needs; ``kbinfra init`` generates every one.
+    secrets: ClassVar[tuple[str, ...]] = ()
+    stage: ClassVar[Stage] = "service"
+    #: Enabled by ``kbinfra init`` unless the user says otherwise.
+    enabled_by_default: ClassVar[bool] = True
+    #: Services this one is useless without (an exporter's store): ``render --check`` fails
+    #: when this one is enabled and one of them is not.
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def resources(self, profile: "Profile") -> Resources:
+        budget = getattr(profile.services, self.allocation)
+        cpus = max(0.05, round(budget.cpus * self.share * 20) / 20)
+        return Resources(
+            cpus=cpus,
+            memory_mb=max(64, int(budget.memory_mb * self.share)),
+            storage_gb=max(1, int(budget.storage_gb * self.share)),
+        )
+
+    @abstractmethod
+    def tuning(self, ctx: ServiceContext) -> tuple[Any, ...]:
+        """The settings derived from the service's resources (pure)."""
+
+    @abstractmethod
+    def template_context(self, ctx: ServiceContext) -> dict[str, Any]:
+        """Variables for ``templates/<name>/*.j2``."""
+
+    def files(self, ctx: ServiceContext) -> list[RenderedFile]:
+        """Extra files not rendered from a template (certificates, credential files)."""
+        return []
+
+    def secret_templates(self) -> frozenset[str]:
+        """Template names whose output holds a secret (written 0600)."""
+        return frozenset()
+
+    @abstractmethod
+    def container(self, ctx: ServiceContext) -> ContainerSpec:
+        """The container that runs the service, with the rendered files it mounts."""
+
+    #: A path that answers HTTP 200 without credentials while the service is up; the probes
+    #: and nginx's end-to-end check use it.
+    health_path: ClassVar[str | None] = None
+    #: Prometheus sends its alerts to every enabled service that sets this.
+    receives_alerts: ClassVar[bool] = False
+
+    def scrape_targets(self, ctx: ServiceContext) -> list[ScrapeTarget]:
+        """The endpoints Prometheus scrapes for this service."""
+        return []
+
+    def routes(self, ctx: ServiceContext) -> list[Route]:
+        """The public paths nginx forwards to this service (data stores have none)."""
+        return []
+
+    def dashboard_panels(self, ctx: ServiceContext) -> list[Panel]:
+        """The panels this service adds to the stack's Grafana dashboard."""
+        return []
+
+    def alert_rules(self, ctx: ServiceContext) -> list[AlertRule]:
+        """The alerting rules this service adds to Prometheus' ``kb_performance`` group."""
+        return []
+
+    def work_queues(self, ctx: ServiceContext) -> list[WorkQueue]:
+        """The job queues whose length this service exports (Prometheus alerts on a backlog)."""
+        return []
+
+    def address(self, port: int | None = None) -> str:
+        """``name:port`` on the stack network."""
+        return f"{self.name}:{port or self.container_port}"

@@ -1,0 +1,1 @@
+"""Helpers several services share (exporters, container health checks, JSON files)."""

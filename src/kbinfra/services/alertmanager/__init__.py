@@ -1,0 +1,1 @@
+"""The alertmanager service: its container, tuning, templates and checks."""

@@ -1,0 +1,1 @@
+"""The embeddings service: its container, tuning, templates and checks."""

@@ -1,0 +1,1 @@
+"""The grafana service: its container, tuning, templates and checks."""

@@ -1,0 +1,1 @@
+"""The nginx service: its container, tuning, templates and checks."""

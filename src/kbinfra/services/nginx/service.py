@@ -1,0 +1,259 @@
+"""nginx: the stack's only public door. TLS, security headers, rate limits and routes.
+
+nginx fronts the user's own API servers (``app.upstream``, not deployed by kbinfra) and, when
+they are enabled, the stack's embedding and Unstructured services, so that ``kbinfra check``
+can prove that HTTPS answers all the way through. Qdrant, PostgreSQL and Redis are never routed.
+"""
+
+import ipaddress
+import math
+import re
+from typing import TYPE_CHECKING, Any, NamedTuple, Self
+
+from pydantic import Field, model_validator
+
+from kbinfra.registry import enabled_services
+from kbinfra.service import (
+    ContainerSpec,
+    FileMount,
+    HealthCheck,
+    PortBinding,
+    RenderedFile,
+    Route,
+    Service,
+    ServiceContext,
+    ServiceSettings,
+)
+
+if TYPE_CHECKING:
+    pass
+
+CONFIG_DIR = "/etc/nginx"
+MAIN_CONF = "nginx/nginx.conf"
+SITE_CONF = "nginx/site.conf"
+CERT_FILE = "nginx/tls/cert.pem"
+KEY_FILE = "nginx/tls/key.pem"
+
+#: Protocols and TLS 1.2 cipher suites (Mozilla "intermediate", ECDHE only: DHE suites need an
+#: ``ssl_dhparam`` file and nginx silently skips them without one). The guide's
+#: ``ECDHE-RSA-AES256-GCM-SHA512`` does not exist in OpenSSL: there is no SHA-512 GCM suite.
+#: TLS 1.3 suites are not set here; OpenSSL's defaults for 1.3 are all strong.
+TLS_PROTOCOLS = ("TLSv1.2", "TLSv1.3")
+TLS12_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+)
+
+#: Sent on every HTTPS response, errors included (``always``). X-XSS-Protection is obsolete:
+#: browsers removed the XSS auditor, and ``1; mode=block`` (the guide's value) enabled
+#: cross-site leaks in the browsers that still had it. ``0`` turns it off there (OWASP).
+SECURITY_HEADERS = (
+    ("Strict-Transport-Security", "max-age=31536000; includeSubDomains"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "strict-origin-when-cross-origin"),
+    ("X-XSS-Protection", "0"),
+)
+
+#: Names Docker writes into the container's /etc/hosts (``extra_hosts``). nginx's own resolver
+#: never reads /etc/hosts, so an upstream under one of these names is resolved once, at start.
+DOCKER_HOST_ALIASES = frozenset({"host.docker.internal"})
+DOCKER_DNS = "127.0.0.11"
+
+#: ``http2 on;`` replaced ``listen ... http2`` in nginx 1.25.1.
+HTTP2_DIRECTIVE_SINCE = (1, 25, 1)
+
+# Connection budget: about 64 KiB per open connection (TLS state, header and proxy buffers),
+# and half of nginx's memory given to connections; the rest is for the request bodies that
+# nginx buffers before passing them on.
+CONNECTION_KIB = 64
+MIN_WORKER_CONNECTIONS = 1024
+MAX_WORKER_CONNECTIONS = 16384
+
+
+class NginxSettings(ServiceSettings):
+    http_port: int = Field(
+        80, ge=1, le=65535, description="Public HTTP port (redirects to HTTPS), on 0.0.0.0"
+    )
+    https_port: int = Field(443, ge=1, le=65535, description="Public HTTPS port, on 0.0.0.0")
+    upload_limit_mb: int = Field(
+        50, ge=1, le=10240, description="Largest request body (document upload), in MB"
+    )
+    rate_limit_rps: int = Field(
+        10, ge=1, le=100000, description="Requests per second per client IP"
+    )
+    rate_limit_burst: int = Field(
+        20, ge=0, le=100000, description="Requests over the rate a client may burst"
+    )
+    proxy_timeout_s: int = Field(
+        60, ge=1, le=3600, description="Read/send timeout to the app and embeddings, seconds"
+    )
+    document_timeout_s: int = Field(
+        300, ge=1, le=3600, description="Read/send timeout to Unstructured (hi_res is slow)"
+    )
+
+    def host_ports(self) -> list[int]:
+        return [self.http_port, self.https_port]
+
+    @model_validator(mode="after")
+    def _ports(self) -> Self:
+        if self.port is not None:
+            raise ValueError(
+                "nginx does not use port; set http_port and https_port (published on 0.0.0.0)"
+            )
+        if self.http_port == self.https_port:
+            raise ValueError(f"http_port and https_port are both {self.http_port}")
+        return self
+
+
+class NginxTune(NamedTuple):
+    """Worker settings for the CPUs and memory nginx is given."""
+
+    worker_processes: int
+    worker_connections: int
+    worker_rlimit_nofile: int
+
+
+def nginx_tuning(*, cpus: float, memory_mb: int) -> NginxTune:
+    """One worker per CPU (or part of one) and as many connections as the memory holds.
+
+    ``worker_rlimit_nofile`` is twice the connections: a proxied request holds two sockets.
+    """
+    workers = max(1, math.ceil(cpus))
+    connections = memory_mb * 1024 // 2 // CONNECTION_KIB // workers
+    connections = min(MAX_WORKER_CONNECTIONS, max(MIN_WORKER_CONNECTIONS, connections))
+    return NginxTune(
+        worker_processes=workers,
+        worker_connections=connections,
+        worker_rlimit_nofile=2 * connections,
+    )
+
+
+def parse_version(text: str) -> tuple[int, int, int] | None:
+    """``1.30.5-trixie`` → (1, 30, 5), ``1.24`` → (1, 24, 0); None without a leading version."""
+    match = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
+    if match is None:
+        return None
+    return int(match[1]), int(match[2]), int(match[3] or 0)
+
+
+def nginx_version(image: str) -> tuple[int, int, int] | None:
+    """``nginx:1.30.5`` → (1, 30, 5); None when the tag names no version (``latest``)."""
+    last = image.rsplit("/", 1)[-1]
+    return parse_version(last.rsplit(":", 1)[-1] if ":" in last else "")
+
+
+class AppUpstream(NamedTuple):
+    """How nginx reaches the user's API servers."""
+
+    address: str
+    #: Resolved once at start (an IP, or a name Docker puts in /etc/hosts). Otherwise resolved
+    #: per request through Docker's DNS, so nginx starts while the name does not resolve yet.
+    static: bool
+
+
+def app_upstream(upstream: str) -> AppUpstream:
+    host = upstream.rpartition(":")[0].strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return AppUpstream(upstream, static=host in DOCKER_HOST_ALIASES)
+    return AppUpstream(upstream, static=True)
+
+
+def routed_services(ctx: ServiceContext) -> list[tuple[Service, Route]]:
+    """Every public route the enabled services offer (``Service.routes``), with its service.
+    Data stores offer none: they are never reachable through nginx."""
+    return [(s, route) for s, own in enabled_services(ctx) for route in s.routes(own)]
+
+
+class Nginx(Service):
+    name = "nginx"
+    allocation = "app"
+    # nginx only fronts the user's API servers, which take the rest of the "app" budget.
+    share = 0.25
+    settings_model = NginxSettings
+    default_image = "nginx:1.30.5"
+    container_port = 443
+    default_host_port = None
+    stage = "edge"
+
+    def tuning(self, ctx: ServiceContext) -> NginxTune:
+        return nginx_tuning(cpus=ctx.resources.cpus, memory_mb=ctx.resources.memory_mb)
+
+    def template_context(self, ctx: ServiceContext) -> dict[str, Any]:
+        settings: NginxSettings = ctx.settings
+        version = nginx_version(ctx.image)
+        routes = [
+            {
+                "path": route.prefix,
+                "service": service.name,
+                "address": route.address,
+                "timeout_s": settings.document_timeout_s
+                if route.long_running
+                else settings.proxy_timeout_s,
+            }
+            for service, route in routed_services(ctx)
+        ]
+        domain = ctx.stack.domain
+        return {
+            "settings": settings,
+            "tune": self.tuning(ctx),
+            "config_dir": CONFIG_DIR,
+            "app": app_upstream(ctx.stack.app.upstream),
+            "resolver": DOCKER_DNS,
+            "routes": routes,
+            "protocols": " ".join(TLS_PROTOCOLS),
+            "ciphers": ":".join(TLS12_CIPHERS),
+            "headers": SECURITY_HEADERS,
+            "http2_directive": version is None or version >= HTTP2_DIRECTIVE_SINCE,
+            "redirect_to": domain
+            if settings.https_port == 443
+            else f"{domain}:{settings.https_port}",
+        }
+
+    def files(self, ctx: ServiceContext) -> list[RenderedFile]:
+        return [
+            RenderedFile(path=CERT_FILE, text=ctx.extra["tls_certificate"]),
+            RenderedFile(path=KEY_FILE, text=ctx.extra["tls_key"], mode=0o600, secret=True),
+        ]
+
+    def container(self, ctx: ServiceContext) -> ContainerSpec:
+        settings: NginxSettings = ctx.settings
+        return ContainerSpec(
+            service=self.name,
+            image=ctx.image,
+            ports=[
+                PortBinding(host_ip="0.0.0.0", host_port=settings.http_port, container_port=80),
+                PortBinding(host_ip="0.0.0.0", host_port=settings.https_port, container_port=443),
+            ],
+            files=[
+                FileMount(source=MAIN_CONF, target=f"{CONFIG_DIR}/nginx.conf"),
+                FileMount(source=SITE_CONF, target=f"{CONFIG_DIR}/kbinfra/site.conf"),
+                FileMount(source=CERT_FILE, target=f"{CONFIG_DIR}/tls/cert.pem"),
+                FileMount(source=KEY_FILE, target=f"{CONFIG_DIR}/tls/key.pem"),
+            ],
+            # HTTPS on the container's own port: proves the certificate loaded and the TLS
+            # listener answers. -k because the name is 127.0.0.1, not the certificate's.
+            healthcheck=HealthCheck(
+                test=["CMD", "curl", "-fsSk", "-o", "/dev/null", "https://127.0.0.1/healthz"],
+                interval_s=10,
+                retries=6,
+                start_period_s=5,
+            ),
+            cpus=ctx.resources.cpus,
+            memory_mb=ctx.resources.memory_mb,
+            extra_hosts=[f"{alias}:host-gateway" for alias in sorted(DOCKER_HOST_ALIASES)],
+            stop_timeout_s=max(settings.proxy_timeout_s, settings.document_timeout_s),
+        )
+
+
+# --- validation with the real nginx and OpenSSL (kbinfra render --check) -----------------
+
+
+SERVICE = Nginx()
+SERVICES = (SERVICE,)

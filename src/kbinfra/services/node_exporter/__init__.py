@@ -1,0 +1,1 @@
+"""The node_exporter service: its container, tuning, templates and checks."""

@@ -1,0 +1,1 @@
+"""The postgres service: its container, tuning, templates and checks."""

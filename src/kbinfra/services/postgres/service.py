@@ -1,0 +1,273 @@
+"""PostgreSQL: PGTune-derived settings, scram-only access, pg_stat_statements and views."""
+
+import math
+import re
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+from pydantic import Field
+
+from kbinfra.service import (
+    ContainerSpec,
+    FileMount,
+    HealthCheck,
+    Service,
+    ServiceContext,
+    ServiceSettings,
+    VolumeMount,
+)
+from kbinfra.services.postgres.exporter import SERVICE as EXPORTER
+
+if TYPE_CHECKING:
+    pass
+
+Workload = Literal["web", "oltp", "dw", "mixed"]
+DiskKind = Literal["ssd", "nvme", "hdd"]
+
+KB = 1
+MB = 1024 * KB
+GB = 1024 * MB
+
+MAX_CONNECTIONS = {"web": 200, "oltp": 300, "dw": 40, "mixed": 100}
+WAL_SIZE = {
+    "web": (1 * GB, 4 * GB),
+    "oltp": (2 * GB, 8 * GB),
+    "dw": (4 * GB, 16 * GB),
+    "mixed": (1 * GB, 4 * GB),
+}
+IO_CONCURRENCY = {"ssd": 200, "nvme": 1000, "hdd": 2}
+CONFIG_DIR = "/etc/postgresql"
+DATA_DIR = "/var/lib/postgresql/data"
+CONF_FILE = "postgres/postgresql.conf"
+HBA_FILE = "postgres/pg_hba.conf"
+FILES = (CONF_FILE, HBA_FILE)
+#: Where Debian puts the server binaries when they are not on PATH.
+BIN_DIRS_GLOB = "/usr/lib/postgresql/*/bin"
+#: ``postgres -C`` prints memory settings as bare numbers in each setting's base unit
+#: (PostgreSQL's guc_tables.c): 8kB pages for the buffers, kB for work memory, MB for WAL.
+BASE_UNIT_KB = {
+    "shared_buffers": 8,
+    "effective_cache_size": 8,
+    "wal_buffers": 8,
+    "maintenance_work_mem": 1,
+    "work_mem": 1,
+    "min_wal_size": 1024,
+    "max_wal_size": 1024,
+}
+_UNIT_KB = {"B": 1 / 1024, "kB": 1, "MB": 1024, "GB": 1024**2, "TB": 1024**3}
+
+
+class PostgresSettings(ServiceSettings):
+    database: str = Field("kb", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    user: str = Field("kb", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    version: int | None = Field(
+        None, ge=13, le=30, description="Major version; read from the image tag when absent"
+    )
+    max_connections: int | None = Field(None, ge=10, le=10000)
+
+
+class PgTune(NamedTuple):
+    """PGTune's settings; memory values in kB."""
+
+    max_connections: int
+    shared_buffers_kb: int
+    effective_cache_size_kb: int
+    maintenance_work_mem_kb: int
+    checkpoint_completion_target: float
+    wal_buffers_kb: int
+    default_statistics_target: int
+    random_page_cost: float
+    effective_io_concurrency: int
+    work_mem_kb: int
+    huge_pages: Literal["try", "off"]
+    min_wal_size_kb: int
+    max_wal_size_kb: int
+    max_worker_processes: int | None
+    max_parallel_workers_per_gather: int | None
+    max_parallel_workers: int | None
+    max_parallel_maintenance_workers: int | None
+    wal_compression: str | None
+    jit: Literal["on", "off"] | None
+
+
+def pgtune(
+    *,
+    memory_kb: int,
+    cpus: int,
+    workload: Workload,
+    disk: DiskKind,
+    version: int,
+    max_connections: int | None = None,
+) -> PgTune:
+    """PGTune's formulas (FACTS.md) for ``memory_kb`` of RAM and ``cpus`` cores."""
+    connections = max_connections or MAX_CONNECTIONS[workload]
+    shared_buffers = memory_kb // 4
+    maintenance = memory_kb // (8 if workload == "dw" else 16)
+    maintenance = min(maintenance, 8 * GB)
+    wal_buffers = min(shared_buffers * 3 // 100, 16 * MB)
+    if 14 * MB < wal_buffers < 16 * MB:
+        wal_buffers = 16 * MB  # PGTune rounds "nearly 16MB" up to the WAL segment size
+    wal_buffers = max(wal_buffers, 32)
+
+    parallel = cpus >= 4
+    gather = min(math.ceil(cpus / 2), 4) if parallel else None
+    workers_for_memory = cpus if parallel else 8
+    work_mem = (memory_kb - shared_buffers) // ((connections + workers_for_memory) * 3)
+    if workload in ("dw", "mixed"):
+        work_mem //= 2
+    work_mem = max(work_mem, 4 * MB)
+
+    min_wal, max_wal = WAL_SIZE[workload]
+    return PgTune(
+        max_connections=connections,
+        shared_buffers_kb=shared_buffers,
+        effective_cache_size_kb=memory_kb * 3 // 4,
+        maintenance_work_mem_kb=maintenance,
+        checkpoint_completion_target=0.9,  # PGTune's value for every workload
+        wal_buffers_kb=wal_buffers,
+        default_statistics_target=500 if workload == "dw" else 100,
+        random_page_cost=4.0 if disk == "hdd" else 1.1,
+        effective_io_concurrency=IO_CONCURRENCY[disk],
+        work_mem_kb=work_mem,
+        huge_pages="try" if shared_buffers >= 2 * GB else "off",
+        min_wal_size_kb=min_wal,
+        max_wal_size_kb=max_wal,
+        max_worker_processes=cpus if parallel else None,
+        max_parallel_workers_per_gather=gather,
+        max_parallel_workers=cpus if parallel else None,
+        max_parallel_maintenance_workers=gather,
+        wal_compression="lz4" if version >= 15 else "on",
+        jit=None if workload == "dw" else "off",
+    )
+
+
+def format_kb(kb: int) -> str:
+    """PostgreSQL's units: 2097152 → ``2GB``, 16384 → ``16MB``, 1000 → ``1000kB``."""
+    if kb % GB == 0:
+        return f"{kb // GB}GB"
+    if kb % MB == 0:
+        return f"{kb // MB}MB"
+    return f"{kb}kB"
+
+
+def major_version(image: str, override: int | None) -> int:
+    """The major version from ``postgres:17.6-bookworm``-like tags, unless set explicitly."""
+    if override is not None:
+        return override
+    tag = image.rsplit(":", 1)[-1] if ":" in image.rsplit("/", 1)[-1] else ""
+    match = re.match(r"^(\d+)", tag)
+    if match is None:
+        raise ValueError(
+            f"cannot tell the PostgreSQL major version of image {image!r}; "
+            "set services.postgres.version in kbinfra.yaml"
+        )
+    return int(match.group(1))
+
+
+def expected_settings(tune: PgTune) -> dict[str, str]:
+    """Every rendered setting, normalised as :func:`normalise_setting` prints it."""
+    expected = {}
+    for key, value in tune._asdict().items():
+        if value is None:
+            continue
+        name = key.removesuffix("_kb")
+        expected[name] = normalise_setting(
+            name, f"{value}kB" if key.endswith("_kb") else str(value)
+        )
+    return expected
+
+
+def normalise_setting(name: str, value: str) -> str:
+    """One spelling per value: memory in kB, numbers as floats, words lower-case."""
+    value = value.strip().strip("'")
+    if name in BASE_UNIT_KB:
+        match = re.fullmatch(r"(\d+)\s*(B|kB|MB|GB|TB)?", value)
+        if match is None:
+            return value
+        number, unit = match.groups()
+        kb = int(number) * (_UNIT_KB[unit] if unit else BASE_UNIT_KB[name])
+        return f"{int(kb)}kB"
+    try:
+        return repr(float(value))
+    except ValueError:
+        return value.lower()
+
+
+class Postgres(Service):
+    name = "postgres"
+    allocation = "postgres"
+    settings_model = PostgresSettings
+    default_image = "postgres:17.6-bookworm"
+    container_port = 5432
+    default_host_port = 5432
+    secrets = ("postgres_password", "postgres_monitor_password")
+    stage = "data"
+
+    def tuning(self, ctx: ServiceContext) -> PgTune:
+        settings: PostgresSettings = ctx.settings
+        return pgtune(
+            memory_kb=ctx.resources.memory_mb * MB,
+            cpus=max(1, math.floor(ctx.resources.cpus)),
+            workload=ctx.stack.workload,
+            disk=ctx.profile.host.disk,
+            version=major_version(ctx.image, settings.version),
+            max_connections=settings.max_connections,
+        )
+
+    def template_context(self, ctx: ServiceContext) -> dict[str, Any]:
+        tune = self.tuning(ctx)
+        memory = {
+            key.removesuffix("_kb"): format_kb(value)
+            for key, value in tune._asdict().items()
+            if key.endswith("_kb")
+        }
+        return {"tune": tune, "memory": memory, "settings": ctx.settings}
+
+    def container(self, ctx: ServiceContext) -> ContainerSpec:
+        settings: PostgresSettings = ctx.settings
+        return ContainerSpec(
+            service=self.name,
+            image=ctx.image,
+            command=[
+                "postgres",
+                "-c",
+                f"config_file={CONFIG_DIR}/postgresql.conf",
+                "-c",
+                f"hba_file={CONFIG_DIR}/pg_hba.conf",
+            ],
+            env={"POSTGRES_DB": settings.database, "POSTGRES_USER": settings.user},
+            secret_env={
+                "POSTGRES_PASSWORD": "postgres_password",
+                "KBINFRA_MONITOR_PASSWORD": "postgres_monitor_password",
+            },
+            ports=ctx.loopback_port(5432),
+            volumes=[VolumeMount(volume=ctx.volume(), target=DATA_DIR)],
+            files=[
+                FileMount(
+                    source="postgres/postgresql.conf", target=f"{CONFIG_DIR}/postgresql.conf"
+                ),
+                FileMount(source="postgres/pg_hba.conf", target=f"{CONFIG_DIR}/pg_hba.conf"),
+                FileMount(
+                    source="postgres/initdb/10-monitoring.sql",
+                    target="/docker-entrypoint-initdb.d/10-monitoring.sql",
+                ),
+                FileMount(
+                    source="postgres/initdb/20-monitor-role.sh",
+                    target="/docker-entrypoint-initdb.d/20-monitor-role.sh",
+                ),
+            ],
+            healthcheck=HealthCheck(
+                test=["CMD-SHELL", 'pg_isready -h 127.0.0.1 -U "$POSTGRES_USER" -d "$POSTGRES_DB"'],
+                interval_s=5,
+                retries=12,
+                start_period_s=20,
+            ),
+            cpus=ctx.resources.cpus,
+            memory_mb=ctx.resources.memory_mb,
+            # Parallel queries use POSIX dynamic shared memory in /dev/shm (64 MB by default).
+            shm_size_mb=max(256, ctx.resources.memory_mb // 8),
+            stop_timeout_s=60,
+        )
+
+
+SERVICE = Postgres()
+SERVICES = (SERVICE, EXPORTER)

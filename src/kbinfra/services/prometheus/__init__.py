@@ -1,0 +1,1 @@
+"""The prometheus service: its container, tuning, templates and checks."""

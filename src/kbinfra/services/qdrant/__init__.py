@@ -1,0 +1,1 @@
+"""The qdrant service: its container, tuning, templates and checks."""

@@ -1,0 +1,192 @@
+"""Qdrant: thread and segment tuning from the profile, api keys by env, a schema-checked config."""
+
+import math
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from pydantic import Field
+
+from kbinfra.service import (
+    ContainerSpec,
+    FileMount,
+    HealthCheck,
+    Panel,
+    PortBinding,
+    ScrapeTarget,
+    Service,
+    ServiceContext,
+    ServiceSettings,
+    VolumeMount,
+)
+from kbinfra.spec.profile import DiskKind
+
+if TYPE_CHECKING:
+    pass
+
+KIB_PER_GIB = 1024 * 1024
+#: One segment never grows past this (KiB): bigger segments make each HNSW build long.
+MAX_SEGMENT_CAP_KB = 4 * KIB_PER_GIB
+#: Index-building threads one optimization job should get: Qdrant's guidance is 8-16.
+THREADS_PER_OPTIMIZATION_JOB = 8
+CONFIG_FILE = "qdrant/config.yaml"
+#: The official image runs from /qdrant with RUN_MODE=production, so it merges
+#: config/config.yaml, then config/production.yaml (this file), then QDRANT__* env vars.
+CONFIG_TARGET = "/qdrant/config/production.yaml"
+HTTP_PORT = 6333
+METRICS_JOB = "qdrant"
+GRPC_PORT = 6334
+
+
+def readyz_probe(port: int = HTTP_PORT) -> str:
+    """A bash script that succeeds only when Qdrant's /readyz answers 200.
+
+    The official image (debian slim) has bash but neither curl nor wget, so bash's /dev/tcp
+    speaks HTTP/1.1; /readyz needs no api key and answers 503 until every shard is loaded.
+    """
+    request = "GET /readyz HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n"
+    return (
+        f"exec 3<>/dev/tcp/127.0.0.1/{port} && printf '{request}' >&3 && "
+        'read -r status <&3 && [[ "$status" == *" 200 "* ]]'
+    )
+
+
+class QdrantSettings(ServiceSettings):
+    grpc_port: int | None = Field(
+        GRPC_PORT, ge=1, le=65535, description="Host port for gRPC on 127.0.0.1; empty: none"
+    )
+    collection_dimension: int = Field(
+        384, ge=1, le=65536, description="Vector size of the knowledge-base collection"
+    )
+
+    def host_ports(self) -> list[int]:
+        return [p for p in (self.port, self.grpc_port) if p is not None]
+
+
+class QdrantTune(NamedTuple):
+    """The settings derived from the CPUs, memory and disk the profile gives Qdrant."""
+
+    max_search_threads: int
+    optimizer_cpu_budget: int
+    default_segment_number: int
+    max_segment_size_kb: int
+    indexing_threshold_kb: int
+    flush_interval_sec: int
+    max_optimization_threads: int
+    wal_capacity_mb: int
+    wal_segments_ahead: int
+
+
+def qdrant_tuning(*, cpus: float, memory_mb: int, disk: DiskKind) -> QdrantTune:
+    """Qdrant's threads, segments and WAL for ``cpus`` cores and ``memory_mb`` of RAM.
+
+    docs/services/qdrant.md explains each formula; the tests work them by hand.
+    """
+    cores = max(1, math.floor(cpus))
+    # A quarter of the cores (at least one) stays free for searches while indexing runs.
+    budget = max(1, cores - math.ceil(cores / 4))
+    jobs = max(1, math.ceil(budget / THREADS_PER_OPTIMIZATION_JOB))
+    # A rebuild holds the old and the new segment: all jobs together within a quarter of RAM.
+    segment_kb = min(MAX_SEGMENT_CAP_KB, memory_mb * 1024 // 4 // jobs)
+    return QdrantTune(
+        max_search_threads=cores,
+        optimizer_cpu_budget=budget,
+        # Qdrant: a multiple of the search threads, so each thread searches one segment.
+        default_segment_number=max(2, cores),
+        max_segment_size_kb=segment_kb,
+        # Small CPUs index less often: a plain scan of 20 MB of vectors is still fast.
+        indexing_threshold_kb=20_000 if cores < 4 else 10_000,
+        flush_interval_sec=10 if disk == "hdd" else 5,
+        max_optimization_threads=jobs,
+        wal_capacity_mb=min(128, max(32, memory_mb // 256)),
+        wal_segments_ahead=0 if cores < 4 else 1,
+    )
+
+
+class Qdrant(Service):
+    name = "qdrant"
+    allocation = "qdrant"
+    settings_model = QdrantSettings
+    default_image = "qdrant/qdrant:v1.19.0"
+    container_port = HTTP_PORT
+    default_host_port = HTTP_PORT
+    secrets = ("qdrant_api_key", "qdrant_read_only_api_key")
+    stage = "data"
+
+    def tuning(self, ctx: ServiceContext) -> QdrantTune:
+        return qdrant_tuning(
+            cpus=ctx.resources.cpus, memory_mb=ctx.resources.memory_mb, disk=ctx.profile.host.disk
+        )
+
+    def template_context(self, ctx: ServiceContext) -> dict[str, Any]:
+        return {
+            "tune": self.tuning(ctx),
+            "image": ctx.image,
+            "http_port": HTTP_PORT,
+            "grpc_port": GRPC_PORT,
+        }
+
+    def container(self, ctx: ServiceContext) -> ContainerSpec:
+        settings: QdrantSettings = ctx.settings
+        ports = ctx.loopback_port(HTTP_PORT)
+        if settings.grpc_port is not None:
+            ports.append(
+                PortBinding(
+                    host_ip="127.0.0.1", host_port=settings.grpc_port, container_port=GRPC_PORT
+                )
+            )
+        return ContainerSpec(
+            service=self.name,
+            image=ctx.image,
+            # The image's default; set explicitly so a changed default cannot skip our file.
+            env={"RUN_MODE": "production"},
+            secret_env={
+                "QDRANT__SERVICE__API_KEY": "qdrant_api_key",
+                "QDRANT__SERVICE__READ_ONLY_API_KEY": "qdrant_read_only_api_key",
+            },
+            ports=ports,
+            volumes=[
+                VolumeMount(volume=ctx.volume("storage"), target="/qdrant/storage"),
+                VolumeMount(volume=ctx.volume("snapshots"), target="/qdrant/snapshots"),
+            ],
+            files=[FileMount(source=CONFIG_FILE, target=CONFIG_TARGET)],
+            healthcheck=HealthCheck(
+                test=["CMD", "bash", "-c", readyz_probe()],
+                interval_s=10,
+                timeout_s=5,
+                retries=12,
+                start_period_s=60,
+            ),
+            cpus=ctx.resources.cpus,
+            memory_mb=ctx.resources.memory_mb,
+            stop_timeout_s=60,
+        )
+
+    def scrape_targets(self, ctx: ServiceContext) -> list[ScrapeTarget]:
+        # /metrics needs a key once one is set; the read-only key has the global read access
+        # it asks for, and Qdrant accepts it as ``Authorization: Bearer``.
+        return [
+            ScrapeTarget(
+                job=METRICS_JOB,
+                address=self.address(),
+                path="/metrics",
+                bearer_secret="qdrant_read_only_api_key",
+            )
+        ]
+
+    def dashboard_panels(self, ctx: ServiceContext) -> list[Panel]:
+        # Qdrant publishes collections_total and collections_vector_total (no qdrant_ prefix;
+        # the guide's qdrant_collections_total and qdrant_points_total do not exist).
+        return [
+            Panel(
+                "Vector database",
+                "stat",
+                (0, 8, 8, 6),
+                [
+                    (f'sum(collections_total{{job="{METRICS_JOB}"}})', "Collections"),
+                    (f'sum(collections_vector_total{{job="{METRICS_JOB}"}})', "Total vectors"),
+                ],
+            )
+        ]
+
+
+SERVICE = Qdrant()
+SERVICES = (SERVICE,)

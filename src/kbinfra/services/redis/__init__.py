@@ -1,0 +1,1 @@
+"""The redis service: its container, tuning, templates and checks."""

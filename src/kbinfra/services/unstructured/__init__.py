@@ -1,0 +1,1 @@
+"""The unstructured service: its container, tuning, templates and checks."""
