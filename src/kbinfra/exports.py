@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from kbinfra.containers import container_name, network_name
+from kbinfra.names import container_name, network_name
 from kbinfra.service import RenderedFile
 from kbinfra.spec.yamlfile import dump_yaml
 from kbinfra.templating import environment

@@ -281,18 +281,27 @@ def load_backup(
             where=str(backup_dir),
             fix="pass a directory written by `kbinfra backup`",
         )
-    data = manifest_file.read_bytes()
     signature_file = backup_dir / MANIFEST_SIGNATURE_FILE
-    signature = (
-        signature_file.read_text(encoding="ascii", errors="replace")
-        if signature_file.is_file()
-        else None
-    )
+    sum_file = backup_dir / MANIFEST_SUM_FILE
+    try:
+        data = manifest_file.read_bytes()
+        signature = (
+            signature_file.read_text(encoding="ascii", errors="replace")
+            if signature_file.is_file()
+            else None
+        )
+        recorded = (
+            sum_file.read_text(encoding="ascii", errors="replace") if sum_file.exists() else ""
+        )
+    except OSError as error:
+        raise BackupError(
+            f"cannot read the backup's manifest: {error.strerror or error}",
+            where=str(error.filename or backup_dir),
+            fix="check the backup folder's permissions (run as the user who made it)",
+        ) from None
     signed = check_signature(
         data, signature, keys, allow_unsigned=allow_unsigned, where=str(backup_dir)
     )
-    sum_file = backup_dir / MANIFEST_SUM_FILE
-    recorded = sum_file.read_text(encoding="ascii", errors="replace") if sum_file.exists() else ""
     try:
         return parse_manifest(data, recorded), signed
     except ManifestError as error:

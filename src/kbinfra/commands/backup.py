@@ -9,15 +9,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from kbinfra.commands.opening import confirm, open_stack_and_target
 from kbinfra.commands.options import (
     DirOption,
     IdentityOption,
     KnownHostsOption,
     OutputOption,
     TargetOption,
+    confirm,
+    console_progress,
+    open_stack_and_target,
 )
-from kbinfra.progress import ConsoleProgress
 from kbinfra.ui import Console, Output, format_bytes
 
 if TYPE_CHECKING:
@@ -122,7 +123,7 @@ def backup(
         result = run_backup(
             stack,
             where,
-            progress=ConsoleProgress(console),
+            progress=console_progress(console),
             dest=dest,
             include_secrets=include_secrets,
         )
@@ -208,7 +209,7 @@ def verify(
             stack,
             where,
             backup_dir,
-            progress=ConsoleProgress(console),
+            progress=console_progress(console),
             allow_other_stack=allow_other_stack,
             allow_unsigned=allow_unsigned,
         )
@@ -258,7 +259,7 @@ def restore(
             stack,
             where,
             backup_dir,
-            progress=ConsoleProgress(console),
+            progress=console_progress(console),
             confirm=ask,
             only=only,
             safety_backup=not no_safety_backup,

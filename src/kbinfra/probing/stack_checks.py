@@ -143,7 +143,7 @@ def allowed_public(stack: Stack) -> set[tuple[str, int, int]]:
 
 
 def observed_bindings(stack: Stack, target: Target) -> list[Binding]:
-    from kbinfra.containers import LABEL_SERVICE, LABEL_STACK  # noqa: PLC0415
+    from kbinfra.names import LABEL_SERVICE, LABEL_STACK  # noqa: PLC0415
 
     listed = target.docker_client().api.containers(
         filters={"label": f"{LABEL_STACK}={stack.spec.name}"}

@@ -17,17 +17,9 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kbinfra.containers import (
-    LABEL_STACK,
-    DesiredService,
-    Facts,
-    MountedFile,
-    ObservedContainer,
-    lock_name,
-    network_name,
-    normalize_ref,
-)
+from kbinfra.containers import DesiredService, Facts, MountedFile, ObservedContainer
 from kbinfra.errors import KbinfraError
+from kbinfra.names import LABEL_STACK, lock_name, network_name, normalize_ref
 
 if TYPE_CHECKING:
     from docker import APIClient, DockerClient
