@@ -5,6 +5,7 @@ SFTP on the test bed's sshd (strict host keys) and restic's REST protocol served
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import socket
@@ -260,6 +261,36 @@ def test_verify_offsite_checks_and_drills_a_fetched_copy(stack: Deployment, sent
     listed = stack.run("backup", "list", "--offsite", "--output", "json").json()
     [row] = [b for b in listed["backups"] if b["name"] == fetched]
     assert set(row["verified"]) == {"rest"}
+
+
+def test_the_scheduled_command_lines_work(stack: Deployment, sent: object, tmp_path: Path) -> None:
+    """No cron or systemd runs here: the written files hold the command lines; run them."""
+    written = stack.run(
+        "backup", "schedule", "--kind", "cron", "--into", str(tmp_path), "--output", "json"
+    )
+    assert written.code == 0, written.err
+    document = written.json()
+    [cron] = [Path(p) for p in document["written"]]
+    jobs = document["jobs"]
+    lines = cron.read_text().splitlines()
+    assert any(line.startswith("30 3 * * * ") and jobs["backup"] in line for line in lines)
+    assert any(line.startswith("30 5 * * 0 ") and jobs["drill"] in line for line in lines)
+    units = stack.run("backup", "schedule", "--kind", "systemd", "--into", str(tmp_path))
+    assert units.code == 0, units.err
+    service = tmp_path / f"kbinfra-{stack.name}-backup.service"
+    assert "ExecStart=/bin/sh -c " in service.read_text()
+
+    before = set(snapshots(stack)["rest"])
+    env = {**stack.env, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    nightly = subprocess.run(["sh", "-c", jobs["backup"]], env=env, capture_output=True, text=True,
+                             check=False, timeout=600)  # fmt: skip
+    assert nightly.returncode == 0, nightly.stderr
+    assert len(set(snapshots(stack)["rest"]) - before) == 1
+
+    removed = stack.run("backup", "schedule", "--kind", "systemd", "--into", str(tmp_path),
+                        "--remove")  # fmt: skip
+    assert removed.code == 0, removed.err
+    assert not list(tmp_path.glob("*.service")) and cron.exists()
 
 
 def test_a_corrupted_pack_is_found_by_verify_and_refused_by_restore(

@@ -35,6 +35,13 @@ from kbinfra.offsite.restic import (
     removed_snapshots,
 )
 from kbinfra.offsite.run import RepositoryListing, parse_offsite_ref, pick_snapshot
+from kbinfra.offsite.schedule import (
+    cron_file,
+    jobs,
+    parse_day,
+    parse_time_of_day,
+    systemd_files,
+)
 from kbinfra.scaffold import init_stack
 from kbinfra.spec.stack import BackupSettings, OffsiteRepository, stack_model
 from kbinfra.stack import required_secrets
@@ -299,6 +306,42 @@ def test_bare_host_takes_passwords_from_the_safe_copy_and_keeps_custom_profiles(
         "name: kb\nprofile: profile.yaml\ntarget: local\n"
     )
     assert stack_file_for_new_folder("profile: minimum\n", "minimum") == "profile: minimum\n"
+
+
+# ---------------------------------------------------------------- schedule
+def test_schedule_jobs_lock_one_file_and_drill_offsite_when_configured() -> None:
+    backup, drill = jobs(["/usr/bin/python3", "-m", "kbinfra"], Path("/srv/my kb"), offsite=True)
+    assert backup.command == (
+        "cd '/srv/my kb' && flock '/srv/my kb/.backup.lock' /usr/bin/python3 -m kbinfra "
+        "backup --dir '/srv/my kb'"
+    )
+    assert "backup verify --offsite --dir '/srv/my kb'" in drill.command
+    _, local_drill = jobs(["kbinfra"], Path("/srv/kb"), offsite=False)
+    assert "kbinfra backup verify latest --dir /srv/kb" in local_drill.command
+
+
+def test_systemd_timer_and_cron_entry() -> None:
+    job_list = jobs(["kbinfra"], Path("/srv/kb"), offsite=True)
+    files = {f.path.name: f.text for f in systemd_files(
+        "kb", job_list, Path("/etc/systemd/system"), parse_time_of_day("03:30"), parse_day("sun")
+    )}  # fmt: skip
+    assert sorted(files) == [
+        "kbinfra-kb-backup.service", "kbinfra-kb-backup.timer",
+        "kbinfra-kb-drill.service", "kbinfra-kb-drill.timer",
+    ]  # fmt: skip
+    assert "OnCalendar=*-*-* 03:30:00" in files["kbinfra-kb-backup.timer"]
+    assert "OnCalendar=Sun *-*-* 05:30:00" in files["kbinfra-kb-drill.timer"]
+    assert "Persistent=true" in files["kbinfra-kb-drill.timer"]
+    assert f"ExecStart=/bin/sh -c '{job_list[0].command}'" in files["kbinfra-kb-backup.service"]
+    cron = cron_file("kb", job_list, Path("/etc/cron.d"), (3, 30), "Sun", user="root")
+    assert cron.path == Path("/etc/cron.d/kbinfra-kb-backups")
+    lines = [line for line in cron.text.splitlines() if line[:1].isdigit()]
+    assert lines[0].startswith(f"30 3 * * * root {job_list[0].command} || logger -t kbinfra")
+    assert lines[1].startswith("30 5 * * 0 root ")
+    with pytest.raises(SpecError, match="not a time of day"):
+        parse_time_of_day("3:30")
+    with pytest.raises(SpecError, match="not a day of the week"):
+        parse_day("Sunday")
 
 
 def test_init_warns_that_losing_the_repository_password_loses_the_backups(tmp_path: Path) -> None:

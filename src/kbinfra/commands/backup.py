@@ -331,6 +331,74 @@ def list_command(
         )
 
 
+@backup_app.command("schedule")
+def schedule(
+    stack_dir: DirOption = Path(),
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            "--kind", help="systemd or cron (default: systemd when it runs here, else cron)."
+        ),
+    ] = None,
+    into: Annotated[
+        Path | None,
+        typer.Option(
+            "--into", help="Folder for the files (default /etc/systemd/system or /etc/cron.d)."
+        ),
+    ] = None,
+    at: Annotated[str, typer.Option("--at", help="Nightly backup time (HH:MM).")] = "03:30",
+    drill_day: Annotated[
+        str, typer.Option("--drill-day", help="Weekday of the drill, two hours later.")
+    ] = "Sun",
+    remove: Annotated[bool, typer.Option("--remove", help="Remove the files instead.")] = False,
+    output: OutputOption = Output.text,
+) -> None:
+    """Nightly backup (+ offsite) and a weekly restore drill as a systemd timer or cron entry."""
+    import getpass  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from kbinfra.offsite import schedule as plan  # noqa: PLC0415
+    from kbinfra.spec.stack import load_stack  # noqa: PLC0415
+
+    console = Console(output)
+    spec, _ = load_stack(stack_dir)
+    chosen = kind or ("systemd" if Path("/run/systemd/system").is_dir() else "cron")
+    if chosen not in ("systemd", "cron"):
+        raise typer.BadParameter("--kind is systemd or cron")
+    folder = into or Path("/etc/systemd/system" if chosen == "systemd" else "/etc/cron.d")
+    job_list = plan.jobs(
+        [sys.executable, "-m", "kbinfra"], stack_dir.absolute(), offsite=bool(spec.backup.offsite)
+    )
+    hour_minute, day = plan.parse_time_of_day(at), plan.parse_day(drill_day)
+    if chosen == "systemd":
+        files = plan.systemd_files(spec.name, job_list, folder, hour_minute, day)
+    else:
+        user = getpass.getuser()
+        files = [plan.cron_file(spec.name, job_list, folder, hour_minute, day, user=user)]
+    for file in files:
+        if remove:
+            file.path.unlink(missing_ok=True)
+        else:
+            file.path.parent.mkdir(parents=True, exist_ok=True)
+            file.path.write_text(file.text, encoding="utf-8")
+    document = {
+        "kind": chosen,
+        "removed" if remove else "written": [str(f.path) for f in files],
+        "jobs": {job.name: job.command for job in job_list},
+    }
+    if console.json_mode:
+        console.emit_json(document)
+        return
+    for file in files:
+        console.line(f"{'removed' if remove else 'wrote'} {file.path}")
+    if not remove:
+        for job in job_list:
+            console.line(f"{job.name}: {job.command}")
+        if chosen == "systemd":
+            timers = " ".join(f.path.name for f in files if f.path.suffix == ".timer")
+            console.note(f"enable them: systemctl daemon-reload && systemctl enable --now {timers}")
+
+
 @backup_app.command("verify")
 def verify(
     backup_dir: BackupDirArgument = Path("latest"),
