@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,7 @@ from kbinfra.offsite.schedule import (
 from kbinfra.scaffold import init_stack
 from kbinfra.spec.stack import BackupSettings, OffsiteRepository, stack_model
 from kbinfra.stack import required_secrets
+from tests.conftest import write_stack_dir
 
 SSH = SshSettings(Path("/etc/kb/known_hosts"), Path("/etc/kb/id_ed25519"))
 T0 = dt.datetime(2026, 6, 1, 2, 15, tzinfo=dt.UTC)
@@ -362,3 +364,40 @@ def test_init_warns_that_losing_the_repository_password_loses_the_backups(tmp_pa
     assert "losing it loses those backups" in done.stderr
     password = yaml.safe_load((tmp_path / "secrets.yaml").read_text())["offsite_nas_password"]
     assert password not in done.stdout + done.stderr
+
+
+# ---------------------------------------------------------------- the command line's refusals
+def kbinfra(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kbinfra", *args], capture_output=True, text=True, check=False
+    )
+
+
+def test_offsite_commands_without_a_repository_are_one_line_errors(tmp_path: Path) -> None:
+    stack = write_stack_dir(tmp_path / "stack")
+    for args in (
+        ("restore", "offsite:latest", "--yes"),
+        ("backup", "list", "--offsite"),
+        ("backup", "verify", "--offsite"),
+        ("backup", "--offsite-only"),
+    ):
+        done = kbinfra(*args, "--dir", str(stack))
+        assert done.returncode == 2, (args, done.stderr)
+        assert "no offsite repository configured" in done.stderr
+        assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_bare_folder_needs_the_repository_and_the_safe_copy(tmp_path: Path) -> None:
+    done = kbinfra("restore", "offsite:latest", "--dir", str(tmp_path), "--yes")
+    assert done.returncode == 2
+    assert "has no kbinfra.yaml: say which repository" in done.stderr
+    done = kbinfra("restore", "offsite:latest", "--repo", "/mnt/x", "--dir", str(tmp_path))
+    assert done.returncode == 2 and "secrets file not found" in done.stderr, done.stderr
+    assert not (tmp_path / "kbinfra.yaml").exists()
+
+
+def test_backup_list_shows_local_backups_without_restic(tmp_path: Path) -> None:
+    stack = write_stack_dir(tmp_path / "stack")
+    done = kbinfra("backup", "list", "--dir", str(stack), "--output", "json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"backups": [], "repositories": [], "errors": {}}
