@@ -35,7 +35,12 @@ from kbinfra.offsite.restic import (
     parse_time,
     removed_snapshots,
 )
-from kbinfra.offsite.run import RepositoryListing, parse_offsite_ref, pick_snapshot
+from kbinfra.offsite.run import (
+    RepositoryListing,
+    growth_reported,
+    parse_offsite_ref,
+    pick_snapshot,
+)
 from kbinfra.offsite.schedule import (
     cron_file,
     jobs,
@@ -401,3 +406,12 @@ def test_backup_list_shows_local_backups_without_restic(tmp_path: Path) -> None:
     done = kbinfra("backup", "list", "--dir", str(stack), "--output", "json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"backups": [], "repositories": [], "errors": {}}
+
+
+def test_a_download_reports_the_bytes_that_land(tmp_path: Path) -> None:
+    seen: list[int] = []
+    with growth_reported(tmp_path, seen.append, interval_s=0.01):
+        (tmp_path / "a").mkdir()
+        (tmp_path / "a" / "one").write_bytes(b"x" * 1000)
+        (tmp_path / "two").write_bytes(b"y" * 234)
+    assert sum(seen) == 1234 and all(n > 0 for n in seen)

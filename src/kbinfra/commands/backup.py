@@ -42,8 +42,7 @@ RepoOption = Annotated[
     typer.Option(
         "--repo",
         metavar="NAME",
-        help="Only this offsite repository (repeatable); for a restore into a folder without "
-        "kbinfra.yaml: the repository itself (sftp:…, rest:…, a path).",
+        help="Only this offsite repository of backup.offsite (repeatable).",
     ),
 ]
 

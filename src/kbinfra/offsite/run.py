@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,6 +215,46 @@ def scratch_dir(parent: Path) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def folder_bytes(folder: Path) -> int:
+    total = 0
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(parent, name)).st_size
+            except OSError:
+                continue
+    return total
+
+
+@contextmanager
+def growth_reported(
+    folder: Path, advance: Callable[[int], None], interval_s: float = 0.5
+) -> Iterator[None]:
+    """restic 0.14's restore reports no progress: the bytes landing in ``folder`` are it."""
+    stop = threading.Event()
+    reported = 0
+
+    def report() -> None:
+        nonlocal reported
+        now = folder_bytes(folder)
+        if now > reported:
+            advance(now - reported)
+            reported = now
+
+    def watch() -> None:
+        while not stop.wait(interval_s):
+            report()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
+        report()
+
+
 def fetch_snapshot(restic: Restic, snapshot: Snapshot, scratch: Path, progress: Progress) -> Path:
     """Restore one snapshot into ``scratch`` and return its backup folder there."""
     if len(snapshot.paths) != 1 or not snapshot.backup:
@@ -223,9 +264,11 @@ def fetch_snapshot(restic: Restic, snapshot: Snapshot, scratch: Path, progress: 
         )
     progress.note("offsite", f"{restic.repository.name}: fetching {snapshot.backup}")
     landing = scratch / "restic"
-    with progress.transfer(f"fetching {snapshot.backup}", snapshot.size) as advance:
+    with (
+        progress.transfer(f"fetching {snapshot.backup}", snapshot.size) as advance,
+        growth_reported(landing, advance),
+    ):
         restic.restore(snapshot, landing)
-        advance(snapshot.size or 0)
     name = Path(snapshot.paths[0]).name
     # Uploaded from its parent folder as a relative path, the tree holds the folder alone.
     restored = landing / name
