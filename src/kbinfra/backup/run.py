@@ -259,15 +259,8 @@ class RestoreResult:
 
 
 # ---------------------------------------------------------------- reading backups
-def load_backup(
-    backup_dir: Path, keys: BackupKeys, *, allow_unsigned: bool = False
-) -> tuple[Manifest, bool]:
-    """The manifest of a complete backup, authenticated by ``keys``, and whether it is signed.
-
-    A ``.partial``, a folder without a manifest, a manifest that does not match its sum, and
-    one signed by no key of ``keys`` are refused; an unsigned one only without
-    ``allow_unsigned``. Nothing else of the backup is read before this.
-    """
+def _read_backup(backup_dir: Path) -> tuple[bytes, str | None, str]:
+    """The manifest's bytes, its signature (None: absent) and its recorded sum."""
     if is_partial(backup_dir.name) or (backup_dir / OWNER_FILE).exists():
         raise BackupError(
             "this backup is unfinished (.partial): it was interrupted or is still being written",
@@ -299,15 +292,40 @@ def load_backup(
             where=str(error.filename or backup_dir),
             fix="check the backup folder's permissions (run as the user who made it)",
         ) from None
-    signed = check_signature(
-        data, signature, keys, allow_unsigned=allow_unsigned, where=str(backup_dir)
-    )
+    return data, signature, recorded
+
+
+def _parse(backup_dir: Path, data: bytes, recorded: str) -> Manifest:
     try:
-        return parse_manifest(data, recorded), signed
+        return parse_manifest(data, recorded)
     except ManifestError as error:
         raise BackupError(
             str(error), where=str(backup_dir), fix="this backup cannot be trusted; use another"
         ) from None
+
+
+def load_backup(
+    backup_dir: Path, keys: BackupKeys, *, allow_unsigned: bool = False
+) -> tuple[Manifest, bool]:
+    """The manifest of a complete backup, authenticated by ``keys``, and whether it is signed.
+
+    A ``.partial``, a folder without a manifest, a manifest that does not match its sum, and
+    one signed by no key of ``keys`` are refused; an unsigned one only without
+    ``allow_unsigned``. Nothing else of the backup is read before this.
+    """
+    data, signature, recorded = _read_backup(backup_dir)
+    signed = check_signature(
+        data, signature, keys, allow_unsigned=allow_unsigned, where=str(backup_dir)
+    )
+    return _parse(backup_dir, data, recorded), signed
+
+
+def read_unauthenticated_manifest(backup_dir: Path) -> Manifest:
+    """The manifest as written, checked against its sum only: for a size or a name to show,
+    or a folder to upload as it is. Never for anything restore or the drill use: they read
+    backups through :func:`load_backup`."""
+    data, _, recorded = _read_backup(backup_dir)
+    return _parse(backup_dir, data, recorded)
 
 
 def _size(backup_dir: Path, path: str) -> int | None:
