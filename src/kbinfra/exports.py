@@ -21,6 +21,12 @@ def env_var_for(secret: str) -> str:
     return f"KBINFRA_{secret.upper()}"
 
 
+def ssh_port(stack: Stack) -> int:
+    """The port the target's sshd listens on: the ssh:// target's, else the default 22."""
+    parts = stack.spec.ssh_parts()
+    return parts[2] if parts is not None else 22
+
+
 def compose_document(stack: Stack) -> dict[str, Any]:
     """The stack as a compose file; secrets come from ``.env`` by ``${VAR}`` interpolation."""
     services: dict[str, Any] = {}
@@ -96,6 +102,7 @@ def stack_files(stack: Stack) -> list[RenderedFile]:
     published = sorted({(p.host_ip, p.host_port) for spec in specs for p in spec.ports})
     variables = {
         "stack": stack.spec,
+        "ssh_port": ssh_port(stack),
         "public_ports": sorted({port for ip, port in published if ip != "127.0.0.1"}),
         "internal_ports": sorted({port for ip, port in published if ip == "127.0.0.1"}),
     }
