@@ -15,6 +15,7 @@ from kbinfra.service import (
     ServiceSettings,
     VolumeMount,
 )
+from kbinfra.services.postgres.exporter import MONITOR_ROLE
 from kbinfra.services.postgres.exporter import SERVICE as EXPORTER
 
 if TYPE_CHECKING:
@@ -220,7 +221,20 @@ class Postgres(Service):
             for key, value in tune._asdict().items()
             if key.endswith("_kb")
         }
-        return {"tune": tune, "memory": memory, "settings": ctx.settings}
+        return {
+            "tune": tune,
+            "memory": memory,
+            "settings": ctx.settings,
+            "tcp_roles": self.tcp_roles(ctx),
+        }
+
+    def tcp_roles(self, ctx: ServiceContext) -> list[str]:
+        """The roles pg_hba.conf lets in over TCP. The stack user is the image's superuser
+        (``POSTGRES_USER``): the app logs in as it, and so do kbinfra's checks (``kbinfra
+        check``) and backups (``pg_dump`` needs to read every table); the exporter logs in
+        as its own ``pg_monitor`` role. Every other role connects only over the socket."""
+        settings: PostgresSettings = ctx.settings
+        return [settings.user, MONITOR_ROLE]
 
     def container(self, ctx: ServiceContext) -> ContainerSpec:
         settings: PostgresSettings = ctx.settings
