@@ -282,6 +282,11 @@ class Service(ABC):
         """Template names whose output holds a secret (written 0600)."""
         return frozenset()
 
+    def secret_settings(self, ctx: ServiceContext) -> Mapping[str, str]:
+        """Values of the stack file that are credentials (a webhook URL carrying a token):
+        redacted from every log, error and plan like the secrets of ``secrets.yaml``."""
+        return _EMPTY
+
     @abstractmethod
     def container(self, ctx: ServiceContext) -> ContainerSpec:
         """The container that runs the service, with the rendered files it mounts."""

@@ -80,7 +80,12 @@ class Stack:
 
     @cached_property
     def redact(self) -> Redactor:
-        return Redactor({**self.secrets, "tls_key": self.tls_key})
+        from_settings = {
+            f"{name}.{key}": value
+            for name, service in self.services.items()
+            for key, value in service.secret_settings(self.contexts[name]).items()
+        }
+        return Redactor({**self.secrets, **from_settings, "tls_key": self.tls_key})
 
 
 def required_secrets(spec: StackSpec) -> set[str]:
