@@ -33,6 +33,13 @@ def normalize_ref(ref: str) -> str:
     return name.removeprefix("library/")
 
 
+#: Every container kbinfra creates: all capabilities dropped (a service adds back the few
+#: its entrypoint needs, ``ContainerSpec.cap_add``), and no privilege gained by exec (setuid
+#: binaries, file capabilities).
+DROPPED_CAPABILITIES = ("ALL",)
+SECURITY_OPTIONS = ("no-new-privileges:true",)
+
+
 def container_name(stack: str, service: str) -> str:
     return f"{stack}-{service}"
 

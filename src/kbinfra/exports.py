@@ -5,7 +5,12 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from kbinfra.containers import container_name, network_name
+from kbinfra.containers import (
+    DROPPED_CAPABILITIES,
+    SECURITY_OPTIONS,
+    container_name,
+    network_name,
+)
 from kbinfra.service import RenderedFile
 from kbinfra.spec.yamlfile import dump_yaml
 from kbinfra.templating import environment
@@ -73,6 +78,12 @@ def compose_document(stack: Stack) -> dict[str, Any]:
                 "retries": check.retries,
                 "start_period": f"{check.start_period_s}s",
             }
+        entry["cap_drop"] = list(DROPPED_CAPABILITIES)
+        if spec.cap_add:
+            entry["cap_add"] = list(spec.cap_add)
+        entry["security_opt"] = list(SECURITY_OPTIONS)
+        if spec.pids_limit is not None:
+            entry["pids_limit"] = spec.pids_limit
         depends = [d for d in spec.depends_on if d in stack.services]
         if depends:
             entry["depends_on"] = {d: {"condition": "service_healthy"} for d in depends}
@@ -120,7 +131,8 @@ _COMPOSE_TOP = {"name", "services", "networks", "volumes"}
 _COMPOSE_SERVICE = {
     "image", "container_name", "hostname", "restart", "networks", "cpus", "mem_limit",
     "stop_grace_period", "labels", "entrypoint", "command", "user", "environment", "ports",
-    "volumes", "shm_size", "healthcheck", "depends_on", "extra_hosts",
+    "volumes", "shm_size", "healthcheck", "depends_on", "extra_hosts", "cap_drop", "cap_add",
+    "security_opt", "pids_limit",
 }  # fmt: skip
 _PORT = re.compile(r"^(\d{1,3}(\.\d{1,3}){3}:)?\d{1,5}:\d{1,5}$")
 

@@ -209,6 +209,8 @@ class Redis(Service):
             memory_mb=ctx.resources.memory_mb,
             # Redis writes its final RDB snapshot on SIGTERM.
             stop_timeout_s=60,
+            # The entrypoint starts as root, chowns /data to redis and drops to it (gosu).
+            cap_add=("CHOWN", "SETGID", "SETUID"),
         )
 
 

@@ -116,7 +116,8 @@ def test_tcp_logins_only_from_the_stack_network_and_only_as_named_roles(
         if line and not line.startswith("#")
     ]
     tcp = [rule for rule in rules if rule[0] == "host"]
-    assert tcp == [["host", "all", "app,kbinfra_monitor", "samenet", "scram-sha-256"]]
+    roles = "app,kbinfra_monitor,+kbinfra_bench"
+    assert tcp == [["host", "all", roles, "samenet", "scram-sha-256"]]
     assert [rule[0] for rule in rules] == ["local", "host"]  # no 0.0.0.0/0, no ::/0
 
 
