@@ -494,7 +494,7 @@ def weak(containers: Containers, images: dict[str, str], weak_stack_dir: Path) -
                     0o644,
                     0,
                 ),
-                "/usr/local/etc/redis/users.acl": (acl.encode(), 0o600, 999),
+                "/usr/local/etc/redis/acl/users.acl": (acl.encode(), 0o600, 999),
             },
         ),
         "qdrant-open": containers.start(images["qdrant"], ports=loopback("6333/tcp")),
