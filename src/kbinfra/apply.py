@@ -15,14 +15,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from kbinfra.containers import (
-    OLD_SUFFIX,
-    DesiredService,
-    Facts,
-    ObservedContainer,
-    network_name,
-)
+from kbinfra.containers import DesiredService, Facts, ObservedContainer
 from kbinfra.errors import KbinfraError
+from kbinfra.names import OLD_SUFFIX, network_name
 from kbinfra.plan import (
     Action,
     Plan,

@@ -130,11 +130,17 @@ def init(
     images: Annotated[
         Path | None, typer.Option(help="YAML mapping service -> image (private registry).")
     ] = None,
-    force: Annotated[bool, typer.Option(help="Rewrite kbinfra.yaml and the TLS cert.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Rewrite the kbinfra.yaml and TLS cert init wrote (never secrets, never yours)."
+        ),
+    ] = False,
     output: OutputOption = Output.text,
 ) -> None:
     """Create a stack folder: kbinfra.yaml, secrets.yaml (0600) and a self-signed TLS cert."""
     from kbinfra.scaffold import init_stack  # noqa: PLC0415
+    from kbinfra.secrets import SECRETS_FILE  # noqa: PLC0415
 
     console = Console(output)
     result = init_stack(
@@ -146,7 +152,14 @@ def init(
     for name in result.created:
         console.line(f"created {stack_dir / name}")
     for name in result.kept:
-        console.line(f"kept    {stack_dir / name} (exists; --force rewrites all but secrets)")
+        why = (
+            "never rewritten"
+            if name == SECRETS_FILE
+            else "exists; --force rewrites what init wrote"
+        )
+        console.line(f"kept    {stack_dir / name} ({why})")
+    for name in result.kept_as_yours:
+        console.line(f"kept    {stack_dir / name} (yours: init did not write it as it is now)")
     if result.secrets_added:
         console.line(f"generated secrets: {', '.join(result.secrets_added)}")
 
@@ -160,10 +173,16 @@ def render(
     check: Annotated[
         bool, typer.Option("--check", help="Validate every file with the real tools.")
     ] = False,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict", help="With --check (implied): a validator not installed fails the run."
+        ),
+    ] = False,
     output: OutputOption = Output.text,
 ) -> None:
-    """Render every enabled service's configuration (a CI dry run with --check)."""
-    from kbinfra.render import write_tree  # noqa: PLC0415
+    """Render every enabled service's configuration (a CI dry run with --check --strict)."""
+    from kbinfra.render import DEFAULT_OUT, write_tree  # noqa: PLC0415
     from kbinfra.stack import open_stack  # noqa: PLC0415
 
     console = Console(output)
@@ -173,15 +192,16 @@ def render(
     for warning in stack.profile.warnings():
         console.warn(warning)
     files = stack.rendered
-    target = out if out is not None else stack_dir / "rendered"
-    write_tree(files, target)
+    target = out if out is not None else stack_dir / DEFAULT_OUT
+    folder = write_tree(files, target, stack_dir=stack_dir)
     elapsed = time.perf_counter() - started
     results = []
-    if check:
+    if check or strict:
         from kbinfra.validation import validate_tree  # noqa: PLC0415
 
-        results = validate_tree(stack, target)
+        results = validate_tree(stack, folder)
     failed = [r for r in results if not r.ok]
+    unchecked = [r for r in results if r.outcome == "skipped"] if strict else []
     if console.json_mode:
         console.emit_json(
             {
@@ -191,14 +211,16 @@ def render(
                     for f in files
                 ],
                 "checks": [r.as_json() for r in results],
-                "ok": not failed,
+                "strict": strict,
+                "skipped": sum(r.outcome == "skipped" for r in results),
+                "ok": not failed and not unchecked,
             }
         )
     else:
         console.line(f"rendered {len(files)} files into {target} in {elapsed:.2f}s")
         if results:
-            rows = [(r.path, r.tool, r.outcome, r.detail) for r in results]
-            console.table("checks", ["file", "tool", "result", "detail"], rows)
+            rows = [(r.path, r.tool, r.version or "-", r.outcome, r.detail) for r in results]
+            console.table("checks", ["file", "tool", "version", "result", "detail"], rows)
     if failed:
         first = failed[0]
         raise KbinfraError(
@@ -206,25 +228,48 @@ def render(
             where=f"{target / first.path}" + (f":{first.line}" if first.line else ""),
             fix="fix the setting in kbinfra.yaml or the profile, then render again",
         )
+    if unchecked:
+        first = unchecked[0]
+        tools = sorted({r.tool for r in unchecked})
+        raise KbinfraError(
+            f"--strict: {len(unchecked)} check(s) skipped ({', '.join(tools)}); first: "
+            f"{first.detail}",
+            where=str(target / first.path),
+            fix="install the validators (README: Validators), or drop --strict",
+        )
 
 
 def main() -> None:
     """Entry point: one clear line and exit 2 for user errors; tracebacks only with --debug.
 
-    Typer (click) handles usage errors itself in standalone mode and exits 2 with the usage.
+    Every error is printed through the running command's console (so ``--output json`` also
+    gets it as a JSON object on stdout) and redacted of every secret value this process
+    knows. Typer (click) handles usage errors itself in standalone mode and exits 2.
     """
     try:
         app()
     except KbinfraError as error:
         if _state["debug"]:
             raise
-        Console().error(error.one_line())
+        _report(error.what, error.where, error.fix, error.one_line())
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
-        Console().error("interrupted")
+        _report("interrupted", None, None, "interrupted")
         sys.exit(130)
-    except Exception as error:
+    except Exception as error:  # a bug in kbinfra: exit 1, still one redacted line
         if _state["debug"]:
             raise
-        Console().error(f"{type(error).__name__}: {error} (run with --debug for the traceback)")
+        what = f"{type(error).__name__}: {error}"
+        fix = "run with --debug for the traceback"
+        _report(what, None, fix, f"{what} ({fix})")
         sys.exit(1)
+
+
+def _report(what: str, where: str | None, fix: str | None, line: str) -> None:
+    from kbinfra.secrets import known_secrets_redactor  # noqa: PLC0415 (only on errors)
+
+    console = Console.of_running_command()
+    command_redact = console.redact
+    everything_known = known_secrets_redactor()
+    console.set_redactor(lambda text: everything_known(command_redact(text)))
+    console.fail(what, where, fix, line=line)

@@ -1,6 +1,6 @@
-"""What kbinfra knows of a stack's containers: their names, the labels that identify them,
-and what is desired of and observed about each. Shared by the planner (``plan``) and the
-engine (``targets.engine``); pure data, no I/O.
+"""What is desired of and observed about a stack's containers. Shared by the planner
+(``plan``) and the engine (``targets.engine``); pure data, no I/O. Their names and labels
+are in :mod:`kbinfra.names`.
 """
 
 from __future__ import annotations
@@ -9,47 +9,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kbinfra.names import LABEL_CONFIG_HASH, LABEL_HASH_PREFIX, LABEL_SERVICE, LABEL_STACK
 from kbinfra.service import ContainerSpec, FileMount, RenderedFile
-
-LABEL_STACK = "kbinfra.stack"
-LABEL_SERVICE = "kbinfra.service"
-LABEL_CONFIG_HASH = "kbinfra.config-hash"
-LABEL_HASH_PREFIX = "kbinfra.hash."
-OLD_SUFFIX = ".kbinfra-old"
-
-
-def normalize_ref(ref: str) -> str:
-    """``postgres`` → ``postgres:latest``; ``docker.io/library/x:1`` → ``x:1``."""
-    name, _, digest = ref.partition("@")
-    if digest:
-        return ref
-    last = name.rsplit("/", 1)[-1]
-    if ":" not in last:
-        name += ":latest"
-    for prefix in ("docker.io/library/", "docker.io/", "index.docker.io/library/"):
-        if name.startswith(prefix):
-            name = name[len(prefix) :]
-            break
-    return name.removeprefix("library/")
-
 
 #: Every container kbinfra creates: all capabilities dropped (a service adds back the few
 #: its entrypoint needs, ``ContainerSpec.cap_add``), and no privilege gained by exec (setuid
 #: binaries, file capabilities).
 DROPPED_CAPABILITIES = ("ALL",)
 SECURITY_OPTIONS = ("no-new-privileges:true",)
-
-
-def container_name(stack: str, service: str) -> str:
-    return f"{stack}-{service}"
-
-
-def network_name(stack: str) -> str:
-    return f"{stack}-net"
-
-
-def lock_name(stack: str) -> str:
-    return f"{stack}-kbinfra-lock"
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,8 @@ import re
 import shlex
 from typing import TYPE_CHECKING, Any
 
-from kbinfra.containers import (
-    DROPPED_CAPABILITIES,
-    SECURITY_OPTIONS,
-    container_name,
-    network_name,
-)
+from kbinfra.containers import DROPPED_CAPABILITIES, SECURITY_OPTIONS
+from kbinfra.names import container_name, network_name
 from kbinfra.service import ContainerSpec, FileMount, RenderedFile
 from kbinfra.spec.yamlfile import dump_yaml
 from kbinfra.templating import environment

@@ -15,15 +15,12 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from kbinfra.containers import (
+from kbinfra.containers import DesiredService, Facts, MountedFile, ObservedContainer
+from kbinfra.names import (
     LABEL_CONFIG_HASH,
     LABEL_HASH_PREFIX,
     LABEL_STACK,
     OLD_SUFFIX,
-    DesiredService,
-    Facts,
-    MountedFile,
-    ObservedContainer,
     container_name,
     normalize_ref,
 )

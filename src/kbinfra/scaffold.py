@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
+import os
+import string
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from kbinfra.errors import SpecError
 from kbinfra.registry import all_services
-from kbinfra.secrets import ensure_secrets, write_private_file
+from kbinfra.secrets import SECRETS_FILE, ensure_secrets
 from kbinfra.spec.profile import load_profile
 from kbinfra.spec.stack import STACK_FILE, StackSpec, load_stack, stack_model
-from kbinfra.spec.yamlfile import read_yaml
+from kbinfra.spec.values import check_domain, check_image_reference, check_target
+from kbinfra.spec.yamlfile import YamlDocument, load_yaml, read_yaml
 from kbinfra.stack import required_secrets
 from kbinfra.templating import environment
 
 _COMMON = {"enabled", "image", "port"}
+
+
+#: What init wrote, in the stack folder: each file's path and the sha256 of what it wrote.
+INIT_RECORD = ".kbinfra-init.json"
 
 
 @dataclass
@@ -25,6 +37,8 @@ class InitResult:
     stack_dir: Path
     created: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
+    #: kept under --force: init did not write them, or they changed since
+    kept_as_yours: list[str] = field(default_factory=list)
     secrets_added: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
@@ -32,8 +46,85 @@ class InitResult:
             "dir": str(self.stack_dir),
             "created": self.created,
             "kept": self.kept,
+            "kept_as_yours": self.kept_as_yours,
             "secrets_added": self.secrets_added,
         }
+
+
+class InitRecord:
+    """The files init wrote in one stack folder (:data:`INIT_RECORD`), and writing them."""
+
+    def __init__(self, stack_dir: Path, files: dict[str, str]) -> None:
+        self.stack_dir = stack_dir
+        self._real_dir = stack_dir.resolve()
+        self._files = files
+
+    @classmethod
+    def read(cls, stack_dir: Path) -> InitRecord:
+        path = stack_dir / INIT_RECORD
+        if not path.exists():
+            return cls(stack_dir, {})
+        try:
+            files = json.loads(path.read_text(encoding="utf-8"))["files"]
+            if not all(isinstance(v, str) for v in files.values()):
+                raise TypeError
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            raise SpecError(
+                "not a record kbinfra init wrote",
+                where=str(path),
+                fix="delete it: init then keeps every existing file as yours",
+            ) from None
+        return cls(stack_dir, dict(files))
+
+    def inside(self, relative: str) -> bool:
+        """``relative`` (``..`` and symlinks resolved) lies inside the stack folder."""
+        return (self.stack_dir / relative).resolve().is_relative_to(self._real_dir)
+
+    def exists(self, relative: str) -> bool:
+        path = self.stack_dir / relative
+        return path.exists() or path.is_symlink()
+
+    def wrote(self, relative: str) -> bool:
+        """init wrote ``relative`` (it may have been edited since); a symlink it never wrote."""
+        path = self.stack_dir / relative
+        return relative in self._files and path.is_file() and not path.is_symlink()
+
+    def unchanged(self, relative: str) -> bool:
+        """``relative`` still holds exactly what init wrote there."""
+        if not self.wrote(relative) or not self.inside(relative):
+            return False
+        digest = hashlib.sha256((self.stack_dir / relative).read_bytes()).hexdigest()
+        return self._files[relative] == digest
+
+    def write(self, relative: str, text: str, *, mode: int) -> None:
+        """Write ``relative`` inside the stack folder atomically and record it."""
+        if not self.inside(relative):
+            raise SpecError(
+                f"{relative} is outside the stack folder, and init writes only inside it",
+                where=str(self.stack_dir),
+            )
+        path = self.stack_dir / relative
+        _replace_file(path, text, mode)
+        self._files[relative] = hashlib.sha256(text.encode()).hexdigest()
+        record = json.dumps({"files": self._files}, indent=2, sort_keys=True) + "\n"
+        _replace_file(self.stack_dir / INIT_RECORD, record, 0o644)
+
+
+def _replace_file(path: Path, text: str, mode: int) -> None:
+    """``text`` at ``path`` with ``mode`` from the first byte, atomically (temp + rename, so a
+    symlink at ``path`` is replaced, never written through)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), mode)
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
 
 
 def read_image_map(path: Path) -> dict[str, str]:
@@ -55,13 +146,53 @@ def read_image_map(path: Path) -> dict[str, str]:
                 where=doc.where((*prefix, name)),
                 fix=f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(known)}",
             )
-        if not isinstance(image, str) or not image or any(c.isspace() for c in image):
+        if not isinstance(image, str):
             raise SpecError(
                 f"image for {name} must be an image reference like registry/name:tag",
                 where=doc.where((*prefix, name)),
             )
-        result[str(name)] = image
+        try:
+            result[str(name)] = check_image_reference(image)
+        except ValueError as error:
+            raise SpecError(
+                f"image for {name}: {error}", where=doc.where((*prefix, name))
+            ) from None
     return result
+
+
+#: Characters a plain (unquoted) YAML scalar may hold here; anything else is double-quoted.
+_PLAIN_CHARS = frozenset(string.ascii_letters + string.digits + "._/@:+-~[]")
+_PRINTABLE_ASCII = range(0x20, 0x7F)
+
+
+def yaml_string(value: str) -> str:
+    """``value`` as a YAML scalar that reads back as exactly that string, on one line.
+
+    Plain when that is unambiguous (``kb.example.com``), else double-quoted with every
+    non-printable or non-ASCII character escaped: nothing written can start a new key.
+    """
+    if value and _PLAIN_CHARS.issuperset(value) and _reads_back_plain(value):
+        return value
+    escaped = []
+    for char in value:
+        code = ord(char)
+        if char in '"\\':
+            escaped.append("\\" + char)
+        elif code in _PRINTABLE_ASCII:
+            escaped.append(char)
+        elif code <= 0xFFFF:
+            escaped.append(f"\\u{code:04x}")
+        else:
+            escaped.append(f"\\U{code:08x}")
+    return '"' + "".join(escaped) + '"'
+
+
+def _reads_back_plain(value: str) -> bool:
+    """Whether ``value`` unquoted is YAML for that string (``-`` or ``[`` alone are syntax)."""
+    try:
+        return bool(load_yaml(f"k: {value}") == {"k": value})
+    except yaml.YAMLError:
+        return False
 
 
 def _yaml_scalar(value: Any) -> str:
@@ -90,7 +221,7 @@ def stack_file_text(
             {
                 "name": service_name,
                 "enabled": service.enabled_by_default,
-                "image": images.get(service_name, service.default_image),
+                "image": yaml_string(images.get(service_name, service.default_image)),
                 "port": service.default_host_port,
                 "options": options,
             }
@@ -99,14 +230,14 @@ def stack_file_text(
         environment()
         .get_template("_init/kbinfra.yaml.j2")
         .render(
-            name=name,
-            profile=profile,
-            target=target,
-            domain=domain,
-            workload=defaults.workload,
-            tls_certificate=defaults.tls.certificate,
-            tls_key=defaults.tls.key,
-            app_upstream=defaults.app.upstream,
+            name=yaml_string(name),
+            profile=yaml_string(profile),
+            target=yaml_string(target),
+            domain=yaml_string(domain),
+            workload=yaml_string(defaults.workload),
+            tls_certificate=yaml_string(defaults.tls.certificate),
+            tls_key=yaml_string(defaults.tls.key),
+            app_upstream=yaml_string(defaults.app.upstream),
             services=services,
         )
     )
@@ -152,10 +283,17 @@ def init_stack(
     images_file: Path | None,
     force: bool,
 ) -> InitResult:
-    """Create or complete ``stack_dir``.
+    """Create or complete ``stack_dir``; never overwrite a file init did not write.
 
-    Existing files are kept unless ``force``; existing secrets are always kept.
+    init writes only inside ``stack_dir`` and records each file it writes in
+    :data:`INIT_RECORD`. An existing file is kept; with ``force``, init rewrites
+    ``kbinfra.yaml`` when it wrote it, and the TLS certificate and key when both still hold
+    exactly what it wrote. Secrets are never rewritten, only completed. A certificate and key
+    of the user's (anywhere ``tls:`` points) are only read.
     """
+    # Everything the user passed is checked before anything is written.
+    _checked_option(check_domain, domain, "--domain")
+    _checked_option(check_target, target, "--target")
     load_profile(profile, relative_to=Path.cwd())  # fail early on an unknown or broken profile
     profile_ref = profile
     if "/" in profile or profile.endswith((".yaml", ".yml")):
@@ -163,10 +301,10 @@ def init_stack(
     images = read_image_map(images_file) if images_file else {}
     result = InitResult(stack_dir=stack_dir)
     stack_dir.mkdir(parents=True, exist_ok=True)
+    record = InitRecord.read(stack_dir)
 
-    stack_path = stack_dir / STACK_FILE
-    if stack_path.exists() and not force:
-        result.kept.append(STACK_FILE)
+    if record.exists(STACK_FILE) and not (force and record.wrote(STACK_FILE)):
+        (result.kept_as_yours if force else result.kept).append(STACK_FILE)
     else:
         text = stack_file_text(
             name=stack_dir.resolve().name if _usable_name(stack_dir.resolve().name) else "kb",
@@ -175,25 +313,52 @@ def init_stack(
             domain=domain,
             images=images,
         )
-        stack_model().model_validate(_parse(text))  # the template must produce a valid file
-        stack_path.write_text(text, encoding="utf-8")
+        _check_written(text, target=target, domain=domain, profile=profile_ref, images=images)
+        record.write(STACK_FILE, text, mode=0o644)
         result.created.append(STACK_FILE)
-    spec, _ = load_stack(stack_dir)
+    spec, doc = load_stack(stack_dir)
 
     _, added = ensure_secrets(stack_dir, required_secrets(spec))
     result.secrets_added = added
-    (result.created if added else result.kept).append("secrets.yaml")
+    (result.created if added else result.kept).append(SECRETS_FILE)
 
-    cert_path, key_path = stack_dir / spec.tls.certificate, stack_dir / spec.tls.key
-    if cert_path.exists() and key_path.exists() and not force:
-        result.kept += [spec.tls.certificate, spec.tls.key]
-    else:
-        cert_pem, key_pem = self_signed_certificate(spec.domain)
-        cert_path.parent.mkdir(parents=True, exist_ok=True)
-        cert_path.write_text(cert_pem, encoding="utf-8")
-        write_private_file(key_path, key_pem)
-        result.created += [spec.tls.certificate, spec.tls.key]
+    _ensure_certificate(spec, doc, record, result, force=force)
     return result
+
+
+def _ensure_certificate(
+    spec: StackSpec, doc: YamlDocument, record: InitRecord, result: InitResult, *, force: bool
+) -> None:
+    """A self-signed pair where ``tls:`` points, unless the user's own is there."""
+    pair = {"certificate": spec.tls.certificate, "key": spec.tls.key}
+    present = {role: record.exists(relative) for role, relative in pair.items()}
+    ours = {role: record.unchanged(relative) for role, relative in pair.items()}
+    if all(present.values()) and not (force and all(ours.values())):
+        yours = force and not all(ours.values())
+        (result.kept_as_yours if yours else result.kept).extend(pair.values())
+        return
+    for role, relative in pair.items():
+        if present[role] and not ours[role]:
+            other = next(r for r in pair if r != role)
+            raise SpecError(
+                f"tls.{other} {pair[other]} is missing, and tls.{role} {relative} is not one "
+                "init wrote: init cannot make a matching pair without overwriting it",
+                where=doc.where(("tls", other)),
+                fix=f"put the {other} that belongs to your {role} at {pair[other]}, or move "
+                f"{relative} away to get a new self-signed pair",
+            )
+        if not record.inside(relative):
+            raise SpecError(
+                f"tls.{role} {relative} is outside the stack folder, and init writes only "
+                f"inside {record.stack_dir}",
+                where=doc.where(("tls", role)),
+                fix="put your own certificate and key there (init only reads them), or point "
+                "tls: at paths inside the stack folder",
+            )
+    cert_pem, key_pem = self_signed_certificate(spec.domain)
+    record.write(spec.tls.certificate, cert_pem, mode=0o644)
+    record.write(spec.tls.key, key_pem, mode=0o600)
+    result.created += [spec.tls.certificate, spec.tls.key]
 
 
 def _usable_name(name: str) -> bool:
@@ -204,8 +369,19 @@ def _usable_name(name: str) -> bool:
     return True
 
 
-def _parse(text: str) -> dict[str, Any]:
-    import yaml  # noqa: PLC0415
+def _checked_option(check: Callable[[str], str], value: str, option: str) -> str:
+    try:
+        return check(value)
+    except ValueError as error:
+        raise SpecError(str(error), where=option, fix=f"fix {option}") from None
 
-    data: dict[str, Any] = yaml.safe_load(text)
-    return data
+
+def _check_written(
+    text: str, *, target: str, domain: str, profile: str, images: dict[str, str]
+) -> None:
+    """The written stack file must read back valid and holding exactly what was asked."""
+    spec = stack_model().model_validate(load_yaml(text))
+    written = (spec.target, spec.domain, spec.profile)
+    pinned = {name: spec.services.get(name).image for name in images}
+    if written != (target, domain, profile) or pinned != images:
+        raise AssertionError("kbinfra.yaml.j2 did not write the values it was given")

@@ -10,11 +10,20 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from kbinfra.errors import SpecError
-from kbinfra.spec.yamlfile import dump_yaml, read_yaml
+from kbinfra.spec.yamlfile import YamlSyntaxError, dump_yaml, read_yaml
 
 SECRETS_FILE = "secrets.yaml"
 REDACTED = "***"
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+#: Every secret value this process has read or generated: the top-level error printing
+#: redacts them all, also from errors raised before a command set its console's redactor.
+_known_values: set[str] = set()
+
+
+def known_secrets_redactor() -> Redactor:
+    """A redactor for every secret value loaded or generated so far in this process."""
+    return Redactor({str(index): value for index, value in enumerate(_known_values)})
 
 
 def generate_secret() -> str:
@@ -46,7 +55,7 @@ def secrets_path(stack_dir: Path) -> Path:
 def load_secrets(stack_dir: Path, required: Iterable[str]) -> dict[str, str]:
     """Read the secrets file, refusing one that others can read or that lacks a secret."""
     path = secrets_path(stack_dir)
-    if path.exists():
+    if path.is_file():
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
             raise SpecError(
@@ -54,20 +63,25 @@ def load_secrets(stack_dir: Path, required: Iterable[str]) -> dict[str, str]:
                 where=str(path),
                 fix=f"run `chmod 600 {path}`",
             )
-    doc = read_yaml(
-        path,
-        what="secrets file",
-        fix_missing=f"run `kbinfra init --dir {stack_dir}` to generate it",
-    )
+    try:
+        doc = read_yaml(
+            path,
+            what="secrets file",
+            fix_missing=f"run `kbinfra init --dir {stack_dir}` to generate it",
+        )
+    except YamlSyntaxError as error:
+        # The parser's problem and snippet quote the line, that is a secret value (a value
+        # starting with "!" reads as a YAML tag and is echoed back): say only where.
+        raise SpecError(
+            "secrets file is not valid YAML",
+            where=error.where,
+            fix="quote each value in single quotes: one that starts with ! & * @ ` | > % "
+            "or contains ': ' is YAML syntax",
+        ) from None
     values: dict[str, str] = {}
     for name, value in doc.data.items():
-        if not isinstance(value, str) or not value:
-            raise SpecError(
-                f"secret {name!r} must be a non-empty string",
-                where=doc.where((name,)),
-                fix="quote it, or delete the line and run `kbinfra init` to generate it",
-            )
-        values[str(name)] = value
+        values[str(name)] = _checked_secret(name, value, doc.where((name,)))
+    _known_values.update(values.values())
     missing = sorted(set(required) - set(values))
     if missing:
         raise SpecError(
@@ -76,6 +90,33 @@ def load_secrets(stack_dir: Path, required: Iterable[str]) -> dict[str, str]:
             fix=f"run `kbinfra init --dir {stack_dir}` to add the missing secrets",
         )
     return values
+
+
+_REGENERATE = "delete the line and run `kbinfra init` to generate it"
+
+
+def _checked_secret(name: object, value: object, where: str) -> str:
+    """The value, if it is one a config file or ``.env`` line can hold; the error never shows it."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise SpecError(
+            f"{name!r} is not a secret name (lowercase letters, digits and _)",
+            where=where,
+            fix="fix the name, or " + _REGENERATE,
+        )
+    if not isinstance(value, str) or not value:
+        raise SpecError(
+            f"secret {name!r} must be a non-empty string",
+            where=where,
+            fix="quote it, or " + _REGENERATE,
+        )
+    if not value.isprintable():
+        # A newline would add a line to .env; say where, never what.
+        raise SpecError(
+            f"secret {name!r} holds a control or other non-printable character",
+            where=where,
+            fix="keep it on one line of printable characters, or " + _REGENERATE,
+        )
+    return value
 
 
 def dump_secrets(values: Mapping[str, str]) -> str:
@@ -96,6 +137,7 @@ def ensure_secrets(stack_dir: Path, required: Iterable[str]) -> tuple[dict[str, 
     if not added and path.exists():
         return existing, []
     values = {**existing, **{name: generate_secret() for name in added}}
+    _known_values.update(values.values())
     write_private_file(path, dump_secrets(values))
     return values, added
 

@@ -1,8 +1,10 @@
-"""What a service is to kbinfra: settings, resources, rendered files and a container.
+"""The service contract: what a service is to kbinfra, and what it tells the others.
 
-Every module in this package (except this one and ``__init__``) defines one service as a
-subclass of :class:`Service` named ``SERVICE``. Nothing else in kbinfra knows a service's name.
-Everything here is pure: no network, no Docker, no SSH.
+A service is a subclass of :class:`Service` in ``services/<folder>/service.py``, found by
+:mod:`kbinfra.registry`: its settings, resources, tuning, rendered files and container, and
+what other services ask of it (scrape targets, routes, panels, alerts, its health path).
+Nothing else in kbinfra knows a service's name. Everything here is pure (no network, no
+Docker, no SSH) and imports nothing of kbinfra above it.
 
 Only what a user writes is a pydantic model (``ServiceSettings``). What kbinfra derives from it
 (resources, tuning, containers, files) is a ``NamedTuple``: every class costs its build at
@@ -16,6 +18,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kbinfra.spec.values import ImageReference, Port
+
 if TYPE_CHECKING:
     from kbinfra.spec.profile import Profile
     from kbinfra.spec.stack import StackSpec
@@ -27,8 +31,10 @@ class ServiceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = True
-    image: str = Field(default="", description="Pinned image reference; empty means the default")
-    port: int | None = Field(default=None, ge=1, le=65535, description="Host port, on 127.0.0.1")
+    image: ImageReference = Field(
+        default="", description="Pinned image reference; empty means the default"
+    )
+    port: Port | None = Field(default=None, description="Host port, on 127.0.0.1")
 
     def host_ports(self) -> list[int]:
         """Every host port this service publishes; the stack refuses two services sharing one."""
@@ -220,6 +226,8 @@ class CheckResult(NamedTuple):
     outcome: Outcome
     detail: str = ""
     line: int | None = None
+    #: what checked it, e.g. ``nginx 1.22.1`` or ``PyYAML 6.0.1``; empty when skipped
+    version: str = ""
 
     @property
     def ok(self) -> bool:
@@ -229,6 +237,7 @@ class CheckResult(NamedTuple):
         return {
             "path": self.path,
             "tool": self.tool,
+            "version": self.version or None,
             "outcome": self.outcome,
             "detail": self.detail,
             "line": self.line,

@@ -120,6 +120,13 @@ def _read_tls(stack_dir: Path, relative: str, what: str) -> str:
             where=str(path),
             fix="run `kbinfra init` to create a self-signed one, or set tls: in kbinfra.yaml",
         ) from None
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise SpecError(
+            f"cannot read the {what}: {reason}",
+            where=str(path),
+            fix="point tls: in kbinfra.yaml at a readable PEM file",
+        ) from None
     if "-----BEGIN" not in text:
         raise SpecError(f"{what} is not PEM", where=str(path), fix="point tls: at a PEM file")
     return text

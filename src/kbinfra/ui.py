@@ -24,6 +24,11 @@ def _identity(text: str) -> str:
     return text
 
 
+#: The console of the command that runs now: the top-level error printing answers in its
+#: format (``--output json``) and through its redactor.
+_running: list[Console] = []
+
+
 class Console:
     """Prints results to stdout (a table or one JSON document) and notes to stderr."""
 
@@ -32,6 +37,13 @@ class Console:
     ) -> None:
         self.output = output
         self.redact = redact
+        self._emitted_json = False
+        _running[:] = [self]
+
+    @staticmethod
+    def of_running_command() -> Console:
+        """The console the running command made, or a plain text one before it made one."""
+        return _running[0] if _running else Console()
 
     @property
     def json_mode(self) -> bool:
@@ -43,6 +55,7 @@ class Console:
     def emit_json(self, document: Any) -> None:
         text = json.dumps(document, indent=2, sort_keys=True, default=str)
         sys.stdout.write(self.redact(text) + "\n")
+        self._emitted_json = True
 
     def line(self, text: str = "") -> None:
         """A line of the human-readable result (nothing in JSON mode)."""
@@ -57,7 +70,16 @@ class Console:
         sys.stderr.write(self.redact(f"warning: {text}") + "\n")
 
     def error(self, text: str) -> None:
-        sys.stderr.write(self.redact(f"error: {text}") + "\n")
+        """One line, whatever ``text`` holds: a wrapped exception message stays one line."""
+        sys.stderr.write(" ".join(self.redact(f"error: {text}").split()) + "\n")
+
+    def fail(self, what: str, where: str | None, fix: str | None, *, line: str) -> None:
+        """A command's last word on an error: ``line`` on stderr and, with ``--output json``,
+        ``{"error": {"what", "where", "fix"}}`` on stdout, so a script never parses stderr
+        (unless the command already wrote its result document there, which says ``ok``)."""
+        if self.json_mode and not self._emitted_json:
+            self.emit_json({"error": {"what": what, "where": where, "fix": fix}})
+        self.error(line)
 
     @contextmanager
     def transfer(self, label: str, total: int | None = None) -> Iterator[Callable[[int], None]]:

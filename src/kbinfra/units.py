@@ -6,7 +6,14 @@ Memory sizes are binary whatever the suffix says (``16GB`` of RAM is 16 GiB, as 
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
+
+#: Far above any host (64 TiB of RAM, 100 PB of disk), and far below what breaks arithmetic:
+#: a size past these is a typo or ``.inf``, which would overflow or print as invalid JSON.
+MAX_MEMORY_MIB = 64 * 1024 * 1024
+MAX_STORAGE_GB = 100_000_000
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|[kmgt])?\s*$", re.IGNORECASE)
 _POWER = {"K": 1, "M": 2, "G": 3, "T": 4}
@@ -25,14 +32,14 @@ def parse_memory_mib(value: object) -> int:
     if isinstance(value, bool):
         raise ValueError("expected a size like 16GB or 512MB")
     if isinstance(value, int | float):
-        return _positive(int(value))
+        return _bounded(value, MAX_MEMORY_MIB, "MiB", whole=int)
     parsed = _split(str(value))
     if parsed is None:
         raise ValueError(f"{value!r} is not a size; write it like 16GB, 16GiB or 512MB")
     number, power = parsed
     if power == 0:
-        return _positive(int(number))
-    return _positive(round(number * 1024 ** (power - 2)))
+        return _bounded(number, MAX_MEMORY_MIB, "MiB", whole=int)
+    return _bounded(number * 1024 ** (power - 2), MAX_MEMORY_MIB, "MiB", whole=round)
 
 
 def parse_storage_gb(value: object) -> int:
@@ -40,20 +47,26 @@ def parse_storage_gb(value: object) -> int:
     if isinstance(value, bool):
         raise ValueError("expected a size like 500GB or 2TB")
     if isinstance(value, int | float):
-        return _positive(int(value))
+        return _bounded(value, MAX_STORAGE_GB, "GB", whole=int)
     parsed = _split(str(value))
     if parsed is None:
         raise ValueError(f"{value!r} is not a size; write it like 500GB or 2TB")
     number, power = parsed
     if power == 0:
-        return _positive(int(number))
-    return _positive(round(number * 1000 ** (power - 3)))
+        return _bounded(number, MAX_STORAGE_GB, "GB", whole=int)
+    return _bounded(number * 1000 ** (power - 3), MAX_STORAGE_GB, "GB", whole=round)
 
 
-def _positive(value: int) -> int:
-    if value <= 0:
+def _bounded(value: float, limit: int, unit: str, *, whole: Callable[[float], int]) -> int:
+    """``value`` as a whole number of ``unit``: finite, above zero, at most ``limit``."""
+    if not math.isfinite(value):
+        raise ValueError(f"a size must be a finite number, not {value}")
+    if value > limit:
+        raise ValueError(f"a size must be at most {limit} {unit}; this is {value:g} {unit}")
+    number = whole(value)
+    if number <= 0:
         raise ValueError("a size must be greater than zero")
-    return value
+    return number
 
 
 def format_mib(mib: int) -> str:

@@ -3,26 +3,31 @@
 Each service validates its own files (``services/<name>/render_check.py``, whose
 ``check_rendered(ctx, out)`` returns a list of :class:`CheckResult`) with the helpers here;
 every YAML and JSON file is at least parsed. A tool that is not installed is reported as
-skipped, never as passed.
+skipped, never as passed (``--strict`` makes a skip fail the run), and every result names
+the version of what checked it: the local tool's, which may be older than the pinned image.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import yaml
 
+from kbinfra import __version__
 from kbinfra.registry import service_part
 from kbinfra.service import CheckResult
 
@@ -45,16 +50,89 @@ class ToolRun:
         return self.returncode == 0
 
 
+#: The Debian 12 package that provides each validator ``render --check`` runs.
+DEBIAN_PACKAGES = {
+    "nginx": "nginx-light",
+    "promtool": "prometheus",
+    "amtool": "prometheus-alertmanager",
+    "redis-server": "redis-server",
+    "postgres": "postgresql-15",
+    "docker-compose": "docker-compose",
+}
+
+#: Open :func:`tools_found` records: each gets every tool :func:`find_tool` finds, by name.
+_recorders: list[dict[str, str]] = []
+
+
+@contextmanager
+def tools_found() -> Iterator[dict[str, str]]:
+    """The tools :func:`find_tool` finds inside the block, by name → path."""
+    found: dict[str, str] = {}
+    _recorders.append(found)
+    try:
+        yield found
+    finally:
+        _recorders.remove(found)
+
+
 def find_tool(name: str, *extra_dirs: str) -> str | None:
     """``name`` on PATH or in one of ``extra_dirs`` (e.g. /usr/lib/postgresql/15/bin)."""
     found = shutil.which(name)
-    if found:
-        return found
-    for folder in extra_dirs:
-        candidate = Path(folder) / name
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
+    if not found:
+        for folder in extra_dirs:
+            candidate = Path(folder) / name
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                found = str(candidate)
+                break
+    for record in _recorders:
+        if found:
+            record[name] = found
+    return found
+
+
+_VERSION = re.compile(r"\d+(?:\.\d+)+")
+
+
+@cache
+def tool_version(path: str) -> str:
+    """``nginx 1.22.1``: the program's name and the version it reports (``--version``, or
+    ``-v`` as nginx has it); the name alone when it reports none."""
+    name = Path(path).name
+    for flag in ("--version", "-v"):
+        run = run_tool([path, flag], timeout=10)
+        found = _VERSION.search(run.output) if run.ok else None
+        if found:
+            return f"{name} {found[0]}"
+    return name
+
+
+def program_of(tool: str) -> str:
+    """``promtool`` of ``promtool check config``: the program a result's tool label names."""
+    return tool.split(maxsplit=1)[0]
+
+
+def checked_by(result: CheckResult, found: Mapping[str, str]) -> str:
+    """What checked ``result``, given the tools its service ``found``: the local tool it
+    names (or one next to it, as initdb is next to postgres), Python's own YAML, JSON or
+    OpenSSL, else kbinfra's own schema."""
+    if result.outcome == "skipped":
+        return ""
+    program = program_of(result.tool)
+    if program in found:
+        return tool_version(found[program])
+    if program == "yaml":
+        return f"PyYAML {getattr(yaml, '__version__', '')}".strip()
+    if program == "json":
+        return f"Python {platform.python_version()}"
+    if program == "openssl":
+        import ssl  # noqa: PLC0415 (only render --check needs it)
+
+        return " ".join(ssl.OPENSSL_VERSION.split()[:2])
+    for path in found.values():
+        sibling = Path(path).resolve().parent / program
+        if sibling.is_file() and os.access(sibling, os.X_OK):
+            return tool_version(str(sibling))
+    return f"kbinfra {__version__}"
 
 
 def as_user(argv: Sequence[str], user: str | None) -> list[str]:
@@ -130,7 +208,9 @@ def free_port() -> int:
 
 
 def skipped(path: str, tool: str) -> CheckResult:
-    return CheckResult(path, tool, "skipped", f"{tool} is not installed")
+    package = DEBIAN_PACKAGES.get(program_of(tool))
+    where = f" (Debian package {package})" if package else ""
+    return CheckResult(path, tool, "skipped", f"{tool} is not installed{where}")
 
 
 def parse_check(out: Path, relative: str) -> CheckResult:
@@ -156,13 +236,18 @@ def validate_tree(stack: Stack, out: Path) -> list[CheckResult]:
         if relative.endswith((".yml", ".yaml", ".json")):
             results.append(parse_check(out, relative))
     results.append(compose_check(out))
+    results = [result._replace(version=checked_by(result, {})) for result in results]
     enabled = frozenset(stack.services)
     for name, service in stack.services.items():
-        results.extend(missing_requirements(name, service.requires, enabled))
+        missing = missing_requirements(name, service.requires, enabled)
+        results.extend(result._replace(version=checked_by(result, {})) for result in missing)
         check = service_part(name, "render_check")
-        if check is not None:
-            rendered_check = cast(RenderCheck, check.check_rendered)
-            results.extend(rendered_check(stack.contexts[name], out))
+        if check is None:
+            continue
+        rendered_check = cast(RenderCheck, check.check_rendered)
+        with tools_found() as found:
+            checked = rendered_check(stack.contexts[name], out)
+        results.extend(result._replace(version=checked_by(result, found)) for result in checked)
     return results
 
 

@@ -81,6 +81,7 @@ def test_render_check_runs_the_real_docker_compose(
 ) -> None:
     require_tool("docker-compose")
     stack = make_stack("minimum")
+    tmp_path = tmp_path / "rendered"
     write_tree(stack_files(stack), tmp_path)
     assert compose_check(tmp_path) == CheckResult(
         "docker-compose.yml",

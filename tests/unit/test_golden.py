@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kbinfra.render import render_stack, write_tree
+from kbinfra.render import RENDER_MARKER, render_stack, write_tree
 from kbinfra.stack import Stack
 from tests.conftest import PROFILES
 
@@ -33,7 +33,7 @@ def test_rendered_files_match_the_golden_files(
         out = tmp_path / "out"
         write_tree(files, out)
         shutil.rmtree(expected_dir, ignore_errors=True)
-        shutil.copytree(out, expected_dir)
+        shutil.copytree(out, expected_dir, ignore=shutil.ignore_patterns(RENDER_MARKER))
     expected = sorted(
         p.relative_to(expected_dir).as_posix() for p in expected_dir.rglob("*") if p.is_file()
     )

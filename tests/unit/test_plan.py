@@ -8,17 +8,15 @@ from typing import Any
 
 import pytest
 
-from kbinfra.containers import (
+from kbinfra.containers import DesiredService, Facts, ObservedContainer
+from kbinfra.errors import SpecError
+from kbinfra.names import (
     LABEL_CONFIG_HASH,
     LABEL_HASH_PREFIX,
     LABEL_SERVICE,
     LABEL_STACK,
-    DesiredService,
-    Facts,
-    ObservedContainer,
     normalize_ref,
 )
-from kbinfra.errors import SpecError
 from kbinfra.plan import (
     config_hash,
     dependencies,

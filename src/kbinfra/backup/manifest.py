@@ -147,6 +147,9 @@ def parse_manifest(data: bytes, recorded_sum: str | None) -> Manifest:
         raw = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ManifestError(f"{MANIFEST_FILE} is not JSON: {error}") from None
+    except RecursionError:
+        # kbinfra writes a manifest three levels deep; this one was not written by it.
+        raise ManifestError(f"{MANIFEST_FILE} is nested too deeply to be a manifest") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         found = raw.get("format") if isinstance(raw, dict) else None
         raise ManifestError(f"{MANIFEST_FILE} has format {found!r}; this kbinfra reads {FORMAT}")

@@ -263,9 +263,17 @@ def load_backup(backup_dir: Path) -> Manifest:
             fix="pass a directory written by `kbinfra backup`",
         )
     sum_file = backup_dir / MANIFEST_SUM_FILE
-    recorded = sum_file.read_text(encoding="ascii", errors="replace") if sum_file.exists() else ""
     try:
+        recorded = (
+            sum_file.read_text(encoding="ascii", errors="replace") if sum_file.exists() else ""
+        )
         return parse_manifest(manifest_file.read_bytes(), recorded)
+    except OSError as error:
+        raise BackupError(
+            f"cannot read the backup's manifest: {error.strerror or error}",
+            where=str(error.filename or backup_dir),
+            fix="check the backup folder's permissions (run as the user who made it)",
+        ) from None
     except ManifestError as error:
         raise BackupError(
             str(error), where=str(backup_dir), fix="this backup cannot be trusted; use another"

@@ -1,5 +1,6 @@
 """Command modules: each a Typer app, mounted by ``kbinfra.cli`` with ``add_typer`` (without a
-name for top-level commands). The opening they share is :mod:`kbinfra.commands.opening`.
+name for top-level commands). What they share, options and the opening, is in
+:mod:`kbinfra.commands.options`.
 
 Annotations stay real objects (no ``from __future__ import annotations``); see ``kbinfra.cli``.
 """

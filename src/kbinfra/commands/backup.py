@@ -9,15 +9,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from kbinfra.commands.opening import confirm, open_stack_and_target
 from kbinfra.commands.options import (
     DirOption,
     IdentityOption,
     KnownHostsOption,
     OutputOption,
     TargetOption,
+    confirm,
+    console_progress,
+    open_stack_and_target,
 )
-from kbinfra.progress import ConsoleProgress
 from kbinfra.ui import Console, Output, format_bytes
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ def backup(
         result = run_backup(
             stack,
             where,
-            progress=ConsoleProgress(console),
+            progress=console_progress(console),
             dest=dest,
             include_secrets=include_secrets,
         )
@@ -178,7 +179,7 @@ def verify(
     console = Console(output)
     stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
     with where:
-        result = run_drill(stack, where, backup_dir, progress=ConsoleProgress(console))
+        result = run_drill(stack, where, backup_dir, progress=console_progress(console))
     _finish(console, result, "restore drill")
 
 
@@ -226,7 +227,7 @@ def restore(
             stack,
             where,
             backup_dir,
-            progress=ConsoleProgress(console),
+            progress=console_progress(console),
             confirm=ask,
             only=only,
             safety_backup=not no_safety_backup,

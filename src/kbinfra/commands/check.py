@@ -15,7 +15,6 @@ from typing import Annotated, Any
 import typer
 
 from kbinfra import __version__
-from kbinfra.commands.opening import open_stack_and_target
 from kbinfra.commands.options import (
     DirOption,
     ForceUnlockOption,
@@ -23,8 +22,10 @@ from kbinfra.commands.options import (
     KnownHostsOption,
     OutputOption,
     TargetOption,
+    console_progress,
+    open_stack_and_target,
 )
-from kbinfra.progress import ConsoleProgress
+from kbinfra.errors import KbinfraError
 from kbinfra.ui import Console, Output
 
 EXIT_FAILED = 1
@@ -56,13 +57,14 @@ def check(
     Exit 0 only when every check passes; 1 when one fails; 2 on errors.
     """
     from kbinfra.probing.probe import check_rows_ok  # noqa: PLC0415
-    from kbinfra.probing.run import run_checks  # noqa: PLC0415
+    from kbinfra.probing.run import run_checks, select  # noqa: PLC0415
 
     console = Console(output)
     stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
+    select(stack, only or [])  # a misspelt --only is an error before the engine is asked
     with where:
         where.docker_client()  # an unreachable target is one error line (exit 2), not 40 rows
-        rows, unprobed = run_checks(stack, where, only or [], progress=ConsoleProgress(console))
+        rows, unprobed = run_checks(stack, where, only or [], progress=console_progress(console))
     ok = check_rows_ok(rows)
     failed = [r for r in rows if not r.ok]
     if console.json_mode:
@@ -137,14 +139,21 @@ def bench(
         bench_rows,
         prometheus_text,
     )
-    from kbinfra.probing.run import run_benches  # noqa: PLC0415
+    from kbinfra.probing.run import run_benches, select  # noqa: PLC0415
     from kbinfra.targets.engine import Engine  # noqa: PLC0415
 
     console = Console(output)
     stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
+    select(stack, only or [])  # a misspelt --only is an error before the engine is asked
+    if prometheus_textfile is not None and prometheus_textfile.is_dir():
+        raise KbinfraError(
+            "the Prometheus textfile is a directory",
+            where=str(prometheus_textfile),
+            fix="pass --prometheus-textfile a file path, e.g. DIR/kbinfra_bench.prom",
+        )
     plan = bench_plan(quick=quick, token=secrets.token_hex(6))
     signal.signal(signal.SIGTERM, _interrupt_on_term)
-    progress = ConsoleProgress(console)
+    progress = console_progress(console)
     with where:
         engine = Engine(where.docker_client(), stack.spec.name)
         with engine.locked(force=force_unlock) as notes:
@@ -156,7 +165,14 @@ def bench(
             results, skipped = run_benches(stack, where, plan, only or [], progress=progress)
     ok = bool(results) and all(r.ok for r in results)
     if prometheus_textfile is not None:
-        _write_atomically(prometheus_textfile, prometheus_text(stack.spec.name, results))
+        try:
+            _write_atomically(prometheus_textfile, prometheus_text(stack.spec.name, results))
+        except OSError as error:
+            raise KbinfraError(
+                f"cannot write the Prometheus textfile: {error.strerror or error}",
+                where=str(prometheus_textfile),
+                fix="pass --prometheus-textfile a file path in a folder this user can write",
+            ) from None
     if console.json_mode:
         console.emit_json(
             {

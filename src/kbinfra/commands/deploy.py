@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from kbinfra.commands.opening import confirm, open_stack_and_target
 from kbinfra.commands.options import (
     DirOption,
     ForceUnlockOption,
@@ -18,14 +17,19 @@ from kbinfra.commands.options import (
     KnownHostsOption,
     OutputOption,
     TargetOption,
+    confirm,
+    console_progress,
+    open_stack_and_target,
 )
 from kbinfra.errors import KbinfraError
-from kbinfra.progress import ConsoleProgress
 from kbinfra.ui import Console, Output
 
 if TYPE_CHECKING:
     from kbinfra.apply import ApplyResult
+    from kbinfra.capacity import Fit
     from kbinfra.plan import Plan
+    from kbinfra.stack import Stack
+    from kbinfra.targets import Target
 
 EXIT_CHANGES = 3
 
@@ -36,11 +40,33 @@ ssh_app = typer.Typer(
 )
 app.add_typer(ssh_app, name="ssh")
 
+AllowOversizedOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-oversized-profile",
+        help="Deploy even if the profile gives the services more than the engine has.",
+    ),
+]
+
 
 class ApplyFailedError(KbinfraError):
     """A service did not become healthy; what could be was rolled back."""
 
     exit_code = 1
+
+
+def _require_fit(stack: "Stack", where: "Target", console: Console, *, allow: bool) -> "Fit":
+    """Refuse a profile the target's engine cannot hold, unless ``allow``: then warn."""
+    from kbinfra.capacity import stack_fit  # noqa: PLC0415
+
+    fit = stack_fit(stack, where.engine_capacity())
+    if not fit.fits:
+        if not allow:
+            raise KbinfraError(fit.refusal(), where=where.name, fix=fit.fix())
+        console.warn(f"{fit.refusal()}; deploying it anyway (--allow-oversized-profile)")
+    for warning in fit.warnings:
+        console.warn(warning)
+    return fit
 
 
 _SYMBOL = {"create": "+", "recreate": "~", "start": ">", "remove": "-", "nothing": "="}
@@ -82,6 +108,7 @@ def plan(
     target: TargetOption = None,
     known_hosts: KnownHostsOption = None,
     identity: IdentityOption = None,
+    allow_oversized_profile: AllowOversizedOption = False,
     output: OutputOption = Output.text,
 ) -> None:
     """Show what apply would change, with file diffs. Exit 0: nothing; 3: changes; 2: error."""
@@ -90,9 +117,10 @@ def plan(
     console = Console(output)
     stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
     with where:
+        fit = _require_fit(stack, where, console, allow=allow_oversized_profile)
         result = plan_stack(stack, where)
     if console.json_mode:
-        console.emit_json(result.as_json())
+        console.emit_json({**result.as_json(), "fit": fit.as_json()})
     else:
         print_plan(console, result)
     if result.has_changes:
@@ -128,6 +156,7 @@ def apply(
             help="Converge only this service (repeatable); others stay as they are.",
         ),
     ] = None,
+    allow_oversized_profile: AllowOversizedOption = False,
     output: OutputOption = Output.text,
 ) -> None:
     """Create or update the stack's containers: health-gated, rolled back on failure."""
@@ -137,6 +166,7 @@ def apply(
     stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
     chosen = stack.select(only or [])
     with where:
+        _require_fit(stack, where, console, allow=allow_oversized_profile)
         if not yes:
             pending = plan_stack(stack, where, only=chosen)
             if not console.json_mode:
@@ -151,7 +181,7 @@ def apply(
             timeout=timeout,
             force_unlock=force_unlock,
             only=chosen,
-            progress=ConsoleProgress(console),
+            progress=console_progress(console),
         )
     for note in result.notes + result.repaired:
         console.note(note)
@@ -269,7 +299,7 @@ def destroy(
             where,
             delete_data=delete_data,
             force_unlock=force_unlock,
-            progress=ConsoleProgress(console),
+            progress=console_progress(console),
         )
     if console.json_mode:
         console.emit_json(result.as_json())
@@ -282,16 +312,14 @@ def destroy(
 
 
 def _host_port(address: str) -> tuple[str, int]:
-    if address.startswith("["):
-        host, _, rest = address[1:].partition("]")
-        port = rest.removeprefix(":")
-    else:
-        host, sep, port = address.rpartition(":")
-        if not sep or not port.isdigit():
-            host, port = address, ""
-    if not host or (port and not port.isdigit()):
-        raise KbinfraError(f"{address!r} is not HOST or HOST:PORT")
-    return host, int(port or 22)
+    from kbinfra.spec.values import DEFAULT_SSH_PORT, parse_host_port  # noqa: PLC0415
+
+    try:
+        return parse_host_port(address, default_port=DEFAULT_SSH_PORT)
+    except ValueError as error:
+        raise KbinfraError(
+            str(error), where="kbinfra ssh trust", fix="give HOST, HOST:PORT or [IPv6]:PORT"
+        ) from None
 
 
 @ssh_app.command("trust")
@@ -306,19 +334,23 @@ def ssh_trust(
         default_known_hosts,
         fetch_host_key,
         fingerprint,
-        known_keys,
+        read_known_hosts,
+        revoked_key_error,
     )
 
     console = Console()
     host, port = _host_port(address)
     path = known_hosts or default_known_hosts()
+    known = read_known_hosts(path)  # a broken file is an error before any connection
     key = fetch_host_key(host, port)
+    if key.get_base64() in known.revoked:
+        raise revoked_key_error(key, f"{host}:{port}", path)
     shown = f"{host}:{port} offers {key.get_name()} {fingerprint(key.asbytes())}"
-    known = known_keys(path, host, port)
-    if known.get(key.get_name()) == key.get_base64():
+    trusted = known.keys_for(host, port)
+    if trusted.get(key.get_name()) == key.get_base64():
         console.line(f"{shown}: already trusted in {path}")
         return
-    if known:
+    if trusted:
         raise KbinfraError(
             f"{shown}, but {path} already holds another key for it",
             fix="check why the key changed; remove the old line with `ssh-keygen -R` first",
@@ -326,5 +358,12 @@ def ssh_trust(
     console.line(shown)
     if not yes and not confirm(console, f"Add it to {path}?"):
         raise typer.Exit(1)
-    append_known_host(path, host, port, key)
+    try:
+        append_known_host(path, host, port, key)
+    except OSError as error:
+        raise KbinfraError(
+            f"cannot add the key to the known_hosts file: {error.strerror or error}",
+            where=str(path),
+            fix="pass --known-hosts a file path in a folder this user can write",
+        ) from None
     console.line(f"added to {path}")

@@ -5,15 +5,15 @@ from typing import Annotated
 
 import typer
 
-from kbinfra.commands.opening import open_stack_and_target
 from kbinfra.commands.options import (
     DirOption,
     IdentityOption,
     KnownHostsOption,
     OutputOption,
     TargetOption,
+    console_progress,
+    open_stack_and_target,
 )
-from kbinfra.progress import ConsoleProgress
 from kbinfra.ui import Console, Output
 
 app = typer.Typer(
@@ -50,19 +50,21 @@ def build(
     output: OutputOption = Output.text,
 ) -> None:
     """Build an image from a wheelhouse prepared here; skipped when its inputs are unchanged."""
-    import docker  # noqa: PLC0415 (heavy)
-
+    from kbinfra.images import only_recipe, recipe_dir  # noqa: PLC0415
     from kbinfra.images.build import build_image  # noqa: PLC0415
+    from kbinfra.targets.local import local_engine  # noqa: PLC0415
 
     console = Console(output)
+    recipe = recipe or only_recipe()
+    recipe_dir(recipe)  # an unknown recipe is an error before the engine is asked
     result = build_image(
-        docker.from_env(),
+        local_engine(),
         recipe,
         base_image=base_image,
         wheelhouse=wheelhouse,
         tag=tag,
         model_package=model_package,
-        progress=ConsoleProgress(console),
+        progress=console_progress(console),
     )
     if console.json_mode:
         console.emit_json(result.as_json())
@@ -81,16 +83,17 @@ def save(
     output: OutputOption = Output.text,
 ) -> None:
     """Save every image the stack uses into one tarball, from the local engine."""
-    import docker  # noqa: PLC0415 (heavy)
-
     from kbinfra.images.transfer import save_images, stack_images  # noqa: PLC0415
     from kbinfra.stack import open_stack  # noqa: PLC0415
+    from kbinfra.targets.local import local_engine  # noqa: PLC0415
 
     console = Console(output)
     stack = open_stack(stack_dir)
+    console.set_redactor(stack.redact)
     images = stack_images(stack)
+    engine = local_engine()
     console.note(f"saving {len(images)} images: {', '.join(images)}")
-    result = save_images(docker.from_env(), images, file, ConsoleProgress(console))
+    result = save_images(engine, images, file, console_progress(console))
     if console.json_mode:
         console.emit_json(result.as_json())
         return
@@ -114,13 +117,14 @@ def load(
     Over SSH it uses the connection every other command uses: the host key checked against
     kbinfra's known_hosts (`kbinfra ssh trust`), never trusted on first use.
     """
-    from kbinfra.images.transfer import load_images  # noqa: PLC0415
+    from kbinfra.images.transfer import check_archive, load_images  # noqa: PLC0415
 
     console = Console(output)
+    check_archive(file)
     _, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
     console.note(f"loading {file} into {where.name}")
     with where:
-        result = load_images(where.docker_client(), file, ConsoleProgress(console))
+        result = load_images(where.docker_client(), file, console_progress(console))
     if console.json_mode:
         console.emit_json({**result.as_json(), "target": where.name})
         return

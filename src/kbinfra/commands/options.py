@@ -1,11 +1,25 @@
-"""Options several commands share, so that each means the same everywhere."""
+"""What the commands share: their options, so that each means the same everywhere, and how a
+command that reaches a target opens.
 
+Every such command takes ``--dir``, ``--target``, ``--known-hosts`` and ``--identity`` and
+starts with :func:`open_stack_and_target`; it asks before it changes things with
+:func:`confirm`, and reports long work through :func:`console_progress`. No command module
+imports another.
+"""
+
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from kbinfra.ui import Output
+from kbinfra.errors import KbinfraError
+from kbinfra.ui import Console, Output
+
+if TYPE_CHECKING:
+    from kbinfra.progress import Progress
+    from kbinfra.stack import Stack
+    from kbinfra.targets import Target
 
 DirOption = Annotated[
     Path, typer.Option("--dir", "-d", help="Stack folder (holds kbinfra.yaml).", show_default=False)
@@ -32,3 +46,41 @@ IdentityOption = Annotated[
         "--identity", help="SSH private key (default: $KBINFRA_SSH_IDENTITY, ssh config, agent)."
     ),
 ]
+
+
+def open_stack_and_target(
+    stack_dir: Path,
+    target: str | None,
+    known_hosts: Path | None,
+    identity: Path | None,
+    console: Console,
+) -> "tuple[Stack, Target]":
+    """Load the stack (its secrets then redacted from everything the console prints), show
+    the profile's warnings, and open the target the stack file or ``--target`` names."""
+    from kbinfra.stack import open_stack  # noqa: PLC0415
+    from kbinfra.targets import open_target  # noqa: PLC0415
+
+    stack = open_stack(stack_dir)
+    console.set_redactor(stack.redact)
+    for warning in stack.profile.warnings():
+        console.warn(warning)
+    return stack, open_target(
+        stack.spec, stack_dir, target=target, known_hosts=known_hosts, identity=identity
+    )
+
+
+def confirm(console: Console, question: str) -> bool:
+    """Ask on the terminal; without one, refuse (the command's ``--yes`` skips the question)."""
+    if not sys.stdin.isatty():
+        raise KbinfraError(
+            "cannot ask for confirmation without a terminal", fix="pass --yes to proceed"
+        )
+    console.note(question + " [y/N] ")
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
+def console_progress(console: Console) -> "Progress":
+    """Timed notes and transfer bars through ``console`` (kbinfra.progress loads only here)."""
+    from kbinfra.progress import ConsoleProgress  # noqa: PLC0415 (not at every start)
+
+    return ConsoleProgress(console)

@@ -32,7 +32,9 @@ def recipe_dir(name: str) -> Path:
     folder = service_folder(name) if name in recipes() else None
     if folder is None:
         raise KbinfraError(
-            f"kbinfra builds no image for {name!r}", fix=f"choose one of {', '.join(recipes())}"
+            f"no image recipe {name!r}",
+            where="kbinfra images build",
+            fix=f"kbinfra builds: {', '.join(recipes())}",
         )
     return folder / IMAGE_FOLDER
 
@@ -41,5 +43,9 @@ def only_recipe() -> str:
     """The one image kbinfra builds: the default of ``kbinfra images build``."""
     found = recipes()
     if len(found) != 1:
-        raise KbinfraError("kbinfra builds several images", fix=f"name one of {', '.join(found)}")
+        raise KbinfraError(
+            "kbinfra builds several images",
+            where="kbinfra images build",
+            fix=f"name one of {', '.join(found)}",
+        )
     return found[0]

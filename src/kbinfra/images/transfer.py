@@ -77,6 +77,7 @@ def save_images(
 ) -> TransferResult:
     """Write ``images`` (shared layers once) into one ``docker save`` tarball at ``file``."""
     import docker.errors  # noqa: PLC0415
+    import requests  # noqa: PLC0415 (docker-py's HTTP client)
 
     if not images:
         raise KbinfraError("no images to save: the stack enables no service")
@@ -102,6 +103,19 @@ def save_images(
             out.flush()
             os.fsync(out.fileno())
         partial.replace(file)
+    # requests' errors are OSErrors: caught before the file's own.
+    except (docker.errors.DockerException, requests.RequestException) as error:
+        raise KbinfraError(
+            f"the engine stopped sending the images: {error}",
+            where=str(file),
+            fix="nothing was written; check the engine (`docker info`) and run it again",
+        ) from None
+    except OSError as error:
+        raise KbinfraError(
+            f"cannot write the image archive: {error.strerror or error}",
+            where=str(file),
+            fix="pass a file path in a folder that exists and has room",
+        ) from None
     finally:
         partial.unlink(missing_ok=True)
     meter.report()
@@ -133,10 +147,18 @@ class _CountingReader:
         return data
 
 
+def check_archive(file: Path) -> None:
+    """Refuse a path that is not a file, before any engine is asked to load it."""
+    if not file.is_file():
+        state = "is a directory, not an image archive" if file.is_dir() else "no such image archive"
+        raise KbinfraError(
+            state, where=str(file), fix="pass the tarball written by `kbinfra images save`"
+        )
+
+
 def load_images(client: docker.DockerClient, file: Path, progress: Progress) -> TransferResult:
     """Send the tarball at ``file`` to ``client``'s engine; the images it loaded."""
-    if not file.is_file():
-        raise KbinfraError("no such image archive", where=str(file))
+    check_archive(file)
     size = file.stat().st_size
     started = time.perf_counter()
     meter = _Meter("sent", size, progress)

@@ -632,7 +632,7 @@ class ProbeContext:
         return self.target.docker_client()
 
     def container_name(self) -> str:
-        from kbinfra.containers import container_name  # noqa: PLC0415
+        from kbinfra.names import container_name  # noqa: PLC0415
 
         return container_name(self.stack.spec.name, self.service.name)
 

@@ -144,7 +144,7 @@ def allowed_public(stack: Stack) -> set[tuple[str, int, int]]:
 
 
 def observed_bindings(stack: Stack, target: Target) -> list[Binding]:
-    from kbinfra.containers import LABEL_SERVICE, LABEL_STACK  # noqa: PLC0415
+    from kbinfra.names import LABEL_SERVICE, LABEL_STACK  # noqa: PLC0415
 
     listed = target.docker_client().api.containers(
         filters={"label": f"{LABEL_STACK}={stack.spec.name}"}
@@ -186,7 +186,7 @@ def check_hardened(
     inspected: Sequence[Mapping[str, Any]], caps: Mapping[str, Sequence[str]]
 ) -> str:
     """Every container of the stack (``docker inspect`` output) is locked down."""
-    from kbinfra.containers import LABEL_SERVICE  # noqa: PLC0415
+    from kbinfra.names import LABEL_SERVICE  # noqa: PLC0415
 
     problems = []
     for info in inspected:
@@ -198,7 +198,7 @@ def check_hardened(
 
 
 def inspected_containers(stack: Stack, target: Target) -> list[dict[str, Any]]:
-    from kbinfra.containers import LABEL_STACK  # noqa: PLC0415
+    from kbinfra.names import LABEL_STACK  # noqa: PLC0415
 
     api = target.docker_client().api
     listed = api.containers(all=True, filters={"label": f"{LABEL_STACK}={stack.spec.name}"})

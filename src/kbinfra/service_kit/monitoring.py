@@ -24,7 +24,7 @@ def camel(name: str) -> str:
 def address_of(name: str, default_port: int) -> str:
     """``name:port`` of another service on the stack network, from the registry when it is
     registered (its ``container_port`` is the truth), else at the upstream default port."""
-    from kbinfra.registry import all_services  # noqa: PLC0415 (the registry imports us)
+    from kbinfra.registry import all_services  # noqa: PLC0415 (loaded while it loads services)
 
     service = all_services().get(name)
     return service.address() if service is not None else f"{name}:{default_port}"

@@ -7,12 +7,13 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 
 from kbinfra.errors import SpecError
 from kbinfra.paths import profiles_dir
+from kbinfra.spec.values import ProfileName, TextLine
 from kbinfra.spec.yamlfile import read_yaml, validate
 from kbinfra.units import parse_memory_mib, parse_storage_gb
 
 MemoryMiB = Annotated[int, BeforeValidator(parse_memory_mib)]
 StorageGB = Annotated[int, BeforeValidator(parse_storage_gb)]
-Cpus = Annotated[float, Field(gt=0, le=1024, multiple_of=0.05)]
+Cpus = Annotated[float, Field(gt=0, le=1024, multiple_of=0.05, allow_inf_nan=False)]
 DiskKind = Literal["ssd", "nvme", "hdd"]
 
 #: The budgets a profile hands out. Every deployable service draws from one of them.
@@ -25,6 +26,9 @@ ALLOCATION_GROUPS = (
     "app",
     "monitoring",
 )
+
+#: Faster than any NIC sold; ``.inf`` would print as ``Infinity``, which is not JSON.
+MAX_NETWORK_GBPS = 10_000
 
 #: Below this share of host memory left for the OS and page cache, a profile gets a warning.
 MIN_HEADROOM_FRACTION = 0.10
@@ -39,7 +43,7 @@ class Host(_Strict):
     memory_mb: MemoryMiB = Field(alias="memory")
     storage_gb: StorageGB = Field(alias="storage")
     disk: DiskKind = "ssd"
-    network_gbps: Annotated[float, Field(gt=0)] = 1
+    network_gbps: Annotated[float, Field(gt=0, le=MAX_NETWORK_GBPS, allow_inf_nan=False)] = 1
 
 
 class Allocation(_Strict):
@@ -65,8 +69,8 @@ class Allocations(_Strict):
 
 
 class Profile(_Strict):
-    name: str
-    description: str = ""
+    name: ProfileName
+    description: TextLine = ""
     host: Host
     services: Allocations
 

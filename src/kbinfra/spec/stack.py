@@ -9,14 +9,20 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from kbinfra.registry import all_services
 from kbinfra.service import ServiceSettings
+from kbinfra.spec.values import (
+    Domain,
+    SshTarget,
+    Target,
+    TextLine,
+    Upstream,
+    VolumeName,
+    parse_ssh_target,
+)
 from kbinfra.spec.yamlfile import YamlDocument, read_yaml, validate
 
 STACK_FILE = "kbinfra.yaml"
 Workload = Literal["web", "oltp", "dw", "mixed"]
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
-_SSH_TARGET = re.compile(
-    r"^ssh://(?P<user>[A-Za-z_][A-Za-z0-9_.-]*)@(?P<host>[A-Za-z0-9_.:\[\]-]+?)(?::(?P<port>\d+))?$"
-)
 
 
 class _Strict(BaseModel):
@@ -24,38 +30,30 @@ class _Strict(BaseModel):
 
 
 class TlsSettings(_Strict):
-    certificate: str = Field(
+    certificate: TextLine = Field(
         "tls/cert.pem", description="PEM certificate, relative to the stack dir"
     )
-    key: str = Field("tls/key.pem", description="PEM private key, relative to the stack dir")
+    key: TextLine = Field("tls/key.pem", description="PEM private key, relative to the stack dir")
 
 
 class BackupSettings(_Strict):
-    root: str = "backups"
+    root: TextLine = "backups"
     keep_last: Annotated[int, Field(ge=1)] = 7
     keep_days: Annotated[int, Field(ge=1)] | None = 30
     # Not default_factory=list: pydantic would read that builtin's signature, which compiles
     # the tokenize module's regex (~4 ms of every start). Pydantic copies mutable defaults.
-    volumes: list[str] = Field([], description="Extra named volumes to back up")
+    volumes: list[VolumeName] = Field([], description="Extra named volumes to back up")
 
 
 class AppSettings(_Strict):
-    upstream: str = Field(
+    upstream: Upstream = Field(
         "host.docker.internal:8000",
         description="host:port of the user's API servers that nginx proxies / to",
     )
 
-    @field_validator("upstream")
-    @classmethod
-    def _host_port(cls, value: str) -> str:
-        host, _, port = value.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{value!r} is not host:port")
-        return value
-
 
 class DeploySettings(_Strict):
-    dir: str | None = Field(
+    dir: TextLine | None = Field(
         None,
         description="Deployed stack folder on an SSH target (default /var/lib/kbinfra/<name> "
         "as root, else ~/.kbinfra/<name>)",
@@ -88,9 +86,9 @@ class StackSpec(_Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     name: str = "kb"
-    profile: str = "recommended"
-    target: str = "local"
-    domain: str = "kb.example.com"
+    profile: TextLine = "recommended"
+    target: Target = "local"
+    domain: Domain = "kb.example.com"
     workload: Workload = "web"
     tls: TlsSettings = TlsSettings()
     app: AppSettings = AppSettings()
@@ -101,18 +99,11 @@ class StackSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _docker_safe(cls, value: str) -> str:
-        if not _NAME.match(value):
+        if not _NAME.fullmatch(value):
             raise ValueError(
                 f"{value!r} is not a usable stack name: lowercase letters, digits and -, "
                 "starting with a letter, at most 31 characters"
             )
-        return value
-
-    @field_validator("target")
-    @classmethod
-    def _known_target(cls, value: str) -> str:
-        if value != "local" and not _SSH_TARGET.match(value):
-            raise ValueError(f"{value!r} is not a target: use local or ssh://user@host[:port]")
         return value
 
     @model_validator(mode="after")
@@ -134,12 +125,11 @@ class StackSpec(_Strict):
     def enabled_services(self) -> list[str]:
         return [name for name in self.services.names() if self.services.get(name).enabled]
 
-    def ssh_parts(self) -> tuple[str, str, int] | None:
+    def ssh_parts(self) -> SshTarget | None:
         """``(user, host, port)`` for an ssh:// target, else None."""
-        match = _SSH_TARGET.match(self.target)
-        if match is None:
+        if self.target == "local":
             return None
-        return match["user"], match["host"].strip("[]"), int(match["port"] or 22)
+        return parse_ssh_target(self.target)
 
 
 @cache

@@ -16,6 +16,13 @@ from kbinfra.errors import SpecError
 
 Loc = tuple[str | int, ...]
 
+#: More values than any profile, stack file or secrets file holds (a stack file has ~300).
+#: Aliases let a few lines name billions of values (the "billion laughs"): the document is
+#: refused before it is built if it would expand past this, or nest deeper than MAX_DEPTH.
+MAX_VALUES = 10_000
+MAX_DEPTH = 64
+_MERGE_KEY = "<<"
+
 # libyaml, when PyYAML was built with it, parses and emits ~10x faster than pure Python.
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _Dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
@@ -60,9 +67,22 @@ def read_yaml(path: Path, *, what: str, fix_missing: str) -> YamlDocument:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(f"{what} not found", where=str(path), fix=fix_missing) from None
+    except IsADirectoryError:
+        raise SpecError(
+            f"{what} is a directory, not a file", where=str(path), fix="point it at a YAML file"
+        ) from None
     except (OSError, UnicodeDecodeError) as error:
-        raise SpecError(f"cannot read {what}: {error}", where=str(path)) from None
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise SpecError(
+            f"cannot read {what}: {reason}",
+            where=str(path),
+            fix="make it a UTF-8 YAML file that this user can read",
+        ) from None
     return parse_yaml(text, path, what=what)
+
+
+class YamlSyntaxError(SpecError):
+    """Text that is not YAML; ``what`` quotes the parser's problem, which may hold a value."""
 
 
 def parse_yaml(text: str, path: Path, *, what: str) -> YamlDocument:
@@ -70,6 +90,8 @@ def parse_yaml(text: str, path: Path, *, what: str) -> YamlDocument:
         loader = _Loader(text)
         try:
             node = loader.get_single_node()
+            if node is not None:
+                _check_shape(node, path, what=what)
             data = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
@@ -77,13 +99,13 @@ def parse_yaml(text: str, path: Path, *, what: str) -> YamlDocument:
         mark = error.problem_mark or error.context_mark
         line = f":{mark.line + 1}" if mark else ""
         problem = error.problem or error.context or "invalid YAML"
-        raise SpecError(
+        raise YamlSyntaxError(
             f"{what} is not valid YAML: {problem}",
             where=f"{path}{line}",
             fix="fix the indentation or quoting on that line",
         ) from None
     except yaml.YAMLError as error:
-        raise SpecError(f"{what} is not valid YAML: {error}", where=str(path)) from None
+        raise YamlSyntaxError(f"{what} is not valid YAML: {error}", where=str(path)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -95,6 +117,67 @@ def parse_yaml(text: str, path: Path, *, what: str) -> YamlDocument:
     if node is not None:
         _collect_lines(node, (), lines)
     return YamlDocument(path=path, data=data, lines=lines)
+
+
+def _check_shape(root: yaml.Node, path: Path, *, what: str) -> None:
+    """Refuse duplicate keys, and documents that aliases expand past MAX_VALUES.
+
+    Aliases share one node, so each node is sized once: the check costs the size of the
+    text, never the size of the expansion.
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node, depth: int) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        where = f"{path}:{node.start_mark.line + 1}"
+        if id(node) in open_nodes:
+            raise SpecError(
+                f"{what} holds an alias to a value that contains it", where=where, fix=_NO_ALIAS
+            )
+        if depth > MAX_DEPTH:
+            raise SpecError(f"{what} nests deeper than {MAX_DEPTH} levels", where=where)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            _refuse_duplicate_keys(node, path, what=what)
+            children = [part for pair in node.value for part in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        open_nodes.add(id(node))
+        total = 1 + sum(size(child, depth + 1) for child in children)
+        open_nodes.discard(id(node))
+        if total > MAX_VALUES:
+            raise SpecError(
+                f"{what} expands to more than {MAX_VALUES} values through YAML aliases",
+                where=where,
+                fix=_NO_ALIAS,
+            )
+        sizes[id(node)] = total
+        return total
+
+    size(root, 0)
+
+
+_NO_ALIAS = "write the values out instead of repeating an anchor (&name / *name)"
+
+
+def _refuse_duplicate_keys(node: yaml.MappingNode, path: Path, *, what: str) -> None:
+    seen: dict[tuple[str, str], int] = {}
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.value == _MERGE_KEY:
+            continue
+        line = key_node.start_mark.line + 1
+        first = seen.get((key_node.tag, key_node.value))
+        if first is None:
+            seen[(key_node.tag, key_node.value)] = line
+        else:
+            raise SpecError(
+                f"key {key_node.value!r} appears twice in {what}, on lines {first} and {line}",
+                where=f"{path}:{line}",
+                fix="keep one of them: YAML would silently use the last",
+            )
 
 
 def _collect_lines(node: yaml.Node, loc: Loc, lines: dict[Loc, int]) -> None:

@@ -7,6 +7,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from kbinfra.capacity import EngineCapacity
+
 if TYPE_CHECKING:
     from docker import DockerClient
 
@@ -53,6 +55,10 @@ class Target(ABC):
     @abstractmethod
     def file_store(self, stack: str) -> FileStore:
         """The deployed stack folder of ``stack`` on this target."""
+
+    def engine_capacity(self) -> EngineCapacity:
+        """The engine's CPUs and memory, from one ``docker info``."""
+        return EngineCapacity.from_info(self.docker_client().info(), where=self.name)
 
     @contextmanager
     def tunnel(self, port: int, host: str = "127.0.0.1") -> Iterator[tuple[str, int]]:

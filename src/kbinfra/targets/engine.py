@@ -19,17 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from kbinfra.containers import (
     DROPPED_CAPABILITIES,
-    LABEL_STACK,
     SECURITY_OPTIONS,
     DesiredService,
     Facts,
     MountedFile,
     ObservedContainer,
-    lock_name,
-    network_name,
-    normalize_ref,
 )
 from kbinfra.errors import KbinfraError
+from kbinfra.names import LABEL_STACK, lock_name, network_name, normalize_ref
 
 if TYPE_CHECKING:
     from docker import APIClient, DockerClient

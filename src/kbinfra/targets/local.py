@@ -101,17 +101,7 @@ class LocalTarget(Target):
 
     def docker_client(self) -> DockerClient:
         if self._client is None:
-            import docker  # noqa: PLC0415 (heavy; only commands that deploy need it)
-
-            try:
-                self._client = docker.from_env()
-                self._client.ping()
-            except docker.errors.DockerException as error:
-                raise KbinfraError(
-                    f"cannot reach the Docker Engine: {error}",
-                    where=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"),
-                    fix="start dockerd, or set DOCKER_HOST",
-                ) from None
+            self._client = local_engine()
         return self._client
 
     def file_store(self, stack: str) -> FileStore:
@@ -121,3 +111,23 @@ class LocalTarget(Target):
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def local_engine() -> DockerClient:
+    """A client of this machine's Docker Engine (``DOCKER_HOST`` or the default socket),
+    answering a ping; an engine that is missing or refuses is one line, exit 2."""
+    import docker  # noqa: PLC0415 (heavy; only commands that talk to an engine need it)
+
+    address = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as error:
+        socket = address.removeprefix("unix://") if address.startswith("unix://") else None
+        reason = "no socket there" if socket and not Path(socket).exists() else str(error)
+        raise KbinfraError(
+            f"cannot reach the Docker Engine: {reason}",
+            where=address,
+            fix="start dockerd, or set DOCKER_HOST to the engine's socket",
+        ) from None
+    return client

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import logging
 import os
 import posixpath
 import shlex
@@ -28,11 +29,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kbinfra.errors import KbinfraError
+from kbinfra.spec.values import HostPort
 from kbinfra.targets.base import TEMP_PREFIX, FileStore, Target
 
 if TYPE_CHECKING:
     import paramiko
     from docker import DockerClient
+
+# paramiko logs a failed handshake's traceback from its transport thread, which Python's
+# last-resort handler prints (19 lines) unless the paramiko logger has a handler. The error
+# kbinfra raises says it in one line; --debug shows the traceback of that error.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 DEFAULT_PORT = 22
 CONNECT_TIMEOUT_S = 15.0
@@ -55,7 +62,10 @@ def fingerprint(key_bytes: bytes) -> str:
 
 
 def trust_hint(host: str, port: int) -> str:
-    address = host if port == DEFAULT_PORT else f"{host}:{port}"
+    if port != DEFAULT_PORT:
+        address = str(HostPort(host, port))
+    else:
+        address = f"[{host}]" if ":" in host else host
     return f"kbinfra ssh trust {address}"
 
 
@@ -71,7 +81,7 @@ class SSHAddress:
 
     @property
     def url(self) -> str:
-        return f"ssh://{self.user}@{self.host}:{self.port}"
+        return f"ssh://{self.user}@{HostPort(self.host, self.port)}"
 
 
 @dataclass(frozen=True)
@@ -81,7 +91,81 @@ class SSHOptions:
     deploy_dir: str | None = None
 
 
-def _unknown_host_policy(address: SSHAddress, known_hosts: Path) -> Any:
+@dataclass(frozen=True)
+class KnownHosts:
+    """A known_hosts file as OpenSSH reads it: trusted keys, and keys marked ``@revoked``."""
+
+    trusted: paramiko.HostKeys
+    revoked: frozenset[str]  # base64 key blobs
+
+    def keys_for(self, host: str, port: int) -> dict[str, str]:
+        """Key type → base64 key trusted for ``host:port``."""
+        entry = self.trusted.lookup(known_hosts_name(host, port))
+        return {} if entry is None else {kind: key.get_base64() for kind, key in entry.items()}
+
+
+def read_known_hosts(path: Path) -> KnownHosts:
+    """Parse ``path`` as OpenSSH does; paramiko alone raises on ``@revoked`` and
+    ``@cert-authority`` lines. A revoked key is never trusted, even where another line lists
+    it; host certificates are not supported, so a ``@cert-authority`` line trusts nothing."""
+    import paramiko  # noqa: PLC0415
+    from paramiko.hostkeys import HostKeyEntry, InvalidHostKey  # noqa: PLC0415
+
+    trusted = paramiko.HostKeys()
+    if not path.exists():
+        return KnownHosts(trusted, frozenset())
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise KbinfraError(
+            f"cannot read the known_hosts file: {reason}",
+            where=str(path),
+            fix="pass --known-hosts FILE (or KBINFRA_KNOWN_HOSTS), a file in known_hosts format",
+        ) from None
+    revoked: set[str] = set()
+    entries: list[HostKeyEntry] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("@"):
+            marker, _, rest = line.partition(" ")
+            fields = rest.split()
+            if marker == "@revoked" and len(fields) >= 3:
+                revoked.add(fields[2])
+            continue
+        try:
+            entry = HostKeyEntry.from_line(line, number)
+        except (InvalidHostKey, paramiko.SSHException, ValueError):
+            raise KbinfraError(
+                "not a known_hosts line (HOSTS KEYTYPE BASE64-KEY)",
+                where=f"{path}:{number}",
+                fix="fix or delete that line, e.g. with `ssh-keygen -f FILE -R HOST`",
+            ) from None
+        if entry is not None:
+            entries.append(entry)
+    for entry in entries:
+        if entry.key.get_base64() not in revoked:
+            for name in entry.hostnames:
+                trusted.add(name, entry.key.get_name(), entry.key)
+    return KnownHosts(trusted, frozenset(revoked))
+
+
+def known_keys(known_hosts: Path, host: str, port: int) -> dict[str, str]:
+    """Key type → base64 key already trusted for ``host:port``."""
+    return read_known_hosts(known_hosts).keys_for(host, port)
+
+
+def revoked_key_error(key: paramiko.PKey, where: str, known_hosts: Path) -> HostKeyError:
+    return HostKeyError(
+        f"SSH host key {key.get_name()} {fingerprint(key.asbytes())} is marked @revoked",
+        where=f"{where} ({known_hosts})",
+        fix="this key must not be trusted: give the host a new key, then run `kbinfra ssh trust`",
+    )
+
+
+def _unknown_host_policy(address: SSHAddress, known: KnownHosts, known_hosts: Path) -> Any:
     import paramiko  # noqa: PLC0415
 
     class RefuseUnknownHost(paramiko.MissingHostKeyPolicy):
@@ -90,6 +174,8 @@ def _unknown_host_policy(address: SSHAddress, known_hosts: Path) -> Any:
         def missing_host_key(
             self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
         ) -> None:
+            if key.get_base64() in known.revoked:
+                raise revoked_key_error(key, f"{address.host}:{address.port}", known_hosts)
             raise HostKeyError(
                 f"unknown SSH host key {key.get_name()} {fingerprint(key.asbytes())}",
                 where=f"{address.host}:{address.port} (not in {known_hosts})",
@@ -107,10 +193,12 @@ def connect(address: SSHAddress, options: SSHOptions) -> paramiko.SSHClient:
     """A connected paramiko client whose host key matched ``options.known_hosts``."""
     import paramiko  # noqa: PLC0415
 
+    known = read_known_hosts(options.known_hosts)
     client = paramiko.SSHClient()
-    if options.known_hosts.exists():
-        client.load_host_keys(str(options.known_hosts))
-    client.set_missing_host_key_policy(_unknown_host_policy(address, options.known_hosts))
+    host_keys = client.get_host_keys()
+    for name in known.trusted:
+        host_keys[name] = known.trusted[name]
+    client.set_missing_host_key_policy(_unknown_host_policy(address, known, options.known_hosts))
     params: dict[str, Any] = {
         "hostname": address.host,
         "port": address.port,
@@ -157,12 +245,12 @@ def connect(address: SSHAddress, options: SSHOptions) -> paramiko.SSHClient:
             where=where,
             fix="pass --identity KEY (or KBINFRA_SSH_IDENTITY) for a key the host accepts",
         ) from None
-    except (OSError, paramiko.SSHException) as error:
+    except (OSError, EOFError, paramiko.SSHException) as error:
         client.close()
         raise KbinfraError(
             f"cannot connect over SSH: {error}",
             where=where,
-            fix="check the target in kbinfra.yaml and that sshd runs there",
+            fix="check the target's host and port in kbinfra.yaml and that sshd listens there",
         ) from None
     return client
 
@@ -173,30 +261,27 @@ def fetch_host_key(host: str, port: int) -> paramiko.PKey:
 
     import paramiko  # noqa: PLC0415
 
+    where = f"{host}:{port}"
     try:
         sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
     except OSError as error:
-        raise KbinfraError(f"cannot connect: {error}", where=f"{host}:{port}") from None
+        raise KbinfraError(
+            f"cannot connect: {error.strerror or error}",
+            where=where,
+            fix="check the host name and port, and that sshd listens there",
+        ) from None
     transport = paramiko.Transport(sock)
     try:
         transport.start_client(timeout=CONNECT_TIMEOUT_S)
         return transport.get_remote_server_key()
-    except paramiko.SSHException as error:
-        raise KbinfraError(f"SSH handshake failed: {error}", where=f"{host}:{port}") from None
+    except (paramiko.SSHException, EOFError, OSError):
+        raise KbinfraError(
+            "no SSH server answered there (no SSH handshake)",
+            where=where,
+            fix="check the port: pass HOST:PORT with the port sshd listens on",
+        ) from None
     finally:
         transport.close()
-
-
-def known_keys(known_hosts: Path, host: str, port: int) -> dict[str, str]:
-    """Key type → base64 key already trusted for ``host:port``."""
-    import paramiko  # noqa: PLC0415
-
-    if not known_hosts.exists():
-        return {}
-    entry = paramiko.HostKeys(str(known_hosts)).lookup(known_hosts_name(host, port))
-    if entry is None:
-        return {}
-    return {key_type: key.get_base64() for key_type, key in entry.items()}
 
 
 def append_known_host(known_hosts: Path, host: str, port: int, key: paramiko.PKey) -> None:
