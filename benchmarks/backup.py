@@ -8,9 +8,14 @@ about that much incompressible data (70% PostgreSQL rows, 25% Redis values, 5% Q
 and `kbinfra backup` runs in a child process whose peak RSS the kernel reports (wait4). The
 stack is destroyed with its data afterwards. Prints numbers; never an assertion.
 
+With --offsite, a local stack sends each backup to a restic repository on a local path:
+per size the upload's throughput, the bytes a second unchanged night adds, and the peak RSS
+(kbinfra and its restic child); at the end the time of `restore offsite:latest` onto the
+stack after `destroy --delete-data` and `apply` (a bare stack).
+
 Usage:
   python benchmarks/backup.py --images IMAGE_MAP [--sizes 50,200]
-      [--ssh ssh://user@host:port --known-hosts FILE --identity KEY]
+      [--ssh ssh://user@host:port --known-hosts FILE --identity KEY] [--offsite|--offsite-only]
 """
 
 from __future__ import annotations
@@ -132,11 +137,12 @@ class Filler:
         self.qdrant.close()
 
 
-def backup_once(folder: Path, dest: Path, env: dict[str, str]) -> dict[str, float]:
+def backup_once(folder: Path, dest: Path | None, env: dict[str, str]) -> dict[str, Any]:
     """Run `kbinfra backup` in a child; its throughput and the child's own peak RSS."""
     started = time.perf_counter()
+    where = ["--dest", str(dest)] if dest is not None else []
     proc = subprocess.Popen(
-        [*KBINFRA, "backup", "--dir", str(folder), "--dest", str(dest), "--output", "json"],
+        [*KBINFRA, "backup", "--dir", str(folder), *where, "--output", "json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
@@ -156,6 +162,7 @@ def backup_once(folder: Path, dest: Path, env: dict[str, str]) -> dict[str, floa
         "seconds": seconds,
         "mb_per_s": result["bytes"] / MB / seconds,
         "peak_rss_mb": usage.ru_maxrss * 1024 / MB,  # Linux reports KiB
+        "offsite": result.get("offsite") or [],
     }
 
 
@@ -190,6 +197,53 @@ def measure(target: str, images: Path, sizes: list[int], env: dict[str, str]) ->
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def measure_offsite(images: Path, sizes: list[int], env: dict[str, str]) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="kbinfra-bench-offsite-"))
+    spec = _stack(folder, images, "local", env)
+    spec["backup"]["offsite"] = [{"name": "bench", "repository": str(folder / "restic-repo")}]
+    (folder / "kbinfra.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    try:
+        _kbinfra(["init", "--dir", str(folder)], env)  # generates offsite_bench_password
+        _kbinfra(["apply", "--yes", "--dir", str(folder)], env)
+        secrets = yaml.safe_load((folder / "secrets.yaml").read_text())
+        filler = Filler(spec, secrets)
+        print(f"\noffsite (local-path restic repository): stack {spec['name']}")
+        print(f"{'data':>8} {'backup':>10} {'upload':>8} {'MB/s':>8} {'added':>10} "
+              f"{'2nd night':>10} {'peak RSS':>10}")  # fmt: skip
+        try:
+            for size in sizes:
+                filler.fill_to(size * MB)
+                first = backup_once(folder, None, env)
+                second = backup_once(folder, None, env)
+                upload, again = first["offsite"][0], second["offsite"][0]
+                rate = upload["bytes"] / MB / upload["seconds"] if upload["seconds"] else 0.0
+                print(
+                    f"{size:>5} MB {upload['bytes'] / MB:>7.1f} MB {upload['seconds']:>7.1f}s "
+                    f"{rate:>8.1f} {upload['bytes_added'] / MB:>7.1f} MB "
+                    f"{again['bytes_added'] / MB:>7.2f} MB "
+                    f"{max(first['peak_rss_mb'], second['peak_rss_mb']):>7.1f} MB",
+                    flush=True,
+                )
+        finally:
+            filler.close()
+        _kbinfra(["destroy", "--yes", "--delete-data", "--confirm-name", spec["name"],
+                  "--dir", str(folder)], env)  # fmt: skip
+        shutil.rmtree(folder / "backups")
+        _kbinfra(["apply", "--yes", "--dir", str(folder)], env)
+        started = time.perf_counter()
+        _kbinfra(["restore", "offsite:latest", "--yes", "--no-safety-backup", "--dir",
+                  str(folder)], env)  # fmt: skip
+        print(f"restore offsite:latest onto the bare stack ({sizes[-1]} MB of data): "
+              f"{time.perf_counter() - started:.1f}s")  # fmt: skip
+    finally:
+        subprocess.run(
+            [*KBINFRA, "destroy", "--yes", "--delete-data", "--confirm-name", spec["name"],
+             "--force-unlock", "--dir", str(folder)],
+            capture_output=True, env=env, check=False,
+        )  # fmt: skip
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=Path, required=True, help="image map (test bed)")
@@ -197,9 +251,16 @@ def main() -> None:
     parser.add_argument("--ssh", help="also measure this ssh://user@host:port target")
     parser.add_argument("--known-hosts", type=Path)
     parser.add_argument("--identity", type=Path)
+    parser.add_argument("--offsite", action="store_true", help="also measure offsite uploads")
+    parser.add_argument(
+        "--offsite-only", action="store_true", help="measure only the offsite uploads"
+    )
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     env = {k: v for k, v in os.environ.items() if not k.startswith("KBINFRA_")}
+    if args.offsite_only:
+        measure_offsite(args.images, sizes, env)
+        return
     measure("local", args.images, sizes, env)
     if args.ssh:
         ssh_env = dict(env)
@@ -208,6 +269,8 @@ def main() -> None:
         if args.identity:
             ssh_env["KBINFRA_SSH_IDENTITY"] = str(args.identity)
         measure(args.ssh, args.images, sizes, ssh_env)
+    if args.offsite:
+        measure_offsite(args.images, sizes, env)
 
 
 if __name__ == "__main__":

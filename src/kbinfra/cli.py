@@ -146,6 +146,12 @@ def init(
     result = init_stack(
         stack_dir, profile=profile, target=target, domain=domain, images_file=images, force=force
     )
+    for name in result.secrets_added:
+        if name.startswith("offsite_"):
+            console.warn(
+                f"{name} encrypts the offsite backups: keep a copy of secrets.yaml off this "
+                "host; losing it loses those backups"
+            )
     if console.json_mode:
         console.emit_json(result.as_json())
         return

@@ -21,5 +21,11 @@ class KbinfraError(Exception):
         return " — ".join(parts)
 
 
+class ApplyFailedError(KbinfraError):
+    """A service did not become healthy; what could be was rolled back."""
+
+    exit_code = 1
+
+
 class SpecError(KbinfraError):
     """A profile, stack file or secrets file that cannot be used as it is."""

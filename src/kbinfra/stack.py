@@ -97,7 +97,10 @@ class Stack:
 
 def required_secrets(spec: StackSpec) -> set[str]:
     services = all_services()
-    return {secret for name in spec.enabled_services() for secret in services[name].secrets}
+    offsite = {repository.password_secret for repository in spec.backup.offsite}
+    return offsite | {
+        secret for name in spec.enabled_services() for secret in services[name].secrets
+    }
 
 
 def open_stack(stack_dir: Path) -> Stack:

@@ -58,6 +58,8 @@ FAILING_WITH_OUTPUT: dict[str, list[str]] = {
     "bench": [],
     "backup": [],
     "backup verify": ["latest"],
+    "backup list": [],
+    "backup schedule": [],
     "restore": ["latest", "--yes"],
     "images build": ["nosuch"],
     "images save": ["images.tar"],

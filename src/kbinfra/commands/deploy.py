@@ -21,7 +21,7 @@ from kbinfra.commands.options import (
     console_progress,
     open_stack_and_target,
 )
-from kbinfra.errors import KbinfraError
+from kbinfra.errors import ApplyFailedError, KbinfraError
 from kbinfra.ui import Console, Output
 
 if TYPE_CHECKING:
@@ -47,12 +47,6 @@ AllowOversizedOption = Annotated[
         help="Deploy even if the profile gives the services more than the engine has.",
     ),
 ]
-
-
-class ApplyFailedError(KbinfraError):
-    """A service did not become healthy; what could be was rolled back."""
-
-    exit_code = 1
 
 
 def _require_fit(stack: "Stack", where: "Target", console: Console, *, allow: bool) -> "Fit":

@@ -36,6 +36,51 @@ class TlsSettings(_Strict):
     key: TextLine = Field("tls/key.pem", description="PEM private key, relative to the stack dir")
 
 
+_OFFSITE_NAME = re.compile(r"[a-z][a-z0-9_]{0,30}")
+_REPOSITORY_SCHEMES = ("sftp:", "rest:", "s3:")
+_SCHEME = re.compile(r"^[a-z][a-z0-9]+$")
+
+
+class OffsiteRepository(_Strict):
+    """One restic repository that every new backup is sent to (``backup.offsite[]``)."""
+
+    name: str = Field(description="Short name; the password is the secret offsite_<name>_password")
+    repository: str = Field(
+        description="restic repository: a local path, sftp:user@host:/path, "
+        "rest:https://host/path or s3:https://host/bucket/path"
+    )
+    keep_last: Annotated[int, Field(ge=1)] = 7
+    keep_daily: Annotated[int, Field(ge=0)] = 30
+    keep_weekly: Annotated[int, Field(ge=0)] = 8
+    keep_monthly: Annotated[int, Field(ge=0)] = 12
+
+    @field_validator("name")
+    @classmethod
+    def _secret_safe(cls, value: str) -> str:
+        if not _OFFSITE_NAME.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a usable repository name: lowercase letters, digits and _, "
+                "starting with a letter, at most 31 characters"
+            )
+        return value
+
+    @field_validator("repository")
+    @classmethod
+    def _restic_repository(cls, value: str) -> str:
+        if not value or any(c.isspace() or ord(c) < 32 for c in value):
+            raise ValueError(f"{value!r} is not a restic repository: no spaces or control chars")
+        scheme = value.partition(":")[0]
+        if _SCHEME.match(scheme) and not value.startswith(_REPOSITORY_SCHEMES):
+            raise ValueError(
+                f"{value!r}: kbinfra supports local paths and sftp:, rest:, s3: repositories"
+            )
+        return value
+
+    @property
+    def password_secret(self) -> str:
+        return f"offsite_{self.name}_password"
+
+
 class BackupSettings(_Strict):
     root: TextLine = "backups"
     keep_last: Annotated[int, Field(ge=1)] = 7
@@ -43,6 +88,18 @@ class BackupSettings(_Strict):
     # Not default_factory=list: pydantic would read that builtin's signature, which compiles
     # the tokenize module's regex (~4 ms of every start). Pydantic copies mutable defaults.
     volumes: list[VolumeName] = Field([], description="Extra named volumes to back up")
+    offsite: list[OffsiteRepository] = Field(
+        [], description="restic repositories every new backup is sent to"
+    )
+
+    @field_validator("offsite")
+    @classmethod
+    def _names_unique(cls, value: list[OffsiteRepository]) -> list[OffsiteRepository]:
+        names = [r.name for r in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"offsite repository name {twice[0]!r} is used twice")
+        return value
 
 
 class AppSettings(_Strict):
