@@ -235,8 +235,9 @@ def validate_tree(stack: Stack, out: Path) -> list[CheckResult]:
     for relative in sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()):
         if relative.endswith((".yml", ".yaml", ".json")):
             results.append(parse_check(out, relative))
-    results.append(compose_check(out))
-    results = [result._replace(version=checked_by(result, {})) for result in results]
+    with tools_found() as compose_tools:
+        results.append(compose_check(out))
+    results = [result._replace(version=checked_by(result, compose_tools)) for result in results]
     enabled = frozenset(stack.services)
     for name, service in stack.services.items():
         missing = missing_requirements(name, service.requires, enabled)

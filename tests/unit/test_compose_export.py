@@ -11,10 +11,11 @@ import pytest
 import yaml
 
 from kbinfra.exports import compose_document, compose_problems, stack_files
+from kbinfra.registry import all_services
 from kbinfra.render import write_tree
 from kbinfra.service import CheckResult
 from kbinfra.stack import Stack
-from kbinfra.validation import compose_check
+from kbinfra.validation import compose_check, validate_tree
 from tests.conftest import PROFILES
 
 
@@ -96,4 +97,13 @@ def test_render_check_runs_the_real_docker_compose(
     (tmp_path / "docker-compose.yml").write_text(yaml.safe_dump(document))
     result = compose_check(tmp_path)
     assert (result.tool, result.outcome) == ("docker-compose", "failed")
+
+    # render --check names the tool's version, as for every other validator (a stack of one
+    # service that has no validator of its own, so only the compose export is checked).
+    only = {n: {"enabled": n == "node-exporter"} for n in all_services()}
+    small = make_stack("minimum", {"services": only})
+    folder = tmp_path.parent / "small"
+    write_tree(small.rendered, folder)
+    compose_row = next(r for r in validate_tree(small, folder) if r.tool == "docker-compose")
+    assert (compose_row.outcome, compose_row.version[:16]) == ("ok", "docker-compose 1")
     assert "security_opt" in result.detail
