@@ -12,6 +12,12 @@ from typing import Any
 from kbinfra.names import LABEL_CONFIG_HASH, LABEL_HASH_PREFIX, LABEL_SERVICE, LABEL_STACK
 from kbinfra.service import ContainerSpec, FileMount, RenderedFile
 
+#: Every container kbinfra creates: all capabilities dropped (a service adds back the few
+#: its entrypoint needs, ``ContainerSpec.cap_add``), and no privilege gained by exec (setuid
+#: binaries, file capabilities).
+DROPPED_CAPABILITIES = ("ALL",)
+SECURITY_OPTIONS = ("no-new-privileges:true",)
+
 
 @dataclass(frozen=True)
 class MountedFile:

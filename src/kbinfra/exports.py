@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import posixpath
 import re
+import shlex
 from typing import TYPE_CHECKING, Any
 
+from kbinfra.containers import DROPPED_CAPABILITIES, SECURITY_OPTIONS
 from kbinfra.names import container_name, network_name
-from kbinfra.service import RenderedFile
+from kbinfra.service import ContainerSpec, FileMount, RenderedFile
 from kbinfra.spec.yamlfile import dump_yaml
 from kbinfra.templating import environment
 
@@ -15,17 +18,94 @@ if TYPE_CHECKING:
 
 COMPOSE_FILE = "docker-compose.yml"
 COMPOSE_ENV = ".env"
+#: Where a one-shot ``<service>-files`` container sees the rendered files and writes them.
+STAGING_DIR = "/kbinfra-staging"
+OWNED_DIR = "/kbinfra-owned"
+#: What that container needs: read the user's 0600 files (DAC_OVERRIDE), then chown them.
+FILES_CAPS = ("CHOWN", "DAC_OVERRIDE", "FOWNER")
 
 
 def env_var_for(secret: str) -> str:
     return f"KBINFRA_{secret.upper()}"
 
 
+def ssh_port(stack: Stack) -> int:
+    """The port the target's sshd listens on: the ssh:// target's, else the default 22."""
+    parts = stack.spec.ssh_parts()
+    return parts[2] if parts is not None else 22
+
+
+def owned_folders(spec: ContainerSpec) -> dict[str, list[FileMount]]:
+    """The files a service must own (``uid``/``gid`` not root), by the folder they go to.
+
+    A bind mount keeps the host's owner, so compose cannot give a 0600 file to the uid the
+    service runs as: these folders are filled by a one-shot ``<service>-files`` container
+    instead. Such a folder must hold nothing else kbinfra mounts (it becomes a volume).
+    """
+    folders: dict[str, list[FileMount]] = {}
+    for mount in spec.files:
+        if (mount.uid, mount.gid) != (0, 0):
+            folders.setdefault(posixpath.dirname(mount.target), []).append(mount)
+    for mount in spec.files:
+        folder = posixpath.dirname(mount.target)
+        if folder in folders and mount not in folders[folder]:
+            raise ValueError(
+                f"{spec.service}: {mount.target} shares {folder} with files it must own; "
+                "give the owned files a folder of their own"
+            )
+    return folders
+
+
+def files_service(
+    stack: Stack, spec: ContainerSpec, folders: dict[str, list[FileMount]]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The one-shot container that copies a service's owned files into volumes, chowned and
+    0600; and those volumes, by the folder the service mounts each at."""
+    mounts: list[str] = []
+    steps: list[str] = []
+    volume_at: dict[str, str] = {}
+    for index, (folder, owned) in enumerate(sorted(folders.items())):
+        volume = f"{stack.spec.name}-{spec.service}-files{index}"
+        volume_at[folder] = volume
+        mounts.append(f"{volume}:{OWNED_DIR}/{index}")
+        for number, mount in enumerate(owned):
+            staged = f"{STAGING_DIR}/{index}-{number}"
+            target = f"{OWNED_DIR}/{index}/{posixpath.basename(mount.target)}"
+            mounts.append(f"./{mount.source}:{staged}:ro")
+            steps += [
+                f"cp {shlex.quote(staged)} {shlex.quote(target)}",
+                f"chown {mount.uid}:{mount.gid} {shlex.quote(target)}",
+                f"chmod 0600 {shlex.quote(target)}",
+            ]
+    entry = {
+        "image": spec.image,
+        "user": "0:0",
+        "entrypoint": ["/bin/sh", "-c"],
+        "command": [" && ".join(steps).replace("$", "$$")],
+        "network_mode": "none",
+        "restart": "no",
+        "volumes": mounts,
+        "cap_drop": list(DROPPED_CAPABILITIES),
+        "cap_add": list(FILES_CAPS),
+        "security_opt": list(SECURITY_OPTIONS),
+        "pids_limit": 32,
+        "labels": {"kbinfra.stack": stack.spec.name, "kbinfra.service": f"{spec.service}-files"},
+    }
+    return entry, volume_at
+
+
 def compose_document(stack: Stack) -> dict[str, Any]:
-    """The stack as a compose file; secrets come from ``.env`` by ``${VAR}`` interpolation."""
+    """The stack as a compose file; secrets come from ``.env`` by ``${VAR:?}`` interpolation
+    (compose refuses to start without them). Written to the compose specification without
+    its top-level ``name:``, which compose v1 refuses: the project name is in ``.env``."""
     services: dict[str, Any] = {}
     volumes: dict[str, Any] = {}
     for name, spec in stack.containers.items():
+        folders = owned_folders(spec)
+        volume_at: dict[str, str] = {}
+        if folders:
+            services[f"{name}-files"], volume_at = files_service(stack, spec, folders)
+            volumes.update({v: {"name": v} for v in volume_at.values()})
         entry: dict[str, Any] = {
             "image": spec.image,
             "container_name": container_name(stack.spec.name, name),
@@ -44,14 +124,21 @@ def compose_document(stack: Stack) -> dict[str, Any]:
         if spec.user is not None:
             entry["user"] = spec.user
         environment = {key: value.replace("$", "$$") for key, value in spec.env.items()}
-        environment.update({k: f"${{{env_var_for(s)}}}" for k, s in spec.secret_env.items()})
+        environment.update(
+            {k: f"${{{env_var_for(s)}:?run kbinfra render}}" for k, s in spec.secret_env.items()}
+        )
         if environment:
             entry["environment"] = dict(sorted(environment.items()))
         if spec.ports:
             entry["ports"] = [f"{p.host_ip}:{p.host_port}:{p.container_port}" for p in spec.ports]
         mounts = [f"{v.volume}:{v.target}" for v in spec.volumes]
         mounts += [f"{b.source}:{b.target}" + (":ro" if b.read_only else "") for b in spec.binds]
-        mounts += [f"./{f.source}:{f.target}:ro" for f in spec.files]
+        mounts += [
+            f"./{f.source}:{f.target}:ro"
+            for f in spec.files
+            if posixpath.dirname(f.target) not in volume_at
+        ]
+        mounts += [f"{volume}:{folder}:ro" for folder, volume in volume_at.items()]
         if mounts:
             entry["volumes"] = mounts
         for volume in spec.volumes:
@@ -67,14 +154,23 @@ def compose_document(stack: Stack) -> dict[str, Any]:
                 "retries": check.retries,
                 "start_period": f"{check.start_period_s}s",
             }
-        depends = [d for d in spec.depends_on if d in stack.services]
+        entry["cap_drop"] = list(DROPPED_CAPABILITIES)
+        if spec.cap_add:
+            entry["cap_add"] = list(spec.cap_add)
+        entry["security_opt"] = list(SECURITY_OPTIONS)
+        if spec.pids_limit is not None:
+            entry["pids_limit"] = spec.pids_limit
+        depends: dict[str, Any] = {
+            d: {"condition": "service_healthy"} for d in spec.depends_on if d in stack.services
+        }
+        if folders:
+            depends[f"{name}-files"] = {"condition": "service_completed_successfully"}
         if depends:
-            entry["depends_on"] = {d: {"condition": "service_healthy"} for d in depends}
+            entry["depends_on"] = depends
         if spec.extra_hosts:
             entry["extra_hosts"] = spec.extra_hosts
         services[name] = entry
     return {
-        "name": stack.spec.name,
         "services": services,
         "networks": {"kbinfra": {"name": network_name(stack.spec.name)}},
         "volumes": volumes,
@@ -87,15 +183,20 @@ def stack_files(stack: Stack) -> list[RenderedFile]:
     header = (
         f"# docker compose export of kbinfra stack {stack.spec.name!r}.\n"
         "# `kbinfra apply` is the supported way to deploy; this file is for people who prefer\n"
-        "# compose. Secrets are read from .env (mode 0600) next to this file.\n"
+        "# compose. Secrets and the project name are read from .env (mode 0600) next to this\n"
+        "# file. Written to the compose specification: docker-compose v1 (1.27+) and\n"
+        "# docker compose v2 both run it (`docker-compose up -d` in this folder).\n"
     )
     compose = header + dump_yaml(document)
     specs = stack.containers.values()
     secret_names = sorted({s for spec in specs for s in spec.secret_env.values()})
-    env_text = "".join(f"{env_var_for(s)}={stack.secrets[s]}\n" for s in secret_names)
+    env_text = f"COMPOSE_PROJECT_NAME={stack.spec.name}\n" + "".join(
+        f"{env_var_for(s)}={stack.secrets[s]}\n" for s in secret_names
+    )
     published = sorted({(p.host_ip, p.host_port) for spec in specs for p in spec.ports})
     variables = {
         "stack": stack.spec,
+        "ssh_port": ssh_port(stack),
         "public_ports": sorted({port for ip, port in published if ip != "127.0.0.1"}),
         "internal_ports": sorted({port for ip, port in published if ip == "127.0.0.1"}),
     }
@@ -109,11 +210,12 @@ def stack_files(stack: Stack) -> list[RenderedFile]:
     ]
 
 
-_COMPOSE_TOP = {"name", "services", "networks", "volumes"}
+_COMPOSE_TOP = {"services", "networks", "volumes"}
 _COMPOSE_SERVICE = {
     "image", "container_name", "hostname", "restart", "networks", "cpus", "mem_limit",
     "stop_grace_period", "labels", "entrypoint", "command", "user", "environment", "ports",
-    "volumes", "shm_size", "healthcheck", "depends_on", "extra_hosts",
+    "volumes", "shm_size", "healthcheck", "depends_on", "extra_hosts", "cap_drop", "cap_add",
+    "security_opt", "pids_limit", "network_mode",
 }  # fmt: skip
 _PORT = re.compile(r"^(\d{1,3}(\.\d{1,3}){3}:)?\d{1,5}:\d{1,5}$")
 

@@ -62,6 +62,7 @@ def config_parts(
         },
         "healthcheck": spec.healthcheck._asdict() if spec.healthcheck else None,
         "extra_hosts": spec.extra_hosts,
+        "hardening": {"cap_add": spec.cap_add, "pids_limit": spec.pids_limit},
     }
     if spec.binds:  # only then: containers without binds keep the hash they always had
         parts["binds"] = [b._asdict() for b in spec.binds]

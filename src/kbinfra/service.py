@@ -47,6 +47,7 @@ class Resources(NamedTuple):
     cpus: float
     memory_mb: int
     storage_gb: int
+    pids: int = 1024  # processes and threads (Docker ``--pids-limit``)
 
 
 class RenderedFile(NamedTuple):
@@ -138,6 +139,11 @@ class ContainerSpec(NamedTuple):
     extra_hosts: Sequence[str] = ()  # "name:ip", "name:host-gateway"
     depends_on: Sequence[str] = ()
     stop_timeout_s: int = 30
+    #: Every container drops all capabilities and runs with no-new-privileges; these are the
+    #: ones the image's entrypoint needs back (e.g. to chown its data and drop to its user).
+    cap_add: Sequence[str] = ()
+    #: Processes and threads it may run; None takes the profile's (Resources.pids).
+    pids_limit: int | None = None
 
 
 class ScrapeTarget(NamedTuple):
@@ -284,6 +290,7 @@ class Service(ABC):
             cpus=cpus,
             memory_mb=max(64, int(budget.memory_mb * self.share)),
             storage_gb=max(1, int(budget.storage_gb * self.share)),
+            pids=budget.pids,
         )
 
     @abstractmethod
@@ -301,6 +308,11 @@ class Service(ABC):
     def secret_templates(self) -> frozenset[str]:
         """Template names whose output holds a secret (written 0600)."""
         return frozenset()
+
+    def secret_settings(self, ctx: ServiceContext) -> Mapping[str, str]:
+        """Values of the stack file that are credentials (a webhook URL carrying a token):
+        redacted from every log, error and plan like the secrets of ``secrets.yaml``."""
+        return _EMPTY
 
     @abstractmethod
     def container(self, ctx: ServiceContext) -> ContainerSpec:

@@ -60,7 +60,14 @@ class Stack:
     @cached_property
     def containers(self) -> dict[str, ContainerSpec]:
         """Every enabled service's container, in deployment order."""
-        return {name: s.container(self.contexts[name]) for name, s in self.services.items()}
+        containers = {}
+        for name, service in self.services.items():
+            ctx = self.contexts[name]
+            spec = service.container(ctx)
+            if spec.pids_limit is None:
+                spec = spec._replace(pids_limit=ctx.resources.pids)
+            containers[name] = spec
+        return containers
 
     def select(self, names: Iterable[str]) -> list[str]:
         """The enabled services named (``--only``), in deployment order; a name that is not
@@ -80,7 +87,12 @@ class Stack:
 
     @cached_property
     def redact(self) -> Redactor:
-        return Redactor({**self.secrets, "tls_key": self.tls_key})
+        from_settings = {
+            f"{name}.{key}": value
+            for name, service in self.services.items()
+            for key, value in service.secret_settings(self.contexts[name]).items()
+        }
+        return Redactor({**self.secrets, **from_settings, "tls_key": self.tls_key})
 
 
 def required_secrets(spec: StackSpec) -> set[str]:

@@ -57,6 +57,7 @@ DEBIAN_PACKAGES = {
     "amtool": "prometheus-alertmanager",
     "redis-server": "redis-server",
     "postgres": "postgresql-15",
+    "docker-compose": "docker-compose",
 }
 
 #: Open :func:`tools_found` records: each gets every tool :func:`find_tool` finds, by name.
@@ -234,8 +235,9 @@ def validate_tree(stack: Stack, out: Path) -> list[CheckResult]:
     for relative in sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()):
         if relative.endswith((".yml", ".yaml", ".json")):
             results.append(parse_check(out, relative))
-    results.append(compose_check(out))
-    results = [result._replace(version=checked_by(result, {})) for result in results]
+    with tools_found() as compose_tools:
+        results.append(compose_check(out))
+    results = [result._replace(version=checked_by(result, compose_tools)) for result in results]
     enabled = frozenset(stack.services)
     for name, service in stack.services.items():
         missing = missing_requirements(name, service.requires, enabled)
@@ -272,8 +274,18 @@ def missing_requirements(
 
 
 def compose_check(out: Path) -> CheckResult:
-    """The compose export, checked against what compose accepts (no compose CLI needed)."""
+    """The compose export, checked by the real ``docker-compose config -q`` when installed
+    (with the ``.env`` beside it), else against what compose accepts."""
     from kbinfra.exports import COMPOSE_FILE, compose_problems  # noqa: PLC0415
+
+    compose = find_tool("docker-compose")
+    if compose is not None:
+        folder = out.resolve()
+        argv = [compose, "--project-directory", str(folder), "-f", str(folder / COMPOSE_FILE)]
+        run = run_tool([*argv, "config", "-q"], cwd=folder)
+        if not run.ok:
+            why = run.output.splitlines()[-1] if run.output else f"exit {run.returncode}"
+            return CheckResult(COMPOSE_FILE, "docker-compose", "failed", why)
 
     try:
         document = yaml.safe_load((out / COMPOSE_FILE).read_text(encoding="utf-8"))
@@ -282,6 +294,5 @@ def compose_check(out: Path) -> CheckResult:
     problems = compose_problems(document)
     if problems:
         return CheckResult(COMPOSE_FILE, "compose schema", "failed", "; ".join(problems))
-    return CheckResult(
-        COMPOSE_FILE, "compose schema", "ok", f"{len(document['services'])} services"
-    )
+    tool = "docker-compose" if compose is not None else "compose schema"
+    return CheckResult(COMPOSE_FILE, tool, "ok", f"{len(document['services'])} services")

@@ -290,7 +290,9 @@ def test_every_check_passes_on_a_fresh_apply(deployed: Deployment) -> None:
     text = deployed.run("check", "--only", "redis,stack")
     assert text.code == 0, text.out + text.err
     assert "refuses-anonymous" in text.out and "internal-ports-on-loopback" in text.out
-    assert {line.split()[0] for line in text.out.splitlines() if "│" in line} == {"redis", "stack"}
+    # A long value wraps onto a continuation row whose service column is empty.
+    rows = [line.split("│")[0].strip() for line in text.out.splitlines() if "│" in line]
+    assert {service for service in rows if service} == {"redis", "stack"}
 
 
 def test_bench_quick_measures_every_service_and_sweeps_old_leftovers(
@@ -410,6 +412,7 @@ class Containers:
         ports: dict[str, Any] | None = None,
         files: dict[str, tuple[bytes, int, int]] | None = None,
         labels: dict[str, str] | None = None,
+        hardening: dict[str, Any] | None = None,
     ) -> Any:
         container = self.client.containers.create(
             image,
@@ -418,6 +421,7 @@ class Containers:
             ports=ports or {},
             labels=labels or {},
             name=f"kbt-weak-{uuid.uuid4().hex[:8]}",
+            **(hardening or {}),
         )
         self.started.append(container)
         for path, (data, mode, uid) in (files or {}).items():
@@ -493,7 +497,7 @@ def weak(containers: Containers, images: dict[str, str], weak_stack_dir: Path) -
                     0o644,
                     0,
                 ),
-                "/usr/local/etc/redis/users.acl": (acl.encode(), 0o600, 999),
+                "/usr/local/etc/redis/acl/users.acl": (acl.encode(), 0o600, 999),
             },
         ),
         "qdrant-open": containers.start(images["qdrant"], ports=loopback("6333/tcp")),
@@ -641,7 +645,16 @@ def test_a_port_on_all_addresses_and_readable_secret_files_fail(
         store.put(path, b"x", 0o600)
     labels = {LABEL_STACK: stack.spec.name, LABEL_SERVICE: "redis"}
     inside = containers.start(
-        images["redis"], command=["redis-server"], ports=loopback("6379/tcp"), labels=labels
+        images["redis"],
+        command=["redis-server"],
+        ports=loopback("6379/tcp"),
+        labels=labels,
+        hardening={
+            "cap_drop": ["ALL"],
+            "cap_add": list(stack.containers["redis"].cap_add),
+            "security_opt": ["no-new-privileges:true"],
+            "pids_limit": 256,
+        },
     )
     host_port(inside, "6379/tcp")
     rows = {r.check: r for r in stack_probe.checks(stack, probe_target)}
@@ -666,6 +679,13 @@ def test_a_port_on_all_addresses_and_readable_secret_files_fail(
         outside.remove(force=True)
     assert not rows["internal-ports-on-loopback"].ok
     assert "0.0.0.0:" in rows["internal-ports-on-loopback"].value
+    # Started as docker run does: every capability of Docker's default set, no PIDs limit.
+    assert not rows["containers-hardened"].ok
+    hardening = rows["containers-hardened"].value
+    assert f"{outside.name}: no no-new-privileges" in hardening
+    assert f"{outside.name}: capabilities not dropped" in hardening
+    assert f"{outside.name}: no PIDs limit" in hardening
+    assert f"{inside.name}:" not in hardening
     assert not rows["deployed-secret-files-private"].ok
     assert f"{secret_files[0]} 0644" in rows["deployed-secret-files-private"].value
     assert not rows["secrets-file-private"].ok

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -56,20 +57,13 @@ def first_testbed_sshd(tmp_path: Path) -> Iterator[tuple[Path, int, int]]:
     try:
         yield state, port, pid
     finally:
-        os.kill(pid, 15)
+        with contextlib.suppress(ProcessLookupError):  # `up` may have stopped it
+            os.kill(pid, 15)
 
 
-def test_up_names_the_process_holding_the_ssh_port(
-    first_testbed_sshd: tuple[Path, int, int], tmp_path: Path
-) -> None:
-    first_state, port, pid = first_testbed_sshd
-    second_state = tmp_path / "second"
-    env = {
-        **os.environ,
-        "KBINFRA_TESTBED_DIR": str(second_state),
-        "KBINFRA_TESTBED_SSH_PORT": str(port),
-    }
-    done = subprocess.run(
+def _up(state: Path, port: int) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KBINFRA_TESTBED_DIR": str(state), "KBINFRA_TESTBED_SSH_PORT": str(port)}
+    return subprocess.run(
         [str(REPO / "scripts" / "testbed"), "up"],
         capture_output=True,
         text=True,
@@ -77,6 +71,14 @@ def test_up_names_the_process_holding_the_ssh_port(
         check=False,
         timeout=300,
     )
+
+
+def test_up_names_the_process_holding_the_ssh_port(
+    first_testbed_sshd: tuple[Path, int, int], tmp_path: Path
+) -> None:
+    first_state, port, pid = first_testbed_sshd
+    second_state = tmp_path / "second"
+    done = _up(second_state, port)
     assert done.returncode != 0
     error = done.stderr.strip().splitlines()[-1]
     assert error.startswith(f"testbed: error: port 127.0.0.1:{port} is held by pid {pid} ")
@@ -84,3 +86,25 @@ def test_up_names_the_process_holding_the_ssh_port(
     assert "KBINFRA_TESTBED_SSH_PORT=" in error
     assert "Host key verification failed" not in done.stderr
     assert not (second_state / "ssh" / "sshd_config").exists()
+
+
+def test_up_stops_its_own_state_dirs_sshd_that_lost_its_pid_file(
+    first_testbed_sshd: tuple[Path, int, int],
+) -> None:
+    """A state dir removed and made again (a fresh clone in the same folder) finds its old
+    sshd still listening: that one is its own to replace, not another checkout's."""
+    state, port, pid = first_testbed_sshd
+    (state / "ssh" / "sshd.pid").unlink()
+    done = _up(state, port)
+    try:
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert f"left without its pid file (pid {pid})" in done.stderr
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    finally:
+        down = {
+            **os.environ,
+            "KBINFRA_TESTBED_DIR": str(state),
+            "KBINFRA_TESTBED_SSH_PORT": str(port),
+        }
+        subprocess.run([str(REPO / "scripts" / "testbed"), "down"], env=down, check=False)

@@ -1,4 +1,5 @@
-"""Stack-wide checks: secret files are private, and only what is meant to be public is.
+"""Stack-wide checks: secret files are private, only what is meant to be public is, and
+every container is locked down (no-new-privileges, capabilities dropped, a PIDs limit).
 
 A private module (its name starts with ``_``): no service is called that. The decisions are
 pure functions of observed facts (file modes, port bindings); ``checks`` gathers the facts.
@@ -151,6 +152,59 @@ def observed_bindings(stack: Stack, target: Target) -> list[Binding]:
     return bindings_from(listed, LABEL_SERVICE)
 
 
+# --------------------------------------------------------------------------- hardening
+def hardening_problems(
+    container: str, host_config: Mapping[str, Any], allowed_caps: Iterable[str]
+) -> list[str]:
+    """What one container lacks of kbinfra's lock-down, as ``container: problem``.
+
+    ``host_config`` is ``HostConfig`` of ``docker inspect``; ``allowed_caps`` the capabilities
+    its service adds back (``ContainerSpec.cap_add``), or nothing for a container the stack
+    does not declare (which then may add none).
+    """
+    problems = []
+    if not any(
+        option.replace("=", ":") in ("no-new-privileges:true", "no-new-privileges")
+        for option in host_config.get("SecurityOpt") or ()
+    ):
+        problems.append("no no-new-privileges")
+    dropped = {str(cap).upper().removeprefix("CAP_") for cap in host_config.get("CapDrop") or ()}
+    if "ALL" not in dropped:
+        problems.append("capabilities not dropped (cap_drop ALL)")
+    allowed = {cap.upper() for cap in allowed_caps}
+    added = {str(cap).upper().removeprefix("CAP_") for cap in host_config.get("CapAdd") or ()}
+    if added - allowed:
+        problems.append(f"adds {', '.join(sorted(added - allowed))}")
+    if not (host_config.get("PidsLimit") or 0) > 0:
+        problems.append("no PIDs limit")
+    if host_config.get("Privileged"):
+        problems.append("privileged")
+    return [f"{container}: {problem}" for problem in problems]
+
+
+def check_hardened(
+    inspected: Sequence[Mapping[str, Any]], caps: Mapping[str, Sequence[str]]
+) -> str:
+    """Every container of the stack (``docker inspect`` output) is locked down."""
+    from kbinfra.names import LABEL_SERVICE  # noqa: PLC0415
+
+    problems = []
+    for info in inspected:
+        name = str(info.get("Name", "?")).lstrip("/")
+        service = str((info.get("Config", {}).get("Labels") or {}).get(LABEL_SERVICE, ""))
+        problems += hardening_problems(name, info.get("HostConfig") or {}, caps.get(service, ()))
+    require(not problems, "; ".join(problems))
+    return f"{len(inspected)} containers locked down"
+
+
+def inspected_containers(stack: Stack, target: Target) -> list[dict[str, Any]]:
+    from kbinfra.names import LABEL_STACK  # noqa: PLC0415
+
+    api = target.docker_client().api
+    listed = api.containers(all=True, filters={"label": f"{LABEL_STACK}={stack.spec.name}"})
+    return [api.inspect_container(container["Id"]) for container in listed]
+
+
 # --------------------------------------------------------------------------- the checks
 def secret_paths(stack: Stack) -> list[str]:
     """Deployed files that hold a secret: every rendered file marked secret."""
@@ -195,5 +249,13 @@ def checks(stack: Stack, target: Target) -> list[CheckRow]:
             "remove the container publishing it (docker rm -f NAME) or bind it to 127.0.0.1; "
             "Docker's published ports bypass ufw"
         ),
+    )
+    caps = {name: spec.cap_add for name, spec in stack.containers.items()}
+    rows.run(
+        "containers-hardened",
+        "locked-down",
+        lambda: check_hardened(inspected_containers(stack, target), caps),
+        fix="run `kbinfra apply` (it recreates kbinfra's containers locked down); remove any "
+        "other container of the stack",
     )
     return rows.rows

@@ -50,6 +50,9 @@ class Allocation(_Strict):
     cpus: Cpus
     memory_mb: MemoryMiB = Field(alias="memory")
     storage_gb: StorageGB = Field(alias="storage")
+    pids: Annotated[int, Field(ge=32, le=4_194_304)] = Field(
+        1024, description="Processes and threads each container of this budget may run"
+    )
 
 
 class Allocations(_Strict):

@@ -17,7 +17,14 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kbinfra.containers import DesiredService, Facts, MountedFile, ObservedContainer
+from kbinfra.containers import (
+    DROPPED_CAPABILITIES,
+    SECURITY_OPTIONS,
+    DesiredService,
+    Facts,
+    MountedFile,
+    ObservedContainer,
+)
 from kbinfra.errors import KbinfraError
 from kbinfra.names import LABEL_STACK, lock_name, network_name, normalize_ref
 
@@ -204,6 +211,10 @@ class Engine:
             shm_size=f"{spec.shm_size_mb}m" if spec.shm_size_mb else None,
             extra_hosts=list(spec.extra_hosts) or None,
             network_mode=network_name(self.stack),
+            cap_drop=list(DROPPED_CAPABILITIES),
+            cap_add=list(spec.cap_add) or None,
+            security_opt=list(SECURITY_OPTIONS),
+            pids_limit=spec.pids_limit,
         )
         healthcheck = None
         if spec.healthcheck is not None:

@@ -9,7 +9,14 @@
 set -eu
 
 EXTERNAL_IF="${EXTERNAL_IF:-$(ip route show default | awk '{print $5; exit}')}"
-PUBLIC_PORTS="22 80 443"
+# The target's SSH port stays open (the stack file's ssh:// port), and so does the port of
+# the SSH session running this script: a deny-by-default with the wrong port locks you out.
+SSH_PORTS="22"
+if [ -n "${SSH_CONNECTION:-}" ]; then
+    SESSION_PORT="${SSH_CONNECTION##* }"
+    [ "$SESSION_PORT" = "22" ] || SSH_PORTS="$SSH_PORTS $SESSION_PORT"
+fi
+PUBLIC_PORTS="$SSH_PORTS 80 443"
 INTERNAL_PORTS="3000 5432 6333 6334 6379 8001 8002 9090 9093"
 
 if command -v ufw >/dev/null 2>&1; then

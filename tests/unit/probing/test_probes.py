@@ -529,9 +529,10 @@ def test_prometheus_durations_targets_and_flags() -> None:
         ["app (http://h:8000/metrics): connection refused"],
         ["qdrant"],
     )
-    assert prometheus.expected_flags(["--a=1", "--web.enable-lifecycle", "x"]) == {
+    assert prometheus.expected_flags(["--a=1", "--web.enable-x", "y"]) == {
         "a": "1",
-        "web.enable-lifecycle": "true",
+        "web.enable-x": "true",
+        "web.enable-lifecycle": "false",  # read back even though the command leaves it out
     }
     # Prometheus prints sizes back in its own way; both sides compare as bytes/seconds.
     assert prometheus.normalise_flag("19073MB") == prometheus.normalise_flag("18GiB641MiB")

@@ -4,6 +4,7 @@ Without a webhook or email in ``kbinfra.yaml`` the receivers are empty: alerts a
 inhibited and shown in the Alertmanager UI (127.0.0.1:9093), but sent nowhere.
 """
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Self, cast
 
 from pydantic import Field, model_validator
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 CONFIG_DIR = "/etc/alertmanager"
 DATA_DIR = "/alertmanager"
 CONFIG_FILE = "alertmanager/alertmanager.yml"
+#: The image runs as nobody: the 0600 configuration must belong to it inside the container.
+CONTAINER_UID = 65534
 SEVERITIES = ("critical", "warning")
 
 
@@ -34,7 +37,8 @@ class AlertmanagerSettings(ServiceSettings):
     webhook_url: str | None = Field(
         None,
         pattern=r"^https?://\S+$",
-        description="POST alerts here (Slack/Teams bridges, ntfy…); written into the config",
+        description="POST alerts here (Slack/Teams bridges, ntfy…); a credential: written "
+        "only into the 0600 alertmanager.yml and redacted everywhere else",
     )
     email_to: str | None = Field(
         None, pattern=r"^[^@\s]+@[^@\s]+$", description="Send alerts to this address"
@@ -77,6 +81,14 @@ class Alertmanager(Service):
             "severities": SEVERITIES,
         }
 
+    def secret_templates(self) -> frozenset[str]:
+        # A webhook URL is often a token (Slack's is): the file that holds it is a secret.
+        return frozenset({"alertmanager.yml"})
+
+    def secret_settings(self, ctx: ServiceContext) -> Mapping[str, str]:
+        settings = cast(AlertmanagerSettings, ctx.settings)
+        return {"webhook_url": settings.webhook_url} if settings.webhook_url else {}
+
     def scrape_targets(self, ctx: ServiceContext) -> list[ScrapeTarget]:
         return [ScrapeTarget(job=self.name, address=self.address())]
 
@@ -93,7 +105,14 @@ class Alertmanager(Service):
             ports=ctx.loopback_port(self.container_port),
             # Silences and the notification log survive restarts.
             volumes=[VolumeMount(volume=ctx.volume(), target=DATA_DIR)],
-            files=[FileMount(source=CONFIG_FILE, target=f"{CONFIG_DIR}/alertmanager.yml")],
+            files=[
+                FileMount(
+                    source=CONFIG_FILE,
+                    target=f"{CONFIG_DIR}/alertmanager.yml",
+                    uid=CONTAINER_UID,
+                    gid=CONTAINER_UID,
+                )
+            ],
             healthcheck=HealthCheck(
                 # busybox wget is in the image; curl is not.
                 test=wget_http_probe(self.container_port, "/-/ready"),

@@ -249,6 +249,9 @@ class Nginx(Service):
             memory_mb=ctx.resources.memory_mb,
             extra_hosts=[f"{alias}:host-gateway" for alias in sorted(DOCKER_HOST_ALIASES)],
             stop_timeout_s=max(settings.proxy_timeout_s, settings.document_timeout_s),
+            # The master binds 80 and 443 as root and chowns its temp folders; its workers
+            # switch to the nginx user.
+            cap_add=("CHOWN", "NET_BIND_SERVICE", "SETGID", "SETUID"),
         )
 
 

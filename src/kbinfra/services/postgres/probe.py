@@ -37,6 +37,7 @@ from kbinfra.probing.probe import (
     uninterrupted,
 )
 from kbinfra.services.postgres.service import (
+    BENCH_GROUP,
     PgTune,
     PostgresSettings,
     expected_settings,
@@ -367,12 +368,19 @@ def sweep_and_cleanup_sql(conn: psycopg.Connection[Any], like: str) -> list[str]
 
 
 def create_role(conn: psycopg.Connection[Any], role: str, password: str) -> None:
-    """A login role for this run only (utility statements take no bound parameters)."""
+    """A login role for this run only (utility statements take no bound parameters), in the
+    group pg_hba.conf lets in over TCP (``BENCH_GROUP``), which is created the first time."""
     from psycopg import sql  # noqa: PLC0415
 
     conn.execute(
-        sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-            sql.Identifier(role), sql.Literal(password)
+        sql.SQL(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {}) THEN"
+            " CREATE ROLE {} NOLOGIN; END IF; END $$"
+        ).format(sql.Literal(BENCH_GROUP), sql.Identifier(BENCH_GROUP))
+    )
+    conn.execute(
+        sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
+            sql.Identifier(role), sql.Literal(password), sql.Identifier(BENCH_GROUP)
         )
     )
 

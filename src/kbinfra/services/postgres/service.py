@@ -16,6 +16,7 @@ from kbinfra.service import (
     ServiceSettings,
     VolumeMount,
 )
+from kbinfra.services.postgres.exporter import MONITOR_ROLE
 from kbinfra.services.postgres.exporter import SERVICE as EXPORTER
 
 Workload = Literal["web", "oltp", "dw", "mixed"]
@@ -33,6 +34,12 @@ WAL_SIZE = {
     "mixed": (1 * GB, 4 * GB),
 }
 IO_CONCURRENCY = {"ssd": 200, "nvme": 1000, "hdd": 2}
+#: Processes besides the connection backends: postmaster, checkpointer, WAL writer,
+#: autovacuum and parallel workers, and the entrypoint's own while it initialises.
+PIDS_BESIDES_BACKENDS = 128
+#: The group of the short-lived roles ``kbinfra bench`` creates (``kbinfra_bench_<token>``):
+#: pg_hba.conf lets its members in over TCP (``+kbinfra_bench``) only while they exist.
+BENCH_GROUP = "kbinfra_bench"
 CONFIG_DIR = "/etc/postgresql"
 DATA_DIR = "/var/lib/postgresql/data"
 CONF_FILE = "postgres/postgresql.conf"
@@ -218,7 +225,21 @@ class Postgres(Service):
             for key, value in tune._asdict().items()
             if key.endswith("_kb")
         }
-        return {"tune": tune, "memory": memory, "settings": ctx.settings}
+        return {
+            "tune": tune,
+            "memory": memory,
+            "settings": ctx.settings,
+            "tcp_roles": self.tcp_roles(ctx),
+        }
+
+    def tcp_roles(self, ctx: ServiceContext) -> list[str]:
+        """The roles pg_hba.conf lets in over TCP. The stack user is the image's superuser
+        (``POSTGRES_USER``): the app logs in as it, and so do kbinfra's checks (``kbinfra
+        check``) and backups (``pg_dump`` needs to read every table); the exporter logs in
+        as its own ``pg_monitor`` role, and ``kbinfra bench`` as members of its group. Every
+        other role connects only over the socket."""
+        settings: PostgresSettings = ctx.settings
+        return [settings.user, MONITOR_ROLE, f"+{BENCH_GROUP}"]
 
     def container(self, ctx: ServiceContext) -> ContainerSpec:
         settings: PostgresSettings = ctx.settings
@@ -264,6 +285,13 @@ class Postgres(Service):
             # Parallel queries use POSIX dynamic shared memory in /dev/shm (64 MB by default).
             shm_size_mb=max(256, ctx.resources.memory_mb // 8),
             stop_timeout_s=60,
+            # The entrypoint starts as root: it chowns and chmods PGDATA and the socket folder
+            # (files it does not own: DAC_OVERRIDE, FOWNER), then drops to postgres (gosu).
+            cap_add=("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"),
+            # One process per connection, plus the background workers.
+            pids_limit=max(
+                ctx.resources.pids, self.tuning(ctx).max_connections + PIDS_BESIDES_BACKENDS
+            ),
         )
 
     def login_check(self, ctx: ServiceContext) -> LoginCheck:

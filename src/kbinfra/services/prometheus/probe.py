@@ -112,9 +112,15 @@ def check_targets(base: str) -> str:
     return f"{len(up)} targets up: {', '.join(up)}"
 
 
+#: Flags kbinfra leaves at their default, which check still reads back: lifecycle on would let
+#: any process that reaches the port stop Prometheus (POST /-/quit).
+LOCKED_DEFAULTS = {"web.enable-lifecycle": "false"}
+
+
 def expected_flags(command: Sequence[str]) -> dict[str, str]:
-    """``--name=value`` (and bare ``--name`` = true) of the container's command."""
-    flags = {}
+    """``--name=value`` (and bare ``--name`` = true) of the container's command, over
+    :data:`LOCKED_DEFAULTS`."""
+    flags = dict(LOCKED_DEFAULTS)
     for argument in command:
         if not argument.startswith("--"):
             continue
@@ -210,7 +216,7 @@ def checks(probe: ProbeContext) -> list[CheckRow]:
         "alert-rules-as-rendered",
         "configured",
         rules,
-        fix="Prometheus loaded other rules than rendered: `kbinfra apply`, or POST /-/reload",
+        fix="Prometheus loaded other rules than rendered: `kbinfra apply` recreates it",
         needs="ready",
     )
     return rows.rows

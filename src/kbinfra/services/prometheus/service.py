@@ -297,7 +297,8 @@ class Prometheus(Service):
                 f"--storage.tsdb.path={DATA_DIR}",
                 f"--storage.tsdb.retention.time={tune.retention_time}",
                 f"--storage.tsdb.retention.size={tune.retention_size_mb}MB",
-                "--web.enable-lifecycle",
+                # No --web.enable-lifecycle: it lets any process that reaches the port
+                # POST /-/quit. kbinfra loads a changed configuration by recreating.
             ],
             ports=ctx.loopback_port(self.container_port),
             volumes=[VolumeMount(volume=ctx.volume(), target=DATA_DIR)],

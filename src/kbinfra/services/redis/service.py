@@ -40,7 +40,8 @@ TCP_BACKLOG = 511
 CONF_FILE = "redis/redis.conf"
 ACL_FILE = "redis/users.acl"
 CONF_PATH = "/usr/local/etc/redis/redis.conf"
-ACL_PATH = "/usr/local/etc/redis/users.acl"
+#: In a folder of its own: the compose export fills that folder with files owned by redis.
+ACL_PATH = "/usr/local/etc/redis/acl/users.acl"
 #: The official image's ``redis`` user. The server drops root before it reads the 0600 ACL
 #: file, so the file is placed into the container owned by that user.
 REDIS_UID = 999
@@ -209,6 +210,8 @@ class Redis(Service):
             memory_mb=ctx.resources.memory_mb,
             # Redis writes its final RDB snapshot on SIGTERM.
             stop_timeout_s=60,
+            # The entrypoint starts as root, chowns /data to redis and drops to it (gosu).
+            cap_add=("CHOWN", "SETGID", "SETUID"),
         )
 
 

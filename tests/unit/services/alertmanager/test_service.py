@@ -72,6 +72,17 @@ def test_webhook_and_email_reach_every_receiver(make_stack: Callable[..., Stack]
         assert receiver["email_configs"] == [{"to": "ops@example.com", "send_resolved": True}]
 
 
+def test_the_webhook_url_is_a_secret(make_stack: Callable[..., Stack]) -> None:
+    """A webhook URL is often a token: 0600, owned by the image's nobody, and redacted."""
+    url = "https://hooks.example.com/services/T000/B000/XXXXsecrettoken"
+    stack = make_stack("minimum", {"services": {"alertmanager": {"webhook_url": url}}})
+    rendered = next(f for f in stack.rendered if f.path == CONFIG_FILE)
+    assert (rendered.mode, rendered.secret) == (0o600, True)
+    mount = next(m for m in stack.containers["alertmanager"].files if m.source == CONFIG_FILE)
+    assert (mount.uid, mount.gid) == (65534, 65534)
+    assert url not in stack.redact(f"error posting to {url}: 403")
+
+
 def test_incomplete_email_settings_are_one_clear_error(make_stack: Callable[..., Stack]) -> None:
     with pytest.raises(SpecError, match="email_to, smtp_smarthost and smtp_from together"):
         make_stack("minimum", {"services": {"alertmanager": {"email_to": "ops@example.com"}}})

@@ -105,6 +105,22 @@ def test_major_version_needs_a_numeric_tag_or_override() -> None:
     assert major_version("postgres:latest", 16) == 16
 
 
+def test_tcp_logins_only_from_the_stack_network_and_only_as_named_roles(
+    make_stack: Callable[..., Stack],
+) -> None:
+    stack = make_stack("minimum", {"services": {"postgres": {"user": "app"}}})
+    files = {f.path: f.text for f in render_service(SERVICE, stack.contexts["postgres"])}
+    rules = [
+        line.split()
+        for line in files["postgres/pg_hba.conf"].splitlines()
+        if line and not line.startswith("#")
+    ]
+    tcp = [rule for rule in rules if rule[0] == "host"]
+    roles = "app,kbinfra_monitor,+kbinfra_bench"
+    assert tcp == [["host", "all", roles, "samenet", "scram-sha-256"]]
+    assert [rule[0] for rule in rules] == ["local", "host"]  # no 0.0.0.0/0, no ::/0
+
+
 def test_rendered_files_are_scram_only_and_use_pg13_column_names(
     make_stack: Callable[..., Stack],
 ) -> None:
@@ -237,7 +253,7 @@ def test_real_postgres_reports_a_bad_hba_line(
     rendered: Rendered, edit_once: EditOnce, postgres_tool: str
 ) -> None:
     ctx, out = rendered("postgres")
-    line = edit_once(out / "postgres/pg_hba.conf", "0.0.0.0/0   scram-sha-256", "0.0.0.0/0   scram")
+    line = edit_once(out / "postgres/pg_hba.conf", "samenet   scram-sha-256", "samenet   scram")
     _, result = check_rendered(ctx, out)
     assert (result.path, result.outcome, result.line) == ("postgres/pg_hba.conf", "failed", line)
     assert 'invalid authentication method "scram"' in result.detail

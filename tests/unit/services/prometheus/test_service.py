@@ -228,7 +228,8 @@ def test_retention_size_is_80_percent_of_prometheus_storage(
     command = SERVICE.container(ctx).command or []
     assert f"--storage.tsdb.retention.size={expected_mb}MB" in command
     assert "--storage.tsdb.retention.time=30d" in command
-    assert "--web.enable-lifecycle" in command
+    # Lifecycle endpoints stay off: any process reaching the port could POST /-/quit.
+    assert not [flag for flag in command if "lifecycle" in flag]
 
 
 def test_retention_size_by_hand() -> None:

@@ -82,7 +82,7 @@ def test_rendered_conf_fixes_the_guide(make_stack: Callable[..., Stack], profile
     directives = [line for line in conf.splitlines() if line and not line.startswith("#")]
     assert "maxmemory-policy noeviction" in directives
     assert f"maxmemory {SERVICE.tuning(ctx).maxmemory_mb}mb" in directives
-    assert "aclfile /usr/local/etc/redis/users.acl" in directives
+    assert "aclfile /usr/local/etc/redis/acl/users.acl" in directives
     assert not [d for d in directives if d.startswith(("rename-command", "requirepass"))]
     assert not [d for d in directives if d.startswith("logfile")]
     assert "allkeys-lru" not in conf
@@ -146,7 +146,7 @@ def test_container_gives_the_acl_file_to_the_redis_user(make_stack: Callable[...
     assert owners == {
         ("redis/redis.conf", "/usr/local/etc/redis/redis.conf"): (0, 0),
         # 0600 and read after the drop to uid 999: it must belong to that user.
-        ("redis/users.acl", "/usr/local/etc/redis/users.acl"): (999, 999),
+        ("redis/users.acl", "/usr/local/etc/redis/acl/users.acl"): (999, 999),
     }
     assert [(v.volume, v.target) for v in spec.volumes] == [("kb-redis-data", "/data")]
     assert [(p.host_ip, p.host_port, p.container_port) for p in spec.ports] == [
