@@ -17,7 +17,7 @@ from kbinfra.scaffold import init_stack
 from kbinfra.secrets import dump_secrets, write_private_file
 from kbinfra.service import ServiceContext
 from kbinfra.spec.stack import load_stack
-from kbinfra.stack import Stack, open_stack, required_secrets
+from kbinfra.stack import Stack, generated_secrets, open_stack
 from kbinfra.validation import find_tool
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -59,7 +59,7 @@ def write_stack_dir(
     spec, _ = load_stack(folder)
     write_private_file(
         folder / "secrets.yaml",
-        dump_secrets({name: fixed_secret(name) for name in required_secrets(spec)}),
+        dump_secrets({name: fixed_secret(name) for name in generated_secrets(spec)}),
     )
     shutil.copy(FIXTURES / "tls" / "cert.pem", folder / "tls" / "cert.pem")
     shutil.copy(FIXTURES / "tls" / "key.pem", folder / "tls" / "key.pem")

@@ -28,7 +28,7 @@ from kbinfra.plan import (
     mounted_by,
 )
 from kbinfra.progress import SILENT, Progress
-from kbinfra.service import RenderedFile
+from kbinfra.service import LoginCheck, RenderedFile
 from kbinfra.stack import Stack
 from kbinfra.targets.base import FileStore, Target
 from kbinfra.targets.engine import Engine
@@ -205,12 +205,15 @@ class ServiceRunner:
         redact: Callable[[str], str],
         timeout: float | None,
         progress: Progress,
+        *,
+        login_checks: Mapping[str, LoginCheck] | None = None,
     ) -> None:
         self.engine = engine
         self.secrets = secrets
         self.redact = redact
         self.timeout = timeout
         self.progress = progress
+        self.login_checks = login_checks or {}
 
     def run(
         self, desired: DesiredService, action: Action, observed: ObservedContainer | None
@@ -238,8 +241,19 @@ class ServiceRunner:
         return container_id
 
     def _gate(self, desired: DesiredService, container_id: str) -> str | None:
+        """Healthy, and (where the service says how) open to the stack's own credentials."""
         self.progress.note(desired.service, "waiting until healthy")
-        return self.engine.wait_healthy(container_id, health_timeout(desired, self.timeout))
+        error = self.engine.wait_healthy(container_id, health_timeout(desired, self.timeout))
+        check = self.login_checks.get(desired.service)
+        if error is not None or check is None:
+            return error
+        self.progress.note(desired.service, "logging in with the stack's credentials")
+        code, output = self.engine.exec(container_id, check.command)
+        if code == 0:
+            return None
+        lines = [line.strip() for line in output.splitlines() if line.strip()]
+        detail = f" ({lines[-1]})" if lines else ""
+        return f"{check.failure}{detail} — {check.fix}"
 
     def _create(self, desired: DesiredService) -> ServiceResult:
         self.progress.note(desired.service, "creating")
@@ -429,6 +443,16 @@ def _sync_files(
         outcome.files_uploaded.append(change.path)
 
 
+def login_checks(stack: Stack) -> dict[str, LoginCheck]:
+    """Each enabled service's check that the stack's credentials open it, where it has one."""
+    checks = {}
+    for name, service in stack.services.items():
+        check = service.login_check(stack.contexts[name])
+        if check is not None:
+            checks[name] = check
+    return checks
+
+
 def apply_stack(
     stack: Stack,
     target: Target,
@@ -474,6 +498,7 @@ def apply_stack(
             stack.redact,
             timeout if timeout is not None else stack.spec.deploy.health_timeout_s,
             progress,
+            login_checks=login_checks(stack),
         )
         results = _run_services(
             seen.desired, plan, seen.facts, runner, parallel or stack.spec.deploy.parallel

@@ -22,7 +22,7 @@ from kbinfra.spec.profile import load_profile
 from kbinfra.spec.stack import STACK_FILE, StackSpec, load_stack, stack_model
 from kbinfra.spec.values import check_domain, check_image_reference, check_target
 from kbinfra.spec.yamlfile import YamlDocument, load_yaml, read_yaml
-from kbinfra.stack import required_secrets
+from kbinfra.stack import generated_secrets
 from kbinfra.templating import environment
 
 _COMMON = {"enabled", "image", "port"}
@@ -318,7 +318,7 @@ def init_stack(
         result.created.append(STACK_FILE)
     spec, doc = load_stack(stack_dir)
 
-    _, added = ensure_secrets(stack_dir, required_secrets(spec))
+    _, added = ensure_secrets(stack_dir, generated_secrets(spec))
     result.secrets_added = added
     (result.created if added else result.kept).append(SECRETS_FILE)
 

@@ -14,6 +14,12 @@ from kbinfra.spec.yamlfile import YamlSyntaxError, dump_yaml, read_yaml
 
 SECRETS_FILE = "secrets.yaml"
 REDACTED = "***"
+#: The key that signs the stack's backups (:mod:`kbinfra.backup.signing`), and the keys
+#: that signed older ones (verify-only, separated by spaces).
+BACKUP_KEY_SECRET = "backup_hmac_key"
+PREVIOUS_BACKUP_KEYS_SECRET = "backup_hmac_keys_previous"
+#: Secrets of the stack itself rather than of a service: `kbinfra init` generates them.
+STACK_SECRETS = (BACKUP_KEY_SECRET,)
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 #: Every secret value this process has read or generated: the top-level error printing
@@ -147,7 +153,11 @@ class Redactor:
 
     def __init__(self, secrets: Mapping[str, str]) -> None:
         # Longest first, so a secret that contains another is redacted whole.
-        self._values = sorted({v for v in secrets.values() if len(v) >= 4}, key=len, reverse=True)
+        # A value may hold several secrets separated by spaces (earlier backup keys).
+        values = {v for v in secrets.values()} | {
+            part for v in secrets.values() for part in v.split()
+        }
+        self._values = sorted({v for v in values if len(v) >= 4}, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for value in self._values:

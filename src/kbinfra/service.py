@@ -107,6 +107,17 @@ class HealthCheck(NamedTuple):
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
+class LoginCheck(NamedTuple):
+    """A command run in the service's healthy container that logs in with the stack's own
+    credentials (from the container's environment): health alone does not prove them, as a
+    data volume kept from an earlier stack may hold other credentials."""
+
+    command: Sequence[str]
+    #: What a non-zero exit means, and how to fix it: the apply's one-line error.
+    failure: str
+    fix: str
+
+
 class ContainerSpec(NamedTuple):
     """Everything that defines a service's container. Secrets appear only by name."""
 
@@ -306,6 +317,11 @@ class Service(ABC):
     @abstractmethod
     def container(self, ctx: ServiceContext) -> ContainerSpec:
         """The container that runs the service, with the rendered files it mounts."""
+
+    def login_check(self, ctx: ServiceContext) -> LoginCheck | None:
+        """How apply proves, once the container is healthy, that the stack's credentials open
+        it; None when its health check already uses them or it keeps none in its volumes."""
+        return None
 
     #: A path that answers HTTP 200 without credentials while the service is up; the probes
     #: and nginx's end-to-end check use it.

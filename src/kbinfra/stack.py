@@ -10,7 +10,7 @@ from pathlib import Path
 
 from kbinfra.errors import SpecError
 from kbinfra.registry import all_services
-from kbinfra.secrets import Redactor, load_secrets
+from kbinfra.secrets import STACK_SECRETS, Redactor, load_secrets
 from kbinfra.service import ContainerSpec, RenderedFile, Service, ServiceContext
 from kbinfra.spec.profile import Profile, load_profile
 from kbinfra.spec.stack import StackSpec, load_stack
@@ -101,6 +101,11 @@ def required_secrets(spec: StackSpec) -> set[str]:
     return offsite | {
         secret for name in spec.enabled_services() for secret in services[name].secrets
     }
+
+
+def generated_secrets(spec: StackSpec) -> set[str]:
+    """What ``kbinfra init`` generates: the services' secrets and the stack's own."""
+    return required_secrets(spec) | set(STACK_SECRETS)
 
 
 def open_stack(stack_dir: Path) -> Stack:

@@ -4,6 +4,7 @@ locally and over SSH. Every claim runs the real CLI; the data is read back with 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -22,6 +23,7 @@ import pytest
 import redis
 
 from kbinfra.backup.manifest import manifest_sum_line
+from kbinfra.backup.signing import signature_line
 
 from . import testbed_support
 from .stack_support import SECRET_MARK, Deployment, fixed_secret, new_deployment
@@ -108,6 +110,8 @@ def seed(stack: Deployment) -> dict[str, Any]:
         )
         conn.execute("insert into events select g, 'e' || g from generate_series(1, 700) g")
         conn.execute("create database second")
+        conn.execute("create role reader login connection limit 3")
+        conn.execute("grant pg_read_all_data to reader")
     with pg(stack, "second") as conn:
         conn.execute("create table t (k text primary key, v bytea)")
         conn.execute(
@@ -153,9 +157,11 @@ def seed(stack: Deployment) -> dict[str, Any]:
     return vectors
 
 
-def read_postgres(stack: Deployment) -> dict[str, dict[str, list[str]]]:
+def read_postgres(
+    stack: Deployment, databases: tuple[str, ...] = ("kb", "second")
+) -> dict[str, dict[str, list[str]]]:
     content: dict[str, dict[str, list[str]]] = {}
-    for database in ("kb", "second"):
+    for database in databases:
         with pg(stack, database) as conn:
             tables = conn.execute(
                 "select schemaname || '.' || tablename from pg_tables "
@@ -229,6 +235,7 @@ def destroy_data(stack: Deployment) -> None:
         conn.execute("delete from docs where id % 3 = 0")
         conn.execute("update events set what = 'changed'")
         conn.execute("drop database second with (force)")
+        conn.execute("drop role reader")
     with qdrant(stack) as client:
         client.delete("/collections/kb_docs").raise_for_status()
         client.post("/collections/kb_faq/points/delete?wait=true", json={"points": [1, 2, 3]})
@@ -254,12 +261,15 @@ def volume_files(image: str, volume: str) -> str:
 
 
 def rewrite_manifest(backup: Path, change: Any) -> None:
-    """Edit a backup's manifest and write a matching manifest.sha256 (a consistent lie)."""
+    """Edit a backup's manifest and write a matching manifest.sha256 and signature, with the
+    stack's own key: a consistent lie only the key's holder can tell."""
     manifest = json.loads((backup / "manifest.json").read_text())
     change(manifest)
     data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     (backup / "manifest.json").write_bytes(data)
     (backup / "manifest.sha256").write_text(manifest_sum_line(data))
+    key = fixed_secret("backup_hmac_key")
+    (backup / "manifest.hmac").write_text(signature_line(data, key))
 
 
 def backups_of(stack: Deployment) -> list[Path]:
@@ -275,6 +285,7 @@ def reset(stack: Deployment) -> None:
         ).fetchall():
             conn.execute(f'drop table "{name}" cascade')
         conn.execute("drop database if exists second with (force)")
+        conn.execute("drop role if exists reader")
     with qdrant(stack) as client:
         for collection in client.get("/collections").json()["result"]["collections"]:
             client.delete(f"/collections/{collection['name']}").raise_for_status()
@@ -324,6 +335,12 @@ def test_backup_destroy_restore_gives_back_every_row_point_and_key(
     assert len(redis_samples) == 24
     assert "stack/kbinfra.yaml" in by_path and "stack/secrets.yaml" not in by_path
     assert not any(a["secret"] for a in manifest["artifacts"])
+    assert (backup / "manifest.hmac").read_text().startswith("hmac-sha256 ")
+    roles = json.loads((backup / "postgres" / "roles.json").read_text())
+    reader = next(r for r in roles["roles"] if r["name"] == "reader")
+    assert reader["login"] and reader["connection_limit"] == 3 and reader["password"] is None
+    assert {"role": "pg_read_all_data", "member": "reader", "admin": False} in roles["memberships"]
+    assert "postgres/globals.sql" not in by_path
 
     # A flipped byte in a copy of the backup: refused, naming the file, nothing changed.
     corrupt = backup.parent / "corrupt-copy"
@@ -349,7 +366,14 @@ def test_backup_destroy_restore_gives_back_every_row_point_and_key(
     assert report["ok"] and report["safety_backup"]
     assert {c["path"] for c in report["checks"]} >= {"postgres/kb.dump", "redis/dump.rdb"}
     # The intruder key was in Redis at restore time, not in the backup: replaced, not merged.
-    assert read_postgres(stack) == before_pg
+    # Only the stack's own database is restored; another one is kept in the backup, said so.
+    assert read_postgres(stack, ("kb",)) == {"kb": before_pg["kb"]}
+    assert any("postgres/second.dump not restored" in note for note in report["notes"])
+    with pg(stack) as conn:
+        assert conn.execute(
+            "select rolcanlogin, rolconnlimit, pg_has_role('reader', 'pg_read_all_data', "
+            "'member') from pg_roles where rolname = 'reader'"
+        ).fetchone() == (True, 3, True)
     assert read_redis(stack) == before_r
     after_q = read_qdrant(stack)
     assert after_q["aliases"] == before_q["aliases"] == [("docs", "kb_docs")]
@@ -403,7 +427,7 @@ def test_the_drill_fails_loudly_when_the_data_differs_from_the_manifest(
     backup = Path(made.json()["path"])
     assert (backup / "CONTAINS-SECRETS.txt").exists()
     assert (backup / "stack" / "secrets.yaml").stat().st_mode & 0o777 == 0o600
-    assert "PASSWORD" in (backup / "postgres" / "globals.sql").read_text()
+    assert "SCRAM-SHA-256$" in (backup / "postgres" / "roles.json").read_text()
     assert SECRET_MARK not in (backup / "manifest.json").read_text()
 
     # A manifest that claims one row more (and a matching checksum file): the drill's count
@@ -436,6 +460,44 @@ def test_the_drill_fails_loudly_when_the_data_differs_from_the_manifest(
     assert "qdrant: the snapshots are of Qdrant 1.15.2; this server runs 1.16" in refused.err
     with pg(stack) as conn:
         assert conn.execute("select count(*) from few").fetchone() == (5,)
+
+    # Even a backup signed with the stack's own key never has a script run: the globals.sql
+    # of an older backup, with a shell escape, is left out and said so; nothing runs.
+    made = stack.run("backup", "--output", "json")
+    assert made.code == 0, made.err
+    backup = Path(made.json()["path"])
+    script = b"CREATE ROLE evil SUPERUSER LOGIN;\n\\! touch /tmp/pwned-by-backup\n"
+    (backup / "postgres" / "globals.sql").write_bytes(script)
+
+    def add_script(manifest: dict[str, Any]) -> None:
+        kept = [a for a in manifest["artifacts"] if a["path"] != "postgres/globals.sql"]
+        manifest["artifacts"] = [
+            *kept,
+            {
+                "path": "postgres/globals.sql",
+                "service": "postgres",
+                "kind": "pg_globals",
+                "size": len(script),
+                "sha256": hashlib.sha256(script).hexdigest(),
+            },
+        ]
+
+    rewrite_manifest(backup, add_script)
+    restored = stack.run(
+        "restore", str(backup), "--yes", "--only", "postgres", "--no-safety-backup",
+        "--output", "json",
+    )  # fmt: skip
+    ran = subprocess.run(
+        ["docker", "exec", stack.container("postgres"), "test", "-e", "/tmp/pwned-by-backup"],
+        check=False,
+    )
+    assert ran.returncode == 1, "a shell command from the backup ran in the container"
+    assert restored.code == 0, restored.err
+    assert any("postgres/globals.sql not run" in n for n in restored.json()["notes"])
+    with pg(stack) as conn:
+        assert conn.execute("select count(*) from pg_roles where rolname = 'evil'").fetchone() == (
+            0,
+        )
 
 
 def test_a_killed_backup_leaves_only_a_partial_that_restore_and_retention_ignore(

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from kbinfra.backup.manifest import manifest_sum_line
+from kbinfra.backup.signing import signature_line
 from tests.conftest import write_stack_dir
-from tests.unit.commands.test_backup import write_backup
+from tests.unit.commands.test_backup import KEY, write_backup
 from tests.unit.error_checks import assert_one_line_error, kbinfra
 
 
@@ -23,6 +24,8 @@ def _deep_manifest(folder: Path, depth: int = 100_000) -> Path:
     data = ('{"format": ' + '{"a": ' * depth + "1" + "}" * depth + "}").encode()
     (folder / "manifest.json").write_bytes(data)
     (folder / "manifest.sha256").write_text(manifest_sum_line(data))
+    # Signed with the stack's key: it passes authentication and reaches the parser.
+    (folder / "manifest.hmac").write_text(signature_line(data, KEY))
     return folder
 
 

@@ -145,6 +145,35 @@ class BackupHandler(ABC):
     #: The restore stops and starts the container: it goes first, so that its start-up
     #: overlaps with the other services' restores.
     restarts_container: ClassVar[bool] = False
+    #: What restore reads of each kind of artifact's ``meta``, and the kinds it needs one of:
+    #: a manifest without them is refused before any service is touched.
+    required_meta: ClassVar[Mapping[ArtifactKind, tuple[str, ...]]] = {}
+    required_kinds: ClassVar[tuple[ArtifactKind, ...]] = ()
+    #: Kinds of artifact whose content is not counted after a restore (roles, say).
+    unchecked_kinds: ClassVar[frozenset[ArtifactKind]] = frozenset()
+
+    def manifest_problem(
+        self, record: ServiceRecord | None, artifacts: list[Artifact]
+    ) -> str | None:
+        """What the manifest lacks that this handler's restore needs, or None."""
+        if record is None:
+            return f"{self.service} has no entry in the manifest's services"
+        for kind in self.required_kinds:
+            if not any(a.kind == kind for a in artifacts):
+                return f"{self.service} has no {kind} artifact"
+        for artifact in artifacts:
+            for name in self.required_meta.get(artifact.kind, ()):
+                if name not in artifact.meta:
+                    return f"{artifact.path} lacks meta.{name}"
+        return None
+
+    def restorable(
+        self, ctx: ServiceContext, artifacts: list[Artifact], backup_dir: Path
+    ) -> tuple[list[Artifact], list[str]]:
+        """The artifacts a restore into the stack's service puts back, and notes on the others;
+        a :class:`BackupError` when the backup cannot be restored into it. Decided before any
+        service is touched."""
+        return artifacts, []
 
     @abstractmethod
     def version(self, instance: Instance) -> str:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_SUM_FILE = "manifest.sha256"
+MANIFEST_SIGNATURE_FILE = "manifest.hmac"
 SECRETS_MARKER = "CONTAINS-SECRETS.txt"
 PARTIAL_SUFFIX = ".partial"
 OWNER_FILE = ".kbinfra-owner.json"
@@ -29,6 +30,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 ArtifactKind = Literal[
     "pg_globals",
+    "pg_roles",
     "pg_dump",
     "qdrant_snapshot",
     "redis_rdb",
@@ -71,7 +73,7 @@ class Artifact(_Model):
             or normal != value
             or normal.startswith("..")
             or "\\" in value
-            or normal in (MANIFEST_FILE, MANIFEST_SUM_FILE)
+            or normal in (MANIFEST_FILE, MANIFEST_SUM_FILE, MANIFEST_SIGNATURE_FILE)
         ):
             raise ValueError(f"{value!r} is not a plain relative path inside the backup")
         return value

@@ -35,6 +35,7 @@ from kbinfra.backup.handler import (
 )
 from kbinfra.backup.manifest import (
     MANIFEST_FILE,
+    MANIFEST_SIGNATURE_FILE,
     MANIFEST_SUM_FILE,
     OWNER_FILE,
     PARTIAL_SUFFIX,
@@ -52,12 +53,20 @@ from kbinfra.backup.manifest import (
     plan_verification,
 )
 from kbinfra.backup.retention import Found, RetentionPlan, retention_plan
+from kbinfra.backup.signing import (
+    BackupKeys,
+    UnauthenticatedBackupError,
+    backup_keys,
+    check_signature,
+    signature_line,
+)
 from kbinfra.backup.stackfiles import backup_stack_files
 from kbinfra.backup.streams import fsync_dir, sha256_file
 from kbinfra.backup.volumes import SERVICE as VOLUMES_SERVICE
-from kbinfra.backup.volumes import VOLUMES
+from kbinfra.backup.volumes import VOLUMES, check_tar, volumes_to_restore
 from kbinfra.errors import KbinfraError
 from kbinfra.progress import Progress
+from kbinfra.secrets import BACKUP_KEY_SECRET, ensure_secrets
 from kbinfra.service import ContainerSpec, VolumeMount
 
 if TYPE_CHECKING:
@@ -225,6 +234,8 @@ class RestoreResult:
     notes: list[str] = field(default_factory=list)
     safety_backup: Path | None = None
     seconds: float = 0.0
+    #: False: an unsigned backup, used because the user passed ``--allow-unsigned``.
+    signed: bool = True
 
     @property
     def ok(self) -> bool:
@@ -241,14 +252,15 @@ class RestoreResult:
             "ok": self.ok,
             "seconds": round(self.seconds, 2),
             "safety_backup": str(self.safety_backup) if self.safety_backup else None,
+            "signed": self.signed,
             "checks": [c.as_json() for c in self.checks],
             "notes": self.notes,
         }
 
 
 # ---------------------------------------------------------------- reading backups
-def load_backup(backup_dir: Path) -> Manifest:
-    """The manifest of a complete backup; a ``.partial`` or anything else is refused."""
+def _read_backup(backup_dir: Path) -> tuple[bytes, str | None, str]:
+    """The manifest's bytes, its signature (None: absent) and its recorded sum."""
     if is_partial(backup_dir.name) or (backup_dir / OWNER_FILE).exists():
         raise BackupError(
             "this backup is unfinished (.partial): it was interrupted or is still being written",
@@ -262,22 +274,58 @@ def load_backup(backup_dir: Path) -> Manifest:
             where=str(backup_dir),
             fix="pass a directory written by `kbinfra backup`",
         )
+    signature_file = backup_dir / MANIFEST_SIGNATURE_FILE
     sum_file = backup_dir / MANIFEST_SUM_FILE
     try:
+        data = manifest_file.read_bytes()
+        signature = (
+            signature_file.read_text(encoding="ascii", errors="replace")
+            if signature_file.is_file()
+            else None
+        )
         recorded = (
             sum_file.read_text(encoding="ascii", errors="replace") if sum_file.exists() else ""
         )
-        return parse_manifest(manifest_file.read_bytes(), recorded)
     except OSError as error:
         raise BackupError(
             f"cannot read the backup's manifest: {error.strerror or error}",
             where=str(error.filename or backup_dir),
             fix="check the backup folder's permissions (run as the user who made it)",
         ) from None
+    return data, signature, recorded
+
+
+def _parse(backup_dir: Path, data: bytes, recorded: str) -> Manifest:
+    try:
+        return parse_manifest(data, recorded)
     except ManifestError as error:
         raise BackupError(
             str(error), where=str(backup_dir), fix="this backup cannot be trusted; use another"
         ) from None
+
+
+def load_backup(
+    backup_dir: Path, keys: BackupKeys, *, allow_unsigned: bool = False
+) -> tuple[Manifest, bool]:
+    """The manifest of a complete backup, authenticated by ``keys``, and whether it is signed.
+
+    A ``.partial``, a folder without a manifest, a manifest that does not match its sum, and
+    one signed by no key of ``keys`` are refused; an unsigned one only without
+    ``allow_unsigned``. Nothing else of the backup is read before this.
+    """
+    data, signature, recorded = _read_backup(backup_dir)
+    signed = check_signature(
+        data, signature, keys, allow_unsigned=allow_unsigned, where=str(backup_dir)
+    )
+    return _parse(backup_dir, data, recorded), signed
+
+
+def read_unauthenticated_manifest(backup_dir: Path) -> Manifest:
+    """The manifest as written, checked against its sum only: for a size or a name to show,
+    or a folder to upload as it is. Never for anything restore or the drill use: they read
+    backups through :func:`load_backup`."""
+    data, _, recorded = _read_backup(backup_dir)
+    return _parse(backup_dir, data, recorded)
 
 
 def _size(backup_dir: Path, path: str) -> int | None:
@@ -309,7 +357,9 @@ def verify_backup(backup_dir: Path, manifest: Manifest, progress: Progress) -> N
         )
 
 
-def list_backups(root: Path) -> list[Found]:
+def list_backups(root: Path, keys: BackupKeys) -> list[Found]:
+    """The folders of ``root``; only backups signed by ``keys`` count as backups (retention
+    and ``latest`` never act on one that anyone with write access to ``root`` could forge)."""
     found: list[Found] = []
     if not root.is_dir():
         return found
@@ -320,8 +370,8 @@ def list_backups(root: Path) -> list[Found]:
             found.append(Found(entry.name, None, None, partial=True))
             continue
         try:
-            manifest = load_backup(entry)
-        except BackupError:
+            manifest, _ = load_backup(entry, keys)
+        except (BackupError, UnauthenticatedBackupError):
             found.append(Found(entry.name, None, None))
             continue
         found.append(Found(entry.name, manifest.stack, manifest.created_at))
@@ -335,21 +385,30 @@ def resolve_backup(stack: Stack, backup_dir: Path) -> Path:
         return backup_dir
     root = backup_root(stack)
     complete = [
-        f for f in list_backups(root) if f.stack == stack.spec.name and f.created_at is not None
+        f
+        for f in list_backups(root, backup_keys(stack.secrets))
+        if f.stack == stack.spec.name and f.created_at is not None
     ]
     if not complete:
         raise BackupError(
-            f"no complete backup of stack {stack.spec.name} in {root}",
+            f"no complete backup of stack {stack.spec.name} in {root} (only signed ones count)",
             fix="run `kbinfra backup` first, or pass the backup's folder",
         )
     newest = max(complete, key=lambda f: (f.created_at, f.name))
     return root / newest.name
 
 
-def apply_retention(stack: Stack, root: Path, now: dt.datetime) -> RetentionPlan:
+def apply_retention(
+    stack: Stack, root: Path, now: dt.datetime, signing: str | None = None
+) -> RetentionPlan:
+    """Delete what retention does not keep; only backups signed by the stack's keys (or by
+    ``signing``, a key generated just now) count."""
     settings = stack.spec.backup
+    keys = backup_keys(stack.secrets)
+    if signing is not None and signing not in keys.verifying:
+        keys = BackupKeys(signing, keys.verifying)
     plan = retention_plan(
-        list_backups(root),
+        list_backups(root, keys),
         stack=stack.spec.name,
         keep_last=settings.keep_last,
         keep_days=settings.keep_days,
@@ -426,13 +485,14 @@ def _reverify(root: Path, artifacts: Sequence[Artifact], progress: Progress) -> 
         )
 
 
-def _seal(partial: Path, final: Path, manifest: Manifest) -> None:
-    """Write the manifest and its sum, then rename ``.partial`` to its final name: the one
-    step after which the folder is a backup."""
+def _seal(partial: Path, final: Path, manifest: Manifest, key: str) -> None:
+    """Write the manifest, its sum and its signature, then rename ``.partial`` to its final
+    name: the one step after which the folder is a backup."""
     data = manifest.to_json().encode()
     for file_name, content in (
         (MANIFEST_FILE, data),
         (MANIFEST_SUM_FILE, manifest_sum_line(data).encode()),
+        (MANIFEST_SIGNATURE_FILE, signature_line(data, key).encode()),
     ):
         fd = os.open(partial / file_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
@@ -443,6 +503,19 @@ def _seal(partial: Path, final: Path, manifest: Manifest) -> None:
     fsync_dir(partial)
     os.rename(partial, final)
     fsync_dir(final.parent)
+
+
+def signing_key(stack: Stack) -> tuple[str, list[str]]:
+    """The key that signs the stack's backups; generated into secrets.yaml (0600) when a
+    stack made before kbinfra signed backups has none, with a note saying so."""
+    key = backup_keys(stack.secrets).current
+    if key is not None:
+        return key, []
+    values, _ = ensure_secrets(stack.dir, [BACKUP_KEY_SECRET])
+    return values[BACKUP_KEY_SECRET], [
+        f"generated {BACKUP_KEY_SECRET} in secrets.yaml to sign backups: add it to your safe "
+        "copy of the stack's secrets (restore and backup verify need it)"
+    ]
 
 
 def run_backup(
@@ -471,6 +544,7 @@ def run_backup(
             continue
     handlers = data_handlers(stack)
     wanted = [*handlers, VOLUMES_SERVICE] if services is None else list(services)
+    key, key_note = signing_key(stack)
     try:
         (partial / OWNER_FILE).write_text(_owner())
         engine = _engine(target, stack.spec.name)
@@ -480,6 +554,7 @@ def run_backup(
                 progress.note("lock", note)
             out = BackupOutput(partial, progress, include_secrets)
             artifacts, notes = backup_stack_files(stack, out)
+            notes += key_note
             records = {}
             chosen = [s for s in handlers if s in wanted]
             instances = _stack_instances(stack, target, engine, chosen)
@@ -507,13 +582,13 @@ def run_backup(
             artifacts=artifacts,
             notes=notes,
         )
-        _seal(partial, root / name, manifest)
+        _seal(partial, root / name, manifest, key)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     result = BackupResult(root / name, manifest, time.monotonic() - started)
     if dest is None:
-        result.retention = apply_retention(stack, root, _now())
+        result.retention = apply_retention(stack, root, _now(), key)
     return result
 
 
@@ -546,7 +621,7 @@ def _restore_and_check(
     *,
     manifest: Manifest,
     backup_dir: Path,
-    selected: Sequence[str],
+    selection: RestoreSelection,
     handlers: Mapping[str, BackupHandler],
     instances: Mapping[str, Instance],
     versions: Mapping[str, str],
@@ -558,17 +633,18 @@ def _restore_and_check(
 ) -> None:
     from kbinfra.apply import health_timeout  # noqa: PLC0415
 
+    result.notes += selection.notes
     order = sorted(instances, key=lambda s: not handlers[s].restarts_container)
     for service in order:
         instance = instances[service]
         progress.note(service, "restoring")
         record = manifest.services[service]
         result.notes += handlers[service].restore(
-            instance, record, manifest.for_service(service), backup_dir, progress
+            instance, record, selection.artifacts[service], backup_dir, progress
         )
-    volume_artifacts = manifest.for_service(VOLUMES_SERVICE) if VOLUMES_SERVICE in selected else []
+    volume_artifacts = [a for a in manifest.artifacts if a.path in selection.volumes]
     for artifact in volume_artifacts:
-        volume = volume_name(artifact.meta["volume"])
+        volume = volume_name(selection.volumes[artifact.path])
         engine.ensure_volume(volume)
         VOLUMES.restore(engine.api, volume, artifact, backup_dir, progress)
     for service, instance in instances.items():
@@ -582,13 +658,13 @@ def _restore_and_check(
             )
     for service, instance in instances.items():
         record = manifest.services[service]
-        artifacts = manifest.for_service(service)
+        artifacts = selection.artifacts[service]
         observed = handlers[service].observe(instance, record, artifacts)
         with_samples = handlers[service].samples_comparable(record.version, versions[service])
         if not with_samples:
             result.notes.append(f"{service}: samples not compared (another major version)")
         for artifact in artifacts:
-            if artifact.kind == "pg_globals":
+            if artifact.kind in handlers[service].unchecked_kinds:
                 continue
             result.checks.append(
                 check_artifact(
@@ -599,10 +675,81 @@ def _restore_and_check(
                 )
             )
     for artifact in volume_artifacts:
-        observed_volume = VOLUMES.observe(engine.api, volume_name(artifact.meta["volume"]))
+        observed_volume = VOLUMES.observe(engine.api, volume_name(selection.volumes[artifact.path]))
         result.checks.append(
             check_artifact(artifact, observed_volume, strict=strict, with_samples=False)
         )
+
+
+def open_verified_backup(
+    stack: Stack,
+    backup_dir: Path,
+    *,
+    progress: Progress,
+    allow_other_stack: bool,
+    allow_unsigned: bool,
+) -> tuple[Path, Manifest, bool]:
+    """The backup restore and the drill read, checked before either touches a service: its
+    signature, its stack's name and every file's sha256.
+
+    Returns the backup's absolute path, its manifest and whether it is signed.
+    """
+    backup_dir = resolve_backup(stack, backup_dir).absolute()
+    manifest, signed = load_backup(
+        backup_dir, backup_keys(stack.secrets), allow_unsigned=allow_unsigned
+    )
+    if manifest.stack != stack.spec.name and not allow_other_stack:
+        raise BackupError(
+            f"this is a backup of stack {manifest.stack!r}, not {stack.spec.name!r}",
+            where=str(backup_dir),
+            fix="pass --allow-other-stack to use it with this stack anyway",
+        )
+    verify_backup(backup_dir, manifest, progress)
+    return backup_dir, manifest, signed
+
+
+@dataclass(frozen=True)
+class RestoreSelection:
+    """What of a backup a restore or drill puts back, decided before anything is touched."""
+
+    artifacts: dict[str, list[Artifact]]  # per data service
+    volumes: dict[str, str]  # volume tar → the stack's own volume it restores into
+    notes: list[str]
+
+
+def select_restorable(
+    stack: Stack,
+    manifest: Manifest,
+    selected: Sequence[str],
+    handlers: Mapping[str, BackupHandler],
+    backup_dir: Path,
+) -> RestoreSelection:
+    """Refuse a manifest that lacks what restore needs, a volume the stack does not list and
+    a tar member that would leave its volume; else what each service and volume gets back."""
+    artifacts: dict[str, list[Artifact]] = {}
+    notes: list[str] = []
+    for service in selected:
+        if service == VOLUMES_SERVICE:
+            continue
+        listed = manifest.for_service(service)
+        problem = handlers[service].manifest_problem(manifest.services.get(service), listed)
+        if problem is not None:
+            raise BackupError(
+                f"{MANIFEST_FILE}: {problem}",
+                where=str(backup_dir),
+                fix="nothing was changed; this backup cannot be restored, use another",
+            )
+        artifacts[service], service_notes = handlers[service].restorable(
+            stack.contexts[service], listed, backup_dir
+        )
+        notes += service_notes
+    volumes: dict[str, str] = {}
+    if VOLUMES_SERVICE in selected:
+        volume_artifacts = manifest.for_service(VOLUMES_SERVICE)
+        volumes = volumes_to_restore(volume_artifacts, stack.spec.backup.volumes)
+        for artifact in volume_artifacts:
+            check_tar(backup_dir / artifact.path, artifact.path)
+    return RestoreSelection(artifacts, volumes, notes)
 
 
 def run_restore(
@@ -615,17 +762,16 @@ def run_restore(
     only: Sequence[str] | None = None,
     safety_backup: bool = True,
     allow_other_stack: bool = False,
+    allow_unsigned: bool = False,
 ) -> RestoreResult:
     started = time.monotonic()
-    backup_dir = resolve_backup(stack, backup_dir).absolute()
-    manifest = load_backup(backup_dir)
-    if manifest.stack != stack.spec.name and not allow_other_stack:
-        raise BackupError(
-            f"this is a backup of stack {manifest.stack!r}, not {stack.spec.name!r}",
-            where=str(backup_dir),
-            fix="pass --allow-other-stack to restore it into this stack anyway",
-        )
-    verify_backup(backup_dir, manifest, progress)
+    backup_dir, manifest, signed = open_verified_backup(
+        stack,
+        backup_dir,
+        progress=progress,
+        allow_other_stack=allow_other_stack,
+        allow_unsigned=allow_unsigned,
+    )
     selected = select_services(manifest.data_services(), only)
     enabled = data_handlers(stack)
     missing = [s for s in selected if s != VOLUMES_SERVICE and s not in enabled]
@@ -634,7 +780,8 @@ def run_restore(
             f"the backup holds {', '.join(missing)}, which this stack does not run",
             fix="enable it in kbinfra.yaml and apply, or leave it out with --only",
         )
-    result = RestoreResult(backup_dir, stack.spec.name, target.name)
+    selection = select_restorable(stack, manifest, selected, enabled, backup_dir)
+    result = RestoreResult(backup_dir, stack.spec.name, target.name, signed=signed)
     engine = _engine(target, stack.spec.name)
     with engine.locked():
         services = [s for s in selected if s != VOLUMES_SERVICE]
@@ -656,7 +803,7 @@ def run_restore(
         _restore_and_check(
             manifest=manifest,
             backup_dir=backup_dir,
-            selected=selected,
+            selection=selection,
             handlers=enabled,
             instances=instances,
             versions=versions,
@@ -724,13 +871,23 @@ def _wait_drill_healthy(engine: Engine, instances: Mapping[str, Instance]) -> No
 
 
 def run_drill(
-    stack: Stack, target: Target, backup_dir: Path, *, progress: Progress
+    stack: Stack,
+    target: Target,
+    backup_dir: Path,
+    *,
+    progress: Progress,
+    allow_other_stack: bool = False,
+    allow_unsigned: bool = False,
 ) -> RestoreResult:
     """Restore the backup into throwaway containers, compare with the manifest, clean up."""
     started = time.monotonic()
-    backup_dir = resolve_backup(stack, backup_dir).absolute()
-    manifest = load_backup(backup_dir)
-    verify_backup(backup_dir, manifest, progress)
+    backup_dir, manifest, signed = open_verified_backup(
+        stack,
+        backup_dir,
+        progress=progress,
+        allow_other_stack=allow_other_stack,
+        allow_unsigned=allow_unsigned,
+    )
     selected = manifest.data_services()
     enabled = data_handlers(stack)
     missing = [s for s in selected if s != VOLUMES_SERVICE and s not in enabled]
@@ -740,7 +897,8 @@ def run_drill(
             "needs its configuration",
             fix="enable it in kbinfra.yaml",
         )
-    result = RestoreResult(backup_dir, stack.spec.name, target.name)
+    selection = select_restorable(stack, manifest, selected, enabled, backup_dir)
+    result = RestoreResult(backup_dir, stack.spec.name, target.name, signed=signed)
     engine = _engine(target, drill_name(stack.spec.name))
     rendered = {f.path: f for f in stack.rendered}
     with engine.locked():
@@ -761,7 +919,7 @@ def run_drill(
             _restore_and_check(
                 manifest=manifest,
                 backup_dir=backup_dir,
-                selected=selected,
+                selection=selection,
                 handlers=enabled,
                 instances=instances,
                 versions=versions,

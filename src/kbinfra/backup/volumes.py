@@ -13,10 +13,11 @@ the backup stay and are reported.
 from __future__ import annotations
 
 import hashlib
+import posixpath
 import re
 import tarfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
 
 SERVICE = "volumes"
 MOUNT = "/kbinfra-volume"
+#: The one top folder of every tar: ``get_archive`` of ``MOUNT`` names members after it, and
+#: ``put_archive`` at ``/`` of the helper extracts them into the volume through it.
+TOP = MOUNT.lstrip("/")
 FILES = "files"
 BYTES = "bytes"
 _SAFE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -65,6 +69,78 @@ def tar_contents(handle: IO[bytes]) -> Contents:
                 files += 1
                 size += member.size
     return Contents(files, size)
+
+
+def _inside_top(path: str) -> bool:
+    return path == TOP or path.startswith(TOP + "/")
+
+
+def member_problem(member: tarfile.TarInfo) -> str | None:
+    """Why ``member`` must not reach ``put_archive``: it would land outside the volume, link
+    out of it, or create a device; None for a file, folder or link that stays inside."""
+    name = member.name
+    normal = posixpath.normpath(name)
+    if name.startswith("/") or ".." in name.split("/") or not _inside_top(normal):
+        return f"member {name!r} is not inside the volume"
+    if member.issym():
+        if member.linkname.startswith("/"):
+            return f"symlink {name!r} points to the absolute path {member.linkname!r}"
+        target = posixpath.normpath(posixpath.join(posixpath.dirname(normal), member.linkname))
+        if not _inside_top(target):
+            return f"symlink {name!r} points outside the volume ({member.linkname!r})"
+    elif member.islnk():
+        target = member.linkname
+        if target.startswith("/") or ".." in target.split("/") or not _inside_top(target):
+            return f"hard link {name!r} points outside the volume ({target!r})"
+    elif not (member.isreg() or member.isdir()):
+        return f"member {name!r} is a device, FIFO or other special file"
+    return None
+
+
+def tar_problem(handle: IO[bytes]) -> str | None:
+    """The first member of a tar stream that must not be restored, or None (read forward)."""
+    try:
+        with tarfile.open(fileobj=handle, mode="r|") as tar:
+            for member in tar:
+                problem = member_problem(member)
+                if problem is not None:
+                    return problem
+    except tarfile.TarError as error:
+        return f"not a readable tar: {error}"
+    return None
+
+
+def check_tar(path: Path, artifact_path: str) -> None:
+    """Refuse a volume tar with a member :func:`member_problem` refuses, naming it."""
+    with path.open("rb") as handle:
+        problem = tar_problem(handle)
+    if problem is not None:
+        raise BackupError(
+            f"{artifact_path}: {problem}",
+            where=str(path.parent.parent),
+            fix="nothing was changed; use another backup",
+        )
+
+
+def volumes_to_restore(artifacts: Iterable[Artifact], configured: Iterable[str]) -> dict[str, str]:
+    """Each volume tar of the backup and the volume of the stack's ``backup.volumes`` it
+    restores into, matched by its file name: the manifest's ``meta.volume`` is never used.
+
+    A tar for a volume the stack does not list is refused before anything is touched.
+    """
+    by_path = {tar_path(volume): volume for volume in configured}
+    targets: dict[str, str] = {}
+    for artifact in artifacts:
+        volume = by_path.get(artifact.path)
+        if volume is None:
+            raise BackupError(
+                f"the backup holds {artifact.path}, a volume that backup.volumes of this stack "
+                "does not list",
+                fix="add the volume to backup.volumes in kbinfra.yaml, or leave volumes out "
+                "with --only",
+            )
+        targets[artifact.path] = volume
+    return targets
 
 
 @contextmanager
@@ -122,6 +198,7 @@ class VolumeBackup:
     def restore(
         self, api: APIClient, volume: str, artifact: Artifact, backup_dir: Path, progress: Progress
     ) -> None:
+        check_tar(backup_dir / artifact.path, artifact.path)  # again, right before it is used
         with (
             _mounted(api, volume, "restore") as helper,
             progress.transfer(f"{artifact.path} → {volume}", artifact.size) as advance,

@@ -37,6 +37,18 @@ BackupDirArgument = Annotated[
     ),
 ]
 
+AllowUnsignedOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-unsigned",
+        help="Accept a backup without a signature (made before kbinfra signed backups): "
+        "anyone who could write its folder could have forged it.",
+    ),
+]
+AllowOtherStackOption = Annotated[
+    bool,
+    typer.Option("--allow-other-stack", help="Use a backup of another stack's name."),
+]
 RepoOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -249,11 +261,21 @@ def print_checks(console: Console, result: "RestoreResult", what: str) -> None:
     console.line(f"{what}: {verdict} ({result.seconds:.1f}s)")
 
 
+def _warn_unsigned(console: Console, allow_unsigned: bool) -> None:
+    if allow_unsigned:
+        console.warn(
+            "--allow-unsigned: an unsigned backup is used as it is; anyone who could write "
+            "its folder could have altered it"
+        )
+
+
 def _finish(
     console: Console, result: "RestoreResult", what: str, extra: dict[str, Any] | None = None
 ) -> None:
     from kbinfra.backup.run import DifferencesError  # noqa: PLC0415
 
+    if not result.signed:
+        console.warn(f"{result.backup} is not signed: it was used because of --allow-unsigned")
     for note in result.notes:
         console.note(note)
     if console.json_mode:
@@ -282,6 +304,7 @@ def list_command(
 ) -> None:
     """Local (and offsite) backups: date, size, complete, and when a drill last passed."""
     from kbinfra.backup.run import backup_root, list_backups  # noqa: PLC0415
+    from kbinfra.backup.signing import backup_keys  # noqa: PLC0415
     from kbinfra.offsite.listing import backup_listing  # noqa: PLC0415
     from kbinfra.offsite.records import verified_backups  # noqa: PLC0415
     from kbinfra.offsite.run import (  # noqa: PLC0415
@@ -300,7 +323,11 @@ def list_command(
         repositories = select_repositories(stack, repo)
         remote = list_offsite(stack, repositories, _ssh(known_hosts, identity))
     listing = backup_listing(
-        stack.spec.name, list_backups(root), local_sizes(stack), remote, verified_backups(root)
+        stack.spec.name,
+        list_backups(root, backup_keys(stack.secrets)),
+        local_sizes(stack),
+        remote,
+        verified_backups(root),
     )
     if console.json_mode:
         console.emit_json(listing.as_json())
@@ -388,6 +415,8 @@ def schedule(
 def verify(
     backup_dir: BackupDirArgument = Path("latest"),
     stack_dir: DirOption = Path(),
+    allow_unsigned: AllowUnsignedOption = False,
+    allow_other_stack: AllowOtherStackOption = False,
     offsite: Annotated[
         bool,
         typer.Option(
@@ -415,11 +444,19 @@ def verify(
     from kbinfra.offsite.records import LOCAL, record_verified  # noqa: PLC0415
 
     console = Console(output)
+    _warn_unsigned(console, allow_unsigned)
     stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
     progress = console_progress(console)
     if not offsite:
         with where:
-            result = run_drill(stack, where, backup_dir, progress=progress)
+            result = run_drill(
+                stack,
+                where,
+                backup_dir,
+                progress=progress,
+                allow_other_stack=allow_other_stack,
+                allow_unsigned=allow_unsigned,
+            )
         if result.ok:
             record_verified(backup_root(stack), LOCAL, result.backup.name, _now())
         _finish(console, result, "restore drill")
@@ -455,7 +492,14 @@ def verify(
         fetched, source = fetch_backup(
             stack, str(backup_dir), ok[0], ssh=ssh, scratch=scratch, progress=progress
         )
-        result = run_drill(stack, where, fetched, progress=progress)
+        result = run_drill(
+            stack,
+            where,
+            fetched,
+            progress=progress,
+            allow_other_stack=allow_other_stack,
+            allow_unsigned=allow_unsigned,
+        )
     if result.ok:
         record_verified(backup_root(stack), source, fetched.name, _now())
     result.notes.append(f"drill on {fetched.name} fetched from offsite {source}")
@@ -484,10 +528,8 @@ def restore(
         bool,
         typer.Option("--no-safety-backup", help="Skip the backup of the current state first."),
     ] = False,
-    allow_other_stack: Annotated[
-        bool,
-        typer.Option("--allow-other-stack", help="Restore a backup of another stack's name."),
-    ] = False,
+    allow_other_stack: AllowOtherStackOption = False,
+    allow_unsigned: AllowUnsignedOption = False,
     repo: Annotated[
         str | None,
         typer.Option(
@@ -515,6 +557,7 @@ def restore(
     from kbinfra.spec.stack import STACK_FILE  # noqa: PLC0415
 
     console = Console(output)
+    _warn_unsigned(console, allow_unsigned)
     ref = parse_offsite_ref(str(backup_dir))
 
     def ask(question: str) -> bool:
@@ -523,7 +566,7 @@ def restore(
     if ref is not None and not (stack_dir / STACK_FILE).exists():
         _restore_onto_bare_host(
             stack_dir, ref, repo, confirm=ask, target=target, known_hosts=known_hosts,
-            identity=identity, console=console,
+            identity=identity, console=console, allow_unsigned=allow_unsigned,
         )  # fmt: skip
         return
     stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
@@ -546,6 +589,7 @@ def restore(
                 only=only,
                 safety_backup=not no_safety_backup,
                 allow_other_stack=allow_other_stack,
+                allow_unsigned=allow_unsigned,
             )
     if result.safety_backup is not None:
         console.note(f"safety backup of the state before: {result.safety_backup}")
@@ -562,6 +606,7 @@ def _restore_onto_bare_host(
     known_hosts: Path | None,
     identity: Path | None,
     console: Console,
+    allow_unsigned: bool = False,
 ) -> None:
     """A folder with only the safe copy: rebuild it from the backup, apply, restore."""
     from kbinfra.apply import apply_stack  # noqa: PLC0415
@@ -583,6 +628,7 @@ def _restore_onto_bare_host(
             ssh=_ssh(known_hosts, identity),
             scratch=scratch,
             progress=progress,
+            allow_unsigned=allow_unsigned,
         )
         for name in rebuilt.written:
             console.note(f"wrote {stack_dir / name} from {rebuilt.backup.name}")
@@ -606,7 +652,7 @@ def _restore_onto_bare_host(
                 )
             result = run_restore(
                 stack, where, rebuilt.backup, progress=progress, confirm=lambda _: True,
-                safety_backup=False,
+                safety_backup=False, allow_unsigned=allow_unsigned,
             )  # fmt: skip
     result.notes.append(f"stack folder {stack_dir} rebuilt from offsite {rebuilt.repository}")
     _finish(console, result, "restore")

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from kbinfra.backup.run import load_backup, verify_backup
+from kbinfra.backup.signing import backup_keys
 from kbinfra.backup.stackfiles import stack_file_path
 from kbinfra.errors import SpecError
 from kbinfra.offsite.repository import SshSettings
@@ -81,8 +82,10 @@ def rebuild_stack_folder(
     ssh: SshSettings,
     scratch: Path,
     progress: Progress,
+    allow_unsigned: bool = False,
 ) -> RebuiltFolder:
-    """Fetch ``ref`` from ``repository`` into ``scratch``, verify it, write the stack files."""
+    """Fetch ``ref`` from ``repository`` into ``scratch``, verify it (its signature with the
+    keys of the safe copy of ``secrets.yaml``), write the stack files."""
     secrets = load_secrets(new_dir, required=())
     restic = open_repository(repository, secrets, ssh)
     snapshots = restic.snapshots()
@@ -94,7 +97,7 @@ def rebuild_stack_folder(
         )
     snapshot = pick_snapshot(snapshots, ref, restic.where)
     backup = fetch_snapshot(restic, snapshot, scratch, progress)
-    manifest = load_backup(backup)
+    manifest, _ = load_backup(backup, backup_keys(secrets), allow_unsigned=allow_unsigned)
     verify_backup(backup, manifest, progress)
     rebuilt = RebuiltFolder(backup, restic.repository.name)
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kbinfra.backup.handler import BackupError
-from kbinfra.backup.run import backup_root, list_backups, load_backup
+from kbinfra.backup.run import backup_root, list_backups, read_unauthenticated_manifest
+from kbinfra.backup.signing import backup_keys
 from kbinfra.errors import SpecError
 from kbinfra.offsite.repository import SshSettings, backup_tags
 from kbinfra.offsite.restic import OffsiteError, Restic, Snapshot
@@ -117,7 +118,7 @@ def send_backup(
 ) -> list[Upload]:
     """Upload one complete backup to each repository, then apply that repository's
     retention. A failing repository is recorded and the others still get the backup."""
-    manifest = load_backup(backup_dir)
+    manifest = read_unauthenticated_manifest(backup_dir)  # uploaded as it is
     size = sum(a.size for a in manifest.artifacts)
     uploads = []
     for repository in repositories:
@@ -150,7 +151,7 @@ def send_backup(
 def local_backups_newest_first(stack: Stack) -> list[str]:
     complete = [
         f
-        for f in list_backups(backup_root(stack))
+        for f in list_backups(backup_root(stack), backup_keys(stack.secrets))
         if f.stack == stack.spec.name and f.created_at is not None
     ]
     return [f.name for f in sorted(complete, key=lambda f: (f.created_at, f.name), reverse=True)]
@@ -384,7 +385,7 @@ def local_sizes(stack: Stack) -> dict[str, int]:
     sizes = {}
     for name in local_backups_newest_first(stack):
         try:
-            manifest = load_backup(root / name)
+            manifest = read_unauthenticated_manifest(root / name)
         except BackupError:
             continue
         sizes[name] = sum(a.size for a in manifest.artifacts)

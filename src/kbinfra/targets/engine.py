@@ -281,6 +281,14 @@ class Engine:
         info: dict[str, Any] = self.api.inspect_container(container_id)
         return info
 
+    def exec(self, container_id: str, command: Sequence[str]) -> tuple[int, str]:
+        """Run ``command`` in the running container: its exit code and output."""
+        created = self.api.exec_create(container_id, list(command), stdout=True, stderr=True)
+        raw = self.api.exec_start(created["Id"])
+        code = self.api.exec_inspect(created["Id"]).get("ExitCode")
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        return (code if isinstance(code, int) else -1), text
+
     def logs_tail(self, container_id: str, lines: int = 20) -> list[str]:
         import docker.errors  # noqa: PLC0415
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import json
+import tarfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kbinfra.backup import handler_for
-from kbinfra.backup.handler import Observed
-from kbinfra.backup.manifest import Artifact
+from kbinfra.backup.handler import BackupError, Observed
+from kbinfra.backup.manifest import Artifact, ServiceRecord
 from kbinfra.backup.run import (
     check_artifact,
     data_handlers,
@@ -17,13 +20,17 @@ from kbinfra.backup.run import (
     select_services,
     summarize,
 )
-from kbinfra.backup.volumes import tar_path
+from kbinfra.backup.volumes import member_problem, tar_path, tar_problem, volumes_to_restore
 from kbinfra.service import ContainerSpec, PortBinding, VolumeMount
 from kbinfra.services.postgres.backup import (
+    HANDLER as POSTGRES,
+)
+from kbinfra.services.postgres.backup import (
+    RoleRecord,
     conninfo_dbname,
     dump_path,
-    restore_errors,
-    without_passwords_of,
+    parse_roles,
+    role_options,
 )
 from kbinfra.services.qdrant.backup import (
     State,
@@ -63,19 +70,144 @@ def test_data_handlers_follow_the_enabled_services(make_stack: Any) -> None:
 
 
 # ---------------------------------------------------------------- postgres
-GLOBALS = """CREATE ROLE kb;
-ALTER ROLE kb WITH SUPERUSER INHERIT LOGIN PASSWORD 'SCRAM-SHA-256$4096:abc$def:ghi';
-CREATE ROLE app;
-ALTER ROLE app WITH LOGIN PASSWORD 'SCRAM-SHA-256$4096:it''s';
-ALTER ROLE kbinfra_monitor WITH LOGIN PASSWORD 'md5x';
-"""
+SCRAM = "SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy"
 
 
-def test_restore_keeps_the_passwords_kbinfra_manages() -> None:
-    filtered = without_passwords_of(GLOBALS, ["kb", "kbinfra_monitor"])
-    assert "ALTER ROLE kb WITH SUPERUSER INHERIT LOGIN;" in filtered
-    assert "ALTER ROLE kbinfra_monitor WITH LOGIN;" in filtered
-    assert "ALTER ROLE app WITH LOGIN PASSWORD 'SCRAM-SHA-256$4096:it''s';" in filtered
+def role(**fields: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "name": "app", "superuser": False, "inherit": True, "createrole": False,
+        "createdb": False, "login": True, "replication": False, "bypassrls": False,
+        "connection_limit": -1,
+    }  # fmt: skip
+    return {**values, **fields}
+
+
+def roles_json(*roles: dict[str, Any], memberships: Any = ()) -> bytes:
+    return json.dumps({"roles": list(roles), "memberships": list(memberships)}).encode()
+
+
+def test_roles_are_data_whose_attributes_become_fixed_keywords() -> None:
+    found = parse_roles(roles_json(role(password=SCRAM)), "b")
+    assert found.roles[0].password == SCRAM
+    assert role_options(found.roles[0]) == [
+        "NOSUPERUSER", "INHERIT", "NOCREATEROLE", "NOCREATEDB", "LOGIN", "NOREPLICATION",
+        "NOBYPASSRLS",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("roles", "message"),
+    [
+        (roles_json(role(password="plain-text")), "roles.0.password"),
+        (roles_json(role(password="SCRAM-SHA-256$1:a$b:c'; DROP ROLE kb; --")), "password"),
+        (roles_json(role(name="pg_read_server_files")), "reserves"),
+        (roles_json(role(name="a\u0000b")), "roles.0.name"),
+        (roles_json(role(superuser="yes; \\! id")), "roles.0.superuser"),
+        (roles_json(role(sql="\\! id")), "roles.0.sql"),
+        (roles_json(memberships=[{"role": "x", "member": "pg_monitor"}]), "memberships.0"),
+        (b"CREATE ROLE x;\n\\! id\n", "roles.json"),
+    ],
+)
+def test_a_roles_file_that_is_not_plain_data_is_refused(roles: bytes, message: str) -> None:
+    with pytest.raises(BackupError, match=message) as caught:
+        parse_roles(roles, "backup-dir")
+    assert "nothing was changed" in str(caught.value)
+
+
+def test_role_records_refuse_a_superuser_flag_that_is_not_a_boolean() -> None:
+    with pytest.raises(ValueError):
+        RoleRecord.model_validate(role(superuser="true"), strict=True)
+
+
+def pg_artifact(path: str, kind: Any, **meta: str) -> Artifact:
+    return Artifact(path=path, service="postgres", kind=kind, size=1, sha256=SHA, meta=meta)
+
+
+def test_only_the_stacks_own_database_is_restored_and_no_script_ever(
+    make_stack: Any, tmp_path: Path
+) -> None:
+    ctx = make_stack().contexts["postgres"]
+    (tmp_path / "postgres").mkdir()
+    (tmp_path / "postgres" / "roles.json").write_bytes(roles_json(role()))
+    own = pg_artifact("postgres/kb.dump", "pg_dump", database="kb")
+    other = pg_artifact("postgres/postgres.dump", "pg_dump", database="postgres")
+    script = pg_artifact("postgres/globals.sql", "pg_globals")
+    roles = pg_artifact("postgres/roles.json", "pg_roles")
+    chosen, notes = POSTGRES.restorable(ctx, [script, roles, other, own], tmp_path)
+    assert chosen == [roles, own]
+    assert any("postgres/postgres.dump not restored" in n for n in notes)
+    assert any("postgres/globals.sql not run" in n for n in notes)
+    with pytest.raises(BackupError, match="no dump of database 'kb'"):
+        POSTGRES.restorable(ctx, [other, roles], tmp_path)
+    (tmp_path / "postgres" / "roles.json").write_text("\\! id")
+    with pytest.raises(BackupError, match=r"roles\.json"):
+        POSTGRES.restorable(ctx, [roles, own], tmp_path)
+
+
+def test_a_manifest_lacking_what_restore_reads_is_named() -> None:
+    record = ServiceRecord(version="16.4")
+    dump = pg_artifact("postgres/kb.dump", "pg_dump")
+    assert POSTGRES.manifest_problem(None, []) == "postgres has no entry in the manifest's services"
+    assert POSTGRES.manifest_problem(record, [dump]) == "postgres/kb.dump lacks meta.database"
+    redis = handler_for("redis")
+    assert redis is not None
+    assert redis.manifest_problem(record, []) == "redis has no redis_rdb artifact"
+
+
+# ---------------------------------------------------------------- volumes
+def tar_member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    member = tarfile.TarInfo(name)
+    member.type = kind
+    member.linkname = link
+    return member
+
+
+@pytest.mark.parametrize(
+    ("member", "problem"),
+    [
+        (tar_member("kbinfra-volume/a.txt"), None),
+        (tar_member("kbinfra-volume", tarfile.DIRTYPE), None),
+        (tar_member("kbinfra-volume/docs/l", tarfile.SYMTYPE, "../a.txt"), None),
+        (tar_member("kbinfra-volume/h", tarfile.LNKTYPE, "kbinfra-volume/a.txt"), None),
+        (tar_member("/etc/cron.d/x"), "not inside the volume"),
+        (tar_member("kbinfra-volume/../etc/x"), "not inside the volume"),
+        (tar_member("etc/x"), "not inside the volume"),
+        (tar_member("kbinfra-volume/l", tarfile.SYMTYPE, "/etc/shadow"), "absolute path"),
+        (tar_member("kbinfra-volume/l", tarfile.SYMTYPE, "../../etc"), "points outside"),
+        (tar_member("kbinfra-volume/h", tarfile.LNKTYPE, "etc/passwd"), "points outside"),
+        (tar_member("kbinfra-volume/h", tarfile.LNKTYPE, "kbinfra-volume/../x"), "outside"),
+        (tar_member("kbinfra-volume/sda", tarfile.BLKTYPE), "device"),
+        (tar_member("kbinfra-volume/tty", tarfile.CHRTYPE), "device"),
+        (tar_member("kbinfra-volume/pipe", tarfile.FIFOTYPE), "FIFO"),
+    ],
+)
+def test_tar_members_that_leave_the_volume_are_refused(
+    member: tarfile.TarInfo, problem: str | None
+) -> None:
+    found = member_problem(member)
+    assert (found is None) if problem is None else (found is not None and problem in found)
+
+
+def test_the_first_bad_member_of_a_tar_stream_is_named() -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.addfile(tar_member("kbinfra-volume/ok.txt"), io.BytesIO(b""))
+        tar.addfile(tar_member("kbinfra-volume/../../root/.ssh/authorized_keys"), io.BytesIO())
+    buffer.seek(0)
+    assert tar_problem(buffer) == (
+        "member 'kbinfra-volume/../../root/.ssh/authorized_keys' is not inside the volume"
+    )
+    assert tar_problem(io.BytesIO(b"not a tar at all" * 100)) is not None
+
+
+def test_a_volume_is_the_stacks_own_never_the_manifests() -> None:
+    tar = Artifact(
+        path="volumes/uploads.tar", service="volumes", kind="volume_tar", size=1, sha256=SHA,
+        meta={"volume": "kb-postgres-data"},
+    )  # fmt: skip
+    assert volumes_to_restore([tar], ["uploads", "other"]) == {"volumes/uploads.tar": "uploads"}
+    with pytest.raises(BackupError, match=r"backup\.volumes of this stack does not list"):
+        volumes_to_restore([tar], ["other"])
 
 
 def test_database_names_are_passed_as_conninfo_and_file_names_are_safe() -> None:
@@ -84,14 +216,6 @@ def test_database_names_are_passed_as_conninfo_and_file_names_are_safe() -> None
     assert dump_path("kb") == "postgres/kb.dump"
     odd = dump_path("../x y")
     assert odd.startswith("postgres/db-") and odd.endswith(".dump") and ".." not in odd
-
-
-def test_globals_restore_ignores_only_existing_roles() -> None:
-    stderr = (
-        'psql:<stdin>:1: ERROR:  role "kb" already exists\n'
-        'psql:<stdin>:9: ERROR:  permission denied to alter role "x"\n'
-    )
-    assert restore_errors(stderr) == ['psql:<stdin>:9: ERROR:  permission denied to alter role "x"']
 
 
 # ---------------------------------------------------------------- redis

@@ -6,9 +6,16 @@ its snapshot; the row counts and sample digests are read in that transaction, an
 while the application keeps writing. The dump is streamed out of the container through
 ``docker exec`` straight into the file, hashed on the way.
 
-Restore: the roles first (passwords of the roles kbinfra manages are left as they are now),
-then each dump is streamed into ``pg_restore --clean --if-exists --single-transaction``
-through the exec's stdin: a failure leaves that database exactly as it was.
+The roles are read from the catalog into ``postgres/roles.json`` (names, attributes,
+memberships and, with ``--include-secrets``, SCRAM verifiers): structured data, never a script.
+Every database is dumped (a copy to restore by hand with ``pg_restore``), but a restore puts
+back only the stack's own (``services.postgres.database``).
+
+Restore: the roles first, each statement built from the validated ``roles.json`` with quoted
+identifiers and literals (the roles kbinfra manages are left exactly as they are now); a
+``globals.sql`` of an older backup is never run. Then the stack's own database's dump, and
+only it, is streamed into ``pg_restore --clean --if-exists --single-transaction`` through the
+exec's stdin: a failure leaves the database exactly as it was.
 
 Trade-off of the restore transport: writing to the exec's stdin needs the engine to pass a
 half-close through (it does, locally and over ``docker system dial-stdio``); the
@@ -19,13 +26,17 @@ I/O, and a temporary copy of the data that must be cleaned up.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import json
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kbinfra.backup.handler import (
     BackupError,
@@ -36,7 +47,7 @@ from kbinfra.backup.handler import (
     ServiceBackup,
     artifact_of,
 )
-from kbinfra.backup.manifest import Artifact, ServiceRecord, not_older
+from kbinfra.backup.manifest import Artifact, ArtifactKind, ServiceRecord, not_older
 from kbinfra.backup.streams import exec_run, exec_with_stdin, file_chunks
 from kbinfra.progress import Progress
 from kbinfra.services.postgres.exporter import MONITOR_ROLE
@@ -44,9 +55,11 @@ from kbinfra.services.postgres.exporter import MONITOR_ROLE
 if TYPE_CHECKING:
     import psycopg
 
+    from kbinfra.service import ServiceContext
+
 PORT = 5432
 SAMPLE_ROWS = 20
-GLOBALS_PATH = "postgres/globals.sql"
+ROLES_PATH = "postgres/roles.json"
 _SAFE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 #: Every user table: plain, partitioned and (populated) materialized views, not the ones an
@@ -68,6 +81,27 @@ WHERE c.relkind IN ('r', 'p', 'm')
   AND NOT EXISTS (
       SELECT 1 FROM pg_depend d
       WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+ORDER BY 1, 2
+"""
+
+ROLES_SQL = """
+SELECT rolname, rolsuper, rolinherit, rolcreaterole, rolcreatedb, rolcanlogin,
+       rolreplication, rolbypassrls, rolconnlimit, rolvaliduntil
+FROM pg_roles
+WHERE rolname !~ '^pg_'
+ORDER BY rolname
+"""
+
+PASSWORDS_SQL = """
+SELECT rolname, rolpassword FROM pg_authid WHERE rolname !~ '^pg_' AND rolpassword IS NOT NULL
+"""
+
+MEMBERSHIPS_SQL = """
+SELECT r.rolname, m.rolname, a.admin_option
+FROM pg_auth_members a
+JOIN pg_roles r ON r.oid = a.roleid
+JOIN pg_roles m ON m.oid = a.member
+WHERE m.rolname !~ '^pg_'
 ORDER BY 1, 2
 """
 
@@ -112,28 +146,87 @@ def dump_path(database: str) -> str:
     return f"postgres/db-{hashlib.sha256(database.encode()).hexdigest()[:16]}.dump"
 
 
-_PASSWORD = re.compile(r" PASSWORD '(?:[^']|'')*'")
+#: A role name as PostgreSQL stores it: 1 to 63 bytes, no NUL; ``pg_`` is reserved.
+_ROLE_NAME = r"^[^\x00]{1,63}$"
+#: A SCRAM-SHA-256 verifier (``SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>``):
+#: the only password form restored; PostgreSQL stores it as given, never as a plain password.
+_B64 = "[A-Za-z0-9+/=]{1,100}"
+_SCRAM = rf"^SCRAM-SHA-256\$[0-9]{{1,7}}:{_B64}\${_B64}:{_B64}$"
 
 
-def without_passwords_of(sql: str, roles: Sequence[str]) -> str:
-    """The globals script minus the ``PASSWORD`` of ``roles``: kbinfra sets those from the
-    stack's secrets, and a restore must not replace them with the backup's."""
-    prefixes = tuple(f"ALTER ROLE {role} WITH " for role in roles) + tuple(
-        f'ALTER ROLE "{role}" WITH ' for role in roles
-    )
-    return "".join(
-        _PASSWORD.sub("", line) if line.startswith(prefixes) else line
-        for line in sql.splitlines(keepends=True)
-    )
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def restore_errors(stderr: str) -> list[str]:
-    """psql errors of a globals restore, minus the expected 'role … already exists'."""
-    return [
-        line.strip()
-        for line in stderr.splitlines()
-        if "ERROR:" in line and "already exists" not in line
-    ]
+class RoleRecord(_Data):
+    """One role as ``pg_roles`` describes it; each field becomes one keyword or literal."""
+
+    name: str = Field(pattern=_ROLE_NAME)
+    superuser: bool
+    inherit: bool
+    createrole: bool
+    createdb: bool
+    login: bool
+    replication: bool
+    bypassrls: bool
+    connection_limit: int = Field(ge=-1, le=1_000_000)
+    valid_until: dt.datetime | None = None
+    password: str | None = Field(None, pattern=_SCRAM)
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value.startswith("pg_"):
+            raise ValueError(f"{value!r} is a name PostgreSQL reserves for its own roles")
+        return value
+
+
+class Membership(_Data):
+    role: str = Field(pattern=r"^[^\x00]{1,63}$")  # may be a predefined pg_ role
+    member: str = Field(pattern=_ROLE_NAME)
+    admin: bool = False
+
+    @field_validator("member")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        return RoleRecord._not_reserved(value)
+
+
+class RolesFile(_Data):
+    """``postgres/roles.json``."""
+
+    roles: list[RoleRecord] = Field(default_factory=list, max_length=10_000)
+    memberships: list[Membership] = Field(default_factory=list, max_length=100_000)
+
+
+def parse_roles(data: bytes, where: str) -> RolesFile:
+    """The roles of a backup, validated by type; anything else is refused in one line."""
+    try:
+        return RolesFile.model_validate_json(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise BackupError(
+            f"{ROLES_PATH}: {field}: {first['msg']}",
+            where=where,
+            fix="nothing was changed; this backup cannot be restored, use another",
+        ) from None
+
+
+_ATTRIBUTES = (
+    ("superuser", "SUPERUSER"),
+    ("inherit", "INHERIT"),
+    ("createrole", "CREATEROLE"),
+    ("createdb", "CREATEDB"),
+    ("login", "LOGIN"),
+    ("replication", "REPLICATION"),
+    ("bypassrls", "BYPASSRLS"),
+)
+
+
+def role_options(role: RoleRecord) -> list[str]:
+    """The fixed keywords of ``ALTER ROLE … WITH``: chosen from booleans, never copied."""
+    return [keyword if getattr(role, field) else f"NO{keyword}" for field, keyword in _ATTRIBUTES]
 
 
 def sample_digest(row_hashes: Sequence[str]) -> str:
@@ -147,6 +240,8 @@ def major(version: str) -> str:
 # ---------------------------------------------------------------- the handler
 class PostgresBackup(BackupHandler):
     service = "postgres"
+    required_meta: ClassVar[dict[ArtifactKind, tuple[str, ...]]] = {"pg_dump": ("database",)}
+    unchecked_kinds: ClassVar[frozenset[ArtifactKind]] = frozenset({"pg_globals", "pg_roles"})
 
     def _env(self, instance: Instance, database: str | None = None) -> dict[str, str]:
         env = {
@@ -206,11 +301,13 @@ class PostgresBackup(BackupHandler):
 
     # ------------------------------------------------------------ backup
     def backup(self, instance: Instance, out: BackupOutput) -> ServiceBackup:
+        own = instance.settings.database
         with instance.reach(PORT) as address:
-            with self._connect(instance, address, instance.settings.database) as connection:
+            with self._connect(instance, address, own) as connection:
                 version = _server_version(connection)
                 databases = _databases(connection)
-            artifacts = [self._dump_globals(instance, out)]
+                roles = _roles(connection, with_passwords=out.include_secrets)
+            artifacts = [self._write_roles(out, roles)]
             for database in databases:
                 out.progress.note(self.service, f"dumping database {database.name}")
                 artifacts.append(self._dump_database(instance, out, address, database))
@@ -219,31 +316,19 @@ class PostgresBackup(BackupHandler):
             artifacts=artifacts,
         )
 
-    def _dump_globals(self, instance: Instance, out: BackupOutput) -> Artifact:
-        command = ["pg_dumpall", "--globals-only", "--no-password"]
-        if not out.include_secrets:
-            command.append("--no-role-passwords")
-        command += ["-l", instance.settings.database]
-        with out.file(GLOBALS_PATH) as handle:
-            result = exec_run(
-                instance.api,
-                instance.container_id,
-                command,
-                env=self._env(instance),
-                sink=handle.write,
-            )
-        if result.exit_code != 0:
-            raise BackupError(
-                f"pg_dumpall --globals-only failed: {result.last_error_line()}",
-                where=instance.name,
-            )
+    def _write_roles(self, out: BackupOutput, roles: RolesFile) -> Artifact:
+        data = json.dumps(roles.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+        with out.file(ROLES_PATH, quiet=True) as handle:
+            handle.write(data.encode())
+        with_passwords = any(r.password for r in roles.roles)
         return artifact_of(
             handle,
-            GLOBALS_PATH,
+            ROLES_PATH,
             self.service,
-            "pg_globals",
-            meta={"role_passwords": "yes" if out.include_secrets else "no"},
-            secret=out.include_secrets,
+            "pg_roles",
+            counts={"roles": len(roles.roles)},
+            meta={"role_passwords": "yes" if with_passwords else "no"},
+            secret=with_passwords,
         )
 
     def _dump_database(
@@ -303,6 +388,38 @@ class PostgresBackup(BackupHandler):
         )
 
     # ------------------------------------------------------------ restore
+    def restorable(
+        self, ctx: ServiceContext, artifacts: list[Artifact], backup_dir: Path
+    ) -> tuple[list[Artifact], list[str]]:
+        """The roles (validated here, before anything is touched) and the dump of the stack's
+        own database; the others are left out."""
+        own = ctx.settings.database
+        chosen: list[Artifact] = []
+        notes: list[str] = []
+        for artifact in artifacts:
+            if artifact.kind == "pg_roles":
+                parse_roles((backup_dir / artifact.path).read_bytes(), str(backup_dir))
+                chosen.append(artifact)
+            elif artifact.kind == "pg_dump" and artifact.meta["database"] == own:
+                chosen.append(artifact)
+            elif artifact.kind == "pg_dump":
+                notes.append(
+                    f"{artifact.path} not restored: database {artifact.meta['database']!r} is "
+                    f"not the stack's own ({own!r}); restore it by hand with pg_restore if needed"
+                )
+            elif artifact.kind == "pg_globals":
+                notes.append(
+                    f"{artifact.path} not run: kbinfra never runs a script from a backup, so "
+                    "the roles of this older backup were not restored (recreate them by hand)"
+                )
+        if not any(a.kind == "pg_dump" for a in chosen):
+            raise BackupError(
+                f"the backup holds no dump of database {own!r}, the stack's own",
+                fix="nothing was changed; set services.postgres.database to the backup's "
+                "database, or leave postgres out with --only",
+            )
+        return chosen, notes
+
     def restore(
         self,
         instance: Instance,
@@ -312,31 +429,21 @@ class PostgresBackup(BackupHandler):
         progress: Progress,
     ) -> list[str]:
         notes: list[str] = []
-        managed = (instance.settings.user, MONITOR_ROLE)
-        for artifact in artifacts:
-            if artifact.kind != "pg_globals":
-                continue
-            progress.note(self.service, "restoring roles")
-            sql = (backup_dir / artifact.path).read_text(encoding="utf-8")
-            script = without_passwords_of(sql, managed).encode("utf-8")
-            result = exec_with_stdin(
-                instance.api,
-                instance.container_id,
-                ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=0", "-d", "postgres", "-f", "-"],
-                iter([script]),
-                env=self._env(instance),
-            )
-            errors = restore_errors(result.error_text)
-            if result.exit_code != 0 or errors:
-                first = errors[0] if errors else result.last_error_line()
-                notes.append(f"roles: {len(errors) or 1} statement(s) failed; first: {first}")
+        own = instance.settings.database
+        roles = [
+            parse_roles((backup_dir / a.path).read_bytes(), str(backup_dir))
+            for a in artifacts
+            if a.kind == "pg_roles"
+        ]
         with instance.reach(PORT) as address:
+            for found in roles:
+                progress.note(self.service, "restoring roles")
+                notes += self._restore_roles(instance, address, found)
             for artifact in artifacts:
                 if artifact.kind != "pg_dump":
                     continue
-                name = artifact.meta["database"]
                 if self._ensure_database(instance, address, artifact):
-                    notes.append(f"created database {name}")
+                    notes.append(f"created database {own}")
                 with progress.transfer(f"{artifact.path} → pg_restore", artifact.size) as advance:
                     result = exec_with_stdin(
                         instance.api,
@@ -349,26 +456,80 @@ class PostgresBackup(BackupHandler):
                             "--exit-on-error",
                             "--no-password",
                             "-d",
-                            conninfo_dbname(name),
+                            conninfo_dbname(own),
                         ],
                         file_chunks(backup_dir / artifact.path, advance),
                         env=self._env(instance),
                     )
                 if result.exit_code != 0:
                     raise BackupError(
-                        f"pg_restore into database {name!r} failed, so it rolled back and that "
+                        f"pg_restore into database {own!r} failed, so it rolled back and that "
                         f"database is unchanged: {result.last_error_line()}",
                         where=instance.name,
                     )
         return notes
+
+    def _restore_roles(
+        self, instance: Instance, address: tuple[str, int], found: RolesFile
+    ) -> list[str]:
+        """Create or alter each role from its record, with quoted identifiers and literals.
+
+        The roles kbinfra manages (the stack's user and the exporter's) are left as they are:
+        their passwords come from the stack's secrets.
+        """
+        from psycopg import errors, sql  # noqa: PLC0415
+
+        managed = {instance.settings.user, MONITOR_ROLE}
+        failed: list[str] = []
+        with self._connect(instance, address, instance.settings.database) as connection:
+            connection.autocommit = True
+            existing = {str(row[0]) for row in connection.execute("SELECT rolname FROM pg_roles")}
+            statements: list[tuple[str, sql.Composed]] = []
+            for role in found.roles:
+                if role.name in managed:
+                    continue
+                name = sql.Identifier(role.name)
+                if role.name not in existing:
+                    statements.append((role.name, sql.SQL("CREATE ROLE {}").format(name)))
+                options: list[sql.Composable] = [sql.SQL(k) for k in role_options(role)]
+                options.append(
+                    sql.SQL("CONNECTION LIMIT {}").format(sql.Literal(role.connection_limit))
+                )
+                valid = role.valid_until.isoformat() if role.valid_until else "infinity"
+                options.append(sql.SQL("VALID UNTIL {}").format(sql.Literal(valid)))
+                if role.password is not None:
+                    options.append(sql.SQL("PASSWORD {}").format(sql.Literal(role.password)))
+                statements.append(
+                    (
+                        role.name,
+                        sql.SQL("ALTER ROLE {} WITH {}").format(name, sql.SQL(" ").join(options)),
+                    )
+                )
+            for membership in found.memberships:
+                if membership.member in managed:
+                    continue
+                grant = sql.SQL("GRANT {} TO {}").format(
+                    sql.Identifier(membership.role), sql.Identifier(membership.member)
+                )
+                if membership.admin:
+                    grant += sql.SQL(" WITH ADMIN OPTION")
+                statements.append((membership.member, grant))
+            for role_name, statement in statements:
+                try:
+                    connection.execute(statement)
+                except errors.Error as error:
+                    failed.append(f"{role_name}: {str(error).strip().splitlines()[0]}")
+        if failed:
+            return [f"roles: {len(failed)} statement(s) failed; first: {failed[0]}"]
+        return []
 
     def _ensure_database(
         self, instance: Instance, address: tuple[str, int], artifact: Artifact
     ) -> bool:
         from psycopg import errors, sql  # noqa: PLC0415
 
-        name = artifact.meta["database"]
-        with self._connect(instance, address, instance.settings.database) as connection:
+        name = instance.settings.database
+        with self._connect(instance, address, "postgres") as connection:
             connection.autocommit = True
             found = connection.execute(
                 "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
@@ -429,6 +590,37 @@ def _server_version(connection: psycopg.Connection[Any]) -> str:
     row = connection.execute("SHOW server_version").fetchone()
     assert row is not None
     return str(row[0]).split()[0]
+
+
+def _roles(connection: psycopg.Connection[Any], *, with_passwords: bool) -> RolesFile:
+    passwords: dict[str, str] = {}
+    if with_passwords:
+        passwords = {
+            str(name): str(password)
+            for name, password in connection.execute(PASSWORDS_SQL).fetchall()
+            if str(password).startswith("SCRAM-SHA-256$")
+        }
+    roles = [
+        RoleRecord(
+            name=str(row[0]),
+            superuser=row[1],
+            inherit=row[2],
+            createrole=row[3],
+            createdb=row[4],
+            login=row[5],
+            replication=row[6],
+            bypassrls=row[7],
+            connection_limit=row[8],
+            valid_until=row[9] if row[9] is None or row[9].year < 9999 else None,
+            password=passwords.get(str(row[0])),
+        )
+        for row in connection.execute(ROLES_SQL).fetchall()
+    ]
+    memberships = [
+        Membership(role=str(role), member=str(member), admin=bool(admin))
+        for role, member, admin in connection.execute(MEMBERSHIPS_SQL).fetchall()
+    ]
+    return RolesFile(roles=roles, memberships=memberships)
 
 
 def _databases(connection: psycopg.Connection[Any]) -> list[Database]:

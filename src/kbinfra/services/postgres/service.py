@@ -2,7 +2,7 @@
 
 import math
 import re
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from pydantic import Field
 
@@ -10,6 +10,7 @@ from kbinfra.service import (
     ContainerSpec,
     FileMount,
     HealthCheck,
+    LoginCheck,
     Service,
     ServiceContext,
     ServiceSettings,
@@ -17,9 +18,6 @@ from kbinfra.service import (
 )
 from kbinfra.services.postgres.exporter import MONITOR_ROLE
 from kbinfra.services.postgres.exporter import SERVICE as EXPORTER
-
-if TYPE_CHECKING:
-    pass
 
 Workload = Literal["web", "oltp", "dw", "mixed"]
 DiskKind = Literal["ssd", "nvme", "hdd"]
@@ -293,6 +291,31 @@ class Postgres(Service):
             # One process per connection, plus the background workers.
             pids_limit=max(
                 ctx.resources.pids, self.tuning(ctx).max_connections + PIDS_BESIDES_BACKENDS
+            ),
+        )
+
+    def login_check(self, ctx: ServiceContext) -> LoginCheck:
+        """``pg_isready`` needs no password, and the image sets the password only when it
+        initializes an empty volume: log in as the stack's user, over the local socket, with
+        the stack's password (from the container's environment, never on a command line)."""
+        settings: PostgresSettings = ctx.settings
+        volume = ctx.volume()
+        return LoginCheck(
+            command=[
+                "sh",
+                "-c",
+                'PGPASSWORD="$POSTGRES_PASSWORD" exec psql -X -w -q -A -t '
+                '-U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "SELECT 1"',
+            ],
+            failure=(
+                f"the stack's postgres_password does not open database {settings.database!r} "
+                f"as role {settings.user!r}: volume {volume} keeps the password of the stack "
+                "that initialized it"
+            ),
+            fix=(
+                "put that stack's postgres_password back in secrets.yaml (from your safe copy "
+                "of its secrets) and apply again; or, if its data is not needed, run "
+                f"`kbinfra destroy --delete-data --confirm-name {ctx.stack.name}` and apply"
             ),
         )
 

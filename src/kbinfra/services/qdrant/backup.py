@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
 from kbinfra.backup.handler import (
@@ -40,7 +40,7 @@ from kbinfra.backup.handler import (
     ServiceBackup,
     artifact_of,
 )
-from kbinfra.backup.manifest import Artifact, ServiceRecord, same_minor
+from kbinfra.backup.manifest import Artifact, ArtifactKind, ServiceRecord, same_minor
 from kbinfra.progress import Progress
 from kbinfra.services.qdrant.service import HTTP_PORT
 
@@ -184,6 +184,9 @@ class _ReadCounter(io.RawIOBase):
 # ---------------------------------------------------------------- the handler
 class QdrantBackup(BackupHandler):
     service = "qdrant"
+    required_meta: ClassVar[dict[ArtifactKind, tuple[str, ...]]] = {
+        "qdrant_snapshot": ("collection",)
+    }
 
     @contextmanager
     def _http(self, instance: Instance) -> Iterator[httpx.Client]:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from kbinfra.backup.handler import (
     BackupError,
@@ -41,7 +41,13 @@ from kbinfra.backup.handler import (
     ServiceBackup,
     artifact_of,
 )
-from kbinfra.backup.manifest import Artifact, ServiceRecord, compare_counts, not_older
+from kbinfra.backup.manifest import (
+    Artifact,
+    ArtifactKind,
+    ServiceRecord,
+    compare_counts,
+    not_older,
+)
 from kbinfra.backup.streams import archive_file_to, exec_run, put_stream, tar_of_file
 from kbinfra.progress import Progress
 from kbinfra.services.redis.service import CONF_FILE, PASSWORD_USERS, PORT
@@ -159,6 +165,7 @@ def canonical_digest(kind: str, value: Any) -> str:
 class RedisBackup(BackupHandler):
     service = "redis"
     restarts_container = True
+    required_kinds: ClassVar[tuple[ArtifactKind, ...]] = ("redis_rdb",)
 
     @contextmanager
     def _clients(self, instance: Instance) -> Iterator[Callable[[int], redis.Redis]]:
