@@ -19,7 +19,7 @@ from tests.conftest import PROFILES
 #: What each image's entrypoint needs back; nothing for those that start as their own user.
 ENTRYPOINT_CAPS = {
     "postgres": ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"),
-    "redis": ("CHOWN", "SETGID", "SETUID"),
+    "redis": ("CHOWN", "DAC_READ_SEARCH", "SETGID", "SETUID"),
     "nginx": ("CHOWN", "NET_BIND_SERVICE", "SETGID", "SETUID"),
 }
 
@@ -100,7 +100,7 @@ def test_the_engine_creates_containers_locked_down(make_stack: Callable[..., Sta
     engine.create(desired, stack.secrets)
     host = client.api.created["host_config"]
     assert host["CapDrop"] == ["ALL"]
-    assert host["CapAdd"] == ["CHOWN", "SETGID", "SETUID"]
+    assert host["CapAdd"] == ["CHOWN", "DAC_READ_SEARCH", "SETGID", "SETUID"]
     assert host["SecurityOpt"] == ["no-new-privileges:true"]
     assert host["PidsLimit"] == spec.pids_limit
 

@@ -210,8 +210,10 @@ class Redis(Service):
             memory_mb=ctx.resources.memory_mb,
             # Redis writes its final RDB snapshot on SIGTERM.
             stop_timeout_s=60,
-            # The entrypoint starts as root, chowns /data to redis and drops to it (gosu).
-            cap_add=("CHOWN", "SETGID", "SETUID"),
+            # The entrypoint starts as root, chowns /data to redis and drops to it (gosu). Its
+            # `find` must enter appendonlydir (0700, owned by redis) on every start after the
+            # first: without DAC_READ_SEARCH a kept volume stops Redis ("Permission denied").
+            cap_add=("CHOWN", "DAC_READ_SEARCH", "SETGID", "SETUID"),
         )
 
 
