@@ -49,7 +49,8 @@ def only_postgres(make_stack: Callable[..., Stack], image: str) -> dict[str, Any
     """Overrides that enable one service, running ``image``: the test owns every image."""
     names = make_stack("minimum").spec.services.names()
     services: dict[str, Any] = {name: {"enabled": False} for name in names}
-    services["postgres"] = {"enabled": True, "image": image}
+    # The tag is random hex, so it does not always start with a major version: say it.
+    services["postgres"] = {"enabled": True, "image": image, "version": 15}
     return {"services": services}
 
 
