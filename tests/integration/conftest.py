@@ -21,9 +21,15 @@ import pytest
 import yaml
 
 try:  # a package when tests/ has __init__.py files, plain modules otherwise
-    from .testbed_support import SSHTarget, Testbed, ssh_docker_client
+    from .testbed_support import Cluster, SSHTarget, Testbed, read_cluster, ssh_docker_client
 except ImportError:
-    from testbed_support import SSHTarget, Testbed, ssh_docker_client  # type: ignore[no-redef]
+    from testbed_support import (  # type: ignore[no-redef]
+        Cluster,
+        SSHTarget,
+        Testbed,
+        read_cluster,
+        ssh_docker_client,
+    )
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 TESTBED_SCRIPT = REPO_DIR / "scripts" / "testbed"
@@ -88,6 +94,18 @@ def bring_up_testbed() -> Testbed:
 @pytest.fixture(scope="session")
 def testbed() -> Testbed:
     return bring_up_testbed()
+
+
+@pytest.fixture(scope="session")
+def cluster(testbed: Testbed) -> Cluster:
+    """The test bed's three-node cluster (`scripts/testbed cluster up`, idempotent)."""
+    proc = subprocess.run(
+        [str(TESTBED_SCRIPT), "cluster", "up"], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        testbed_unavailable(f"scripts/testbed cluster up exited {proc.returncode}:\n{tail}")
+    return read_cluster(Path(proc.stdout.strip().splitlines()[-1]))
 
 
 @pytest.fixture(scope="session")

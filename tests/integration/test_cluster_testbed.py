@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import subprocess
 import tarfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,32 +27,13 @@ from kbinfra.targets.ssh import HostKeyError, SSHAddress, SSHOptions, SSHTarget
 
 try:
     from .conftest import TESTBED_SCRIPT
-    from .conftest import testbed_unavailable as unavailable
+    from .testbed_support import Cluster, Node
 except ImportError:
     from conftest import TESTBED_SCRIPT  # type: ignore[no-redef]
-    from conftest import testbed_unavailable as unavailable  # type: ignore[no-redef]
+    from testbed_support import Cluster, Node  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.integration
 SETTLE_S = 60
-
-
-@dataclass(frozen=True)
-class Node:
-    name: str
-    address: SSHAddress
-    socket: str
-
-
-@dataclass(frozen=True)
-class Cluster:
-    node_file: Path
-    nodes: list[Node]
-    known_hosts: Path
-    identity: Path
-
-    def target(self, node: Node, known_hosts: Path | None = None) -> SSHTarget:
-        options = SSHOptions(known_hosts=known_hosts or self.known_hosts, identity=self.identity)
-        return SSHTarget(node.address, options)
 
 
 def _address(url: str) -> SSHAddress:
@@ -63,28 +42,16 @@ def _address(url: str) -> SSHAddress:
     return SSHAddress(user=user, host=host, port=int(port))
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Cluster:
-    proc = subprocess.run(
-        [str(TESTBED_SCRIPT), "cluster", "up"], capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-        unavailable(f"scripts/testbed cluster up exited {proc.returncode}:\n{tail}")
-    node_file = Path(proc.stdout.strip().splitlines()[-1])
-    data = yaml.safe_load(node_file.read_text())
-    prefix = os.environ.get("KBINFRA_TESTBED_CLUSTER", "kbtb")  # as tests/testbed/cluster.sh
-    nodes = [
-        Node(n["name"], _address(n["address"]), f"/run/{prefix}/{n['name']}/docker.sock")
-        for n in data["nodes"]
-    ]
-    return Cluster(node_file, nodes, Path(data["known_hosts"]), Path(data["identity"]))
+def node_target(cluster: Cluster, node: Node, known_hosts: Path | None = None) -> SSHTarget:
+    """kbinfra's own SSH target for a node: strict host keys, the test bed's client key."""
+    options = SSHOptions(known_hosts=known_hosts or cluster.known_hosts, identity=cluster.identity)
+    return SSHTarget(_address(node.url), options)
 
 
 @contextlib.contextmanager
 def engines(cluster: Cluster) -> Iterator[list[docker.DockerClient]]:
     """Each node's engine, through kbinfra's SSH target (strict host keys, the node's key)."""
-    targets = [cluster.target(node) for node in cluster.nodes]
+    targets = [node_target(cluster, node) for node in cluster.nodes]
     try:
         yield [target.docker_client() for target in targets]
     finally:
@@ -117,10 +84,10 @@ def test_an_unknown_node_key_is_refused_with_its_fingerprint(
     node = cluster.nodes[1]
     lines = cluster.known_hosts.read_text().splitlines()
     others.write_text(
-        "".join(f"{line}\n" for line in lines if not line.startswith(node.address.host))
+        "".join(f"{line}\n" for line in lines if not line.startswith(_address(node.url).host))
     )
     with pytest.raises(HostKeyError, match=r"SHA256:[A-Za-z0-9+/]{43}"):
-        cluster.target(node, others).docker_client()
+        node_target(cluster, node, others).docker_client()
 
 
 def _load(node: Node, image: str) -> None:
@@ -161,15 +128,15 @@ def swarm(cluster: Cluster) -> Iterator[list[docker.DockerClient]]:
         for client in clients:
             with contextlib.suppress(docker.errors.APIError):
                 client.swarm.leave(force=True)
-        first = cluster.nodes[0].address.host
+        first = _address(cluster.nodes[0].url).host
         clients[0].swarm.init(advertise_addr=first, listen_addr=f"{first}:2377")
         token = clients[0].swarm.attrs["JoinTokens"]["Manager"]
         for node, client in zip(cluster.nodes[1:], clients[1:], strict=True):
             client.swarm.join(
                 remote_addrs=[f"{first}:2377"],
                 join_token=token,
-                advertise_addr=node.address.host,
-                listen_addr=f"{node.address.host}:2377",
+                advertise_addr=_address(node.url).host,
+                listen_addr=f"{_address(node.url).host}:2377",
             )
         try:
             yield clients

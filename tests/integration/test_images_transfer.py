@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -12,13 +13,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 from typer.testing import CliRunner
 
 from kbinfra.cli import app
 from kbinfra.stack import Stack
 
-from .testbed_support import SSHTarget, paramiko_home
+from .testbed_support import Cluster, SSHTarget, paramiko_home
 
 pytestmark = pytest.mark.integration
 
@@ -175,3 +177,42 @@ def test_save_names_the_images_the_engine_lacks(
     )
     assert result.exit_code != 0
     assert not (tmp_path / "x.tar").exists()
+
+
+def test_copy_streams_only_what_another_engine_lacks(
+    docker_client: Any,
+    unique_image: str,
+    cluster: Cluster,
+    make_stack: Callable[..., Stack],
+) -> None:
+    """`images copy`: from this engine into a node's (another engine, over SSH, strict host
+    keys), checked by image ID; a second copy sends nothing."""
+    node = cluster.nodes[1]
+    overrides = only_postgres(make_stack, unique_image)
+    overrides["target"] = node.url
+    stack = make_stack("minimum", overrides)
+    options = ["--dir", str(stack.dir), "--known-hosts", str(cluster.known_hosts)]
+    options += ["--identity", str(cluster.identity), "-o", "json"]
+    node_engine = docker.DockerClient(base_url=f"unix://{node.socket}")
+    try:
+        assert not node_engine.images.list(name=unique_image)
+        first = CliRunner().invoke(app, ["images", "copy", *options])
+        assert first.exit_code == 0, first.output
+        sent = json.loads(first.stdout)
+        assert sent["copied"] == [unique_image] and sent["present"] == []
+        assert sent["bytes"] > 8 * 2**20
+        assert node_engine.images.get(unique_image).id == docker_client.images.get(unique_image).id
+
+        again = CliRunner().invoke(app, ["images", "copy", *options])
+        assert again.exit_code == 0, again.output
+        assert json.loads(again.stdout) | {"seconds": 0} == {
+            "target": node.url,
+            "copied": [],
+            "present": [unique_image],
+            "bytes": 0,
+            "seconds": 0,
+        }
+    finally:
+        for image in node_engine.images.list(name=unique_image):
+            node_engine.images.remove(image.id, force=True)
+        node_engine.close()

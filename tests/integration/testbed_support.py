@@ -115,3 +115,35 @@ def published_port(container: Container, port: str) -> int:
     bindings = container.ports.get(port) or []
     assert bindings, f"{container.name} publishes no {port}: {container.ports}"
     return int(bindings[0]["HostPort"])
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node of the test bed's cluster: reached over SSH like a real host, and (for test
+    set-up only) through its engine's socket on this machine."""
+
+    name: str
+    url: str  # ssh://user@address:port
+    socket: str
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """`scripts/testbed cluster up`: its node file, and the nodes it lists."""
+
+    node_file: Path
+    nodes: list[Node]
+    known_hosts: Path
+    identity: Path
+
+
+def read_cluster(node_file: Path) -> Cluster:
+    import yaml  # noqa: PLC0415
+
+    data = yaml.safe_load(node_file.read_text())
+    prefix = os.environ.get("KBINFRA_TESTBED_CLUSTER", "kbtb")  # as tests/testbed/cluster.sh
+    nodes = [
+        Node(str(n["name"]), str(n["address"]), f"/run/{prefix}/{n['name']}/docker.sock")
+        for n in data["nodes"]
+    ]
+    return Cluster(node_file, nodes, Path(data["known_hosts"]), Path(data["identity"]))

@@ -64,6 +64,7 @@ FAILING_WITH_OUTPUT: dict[str, list[str]] = {
     "images build": ["nosuch"],
     "images save": ["images.tar"],
     "images load": ["images.tar"],
+    "images copy": [],
 }
 
 

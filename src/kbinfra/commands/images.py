@@ -132,3 +132,41 @@ def load(
         f"loaded {len(result.images)} images into {where.name} "
         f"({result.bytes / 2**20:.0f} MiB) in {result.seconds:.1f}s"
     )
+
+
+@app.command()
+def copy(
+    stack_dir: DirOption = Path(),
+    target: TargetOption = None,
+    known_hosts: KnownHostsOption = None,
+    identity: IdentityOption = None,
+    output: OutputOption = Output.text,
+) -> None:
+    """Copy the stack's images from this machine's engine to the target's, where it lacks them.
+
+    Streamed from engine to engine (no file, no registry), layers shared between images sent
+    once; an image counts as there only with the same image ID, so a second copy sends
+    nothing. Over SSH the host key is checked as for apply (`kbinfra ssh trust`).
+    """
+    from kbinfra.images.transfer import copy_images, stack_images  # noqa: PLC0415
+    from kbinfra.targets.local import local_engine  # noqa: PLC0415
+
+    console = Console(output)
+    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
+    images = stack_images(stack)
+    with where:
+        result = copy_images(
+            local_engine(),
+            where.docker_client(),
+            images,
+            console_progress(console),
+            target_name=where.name,
+        )
+    if console.json_mode:
+        console.emit_json(result.as_json())
+        return
+    console.line(
+        f"copied {len(result.copied)} images to {where.name} "
+        f"({result.bytes / 2**20:.0f} MiB) in {result.seconds:.1f}s; "
+        f"{len(result.present)} already there"
+    )

@@ -1,8 +1,10 @@
-"""Move a stack's images without a registry: one tarball out, into the target's engine.
+"""Move a stack's images without a registry: one tarball out, into the target's engine, or
+straight from this machine's engine into another.
 
-Both directions stream: ``save`` writes the engine's archive to disk chunk by chunk and
-``load`` sends the file to the engine (local socket or ``ssh://``) from an open file, so
-neither ever holds a whole image in memory.
+Every direction streams: ``save`` writes the engine's archive to disk chunk by chunk,
+``load`` sends the file to the engine (local socket or ``ssh://``) from an open file, and
+``copy`` pipes one engine's archive into the other's load, so none ever holds a whole image
+in memory.
 """
 
 from __future__ import annotations
@@ -175,3 +177,101 @@ def load_images(client: docker.DockerClient, file: Path, progress: Progress) -> 
                 progress.note("images", text)
     meter.report()
     return TransferResult(file, loaded, size, time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    """What one engine was given: the images it lacked (by image ID), and what it had."""
+
+    target: str
+    copied: list[str]
+    present: list[str]
+    bytes: int
+    seconds: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "copied": self.copied,
+            "present": self.present,
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def image_ids(client: docker.DockerClient, images: list[str]) -> dict[str, str | None]:
+    """Each reference's image ID on ``client``'s engine, None where it has none."""
+    import docker.errors  # noqa: PLC0415
+
+    found: dict[str, str | None] = {}
+    for ref in images:
+        try:
+            found[ref] = str(client.api.inspect_image(ref)["Id"])  # type: ignore[no-untyped-call]
+        except docker.errors.ImageNotFound:
+            found[ref] = None
+    return found
+
+
+def copy_images(
+    source: docker.DockerClient,
+    target: docker.DockerClient,
+    images: list[str],
+    progress: Progress,
+    *,
+    target_name: str,
+) -> CopyResult:
+    """Give ``target`` every image of ``images`` it lacks, streamed from ``source``.
+
+    An image counts as present only with the same image ID (a tag pointing at another build
+    is replaced); what is present is not sent. The missing ones go in one archive, so layers
+    they share are sent once, straight from one engine into the other: no file, no copy in
+    memory. After the load every copied reference is checked by ID again.
+    """
+    import docker.errors  # noqa: PLC0415
+    import requests  # noqa: PLC0415 (docker-py's HTTP client)
+
+    wanted = image_ids(source, images)
+    absent = sorted(ref for ref, image_id in wanted.items() if image_id is None)
+    if absent:
+        raise KbinfraError(
+            f"not on this engine: {', '.join(absent)}",
+            fix="pull or build them here first (`kbinfra images build` for kbinfra's own)",
+        )
+    have = image_ids(target, images)
+    missing = [ref for ref in images if have[ref] != wanted[ref]]
+    present = [ref for ref in images if ref not in missing]
+    started = time.perf_counter()
+    if not missing:
+        return CopyResult(target_name, [], present, 0, 0.0)
+    progress.note("images", f"{target_name}: sending {', '.join(missing)}")
+    meter = _Meter(f"{target_name}: sent", None, progress)
+
+    def archive() -> Iterator[bytes]:
+        for chunk in _image_archive(source, missing):
+            meter.add(len(chunk))
+            yield chunk
+
+    try:
+        # A generator body goes out chunked (no length needed): read from one engine while
+        # the other loads it.
+        for item in target.api.load_image(archive()):  # type: ignore[no-untyped-call]
+            if "error" in item:
+                raise KbinfraError(
+                    f"the engine refused the images: {item['error']}", where=target_name
+                )
+    except (docker.errors.DockerException, requests.RequestException) as error:
+        raise KbinfraError(
+            f"the image copy broke off: {error}",
+            where=target_name,
+            fix="check both engines (`docker info`) and run it again: only missing images are sent",
+        ) from None
+    landed = image_ids(target, missing)
+    wrong = [ref for ref in missing if landed[ref] != wanted[ref]]
+    if wrong:
+        raise KbinfraError(
+            f"after the copy {', '.join(wrong)} has another image ID than here",
+            where=target_name,
+            fix="remove the image there (`docker image rm`) and run it again",
+        )
+    meter.report()
+    return CopyResult(target_name, missing, present, meter.done, time.perf_counter() - started)
