@@ -494,6 +494,51 @@ def test_qdrant_snapshot_round_trip_restores_the_points(qdrant: tuple[Container,
     assert hits[0]["payload"] == {"doc": "c"}
 
 
+def test_qdrant_cosine_vectors_are_stored_normalized_and_stay_so_after_a_restore(
+    qdrant: tuple[Container, str],
+) -> None:
+    """Upstream normalizes Cosine vectors on upload and returns what it stored; the stand-in
+    once returned the raw vectors after a snapshot restore (norm 11.6 instead of 1)."""
+    _, url = qdrant
+    collection = f"{url}/collections/cos"
+    requests.put(
+        collection, json={"vectors": {"size": 2, "distance": "Cosine"}}, headers=RW, timeout=10
+    ).raise_for_status()
+    requests.put(
+        f"{collection}/points?wait=true",
+        json={"points": [{"id": 1, "vector": [3.0, 4.0]}]},
+        headers=RW,
+        timeout=10,
+    ).raise_for_status()
+    requests.put(
+        f"{collection}/points?wait=true",
+        json={"batch": {"ids": [2], "vectors": [[0.0, 5.0]]}},
+        headers=RW,
+        timeout=10,
+    ).raise_for_status()
+
+    def vectors() -> list[float]:
+        points = requests.post(
+            f"{collection}/points/scroll", json={"with_vector": True}, headers=RW, timeout=10
+        ).json()["result"]["points"]
+        return [x for p in sorted(points, key=lambda p: p["id"]) for x in p["vector"]]
+
+    expected = [0.6, 0.8, 0.0, 1.0]
+    assert vectors() == pytest.approx(expected)
+    snapshot = requests.post(f"{collection}/snapshots?wait=true", headers=RW, timeout=30).json()
+    name = snapshot["result"]["name"]
+    data = requests.get(f"{collection}/snapshots/{name}", headers=RW, timeout=30).content
+    requests.delete(collection, headers=RW, timeout=10).raise_for_status()
+    requests.post(
+        f"{collection}/snapshots/upload",
+        params={"priority": "snapshot"},
+        files={"snapshot": (name, data, "application/octet-stream")},
+        headers=RW,
+        timeout=60,
+    ).raise_for_status()
+    assert vectors() == pytest.approx(expected)
+
+
 def test_qdrant_data_survives_a_restart(qdrant: tuple[Container, str]) -> None:
     container, url = qdrant
     requests.put(

@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import shutil
 import sqlite3
@@ -284,6 +285,29 @@ class Engine:
                 meta_path.with_suffix(".tmp").replace(meta_path)
             finally:
                 self.client = self._open()
+
+
+def unit(vector: list[float]) -> list[float]:
+    """``vector`` scaled to length 1 (a zero vector stays zero), as upstream stores Cosine."""
+    norm = math.sqrt(sum(x * x for x in vector))
+    return [x / norm for x in vector] if norm > 0 else list(vector)
+
+
+def cosine_names(params: Any) -> set[str | None]:
+    """The dense vectors of a collection that use Cosine distance (None: the unnamed one)."""
+    if isinstance(params, models.VectorParams):
+        return {None} if params.distance == models.Distance.COSINE else set()
+    return {n for n, p in (params or {}).items() if p.distance == models.Distance.COSINE}
+
+
+def normalize_point_vector(vector: Any, cosine: set[str | None]) -> Any:
+    """A point's vector(s) as upstream stores them: Cosine ones normalized on upload
+    (upstream computes Cosine as a dot product of unit vectors and returns what it stored)."""
+    if isinstance(vector, list) and None in cosine:
+        return unit(vector)
+    if isinstance(vector, dict):
+        return {n: unit(v) if n in cosine and isinstance(v, list) else v for n, v in vector.items()}
+    return vector
 
 
 def collection_defaults(storage: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
@@ -558,11 +582,21 @@ def create_app(config: dict[str, Any], version: str) -> FastAPI:
     @route("PUT", "/collections/{collection}/points")
     def upsert_points(request: Request, body: dict[str, Any], collection: str) -> dict[str, Any]:
         name = engine.resolve(collection)
+        cosine = cosine_names(engine.client.get_collection(name).config.params.vectors)
         if "batch" in body:
             batch = models.Batch.model_validate(body["batch"])
+            if isinstance(batch.vectors, list) and None in cosine:
+                batch.vectors = [unit(v) for v in batch.vectors]  # type: ignore[arg-type]
+            elif isinstance(batch.vectors, dict):
+                batch.vectors = {
+                    n: [unit(v) for v in vs] if n in cosine else vs  # type: ignore[misc]
+                    for n, vs in batch.vectors.items()
+                }
             engine.client.upsert(name, points=batch)
         else:
             points = [models.PointStruct.model_validate(point) for point in body.get("points", [])]
+            for point in points:
+                point.vector = normalize_point_vector(point.vector, cosine)
             engine.client.upsert(name, points=points)
         wait = request.query_params.get("wait", "false").lower() == "true"
         return {
