@@ -331,7 +331,8 @@ def _ensure_images(
     target: Target,
     progress: Progress,
 ) -> None:
-    """Pull what the new containers need and is missing; one clear line when that fails."""
+    """Give the new containers the images they need: pulled, or else, on a remote target,
+    copied from this machine's engine (no registry needed); one clear line when neither can."""
     needed = {
         desired[a.service].spec.image
         for a in plan.services
@@ -342,6 +343,8 @@ def _ensure_images(
         progress.note("images", f"pulling {image}")
         if engine.pull(image) is not None:
             failures.append(image)
+    if failures and target.name != "local":
+        failures = _copy_from_here(failures, target, progress)
     if failures:
         raise KbinfraError(
             f"image {', '.join(failures)} is not on the target and cannot be pulled",
@@ -349,6 +352,24 @@ def _ensure_images(
             fix="where the images exist run `kbinfra images save FILE`, then here "
             "`kbinfra images load FILE`",
         )
+
+
+def _copy_from_here(images: list[str], target: Target, progress: Progress) -> list[str]:
+    """Stream onto ``target`` those of ``images`` this machine's engine has (checked by image
+    ID there); the ones it lacks too."""
+    from kbinfra.images.transfer import copy_images, image_ids  # noqa: PLC0415
+    from kbinfra.targets.local import local_engine  # noqa: PLC0415
+
+    try:
+        here = local_engine()
+    except KbinfraError:
+        return images  # no engine on this machine: nothing to copy from
+    have = image_ids(here, images)
+    movable = [image for image in images if have[image] is not None]
+    if movable:
+        progress.note("images", f"no registry has {', '.join(movable)}: copying from here")
+        copy_images(here, target.docker_client(), movable, progress, target_name=target.name)
+    return [image for image in images if have[image] is None]
 
 
 def _run_services(

@@ -216,3 +216,37 @@ def test_copy_streams_only_what_another_engine_lacks(
         for image in node_engine.images.list(name=unique_image):
             node_engine.images.remove(image.id, force=True)
         node_engine.close()
+
+
+def test_apply_copies_what_a_remote_engine_lacks_from_this_one(
+    docker_client: Any,
+    images: dict[str, str],
+    cluster: Cluster,
+    make_stack: Callable[..., Stack],
+) -> None:
+    """No registry answers here: apply onto another engine over SSH streams the images that
+    engine lacks from this machine's, and the container runs on them."""
+    node = cluster.nodes[2]
+    names = make_stack("minimum").spec.services.names()
+    services: dict[str, Any] = {name: {"enabled": False} for name in names}
+    services["nginx"] = {"enabled": True, "image": images["nginx"]}
+    stack = make_stack(
+        "minimum",
+        {"name": f"kbcopy{uuid.uuid4().hex[:6]}", "target": node.url, "services": services},
+    )
+    options = ["--dir", str(stack.dir), "--known-hosts", str(cluster.known_hosts)]
+    options += ["--identity", str(cluster.identity)]
+    node_engine = docker.DockerClient(base_url=f"unix://{node.socket}")
+    try:
+        for image in node_engine.images.list(name=images["nginx"]):
+            node_engine.images.remove(image.id, force=True)
+        applied = CliRunner().invoke(app, ["apply", "--yes", *options, "-o", "json"])
+        assert applied.exit_code == 0, applied.output
+        assert "copying from here" in applied.stderr
+        here = docker_client.images.get(images["nginx"]).id
+        assert node_engine.images.get(images["nginx"]).id == here
+        (container,) = node_engine.containers.list(filters={"name": f"{stack.spec.name}-nginx"})
+        assert container.image.id == here
+    finally:
+        CliRunner().invoke(app, ["destroy", "--yes", "--delete-data", *options])
+        node_engine.close()
