@@ -1,4 +1,4 @@
-"""The apply scheduler with a fake runner: order by stage and depends_on, stop on a failure."""
+"""The apply scheduler with a fake runner: each service after what it needs at start."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from kbinfra.apply import ServiceResult, _run_services, health_timeout
 from kbinfra.containers import DesiredService, Facts, ObservedContainer
-from kbinfra.plan import Action, Plan, ServiceAction, desired_services
+from kbinfra.plan import Action, Plan, ServiceAction, dependencies, desired_services
 from kbinfra.render import render_stack
 
 
@@ -46,31 +46,26 @@ def _setup(make_stack: Any) -> tuple[dict[str, DesiredService], Plan]:
     return desired, plan
 
 
-def test_stages_run_in_order_and_everything_is_applied(make_stack: Any) -> None:
+def test_each_service_starts_after_what_it_needs_and_everything_is_applied(
+    make_stack: Any,
+) -> None:
     desired, plan = _setup(make_stack)
     runner = FakeRunner()
     results = _run_services(desired, plan, Facts(), runner, 4)  # type: ignore[arg-type]
     assert [r.service for r in results] == list(desired)
     assert {r.outcome for r in results} == {"created"}
-    rank = {"data": 0, "service": 1, "edge": 2, "monitoring": 3}
-    for earlier in desired.values():
-        for later in desired.values():
-            if rank[earlier.stage] < rank[later.stage]:
-                assert runner.finished.index(earlier.service) < runner.started.index(later.service)
-    for name, service in desired.items():
-        for dep in service.spec.depends_on:
-            if dep in desired:
-                assert runner.finished.index(dep) < runner.started.index(name)
+    for name, needs in dependencies(desired).items():
+        for need in needs:
+            assert runner.finished.index(need) < runner.started.index(name)
 
 
-def test_a_failure_stops_later_services(make_stack: Any) -> None:
+def test_a_failure_skips_what_needs_the_failed_service(make_stack: Any) -> None:
     desired, plan = _setup(make_stack)
     runner = FakeRunner(fail=frozenset({"postgres"}))
     results = {r.service: r for r in _run_services(desired, plan, Facts(), runner, 4)}  # type: ignore[arg-type]
     assert results["postgres"].outcome == "failed"
-    later = [n for n, d in desired.items() if d.stage != "data"]
-    assert later and all(results[n].outcome == "skipped" for n in later)
-    assert not set(later) & set(runner.started)
+    assert results["postgres-exporter"].outcome == "skipped"
+    assert "postgres-exporter" not in runner.started
 
 
 def test_unchanged_services_are_not_run(make_stack: Any) -> None:
