@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
-from kbinfra.apply import ServiceResult, _run_services, health_timeout
+from kbinfra.apply import ServiceResult, ServiceRunner, _run_services, health_timeout
 from kbinfra.containers import DesiredService, Facts, ObservedContainer
 from kbinfra.plan import Action, Plan, ServiceAction, dependencies, desired_services
+from kbinfra.progress import SILENT
 from kbinfra.render import render_stack
 
 
@@ -51,7 +53,7 @@ def test_each_service_starts_after_what_it_needs_and_everything_is_applied(
 ) -> None:
     desired, plan = _setup(make_stack)
     runner = FakeRunner()
-    results = _run_services(desired, plan, Facts(), runner, 4)  # type: ignore[arg-type]
+    results = _run_services(desired, plan, Facts(), runner)  # type: ignore[arg-type]
     assert [r.service for r in results] == list(desired)
     assert {r.outcome for r in results} == {"created"}
     for name, needs in dependencies(desired).items():
@@ -59,13 +61,94 @@ def test_each_service_starts_after_what_it_needs_and_everything_is_applied(
             assert runner.finished.index(need) < runner.started.index(name)
 
 
-def test_a_failure_skips_what_needs_the_failed_service(make_stack: Any) -> None:
+def test_a_failure_skips_only_what_needs_the_failed_service(make_stack: Any) -> None:
     desired, plan = _setup(make_stack)
+    # nginx made to need postgres-exporter: a chain two deep (no built-in service has one).
+    nginx = desired["nginx"]
+    desired["nginx"] = replace(nginx, spec=nginx.spec._replace(depends_on=["postgres-exporter"]))
     runner = FakeRunner(fail=frozenset({"postgres"}))
-    results = {r.service: r for r in _run_services(desired, plan, Facts(), runner, 4)}  # type: ignore[arg-type]
+    results = {r.service: r for r in _run_services(desired, plan, Facts(), runner)}  # type: ignore[arg-type]
     assert results["postgres"].outcome == "failed"
-    assert results["postgres-exporter"].outcome == "skipped"
-    assert "postgres-exporter" not in runner.started
+    exporter, edge = results["postgres-exporter"], results["nginx"]
+    assert (exporter.outcome, exporter.error) == (
+        "skipped",
+        "not applied: it waits for postgres, which failed",
+    )
+    assert (edge.outcome, edge.error) == (
+        "skipped",
+        "not applied: it waits for postgres-exporter, which was not applied",
+    )
+    assert not {"postgres-exporter", "nginx"} & set(runner.started)
+    independent = set(desired) - {"postgres", "postgres-exporter", "nginx"}
+    assert independent and all(results[n].outcome == "created" for n in independent)
+    assert independent <= set(runner.finished)
+
+
+class GatedEngine:
+    """Containers whose health test passes only once ``expected`` of them run it at the
+    same time; it counts the engine work in flight."""
+
+    def __init__(self, expected: int) -> None:
+        self.together = threading.Barrier(expected, timeout=30)
+        self.lock = threading.Lock()
+        self.working = 0
+        self.most_working = 0
+        self.checking = 0
+        self.most_checking = 0
+
+    def _work(self) -> None:
+        with self.lock:
+            self.working += 1
+            self.most_working = max(self.most_working, self.working)
+        time.sleep(0.01)  # let the other threads pile up on the slots
+        with self.lock:
+            self.working -= 1
+
+    def create(self, desired: DesiredService, secrets: Any) -> str:
+        self._work()
+        return desired.service
+
+    def put_files(self, container_id: str, files: Any) -> None:
+        self._work()
+
+    def start(self, container_id: str) -> None:
+        self._work()
+
+    def inspect(self, container_id: str) -> dict[str, Any]:
+        return {"State": {"Status": "running"}, "RestartCount": 0}
+
+    def exec(self, container_id: str, command: Any) -> tuple[int, str]:
+        with self.lock:
+            self.checking += 1
+            self.most_checking = max(self.most_checking, self.checking)
+        try:
+            self.together.wait()
+        except threading.BrokenBarrierError:
+            return 1, "not every service waited for health at once"
+        finally:
+            with self.lock:
+                self.checking -= 1
+        return 0, ""
+
+
+def test_waiting_for_health_holds_no_engine_slot(make_stack: Any) -> None:
+    stack = make_stack("recommended")
+    desired = desired_services(stack, render_stack(stack))
+    plan = Plan(
+        stack="kb",
+        target="local",
+        services=tuple(ServiceAction(n, d.container, "create") for n, d in desired.items()),
+        files=(),
+    )
+    independent = {n: d for n, d in desired.items() if not d.spec.depends_on}
+    engine = GatedEngine(expected=len(independent))
+    runner = ServiceRunner(engine, {}, str, None, SILENT, parallel=4)  # type: ignore[arg-type]
+    results = _run_services(independent, plan, Facts(), runner)
+    assert len(independent) > 4
+    assert {r.outcome for r in results} == {"created"}, [r.error for r in results]
+    assert engine.most_checking == len(independent)
+    assert engine.most_working <= 4
+    assert all(r.healthy_after_s is not None for r in results)
 
 
 def test_unchanged_services_are_not_run(make_stack: Any) -> None:
@@ -77,7 +160,7 @@ def test_unchanged_services_are_not_run(make_stack: Any) -> None:
         files=(),
     )
     runner = FakeRunner()
-    results = _run_services(desired, plan, Facts(), runner, 2)  # type: ignore[arg-type]
+    results = _run_services(desired, plan, Facts(), runner)  # type: ignore[arg-type]
     assert {r.outcome for r in results} == {"unchanged"}
     assert runner.started == []
 
