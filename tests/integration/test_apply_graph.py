@@ -64,22 +64,23 @@ def slow_unstructured(testbed: Testbed, tmp_path: Path) -> Iterator[str]:
     subprocess.run(["docker", "image", "rm", "-f", tag], capture_output=True, check=False)
 
 
-def _deploy(testbed: Testbed, folder: Path, services: tuple[str, ...]) -> Deployment:
+def _deployed(testbed: Testbed, folder: Path, services: tuple[str, ...]) -> Iterator[Deployment]:
+    """A local stack of ``services`` (nginx on free public ports), destroyed afterwards."""
     deployment = new_deployment("local", folder, testbed, services)
 
     def public_ports(data: dict[str, Any]) -> None:
         nginx = data["services"]["nginx"]
         nginx["http_port"], nginx["https_port"] = free_port(), free_port()
 
-    deployment.edit(public_ports)
-    return deployment
+    if "nginx" in services:
+        deployment.edit(public_ports)
+    yield deployment
+    deployment.run("destroy", "--yes", "--delete-data", "--confirm-name", deployment.name)
 
 
 @pytest.fixture
 def edge_and_upstream(testbed: Testbed, tmp_path: Path) -> Iterator[Deployment]:
-    deployment = _deploy(testbed, tmp_path / "stack", ("nginx", "unstructured"))
-    yield deployment
-    deployment.run("destroy", "--yes", "--delete-data", "--confirm-name", deployment.name)
+    yield from _deployed(testbed, tmp_path / "stack", ("nginx", "unstructured"))
 
 
 def test_nginx_serves_while_its_upstream_is_still_starting(
@@ -116,9 +117,7 @@ def test_nginx_serves_while_its_upstream_is_still_starting(
 @pytest.fixture
 def stores_and_exporters(testbed: Testbed, tmp_path: Path) -> Iterator[Deployment]:
     services = ("postgres", "postgres-exporter", "redis", "redis-exporter", "node-exporter")
-    deployment = new_deployment("local", tmp_path / "stack", testbed, services)
-    yield deployment
-    deployment.run("destroy", "--yes", "--delete-data", "--confirm-name", deployment.name)
+    yield from _deployed(testbed, tmp_path / "stack", services)
 
 
 def test_a_failed_service_skips_only_what_needs_it(

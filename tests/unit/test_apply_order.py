@@ -36,16 +36,19 @@ class FakeRunner:
         return ServiceResult(desired.service, action, "created")
 
 
-def _setup(make_stack: Any) -> tuple[dict[str, DesiredService], Plan]:
-    stack = make_stack("minimum")
-    desired = desired_services(stack, render_stack(stack))
-    plan = Plan(
+def _create_all(desired: dict[str, DesiredService]) -> Plan:
+    return Plan(
         stack="kb",
         target="local",
         services=tuple(ServiceAction(n, d.container, "create") for n, d in desired.items()),
         files=(),
     )
-    return desired, plan
+
+
+def _setup(make_stack: Any, profile: str = "minimum") -> tuple[dict[str, DesiredService], Plan]:
+    stack = make_stack(profile)
+    desired = desired_services(stack, render_stack(stack))
+    return desired, _create_all(desired)
 
 
 def test_each_service_starts_after_what_it_needs_and_everything_is_applied(
@@ -132,14 +135,7 @@ class GatedEngine:
 
 
 def test_waiting_for_health_holds_no_engine_slot(make_stack: Any) -> None:
-    stack = make_stack("recommended")
-    desired = desired_services(stack, render_stack(stack))
-    plan = Plan(
-        stack="kb",
-        target="local",
-        services=tuple(ServiceAction(n, d.container, "create") for n, d in desired.items()),
-        files=(),
-    )
+    desired, plan = _setup(make_stack, "recommended")
     independent = {n: d for n, d in desired.items() if not d.spec.depends_on}
     engine = GatedEngine(expected=len(independent))
     runner = ServiceRunner(engine, {}, str, None, SILENT, parallel=4)  # type: ignore[arg-type]
