@@ -7,6 +7,8 @@ import time
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
 from kbinfra.apply import ServiceResult, ServiceRunner, _run_services, health_timeout
 from kbinfra.containers import DesiredService, Facts, ObservedContainer
 from kbinfra.plan import Action, Plan, ServiceAction, dependencies, desired_services
@@ -169,3 +171,112 @@ def test_health_timeout_from_the_check(make_stack: Any) -> None:
     expected = check.start_period_s + check.retries * (check.interval_s + check.timeout_s) + 30
     assert health_timeout(postgres, None) == expected
     assert health_timeout(postgres, 7) == 7
+
+
+class ClockedEngine:
+    """Engine calls that take fake time; the health test passes from the ``passes_from``-th
+    run on (never, when None). Records the calls in order."""
+
+    def __init__(self, clock: list[float], passes_from: int | None = 1) -> None:
+        self.clock = clock
+        self.passes_from = passes_from
+        self.calls: list[str] = []
+        self.health_runs = 0
+
+    def _take(self, call: str, seconds: float) -> None:
+        self.calls.append(call)
+        self.clock[0] += seconds
+
+    def create(self, desired: DesiredService, secrets: Any) -> str:
+        self._take("create", 1.0)
+        return "new"
+
+    def put_files(self, container_id: str, files: Any) -> None:
+        self._take("put_files", 0.5)
+
+    def rename(self, container_id: str, name: str) -> None:
+        self._take(f"rename {container_id} {name}", 0.0)
+
+    def stop(self, container_id: str, timeout: int) -> None:
+        self._take(f"stop {container_id}", 5.0)
+
+    def start(self, container_id: str) -> None:
+        self._take(f"start {container_id}", 0.5)
+
+    def remove(self, container_id: str) -> None:
+        self._take(f"remove {container_id}", 0.0)
+
+    def logs_tail(self, container_id: str, lines: int) -> list[str]:
+        return ["the last line"]
+
+    def inspect(self, container_id: str) -> dict[str, Any]:
+        return {"State": {"Status": "running"}, "RestartCount": 0}
+
+    def exec(self, container_id: str, command: Any) -> tuple[int, str]:
+        self.health_runs += 1
+        self.clock[0] += 0.1
+        passed = self.passes_from is not None and self.health_runs >= self.passes_from
+        return (0, "") if passed else (1, "connection refused")
+
+    def wait_healthy(self, container_id: str, timeout: float) -> str | None:
+        self.calls.append(f"wait_healthy {container_id}")
+        return None
+
+
+def _runner(engine: ClockedEngine, clock: list[float], timeout: float | None = None) -> Any:
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    return ServiceRunner(
+        engine,  # type: ignore[arg-type]
+        {},
+        str,
+        timeout,
+        SILENT,
+        clock=lambda: clock[0],
+        sleep=sleep,
+    )
+
+
+OLD = ObservedContainer(
+    id="old", name="kb-redis", state="running", status="Up", image="redis", image_id=""
+)
+
+
+def test_healthy_after_counts_from_create_to_the_first_pass_without_the_old_stop(
+    make_stack: Any,
+) -> None:
+    desired, _ = _setup(make_stack)
+    clock = [0.0]
+    engine = ClockedEngine(clock, passes_from=3)  # passes on the third run: 0.2 + 0.4 later
+    result = _runner(engine, clock).run(desired["redis"], "recreate", OLD)
+    assert result.outcome == "recreated"
+    # create 1 + put_files 0.5 + start 0.5 + 3 runs of 0.1 + sleeps 0.2 + 0.4; the 5 s stop
+    # of the previous container is not the new one's start-up.
+    assert result.healthy_after_s == pytest.approx(2.9)
+    assert result.as_json()["healthy_after_s"] == 2.9
+    assert engine.calls == [
+        "rename old kb-redis.kbinfra-old",
+        "create",
+        "put_files",
+        "stop old",
+        "start new",
+        "remove old",
+    ]
+
+
+def test_a_recreate_that_never_passes_rolls_back(make_stack: Any) -> None:
+    desired, _ = _setup(make_stack)
+    clock = [0.0]
+    engine = ClockedEngine(clock, passes_from=None)
+    result = _runner(engine, clock, timeout=10).run(desired["redis"], "recreate", OLD)
+    assert (result.outcome, result.rolled_back, result.healthy_after_s) == ("failed", True, None)
+    assert result.error == "not healthy after 10s; last check: exit code 1: connection refused"
+    assert result.logs == ["the last line"]
+    assert engine.calls[-4:] == [
+        "remove new",
+        "rename old kb-redis",
+        "start old",
+        "wait_healthy old",  # the previous container's own (Docker's) check
+    ]
+    assert result.as_json()["healthy_after_s"] is None

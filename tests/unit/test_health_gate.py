@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,7 @@ from kbinfra.health_gate import (
     exec_command,
     wait_until_healthy,
 )
+from kbinfra.targets.engine import container_problem
 
 
 class FakeTime:
@@ -140,3 +142,23 @@ def test_an_exec_the_engine_refuses_is_a_failed_attempt() -> None:
     result = BoundedAttempts(refused, timeout_s=5)()
     assert result == Attempt(-1, "container abc is not running")
     assert result.describe() == "exit code -1: container abc is not running"
+
+
+@pytest.mark.parametrize(
+    ("info", "problem"),
+    [
+        ({"State": {"Status": "running"}, "RestartCount": 0}, None),
+        ({"State": {"Status": "running", "Health": {"Status": "starting"}}}, None),
+        ({"State": {"Status": "exited", "ExitCode": 127, "Error": "exec: no such file"}},
+         "container exited with code 127: exec: no such file"),
+        ({"State": {"Status": "running", "ExitCode": 0}, "RestartCount": 1},
+         "container exited with code 0"),
+        ({"State": {"Status": "running",
+                    "Health": {"Status": "unhealthy", "Log": [{"Output": "a\nrefused\n"}]}}},
+         "health check failed: refused"),
+    ],
+)  # fmt: skip
+def test_the_gate_stops_for_a_container_that_will_not_come_up(
+    info: dict[str, Any], problem: str | None
+) -> None:
+    assert container_problem(info) == problem
