@@ -1,4 +1,4 @@
-"""Execute a plan on a target: ordered, parallel where independent, health-gated, reversible.
+"""Execute a plan on a target: each service once what it needs is up, health-gated, reversible.
 
 A recreate keeps the previous container (renamed ``<name>.kbinfra-old``, stopped) until the
 new one is healthy; on failure the new one is removed and the old one put back. Named data
@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from kbinfra.containers import DesiredService, Facts, ObservedContainer
 from kbinfra.errors import KbinfraError
+from kbinfra.health_gate import BoundedAttempts, exec_command, wait_until_healthy
 from kbinfra.names import OLD_SUFFIX, network_name
 from kbinfra.plan import (
     Action,
@@ -31,7 +32,7 @@ from kbinfra.progress import SILENT, Progress
 from kbinfra.service import LoginCheck, RenderedFile
 from kbinfra.stack import Stack
 from kbinfra.targets.base import FileStore, Target
-from kbinfra.targets.engine import Engine
+from kbinfra.targets.engine import Engine, container_problem
 
 Outcome = Literal["created", "recreated", "started", "removed", "unchanged", "failed", "skipped"]
 LOG_LINES = 20
@@ -47,6 +48,10 @@ class ServiceResult:
     error: str | None = None
     rolled_back: bool = False
     logs: list[str] = field(default_factory=list)
+    #: From the start of its container's creation (or start) to kbinfra's first passing
+    #: health test, without the time the previous container took to stop; None when no
+    #: container came up.
+    healthy_after_s: float | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -54,6 +59,9 @@ class ServiceResult:
             "action": self.action,
             "outcome": self.outcome,
             "seconds": round(self.seconds, 2),
+            "healthy_after_s": (
+                round(self.healthy_after_s, 2) if self.healthy_after_s is not None else None
+            ),
             "error": self.error,
             "rolled_back": self.rolled_back,
             "logs": self.logs,
@@ -196,7 +204,12 @@ def repair(engine: Engine, progress: Progress = SILENT) -> list[str]:
 
 # ---------------------------------------------------------------- one service
 class ServiceRunner:
-    """Carries out one service's action against the engine."""
+    """Carries out one service's action against the engine.
+
+    ``parallel`` bounds the engine *work* in flight (create, copy files, start, stop, remove)
+    across every service this runner serves; waiting for health holds no slot, so every
+    started service waits for health at once.
+    """
 
     def __init__(
         self,
@@ -207,6 +220,9 @@ class ServiceRunner:
         progress: Progress,
         *,
         login_checks: Mapping[str, LoginCheck] | None = None,
+        parallel: int = 4,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.engine = engine
         self.secrets = secrets
@@ -214,11 +230,14 @@ class ServiceRunner:
         self.timeout = timeout
         self.progress = progress
         self.login_checks = login_checks or {}
+        self.engine_work = threading.BoundedSemaphore(parallel)
+        self.clock = clock
+        self.sleep = sleep
 
     def run(
         self, desired: DesiredService, action: Action, observed: ObservedContainer | None
     ) -> ServiceResult:
-        started = time.monotonic()
+        started = self.clock()
         if action == "create":
             result = self._create(desired)
         elif action == "recreate":
@@ -229,7 +248,7 @@ class ServiceRunner:
             result = self._start(desired, observed)
         else:
             result = ServiceResult(desired.service, action, "unchanged")
-        result.seconds = time.monotonic() - started
+        result.seconds = self.clock() - started
         if result.error:
             result.error = self.redact(result.error)
             result.logs = [self.redact(line) for line in result.logs]
@@ -240,81 +259,129 @@ class ServiceRunner:
         self.engine.put_files(container_id, desired.files)
         return container_id
 
-    def _gate(self, desired: DesiredService, container_id: str) -> str | None:
-        """Healthy, and (where the service says how) open to the stack's own credentials."""
-        self.progress.note(desired.service, "waiting until healthy")
-        error = self.engine.wait_healthy(container_id, health_timeout(desired, self.timeout))
+    def _healthy(self, desired: DesiredService, container_id: str) -> str | None:
+        """kbinfra's gate: the service's own health test through exec, at once and then with
+        backoff; a service without a health check must stay up for a moment."""
+        timeout = health_timeout(desired, self.timeout)
+        check = desired.spec.healthcheck
+        command = exec_command(check.test) if check is not None else None
+        if check is None or command is None:
+            return self.engine.wait_healthy(container_id, timeout)
+        attempts = BoundedAttempts(
+            lambda: self.engine.exec(container_id, command), float(check.timeout_s)
+        )
+        return wait_until_healthy(
+            attempts,
+            lambda: container_problem(self.engine.inspect(container_id)),
+            timeout_s=timeout,
+            clock=self.clock,
+            sleep=self.sleep,
+        ).error
+
+    def _gate(self, desired: DesiredService, container_id: str) -> tuple[str | None, float]:
+        """Healthy, and (where the service says how) open to the stack's own credentials;
+        the error, if any, and when the health test passed (the runner's clock)."""
+        self.progress.service_state(desired.service, "working", "waiting until healthy")
+        error = self._healthy(desired, container_id)
+        healthy_at = self.clock()
         check = self.login_checks.get(desired.service)
         if error is not None or check is None:
-            return error
-        self.progress.note(desired.service, "logging in with the stack's credentials")
+            return error, healthy_at
+        self.progress.service_state(
+            desired.service, "working", "logging in with the stack's credentials"
+        )
         code, output = self.engine.exec(container_id, check.command)
         if code == 0:
-            return None
+            return None, healthy_at
         lines = [line.strip() for line in output.splitlines() if line.strip()]
         detail = f" ({lines[-1]})" if lines else ""
-        return f"{check.failure}{detail} — {check.fix}"
+        return f"{check.failure}{detail} — {check.fix}", healthy_at
+
+    def _healthy_result(
+        self, desired: DesiredService, action: Action, outcome: Outcome, seconds: float
+    ) -> ServiceResult:
+        extra = "; previous container removed" if action == "recreate" else ""
+        self.progress.service_state(desired.service, "healthy", f"healthy in {seconds:.1f}s{extra}")
+        return ServiceResult(desired.service, action, outcome, healthy_after_s=seconds)
 
     def _create(self, desired: DesiredService) -> ServiceResult:
-        self.progress.note(desired.service, "creating")
         container_id: str | None = None
+        begun = self.clock()
         try:
-            container_id = self._new_container(desired)
-            self.engine.start(container_id)
-            error = self._gate(desired, container_id)
+            with self.engine_work:
+                begun = self.clock()
+                self.progress.service_state(desired.service, "working", "creating")
+                container_id = self._new_container(desired)
+                self.engine.start(container_id)
+            error, healthy_at = self._gate(desired, container_id)
         except Exception as failure:
-            error = _engine_error(failure)
+            error, healthy_at = _engine_error(failure), self.clock()
         if error is None:
-            self.progress.note(desired.service, "healthy")
-            return ServiceResult(desired.service, "create", "created")
+            return self._healthy_result(desired, "create", "created", healthy_at - begun)
         logs = self.engine.logs_tail(container_id, LOG_LINES) if container_id else []
         if container_id:
-            self.engine.remove(container_id)
-        self.progress.note(desired.service, f"failed: {error}")
+            with self.engine_work:
+                self.engine.remove(container_id)
+        self.progress.service_state(desired.service, "failed", f"failed: {error}")
         return ServiceResult(desired.service, "create", "failed", error=error, logs=logs)
 
     def _recreate(self, desired: DesiredService, old: ObservedContainer) -> ServiceResult:
-        self.progress.note(desired.service, "recreating")
         was_running = old.state in ("running", "restarting")
-        self.engine.rename(old.id, desired.container + OLD_SUFFIX)
+        with self.engine_work:
+            begun = self.clock()
+            self.progress.service_state(desired.service, "working", "recreating")
+            self.engine.rename(old.id, desired.container + OLD_SUFFIX)
         container_id: str | None = None
+        stopping_s = 0.0  # the old container's stop is not part of the new one's start-up
         try:
-            container_id = self._new_container(desired)
-            self.engine.stop(old.id, desired.spec.stop_timeout_s)
-            self.engine.start(container_id)
-            error = self._gate(desired, container_id)
+            with self.engine_work:
+                container_id = self._new_container(desired)
+                stop_began = self.clock()
+                self.engine.stop(old.id, desired.spec.stop_timeout_s)
+                stopping_s = self.clock() - stop_began
+                self.engine.start(container_id)
+            error, healthy_at = self._gate(desired, container_id)
         except Exception as failure:
-            error = _engine_error(failure)
+            error, healthy_at = _engine_error(failure), self.clock()
         if error is None:
-            self.engine.remove(old.id)
-            self.progress.note(desired.service, "healthy; previous container removed")
-            return ServiceResult(desired.service, "recreate", "recreated")
-        self.progress.note(desired.service, f"failed: {error}; rolling back")
+            with self.engine_work:
+                self.engine.remove(old.id)
+            seconds = healthy_at - begun - stopping_s
+            return self._healthy_result(desired, "recreate", "recreated", seconds)
+        self.progress.service_state(desired.service, "working", f"failed: {error}; rolling back")
         logs = self.engine.logs_tail(container_id, LOG_LINES) if container_id else []
-        if container_id:
-            self.engine.remove(container_id)
-        self.engine.rename(old.id, desired.container)
+        with self.engine_work:
+            if container_id:
+                self.engine.remove(container_id)
+            self.engine.rename(old.id, desired.container)
+            if was_running:
+                self.engine.start(old.id)
         if was_running:
-            self.engine.start(old.id)
+            # Docker's own check: the previous container carries its own health test.
             back = self.engine.wait_healthy(old.id, health_timeout(desired, self.timeout))
             if back is not None:
                 error += f"; the previous container did not come back healthy either: {back}"
-        self.progress.note(desired.service, "previous container restored")
+        self.progress.service_state(
+            desired.service, "failed", f"failed: {error}; previous container restored"
+        )
         return ServiceResult(
             desired.service, "recreate", "failed", error=error, rolled_back=True, logs=logs
         )
 
     def _start(self, desired: DesiredService, observed: ObservedContainer) -> ServiceResult:
-        self.progress.note(desired.service, "starting")
+        begun = self.clock()
         try:
-            self.engine.start(observed.id)
-            error = self._gate(desired, observed.id)
+            with self.engine_work:
+                begun = self.clock()
+                self.progress.service_state(desired.service, "working", "starting")
+                self.engine.start(observed.id)
+            error, healthy_at = self._gate(desired, observed.id)
         except Exception as failure:
-            error = _engine_error(failure)
+            error, healthy_at = _engine_error(failure), self.clock()
         if error is None:
-            self.progress.note(desired.service, "healthy")
-            return ServiceResult(desired.service, "start", "started")
+            return self._healthy_result(desired, "start", "started", healthy_at - begun)
         logs = self.engine.logs_tail(observed.id, LOG_LINES)
+        self.progress.service_state(desired.service, "failed", f"failed: {error}")
         return ServiceResult(desired.service, "start", "failed", error=error, logs=logs)
 
 
@@ -372,53 +439,74 @@ def _copy_from_here(images: list[str], target: Target, progress: Progress) -> li
     return [image for image in images if have[image] is None]
 
 
+def _blocked_by(
+    needs: Collection[str], results: Mapping[str, ServiceResult]
+) -> tuple[str, ServiceResult] | None:
+    """The first service ``needs`` names that was not applied (failed or skipped), if any."""
+    for need in sorted(needs):
+        result = results.get(need)
+        if result is not None and result.outcome in ("failed", "skipped"):
+            return need, result
+    return None
+
+
 def _run_services(
     desired: Mapping[str, DesiredService],
     plan: Plan,
     facts: Facts,
     runner: ServiceRunner,
-    parallel: int,
+    progress: Progress = SILENT,
 ) -> list[ServiceResult]:
-    """Every service's action, each after its dependencies; stop scheduling on a failure."""
-    deps = dependencies(desired)
+    """Every service's action as soon as what it needs at start is healthy (the start
+    graph). A failure skips only the services that need the failed one, directly or not;
+    the others still converge. Each service has its own thread: the runner bounds the engine
+    work, so a service waiting for health holds nothing."""
+    graph = dependencies(desired)
     actions = {a.service: a for a in plan.services if a.service in desired}
     results: dict[str, ServiceResult] = {}
-    pending = set(desired)
-    ok: set[str] = set()
-    failed = threading.Event()
-    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="kbinfra-apply") as pool:
+    waiting = list(desired)
+    for name in waiting:
+        if actions[name].action != "nothing":
+            needs = ", ".join(sorted(graph[name]))
+            progress.service_state(name, "waiting", f"waiting for {needs}" if needs else "waiting")
+    with ThreadPoolExecutor(
+        max_workers=max(1, len(desired)), thread_name_prefix="kbinfra-apply"
+    ) as pool:
         running: dict[Future[ServiceResult], str] = {}
-        while pending or running:
-            if not failed.is_set():
-                for name in [n for n in desired if n in pending and deps[n] <= ok]:
-                    pending.discard(name)
+        while True:
+            scheduled = True
+            while scheduled:  # an unchanged or skipped service may unblock or skip others
+                scheduled = False
+                for name in list(waiting):
                     action = actions[name].action
-                    if action == "nothing":
-                        results[name] = ServiceResult(name, action, "unchanged")
-                        ok.add(name)
+                    blocked = _blocked_by(graph[name], results)
+                    if blocked is not None:
+                        need, why = blocked
+                        state = "failed" if why.outcome == "failed" else "was not applied"
+                        error = f"not applied: it waits for {need}, which {state}"
+                        results[name] = ServiceResult(name, action, "skipped", error=error)
+                        progress.service_state(name, "skipped", f"skipped: {error}")
+                    elif all(n in results for n in graph[name]):
+                        if action == "nothing":
+                            results[name] = ServiceResult(name, action, "unchanged")
+                        else:
+                            observed = facts.container(desired[name].container)
+                            future = pool.submit(runner.run, desired[name], action, observed)
+                            running[future] = name
+                    else:
                         continue
-                    observed = facts.container(desired[name].container)
-                    running[pool.submit(runner.run, desired[name], action, observed)] = name
-                if not running and pending and any(deps[n] <= ok for n in pending):
-                    continue  # "nothing" services unblocked others: schedule again
-            if failed.is_set() or (not running and pending):
-                for name in sorted(pending):
-                    why = "an earlier service failed" if failed.is_set() else "dependency cycle"
-                    results[name] = ServiceResult(
-                        name, actions[name].action, "skipped", error=f"not applied: {why}"
-                    )
-                pending.clear()
+                    waiting.remove(name)
+                    scheduled = True
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 name = running.pop(future)
-                result = future.result()
-                results[name] = result
-                if result.outcome == "failed":
-                    failed.set()
-                else:
-                    ok.add(name)
+                results[name] = future.result()
+    for name in waiting:  # only a cycle leaves any; the stack refuses those when it loads
+        results[name] = ServiceResult(
+            name, actions[name].action, "skipped", error="not applied: dependency cycle"
+        )
     return [results[name] for name in desired if name in results]
 
 
@@ -520,10 +608,9 @@ def apply_stack(
             timeout if timeout is not None else stack.spec.deploy.health_timeout_s,
             progress,
             login_checks=login_checks(stack),
+            parallel=parallel or stack.spec.deploy.parallel,
         )
-        results = _run_services(
-            seen.desired, plan, seen.facts, runner, parallel or stack.spec.deploy.parallel
-        )
+        results = _run_services(seen.desired, plan, seen.facts, runner, progress)
         if not only and all(r.outcome not in ("failed", "skipped") for r in results):
             results += _remove_orphans(plan, seen.facts, engine, progress)
         outcome.services = results

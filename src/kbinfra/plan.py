@@ -24,8 +24,10 @@ from kbinfra.names import (
     container_name,
     normalize_ref,
 )
-from kbinfra.service import STAGE_ORDER, ContainerSpec, RenderedFile
+from kbinfra.registry import all_services
+from kbinfra.service import ContainerSpec, RenderedFile
 from kbinfra.stack import Stack
+from kbinfra.start_graph import start_graph
 
 HASH_FORMAT = "1"  # bump when the hashed parts change meaning, so every container is recreated
 
@@ -342,15 +344,10 @@ def make_plan(
     )
 
 
-def dependencies(desired: Mapping[str, DesiredService]) -> dict[str, set[str]]:
-    """What each service waits for: its ``depends_on`` and every service of an earlier stage."""
-    deps: dict[str, set[str]] = {}
-    for name, service in desired.items():
-        rank = STAGE_ORDER[service.stage]
-        earlier = {n for n, s in desired.items() if STAGE_ORDER[s.stage] < rank}
-        declared = {d for d in service.spec.depends_on if d in desired and d != name}
-        deps[name] = earlier | declared
-    return deps
+def dependencies(desired: Mapping[str, DesiredService]) -> dict[str, frozenset[str]]:
+    """What each service waits for before it starts: the enabled services its container
+    ``depends_on`` (:mod:`kbinfra.start_graph`); no stage waits for another."""
+    return start_graph({n: d.spec.depends_on for n, d in desired.items()}, all_services())
 
 
 def mounted_by(desired: Mapping[str, DesiredService]) -> dict[str, set[str]]:

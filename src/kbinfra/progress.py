@@ -10,17 +10,24 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
     from kbinfra.ui import Console
 
 
+#: Where one service of an apply is: waiting for what it needs, at work (creating,
+#: starting, checking health), or done one way or the other.
+ServiceState = Literal["waiting", "working", "healthy", "failed", "skipped"]
+
+
 class Progress(Protocol):
-    """Notes about a step (``source`` is a service, or ``images``, ``network``...), and byte
-    counts of long transfers (bars, throughput)."""
+    """Notes about a step (``source`` is a service, or ``images``, ``network``...), each
+    service's state during an apply, and byte counts of long transfers (bars, throughput)."""
 
     def note(self, source: str, message: str) -> None: ...
+
+    def service_state(self, service: str, state: ServiceState, message: str) -> None: ...
 
     def transfer(
         self, label: str, total: int | None = None
@@ -31,6 +38,9 @@ class SilentProgress:
     """Reports nothing."""
 
     def note(self, source: str, message: str) -> None:
+        return None
+
+    def service_state(self, service: str, state: ServiceState, message: str) -> None:
         return None
 
     @contextmanager
@@ -50,6 +60,10 @@ class ConsoleProgress:
 
     def note(self, source: str, message: str) -> None:
         self.console.note(f"[{time.monotonic() - self.started:6.1f}s] {source}: {message}")
+
+    def service_state(self, service: str, state: ServiceState, message: str) -> None:
+        """Off a terminal (or under ``--output json``), one timed line per change."""
+        self.note(service, message)
 
     def transfer(
         self, label: str, total: int | None = None

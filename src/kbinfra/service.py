@@ -137,6 +137,7 @@ class ContainerSpec(NamedTuple):
     healthcheck: HealthCheck | None = None
     shm_size_mb: int | None = None
     extra_hosts: Sequence[str] = ()  # "name:ip", "name:host-gateway"
+    #: Services that must be healthy before this one starts: only what it needs at start.
     depends_on: Sequence[str] = ()
     stop_timeout_s: int = 30
     #: Every container drops all capabilities and runs with no-new-privileges; these are the
@@ -256,7 +257,9 @@ class CheckResult(NamedTuple):
 
 
 Stage = Literal["data", "service", "edge", "monitoring"]
-#: Deployment order: data stores first, monitoring last (apply, the registry, the plan).
+#: The order services are listed in (the registry, the plan, apply's results): data stores
+#: first, monitoring last. Not a start order: apply starts each service once what its
+#: container ``depends_on`` is healthy (:mod:`kbinfra.start_graph`).
 STAGE_ORDER: Mapping[str, int] = MappingProxyType(
     {"data": 0, "service": 1, "edge": 2, "monitoring": 3}
 )

@@ -14,6 +14,7 @@ from kbinfra.secrets import STACK_SECRETS, Redactor, load_secrets
 from kbinfra.service import ContainerSpec, RenderedFile, Service, ServiceContext
 from kbinfra.spec.profile import Profile, load_profile
 from kbinfra.spec.stack import StackSpec, load_stack
+from kbinfra.start_graph import start_graph
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ class Stack:
             if spec.pids_limit is None:
                 spec = spec._replace(pids_limit=ctx.resources.pids)
             containers[name] = spec
+        # A cycle or an unknown name is an error of the service folders, found at load.
+        start_graph({n: spec.depends_on for n, spec in containers.items()}, all_services())
         return containers
 
     def select(self, names: Iterable[str]) -> list[str]:

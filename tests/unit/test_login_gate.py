@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kbinfra.apply import ServiceRunner, login_checks
+from kbinfra.health_gate import exec_command
 from kbinfra.plan import desired_services
 from kbinfra.progress import SILENT
 from kbinfra.render import render_stack
@@ -14,16 +15,19 @@ REFUSED = 'psql: error: FATAL:  password authentication failed for user "kb"\n'
 
 
 class HealthyEngine:
-    """A container that is healthy; logging into it answers ``login``."""
+    """A running container whose health test passes; logging into it answers ``login``."""
 
-    def __init__(self, login: tuple[int, str]) -> None:
+    def __init__(self, login: tuple[int, str], health_test: Sequence[str]) -> None:
         self.login = login
+        self.health_test = health_test
         self.commands: list[Sequence[str]] = []
 
-    def wait_healthy(self, container_id: str, timeout: float) -> str | None:
-        return None
+    def inspect(self, container_id: str) -> dict[str, Any]:
+        return {"State": {"Status": "running"}, "RestartCount": 0}
 
     def exec(self, container_id: str, command: Sequence[str]) -> tuple[int, str]:
+        if command == self.health_test:
+            return 0, ""
         self.commands.append(command)
         return self.login
 
@@ -31,7 +35,9 @@ class HealthyEngine:
 def gate(make_stack: Any, login: tuple[int, str], service: str) -> tuple[str | None, Any]:
     stack = make_stack("minimum")
     desired = desired_services(stack, render_stack(stack))
-    engine = HealthyEngine(login)
+    check = desired[service].spec.healthcheck
+    assert check is not None
+    engine = HealthyEngine(login, exec_command(check.test) or [])
     runner = ServiceRunner(
         engine,  # type: ignore[arg-type]
         stack.secrets,
@@ -40,7 +46,7 @@ def gate(make_stack: Any, login: tuple[int, str], service: str) -> tuple[str | N
         SILENT,
         login_checks=login_checks(stack),
     )
-    return runner._gate(desired[service], "c0ffee"), engine
+    return runner._gate(desired[service], "c0ffee")[0], engine
 
 
 def test_a_healthy_postgres_whose_password_fails_is_not_healthy(make_stack: Any) -> None:

@@ -19,7 +19,6 @@ from kbinfra.names import (
 )
 from kbinfra.plan import (
     config_hash,
-    dependencies,
     desired_services,
     file_changes,
     files_to_read,
@@ -252,19 +251,6 @@ def test_select_names_enabled_services_or_says_what_is_wrong(make_stack: Any) ->
         stack.select(["grafana"])
     with pytest.raises(SpecError, match="did you mean 'postgres'"):
         stack.select(["postgress"])
-
-
-def test_dependencies_follow_stages_and_depends_on(make_stack: Any) -> None:
-    stack = make_stack("minimum")
-    desired = desired_services(stack, render_stack(stack))
-    deps = dependencies(desired)
-    for name, service in desired.items():
-        for dep in deps[name]:
-            assert dep in desired
-            assert dep != name
-        for declared in service.spec.depends_on:
-            if declared in desired:
-                assert declared in deps[name]
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from kbinfra.commands.options import (
     KnownHostsOption,
     OutputOption,
     TargetOption,
+    apply_progress,
     confirm,
     console_progress,
     open_stack_and_target,
@@ -169,14 +170,15 @@ def apply(
                 console.note("nothing to do")
             elif not confirm(console, f"Apply these changes to {where.name}?"):
                 raise typer.Exit(1)
-        result = apply_stack(
-            stack,
-            where,
-            timeout=timeout,
-            force_unlock=force_unlock,
-            only=chosen,
-            progress=console_progress(console),
-        )
+        with apply_progress(console) as progress:
+            result = apply_stack(
+                stack,
+                where,
+                timeout=timeout,
+                force_unlock=force_unlock,
+                only=chosen,
+                progress=progress,
+            )
     for note in result.notes + result.repaired:
         console.note(note)
     if console.json_mode:

@@ -3,11 +3,12 @@ command that reaches a target opens.
 
 Every such command takes ``--dir``, ``--target``, ``--known-hosts`` and ``--identity`` and
 starts with :func:`open_stack_and_target`; it asks before it changes things with
-:func:`confirm`, and reports long work through :func:`console_progress`. No command module
-imports another.
+:func:`confirm`, and reports long work through :func:`console_progress` (apply through
+:func:`apply_progress`). No command module imports another.
 """
 
 import sys
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -84,3 +85,13 @@ def console_progress(console: Console) -> "Progress":
     from kbinfra.progress import ConsoleProgress  # noqa: PLC0415 (not at every start)
 
     return ConsoleProgress(console)
+
+
+def apply_progress(console: Console) -> "AbstractContextManager[Progress]":
+    """Apply's display: a live line per service on a terminal; timed lines on stderr off a
+    terminal or under ``--output json`` (stdout keeps the JSON alone)."""
+    if console.json_mode or not sys.stderr.isatty():
+        return nullcontext(console_progress(console))
+    from kbinfra.live_progress import LiveApplyProgress  # noqa: PLC0415 (rich: only here)
+
+    return LiveApplyProgress(console)

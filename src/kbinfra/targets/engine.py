@@ -81,6 +81,22 @@ def holder_alive(holder: LockHolder) -> bool | None:
     return not holder.process_start or _process_start(holder.pid) == holder.process_start
 
 
+def container_problem(info: Mapping[str, Any]) -> str | None:
+    """Why a container that should come up will not (from ``inspect``): it exited, restarted,
+    or Docker's own health check found it unhealthy; None while it may still come up."""
+    state = info["State"]
+    if state["Status"] in ("exited", "dead") or info.get("RestartCount", 0) > 0:
+        error = f": {state['Error']}" if state.get("Error") else ""
+        return f"container exited with code {state.get('ExitCode')}{error}"
+    health = state.get("Health") or {}
+    if health.get("Status") == "unhealthy":
+        log = health.get("Log") or [{}]
+        output = str(log[-1].get("Output", "")).strip().splitlines()
+        detail = f": {output[-1]}" if output else ""
+        return f"health check failed{detail}"
+    return None
+
+
 class Engine:
     """One stack's view of a Docker Engine."""
 
@@ -309,20 +325,15 @@ class Engine:
         while True:
             info = self.inspect(container_id)
             state = info["State"]
-            if state["Status"] in ("exited", "dead") or info.get("RestartCount", 0) > 0:
-                error = f": {state['Error']}" if state.get("Error") else ""
-                return f"container exited with code {state.get('ExitCode')}{error}"
+            problem = container_problem(info)
+            if problem is not None:
+                return problem
             health = state.get("Health")
             now = time.monotonic()
             if health:
                 status = health.get("Status", "starting")
                 if status == "healthy":
                     return None
-                if status == "unhealthy":
-                    log = health.get("Log") or [{}]
-                    output = str(log[-1].get("Output", "")).strip().splitlines()
-                    detail = f": {output[-1]}" if output else ""
-                    return f"health check failed{detail}"
             elif state["Status"] == "running":
                 status = "running"
                 up_since = up_since if up_since is not None else now

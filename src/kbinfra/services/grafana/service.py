@@ -189,7 +189,8 @@ class Grafana(Service):
             ),
             cpus=ctx.resources.cpus,
             memory_mb=ctx.resources.memory_mb,
-            depends_on=[PROMETHEUS],
+            # No depends_on: provisioning only records the Prometheus data source, and
+            # Grafana queries it when a dashboard is opened, so it starts without Prometheus.
         )
 
 
