@@ -84,6 +84,7 @@ def files_service(
         "command": [" && ".join(steps).replace("$", "$$")],
         "network_mode": "none",
         "restart": "no",
+        "read_only": True,
         "volumes": mounts,
         "cap_drop": list(DROPPED_CAPABILITIES),
         "cap_add": list(FILES_CAPS),
@@ -92,6 +93,21 @@ def files_service(
         "labels": {"kbinfra.stack": stack.spec.name, "kbinfra.service": f"{spec.service}-files"},
     }
     return entry, volume_at
+
+
+def compose_hardening(spec: ContainerSpec) -> dict[str, Any]:
+    """A service's lock-down as compose keys: what ``apply`` gives its container."""
+    entry: dict[str, Any] = {"cap_drop": list(DROPPED_CAPABILITIES)}
+    if spec.cap_add:
+        entry["cap_add"] = list(spec.cap_add)
+    entry["security_opt"] = list(SECURITY_OPTIONS)
+    if spec.pids_limit is not None:
+        entry["pids_limit"] = spec.pids_limit
+    if not spec.writable_root_reason:
+        entry["read_only"] = True
+    if spec.tmpfs:
+        entry["tmpfs"] = [f"{t.target}:{t.docker_options()}" for t in spec.tmpfs]
+    return entry
 
 
 def compose_document(stack: Stack) -> dict[str, Any]:
@@ -139,6 +155,7 @@ def compose_document(stack: Stack) -> dict[str, Any]:
             if posixpath.dirname(f.target) not in volume_at
         ]
         mounts += [f"{volume}:{folder}:ro" for folder, volume in volume_at.items()]
+        mounts += list(spec.scratch)  # anonymous volumes, removed with the container
         if mounts:
             entry["volumes"] = mounts
         for volume in spec.volumes:
@@ -154,12 +171,7 @@ def compose_document(stack: Stack) -> dict[str, Any]:
                 "retries": check.retries,
                 "start_period": f"{check.start_period_s}s",
             }
-        entry["cap_drop"] = list(DROPPED_CAPABILITIES)
-        if spec.cap_add:
-            entry["cap_add"] = list(spec.cap_add)
-        entry["security_opt"] = list(SECURITY_OPTIONS)
-        if spec.pids_limit is not None:
-            entry["pids_limit"] = spec.pids_limit
+        entry.update(compose_hardening(spec))
         depends: dict[str, Any] = {
             d: {"condition": "service_healthy"} for d in spec.depends_on if d in stack.services
         }
@@ -215,7 +227,7 @@ _COMPOSE_SERVICE = {
     "image", "container_name", "hostname", "restart", "networks", "cpus", "mem_limit",
     "stop_grace_period", "labels", "entrypoint", "command", "user", "environment", "ports",
     "volumes", "shm_size", "healthcheck", "depends_on", "extra_hosts", "cap_drop", "cap_add",
-    "security_opt", "pids_limit", "network_mode",
+    "security_opt", "pids_limit", "network_mode", "read_only", "tmpfs",
 }  # fmt: skip
 _PORT = re.compile(r"^(\d{1,3}(\.\d{1,3}){3}:)?\d{1,5}:\d{1,5}$")
 

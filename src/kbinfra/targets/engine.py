@@ -18,21 +18,24 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kbinfra.containers import (
-    DROPPED_CAPABILITIES,
-    SECURITY_OPTIONS,
     DesiredService,
     Facts,
     MountedFile,
     ObservedContainer,
+    config_folders,
+    locked_down,
 )
 from kbinfra.errors import KbinfraError
 from kbinfra.names import LABEL_STACK, lock_name, network_name, normalize_ref
+from kbinfra.service import DEFAULT_PIDS_LIMIT
 
 if TYPE_CHECKING:
     from docker import APIClient, DockerClient
 
 LOCK_IMAGE = "kbinfra-lock:1"
 LABEL_LOCK = "kbinfra.lock"
+#: The lock container is created, never started: one process would be plenty.
+LOCK_PIDS_LIMIT = 1
 POLL_S = 0.5
 SETTLE_S = 2.0  # a container without a health check must stay up this long
 
@@ -203,7 +206,14 @@ class Engine:
             + [
                 Mount(target=b.target, source=b.source, type="bind", read_only=b.read_only)
                 for b in spec.binds
-            ],
+            ]
+            # The rendered files' folders: anonymous volumes of this container alone (see
+            # ``config_folders``), filled by ``put_files`` before it starts.
+            + [
+                Mount(target=folder, source=None, type="volume")
+                for folder in config_folders(f.target for f in spec.files)
+            ]
+            + [Mount(target=folder, source=None, type="volume") for folder in spec.scratch],
             port_bindings=port_bindings or None,
             nano_cpus=round(spec.cpus * 1e9),
             mem_limit=f"{spec.memory_mb}m",
@@ -211,10 +221,12 @@ class Engine:
             shm_size=f"{spec.shm_size_mb}m" if spec.shm_size_mb else None,
             extra_hosts=list(spec.extra_hosts) or None,
             network_mode=network_name(self.stack),
-            cap_drop=list(DROPPED_CAPABILITIES),
-            cap_add=list(spec.cap_add) or None,
-            security_opt=list(SECURITY_OPTIONS),
-            pids_limit=spec.pids_limit,
+            **locked_down(
+                pids_limit=spec.pids_limit or DEFAULT_PIDS_LIMIT,
+                cap_add=spec.cap_add,
+                read_only=not spec.writable_root_reason,
+                tmpfs=spec.tmpfs,
+            ),
         )
         healthcheck = None
         if spec.healthcheck is not None:
@@ -247,22 +259,24 @@ class Engine:
         return container_id
 
     def put_files(self, container_id: str, files: Sequence[MountedFile]) -> None:
-        """Copy the mounted files in, owned by the uid/gid the service runs as."""
-        if not files:
-            return
-        buffer = io.BytesIO()
+        """Copy the mounted files into the created container's file volumes (its root is
+        read-only), owned by the uid/gid the service runs as, in their rendered mode."""
         now = int(time.time())
-        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
-            for mounted in files:
-                data = mounted.data
-                info = tarfile.TarInfo(mounted.mount.target.lstrip("/"))
-                info.size = len(data)
-                info.mode = mounted.file.mode
-                info.uid = mounted.mount.uid
-                info.gid = mounted.mount.gid
-                info.mtime = now
-                tar.addfile(info, io.BytesIO(data))
-        self.api.put_archive(container_id, "/", buffer.getvalue())
+        for folder in config_folders(mounted.mount.target for mounted in files):
+            buffer = io.BytesIO()
+            with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
+                for mounted in files:
+                    if not mounted.mount.target.startswith(folder + "/"):
+                        continue
+                    data = mounted.data
+                    info = tarfile.TarInfo(mounted.mount.target.removeprefix(folder + "/"))
+                    info.size = len(data)
+                    info.mode = mounted.file.mode
+                    info.uid = mounted.mount.uid
+                    info.gid = mounted.mount.gid
+                    info.mtime = now
+                    tar.addfile(info, io.BytesIO(data))
+            self.api.put_archive(container_id, folder, buffer.getvalue())
 
     def start(self, container_id: str) -> None:
         self.api.start(container_id)
@@ -381,7 +395,14 @@ class Engine:
         for attempt in range(2):
             try:
                 created = self.api.create_container(
-                    LOCK_IMAGE, command=["lock"], name=name, labels=labels, network_disabled=True
+                    LOCK_IMAGE,
+                    command=["lock"],
+                    name=name,
+                    labels=labels,
+                    network_disabled=True,
+                    host_config=self.api.create_host_config(
+                        network_mode="none", **locked_down(pids_limit=LOCK_PIDS_LIMIT)
+                    ),
                 )
                 break
             except docker.errors.APIError as error:

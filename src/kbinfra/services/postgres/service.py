@@ -14,6 +14,7 @@ from kbinfra.service import (
     Service,
     ServiceContext,
     ServiceSettings,
+    TmpfsMount,
     VolumeMount,
 )
 from kbinfra.services.postgres.exporter import MONITOR_ROLE
@@ -288,6 +289,12 @@ class Postgres(Service):
             # The entrypoint starts as root: it chowns and chmods PGDATA and the socket folder
             # (files it does not own: DAC_OVERRIDE, FOWNER), then drops to postgres (gosu).
             cap_add=("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"),
+            # The socket folder (the entrypoint chowns it to postgres) and psql's temp files.
+            tmpfs=(TmpfsMount("/var/run/postgresql", size_mb=8), TmpfsMount("/tmp")),
+            root_user_reason=(
+                "the entrypoint starts as root: it chowns PGDATA and the socket folder (a kept "
+                "volume may belong to root or another uid), then drops to postgres with gosu"
+            ),
             # One process per connection, plus the background workers.
             pids_limit=max(
                 ctx.resources.pids, self.tuning(ctx).max_connections + PIDS_BESIDES_BACKENDS

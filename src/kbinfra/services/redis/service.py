@@ -13,6 +13,7 @@ from kbinfra.service import (
     Service,
     ServiceContext,
     ServiceSettings,
+    TmpfsMount,
     VolumeMount,
 )
 from kbinfra.services.redis.exporter import SERVICE as EXPORTER
@@ -210,6 +211,11 @@ class Redis(Service):
             memory_mb=ctx.resources.memory_mb,
             # Redis writes its final RDB snapshot on SIGTERM.
             stop_timeout_s=60,
+            tmpfs=(TmpfsMount("/tmp"),),
+            root_user_reason=(
+                "the entrypoint starts as root: it chowns /data to redis (a kept volume may "
+                "belong to root or another uid), then drops to redis with gosu"
+            ),
             # The entrypoint starts as root, chowns /data to redis and drops to it (gosu). Its
             # `find` must enter appendonlydir (0700, owned by redis) on every start after the
             # first: without DAC_READ_SEARCH a kept volume stops Redis ("Permission denied").
