@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -126,7 +127,9 @@ LOCKED = {
     ],
 )
 def test_hardening_problems(change: dict[str, Any], expected: str | None) -> None:
-    problems = stack_checks.hardening_problems("kb-redis", {**LOCKED, **change}, ["CHOWN"])
+    host = {**LOCKED, "ReadonlyRootfs": True, **change}
+    allowed = stack_checks.AllowedHardening(caps=("CHOWN",))
+    problems = stack_checks.hardening_problems("kb-redis", host, allowed, "999")
     assert problems == ([] if expected is None else [expected])
 
 
@@ -134,17 +137,19 @@ def test_check_names_the_container_that_is_not_locked_down() -> None:
     inspected = [
         {
             "Name": "/kb-redis",
-            "Config": {"Labels": {"kbinfra.service": "redis"}},
-            "HostConfig": LOCKED,
+            "Config": {"Labels": {"kbinfra.service": "redis"}, "User": "999"},
+            "HostConfig": {**LOCKED, "ReadonlyRootfs": True},
         },
-        {"Name": "/kb-stray", "Config": {"Labels": {}}, "HostConfig": LOCKED},
+        {
+            "Name": "/kb-stray",
+            "Config": {"Labels": {}, "User": "999"},
+            "HostConfig": {**LOCKED, "ReadonlyRootfs": True},
+        },
     ]
+    allowed = {"redis": stack_checks.AllowedHardening(caps=("CHOWN",))}
     with pytest.raises(CheckFailedError, match=r"^kb-stray: adds CHOWN$"):
-        stack_checks.check_hardened(inspected, {"redis": ("CHOWN",)})
-    assert (
-        stack_checks.check_hardened(inspected[:1] * 2, {"redis": ("CHOWN",)})
-        == "2 containers locked down"
-    )
+        stack_checks.check_hardened(inspected, allowed)
+    assert stack_checks.check_hardened(inspected[:1] * 2, allowed) == "2 containers locked down"
 
 
 # ---------------------------------------------------------------- read-only roots, users
@@ -275,6 +280,57 @@ def test_the_compose_export_runs_read_only_with_the_same_tmpfs(
         spec = stack.containers[name]
         assert entry.get("tmpfs", []) == [f"{t.target}:{t.docker_options()}" for t in spec.tmpfs]
         assert set(spec.scratch) <= set(entry.get("volumes", [])), name
+
+
+ALLOWED = stack_checks.AllowedHardening(caps=("CHOWN",))
+
+
+@pytest.mark.parametrize(
+    ("host", "user", "allowed", "expected"),
+    [
+        ({"ReadonlyRootfs": False}, "nobody", ALLOWED, ["root file system writable (read_only)"]),
+        (
+            {"ReadonlyRootfs": None},
+            "65534:65534",
+            ALLOWED,
+            ["root file system writable (read_only)"],
+        ),
+        ({"ReadonlyRootfs": False}, "1000", dataclasses.replace(ALLOWED, writable_root=True), []),
+        ({}, "", ALLOWED, ["runs as root"]),
+        ({}, "root", ALLOWED, ["runs as root"]),
+        ({}, "0:0", ALLOWED, ["runs as root"]),
+        ({}, "", dataclasses.replace(ALLOWED, root_user=True), []),
+        ({}, "999", ALLOWED, []),
+    ],
+)
+def test_hardening_problems_of_the_root_file_system_and_user(
+    host: dict[str, Any], user: str, allowed: Any, expected: list[str]
+) -> None:
+    locked = {**LOCKED, "ReadonlyRootfs": True, **host}
+    problems = stack_checks.hardening_problems("kb-x", locked, allowed, user)
+    assert problems == [f"kb-x: {problem}" for problem in expected]
+
+
+def test_check_accepts_only_the_exceptions_a_service_names(
+    make_stack: Callable[..., Stack],
+) -> None:
+    stack = make_stack("minimum")
+    allowed = {n: stack_checks.AllowedHardening.of(s) for n, s in stack.containers.items()}
+    host = {**LOCKED, "CapAdd": None, "ReadonlyRootfs": True}
+    inspected = [
+        {"Name": "/kb-redis", "Config": {"Labels": {"kbinfra.service": "redis"}, "User": ""}},
+        {"Name": "/kb-prom", "Config": {"Labels": {"kbinfra.service": "prometheus"}, "User": ""}},
+        {"Name": "/kb-stray", "Config": {"Labels": {}, "User": "nobody"}},
+    ]
+    for info in inspected:
+        info["HostConfig"] = host
+    inspected[2]["HostConfig"] = {**host, "ReadonlyRootfs": False}
+    with pytest.raises(CheckFailedError) as failed:
+        stack_checks.check_hardened(inspected, allowed)
+    assert (
+        str(failed.value)
+        == "kb-prom: runs as root; kb-stray: root file system writable (read_only)"
+    )
 
 
 # ---------------------------------------------------------------- helper containers
