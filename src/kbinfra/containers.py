@@ -20,6 +20,20 @@ DROPPED_CAPABILITIES = ("ALL",)
 SECURITY_OPTIONS = ("no-new-privileges:true",)
 #: Processes a helper container may run (the backup streams, the compose export's copy).
 HELPER_PIDS_LIMIT = 64
+#: What the one-shot that hands a kept data volume to its service's user needs: chown files
+#: of others, and enter their folders (PostgreSQL's PGDATA is 0700) to find them.
+CLAIM_CAPABILITIES = ("CHOWN", "DAC_READ_SEARCH")
+
+
+def claim_command(owner: str, targets: Sequence[str]) -> list[str]:
+    """``find`` every file under ``targets`` that ``owner`` (``uid:gid``) does not own, and
+    chown it (``-h``: a link itself, never where it points)."""
+    uid, gid = owner.split(":")
+    return [
+        "find", *targets,
+        "(", "!", "-user", uid, "-o", "!", "-group", gid, ")",
+        "-exec", "chown", "-h", f"{uid}:{gid}", "{}", "+",
+    ]  # fmt: skip
 
 
 def locked_down(

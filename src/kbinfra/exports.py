@@ -7,7 +7,7 @@ import re
 import shlex
 from typing import TYPE_CHECKING, Any
 
-from kbinfra.containers import DROPPED_CAPABILITIES, SECURITY_OPTIONS
+from kbinfra.containers import DROPPED_CAPABILITIES, SECURITY_OPTIONS, claim_command
 from kbinfra.names import container_name, network_name
 from kbinfra.service import ContainerSpec, FileMount, RenderedFile
 from kbinfra.spec.yamlfile import dump_yaml
@@ -60,7 +60,8 @@ def files_service(
     stack: Stack, spec: ContainerSpec, folders: dict[str, list[FileMount]]
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """The one-shot container that copies a service's owned files into volumes, chowned and
-    0600; and those volumes, by the folder the service mounts each at."""
+    0600, and hands its data volumes to its user (``data_owner``); and the files' volumes, by
+    the folder the service mounts each at."""
     mounts: list[str] = []
     steps: list[str] = []
     volume_at: dict[str, str] = {}
@@ -77,6 +78,11 @@ def files_service(
                 f"chown {mount.uid}:{mount.gid} {shlex.quote(target)}",
                 f"chmod 0600 {shlex.quote(target)}",
             ]
+    if spec.data_owner is not None and spec.volumes:
+        # A kept data volume may belong to root: give it to the user the service starts as,
+        # as ``apply`` does (``Engine.claim_volumes``).
+        mounts += [f"{v.volume}:{v.target}" for v in spec.volumes]
+        steps.append(shlex.join(claim_command(spec.data_owner, [v.target for v in spec.volumes])))
     entry = {
         "image": spec.image,
         "user": "0:0",
@@ -119,7 +125,7 @@ def compose_document(stack: Stack) -> dict[str, Any]:
     for name, spec in stack.containers.items():
         folders = owned_folders(spec)
         volume_at: dict[str, str] = {}
-        if folders:
+        if folders or spec.data_owner:
             services[f"{name}-files"], volume_at = files_service(stack, spec, folders)
             volumes.update({v: {"name": v} for v in volume_at.values()})
         entry: dict[str, Any] = {
@@ -175,7 +181,7 @@ def compose_document(stack: Stack) -> dict[str, Any]:
         depends: dict[str, Any] = {
             d: {"condition": "service_healthy"} for d in spec.depends_on if d in stack.services
         }
-        if folders:
+        if folders or spec.data_owner:
             depends[f"{name}-files"] = {"condition": "service_completed_successfully"}
         if depends:
             entry["depends_on"] = depends

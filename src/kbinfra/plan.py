@@ -74,6 +74,7 @@ def config_parts(
             "read_only_root": not spec.writable_root_reason,
             "tmpfs": [t._asdict() for t in spec.tmpfs],
             "scratch": spec.scratch,
+            "data_owner": spec.data_owner,
             # The files' folders are volumes of their own: containers that had their files
             # written into their root are recreated.
             "file_volumes": config_folders(f.target for f in spec.files),

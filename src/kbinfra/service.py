@@ -175,6 +175,11 @@ class ContainerSpec(NamedTuple):
     #: Why its container starts as root; empty: it must start as another user (``user``,
     #: or the image's USER), and ``kbinfra check`` reports one that starts as root.
     root_user_reason: str = ""
+    #: ``uid:gid`` its data volumes must belong to, for a container that starts as its own
+    #: user where the image's entrypoint would chown them as root: a volume kept from before
+    #: may belong to root. Before the container is created, a one-shot, locked-down container
+    #: (CHOWN and DAC_READ_SEARCH only, no network) gives what does not belong to it.
+    data_owner: str | None = None
 
 
 class ScrapeTarget(NamedTuple):

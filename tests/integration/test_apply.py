@@ -201,6 +201,13 @@ def _assert_read_only_roots(deployment: Deployment) -> None:
         )
         assert written.returncode != 0, service
         assert "Read-only file system" in written.stderr, (service, written.stderr)
+    # PostgreSQL and Redis start as their own user: their first process was never root.
+    for service in ("postgres", "redis"):
+        status = _docker("exec", deployment.container(service), "cat", "/proc/1/status")
+        uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()
+        assert uids[1:] == ["999"] * 4, (service, uids)
+        caps = next(line for line in status.splitlines() if line.startswith("CapBnd:"))
+        assert int(caps.split()[1], 16) == 0, (service, caps)  # no capability at all
     postgres = _inspect(deployment.container("postgres"))
     assert postgres is not None
     mounts = {m["Destination"]: m for m in postgres["Mounts"]}

@@ -656,6 +656,7 @@ def test_a_port_on_all_addresses_and_readable_secret_files_fail(
             "pids_limit": 256,
             "read_only": True,
             "tmpfs": {"/tmp": "size=16m,noexec,nosuid"},
+            "user": stack.containers["redis"].user,
         },
     )
     host_port(inside, "6379/tcp")
@@ -688,7 +689,7 @@ def test_a_port_on_all_addresses_and_readable_secret_files_fail(
     assert f"{outside.name}: capabilities not dropped" in hardening
     assert f"{outside.name}: no PIDs limit" in hardening
     assert f"{outside.name}: root file system writable (read_only)" in hardening
-    assert f"{outside.name}: runs as root" not in hardening  # redis names its reason
+    assert f"{outside.name}: runs as root" in hardening  # redis starts as its own user
     assert f"{inside.name}:" not in hardening
     assert not rows["deployed-secret-files-private"].ok
     assert f"{secret_files[0]} 0644" in rows["deployed-secret-files-private"].value

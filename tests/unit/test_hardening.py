@@ -19,8 +19,6 @@ from tests.conftest import PROFILES
 
 #: What each image's entrypoint needs back; nothing for those that start as their own user.
 ENTRYPOINT_CAPS = {
-    "postgres": ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"),
-    "redis": ("CHOWN", "DAC_READ_SEARCH", "SETGID", "SETUID"),
     "nginx": ("CHOWN", "NET_BIND_SERVICE", "SETGID", "SETUID"),
 }
 
@@ -101,7 +99,7 @@ def test_the_engine_creates_containers_locked_down(make_stack: Callable[..., Sta
     engine.create(desired, stack.secrets)
     host = client.api.created["host_config"]
     assert host["CapDrop"] == ["ALL"]
-    assert host["CapAdd"] == ["CHOWN", "DAC_READ_SEARCH", "SETGID", "SETUID"]
+    assert host.get("CapAdd") is None  # it starts as redis: nothing to chown or drop
     assert host["SecurityOpt"] == ["no-new-privileges:true"]
     assert host["PidsLimit"] == spec.pids_limit
 
@@ -155,7 +153,7 @@ def test_check_names_the_container_that_is_not_locked_down() -> None:
 # ---------------------------------------------------------------- read-only roots, users
 #: The services whose container starts as root, and why (their folders say it): the
 #: entrypoint chowns the data and drops to the service's user, or the image runs as root.
-STARTS_AS_ROOT = {"postgres", "redis", "nginx", "qdrant"}
+STARTS_AS_ROOT = {"nginx", "qdrant"}
 
 
 def _anonymous_volumes(host: dict[str, Any]) -> set[str]:
@@ -318,18 +316,20 @@ def test_check_accepts_only_the_exceptions_a_service_names(
     allowed = {n: stack_checks.AllowedHardening.of(s) for n, s in stack.containers.items()}
     host = {**LOCKED, "CapAdd": None, "ReadonlyRootfs": True}
     inspected = [
-        {"Name": "/kb-redis", "Config": {"Labels": {"kbinfra.service": "redis"}, "User": ""}},
+        {"Name": "/kb-nginx", "Config": {"Labels": {"kbinfra.service": "nginx"}, "User": ""}},
+        {"Name": "/kb-redis", "Config": {"Labels": {"kbinfra.service": "redis"}, "User": "0"}},
         {"Name": "/kb-prom", "Config": {"Labels": {"kbinfra.service": "prometheus"}, "User": ""}},
         {"Name": "/kb-stray", "Config": {"Labels": {}, "User": "nobody"}},
     ]
     for info in inspected:
         info["HostConfig"] = host
-    inspected[2]["HostConfig"] = {**host, "ReadonlyRootfs": False}
+    inspected[0]["HostConfig"] = {**host, "CapAdd": ["CHOWN", "NET_BIND_SERVICE"]}
+    inspected[3]["HostConfig"] = {**host, "ReadonlyRootfs": False}
     with pytest.raises(CheckFailedError) as failed:
         stack_checks.check_hardened(inspected, allowed)
-    assert (
-        str(failed.value)
-        == "kb-prom: runs as root; kb-stray: root file system writable (read_only)"
+    assert str(failed.value) == (
+        "kb-redis: runs as root; kb-prom: runs as root; "
+        "kb-stray: root file system writable (read_only)"
     )
 
 
@@ -400,3 +400,82 @@ def test_the_image_builders_probe_container_is_locked_down() -> None:
     assert seen["read_only"] is True
     assert seen["network_mode"] == "none"
     assert 0 < seen["pids_limit"] <= 64
+
+
+# ---------------------------------------------------------------- non-root from the start
+def test_postgres_and_redis_start_as_their_user_owning_their_volumes(
+    make_stack: Callable[..., Stack],
+) -> None:
+    stack = make_stack("minimum")
+    for name in ("postgres", "redis"):
+        spec = stack.containers[name]
+        assert spec.user == spec.data_owner == "999:999", name
+        assert tuple(spec.cap_add) == (), name
+        assert not spec.root_user_reason, name
+        host, client = _created_host_config(stack, name)
+        assert client.api.created["user"] == "999:999"
+        assert host.get("CapAdd") is None
+    socket_folder = stack.containers["postgres"].tmpfs[0]
+    assert socket_folder.target == "/var/run/postgresql"
+    assert "uid=999,gid=999" in socket_folder.docker_options()
+
+
+class ClaimApi(HelperApi):
+    def __init__(self, exit_code: int = 0) -> None:
+        super().__init__()
+        self.exit_code = exit_code
+        self.started: list[str] = []
+
+    def start(self, container: str) -> None:
+        self.started.append(container)
+
+    def wait(self, container: str, timeout: int | None = None) -> dict[str, int]:
+        return {"StatusCode": self.exit_code}
+
+    def logs(self, container: str, **kwargs: Any) -> bytes:
+        return b"chown: changing ownership of '/data/x': Operation not permitted\n"
+
+
+def _claim(stack: Stack, name: str, api: ClaimApi) -> bool:
+    by_path = {f.path: f for f in stack.rendered}
+    client = RecordingClient()
+    client.api = api
+    engine = Engine(client, stack.spec.name)  # type: ignore[arg-type]
+    desired = desired_service(stack.spec.name, stack.containers[name], "data", by_path, {})
+    return engine.claim_volumes(desired)
+
+
+def test_a_one_shot_locked_down_container_hands_the_data_volumes_to_the_service_user(
+    make_stack: Callable[..., Stack],
+) -> None:
+    stack = make_stack("minimum")
+    api = ClaimApi()
+    assert _claim(stack, "postgres", api) is True
+    created = api.created
+    assert created["user"] == "0:0"
+    assert [*created["entrypoint"], *created["command"]] == [
+        "find", "/var/lib/postgresql/data",
+        "(", "!", "-user", "999", "-o", "!", "-group", "999", ")",
+        "-exec", "chown", "-h", "999:999", "{}", "+",
+    ]  # fmt: skip
+    host = created["host_config"]
+    assert host["CapDrop"] == ["ALL"] and host["CapAdd"] == ["CHOWN", "DAC_READ_SEARCH"]
+    assert host["SecurityOpt"] == ["no-new-privileges:true"]
+    assert host["ReadonlyRootfs"] is True and host["NetworkMode"] == "none"
+    assert 0 < host["PidsLimit"] <= 64
+    assert [m["Source"] for m in host["Mounts"]] == ["kb-postgres-data"]
+    assert api.started == ["c0ffee"] and api.removed[-1] == "c0ffee"
+
+    nothing = ClaimApi()
+    assert _claim(stack, "qdrant", nothing) is False  # no data_owner: it needs no claim
+    assert nothing.created == {}
+
+
+def test_a_failed_claim_stops_the_service_in_one_line(make_stack: Callable[..., Stack]) -> None:
+    from kbinfra.errors import KbinfraError  # noqa: PLC0415
+
+    stack = make_stack("minimum")
+    api = ClaimApi(exit_code=1)
+    with pytest.raises(KbinfraError, match=r"could not give the data volumes of redis to 999:999"):
+        _claim(stack, "redis", api)
+    assert api.removed[-1] == "c0ffee"

@@ -18,10 +18,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kbinfra.containers import (
+    CLAIM_CAPABILITIES,
+    HELPER_PIDS_LIMIT,
     DesiredService,
     Facts,
     MountedFile,
     ObservedContainer,
+    claim_command,
     config_folders,
     locked_down,
 )
@@ -36,6 +39,9 @@ LOCK_IMAGE = "kbinfra-lock:1"
 LABEL_LOCK = "kbinfra.lock"
 #: The lock container is created, never started: one process would be plenty.
 LOCK_PIDS_LIMIT = 1
+#: Helper containers carry this label (never the stack's: they are not part of it).
+LABEL_HELPER = "kbinfra.helper"
+CLAIM_SUFFIX = "-kbinfra-claim"
 POLL_S = 0.5
 SETTLE_S = 2.0  # a container without a health check must stay up this long
 
@@ -257,6 +263,53 @@ class Engine:
         )
         container_id: str = created["Id"]
         return container_id
+
+    def claim_volumes(self, desired: DesiredService, timeout: int = 600) -> bool:
+        """Give the service's data volumes to the user it starts as (``data_owner``), in a
+        one-shot container of its image: root with CHOWN and DAC_READ_SEARCH only, no
+        network, a read-only root. True when it ran (the service declares an owner)."""
+        import docker.errors  # noqa: PLC0415
+        from docker.types import Mount  # noqa: PLC0415
+
+        spec = desired.spec
+        if spec.data_owner is None or not spec.volumes:
+            return False
+        command = claim_command(spec.data_owner, [v.target for v in spec.volumes])
+        host_config = self.api.create_host_config(
+            mounts=[Mount(target=v.target, source=v.volume, type="volume") for v in spec.volumes],
+            network_mode="none",
+            **locked_down(pids_limit=HELPER_PIDS_LIMIT, cap_add=CLAIM_CAPABILITIES),
+        )
+        name = f"{desired.container}{CLAIM_SUFFIX}"
+        with suppress(docker.errors.NotFound):
+            self.api.remove_container(name, force=True)  # left by an interrupted apply
+        created = self.api.create_container(
+            spec.image,
+            entrypoint=command[:1],
+            command=command[1:],
+            user="0:0",
+            host_config=host_config,
+            network_disabled=True,
+            labels={LABEL_HELPER: "claim"},
+            name=name,
+        )
+        helper: str = created["Id"]
+        try:
+            self.api.start(helper)
+            code = self.api.wait(helper, timeout=timeout).get("StatusCode")
+            if code != 0:
+                lines = self.logs_tail(helper, 3)
+                detail = f": {lines[-1].strip()}" if lines else ""
+                raise KbinfraError(
+                    f"could not give the data volumes of {desired.service} to {spec.data_owner}"
+                    f" (exit {code}){detail}",
+                    where=name,
+                    fix="look at the volume's files (docker volume inspect) and apply again",
+                )
+        finally:
+            with suppress(docker.errors.DockerException):
+                self.api.remove_container(helper, force=True)
+        return True
 
     def put_files(self, container_id: str, files: Sequence[MountedFile]) -> None:
         """Copy the mounted files into the created container's file volumes (its root is

@@ -212,14 +212,11 @@ class Redis(Service):
             # Redis writes its final RDB snapshot on SIGTERM.
             stop_timeout_s=60,
             tmpfs=(TmpfsMount("/tmp"),),
-            root_user_reason=(
-                "the entrypoint starts as root: it chowns /data to redis (a kept volume may "
-                "belong to root or another uid), then drops to redis with gosu"
-            ),
-            # The entrypoint starts as root, chowns /data to redis and drops to it (gosu). Its
-            # `find` must enter appendonlydir (0700, owned by redis) on every start after the
-            # first: without DAC_READ_SEARCH a kept volume stops Redis ("Permission denied").
-            cap_add=("CHOWN", "DAC_READ_SEARCH", "SETGID", "SETUID"),
+            # It starts as redis: the entrypoint chowns /data and drops to redis (gosu) only
+            # when started as root. A kept /data that redis does not own is handed to it first
+            # by a one-shot container (``data_owner``), so Redis needs no capability at all.
+            user=f"{REDIS_UID}:{REDIS_UID}",
+            data_owner=f"{REDIS_UID}:{REDIS_UID}",
         )
 
 
