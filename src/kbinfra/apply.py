@@ -255,6 +255,8 @@ class ServiceRunner:
         return result
 
     def _new_container(self, desired: DesiredService) -> str:
+        if self.engine.claim_volumes(desired):
+            self.progress.note(desired.service, f"data volumes owned by {desired.spec.data_owner}")
         container_id = self.engine.create(desired, self.secrets)
         self.engine.put_files(container_id, desired.files)
         return container_id

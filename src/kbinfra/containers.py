@@ -5,18 +5,69 @@ are in :mod:`kbinfra.names`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import posixpath
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from kbinfra.names import LABEL_CONFIG_HASH, LABEL_HASH_PREFIX, LABEL_SERVICE, LABEL_STACK
-from kbinfra.service import ContainerSpec, FileMount, RenderedFile
+from kbinfra.service import ContainerSpec, FileMount, RenderedFile, TmpfsMount
 
 #: Every container kbinfra creates: all capabilities dropped (a service adds back the few
 #: its entrypoint needs, ``ContainerSpec.cap_add``), and no privilege gained by exec (setuid
 #: binaries, file capabilities).
 DROPPED_CAPABILITIES = ("ALL",)
 SECURITY_OPTIONS = ("no-new-privileges:true",)
+#: Processes a helper container may run (the backup streams, the compose export's copy).
+HELPER_PIDS_LIMIT = 64
+#: What the one-shot that hands a kept data volume to its service's user needs: chown files
+#: of others, and enter their folders (PostgreSQL's PGDATA is 0700) to find them.
+CLAIM_CAPABILITIES = ("CHOWN", "DAC_READ_SEARCH")
+
+
+def claim_command(owner: str, targets: Sequence[str]) -> list[str]:
+    """``find`` every file under ``targets`` that ``owner`` (``uid:gid``) does not own, and
+    chown it (``-h``: a link itself, never where it points)."""
+    uid, gid = owner.split(":")
+    return [
+        "find", *targets,
+        "(", "!", "-user", uid, "-o", "!", "-group", gid, ")",
+        "-exec", "chown", "-h", f"{uid}:{gid}", "{}", "+",
+    ]  # fmt: skip
+
+
+def locked_down(
+    *,
+    pids_limit: int,
+    cap_add: Sequence[str] = (),
+    read_only: bool = True,
+    tmpfs: Sequence[TmpfsMount] = (),
+) -> dict[str, Any]:
+    """The lock-down every container kbinfra creates carries, as keywords of docker-py's
+    ``create_host_config``: the one place these options are built (services, the backup
+    and restore helpers, the lock, the image builder's containers)."""
+    return {
+        "cap_drop": list(DROPPED_CAPABILITIES),
+        "cap_add": list(cap_add) or None,
+        "security_opt": list(SECURITY_OPTIONS),
+        "pids_limit": pids_limit,
+        "read_only": read_only,
+        "tmpfs": {t.target: t.docker_options() for t in tmpfs} or None,
+    }
+
+
+def config_folders(targets: Iterable[str]) -> list[str]:
+    """The folders a container's rendered files are delivered in: each file's folder, less
+    those inside another. Each is a volume of that container alone (its root file system is
+    read-only), filled before it starts and removed with it: a recreated container never
+    shares its files with the one it replaces, so a rollback keeps the old files."""
+    folders: list[str] = []
+    for folder in sorted({posixpath.dirname(target) for target in targets}):
+        if folder == "/" or not folder.startswith("/"):
+            raise ValueError(f"a file is delivered into a folder of its own, not {folder!r}")
+        if not any(folder == top or folder.startswith(top + "/") for top in folders):
+            folders.append(folder)
+    return folders
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import re
 import shlex
 from typing import TYPE_CHECKING, Any
 
-from kbinfra.containers import DROPPED_CAPABILITIES, SECURITY_OPTIONS
+from kbinfra.containers import DROPPED_CAPABILITIES, SECURITY_OPTIONS, claim_command
 from kbinfra.names import container_name, network_name
 from kbinfra.service import ContainerSpec, FileMount, RenderedFile
 from kbinfra.spec.yamlfile import dump_yaml
@@ -60,7 +60,8 @@ def files_service(
     stack: Stack, spec: ContainerSpec, folders: dict[str, list[FileMount]]
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """The one-shot container that copies a service's owned files into volumes, chowned and
-    0600; and those volumes, by the folder the service mounts each at."""
+    0600, and hands its data volumes to its user (``data_owner``); and the files' volumes, by
+    the folder the service mounts each at."""
     mounts: list[str] = []
     steps: list[str] = []
     volume_at: dict[str, str] = {}
@@ -77,6 +78,11 @@ def files_service(
                 f"chown {mount.uid}:{mount.gid} {shlex.quote(target)}",
                 f"chmod 0600 {shlex.quote(target)}",
             ]
+    if spec.data_owner is not None and spec.volumes:
+        # A kept data volume may belong to root: give it to the user the service starts as,
+        # as ``apply`` does (``Engine.claim_volumes``).
+        mounts += [f"{v.volume}:{v.target}" for v in spec.volumes]
+        steps.append(shlex.join(claim_command(spec.data_owner, [v.target for v in spec.volumes])))
     entry = {
         "image": spec.image,
         "user": "0:0",
@@ -84,6 +90,7 @@ def files_service(
         "command": [" && ".join(steps).replace("$", "$$")],
         "network_mode": "none",
         "restart": "no",
+        "read_only": True,
         "volumes": mounts,
         "cap_drop": list(DROPPED_CAPABILITIES),
         "cap_add": list(FILES_CAPS),
@@ -92,6 +99,21 @@ def files_service(
         "labels": {"kbinfra.stack": stack.spec.name, "kbinfra.service": f"{spec.service}-files"},
     }
     return entry, volume_at
+
+
+def compose_hardening(spec: ContainerSpec) -> dict[str, Any]:
+    """A service's lock-down as compose keys: what ``apply`` gives its container."""
+    entry: dict[str, Any] = {"cap_drop": list(DROPPED_CAPABILITIES)}
+    if spec.cap_add:
+        entry["cap_add"] = list(spec.cap_add)
+    entry["security_opt"] = list(SECURITY_OPTIONS)
+    if spec.pids_limit is not None:
+        entry["pids_limit"] = spec.pids_limit
+    if not spec.writable_root_reason:
+        entry["read_only"] = True
+    if spec.tmpfs:
+        entry["tmpfs"] = [f"{t.target}:{t.docker_options()}" for t in spec.tmpfs]
+    return entry
 
 
 def compose_document(stack: Stack) -> dict[str, Any]:
@@ -103,7 +125,7 @@ def compose_document(stack: Stack) -> dict[str, Any]:
     for name, spec in stack.containers.items():
         folders = owned_folders(spec)
         volume_at: dict[str, str] = {}
-        if folders:
+        if folders or spec.data_owner:
             services[f"{name}-files"], volume_at = files_service(stack, spec, folders)
             volumes.update({v: {"name": v} for v in volume_at.values()})
         entry: dict[str, Any] = {
@@ -139,6 +161,7 @@ def compose_document(stack: Stack) -> dict[str, Any]:
             if posixpath.dirname(f.target) not in volume_at
         ]
         mounts += [f"{volume}:{folder}:ro" for folder, volume in volume_at.items()]
+        mounts += list(spec.scratch)  # anonymous volumes, removed with the container
         if mounts:
             entry["volumes"] = mounts
         for volume in spec.volumes:
@@ -154,16 +177,11 @@ def compose_document(stack: Stack) -> dict[str, Any]:
                 "retries": check.retries,
                 "start_period": f"{check.start_period_s}s",
             }
-        entry["cap_drop"] = list(DROPPED_CAPABILITIES)
-        if spec.cap_add:
-            entry["cap_add"] = list(spec.cap_add)
-        entry["security_opt"] = list(SECURITY_OPTIONS)
-        if spec.pids_limit is not None:
-            entry["pids_limit"] = spec.pids_limit
+        entry.update(compose_hardening(spec))
         depends: dict[str, Any] = {
             d: {"condition": "service_healthy"} for d in spec.depends_on if d in stack.services
         }
-        if folders:
+        if folders or spec.data_owner:
             depends[f"{name}-files"] = {"condition": "service_completed_successfully"}
         if depends:
             entry["depends_on"] = depends
@@ -215,7 +233,7 @@ _COMPOSE_SERVICE = {
     "image", "container_name", "hostname", "restart", "networks", "cpus", "mem_limit",
     "stop_grace_period", "labels", "entrypoint", "command", "user", "environment", "ports",
     "volumes", "shm_size", "healthcheck", "depends_on", "extra_hosts", "cap_drop", "cap_add",
-    "security_opt", "pids_limit", "network_mode",
+    "security_opt", "pids_limit", "network_mode", "read_only", "tmpfs",
 }  # fmt: skip
 _PORT = re.compile(r"^(\d{1,3}(\.\d{1,3}){3}:)?\d{1,5}:\d{1,5}$")
 

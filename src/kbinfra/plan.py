@@ -15,7 +15,13 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from kbinfra.containers import DesiredService, Facts, MountedFile, ObservedContainer
+from kbinfra.containers import (
+    DesiredService,
+    Facts,
+    MountedFile,
+    ObservedContainer,
+    config_folders,
+)
 from kbinfra.names import (
     LABEL_CONFIG_HASH,
     LABEL_HASH_PREFIX,
@@ -64,7 +70,17 @@ def config_parts(
         },
         "healthcheck": spec.healthcheck._asdict() if spec.healthcheck else None,
         "extra_hosts": spec.extra_hosts,
-        "hardening": {"cap_add": spec.cap_add, "pids_limit": spec.pids_limit},
+        "hardening": {
+            "cap_add": spec.cap_add,
+            "pids_limit": spec.pids_limit,
+            "read_only_root": not spec.writable_root_reason,
+            "tmpfs": [t._asdict() for t in spec.tmpfs],
+            "scratch": spec.scratch,
+            "data_owner": spec.data_owner,
+            # The files' folders are volumes of their own: containers that had their files
+            # written into their root are recreated.
+            "file_volumes": config_folders(f.target for f in spec.files),
+        },
     }
     if spec.binds:  # only then: containers without binds keep the hash they always had
         parts["binds"] = [b._asdict() for b in spec.binds]

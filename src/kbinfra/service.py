@@ -41,13 +41,17 @@ class ServiceSettings(BaseModel):
         return [self.port] if self.port is not None else []
 
 
+#: Processes and threads a container may run unless its profile budget says otherwise.
+DEFAULT_PIDS_LIMIT = 1024
+
+
 class Resources(NamedTuple):
     """What one container may use: CPUs (Docker ``--cpus``), memory and disk."""
 
     cpus: float
     memory_mb: int
     storage_gb: int
-    pids: int = 1024  # processes and threads (Docker ``--pids-limit``)
+    pids: int = DEFAULT_PIDS_LIMIT  # processes and threads (Docker ``--pids-limit``)
 
 
 class RenderedFile(NamedTuple):
@@ -94,6 +98,21 @@ class FileMount(NamedTuple):
     target: str
     uid: int = 0
     gid: int = 0
+
+
+class TmpfsMount(NamedTuple):
+    """A writable, memory-backed folder in a container whose root file system is read-only:
+    what the software writes besides its data volumes (pid files, sockets, temp files).
+    Its size counts against the container's memory limit."""
+
+    target: str
+    size_mb: int = 64
+    #: Mount options besides the size: no programs, setuid bits or devices from it.
+    options: str = "noexec,nosuid,nodev"
+
+    def docker_options(self) -> str:
+        """The options Docker's ``--tmpfs PATH:OPTIONS`` takes."""
+        return f"size={self.size_mb}m,{self.options}" if self.options else f"size={self.size_mb}m"
 
 
 class HealthCheck(NamedTuple):
@@ -145,6 +164,23 @@ class ContainerSpec(NamedTuple):
     cap_add: Sequence[str] = ()
     #: Processes and threads it may run; None takes the profile's (Resources.pids).
     pids_limit: int | None = None
+    #: Writable folders besides the volumes; the root file system itself is read-only.
+    tmpfs: Sequence[TmpfsMount] = ()
+    #: Writable folders on disk the software needs besides its data (nginx's request bodies
+    #: and proxy buffers, too large for memory): volumes of this container alone, removed
+    #: with it, never backed up.
+    scratch: Sequence[str] = ()
+    #: Why its root file system must stay writable; empty (the default): it is read-only.
+    #: ``kbinfra check`` accepts a writable root only for a service that gives a reason.
+    writable_root_reason: str = ""
+    #: Why its container starts as root; empty: it must start as another user (``user``,
+    #: or the image's USER), and ``kbinfra check`` reports one that starts as root.
+    root_user_reason: str = ""
+    #: ``uid:gid`` its data volumes must belong to, for a container that starts as its own
+    #: user where the image's entrypoint would chown them as root: a volume kept from before
+    #: may belong to root. Before the container is created, a one-shot, locked-down container
+    #: (CHOWN and DAC_READ_SEARCH only, no network) gives what does not belong to it.
+    data_owner: str | None = None
 
 
 class ScrapeTarget(NamedTuple):

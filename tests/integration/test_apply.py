@@ -200,6 +200,35 @@ def _status_once_docker_checked(deployment: Deployment) -> dict[str, dict[str, A
         time.sleep(1)
 
 
+def _assert_read_only_roots(deployment: Deployment) -> None:
+    """Every service runs with a read-only root, its files in a volume of its own."""
+    for service in _services(deployment):
+        name = deployment.container(service)
+        info = _inspect(name)
+        assert info is not None
+        assert info["HostConfig"]["ReadonlyRootfs"] is True, service
+        written = subprocess.run(
+            ["docker", "exec", name, "sh", "-c", "echo x > /kbinfra-probe"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert written.returncode != 0, service
+        assert "Read-only file system" in written.stderr, (service, written.stderr)
+    # PostgreSQL and Redis start as their own user: their first process was never root.
+    for service in ("postgres", "redis"):
+        status = _docker("exec", deployment.container(service), "cat", "/proc/1/status")
+        uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()
+        assert uids[1:] == ["999"] * 4, (service, uids)
+        caps = next(line for line in status.splitlines() if line.startswith("CapBnd:"))
+        assert int(caps.split()[1], 16) == 0, (service, caps)  # no capability at all
+    postgres = _inspect(deployment.container("postgres"))
+    assert postgres is not None
+    mounts = {m["Destination"]: m for m in postgres["Mounts"]}
+    assert mounts["/etc/postgresql"]["Type"] == "volume"
+    assert mounts["/var/lib/postgresql/data"]["Name"] == f"{deployment.name}-postgres-data"
+
+
 # ---------------------------------------------------------------- the tests
 def test_apply_status_reapply_and_one_change(full_deployment: Deployment) -> None:
     deployment = full_deployment
@@ -240,6 +269,7 @@ def test_apply_status_reapply_and_one_change(full_deployment: Deployment) -> Non
     assert SECRET_MARK not in json.dumps(info["Config"]["Labels"])
     # The test bed's engine runs on this machine (over SSH too): node-exporter's "/" is ours.
     assert _node_root_size(deployment) == _host_root_size()
+    _assert_read_only_roots(deployment)
 
     again = deployment.run("apply", "--yes")
     assert again.code == 0, again.err
@@ -298,10 +328,14 @@ def test_failed_health_check_rolls_back_and_keeps_data(
     _psql(deployment, "create table keep (n int); insert into keep values (1), (2), (3)")
     old_id = _inspect(deployment.container("postgres"))["Id"]  # type: ignore[index]
 
-    # An image that has no PostgreSQL: the new container exits at once.
+    before = _psql(deployment, "show max_connections")
+
+    # An image that has no PostgreSQL, and a changed configuration: the new container exits
+    # at once; the previous one comes back with its own configuration file.
     broken = base_image
     deployment.edit(lambda d: d["services"]["postgres"].__setitem__("image", broken))
     deployment.edit(lambda d: d["services"]["postgres"].__setitem__("version", 15))
+    deployment.edit(lambda d: d["services"]["postgres"].__setitem__("max_connections", 91))
     failed = deployment.run("apply", "--yes", "--timeout", "60")
     assert failed.code == 1, failed.out + failed.err
     assert "postgres did not become healthy" in failed.err
@@ -312,6 +346,11 @@ def test_failed_health_check_rolls_back_and_keeps_data(
     assert current["State"]["Running"]
     assert _inspect(deployment.container("postgres") + ".kbinfra-old") is None
     assert _psql(deployment, "select count(*) from keep") == "3"
+    assert _psql(deployment, "show max_connections") == before != "91"
+    conf = _docker(
+        "exec", deployment.container("postgres"), "cat", "/etc/postgresql/postgresql.conf"
+    )
+    assert "max_connections = 91" not in conf
     # The deployed copy still describes what runs: the plan still wants the change.
     assert deployment.run("plan").code == 3
 

@@ -654,6 +654,9 @@ def test_a_port_on_all_addresses_and_readable_secret_files_fail(
             "cap_add": list(stack.containers["redis"].cap_add),
             "security_opt": ["no-new-privileges:true"],
             "pids_limit": 256,
+            "read_only": True,
+            "tmpfs": {"/tmp": "size=16m,noexec,nosuid"},
+            "user": stack.containers["redis"].user,
         },
     )
     host_port(inside, "6379/tcp")
@@ -685,6 +688,8 @@ def test_a_port_on_all_addresses_and_readable_secret_files_fail(
     assert f"{outside.name}: no no-new-privileges" in hardening
     assert f"{outside.name}: capabilities not dropped" in hardening
     assert f"{outside.name}: no PIDs limit" in hardening
+    assert f"{outside.name}: root file system writable (read_only)" in hardening
+    assert f"{outside.name}: runs as root" in hardening  # redis starts as its own user
     assert f"{inside.name}:" not in hardening
     assert not rows["deployed-secret-files-private"].ok
     assert f"{secret_files[0]} 0644" in rows["deployed-secret-files-private"].value

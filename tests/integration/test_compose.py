@@ -110,13 +110,24 @@ def test_compose_up_runs_every_service_healthy(
             assert not broken, (broken, run_compose(compose, folder, "logs", "--tail=20").stdout)
             assert time.monotonic() < deadline, seen
             time.sleep(2)
-        # redis and prometheus read their 0600 files as their own users (the -files one-shots)
-        assert set(one_shot) == {"redis-files", "prometheus-files", "alertmanager-files"}
+        # redis and prometheus read their 0600 files as their own users (the -files one-shots);
+        # postgres' and redis' hand their data volumes to the user they start as.
+        assert set(one_shot) == {
+            "redis-files",
+            "prometheus-files",
+            "alertmanager-files",
+            "postgres-files",
+        }
         assert all(v == ("exited", "none", 0) for v in one_shot.values()), one_shot
         for service in running:
-            info = docker_client.containers.get(f"{exported.name}-{service}").attrs["HostConfig"]
+            attrs = docker_client.containers.get(f"{exported.name}-{service}").attrs
+            info = attrs["HostConfig"]
             assert info["CapDrop"] == ["ALL"] and info["PidsLimit"], service
             assert info["SecurityOpt"] == ["no-new-privileges:true"], service
+            assert info["ReadonlyRootfs"] is True, service
+            if service in ("postgres", "redis"):
+                assert attrs["Config"]["User"] == "999:999", service
+                assert not info["CapAdd"], service
     finally:
         down = run_compose(compose, folder, "down", "-v", "--remove-orphans")
         assert down.returncode == 0, down.stderr

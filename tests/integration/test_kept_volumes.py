@@ -9,6 +9,8 @@ healthy. Redis (ACL file rendered by kbinfra) and Qdrant (keys by environment) k
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,3 +95,50 @@ def test_a_kept_postgres_volume_with_another_password_fails_apply_in_one_line(
     set_secrets(stack, postgres_password=old["postgres_password"])
     applied = stack.run("apply", "--yes")
     assert applied.code == 0, applied.err
+
+
+def test_kept_volumes_owned_by_root_or_by_the_service_start_read_only(
+    stack: Deployment, base_image: str
+) -> None:
+    """A data volume kept from before may belong to the service's uid (kbinfra's own, kept by
+    destroy) or to root (copied in by another tool, or an older image): both start again with
+    a read-only root and the data is still there."""
+    assert stack.run("apply", "--yes").code == 0
+    redis_app(stack, secrets_of(stack)["redis_app_password"]).set("kept", "yes")
+    # (Redis writes its RDB when destroy stops it.)
+    assert stack.run("destroy", "--yes").code == 0  # keeps the data volumes
+
+    # Kept as it was, owned by the services' users.
+    applied = stack.run("apply", "--yes")
+    assert applied.code == 0, applied.err
+    assert stack.run("destroy", "--yes").code == 0
+
+    # Every file of the kept volumes chowned to root.
+    for service in ("postgres", "redis"):
+        volume = f"{stack.name}-{service}-data"
+        subprocess.run(
+            ["docker", "run", "--rm", "-v", f"{volume}:/v", base_image, "chown", "-R", "0:0", "/v"],
+            check=True,
+            capture_output=True,
+        )
+        owners = subprocess.run(
+            ["docker", "run", "--rm", "-v", f"{volume}:/v", base_image, "stat", "-c", "%u", "/v"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        assert owners == ["0"], service
+    applied = stack.run("apply", "--yes")
+    assert applied.code == 0, applied.err
+    assert redis_app(stack, secrets_of(stack)["redis_app_password"]).get("kept") == b"yes"
+    for service in SERVICES:
+        info = json.loads(
+            subprocess.run(
+                ["docker", "inspect", stack.container(service)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )[0]
+        assert info["HostConfig"]["ReadonlyRootfs"] is True, service
+        assert info["State"]["Health"]["Status"] == "healthy", service

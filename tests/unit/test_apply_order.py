@@ -109,6 +109,10 @@ class GatedEngine:
         with self.lock:
             self.working -= 1
 
+    def claim_volumes(self, desired: DesiredService) -> bool:
+        self._work()
+        return False
+
     def create(self, desired: DesiredService, secrets: Any) -> str:
         self._work()
         return desired.service
@@ -186,6 +190,9 @@ class ClockedEngine:
     def _take(self, call: str, seconds: float) -> None:
         self.calls.append(call)
         self.clock[0] += seconds
+
+    def claim_volumes(self, desired: DesiredService) -> bool:
+        return False  # the service's volumes are its own already: no claim container
 
     def create(self, desired: DesiredService, secrets: Any) -> str:
         self._take("create", 1.0)

@@ -851,6 +851,7 @@ def _start_drill_instance(
     )
     for volume in spec.volumes:
         engine.ensure_volume(volume.volume)
+    engine.claim_volumes(desired)
     container_id = engine.create(desired, stack.secrets)
     engine.put_files(container_id, desired.files)
     engine.start(container_id)

@@ -33,6 +33,7 @@ from kbinfra.backup.streams import (
     file_chunks,
     put_stream,
 )
+from kbinfra.containers import HELPER_PIDS_LIMIT, locked_down
 from kbinfra.progress import Progress
 
 if TYPE_CHECKING:
@@ -157,8 +158,14 @@ def _mounted(api: APIClient, volume: str, label: str) -> Iterator[str]:
             fix="create it, or remove it from backup.volumes in kbinfra.yaml",
         ) from None
     image = ensure_empty_image(api)
+    # Never started (the image has no files): locked down all the same, like every container.
+    # Its root stays writable, the one exception: a restore extracts the tar at "/" so that
+    # its members, all under TOP, land in the volume, and the engine refuses any extraction
+    # at "/" of a read-only container. No process ever runs in it to write there.
     host_config = api.create_host_config(
-        mounts=[Mount(target=MOUNT, source=volume, type="volume")], network_mode="none"
+        mounts=[Mount(target=MOUNT, source=volume, type="volume")],
+        network_mode="none",
+        **locked_down(pids_limit=HELPER_PIDS_LIMIT, read_only=False),
     )
     created = api.create_container(
         image,

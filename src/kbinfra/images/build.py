@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kbinfra import __version__
+from kbinfra.containers import HELPER_PIDS_LIMIT, locked_down
 from kbinfra.errors import KbinfraError
 from kbinfra.images import only_recipe, recipe_dir
 from kbinfra.progress import SILENT, Progress
@@ -238,7 +239,12 @@ def build_image(
 def probe_platform(client: docker.DockerClient, base_image: str) -> Platform:
     """Ask the base image's own Python which version, machine and glibc it has."""
     output = client.containers.run(
-        base_image, ["python3", "-c", _PROBE], remove=True, network_disabled=True
+        base_image,
+        ["python3", "-c", _PROBE],
+        remove=True,
+        network_disabled=True,
+        network_mode="none",
+        **locked_down(pids_limit=HELPER_PIDS_LIMIT),
     )
     return parse_probe(output.decode() if isinstance(output, bytes) else str(output))
 

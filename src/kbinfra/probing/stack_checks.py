@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from kbinfra.probing.probe import CheckRow, Checks, require
 
 if TYPE_CHECKING:
+    from kbinfra.service import ContainerSpec
     from kbinfra.stack import Stack
     from kbinfra.targets import Target
 
@@ -153,14 +154,41 @@ def observed_bindings(stack: Stack, target: Target) -> list[Binding]:
 
 
 # --------------------------------------------------------------------------- hardening
+@dataclass(frozen=True)
+class AllowedHardening:
+    """What a service's folder says its container may keep (``ContainerSpec``): the
+    capabilities its entrypoint adds back, and the named exceptions to a read-only root and
+    to a non-root user. A container the stack does not declare gets none of them."""
+
+    caps: Sequence[str] = ()
+    writable_root: bool = False
+    root_user: bool = False
+
+    @classmethod
+    def of(cls, spec: ContainerSpec) -> AllowedHardening:
+        return cls(
+            caps=tuple(spec.cap_add),
+            writable_root=bool(spec.writable_root_reason),
+            root_user=bool(spec.root_user_reason),
+        )
+
+
+def runs_as_root(user: str) -> bool:
+    """Whether a container's ``Config.User`` (the image's USER unless overridden) is root."""
+    name = user.split(":", 1)[0].strip()
+    return name in ("", "0", "root")
+
+
 def hardening_problems(
-    container: str, host_config: Mapping[str, Any], allowed_caps: Iterable[str]
+    container: str,
+    host_config: Mapping[str, Any],
+    allowed: AllowedHardening,
+    user: str = "",
 ) -> list[str]:
     """What one container lacks of kbinfra's lock-down, as ``container: problem``.
 
-    ``host_config`` is ``HostConfig`` of ``docker inspect``; ``allowed_caps`` the capabilities
-    its service adds back (``ContainerSpec.cap_add``), or nothing for a container the stack
-    does not declare (which then may add none).
+    ``host_config`` is ``HostConfig`` of ``docker inspect`` and ``user`` its ``Config.User``;
+    ``allowed`` what its service declares (nothing for a container the stack does not).
     """
     problems = []
     if not any(
@@ -171,19 +199,23 @@ def hardening_problems(
     dropped = {str(cap).upper().removeprefix("CAP_") for cap in host_config.get("CapDrop") or ()}
     if "ALL" not in dropped:
         problems.append("capabilities not dropped (cap_drop ALL)")
-    allowed = {cap.upper() for cap in allowed_caps}
+    permitted = {cap.upper() for cap in allowed.caps}
     added = {str(cap).upper().removeprefix("CAP_") for cap in host_config.get("CapAdd") or ()}
-    if added - allowed:
-        problems.append(f"adds {', '.join(sorted(added - allowed))}")
+    if added - permitted:
+        problems.append(f"adds {', '.join(sorted(added - permitted))}")
     if not (host_config.get("PidsLimit") or 0) > 0:
         problems.append("no PIDs limit")
     if host_config.get("Privileged"):
         problems.append("privileged")
+    if not host_config.get("ReadonlyRootfs") and not allowed.writable_root:
+        problems.append("root file system writable (read_only)")
+    if runs_as_root(user) and not allowed.root_user:
+        problems.append("runs as root")
     return [f"{container}: {problem}" for problem in problems]
 
 
 def check_hardened(
-    inspected: Sequence[Mapping[str, Any]], caps: Mapping[str, Sequence[str]]
+    inspected: Sequence[Mapping[str, Any]], allowed: Mapping[str, AllowedHardening]
 ) -> str:
     """Every container of the stack (``docker inspect`` output) is locked down."""
     from kbinfra.names import LABEL_SERVICE  # noqa: PLC0415
@@ -191,8 +223,14 @@ def check_hardened(
     problems = []
     for info in inspected:
         name = str(info.get("Name", "?")).lstrip("/")
-        service = str((info.get("Config", {}).get("Labels") or {}).get(LABEL_SERVICE, ""))
-        problems += hardening_problems(name, info.get("HostConfig") or {}, caps.get(service, ()))
+        config = info.get("Config") or {}
+        service = str((config.get("Labels") or {}).get(LABEL_SERVICE, ""))
+        problems += hardening_problems(
+            name,
+            info.get("HostConfig") or {},
+            allowed.get(service, AllowedHardening()),
+            str(config.get("User") or ""),
+        )
     require(not problems, "; ".join(problems))
     return f"{len(inspected)} containers locked down"
 
@@ -250,11 +288,11 @@ def checks(stack: Stack, target: Target) -> list[CheckRow]:
             "Docker's published ports bypass ufw"
         ),
     )
-    caps = {name: spec.cap_add for name, spec in stack.containers.items()}
+    allowed = {name: AllowedHardening.of(spec) for name, spec in stack.containers.items()}
     rows.run(
         "containers-hardened",
         "locked-down",
-        lambda: check_hardened(inspected_containers(stack, target), caps),
+        lambda: check_hardened(inspected_containers(stack, target), allowed),
         fix="run `kbinfra apply` (it recreates kbinfra's containers locked down); remove any "
         "other container of the stack",
     )

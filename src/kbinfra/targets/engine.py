@@ -18,21 +18,30 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kbinfra.containers import (
-    DROPPED_CAPABILITIES,
-    SECURITY_OPTIONS,
+    CLAIM_CAPABILITIES,
+    HELPER_PIDS_LIMIT,
     DesiredService,
     Facts,
     MountedFile,
     ObservedContainer,
+    claim_command,
+    config_folders,
+    locked_down,
 )
 from kbinfra.errors import KbinfraError
 from kbinfra.names import LABEL_STACK, lock_name, network_name, normalize_ref
+from kbinfra.service import DEFAULT_PIDS_LIMIT
 
 if TYPE_CHECKING:
     from docker import APIClient, DockerClient
 
 LOCK_IMAGE = "kbinfra-lock:1"
 LABEL_LOCK = "kbinfra.lock"
+#: The lock container is created, never started: one process would be plenty.
+LOCK_PIDS_LIMIT = 1
+#: Helper containers carry this label (never the stack's: they are not part of it).
+LABEL_HELPER = "kbinfra.helper"
+CLAIM_SUFFIX = "-kbinfra-claim"
 POLL_S = 0.5
 SETTLE_S = 2.0  # a container without a health check must stay up this long
 
@@ -219,7 +228,14 @@ class Engine:
             + [
                 Mount(target=b.target, source=b.source, type="bind", read_only=b.read_only)
                 for b in spec.binds
-            ],
+            ]
+            # The rendered files' folders: anonymous volumes of this container alone (see
+            # ``config_folders``), filled by ``put_files`` before it starts.
+            + [
+                Mount(target=folder, source=None, type="volume")
+                for folder in config_folders(f.target for f in spec.files)
+            ]
+            + [Mount(target=folder, source=None, type="volume") for folder in spec.scratch],
             port_bindings=port_bindings or None,
             nano_cpus=round(spec.cpus * 1e9),
             mem_limit=f"{spec.memory_mb}m",
@@ -227,10 +243,12 @@ class Engine:
             shm_size=f"{spec.shm_size_mb}m" if spec.shm_size_mb else None,
             extra_hosts=list(spec.extra_hosts) or None,
             network_mode=network_name(self.stack),
-            cap_drop=list(DROPPED_CAPABILITIES),
-            cap_add=list(spec.cap_add) or None,
-            security_opt=list(SECURITY_OPTIONS),
-            pids_limit=spec.pids_limit,
+            **locked_down(
+                pids_limit=spec.pids_limit or DEFAULT_PIDS_LIMIT,
+                cap_add=spec.cap_add,
+                read_only=not spec.writable_root_reason,
+                tmpfs=spec.tmpfs,
+            ),
         )
         healthcheck = None
         if spec.healthcheck is not None:
@@ -262,23 +280,72 @@ class Engine:
         container_id: str = created["Id"]
         return container_id
 
+    def claim_volumes(self, desired: DesiredService, timeout: int = 600) -> bool:
+        """Give the service's data volumes to the user it starts as (``data_owner``), in a
+        one-shot container of its image: root with CHOWN and DAC_READ_SEARCH only, no
+        network, a read-only root. True when it ran (the service declares an owner)."""
+        import docker.errors  # noqa: PLC0415
+        from docker.types import Mount  # noqa: PLC0415
+
+        spec = desired.spec
+        if spec.data_owner is None or not spec.volumes:
+            return False
+        command = claim_command(spec.data_owner, [v.target for v in spec.volumes])
+        host_config = self.api.create_host_config(
+            mounts=[Mount(target=v.target, source=v.volume, type="volume") for v in spec.volumes],
+            network_mode="none",
+            **locked_down(pids_limit=HELPER_PIDS_LIMIT, cap_add=CLAIM_CAPABILITIES),
+        )
+        name = f"{desired.container}{CLAIM_SUFFIX}"
+        with suppress(docker.errors.NotFound):
+            self.api.remove_container(name, force=True)  # left by an interrupted apply
+        created = self.api.create_container(
+            spec.image,
+            entrypoint=command[:1],
+            command=command[1:],
+            user="0:0",
+            host_config=host_config,
+            network_disabled=True,
+            labels={LABEL_HELPER: "claim"},
+            name=name,
+        )
+        helper: str = created["Id"]
+        try:
+            self.api.start(helper)
+            code = self.api.wait(helper, timeout=timeout).get("StatusCode")
+            if code != 0:
+                lines = self.logs_tail(helper, 3)
+                detail = f": {lines[-1].strip()}" if lines else ""
+                raise KbinfraError(
+                    f"could not give the data volumes of {desired.service} to {spec.data_owner}"
+                    f" (exit {code}){detail}",
+                    where=name,
+                    fix="look at the volume's files (docker volume inspect) and apply again",
+                )
+        finally:
+            with suppress(docker.errors.DockerException):
+                self.api.remove_container(helper, force=True)
+        return True
+
     def put_files(self, container_id: str, files: Sequence[MountedFile]) -> None:
-        """Copy the mounted files in, owned by the uid/gid the service runs as."""
-        if not files:
-            return
-        buffer = io.BytesIO()
+        """Copy the mounted files into the created container's file volumes (its root is
+        read-only), owned by the uid/gid the service runs as, in their rendered mode."""
         now = int(time.time())
-        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
-            for mounted in files:
-                data = mounted.data
-                info = tarfile.TarInfo(mounted.mount.target.lstrip("/"))
-                info.size = len(data)
-                info.mode = mounted.file.mode
-                info.uid = mounted.mount.uid
-                info.gid = mounted.mount.gid
-                info.mtime = now
-                tar.addfile(info, io.BytesIO(data))
-        self.api.put_archive(container_id, "/", buffer.getvalue())
+        for folder in config_folders(mounted.mount.target for mounted in files):
+            buffer = io.BytesIO()
+            with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
+                for mounted in files:
+                    if not mounted.mount.target.startswith(folder + "/"):
+                        continue
+                    data = mounted.data
+                    info = tarfile.TarInfo(mounted.mount.target.removeprefix(folder + "/"))
+                    info.size = len(data)
+                    info.mode = mounted.file.mode
+                    info.uid = mounted.mount.uid
+                    info.gid = mounted.mount.gid
+                    info.mtime = now
+                    tar.addfile(info, io.BytesIO(data))
+            self.api.put_archive(container_id, folder, buffer.getvalue())
 
     def start(self, container_id: str) -> None:
         self.api.start(container_id)
@@ -392,7 +459,14 @@ class Engine:
         for attempt in range(2):
             try:
                 created = self.api.create_container(
-                    LOCK_IMAGE, command=["lock"], name=name, labels=labels, network_disabled=True
+                    LOCK_IMAGE,
+                    command=["lock"],
+                    name=name,
+                    labels=labels,
+                    network_disabled=True,
+                    host_config=self.api.create_host_config(
+                        network_mode="none", **locked_down(pids_limit=LOCK_PIDS_LIMIT)
+                    ),
                 )
                 break
             except docker.errors.APIError as error:

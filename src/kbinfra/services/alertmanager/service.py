@@ -17,6 +17,7 @@ from kbinfra.service import (
     Service,
     ServiceContext,
     ServiceSettings,
+    TmpfsMount,
     VolumeMount,
 )
 from kbinfra.service_kit.healthchecks import wget_http_probe
@@ -119,6 +120,7 @@ class Alertmanager(Service):
             ),
             cpus=ctx.resources.cpus,
             memory_mb=ctx.resources.memory_mb,
+            tmpfs=(TmpfsMount("/tmp", size_mb=16),),
         )
 
 

@@ -25,6 +25,7 @@ from kbinfra.service import (
     Service,
     ServiceContext,
     ServiceSettings,
+    TmpfsMount,
     VolumeMount,
 )
 from kbinfra.service_kit.healthchecks import python_http_probe
@@ -305,6 +306,7 @@ class Embeddings(Service):
             ),
             cpus=ctx.resources.cpus,
             memory_mb=ctx.resources.memory_mb,
+            tmpfs=(TmpfsMount("/tmp"),),
         )
 
     def scrape_targets(self, ctx: ServiceContext) -> list[ScrapeTarget]:

@@ -19,6 +19,7 @@ from kbinfra.service import (
     ScrapeTarget,
     Service,
     ServiceContext,
+    TmpfsMount,
     VolumeMount,
 )
 from kbinfra.service_kit.monitoring import MONITORING, NoTuning, p95
@@ -167,6 +168,9 @@ class Grafana(Service):
                 "GF_ANALYTICS_REPORTING_ENABLED": "false",
                 "GF_ANALYTICS_CHECK_FOR_UPDATES": "false",
                 "GF_ANALYTICS_CHECK_FOR_PLUGIN_UPDATES": "false",
+                # Logs to the container's output only: the image's default also writes
+                # /var/log/grafana, and the root file system is read-only.
+                "GF_LOG_MODE": "console",
             },
             # Read when Grafana creates its database (first start only); see docs.
             secret_env={"GF_SECURITY_ADMIN_PASSWORD": ADMIN_SECRET},
@@ -191,6 +195,7 @@ class Grafana(Service):
             memory_mb=ctx.resources.memory_mb,
             # No depends_on: provisioning only records the Prometheus data source, and
             # Grafana queries it when a dashboard is opened, so it starts without Prometheus.
+            tmpfs=(TmpfsMount("/tmp"),),
         )
 
 

@@ -23,6 +23,7 @@ from kbinfra.service import (
     Service,
     ServiceContext,
     ServiceSettings,
+    TmpfsMount,
 )
 
 if TYPE_CHECKING:
@@ -252,6 +253,15 @@ class Nginx(Service):
             # The master binds 80 and 443 as root and chowns its temp folders; its workers
             # switch to the nginx user.
             cap_add=("CHOWN", "NET_BIND_SERVICE", "SETGID", "SETUID"),
+            # The pid file (/run/nginx.pid) and temp files; request bodies and proxy buffers
+            # go to disk (Debian's nginx keeps them in /var/lib/nginx, the official image in
+            # /var/cache/nginx): an upload may be as large as upload_limit_mb.
+            tmpfs=(TmpfsMount("/run", size_mb=8), TmpfsMount("/tmp")),
+            scratch=("/var/cache/nginx", "/var/lib/nginx"),
+            root_user_reason=(
+                "the master starts as root to bind 80 and 443 and chown its temp folders; its "
+                "workers run as nginx"
+            ),
         )
 
 

@@ -11,11 +11,8 @@ that succeeds with it proves the server let the user in without SCRAM.
 
 from __future__ import annotations
 
-import io
 import random
 import secrets
-import tarfile
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -480,18 +477,18 @@ def _workload(sizes: dict[str, int]) -> str:
 
 
 def _put_file(probe: ProbeContext, path: str, text: str) -> None:
+    """Write ``text`` to ``path`` (in the container's tmpfs /tmp) from inside the container:
+    its root file system is read-only, and ``put_archive`` cannot reach a tmpfs."""
     container = probe.container()
     if container is None:
         raise CheckFailedError(f"container {probe.container_name()} does not exist")
-    data = text.encode()
-    archive = io.BytesIO()
-    with tarfile.open(fileobj=archive, mode="w") as tar:
-        info = tarfile.TarInfo(path.rsplit("/", 1)[-1])
-        info.size = len(data)
-        info.mode = 0o644
-        info.mtime = int(time.time())
-        tar.addfile(info, io.BytesIO(data))
-    container.put_archive(path.rsplit("/", 1)[0], archive.getvalue())
+    code, output = container.exec_run(
+        ["sh", "-c", 'printf "%s" "$KBINFRA_FILE_TEXT" > "$1"', "sh", path],
+        environment={"KBINFRA_FILE_TEXT": text},
+    )
+    if code != 0:
+        detail = output.decode("utf-8", "replace").strip() if isinstance(output, bytes) else ""
+        raise CheckFailedError(f"could not write {path} in the container: {detail}")
 
 
 def _pgbench(

@@ -14,6 +14,7 @@ from kbinfra.service import (
     Service,
     ServiceContext,
     ServiceSettings,
+    TmpfsMount,
     VolumeMount,
 )
 from kbinfra.services.postgres.exporter import MONITOR_ROLE
@@ -40,6 +41,8 @@ PIDS_BESIDES_BACKENDS = 128
 #: The group of the short-lived roles ``kbinfra bench`` creates (``kbinfra_bench_<token>``):
 #: pg_hba.conf lets its members in over TCP (``+kbinfra_bench``) only while they exist.
 BENCH_GROUP = "kbinfra_bench"
+#: The image's postgres user (the official image's and the test bed's, both Debian's).
+POSTGRES_UID = 999
 CONFIG_DIR = "/etc/postgresql"
 DATA_DIR = "/var/lib/postgresql/data"
 CONF_FILE = "postgres/postgresql.conf"
@@ -285,9 +288,20 @@ class Postgres(Service):
             # Parallel queries use POSIX dynamic shared memory in /dev/shm (64 MB by default).
             shm_size_mb=max(256, ctx.resources.memory_mb // 8),
             stop_timeout_s=60,
-            # The entrypoint starts as root: it chowns and chmods PGDATA and the socket folder
-            # (files it does not own: DAC_OVERRIDE, FOWNER), then drops to postgres (gosu).
-            cap_add=("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"),
+            # It starts as postgres: the entrypoint chowns PGDATA and the socket folder and
+            # drops to postgres (gosu) only when started as root. A kept PGDATA that postgres
+            # does not own is handed to it first by a one-shot container (``data_owner``), and
+            # the socket folder is a tmpfs of its own: PostgreSQL needs no capability at all.
+            user=f"{POSTGRES_UID}:{POSTGRES_UID}",
+            data_owner=f"{POSTGRES_UID}:{POSTGRES_UID}",
+            tmpfs=(
+                TmpfsMount(
+                    "/var/run/postgresql",
+                    size_mb=8,
+                    options=f"noexec,nosuid,nodev,uid={POSTGRES_UID},gid={POSTGRES_UID},mode=2775",
+                ),
+                TmpfsMount("/tmp"),
+            ),
             # One process per connection, plus the background workers.
             pids_limit=max(
                 ctx.resources.pids, self.tuning(ctx).max_connections + PIDS_BESIDES_BACKENDS

@@ -23,6 +23,7 @@ from kbinfra.service import (
     Service,
     ServiceContext,
     ServiceSettings,
+    TmpfsMount,
     VolumeMount,
     WorkQueue,
 )
@@ -313,6 +314,7 @@ class Prometheus(Service):
             extra_hosts=extra_hosts,
             # Prometheus writes its head block on shutdown; a hard kill replays the WAL.
             stop_timeout_s=120,
+            tmpfs=(TmpfsMount("/tmp", size_mb=16),),
         )
 
 

@@ -15,6 +15,7 @@ from kbinfra.service import (
     Service,
     ServiceContext,
     ServiceSettings,
+    TmpfsMount,
     VolumeMount,
 )
 from kbinfra.spec.profile import DiskKind
@@ -158,6 +159,11 @@ class Qdrant(Service):
             cpus=ctx.resources.cpus,
             memory_mb=ctx.resources.memory_mb,
             stop_timeout_s=60,
+            tmpfs=(TmpfsMount("/tmp"),),
+            root_user_reason=(
+                "the image runs as root (upstream's default); its -unprivileged variant runs as "
+                "uid 1000 and would not open volumes an earlier stack left owned by root"
+            ),
         )
 
     def scrape_targets(self, ctx: ServiceContext) -> list[ScrapeTarget]:

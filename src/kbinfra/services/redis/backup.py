@@ -49,7 +49,9 @@ from kbinfra.backup.manifest import (
     not_older,
 )
 from kbinfra.backup.streams import archive_file_to, exec_run, put_stream, tar_of_file
+from kbinfra.containers import HELPER_PIDS_LIMIT, locked_down
 from kbinfra.progress import Progress
+from kbinfra.service import TmpfsMount
 from kbinfra.services.redis.service import CONF_FILE, PASSWORD_USERS, PORT
 
 if TYPE_CHECKING:
@@ -465,6 +467,7 @@ class _Helper:
         self.api = instance.api
         self.id: str | None = None
         self.moved = False
+        self.owner = "0"  # uid:gid of the data folder, once known
 
     def _sh(self, script: str, *, user: str = "0") -> str:
         assert self.id is not None
@@ -492,7 +495,14 @@ class _Helper:
             for m in info.get("Mounts") or ()
             if m.get("Type") == "volume"
         ]
-        host_config = self.api.create_host_config(mounts=mounts, network_mode="none")
+        # Locked down like the service: no capability (it starts as root, but every step on
+        # the volume runs as the volume's owner), a read-only root, the socket and log in a
+        # tmpfs /tmp, no network.
+        host_config = self.api.create_host_config(
+            mounts=mounts,
+            network_mode="none",
+            **locked_down(pids_limit=HELPER_PIDS_LIMIT, tmpfs=(TmpfsMount("/tmp"),)),
+        )
         name = f"{self.instance.name}-kbinfra-restore"
         import docker.errors  # noqa: PLC0415
 
@@ -515,13 +525,15 @@ class _Helper:
         q = shlex.quote
         owner = self._sh(f"stat -c %u:%g {q(data)}").strip()
         uid, gid = (int(part) for part in owner.split(":"))
+        self.owner = owner
         names = (conf.appenddirname, conf.dbfilename)
         self._sh(
             f"cd {q(data)} && "
             + " && ".join(
                 f"rm -rf {q(n + OLD)} && {{ [ ! -e {q(n)} ] || mv {q(n)} {q(n + OLD)}; }}"
                 for n in names
-            )
+            ),
+            user=owner,
         )
         self.moved = True
         try:
@@ -536,7 +548,10 @@ class _Helper:
         except BaseException:
             self._put_back()
             raise
-        self._sh(f"cd {q(data)} && rm -rf {q(conf.appenddirname + OLD)} {q(conf.dbfilename + OLD)}")
+        self._sh(
+            f"cd {q(data)} && rm -rf {q(conf.appenddirname + OLD)} {q(conf.dbfilename + OLD)}",
+            user=owner,
+        )
         self.moved = False
 
     def _load_and_rewrite(self, owner: str, rdb: Artifact, progress: Progress) -> None:
@@ -630,13 +645,18 @@ class _Helper:
             return
         q = shlex.quote
         conf = self.conf
-        exec_run(self.api, self.id, ["redis-cli", "-s", HELPER_SOCKET, "SHUTDOWN", "NOSAVE"])
+        exec_run(
+            self.api,
+            self.id,
+            ["redis-cli", "-s", HELPER_SOCKET, "SHUTDOWN", "NOSAVE"],
+            user=self.owner,
+        )
         names = (conf.appenddirname, conf.dbfilename)
         script = f"cd {q(conf.dir)} && " + " && ".join(
             f"rm -rf {q(n)} && {{ [ ! -e {q(n + OLD)} ] || mv {q(n + OLD)} {q(n)}; }}"
             for n in names
         )
-        exec_run(self.api, self.id, ["sh", "-c", script])
+        exec_run(self.api, self.id, ["sh", "-c", script], user=self.owner)
         self.moved = False
 
     def remove(self) -> None:

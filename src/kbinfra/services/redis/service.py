@@ -13,6 +13,7 @@ from kbinfra.service import (
     Service,
     ServiceContext,
     ServiceSettings,
+    TmpfsMount,
     VolumeMount,
 )
 from kbinfra.services.redis.exporter import SERVICE as EXPORTER
@@ -210,10 +211,12 @@ class Redis(Service):
             memory_mb=ctx.resources.memory_mb,
             # Redis writes its final RDB snapshot on SIGTERM.
             stop_timeout_s=60,
-            # The entrypoint starts as root, chowns /data to redis and drops to it (gosu). Its
-            # `find` must enter appendonlydir (0700, owned by redis) on every start after the
-            # first: without DAC_READ_SEARCH a kept volume stops Redis ("Permission denied").
-            cap_add=("CHOWN", "DAC_READ_SEARCH", "SETGID", "SETUID"),
+            tmpfs=(TmpfsMount("/tmp"),),
+            # It starts as redis: the entrypoint chowns /data and drops to redis (gosu) only
+            # when started as root. A kept /data that redis does not own is handed to it first
+            # by a one-shot container (``data_owner``), so Redis needs no capability at all.
+            user=f"{REDIS_UID}:{REDIS_UID}",
+            data_owner=f"{REDIS_UID}:{REDIS_UID}",
         )
 
 

@@ -297,6 +297,8 @@ class Unstructured(Service):
             cpus=ctx.resources.cpus,
             memory_mb=ctx.resources.memory_mb,
             stop_timeout_s=60,
+            # Uploaded documents are spooled to /tmp: on disk, not in memory.
+            scratch=("/tmp",),
         )
 
     def routes(self, ctx: ServiceContext) -> list[Route]:
