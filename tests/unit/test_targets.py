@@ -17,6 +17,7 @@ from kbinfra.commands.deploy import _host_port
 from kbinfra.targets.local import LocalFileStore
 from kbinfra.targets.ssh import (
     append_known_host,
+    engine_adapter,
     fingerprint,
     known_hosts_name,
     known_keys,
@@ -97,3 +98,23 @@ def test_help_and_render_do_not_import_docker_or_paramiko() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
     ).stdout.strip()
     assert out == ""
+
+
+class _ConnectedClient:
+    """Stands in for a connected paramiko client: the adapter only asks for its transport."""
+
+    def __init__(self) -> None:
+        self.transport = object()
+
+    def get_transport(self) -> object:
+        return self.transport
+
+
+def test_docker_over_ssh_reuses_one_pool_for_every_path() -> None:
+    # one pool per URL opened a channel and a `docker system dial-stdio` per new path
+    client = _ConnectedClient()
+    adapter = engine_adapter(client, lambda: client)  # type: ignore[arg-type]
+    listed = adapter.get_connection("http+docker://ssh/v1.41/containers/json?all=1")
+    inspected = adapter.get_connection("http+docker://ssh/v1.41/volumes/kb-data")
+    assert listed is inspected
+    assert listed.ssh_transport is client.transport

@@ -44,6 +44,7 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 DEFAULT_PORT = 22
 CONNECT_TIMEOUT_S = 15.0
 DOCKER_TIMEOUT_S = 120
+ENGINE_POOL_KEY = "http+docker://ssh"
 
 
 def default_known_hosts() -> Path:
@@ -298,11 +299,10 @@ def append_known_host(known_hosts: Path, host: str, port: int, key: paramiko.PKe
         handle.write(line.encode())
 
 
-def _docker_client_over(
+def engine_adapter(
     ssh_client: paramiko.SSHClient, reconnect: Callable[[], paramiko.SSHClient]
-) -> DockerClient:
-    """A DockerClient whose HTTP connections are channels of ``ssh_client``."""
-    import docker  # noqa: PLC0415
+) -> Any:
+    """docker-py's SSH transport over ``ssh_client`` (already connected and verified)."""
     from docker.transport.sshconn import SSHHTTPAdapter  # noqa: PLC0415
 
     class ConnectedSSHAdapter(SSHHTTPAdapter):
@@ -317,14 +317,29 @@ def _docker_client_over(
             if self.ssh_client is not None and self.ssh_client.get_transport() is None:
                 self.ssh_client = reconnect()
 
+        def get_connection(self, url: str | bytes, proxies: Any = None) -> Any:
+            # docker-py keeps one connection pool per request URL, so every new path opened
+            # a new channel and a new `docker system dial-stdio` process on the host (tens
+            # of ms each). Every request goes to the same engine: one pool for them all.
+            return super().get_connection(ENGINE_POOL_KEY, proxies)
+
+    return ConnectedSSHAdapter()
+
+
+def _docker_client_over(
+    ssh_client: paramiko.SSHClient, reconnect: Callable[[], paramiko.SSHClient]
+) -> DockerClient:
+    """A DockerClient whose HTTP connections are channels of ``ssh_client``."""
+    import docker  # noqa: PLC0415
+
     # No connection is made while the version is given; the adapter is mounted for the
     # same URL prefix docker-py uses for ssh://, so its stream handling applies unchanged.
     client = docker.DockerClient(base_url="unix:///kbinfra-unused.sock", version="1.24")
     api: Any = client.api
-    adapter = ConnectedSSHAdapter()
-    api.mount("http+docker://ssh", adapter)
+    adapter = engine_adapter(ssh_client, reconnect)
+    api.mount(ENGINE_POOL_KEY, adapter)
     api._custom_adapter = adapter
-    api.base_url = "http+docker://ssh"
+    api.base_url = ENGINE_POOL_KEY
     try:
         api._version = api.version(api_version=False)["ApiVersion"]
     except docker.errors.DockerException as error:
