@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import paramiko
 import pytest
@@ -16,11 +17,17 @@ import pytest
 from kbinfra.commands.deploy import _host_port
 from kbinfra.targets.local import LocalFileStore
 from kbinfra.targets.ssh import (
+    SFTPFileStore,
+    SSHAddress,
+    SSHOptions,
+    SSHTarget,
     append_known_host,
     engine_adapter,
     fingerprint,
+    home_relative,
     known_hosts_name,
     known_keys,
+    parse_sha256sum,
     trust_hint,
 )
 
@@ -118,3 +125,83 @@ def test_docker_over_ssh_reuses_one_pool_for_every_path() -> None:
     inspected = adapter.get_connection("http+docker://ssh/v1.41/volumes/kb-data")
     assert listed is inspected
     assert listed.ssh_transport is client.transport
+
+
+class _ShellTarget(SSHTarget):
+    """An SSH target whose remote shell is this machine's ``sh``, started in ``home``."""
+
+    def __init__(self, home: Path) -> None:
+        super().__init__(SSHAddress("u", "h"), SSHOptions(known_hosts=home / "known_hosts"))
+        self.home = home
+        self.sftp_opened = 0
+
+    def run(self, command: str) -> str:
+        done = subprocess.run(["sh", "-c", command], cwd=self.home, capture_output=True, check=True)
+        return done.stdout.decode("utf-8", "replace")
+
+    def sftp(self) -> Any:
+        self.sftp_opened += 1
+        home = str(self.home)
+
+        class Normalizing:
+            def normalize(self, path: str) -> str:
+                assert path == "."
+                return home
+
+        return Normalizing()
+
+
+HOSTILE_NAMES = [
+    "plain.conf",
+    "two  spaces",
+    "new\nline",
+    "back\\slash",
+    "back\\nslash-n",  # a backslash then n: not a newline
+    "file\x1cseparator",
+    "carriage\rreturn",
+    "$(touch pwned)",
+    "'quoted'",
+    "-dash",
+    "sub/dir/x.conf",
+]
+
+
+def test_remote_hashes_survive_hostile_file_names(tmp_path: Path) -> None:
+    folder = tmp_path / "deployed"
+    expected = {}
+    for index, name in enumerate(HOSTILE_NAMES):
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(f"content {index}".encode())
+        expected[name] = hashlib.sha256(f"content {index}".encode()).hexdigest()
+    (folder / ".kbinfra-tmp-partial").write_bytes(b"an interrupted upload")
+    store = SFTPFileStore(_ShellTarget(tmp_path), str(folder))
+    assert store.hashes() == expected
+    assert store.hashes(["$(touch pwned)", "missing"]) == {
+        "$(touch pwned)": expected["$(touch pwned)"]
+    }
+    assert not (tmp_path / "pwned").exists()
+    assert not (folder / "pwned").exists()
+
+
+def test_sha256sum_lines_are_unescaped_once() -> None:
+    digest = "a" * 64
+    output = f"\\{digest}  ./x\\\\n\\ny\n{digest}  ./two  spaces\n{digest}  ./f\x1cg\n"
+    assert parse_sha256sum(output) == {"x\\n\ny": digest, "two  spaces": digest, "f\x1cg": digest}
+
+
+def test_home_folder_store_reads_hashes_without_sftp(tmp_path: Path) -> None:
+    target = _ShellTarget(tmp_path)
+    deployed = tmp_path / ".kbinfra" / "kb"
+    deployed.mkdir(parents=True)
+    (deployed / "a.conf").write_bytes(b"x")
+    store = target.file_store("kb")
+    assert store.location == "u@h:~/.kbinfra/kb"
+    assert store.hashes() == {"a.conf": hashlib.sha256(b"x").hexdigest()}
+    assert target.sftp_opened == 0  # a no-op apply opens no SFTP session
+    assert isinstance(store, SFTPFileStore)
+    assert store.root == str(deployed)
+    assert SFTPFileStore(target, "~").location == "u@h:~"
+    assert home_relative("/srv/kb") is None
+    assert home_relative("~") == home_relative("~/") == "."
+    assert home_relative("stacks/kb") == "stacks/kb"

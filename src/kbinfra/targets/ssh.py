@@ -350,14 +350,72 @@ def _docker_client_over(
     return client
 
 
+_SHA256SUM_ESCAPES = {"\\": "\\", "n": "\n", "r": "\r"}
+
+
+def parse_sha256sum(output: str) -> dict[str, str]:
+    r"""``sha256sum``'s lines as path -> digest, its leading ``./`` dropped.
+
+    GNU sha256sum writes a name holding a backslash, newline or carriage return escaped
+    (``\\``, ``\n``, ``\r``) and marks that line with a leading backslash; the name is
+    everything after the two spaces, spaces included. Lines end at ``\n`` only.
+    """
+    result: dict[str, str] = {}
+    for line in output.split("\n"):
+        digest, sep, name = line.partition("  ")
+        if not sep:
+            continue
+        if digest.startswith("\\"):
+            digest = digest[1:]
+            name = _unescape(name)
+        result[name.removeprefix("./")] = digest
+    return result
+
+
+def _unescape(name: str) -> str:
+    out: list[str] = []
+    chars = iter(name)
+    for char in chars:
+        if char == "\\":
+            following = next(chars, "")
+            out.append(_SHA256SUM_ESCAPES.get(following, "\\" + following))
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def home_relative(root: str) -> str | None:
+    """``root`` relative to the login's home folder (``~/x``, ``x``), or None if absolute."""
+    if root.startswith("/"):
+        return None
+    if root == "~":
+        return "."
+    return root.removeprefix("~/") or "."
+
+
 class SFTPFileStore(FileStore):
-    """The deployed stack folder on the remote host: hashes by one ``sha256sum`` call."""
+    """The deployed stack folder on the remote host: hashes by one ``sha256sum`` call.
+
+    A folder under the home folder is resolved to an absolute path only when SFTP is first
+    needed: a no-op apply, which only reads hashes, opens no SFTP session at all (the shell
+    that computes them starts in the home folder, as SFTP does).
+    """
 
     def __init__(self, target: SSHTarget, root: str) -> None:
         self._target = target
-        self.root = root.rstrip("/")
-        self.location = f"{target.address.user}@{target.address.host}:{self.root}"
+        self._relative = home_relative(root)
+        self._root = None if self._relative is not None else root.rstrip("/") or "/"
+        shown = root if self._relative is None else posixpath.join("~", self._relative)
+        self.location = f"{target.address.user}@{target.address.host}:{posixpath.normpath(shown)}"
         self._made_dirs: set[str] = set()
+
+    @property
+    def root(self) -> str:
+        """The folder's absolute path (asks the SFTP server for the home folder once)."""
+        if self._root is None:
+            home = self._target.sftp().normalize(".")
+            self._root = posixpath.normpath(posixpath.join(home, self._relative or "."))
+        return self._root
 
     def _remote(self, path: str) -> str:
         full = posixpath.normpath(posixpath.join(self.root, path))
@@ -366,28 +424,18 @@ class SFTPFileStore(FileStore):
         return full
 
     def hashes(self, paths: Iterable[str] | None = None) -> dict[str, str]:
-        root = shlex.quote(self.root)
+        # The folder's files are listed by find, never named on the command line: no path
+        # ever reaches the shell; ``paths`` only filters the result.
+        folder = shlex.quote(self._relative if self._relative is not None else self.root)
+        skip = shlex.quote(TEMP_PREFIX + "*")
+        command = (
+            f"cd {folder} 2>/dev/null || exit 0; "
+            f"find . -type f ! -name {skip} -exec sha256sum {{}} +; exit 0"
+        )
+        found = parse_sha256sum(self._target.run(command))
         if paths is None:
-            listing = (
-                f"find . -type f ! -name {shlex.quote(TEMP_PREFIX + '*')} -exec sha256sum {{}} +"
-            )
-        else:
-            quoted = " ".join(shlex.quote("./" + p) for p in paths)
-            if not quoted:
-                return {}
-            listing = f"sha256sum {quoted} 2>/dev/null"
-        command = f"cd {root} 2>/dev/null || exit 0; {listing}; exit 0"
-        output = self._target.run(command)
-        result: dict[str, str] = {}
-        for line in output.splitlines():
-            digest, sep, name = line.partition("  ")
-            if not sep:
-                continue
-            if digest.startswith("\\"):  # sha256sum escapes names holding \ or newline
-                digest = digest[1:]
-                name = name.replace("\\n", "\n").replace("\\\\", "\\")
-            result[name.removeprefix("./")] = digest
-        return result
+            return found
+        return {path: found[path] for path in paths if path in found}
 
     def modes(self, paths: Iterable[str]) -> dict[str, int]:
         sftp = self._target.sftp()
@@ -533,10 +581,6 @@ class SSHTarget(Target):
         if root is None:
             root = f"/var/lib/kbinfra/{stack}" if self.address.user == "root" else "~/.kbinfra"
             root = root if self.address.user == "root" else f"{root}/{stack}"
-        if root == "~" or root.startswith("~/"):
-            root = self.sftp().normalize(".") + root[1:]
-        elif not root.startswith("/"):
-            root = posixpath.join(self.sftp().normalize("."), root)
         return SFTPFileStore(self, root)
 
     def close(self) -> None:
