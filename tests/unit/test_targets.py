@@ -205,3 +205,25 @@ def test_home_folder_store_reads_hashes_without_sftp(tmp_path: Path) -> None:
     assert home_relative("/srv/kb") is None
     assert home_relative("~") == home_relative("~/") == "."
     assert home_relative("stacks/kb") == "stacks/kb"
+
+
+def test_the_local_engine_does_not_import_paramiko(tmp_path: Path) -> None:
+    # docker-py imports paramiko for its SSH transport (~0.2 s) though a socket never uses it
+    probe = (
+        "import sys\n"
+        "from kbinfra.errors import KbinfraError\n"
+        "from kbinfra.targets.local import local_engine\n"
+        "try:\n"
+        "    local_engine()\n"
+        "except KbinfraError as error:\n"
+        "    print(error)\n"
+        "print('paramiko' in sys.modules)\n"
+        "from docker.transport.sshconn import SSHHTTPAdapter\n"  # the SSH target still can
+        "print('paramiko' in sys.modules)\n"
+    )
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no.sock"}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
+    )
+    assert done.stdout.splitlines()[1:] == ["False", "True"]
+    assert "cannot reach the Docker Engine: no socket there" in done.stdout
