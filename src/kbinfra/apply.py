@@ -128,15 +128,20 @@ def observe(
     store: FileStore,
     containers: tuple[ObservedContainer, ...] | None = None,
 ) -> Observation:
-    """What the stack wants and what the target has (``containers``: when already listed)."""
-    rendered = stack.rendered
-    desired = desired_services(stack, rendered)
-    facts = Facts(
-        containers=engine.stack_containers() if containers is None else containers,
-        images=engine.present_images(d.spec.image for d in desired.values()),
-        deployed_files=store.hashes(),
-    )
-    return Observation(rendered, desired, facts)
+    """What the stack wants and what the target has (``containers``: when already listed).
+
+    The deployed files' hashes are read while the engine is asked the rest: over SSH they
+    are a command of their own on another channel, a round trip the engine's calls need
+    not wait for.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kbinfra-hashes") as pool:
+        hashes = pool.submit(store.hashes)
+        rendered = stack.rendered
+        desired = desired_services(stack, rendered)
+        listed = engine.stack_containers() if containers is None else containers
+        images = engine.present_images(d.spec.image for d in desired.values())
+        deployed = hashes.result()
+    return Observation(rendered, desired, Facts(listed, images, deployed))
 
 
 def plan_stack(

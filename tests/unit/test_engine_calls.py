@@ -7,12 +7,13 @@ recording stand-in for docker-py's low-level client (the calls, not what the eng
 from __future__ import annotations
 
 import re
+import threading
 from types import SimpleNamespace
 from typing import Any
 
 import docker.errors
 
-from kbinfra.apply import repair
+from kbinfra.apply import observe, repair
 from kbinfra.containers import ObservedContainer
 from kbinfra.names import LABEL_STACK
 from kbinfra.targets.engine import LOCK_IMAGE, Engine
@@ -133,3 +134,25 @@ def test_repair_reuses_containers_already_listed() -> None:
     running = ObservedContainer("1", "kb-redis", "running", "Up", "redis:7", "sha256:r")
     assert repair(_engine(api), containers=(running,)) == []
     assert api.calls == []
+
+
+def test_the_deployed_hashes_are_read_while_the_engine_is_asked(make_stack: Any) -> None:
+    # over SSH the hashes are a command on a channel of their own: no need to wait for it
+    hashing = threading.Event()
+
+    class Store:
+        def hashes(self) -> dict[str, str]:
+            hashing.set()
+            return {"a.conf": "0" * 64}
+
+    class API(RecordingAPI):
+        seen_hashing: bool | None = None
+
+        def images(self, filters: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+            self.seen_hashing = hashing.wait(timeout=2)
+            return super().images(filters)
+
+    api = API()
+    seen = observe(make_stack("minimum"), _engine(api), Store())  # type: ignore[arg-type]
+    assert api.seen_hashing is True
+    assert seen.facts.deployed_files == {"a.conf": "0" * 64}
