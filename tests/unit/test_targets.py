@@ -227,3 +227,32 @@ def test_the_local_engine_does_not_import_paramiko(tmp_path: Path) -> None:
     )
     assert done.stdout.splitlines()[1:] == ["False", "True"]
     assert "cannot reach the Docker Engine: no socket there" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("ssh_config", "imports_invoke"),
+    [
+        (None, False),
+        ("Host kb\n  Port 2222\n", False),
+        ('Host *\nMatch host kb exec "test -e /tmp"\n  Port 2222\n', True),
+    ],
+)
+def test_paramiko_loads_invoke_only_for_match_exec(
+    tmp_path: Path, ssh_config: str | None, imports_invoke: bool
+) -> None:
+    # paramiko imports invoke (a third of its import time) only for `Match exec` lines
+    if ssh_config is not None:
+        (tmp_path / ".ssh").mkdir()
+        (tmp_path / ".ssh" / "config").write_text(ssh_config)
+    probe = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from kbinfra.targets.ssh import read_known_hosts\n"
+        "read_known_hosts(Path('/nonexistent/known_hosts'))\n"
+        "print('paramiko' in sys.modules, 'invoke' in sys.modules)\n"
+    )
+    env = {**os.environ, "HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
+    )
+    assert done.stdout.split() == ["True", str(imports_invoke)]

@@ -19,8 +19,10 @@ import hashlib
 import logging
 import os
 import posixpath
+import re
 import shlex
 import stat
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -45,6 +47,38 @@ DEFAULT_PORT = 22
 CONNECT_TIMEOUT_S = 15.0
 DOCKER_TIMEOUT_S = 120
 ENGINE_POOL_KEY = "http+docker://ssh"
+
+
+_MATCH_EXEC = re.compile(r"^\s*match\b.*\bexec\b", re.IGNORECASE | re.MULTILINE)
+
+
+def load_paramiko(ssh_config: Path | None = None) -> None:
+    """Import paramiko without invoke, unless the ssh config has a ``Match exec`` line.
+
+    paramiko imports invoke (a third of paramiko's import time here, 0.09-0.24 s) only to
+    run ``Match ... exec`` lines of an ssh config, the only file kbinfra has it read. With
+    invoke marked absent while paramiko loads, paramiko goes without, as when invoke is not
+    installed; the mark is taken away afterwards.
+    """
+    if "paramiko" in sys.modules:
+        return
+    config = ssh_config or Path("~/.ssh/config").expanduser()
+    try:
+        needs_invoke = bool(
+            _MATCH_EXEC.search(config.read_text(encoding="utf-8", errors="replace"))
+        )
+    except OSError:
+        needs_invoke = False
+    if needs_invoke or "invoke" in sys.modules:
+        import paramiko  # noqa: PLC0415
+
+        return
+    sys.modules["invoke"] = None  # type: ignore[assignment]
+    try:
+        import paramiko  # noqa: PLC0415, F401
+    finally:
+        if sys.modules.get("invoke", ...) is None:
+            del sys.modules["invoke"]
 
 
 def default_known_hosts() -> Path:
@@ -109,6 +143,7 @@ def read_known_hosts(path: Path) -> KnownHosts:
     """Parse ``path`` as OpenSSH does; paramiko alone raises on ``@revoked`` and
     ``@cert-authority`` lines. A revoked key is never trusted, even where another line lists
     it; host certificates are not supported, so a ``@cert-authority`` line trusts nothing."""
+    load_paramiko()
     import paramiko  # noqa: PLC0415
     from paramiko.hostkeys import HostKeyEntry, InvalidHostKey  # noqa: PLC0415
 
@@ -192,6 +227,7 @@ def _unknown_host_policy(address: SSHAddress, known: KnownHosts, known_hosts: Pa
 
 def connect(address: SSHAddress, options: SSHOptions) -> paramiko.SSHClient:
     """A connected paramiko client whose host key matched ``options.known_hosts``."""
+    load_paramiko()
     import paramiko  # noqa: PLC0415
 
     known = read_known_hosts(options.known_hosts)
@@ -260,6 +296,7 @@ def fetch_host_key(host: str, port: int) -> paramiko.PKey:
     """The host key the server offers (what ``ssh`` would be asked to trust)."""
     import socket  # noqa: PLC0415
 
+    load_paramiko()
     import paramiko  # noqa: PLC0415
 
     where = f"{host}:{port}"
