@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from kbinfra.containers import DesiredService, Facts, ObservedContainer
@@ -130,11 +130,26 @@ class Observation:
     facts: Facts
 
 
-def observe(stack: Stack, engine: Engine, store: FileStore) -> Observation:
-    rendered = stack.rendered
-    desired = desired_services(stack, rendered)
-    facts = replace(engine.observe(), deployed_files=store.hashes())
-    return Observation(rendered, desired, facts)
+def observe(
+    stack: Stack,
+    engine: Engine,
+    store: FileStore,
+    containers: tuple[ObservedContainer, ...] | None = None,
+) -> Observation:
+    """What the stack wants and what the target has (``containers``: when already listed).
+
+    The deployed files' hashes are read while the engine is asked the rest: over SSH they
+    are a command of their own on another channel, a round trip the engine's calls need
+    not wait for.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kbinfra-hashes") as pool:
+        hashes = pool.submit(store.hashes)
+        rendered = stack.rendered
+        desired = desired_services(stack, rendered)
+        listed = engine.stack_containers() if containers is None else containers
+        images = engine.present_images(d.spec.image for d in desired.values())
+        deployed = hashes.result()
+    return Observation(rendered, desired, Facts(listed, images, deployed))
 
 
 def plan_stack(
@@ -167,9 +182,16 @@ def _serving(container: ObservedContainer) -> bool:
     return container.state == "running" and container.health in ("healthy", None)
 
 
-def repair(engine: Engine, progress: Progress = SILENT) -> list[str]:
-    """Undo what an interrupted apply left: put back or drop ``.kbinfra-old`` containers."""
-    facts = engine.observe()
+def repair(
+    engine: Engine,
+    progress: Progress = SILENT,
+    containers: tuple[ObservedContainer, ...] | None = None,
+) -> list[str]:
+    """Undo what an interrupted apply left: put back or drop ``.kbinfra-old`` containers.
+
+    ``containers``: the stack's containers, when already listed.
+    """
+    facts = Facts(containers=engine.stack_containers() if containers is None else containers)
     done: list[str] = []
     handled: set[str] = set()
     for old in facts.containers:
@@ -583,8 +605,10 @@ def apply_stack(
     outcome = ApplyResult(stack=stack.spec.name, target=target.name)
     with engine.locked(force=force_unlock) as notes:
         outcome.notes.extend(notes)
-        outcome.repaired = repair(engine, progress)
-        seen = observe(stack, engine, store)
+        before = engine.stack_containers()
+        outcome.repaired = repair(engine, progress, before)
+        # a repair changed containers: list them again; else the one listing serves both
+        seen = observe(stack, engine, store, None if outcome.repaired else before)
         plan = make_plan(
             stack=stack.spec.name,
             target=target.name,
@@ -599,10 +623,9 @@ def apply_stack(
         _ensure_images(engine, plan, seen.desired, target, progress)
         if engine.ensure_network():
             progress.note("network", f"created {network_name(stack.spec.name)}")
-        for service in seen.desired.values():
-            for volume in service.spec.volumes:
-                if engine.ensure_volume(volume.volume):
-                    progress.note(service.service, f"created volume {volume.volume}")
+        owners = {v.volume: s.service for s in seen.desired.values() for v in s.spec.volumes}
+        for volume in engine.ensure_volumes(owners):
+            progress.note(owners[volume], f"created volume {volume}")
         runner = ServiceRunner(
             engine,
             stack.secrets,
@@ -633,7 +656,8 @@ def status_stack(stack: Stack, target: Target) -> list[Any]:
 
     engine = Engine(target.docker_client(), stack.spec.name)
     desired = desired_services(stack, stack.rendered)
-    return list(stack_status(stack.spec.name, desired, engine.observe()))
+    facts = engine.observe(d.spec.image for d in desired.values())
+    return list(stack_status(stack.spec.name, desired, facts))
 
 
 @dataclass
@@ -669,7 +693,7 @@ def destroy_stack(
     store = target.file_store(stack.spec.name)
     result = DestroyResult(stack=stack.spec.name, target=target.name)
     with engine.locked(force=force_unlock):
-        for container in engine.observe().containers:
+        for container in engine.stack_containers():
             progress.note(container.service or container.name, f"removing {container.name}")
             if container.state in ("running", "restarting", "paused"):
                 engine.stop(container.id, 60)  # a clean shutdown; data volumes stay

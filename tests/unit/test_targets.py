@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import paramiko
 import pytest
@@ -16,10 +17,17 @@ import pytest
 from kbinfra.commands.deploy import _host_port
 from kbinfra.targets.local import LocalFileStore
 from kbinfra.targets.ssh import (
+    SFTPFileStore,
+    SSHAddress,
+    SSHOptions,
+    SSHTarget,
     append_known_host,
+    engine_adapter,
     fingerprint,
+    home_relative,
     known_hosts_name,
     known_keys,
+    parse_sha256sum,
     trust_hint,
 )
 
@@ -97,3 +105,154 @@ def test_help_and_render_do_not_import_docker_or_paramiko() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
     ).stdout.strip()
     assert out == ""
+
+
+class _ConnectedClient:
+    """Stands in for a connected paramiko client: the adapter only asks for its transport."""
+
+    def __init__(self) -> None:
+        self.transport = object()
+
+    def get_transport(self) -> object:
+        return self.transport
+
+
+def test_docker_over_ssh_reuses_one_pool_for_every_path() -> None:
+    # one pool per URL opened a channel and a `docker system dial-stdio` per new path
+    client = _ConnectedClient()
+    adapter = engine_adapter(client, lambda: client)  # type: ignore[arg-type]
+    listed = adapter.get_connection("http+docker://ssh/v1.41/containers/json?all=1")
+    inspected = adapter.get_connection("http+docker://ssh/v1.41/volumes/kb-data")
+    assert listed is inspected
+    assert listed.ssh_transport is client.transport
+
+
+class _ShellTarget(SSHTarget):
+    """An SSH target whose remote shell is this machine's ``sh``, started in ``home``."""
+
+    def __init__(self, home: Path) -> None:
+        super().__init__(SSHAddress("u", "h"), SSHOptions(known_hosts=home / "known_hosts"))
+        self.home = home
+        self.sftp_opened = 0
+
+    def run(self, command: str) -> str:
+        done = subprocess.run(["sh", "-c", command], cwd=self.home, capture_output=True, check=True)
+        return done.stdout.decode("utf-8", "replace")
+
+    def sftp(self) -> Any:
+        self.sftp_opened += 1
+        home = str(self.home)
+
+        class Normalizing:
+            def normalize(self, path: str) -> str:
+                assert path == "."
+                return home
+
+        return Normalizing()
+
+
+HOSTILE_NAMES = [
+    "plain.conf",
+    "two  spaces",
+    "new\nline",
+    "back\\slash",
+    "back\\nslash-n",  # a backslash then n: not a newline
+    "file\x1cseparator",
+    "carriage\rreturn",
+    "$(touch pwned)",
+    "'quoted'",
+    "-dash",
+    "sub/dir/x.conf",
+]
+
+
+def test_remote_hashes_survive_hostile_file_names(tmp_path: Path) -> None:
+    folder = tmp_path / "deployed"
+    expected = {}
+    for index, name in enumerate(HOSTILE_NAMES):
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(f"content {index}".encode())
+        expected[name] = hashlib.sha256(f"content {index}".encode()).hexdigest()
+    (folder / ".kbinfra-tmp-partial").write_bytes(b"an interrupted upload")
+    store = SFTPFileStore(_ShellTarget(tmp_path), str(folder))
+    assert store.hashes() == expected
+    assert store.hashes(["$(touch pwned)", "missing"]) == {
+        "$(touch pwned)": expected["$(touch pwned)"]
+    }
+    assert not (tmp_path / "pwned").exists()
+    assert not (folder / "pwned").exists()
+
+
+def test_sha256sum_lines_are_unescaped_once() -> None:
+    digest = "a" * 64
+    output = f"\\{digest}  ./x\\\\n\\ny\n{digest}  ./two  spaces\n{digest}  ./f\x1cg\n"
+    assert parse_sha256sum(output) == {"x\\n\ny": digest, "two  spaces": digest, "f\x1cg": digest}
+
+
+def test_home_folder_store_reads_hashes_without_sftp(tmp_path: Path) -> None:
+    target = _ShellTarget(tmp_path)
+    deployed = tmp_path / ".kbinfra" / "kb"
+    deployed.mkdir(parents=True)
+    (deployed / "a.conf").write_bytes(b"x")
+    store = target.file_store("kb")
+    assert store.location == "u@h:~/.kbinfra/kb"
+    assert store.hashes() == {"a.conf": hashlib.sha256(b"x").hexdigest()}
+    assert target.sftp_opened == 0  # a no-op apply opens no SFTP session
+    assert isinstance(store, SFTPFileStore)
+    assert store.root == str(deployed)
+    assert SFTPFileStore(target, "~").location == "u@h:~"
+    assert home_relative("/srv/kb") is None
+    assert home_relative("~") == home_relative("~/") == "."
+    assert home_relative("stacks/kb") == "stacks/kb"
+
+
+def test_the_local_engine_does_not_import_paramiko(tmp_path: Path) -> None:
+    # docker-py imports paramiko for its SSH transport (~0.2 s) though a socket never uses it
+    probe = (
+        "import sys\n"
+        "from kbinfra.errors import KbinfraError\n"
+        "from kbinfra.targets.local import local_engine\n"
+        "try:\n"
+        "    local_engine()\n"
+        "except KbinfraError as error:\n"
+        "    print(error)\n"
+        "print('paramiko' in sys.modules)\n"
+        "from docker.transport.sshconn import SSHHTTPAdapter\n"  # the SSH target still can
+        "print('paramiko' in sys.modules)\n"
+    )
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no.sock"}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
+    )
+    assert done.stdout.splitlines()[1:] == ["False", "True"]
+    assert "cannot reach the Docker Engine: no socket there" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("ssh_config", "imports_invoke"),
+    [
+        (None, False),
+        ("Host kb\n  Port 2222\n", False),
+        ('Host *\nMatch host kb exec "test -e /tmp"\n  Port 2222\n', True),
+    ],
+)
+def test_paramiko_loads_invoke_only_for_match_exec(
+    tmp_path: Path, ssh_config: str | None, imports_invoke: bool
+) -> None:
+    # paramiko imports invoke (a third of its import time) only for `Match exec` lines
+    if ssh_config is not None:
+        (tmp_path / ".ssh").mkdir()
+        (tmp_path / ".ssh" / "config").write_text(ssh_config)
+    probe = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from kbinfra.targets.ssh import read_known_hosts\n"
+        "read_known_hosts(Path('/nonexistent/known_hosts'))\n"
+        "print('paramiko' in sys.modules, 'invoke' in sys.modules)\n"
+    )
+    env = {**os.environ, "HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
+    )
+    assert done.stdout.split() == ["True", str(imports_invoke)]

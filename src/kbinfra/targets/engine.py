@@ -115,16 +115,32 @@ class Engine:
         self.stack = stack
 
     # ---------------------------------------------------------------- facts
-    def observe(self) -> Facts:
-        """Every container of the stack and every image reference present, in two calls."""
+    def observe(self, images: Iterable[str] | None = None) -> Facts:
+        """Every container of the stack and the image references present, in two calls.
+
+        ``images``: see :meth:`present_images`.
+        """
+        return Facts(containers=self.stack_containers(), images=self.present_images(images))
+
+    def stack_containers(self) -> tuple[ObservedContainer, ...]:
+        """Every container of the stack, by name, from one list call."""
         listed = self.api.containers(all=True, filters={"label": f"{LABEL_STACK}={self.stack}"})
-        containers = tuple(sorted((self._observed(c) for c in listed), key=lambda c: c.name))
-        images: dict[str, str] = {}
-        for image in self.api.images():
+        return tuple(sorted((self._observed(c) for c in listed), key=lambda c: c.name))
+
+    def present_images(self, refs: Iterable[str] | None = None) -> dict[str, str]:
+        """Image reference -> id of the images present: of ``refs`` only (the engine lists
+        just those, not every image on the host; no call when empty), or every one (None)."""
+        wanted = None if refs is None else sorted({normalize_ref(ref) for ref in refs})
+        if wanted == []:
+            return {}
+        present: dict[str, str] = {}
+        for image in self.api.images(filters={"reference": wanted} if wanted else None):
             for tag in image.get("RepoTags") or ():
                 if tag != "<none>:<none>":
-                    images[normalize_ref(tag)] = image["Id"]
-        return Facts(containers=containers, images=images)
+                    present[normalize_ref(tag)] = image["Id"]
+        if wanted is None:
+            return present
+        return {ref: present[ref] for ref in wanted if ref in present}
 
     @staticmethod
     def _observed(raw: Mapping[str, Any]) -> ObservedContainer:
@@ -185,6 +201,19 @@ class Engine:
             self.api.create_volume(name, labels={LABEL_STACK: self.stack})
             return True
         return False
+
+    def ensure_volumes(self, names: Iterable[str]) -> list[str]:
+        """Create those of the named volumes that do not exist (one list call); those created."""
+        wanted = list(dict.fromkeys(names))
+        if not wanted:
+            return []
+        # the engine's name filter is a pattern match, a superset: compared exactly here
+        listed = self.api.volumes(filters={"name": wanted})
+        present = {v["Name"] for v in (listed or {}).get("Volumes") or ()}
+        created = [name for name in wanted if name not in present]
+        for name in created:
+            self.api.create_volume(name, labels={LABEL_STACK: self.stack})
+        return created
 
     def stack_volumes(self) -> list[str]:
         listed = self.api.volumes(filters={"label": f"{LABEL_STACK}={self.stack}"})
@@ -443,7 +472,6 @@ class Engine:
         """
         import docker.errors  # noqa: PLC0415
 
-        self._ensure_lock_image()
         name = lock_name(self.stack)
         pid = os.getpid()
         labels = {
@@ -456,7 +484,8 @@ class Engine:
             f"{LABEL_LOCK}.process-start": _process_start(pid),
         }
         notes: list[str] = []
-        for attempt in range(2):
+        imported = retried = False
+        while True:
             try:
                 created = self.api.create_container(
                     LOCK_IMAGE,
@@ -469,9 +498,17 @@ class Engine:
                     ),
                 )
                 break
-            except docker.errors.APIError as error:
-                if error.status_code != 409 or attempt:
+            except docker.errors.ImageNotFound:
+                # the first lock on this engine: import the image, then try again (asking
+                # for the image before every lock cost a round trip on each apply)
+                if imported:
                     raise
+                self._ensure_lock_image()
+                imported = True
+            except docker.errors.APIError as error:
+                if error.status_code != 409 or retried:
+                    raise
+                retried = True
                 holder = self.lock_holder()
                 if holder is None:
                     continue
@@ -492,9 +529,6 @@ class Engine:
         finally:
             with suppress(docker.errors.DockerException):
                 self.api.remove_container(lock_id, force=True)
-
-    def stack_containers(self) -> list[ObservedContainer]:
-        return list(self.observe().containers)
 
     def remove_all(self, names: Iterable[str]) -> None:
         for name in names:

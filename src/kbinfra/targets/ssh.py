@@ -19,8 +19,10 @@ import hashlib
 import logging
 import os
 import posixpath
+import re
 import shlex
 import stat
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -44,6 +46,39 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 DEFAULT_PORT = 22
 CONNECT_TIMEOUT_S = 15.0
 DOCKER_TIMEOUT_S = 120
+ENGINE_POOL_KEY = "http+docker://ssh"
+
+
+_MATCH_EXEC = re.compile(r"^\s*match\b.*\bexec\b", re.IGNORECASE | re.MULTILINE)
+
+
+def load_paramiko(ssh_config: Path | None = None) -> None:
+    """Import paramiko without invoke, unless the ssh config has a ``Match exec`` line.
+
+    paramiko imports invoke (a third of paramiko's import time here, 0.09-0.24 s) only to
+    run ``Match ... exec`` lines of an ssh config, the only file kbinfra has it read. With
+    invoke marked absent while paramiko loads, paramiko goes without, as when invoke is not
+    installed; the mark is taken away afterwards.
+    """
+    if "paramiko" in sys.modules:
+        return
+    config = ssh_config or Path("~/.ssh/config").expanduser()
+    try:
+        needs_invoke = bool(
+            _MATCH_EXEC.search(config.read_text(encoding="utf-8", errors="replace"))
+        )
+    except OSError:
+        needs_invoke = False
+    if needs_invoke or "invoke" in sys.modules:
+        import paramiko  # noqa: PLC0415
+
+        return
+    sys.modules["invoke"] = None  # type: ignore[assignment]
+    try:
+        import paramiko  # noqa: PLC0415, F401
+    finally:
+        if sys.modules.get("invoke", ...) is None:
+            del sys.modules["invoke"]
 
 
 def default_known_hosts() -> Path:
@@ -108,6 +143,7 @@ def read_known_hosts(path: Path) -> KnownHosts:
     """Parse ``path`` as OpenSSH does; paramiko alone raises on ``@revoked`` and
     ``@cert-authority`` lines. A revoked key is never trusted, even where another line lists
     it; host certificates are not supported, so a ``@cert-authority`` line trusts nothing."""
+    load_paramiko()
     import paramiko  # noqa: PLC0415
     from paramiko.hostkeys import HostKeyEntry, InvalidHostKey  # noqa: PLC0415
 
@@ -191,6 +227,7 @@ def _unknown_host_policy(address: SSHAddress, known: KnownHosts, known_hosts: Pa
 
 def connect(address: SSHAddress, options: SSHOptions) -> paramiko.SSHClient:
     """A connected paramiko client whose host key matched ``options.known_hosts``."""
+    load_paramiko()
     import paramiko  # noqa: PLC0415
 
     known = read_known_hosts(options.known_hosts)
@@ -259,6 +296,7 @@ def fetch_host_key(host: str, port: int) -> paramiko.PKey:
     """The host key the server offers (what ``ssh`` would be asked to trust)."""
     import socket  # noqa: PLC0415
 
+    load_paramiko()
     import paramiko  # noqa: PLC0415
 
     where = f"{host}:{port}"
@@ -298,11 +336,10 @@ def append_known_host(known_hosts: Path, host: str, port: int, key: paramiko.PKe
         handle.write(line.encode())
 
 
-def _docker_client_over(
+def engine_adapter(
     ssh_client: paramiko.SSHClient, reconnect: Callable[[], paramiko.SSHClient]
-) -> DockerClient:
-    """A DockerClient whose HTTP connections are channels of ``ssh_client``."""
-    import docker  # noqa: PLC0415
+) -> Any:
+    """docker-py's SSH transport over ``ssh_client`` (already connected and verified)."""
     from docker.transport.sshconn import SSHHTTPAdapter  # noqa: PLC0415
 
     class ConnectedSSHAdapter(SSHHTTPAdapter):
@@ -317,14 +354,29 @@ def _docker_client_over(
             if self.ssh_client is not None and self.ssh_client.get_transport() is None:
                 self.ssh_client = reconnect()
 
+        def get_connection(self, url: str | bytes, proxies: Any = None) -> Any:
+            # docker-py keeps one connection pool per request URL, so every new path opened
+            # a new channel and a new `docker system dial-stdio` process on the host (tens
+            # of ms each). Every request goes to the same engine: one pool for them all.
+            return super().get_connection(ENGINE_POOL_KEY, proxies)
+
+    return ConnectedSSHAdapter()
+
+
+def _docker_client_over(
+    ssh_client: paramiko.SSHClient, reconnect: Callable[[], paramiko.SSHClient]
+) -> DockerClient:
+    """A DockerClient whose HTTP connections are channels of ``ssh_client``."""
+    import docker  # noqa: PLC0415
+
     # No connection is made while the version is given; the adapter is mounted for the
     # same URL prefix docker-py uses for ssh://, so its stream handling applies unchanged.
     client = docker.DockerClient(base_url="unix:///kbinfra-unused.sock", version="1.24")
     api: Any = client.api
-    adapter = ConnectedSSHAdapter()
-    api.mount("http+docker://ssh", adapter)
+    adapter = engine_adapter(ssh_client, reconnect)
+    api.mount(ENGINE_POOL_KEY, adapter)
     api._custom_adapter = adapter
-    api.base_url = "http+docker://ssh"
+    api.base_url = ENGINE_POOL_KEY
     try:
         api._version = api.version(api_version=False)["ApiVersion"]
     except docker.errors.DockerException as error:
@@ -335,14 +387,72 @@ def _docker_client_over(
     return client
 
 
+_SHA256SUM_ESCAPES = {"\\": "\\", "n": "\n", "r": "\r"}
+
+
+def parse_sha256sum(output: str) -> dict[str, str]:
+    r"""``sha256sum``'s lines as path -> digest, its leading ``./`` dropped.
+
+    GNU sha256sum writes a name holding a backslash, newline or carriage return escaped
+    (``\\``, ``\n``, ``\r``) and marks that line with a leading backslash; the name is
+    everything after the two spaces, spaces included. Lines end at ``\n`` only.
+    """
+    result: dict[str, str] = {}
+    for line in output.split("\n"):
+        digest, sep, name = line.partition("  ")
+        if not sep:
+            continue
+        if digest.startswith("\\"):
+            digest = digest[1:]
+            name = _unescape(name)
+        result[name.removeprefix("./")] = digest
+    return result
+
+
+def _unescape(name: str) -> str:
+    out: list[str] = []
+    chars = iter(name)
+    for char in chars:
+        if char == "\\":
+            following = next(chars, "")
+            out.append(_SHA256SUM_ESCAPES.get(following, "\\" + following))
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def home_relative(root: str) -> str | None:
+    """``root`` relative to the login's home folder (``~/x``, ``x``), or None if absolute."""
+    if root.startswith("/"):
+        return None
+    if root == "~":
+        return "."
+    return root.removeprefix("~/") or "."
+
+
 class SFTPFileStore(FileStore):
-    """The deployed stack folder on the remote host: hashes by one ``sha256sum`` call."""
+    """The deployed stack folder on the remote host: hashes by one ``sha256sum`` call.
+
+    A folder under the home folder is resolved to an absolute path only when SFTP is first
+    needed: a no-op apply, which only reads hashes, opens no SFTP session at all (the shell
+    that computes them starts in the home folder, as SFTP does).
+    """
 
     def __init__(self, target: SSHTarget, root: str) -> None:
         self._target = target
-        self.root = root.rstrip("/")
-        self.location = f"{target.address.user}@{target.address.host}:{self.root}"
+        self._relative = home_relative(root)
+        self._root = None if self._relative is not None else root.rstrip("/") or "/"
+        shown = root if self._relative is None else posixpath.join("~", self._relative)
+        self.location = f"{target.address.user}@{target.address.host}:{posixpath.normpath(shown)}"
         self._made_dirs: set[str] = set()
+
+    @property
+    def root(self) -> str:
+        """The folder's absolute path (asks the SFTP server for the home folder once)."""
+        if self._root is None:
+            home = self._target.sftp().normalize(".")
+            self._root = posixpath.normpath(posixpath.join(home, self._relative or "."))
+        return self._root
 
     def _remote(self, path: str) -> str:
         full = posixpath.normpath(posixpath.join(self.root, path))
@@ -351,28 +461,18 @@ class SFTPFileStore(FileStore):
         return full
 
     def hashes(self, paths: Iterable[str] | None = None) -> dict[str, str]:
-        root = shlex.quote(self.root)
+        # The folder's files are listed by find, never named on the command line: no path
+        # ever reaches the shell; ``paths`` only filters the result.
+        folder = shlex.quote(self._relative if self._relative is not None else self.root)
+        skip = shlex.quote(TEMP_PREFIX + "*")
+        command = (
+            f"cd {folder} 2>/dev/null || exit 0; "
+            f"find . -type f ! -name {skip} -exec sha256sum {{}} +; exit 0"
+        )
+        found = parse_sha256sum(self._target.run(command))
         if paths is None:
-            listing = (
-                f"find . -type f ! -name {shlex.quote(TEMP_PREFIX + '*')} -exec sha256sum {{}} +"
-            )
-        else:
-            quoted = " ".join(shlex.quote("./" + p) for p in paths)
-            if not quoted:
-                return {}
-            listing = f"sha256sum {quoted} 2>/dev/null"
-        command = f"cd {root} 2>/dev/null || exit 0; {listing}; exit 0"
-        output = self._target.run(command)
-        result: dict[str, str] = {}
-        for line in output.splitlines():
-            digest, sep, name = line.partition("  ")
-            if not sep:
-                continue
-            if digest.startswith("\\"):  # sha256sum escapes names holding \ or newline
-                digest = digest[1:]
-                name = name.replace("\\n", "\n").replace("\\\\", "\\")
-            result[name.removeprefix("./")] = digest
-        return result
+            return found
+        return {path: found[path] for path in paths if path in found}
 
     def modes(self, paths: Iterable[str]) -> dict[str, int]:
         sftp = self._target.sftp()
@@ -518,10 +618,6 @@ class SSHTarget(Target):
         if root is None:
             root = f"/var/lib/kbinfra/{stack}" if self.address.user == "root" else "~/.kbinfra"
             root = root if self.address.user == "root" else f"{root}/{stack}"
-        if root == "~" or root.startswith("~/"):
-            root = self.sftp().normalize(".") + root[1:]
-        elif not root.startswith("/"):
-            root = posixpath.join(self.sftp().normalize("."), root)
         return SFTPFileStore(self, root)
 
     def close(self) -> None:
