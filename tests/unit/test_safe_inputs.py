@@ -34,6 +34,7 @@ from kbinfra.spec.yamlfile import MAX_VALUES, load_yaml, parse_yaml
 from kbinfra.targets import open_target
 from kbinfra.targets.ssh import SSHAddress, trust_hint
 from tests.conftest import edit_stack_file, write_stack_dir
+from tests.unit.error_checks import assert_one_line_error, kbinfra
 
 #: Characters that end a value in nginx, Redis, YAML, .env or shell contexts.
 BREAKOUT = set("\n\r\t ;{}\"'#`$\\")
@@ -509,3 +510,12 @@ def test_paths_in_the_stack_file_are_one_line_of_printable_text(
 ) -> None:
     message = _load_error(stack_dir, overrides)
     assert "control character" in message and "kbinfra.yaml:" in message
+
+
+def test_a_postgres_image_without_a_version_in_its_tag_is_one_line(stack_dir: Path) -> None:
+    """A mirror's tag (`latest`, a digest-like name) says no major version: kbinfra asks for
+    it in one line, exit 2, instead of a ValueError and "run with --debug"."""
+    edit_stack_file(stack_dir, {"services": {"postgres": {"image": "mirror.local/pg:latest"}}})
+    done = kbinfra("render", "--dir", str(stack_dir))
+    assert_one_line_error(done, "cannot tell the PostgreSQL major version")
+    assert "services.postgres" in done.stderr

@@ -6,6 +6,7 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import Field
 
+from kbinfra.errors import SpecError
 from kbinfra.service import (
     ContainerSpec,
     FileMount,
@@ -164,9 +165,11 @@ def major_version(image: str, override: int | None) -> int:
     tag = image.rsplit(":", 1)[-1] if ":" in image.rsplit("/", 1)[-1] else ""
     match = re.match(r"^(\d+)", tag)
     if match is None:
-        raise ValueError(
-            f"cannot tell the PostgreSQL major version of image {image!r}; "
-            "set services.postgres.version in kbinfra.yaml"
+        raise SpecError(
+            f"cannot tell the PostgreSQL major version of image {image!r} from its tag",
+            where="kbinfra.yaml: services.postgres",
+            fix="set services.postgres.version (e.g. `version: 16`) or use a tag that starts "
+            "with it (postgres:16.4)",
         )
     return int(match.group(1))
 

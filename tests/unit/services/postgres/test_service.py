@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from kbinfra.errors import SpecError
 from kbinfra.render import render_service
 from kbinfra.service import ServiceContext
 from kbinfra.services.postgres.render_check import check_rendered, postgres_bin_dirs
@@ -100,7 +101,7 @@ def test_major_version_from_tag(image: str, expected: int) -> None:
 
 
 def test_major_version_needs_a_numeric_tag_or_override() -> None:
-    with pytest.raises(ValueError, match=r"services\.postgres\.version"):
+    with pytest.raises(SpecError, match=r"set services\.postgres\.version"):
         major_version("registry.local:5000/postgres:latest", None)
     assert major_version("postgres:latest", 16) == 16
 
