@@ -23,6 +23,8 @@ from kbinfra.commands.options import (
     OutputOption,
     TargetOption,
     console_progress,
+    examples,
+    only_option,
     open_stack_and_target,
 )
 from kbinfra.errors import KbinfraError
@@ -34,16 +36,11 @@ EXIT_FAILED = 1
 app = typer.Typer()
 
 OnlyOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--only",
-        help="Only these services (repeat, or comma-separated); 'stack' for the stack-wide checks.",
-        show_default=False,
-    ),
+    list[str] | None, only_option("Only these services; 'stack' for the stack-wide checks.")
 ]
 
 
-@app.command()
+@app.command(epilog=examples("kbinfra check", "kbinfra check --only postgres,stack -o json"))
 def check(
     stack_dir: DirOption = Path(),
     only: OnlyOption = None,
@@ -106,7 +103,12 @@ def _client() -> dict[str, Any]:
     }
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "kbinfra bench --quick",
+        "kbinfra bench --only qdrant --prometheus-textfile /var/lib/node_exporter/kb.prom",
+    )
+)
 def bench(
     stack_dir: DirOption = Path(),
     only: OnlyOption = None,
@@ -117,6 +119,7 @@ def bench(
         Path | None,
         typer.Option(
             "--prometheus-textfile",
+            metavar="FILE",
             help="Also write the results as Prometheus metrics (node-exporter textfile).",
             show_default=False,
         ),
