@@ -6,7 +6,6 @@ Each command parses options, calls one function of ``kbinfra.probing`` and print
 
 import os
 import platform
-import secrets
 import signal
 from pathlib import Path
 from types import FrameType
@@ -136,6 +135,8 @@ def bench(
     kbinfra_bench_<random> and removed at the end, also when interrupted. Exit 0 when every
     benchmark ran and met its thresholds; 1 otherwise; 2 on errors.
     """
+    import secrets  # noqa: PLC0415 (random, hashlib…: ~16 M instructions of every start)
+
     from kbinfra.probing.probe import (  # noqa: PLC0415
         BENCH_COLUMNS,
         bench_plan,
