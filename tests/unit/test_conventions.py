@@ -329,3 +329,31 @@ def test_ssh_trust_without_an_address_names_the_stacks_target_or_says_why(tmp_pa
     refused = kbinfra("ssh", "trust", "--dir", str(stack), "--yes")
     assert refused.returncode == 2
     assert "127.0.0.1:1" in refused.stderr, refused.stderr
+
+
+# ---------------------------------------------------------------- logs and exec, before any engine
+def test_logs_of_an_unknown_service_name_the_enabled_ones(tmp_path: Path) -> None:
+    stack = write_stack_dir(tmp_path / "kb")
+    done = kbinfra("logs", "rediss", "--dir", str(stack), "--target", "ssh://nobody@127.0.0.1:1")
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "logs rediss: service is unknown" in done.stderr
+    assert "did you mean 'redis'?" in done.stderr and "postgres, qdrant, redis" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["-t", "postgres", "--", "sh"], "exec -t needs a terminal on stdin"),
+        (["-e", "NOEQUALS", "postgres", "--", "env"], "--env 'NOEQUALS' is not NAME=VALUE"),
+        (["postgres", "--"], "exec needs a command to run"),
+    ],
+)
+def test_exec_refuses_what_cannot_run_in_one_line(
+    tmp_path: Path, args: list[str], expected: str
+) -> None:
+    stack = write_stack_dir(tmp_path / "kb")
+    done = kbinfra("exec", "--dir", str(stack), *args)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert expected in done.stderr

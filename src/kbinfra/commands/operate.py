@@ -58,7 +58,7 @@ def logs(
     services: Annotated[
         list[str] | None,
         typer.Argument(
-            metavar="[SERVICE]...",
+            metavar="SERVICE",
             help="Services whose logs to show (default: every enabled one).",
             show_default=False,
         ),
@@ -165,9 +165,7 @@ def exec_command(
     service: Annotated[str, typer.Argument(metavar="SERVICE", help="The service to run it in.")],
     command: Annotated[
         list[str],
-        typer.Argument(
-            metavar="-- CMD...", help="The command and its arguments.", show_default=False
-        ),
+        typer.Argument(metavar="CMD", help="The command and its arguments.", show_default=False),
     ],
     interactive: Annotated[
         bool, typer.Option("--interactive", "-i", help="Forward this terminal's input.")
