@@ -39,7 +39,12 @@ class InitResult:
     kept: list[str] = field(default_factory=list)
     #: kept under --force: init did not write them, or they changed since
     kept_as_yours: list[str] = field(default_factory=list)
+    #: rewritten under --force with the new defaults, the user's edits kept
+    merged: list[str] = field(default_factory=list)
     secrets_added: list[str] = field(default_factory=list)
+    #: the stack file's profile and target as written now
+    profile: str | None = None
+    target: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -47,6 +52,7 @@ class InitResult:
             "created": self.created,
             "kept": self.kept,
             "kept_as_yours": self.kept_as_yours,
+            "merged": self.merged,
             "secrets_added": self.secrets_added,
         }
 
@@ -96,8 +102,10 @@ class InitRecord:
         digest = hashlib.sha256((self.stack_dir / relative).read_bytes()).hexdigest()
         return self._files[relative] == digest
 
-    def write(self, relative: str, text: str, *, mode: int) -> None:
-        """Write ``relative`` inside the stack folder atomically and record it."""
+    def write(self, relative: str, text: str, *, mode: int, as_written: bool = True) -> None:
+        """Write ``relative`` inside the stack folder atomically and record it (its hash, as
+        init's own text, unless ``as_written`` is False: a file holding the user's edits
+        stays theirs, so a later ``--force`` merges again rather than replaces it)."""
         if not self.inside(relative):
             raise SpecError(
                 f"{relative} is outside the stack folder, and init writes only inside it",
@@ -105,6 +113,8 @@ class InitRecord:
             )
         path = self.stack_dir / relative
         _replace_file(path, text, mode)
+        if not as_written and relative in self._files:
+            return
         self._files[relative] = hashlib.sha256(text.encode()).hexdigest()
         record = json.dumps({"files": self._files}, indent=2, sort_keys=True) + "\n"
         _replace_file(self.stack_dir / INIT_RECORD, record, 0o644)
@@ -195,9 +205,19 @@ def _reads_back_plain(value: str) -> bool:
         return False
 
 
-def _yaml_scalar(value: Any) -> str:
+#: Where a service option's value starts in kbinfra.yaml.j2 (``services.NAME.OPTION``).
+_OPTION_INDENT = 4
+
+
+def _yaml_value(value: Any) -> str:
+    """A default as it follows ``option:`` in kbinfra.yaml: a scalar on the line, a list or a
+    map as a YAML block under it (editable by hand, one item a line)."""
     if value is None:
         return ""
+    if isinstance(value, list | dict) and value:
+        block = yaml.safe_dump(value, default_flow_style=False, sort_keys=False, indent=2)
+        pad = " " * (_OPTION_INDENT + 2)
+        return "\n" + "\n".join(pad + line for line in block.splitlines())
     return json.dumps(value) if isinstance(value, str | list | dict) else str(value).lower()
 
 
@@ -211,7 +231,7 @@ def stack_file_text(
         options = [
             {
                 "name": option,
-                "value": _yaml_scalar(info.default),
+                "value": _yaml_value(info.default),
                 "help": info.description or option.replace("_", " "),
             }
             for option, info in model.model_fields.items()
@@ -282,6 +302,7 @@ def init_stack(
     domain: str,
     images_file: Path | None,
     force: bool,
+    given: frozenset[str] | set[str] = frozenset({"profile", "target", "domain", "images"}),
 ) -> InitResult:
     """Create or complete ``stack_dir``; never overwrite a file init did not write.
 
@@ -290,6 +311,10 @@ def init_stack(
     ``kbinfra.yaml`` when it wrote it, and the TLS certificate and key when both still hold
     exactly what it wrote. Secrets are never rewritten, only completed. A certificate and key
     of the user's (anywhere ``tls:`` points) are only read.
+
+    A ``kbinfra.yaml`` init wrote and the user edited since is merged under ``force``: the
+    new defaults, the user's values and comments over them (:func:`merge_stack_file`), and
+    of this run's options only those ``given`` on the command line.
     """
     # Everything the user passed is checked before anything is written.
     _checked_option(check_domain, domain, "--domain")
@@ -314,9 +339,22 @@ def init_stack(
             images=images,
         )
         _check_written(text, target=target, domain=domain, profile=profile_ref, images=images)
-        record.write(STACK_FILE, text, mode=0o644)
-        result.created.append(STACK_FILE)
+        if record.exists(STACK_FILE) and not record.unchanged(STACK_FILE):
+            chosen = {"profile": profile_ref, "target": target, "domain": domain}
+            merged = merge_stack_file(
+                (stack_dir / STACK_FILE).read_text(encoding="utf-8"),
+                text,
+                {key: value for key, value in chosen.items() if key in given},
+                images if "images" in given else {},
+                where=str(stack_dir / STACK_FILE),
+            )
+            record.write(STACK_FILE, merged, mode=0o644, as_written=False)
+            result.merged.append(STACK_FILE)
+        else:
+            record.write(STACK_FILE, text, mode=0o644)
+            result.created.append(STACK_FILE)
     spec, doc = load_stack(stack_dir)
+    result.profile, result.target = spec.profile, spec.target
 
     _, added = ensure_secrets(stack_dir, generated_secrets(spec))
     result.secrets_added = added
@@ -324,6 +362,61 @@ def init_stack(
 
     _ensure_certificate(spec, doc, record, result, force=force)
     return result
+
+
+def merge_stack_file(
+    yours: str,
+    defaults: str,
+    chosen: dict[str, str],
+    images: dict[str, str],
+    *,
+    where: str,
+) -> str:
+    """``yours`` (the user's kbinfra.yaml) with what ``defaults`` (init's new text) has and it
+    lacks added, and ``chosen`` (top-level options given to this init) and ``images`` set:
+    every value, comment and key order of the user's is kept (a ruamel.yaml round trip)."""
+    import io  # noqa: PLC0415
+
+    from ruamel.yaml import YAML  # noqa: PLC0415 (only init --force needs it)
+    from ruamel.yaml.error import YAMLError  # noqa: PLC0415
+
+    round_trip = YAML()
+    round_trip.preserve_quotes = True
+    round_trip.indent(mapping=2, sequence=4, offset=2)  # as kbinfra.yaml.j2 writes blocks
+    round_trip.width = 4096  # never fold a long line the user wrote
+    try:
+        document = round_trip.load(yours)
+    except YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        raise SpecError(
+            "kbinfra.yaml is not valid YAML, so init cannot keep your edits",
+            where=f"{where}:{mark.line + 1}" if mark is not None else where,
+            fix="fix that line (or move the file away for a new one), then run init again",
+        ) from None
+    if not isinstance(document, dict):
+        raise SpecError(
+            "kbinfra.yaml is not a mapping, so init cannot keep your edits",
+            where=where,
+            fix="move it away for a new one, then run init again",
+        )
+    _add_missing(document, round_trip.load(defaults))
+    document.update(chosen)
+    services = document.get("services")
+    for service, image in images.items():
+        if isinstance(services, dict) and isinstance(services.get(service), dict):
+            services[service]["image"] = image
+    out = io.StringIO()
+    round_trip.dump(document, out)
+    return out.getvalue()
+
+
+def _add_missing(yours: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """Keys of ``defaults`` that ``yours`` lacks, added (recursively into maps both have)."""
+    for key, value in defaults.items():
+        if key not in yours:
+            yours[key] = value
+        elif isinstance(yours[key], dict) and isinstance(value, dict):
+            _add_missing(yours[key], value)
 
 
 def _ensure_certificate(

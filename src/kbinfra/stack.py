@@ -72,19 +72,21 @@ class Stack:
         start_graph({n: spec.depends_on for n, spec in containers.items()}, all_services())
         return containers
 
-    def select(self, names: Iterable[str]) -> list[str]:
-        """The enabled services named (``--only``), in deployment order; a name that is not
-        an enabled service is a one-line error with a did-you-mean hint."""
+    def select(self, names: Iterable[str], *, asked_as: str = "--only") -> list[str]:
+        """The enabled services named (``--only``, or a command's SERVICE arguments: then
+        ``asked_as`` is the command), in deployment order; a name that is not an enabled
+        service is a one-line error with a did-you-mean hint and the enabled ones."""
         wanted = list(dict.fromkeys(names))
         for name in wanted:
             if name not in self.services:
                 close = difflib.get_close_matches(name, list(self.services), n=1)
                 state = "disabled in kbinfra.yaml" if name in all_services() else "unknown"
+                enabled = f"enabled: {', '.join(self.services)}"
                 raise SpecError(
-                    f"--only {name}: service is {state}",
-                    fix=f"did you mean {close[0]!r}?"
+                    f"{asked_as} {name}: service is {state}",
+                    fix=f"did you mean {close[0]!r}? ({enabled})"
                     if close
-                    else f"use one of {', '.join(self.services)}",
+                    else f"use one of the {enabled}",
                 )
         return [name for name in self.services if name in wanted]
 

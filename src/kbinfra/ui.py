@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +23,33 @@ class Output(StrEnum):
 
 def _identity(text: str) -> str:
     return text
+
+
+#: ``kbinfra --no-color`` turns colour off for the whole run (as ``NO_COLOR`` does).
+_colour_off = [False]
+
+
+def disable_colour() -> None:
+    _colour_off[0] = True
+
+
+def colour_wanted(stream: Any) -> bool:
+    """Colour only on a terminal, and never with ``--no-color`` or ``NO_COLOR`` set (to
+    anything but the empty string, as no-color.org asks)."""
+    if _colour_off[0] or os.environ.get("NO_COLOR"):
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def _rich_console(*, stderr: bool = False, width: int | None = None) -> Any:
+    """A rich console that colours only when :func:`colour_wanted` says so."""
+    from rich.console import Console as RichConsole  # noqa: PLC0415 (startup time)
+
+    stream = sys.stderr if stderr else sys.stdout
+    if not colour_wanted(stream):
+        return RichConsole(stderr=stderr, soft_wrap=False, width=width, color_system=None)
+    return RichConsole(stderr=stderr, soft_wrap=False, width=width)
 
 
 #: The console of the command that runs now: the top-level error printing answers in its
@@ -88,7 +116,6 @@ class Console:
         started = time.monotonic()
         done = 0
         if sys.stderr.isatty():
-            from rich.console import Console as RichConsole  # noqa: PLC0415 (startup time)
             from rich.progress import (  # noqa: PLC0415
                 BarColumn,
                 DownloadColumn,
@@ -105,7 +132,7 @@ class Console:
                 TransferSpeedColumn(),
                 TimeElapsedColumn(),
             )
-            with Progress(*columns, console=RichConsole(stderr=True)) as bars:
+            with Progress(*columns, console=_rich_console(stderr=True)) as bars:
                 task = bars.add_task(self.redact(label), total=total)
 
                 def advance_bar(size: int) -> None:
@@ -129,8 +156,7 @@ class Console:
     ) -> None:
         if self.json_mode:
             return
-        from rich.console import Console as RichConsole  # noqa: PLC0415 (startup time)
-        from rich.table import Table  # noqa: PLC0415
+        from rich.table import Table  # noqa: PLC0415 (startup time)
 
         table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
         for index, column in enumerate(columns):
@@ -140,7 +166,7 @@ class Console:
             table.add_row(*(self.redact(str(cell)) for cell in row))
         # Piped output has no terminal width: don't squeeze it into 80 columns.
         width = None if sys.stdout.isatty() else 200
-        RichConsole(soft_wrap=False, width=width).print(table)
+        _rich_console(width=width).print(table)
 
 
 def format_bytes(size: float) -> str:

@@ -13,12 +13,15 @@ import typer
 
 from kbinfra.commands.options import (
     DirOption,
+    DirOrHereOption,
     IdentityOption,
     KnownHostsOption,
     OutputOption,
     TargetOption,
     confirm,
     console_progress,
+    examples,
+    only_option,
     open_stack_and_target,
 )
 from kbinfra.errors import ApplyFailedError, KbinfraError
@@ -33,7 +36,9 @@ if TYPE_CHECKING:
 BackupDirArgument = Annotated[
     Path,
     typer.Argument(
-        help="A backup directory, or `latest` (the newest in backup.root).", show_default=False
+        metavar="BACKUP_DIR",
+        help="A backup directory, or `latest` (the newest in backup.root).",
+        show_default=False,
     ),
 ]
 
@@ -60,6 +65,11 @@ RepoOption = Annotated[
 
 backup_app = typer.Typer(
     help="Back up the stack's data and files; `backup verify DIR` runs the restore drill.",
+    epilog=examples(
+        "kbinfra backup",
+        "kbinfra backup --include-secrets --dest /mnt/safe",
+        "kbinfra backup verify latest",
+    ),
     invoke_without_command=True,
     rich_markup_mode=None,
 )
@@ -178,6 +188,7 @@ def backup(
         Path | None,
         typer.Option(
             "--dest",
+            metavar="DIR",
             help="Folder to write the backup into (default: backup.root).",
             show_default=False,
         ),
@@ -291,7 +302,7 @@ def _finish(
         )
 
 
-@backup_app.command("list")
+@backup_app.command("list", epilog=examples("kbinfra backup list", "kbinfra backup list --offsite"))
 def list_command(
     stack_dir: DirOption = Path(),
     offsite: Annotated[
@@ -343,24 +354,36 @@ def list_command(
         )
 
 
-@backup_app.command("schedule")
+@backup_app.command(
+    "schedule",
+    epilog=examples("kbinfra backup schedule --at 02:15", "kbinfra backup schedule --remove"),
+)
 def schedule(
     stack_dir: DirOption = Path(),
     kind: Annotated[
         str | None,
         typer.Option(
-            "--kind", help="systemd or cron (default: systemd when it runs here, else cron)."
+            "--kind",
+            metavar="systemd|cron",
+            help="systemd or cron (default: systemd when it runs here, else cron).",
+            show_default=False,
         ),
     ] = None,
     into: Annotated[
         Path | None,
         typer.Option(
-            "--into", help="Folder for the files (default /etc/systemd/system or /etc/cron.d)."
+            "--into",
+            metavar="DIR",
+            help="Folder for the files (default /etc/systemd/system or /etc/cron.d).",
+            show_default=False,
         ),
     ] = None,
-    at: Annotated[str, typer.Option("--at", help="Nightly backup time (HH:MM).")] = "03:30",
+    at: Annotated[
+        str, typer.Option("--at", metavar="HH:MM", help="Nightly backup time.")
+    ] = "03:30",
     drill_day: Annotated[
-        str, typer.Option("--drill-day", help="Weekday of the drill, two hours later.")
+        str,
+        typer.Option("--drill-day", metavar="DAY", help="Weekday of the drill, two hours later."),
     ] = "Sun",
     remove: Annotated[bool, typer.Option("--remove", help="Remove the files instead.")] = False,
     output: OutputOption = Output.text,
@@ -411,7 +434,10 @@ def schedule(
             console.note(f"enable them: systemctl daemon-reload && systemctl enable --now {timers}")
 
 
-@backup_app.command("verify")
+@backup_app.command(
+    "verify",
+    epilog=examples("kbinfra backup verify", "kbinfra backup verify --offsite --repo nas"),
+)
 def verify(
     backup_dir: BackupDirArgument = Path("latest"),
     stack_dir: DirOption = Path(),
@@ -427,7 +453,10 @@ def verify(
     ] = False,
     read_data_subset: Annotated[
         str,
-        typer.Option(help="With --offsite: share of pack files restic check reads (5%, 1/10…)."),
+        typer.Option(
+            metavar="SHARE",
+            help="With --offsite: share of pack files restic check reads (5%, 1/10…).",
+        ),
     ] = "10%",
     repo: RepoOption = None,
     target: TargetOption = None,
@@ -511,17 +540,18 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "kbinfra restore latest",
+        "kbinfra restore backups/kb-20261201T033000Z --only postgres",
+        "kbinfra restore offsite:latest --repo sftp:backup@nas:/srv/kb   (onto a bare host)",
+    )
+)
 def restore(
     backup_dir: BackupDirArgument,
-    stack_dir: DirOption = Path(),
+    stack_dir: DirOrHereOption = Path(),
     only: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--only",
-            metavar="SERVICE",
-            help="Restore only this service (repeatable); `volumes` too.",
-        ),
+        list[str] | None, only_option("Restore only these services; `volumes` too.")
     ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Restore without asking.")] = False,
     no_safety_backup: Annotated[

@@ -6,7 +6,6 @@ Each command parses options, calls one function of ``kbinfra.probing`` and print
 
 import os
 import platform
-import secrets
 import signal
 from pathlib import Path
 from types import FrameType
@@ -23,6 +22,8 @@ from kbinfra.commands.options import (
     OutputOption,
     TargetOption,
     console_progress,
+    examples,
+    only_option,
     open_stack_and_target,
 )
 from kbinfra.errors import KbinfraError
@@ -34,16 +35,11 @@ EXIT_FAILED = 1
 app = typer.Typer()
 
 OnlyOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--only",
-        help="Only these services (repeat, or comma-separated); 'stack' for the stack-wide checks.",
-        show_default=False,
-    ),
+    list[str] | None, only_option("Only these services; 'stack' for the stack-wide checks.")
 ]
 
 
-@app.command()
+@app.command(epilog=examples("kbinfra check", "kbinfra check --only postgres,stack -o json"))
 def check(
     stack_dir: DirOption = Path(),
     only: OnlyOption = None,
@@ -106,7 +102,12 @@ def _client() -> dict[str, Any]:
     }
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "kbinfra bench --quick",
+        "kbinfra bench --only qdrant --prometheus-textfile /var/lib/node_exporter/kb.prom",
+    )
+)
 def bench(
     stack_dir: DirOption = Path(),
     only: OnlyOption = None,
@@ -117,6 +118,7 @@ def bench(
         Path | None,
         typer.Option(
             "--prometheus-textfile",
+            metavar="FILE",
             help="Also write the results as Prometheus metrics (node-exporter textfile).",
             show_default=False,
         ),
@@ -133,6 +135,8 @@ def bench(
     kbinfra_bench_<random> and removed at the end, also when interrupted. Exit 0 when every
     benchmark ran and met its thresholds; 1 otherwise; 2 on errors.
     """
+    import secrets  # noqa: PLC0415 (random, hashlib…: ~16 M instructions of every start)
+
     from kbinfra.probing.probe import (  # noqa: PLC0415
         BENCH_COLUMNS,
         bench_plan,

