@@ -586,6 +586,31 @@ def login_checks(stack: Stack) -> dict[str, LoginCheck]:
     return checks
 
 
+def nothing_to_do(stack: Stack, engine: Engine, store: FileStore) -> list[ServiceResult] | None:
+    """A look without the lock first: when the plan changes nothing and no apply holds the
+    lock, every service is unchanged and the lock (a container created and removed) is not
+    needed. None when there is anything to do, or another apply is at work.
+
+    This hides no half-done apply: an interrupted or running one shows as a change (a
+    ``.kbinfra-old`` or a never-started container, a missing or different container, a file
+    not yet written) or as its lock, and then apply takes the lock as always.
+    """
+    containers = engine.stack_containers()
+    seen = observe(stack, engine, store, containers)
+    plan = make_plan(
+        stack=stack.spec.name,
+        target="",
+        desired=seen.desired,
+        rendered=seen.rendered,
+        facts=seen.facts,
+        old_texts={},
+        redact=stack.redact,
+    )
+    if plan.has_changes or engine.lock_holder() is not None:
+        return None
+    return [ServiceResult(name, "nothing", "unchanged") for name in seen.desired]
+
+
 def apply_stack(
     stack: Stack,
     target: Target,
@@ -603,6 +628,11 @@ def apply_stack(
     engine = Engine(target.docker_client(), stack.spec.name)
     store = target.file_store(stack.spec.name)
     outcome = ApplyResult(stack=stack.spec.name, target=target.name)
+    if not only and not force_unlock:
+        unchanged = nothing_to_do(stack, engine, store)
+        if unchanged is not None:
+            outcome.services = unchanged
+            return outcome
     with engine.locked(force=force_unlock) as notes:
         outcome.notes.extend(notes)
         before = engine.stack_containers()

@@ -16,8 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 import yaml
+
+from kbinfra.targets.engine import Engine
 
 try:  # a package when tests/ has __init__.py files, plain modules otherwise
     from .stack_support import KBINFRA, SECRET_MARK, fixed_secret, free_port
@@ -45,6 +48,16 @@ def _docker(*args: str) -> str:
     return subprocess.run(
         ["docker", *args], capture_output=True, text=True, check=True
     ).stdout.strip()
+
+
+def _created_since(since: int, stack: str) -> list[str]:
+    """Names of the stack's containers (and its lock) the engine created since ``since``."""
+    events = _docker(
+        "events", "--since", str(since), "--until", str(int(time.time()) + 1),
+        "--filter", "type=container", "--filter", "event=create",
+        "--format", "{{.Actor.Attributes.name}}",
+    )  # fmt: skip
+    return [name for name in events.split() if name.startswith(f"{stack}-")]
 
 
 def _inspect(name: str) -> dict[str, Any] | None:
@@ -271,10 +284,18 @@ def test_apply_status_reapply_and_one_change(full_deployment: Deployment) -> Non
     assert _node_root_size(deployment) == _host_root_size()
     _assert_read_only_roots(deployment)
 
+    since = int(time.time())
     again = deployment.run("apply", "--yes")
     assert again.code == 0, again.err
     assert "0 created, 0 recreated, 0 started, 0 removed, 0 files uploaded" in again.out
     assert deployment.run("plan").code == 0
+    # A no-op needs no lock: the lock is a container, and none was created.
+    assert _created_since(since, deployment.name) == []
+    # ... but it still respects one held by another apply (here: this test's process).
+    with Engine(docker.from_env(), deployment.name).locked():
+        held = deployment.run("apply", "--yes")
+    assert held.code == 2, held.err
+    assert f"stack {deployment.name} is locked by" in held.err
 
     # One changed setting recreates exactly that service.
     ids = {s: _inspect(deployment.container(s))["Id"] for s in _services(deployment)}  # type: ignore[index]
