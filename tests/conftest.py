@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,31 @@ from kbinfra.validation import find_tool
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PROFILES = ("minimum", "recommended", "large")
+
+
+def run_kbinfra(
+    *args: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    columns: int = 200,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``kbinfra ARGS`` as a user does (a fresh process), with a fixed terminal width.
+
+    The caller's ``KBINFRA_*`` variables are left out (they stand for options: a developer's
+    ``KBINFRA_DIR`` or ``KBINFRA_OUTPUT`` would change what every test sees); ``env`` adds to
+    or overrides the rest.
+    """
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("KBINFRA_")}
+    return subprocess.run(
+        [sys.executable, "-m", "kbinfra", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        check=False,
+        env={**clean, "COLUMNS": str(columns), **(env or {})},
+        timeout=timeout,
+    )
 
 
 def fixed_secret(name: str) -> str:

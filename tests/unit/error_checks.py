@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import fixed_secret
+from tests.conftest import fixed_secret, run_kbinfra
 
 NOWHERE = "unix:///nonexistent/docker.sock"
 #: What every test secret starts with (tests.conftest.fixed_secret): none may be printed.
@@ -16,15 +14,8 @@ SECRET_MARK = fixed_secret("x").split("-", 1)[0] + "-"
 
 
 def kbinfra(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kbinfra", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        check=False,
-        env={**os.environ, "DOCKER_HOST": NOWHERE, "COLUMNS": "200"},
-        timeout=120,
-    )
+    """kbinfra with no engine to reach: an error must come before any engine is asked."""
+    return run_kbinfra(*args, cwd=cwd, env={"DOCKER_HOST": NOWHERE}, timeout=120)
 
 
 def assert_one_line_error(

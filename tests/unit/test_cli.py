@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import edit_stack_file, fixed_secret, write_stack_dir
+from tests.conftest import edit_stack_file, fixed_secret, run_kbinfra, write_stack_dir
 
-
-def kbinfra(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kbinfra", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        check=False,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+kbinfra = run_kbinfra
 
 
 def test_help_lists_the_commands() -> None:

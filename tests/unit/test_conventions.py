@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,23 +24,12 @@ from kbinfra.log_lines import (
     split_timestamp,
 )
 from kbinfra.targets.streams import FrameReader
-from tests.conftest import edit_stack_file, write_stack_dir
+from tests.conftest import edit_stack_file, run_kbinfra, write_stack_dir
 
 NOW = dt.datetime(2026, 12, 1, 14, 0, 0, tzinfo=dt.UTC)
 
 
-def kbinfra(
-    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("KBINFRA_")}
-    return subprocess.run(
-        [sys.executable, "-m", "kbinfra", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        check=False,
-        env={**clean, "COLUMNS": "200", **(env or {})},
-    )
+kbinfra = run_kbinfra
 
 
 # ---------------------------------------------------------------- --since

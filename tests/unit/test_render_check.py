@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,22 +23,14 @@ from kbinfra.validation import (
     tool_version,
     tools_found,
 )
-from tests.conftest import write_stack_dir
+from tests.conftest import run_kbinfra, write_stack_dir
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def kbinfra(*args: str, path: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "250"}
-    if path is not None:
-        env["PATH"] = path
-    return subprocess.run(
-        [sys.executable, "-m", "kbinfra", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-    )
+    """``path``: the PATH kbinfra sees, to hide validators."""
+    return run_kbinfra(*args, columns=250, env=None if path is None else {"PATH": path})
 
 
 def path_without(hidden: str, farm: Path) -> str:

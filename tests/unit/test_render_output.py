@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,18 +12,9 @@ import pytest
 from kbinfra.errors import KbinfraError
 from kbinfra.render import RENDER_MARKER, render_stack, write_tree
 from kbinfra.stack import Stack
-from tests.conftest import write_stack_dir
+from tests.conftest import run_kbinfra, write_stack_dir
 
-
-def kbinfra(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kbinfra", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        check=False,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+kbinfra = run_kbinfra
 
 
 def snapshot(folder: Path) -> dict[str, bytes | str]:
