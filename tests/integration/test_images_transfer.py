@@ -248,5 +248,8 @@ def test_apply_copies_what_a_remote_engine_lacks_from_this_one(
         (container,) = node_engine.containers.list(filters={"name": f"{stack.spec.name}-nginx"})
         assert container.image.id == here
     finally:
-        CliRunner().invoke(app, ["destroy", "--yes", "--delete-data", *options])
+        destroyed = CliRunner().invoke(
+            app, ["destroy", "--yes", "--delete-data", "--confirm-name", stack.spec.name, *options]
+        )
         node_engine.close()
+        assert destroyed.exit_code == 0, destroyed.output
