@@ -83,17 +83,7 @@ def save_images(
 
     if not images:
         raise KbinfraError("no images to save: the stack enables no service")
-    missing = []
-    for name in images:
-        try:
-            client.images.get(name)
-        except docker.errors.ImageNotFound:
-            missing.append(name)
-    if missing:
-        raise KbinfraError(
-            f"not on this engine: {', '.join(missing)}",
-            fix="pull or build them first (`kbinfra images build` for kbinfra's own)",
-        )
+    present_here(client, images)
     started = time.perf_counter()
     meter = _Meter("saved", None, progress)
     partial = file.with_name(file.name + ".partial")
@@ -212,6 +202,18 @@ def image_ids(client: docker.DockerClient, images: list[str]) -> dict[str, str |
     return found
 
 
+def present_here(client: docker.DockerClient, images: list[str]) -> dict[str, str]:
+    """Each image's ID on this machine's engine; one line naming those it lacks."""
+    found = image_ids(client, images)
+    missing = [ref for ref in images if found[ref] is None]
+    if missing:
+        raise KbinfraError(
+            f"not on this engine: {', '.join(missing)}",
+            fix="pull or build them first (`kbinfra images build` for kbinfra's own)",
+        )
+    return {ref: image_id for ref, image_id in found.items() if image_id is not None}
+
+
 def copy_images(
     source: docker.DockerClient,
     target: docker.DockerClient,
@@ -230,13 +232,7 @@ def copy_images(
     import docker.errors  # noqa: PLC0415
     import requests  # noqa: PLC0415 (docker-py's HTTP client)
 
-    wanted = image_ids(source, images)
-    absent = sorted(ref for ref, image_id in wanted.items() if image_id is None)
-    if absent:
-        raise KbinfraError(
-            f"not on this engine: {', '.join(absent)}",
-            fix="pull or build them here first (`kbinfra images build` for kbinfra's own)",
-        )
+    wanted = present_here(source, images)
     have = image_ids(target, images)
     missing = [ref for ref in images if have[ref] != wanted[ref]]
     present = [ref for ref in images if ref not in missing]
