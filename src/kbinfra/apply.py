@@ -152,6 +152,26 @@ def observe(
     return Observation(rendered, desired, Facts(listed, images, deployed))
 
 
+def plan_of(
+    stack: Stack,
+    target_name: str,
+    seen: Observation,
+    only: Collection[str] = (),
+    old_texts: Mapping[str, str] | None = None,
+) -> Plan:
+    """The plan for what ``seen`` found (``old_texts``: deployed files, for diffs)."""
+    plan = make_plan(
+        stack=stack.spec.name,
+        target=target_name,
+        desired=seen.desired,
+        rendered=seen.rendered,
+        facts=seen.facts,
+        old_texts=old_texts or {},
+        redact=stack.redact,
+    )
+    return plan.only(only, mounted_by(seen.desired)) if only else plan
+
+
 def plan_stack(
     stack: Stack, target: Target, *, with_diffs: bool = True, only: Collection[str] = ()
 ) -> Plan:
@@ -165,16 +185,7 @@ def plan_stack(
             data = store.read(path)
             if data is not None:
                 old_texts[path] = data.decode("utf-8", "replace")
-    plan = make_plan(
-        stack=stack.spec.name,
-        target=target.name,
-        desired=seen.desired,
-        rendered=seen.rendered,
-        facts=seen.facts,
-        old_texts=old_texts,
-        redact=stack.redact,
-    )
-    return plan.only(only, mounted_by(seen.desired)) if only else plan
+    return plan_of(stack, target.name, seen, only, old_texts)
 
 
 # ---------------------------------------------------------------- repair
@@ -597,15 +608,7 @@ def nothing_to_do(stack: Stack, engine: Engine, store: FileStore) -> list[Servic
     """
     containers = engine.stack_containers()
     seen = observe(stack, engine, store, containers)
-    plan = make_plan(
-        stack=stack.spec.name,
-        target="",
-        desired=seen.desired,
-        rendered=seen.rendered,
-        facts=seen.facts,
-        old_texts={},
-        redact=stack.redact,
-    )
+    plan = plan_of(stack, "", seen)
     if plan.has_changes or engine.lock_holder() is not None:
         return None
     return [ServiceResult(name, "nothing", "unchanged") for name in seen.desired]
@@ -639,17 +642,7 @@ def apply_stack(
         outcome.repaired = repair(engine, progress, before)
         # a repair changed containers: list them again; else the one listing serves both
         seen = observe(stack, engine, store, None if outcome.repaired else before)
-        plan = make_plan(
-            stack=stack.spec.name,
-            target=target.name,
-            desired=seen.desired,
-            rendered=seen.rendered,
-            facts=seen.facts,
-            old_texts={},
-            redact=stack.redact,
-        )
-        if only:
-            plan = plan.only(only, mounted_by(seen.desired))
+        plan = plan_of(stack, target.name, seen, only)
         _ensure_images(engine, plan, seen.desired, target, progress)
         if engine.ensure_network():
             progress.note("network", f"created {network_name(stack.spec.name)}")
