@@ -23,6 +23,7 @@ import docker
 import pytest
 import yaml
 
+from kbinfra.spec.values import parse_ssh_target
 from kbinfra.targets.ssh import HostKeyError, SSHAddress, SSHOptions, SSHTarget
 
 try:
@@ -37,9 +38,8 @@ SETTLE_S = 60
 
 
 def _address(url: str) -> SSHAddress:
-    user, _, host_port = url.removeprefix("ssh://").partition("@")
-    host, _, port = host_port.rpartition(":")
-    return SSHAddress(user=user, host=host, port=int(port))
+    """The node file's address, read by kbinfra's own target parser."""
+    return SSHAddress(*parse_ssh_target(url))
 
 
 def node_target(cluster: Cluster, node: Node, known_hosts: Path | None = None) -> SSHTarget:
