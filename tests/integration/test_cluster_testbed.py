@@ -14,7 +14,6 @@ import contextlib
 import io
 import subprocess
 import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,10 +27,10 @@ from kbinfra.targets.ssh import HostKeyError, SSHAddress, SSHOptions, SSHTarget
 
 try:
     from .conftest import TESTBED_SCRIPT
-    from .testbed_support import Cluster, Node
+    from .testbed_support import Cluster, Node, wait_for
 except ImportError:
     from conftest import TESTBED_SCRIPT  # type: ignore[no-redef]
-    from testbed_support import Cluster, Node  # type: ignore[no-redef]
+    from testbed_support import Cluster, Node, wait_for  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.integration
 SETTLE_S = 60
@@ -111,16 +110,6 @@ def _load(node: Node, image: str) -> None:
     assert save.wait() == 0
 
 
-def _wait(what: str, ready: Any, timeout: float = SETTLE_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = ready()
-        if value:
-            return value
-        time.sleep(0.5)
-    pytest.fail(f"{what}: not after {timeout:.0f} s", pytrace=False)
-
-
 @pytest.fixture
 def swarm(cluster: Cluster) -> Iterator[list[docker.DockerClient]]:
     """A Swarm of the three nodes, all managers; left again afterwards."""
@@ -166,13 +155,13 @@ def test_three_nodes_form_a_swarm_with_an_overlay_between_tasks(
     for node in cluster.nodes:
         _load(node, images["nginx"])
     manager = swarm[0]
-    nodes = _wait(
-        "three Ready nodes",
+    wait_for(
         lambda: (
             len([n for n in manager.nodes.list() if n.attrs["Status"]["State"] == "ready"]) == 3
         ),
+        "three Ready nodes",
+        SETTLE_S,
     )
-    assert nodes
     network = manager.networks.create("kbtb-probe", driver="overlay", attachable=True)
     service = manager.services.create(
         images["nginx"],
@@ -188,7 +177,7 @@ def test_three_nodes_form_a_swarm_with_an_overlay_between_tasks(
         def running() -> list[dict[str, Any]]:
             return [t for t in service.tasks() if t["Status"]["State"] == "running"]
 
-        _wait("three running tasks", lambda: len(running()) == 3)
+        wait_for(lambda: len(running()) == 3, "three running tasks", SETTLE_S)
         assert len({t["NodeID"] for t in running()}) == 3, "not one task per node"
         # A task on node1 fetches a page from the task on node3, by its stable hostname,
         # across the overlay network (nginx's image has no other HTTP client: bash's /dev/tcp).
@@ -204,8 +193,7 @@ def test_three_nodes_form_a_swarm_with_an_overlay_between_tasks(
         assert output.decode().rstrip().endswith("node3")
     finally:
         service.remove()
-        _wait(
-            "the probe service's tasks gone",
+        wait_for(
             lambda: (
                 not any(
                     c.name.startswith("probe.")
@@ -213,6 +201,8 @@ def test_three_nodes_form_a_swarm_with_an_overlay_between_tasks(
                     for c in client.containers.list()
                 )
             ),
+            "the probe service's tasks gone",
+            SETTLE_S,
         )
         network.remove()
 
@@ -228,10 +218,10 @@ def test_a_stopped_node_engine_is_seen_down_and_comes_back(
                 return str(node.attrs["Status"]["State"])
         return "absent"
 
-    _wait("node3 ready", lambda: state_of("node3") == "ready")
+    wait_for(lambda: state_of("node3") == "ready", "node3 ready", SETTLE_S)
     subprocess.run([str(TESTBED_SCRIPT), "cluster", "node", "stop", "node3"], check=True)
     try:
-        _wait("node3 down", lambda: state_of("node3") == "down")
+        wait_for(lambda: state_of("node3") == "down", "node3 down", SETTLE_S)
     finally:
         subprocess.run([str(TESTBED_SCRIPT), "cluster", "node", "start", "node3"], check=True)
-    _wait("node3 ready again", lambda: state_of("node3") == "ready")
+    wait_for(lambda: state_of("node3") == "ready", "node3 ready again", SETTLE_S)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -133,20 +133,16 @@ def test_kept_volumes_owned_by_root_or_by_the_service_start_read_only(
     assert applied.code == 0, applied.err
     assert redis_app(stack, secrets_of(stack)["redis_app_password"]).get("kept") == b"yes"
     for service in SERVICES:
-        # apply's own gate passed; Docker's first check runs one interval after start.
-        deadline = time.monotonic() + 120
-        while True:
-            info = json.loads(
+
+        def checked(name: str = stack.container(service)) -> dict[str, Any] | None:
+            info: dict[str, Any] = json.loads(
                 subprocess.run(
-                    ["docker", "inspect", stack.container(service)],
-                    check=True,
-                    capture_output=True,
-                    text=True,
+                    ["docker", "inspect", name], check=True, capture_output=True, text=True
                 ).stdout
             )[0]
-            health = info["State"]["Health"]["Status"]
-            if health != "starting" or time.monotonic() > deadline:
-                break
-            time.sleep(1)
+            return None if info["State"]["Health"]["Status"] == "starting" else info
+
+        # apply's own gate passed; Docker's first check runs one interval after start.
+        info = testbed_support.wait_for(checked, f"Docker's first health check of {service}", 120)
         assert info["HostConfig"]["ReadonlyRootfs"] is True, service
-        assert health == "healthy", service
+        assert info["State"]["Health"]["Status"] == "healthy", service
