@@ -29,3 +29,9 @@ class ApplyFailedError(KbinfraError):
 
 class SpecError(KbinfraError):
     """A profile, stack file or secrets file that cannot be used as it is."""
+
+
+def unreadable(error: OSError | UnicodeDecodeError) -> str:
+    """Why a text file could not be read, for a one-line error: the system's reason, or
+    that it is not UTF-8."""
+    return (error.strerror or str(error)) if isinstance(error, OSError) else "not UTF-8 text"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from kbinfra.errors import SpecError
+from kbinfra.errors import SpecError, unreadable
 from kbinfra.registry import all_services
 from kbinfra.secrets import STACK_SECRETS, Redactor, load_secrets
 from kbinfra.service import ContainerSpec, RenderedFile, Service, ServiceContext
@@ -134,7 +134,7 @@ def _read_tls(stack_dir: Path, relative: str, what: str) -> str:
             fix="run `kbinfra init` to create a self-signed one, or set tls: in kbinfra.yaml",
         ) from None
     except (OSError, UnicodeDecodeError) as error:
-        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        reason = unreadable(error)
         raise SpecError(
             f"cannot read the {what}: {reason}",
             where=str(path),

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from kbinfra.errors import SpecError
+from kbinfra.errors import SpecError, unreadable
 
 Loc = tuple[str | int, ...]
 
@@ -72,7 +72,7 @@ def read_yaml(path: Path, *, what: str, fix_missing: str) -> YamlDocument:
             f"{what} is a directory, not a file", where=str(path), fix="point it at a YAML file"
         ) from None
     except (OSError, UnicodeDecodeError) as error:
-        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        reason = unreadable(error)
         raise SpecError(
             f"cannot read {what}: {reason}",
             where=str(path),

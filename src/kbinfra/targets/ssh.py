@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kbinfra.errors import KbinfraError
+from kbinfra.errors import KbinfraError, unreadable
 from kbinfra.spec.values import HostPort
 from kbinfra.targets.base import TEMP_PREFIX, FileStore, Target
 
@@ -153,7 +153,7 @@ def read_known_hosts(path: Path) -> KnownHosts:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
-        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        reason = unreadable(error)
         raise KbinfraError(
             f"cannot read the known_hosts file: {reason}",
             where=str(path),
