@@ -12,7 +12,7 @@ import os
 import socket
 import tarfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -411,9 +411,7 @@ class Engine:
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
         return text.splitlines()[-lines:]
 
-    def wait_healthy(
-        self, container_id: str, timeout: float, cancelled: Callable[[], bool] = lambda: False
-    ) -> str | None:
+    def wait_healthy(self, container_id: str, timeout: float) -> str | None:
         """None once the container is healthy (or, without a check, stays up); else why not."""
         deadline = time.monotonic() + timeout
         up_since: float | None = None
@@ -437,8 +435,6 @@ class Engine:
                     return None
             if now >= deadline:
                 return f"not healthy after {timeout:.0f}s (health: {status})"
-            if cancelled():
-                return "cancelled: another service failed"
             time.sleep(POLL_S)
 
     # ---------------------------------------------------------------- lock
