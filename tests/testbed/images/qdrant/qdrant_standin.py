@@ -2,11 +2,14 @@
 
 Qdrant's server cannot be built or pulled here, so this serves the part of Qdrant's REST API
 that kbinfra uses, with upstream's paths, status codes, auth rules and JSON shapes, on top of
-qdrant-client's local mode (a real engine that persists under the storage path). Snapshots
-are tar files of a collection's storage with a sha256 checksum, restorable by recover/upload.
+Qdrant Edge (qdrant-edge-py: Qdrant's own segment storage, WAL, vector search and filtering,
+in-process). Each collection is one Edge shard under the storage path. Request bodies are
+validated with qdrant-client's models of the REST API. Snapshots are tar files of a
+collection's shard with a sha256 checksum, restorable by recover/upload.
 
-It is not Qdrant: no gRPC, no cluster, no optimizers; everything it does not implement answers
-404 like an unknown route.
+It is not Qdrant: no gRPC, no cluster, no sparse vectors, no multi-stage queries; a route it
+does not implement answers 404 like an unknown route, and a request feature it does not
+implement is refused with 400 rather than ignored.
 """
 
 from __future__ import annotations
@@ -17,10 +20,8 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import shutil
-import sqlite3
 import sys
 import tarfile
 import tempfile
@@ -32,19 +33,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import qdrant_edge
 import uvicorn
 import yaml
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
-from qdrant_client import QdrantClient, models
+from qdrant_client import models
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
 LOG = logging.getLogger("qdrant-standin")
-SNAPSHOT_FORMAT = "kbinfra-testbed-qdrant-standin-snapshot/1"
+SNAPSHOT_FORMAT = "kbinfra-testbed-qdrant-standin-snapshot/2"  # /2: an Edge shard
 MANIFEST_NAME = "standin-manifest.json"
-STORAGE_FILE = "storage.sqlite"
-CONFIG_FILE = "standin-collection-config.json"
+COLLECTION_CONFIG = "config.json"
+ALIASES_FILE = "aliases.json"
+#: What upstream reports as a new collection's HNSW config when none is given.
+HNSW_DEFAULTS = {
+    "m": 16,
+    "ef_construct": 100,
+    "full_scan_threshold": 10000,
+    "max_indexing_threads": 0,
+    "on_disk": False,
+}
 #: Server config keys (storage.optimizers) → the names GET /collections/{name} reports them by.
 OPTIMIZER_KEYS = {
     "deleted_threshold": "deleted_threshold",
@@ -132,93 +142,358 @@ def load_config(config_path: str | None, environ: dict[str, str]) -> dict[str, A
 
 
 # ------------------------------------------------------------------ the engine
+class Collection:
+    """One collection: a Qdrant Edge shard (Qdrant's own segment storage, WAL and search)
+    in ``<storage>/collections/<name>/shard`` and what upstream reports of it in ``config.json``
+    next to it (the vector params as created, the optimizer and WAL config it was given)."""
+
+    def __init__(self, folder: Path, shard: qdrant_edge.EdgeShard, config: dict[str, Any]) -> None:
+        self.folder = folder
+        self.shard = shard
+        self.config = config
+
+    @property
+    def vectors(self) -> Any:
+        return self.config["params"]["vectors"]
+
+    def close(self) -> None:
+        self.shard.close()
+
+
+def valid_collection_name(name: str) -> str:
+    """Upstream refuses names that cannot be a folder name; the stand-in keeps them out of
+    its storage path the same way."""
+    if not name or len(name) > 255 or name in {".", ".."} or set(name) & set('<>:"/\\|?*\0'):
+        raise ApiError(422, f"Validation error in path parameters: [name: invalid name {name!r}]")
+    return name
+
+
+def edge_vectors(vectors: Any) -> dict[str, qdrant_edge.EdgeVectorParams]:
+    """Upstream's vector params (one unnamed vector or a map of named ones) as Edge's."""
+
+    def one(params: dict[str, Any]) -> qdrant_edge.EdgeVectorParams:
+        distance = DISTANCES.get(str(params.get("distance")))
+        if distance is None:
+            raise ApiError(
+                400, f"Json deserialize error: unknown distance {params.get('distance')!r}"
+            )
+        if params.get("multivector_config"):
+            raise ApiError(400, "Bad request: multivectors are not implemented by the stand-in")
+        return qdrant_edge.EdgeVectorParams(size=int(params["size"]), distance=distance)
+
+    if isinstance(vectors, dict) and "size" in vectors:
+        return {"": one(vectors)}
+    if isinstance(vectors, dict) and vectors:
+        return {name: one(params) for name, params in vectors.items()}
+    raise ApiError(400, "Bad request: the stand-in needs dense vectors (`vectors`)")
+
+
+DISTANCES = {
+    "Cosine": qdrant_edge.Distance.Cosine,
+    "Dot": qdrant_edge.Distance.Dot,
+    "Euclid": qdrant_edge.Distance.Euclid,
+    "Manhattan": qdrant_edge.Distance.Manhattan,
+}
+
+
+def edge_filter(value: models.Filter | None) -> qdrant_edge.Filter | None:
+    """A REST filter as Edge's: the conditions kbinfra and the reference app use; anything
+    else is refused plainly rather than silently ignored."""
+    if value is None:
+        return None
+
+    def conditions(items: Any) -> list[Any] | None:
+        if items is None:
+            return None
+        return [condition(item) for item in (items if isinstance(items, list) else [items])]
+
+    return qdrant_edge.Filter(
+        must=conditions(value.must),
+        should=conditions(value.should),
+        must_not=conditions(value.must_not),
+    )
+
+
+def condition(item: Any) -> Any:
+    if isinstance(item, models.Filter):
+        return edge_filter(item)
+    if isinstance(item, models.HasIdCondition):
+        return qdrant_edge.HasIdCondition(set(item.has_id))
+    if isinstance(item, models.IsEmptyCondition):
+        return qdrant_edge.IsEmptyCondition(item.is_empty.key)
+    if isinstance(item, models.IsNullCondition):
+        return qdrant_edge.IsNullCondition(item.is_null.key)
+    if isinstance(item, models.FieldCondition):
+        match = item.match
+        edge_match: Any = None
+        if isinstance(match, models.MatchValue):
+            edge_match = qdrant_edge.MatchValue(match.value)
+        elif isinstance(match, models.MatchAny):
+            edge_match = qdrant_edge.MatchAny(list(match.any))
+        elif isinstance(match, models.MatchExcept):
+            edge_match = qdrant_edge.MatchExcept(list(match.except_))
+        elif isinstance(match, models.MatchText):
+            edge_match = qdrant_edge.MatchText(match.text)
+        elif match is not None:
+            raise ApiError(400, f"Bad request: match {type(match).__name__} is not implemented")
+        edge_range = None
+        if isinstance(item.range, models.Range):
+            r = item.range
+            edge_range = qdrant_edge.RangeFloat(gte=r.gte, gt=r.gt, lte=r.lte, lt=r.lt)
+        elif item.range is not None:
+            raise ApiError(400, "Bad request: datetime ranges are not implemented by the stand-in")
+        if edge_match is None and edge_range is None:
+            raise ApiError(400, f"Bad request: condition on {item.key} is not implemented")
+        return qdrant_edge.FieldCondition(item.key, match=edge_match, range=edge_range)
+    raise ApiError(400, f"Bad request: condition {type(item).__name__} is not implemented")
+
+
+def rest_vector(vector: Any) -> Any:
+    """Edge returns every vector under its name, the unnamed one as ""; upstream's REST
+    answer is the bare list for the unnamed vector and a map for named ones."""
+    if isinstance(vector, dict) and set(vector) == {""}:
+        return vector[""]
+    return vector
+
+
+def rest_id(point_id: Any) -> Any:
+    return str(point_id) if isinstance(point_id, uuid.UUID) else point_id
+
+
+def scored(point: Any) -> dict[str, Any]:
+    return {
+        "id": rest_id(point.id),
+        "version": point.version,
+        "score": point.score,
+        "payload": point.payload,
+        "vector": rest_vector(point.vector),
+    }
+
+
+def record(point: Any) -> dict[str, Any]:
+    return {"id": rest_id(point.id), "payload": point.payload, "vector": rest_vector(point.vector)}
+
+
 class Engine:
-    """qdrant-client local mode behind one lock: it is not thread-safe, requests are few."""
+    """The collections, their aliases and snapshots, behind one lock (requests are few)."""
 
     def __init__(self, storage_path: Path, snapshots_path: Path, version: str) -> None:
         self.storage_path = storage_path
         self.snapshots_path = snapshots_path
         self.version = version
         self.lock = threading.RLock()
-        self.storage_path.mkdir(parents=True, exist_ok=True)
+        self.collections_path = storage_path / "collections"
+        self.collections_path.mkdir(parents=True, exist_ok=True)
         self.snapshots_path.mkdir(parents=True, exist_ok=True)
-        self.client = self._open()
         self.operation_id = 0
+        self.open: dict[str, Collection] = {}
+        for folder in sorted(self.collections_path.iterdir()):
+            if (folder / COLLECTION_CONFIG).is_file() and (folder / "shard").is_dir():
+                self.open[folder.name] = self._load(folder)
 
-    def _open(self) -> QdrantClient:
-        return QdrantClient(path=str(self.storage_path), force_disable_check_same_thread=True)
+    @staticmethod
+    def _load(folder: Path) -> Collection:
+        config = json.loads((folder / COLLECTION_CONFIG).read_text())
+        return Collection(folder, qdrant_edge.EdgeShard.load(str(folder / "shard")), config)
 
     def next_operation(self) -> int:
         self.operation_id += 1
         return self.operation_id
 
+    # -------------------------------------------------------------- aliases
+    def _aliases_file(self) -> Path:
+        return self.storage_path / ALIASES_FILE
+
+    def aliases(self) -> dict[str, str]:
+        path = self._aliases_file()
+        return dict(json.loads(path.read_text())) if path.is_file() else {}
+
+    def _save_aliases(self, aliases: dict[str, str]) -> None:
+        atomic_write(self._aliases_file(), json.dumps(aliases, sort_keys=True))
+
+    def change_aliases(self, actions: list[Any]) -> None:
+        aliases = self.aliases()
+        for action in actions:
+            if (create := getattr(action, "create_alias", None)) is not None:
+                aliases[create.alias_name] = self.resolve(create.collection_name)
+            elif (delete := getattr(action, "delete_alias", None)) is not None:
+                aliases.pop(delete.alias_name, None)
+            elif (rename := getattr(action, "rename_alias", None)) is not None:
+                if rename.old_alias_name not in aliases:
+                    raise ApiError(404, f"Not found: Alias {rename.old_alias_name} does not exist!")
+                aliases[rename.new_alias_name] = aliases.pop(rename.old_alias_name)
+        self._save_aliases(aliases)
+
     def resolve(self, name: str) -> str:
         """The collection a name or alias points to, or a 404."""
-        for alias in self.client.get_aliases().aliases:
-            if alias.alias_name == name:
-                return alias.collection_name
-        if not self.client.collection_exists(name):
-            raise not_found_collection(name)
-        return name
+        if name in self.open:
+            return name
+        target = self.aliases().get(name)
+        if target in self.open:
+            return str(target)
+        raise not_found_collection(name)
 
-    def meta(self) -> dict[str, Any]:
-        return json.loads((self.storage_path / "meta.json").read_text())
+    def get(self, name: str) -> Collection:
+        return self.open[self.resolve(name)]
 
-    # Upstream fixes a collection's optimizer and WAL config when it is created, from the
-    # server's storage.optimizers / storage.wal merged with the request's own diffs, and
-    # reports it in GET /collections/{name}. qdrant-client's local mode reports fixed
-    # defaults, so the stand-in keeps what upstream would have fixed next to the storage.
-    def _config_file(self) -> Path:
-        return self.storage_path / CONFIG_FILE
+    # -------------------------------------------------------------- collections
+    def create(self, name: str, body: dict[str, Any], defaults: dict[str, Any]) -> None:
+        folder = self.collections_path / valid_collection_name(name)
+        if name in self.open:
+            raise ApiError(409, f"Wrong input: Collection `{name}` already exists!")
+        spec = models.CreateCollection.model_validate(body or {})
+        if spec.sparse_vectors:
+            raise ApiError(400, "Bad request: sparse vectors are not implemented by the stand-in")
+        vectors = to_json(spec.vectors)
+        edge = qdrant_edge.EdgeConfig(vectors=edge_vectors(vectors))
+        shutil.rmtree(folder, ignore_errors=True)  # a half-made folder of a failed create
+        folder.mkdir(parents=True)
+        config = {"params": {"vectors": vectors}, **defaults}
+        shard = qdrant_edge.EdgeShard.create(str(folder / "shard"), edge)
+        atomic_write(folder / COLLECTION_CONFIG, json.dumps(config, sort_keys=True))
+        self.open[name] = Collection(folder, shard, config)
 
-    def remembered_config(self, collection: str) -> dict[str, Any]:
-        path = self._config_file()
-        known = json.loads(path.read_text()) if path.is_file() else {}
-        return dict(known.get(collection, {}))
+    def delete(self, name: str) -> bool:
+        collection = self.open.pop(name, None)
+        if collection is None:
+            return False
+        collection.close()
+        shutil.rmtree(collection.folder)
+        self._save_aliases({a: c for a, c in self.aliases().items() if c != name})
+        return True
 
-    def remember_config(self, collection: str, config: dict[str, Any] | None) -> None:
-        path = self._config_file()
-        known = json.loads(path.read_text()) if path.is_file() else {}
-        if config is None:
-            known.pop(collection, None)
-        else:
-            known[collection] = config
-        path.with_suffix(".tmp").write_text(json.dumps(known))
-        path.with_suffix(".tmp").replace(path)
+    def info(self, name: str) -> dict[str, Any]:
+        collection = self.get(name)
+        shard = collection.shard.info()
+        config = collection.config
+        return {
+            "status": "green",
+            "optimizer_status": "ok",
+            "indexed_vectors_count": shard.indexed_vectors_count,
+            "points_count": shard.points_count,
+            "segments_count": shard.segments_count,
+            "config": {
+                "params": {
+                    "vectors": collection.vectors,
+                    "shard_number": 1,
+                    "replication_factor": 1,
+                    "write_consistency_factor": 1,
+                    "on_disk_payload": True,
+                },
+                "hnsw_config": HNSW_DEFAULTS,
+                "optimizer_config": config.get("optimizer_config", {}),
+                "wal_config": config.get("wal_config", {}),
+                "quantization_config": None,
+            },
+            "payload_schema": {},
+        }
+
+    # -------------------------------------------------------------- points
+    def upsert(self, name: str, points: list[qdrant_edge.Point]) -> None:
+        shard = self.get(name).shard
+        shard.update(qdrant_edge.UpdateOperation.upsert_points(points))
+
+    def count(self, name: str, filter: models.Filter | None) -> int:
+        return self.get(name).shard.count(
+            qdrant_edge.CountRequest(exact=True, filter=edge_filter(filter))
+        )
+
+    def query(
+        self,
+        name: str,
+        vector: list[float],
+        *,
+        using: str | None,
+        filter: models.Filter | None,
+        limit: int,
+        offset: int | None,
+        with_payload: Any,
+        with_vector: Any,
+        score_threshold: float | None,
+        exact: bool,
+    ) -> list[dict[str, Any]]:
+        collection = self.get(name)
+        names = (
+            {""}
+            if isinstance(collection.vectors, dict) and "size" in collection.vectors
+            else set(collection.vectors)
+        )
+        vector_name = using or ""
+        if vector_name not in names:
+            raise ApiError(400, f"Wrong input: Not existing vector name error: {using}")
+        found = collection.shard.query(
+            qdrant_edge.QueryRequest(
+                limit=limit,
+                offset=offset,
+                query=qdrant_edge.Query.Nearest([float(x) for x in vector], using=vector_name),
+                filter=edge_filter(filter),
+                with_payload=with_payload,
+                with_vector=with_vector,
+                score_threshold=score_threshold,
+                params=qdrant_edge.SearchParams(exact=exact),
+            )
+        )
+        return [scored(point) for point in found]
+
+    def scroll(
+        self,
+        name: str,
+        *,
+        filter: models.Filter | None,
+        limit: int,
+        offset: Any,
+        with_payload: Any,
+        with_vector: Any,
+    ) -> dict[str, Any]:
+        points, next_offset = self.get(name).shard.scroll(
+            qdrant_edge.ScrollRequest(
+                offset=offset,
+                limit=limit,
+                filter=edge_filter(filter),
+                with_payload=with_payload,
+                with_vector=with_vector,
+            )
+        )
+        return {"points": [record(p) for p in points], "next_page_offset": rest_id(next_offset)}
+
+    def total_points(self) -> int:
+        return sum(c.shard.info().points_count for c in self.open.values())
 
     # -------------------------------------------------------------- snapshots
     def collection_snapshot_dir(self, collection: str) -> Path:
-        path = self.snapshots_path / collection
+        path = self.snapshots_path / valid_collection_name(collection)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def create_snapshot(self, collection: str) -> dict[str, Any]:
-        meta = self.meta()
+    def create_snapshot(self, name: str) -> dict[str, Any]:
+        collection = self.get(name)
         stamp = dt.datetime.now(dt.UTC)
-        name = f"{collection}-{os.getpid()}-{stamp.strftime('%Y-%m-%d-%H-%M-%S')}.snapshot"
-        target = self.collection_snapshot_dir(collection) / name
-        manifest = {
+        snapshot = f"{name}-{os.getpid()}-{stamp.strftime('%Y-%m-%d-%H-%M-%S')}.snapshot"
+        target = self.collection_snapshot_dir(name) / snapshot
+        manifest: dict[str, Any] = {
             "format": SNAPSHOT_FORMAT,
             "qdrant_version": self.version,
-            "collection": collection,
-            "config": meta["collections"][collection],
-            "text_indexes": meta.get("text_indexes", {}).get(collection, {}),
+            "collection": name,
+            "config": collection.config,
+            "sizes": {},
         }
-        with tempfile.TemporaryDirectory(dir=self.snapshots_path) as tmp:
-            db_copy = Path(tmp) / STORAGE_FILE
-            source = self.storage_path / "collection" / collection / STORAGE_FILE
-            # sqlite's backup API gives a consistent copy of a database that is open elsewhere.
-            with sqlite3.connect(source) as src, sqlite3.connect(db_copy) as dst:
-                src.backup(dst)
-            partial = target.with_suffix(".partial")
+        # A consistent copy: the shard is flushed and closed (every request holds the lock),
+        # archived, and opened again.
+        collection.shard.flush()
+        collection.close()
+        partial = target.with_suffix(".partial")
+        try:
             with tarfile.open(partial, "w") as tar:
+                manifest["sizes"] = shard_sizes(collection.folder / "shard")
                 data = json.dumps(manifest, indent=2).encode()
                 info = tarfile.TarInfo(MANIFEST_NAME)
                 info.size = len(data)
                 info.mtime = int(stamp.timestamp())
                 tar.addfile(info, io.BytesIO(data))
-                tar.add(db_copy, arcname=STORAGE_FILE)
-            partial.rename(target)
+                add_shard(tar, collection.folder / "shard")
+        finally:
+            self.open[name] = self._load(collection.folder)
+        partial.rename(target)
         checksum = sha256_file(target)
         Path(f"{target}.checksum").write_text(checksum)
         return describe_snapshot(target, checksum)
@@ -237,7 +512,8 @@ class Engine:
             raise ApiError(404, f"Not found: Snapshot {name} not found")
         return path
 
-    def recover(self, collection: str, snapshot: Path, priority: str, checksum: str | None) -> None:
+    def recover(self, name: str, snapshot: Path, priority: str, checksum: str | None) -> None:
+        valid_collection_name(name)
         if checksum:
             actual = sha256_file(snapshot)
             if actual != checksum:
@@ -245,69 +521,144 @@ class Engine:
         if priority not in {"replica", "snapshot", "no_sync"}:
             raise ApiError(400, f"Bad request: unknown snapshot priority {priority!r}")
         with tempfile.TemporaryDirectory(dir=self.snapshots_path) as tmp:
+            unpacked = Path(tmp)
             try:
-                extract_members(snapshot, Path(tmp), {MANIFEST_NAME, STORAGE_FILE})
-            except (tarfile.TarError, OSError) as exc:
+                extract_snapshot(snapshot, unpacked)
+            except (tarfile.TarError, OSError, ValueError) as exc:
                 raise ApiError(400, f"Bad request: cannot read snapshot: {exc}") from exc
-            manifest_path = Path(tmp) / MANIFEST_NAME
-            if not manifest_path.is_file() or not (Path(tmp) / STORAGE_FILE).is_file():
+            manifest_path = unpacked / MANIFEST_NAME
+            if not manifest_path.is_file() or not (unpacked / "shard").is_dir():
                 raise ApiError(400, "Bad request: not a snapshot of this stand-in")
             manifest = json.loads(manifest_path.read_text())
             if manifest.get("format") != SNAPSHOT_FORMAT:
                 raise ApiError(
                     400, f"Bad request: unknown snapshot format {manifest.get('format')!r}"
                 )
-            if minor(manifest["qdrant_version"]) != minor(self.version):
+            if minor(str(manifest.get("qdrant_version"))) != minor(self.version):
                 raise ApiError(
                     400,
                     f"Bad request: snapshot was created by Qdrant {manifest['qdrant_version']}, "
                     f"which is not compatible with {self.version}: a snapshot restores only onto "
                     "the same minor version",
                 )
-            exists = self.client.collection_exists(collection)
-            # Upstream's priorities: `replica` prefers the data the node already has.
-            if priority == "replica" and exists and (self.client.count(collection).count > 0):
-                LOG.info("recover %s with priority=replica: existing data kept", collection)
-                return
-            if exists:
-                self.client.delete_collection(collection)
-            self.client.close()
             try:
-                folder = self.storage_path / "collection" / collection
-                folder.mkdir(parents=True, exist_ok=True)
-                shutil.move(str(Path(tmp) / STORAGE_FILE), folder / STORAGE_FILE)
-                meta = self.meta()
-                meta["collections"][collection] = manifest["config"]
-                if manifest.get("text_indexes"):
-                    meta.setdefault("text_indexes", {})[collection] = manifest["text_indexes"]
-                meta_path = self.storage_path / "meta.json"
-                meta_path.with_suffix(".tmp").write_text(json.dumps(meta))
-                meta_path.with_suffix(".tmp").replace(meta_path)
-            finally:
-                self.client = self._open()
+                restore_sizes(unpacked, manifest.get("sizes", {}))
+            except (OSError, ValueError) as exc:
+                raise ApiError(400, f"Bad request: cannot read snapshot: {exc}") from exc
+            config = manifest.get("config")
+            if not isinstance(config, dict) or "params" not in config:
+                raise ApiError(400, "Bad request: the snapshot's manifest has no collection config")
+            existing = self.open.get(name)
+            # Upstream's priorities: `replica` prefers the data the node already has.
+            if (
+                priority == "replica"
+                and existing is not None
+                and existing.shard.info().points_count
+            ):
+                LOG.info("recover %s with priority=replica: existing data kept", name)
+                return
+            try:  # the snapshot's shard must open before anything of the old one is touched
+                qdrant_edge.EdgeShard.load(str(unpacked / "shard")).close()
+            except Exception as exc:
+                raise ApiError(
+                    400, f"Bad request: the snapshot's shard does not open: {exc}"
+                ) from exc
+            if existing is not None:
+                self.delete(name)
+            folder = self.collections_path / name
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            shutil.move(str(unpacked / "shard"), folder / "shard")
+            atomic_write(folder / COLLECTION_CONFIG, json.dumps(config, sort_keys=True))
+            self.open[name] = self._load(folder)
 
 
-def unit(vector: list[float]) -> list[float]:
-    """``vector`` scaled to length 1 (a zero vector stays zero), as upstream stores Cosine."""
-    norm = math.sqrt(sum(x * x for x in vector))
-    return [x / norm for x in vector] if norm > 0 else list(vector)
+def aliases_json(aliases: dict[str, str]) -> list[dict[str, str]]:
+    return [{"alias_name": a, "collection_name": c} for a, c in sorted(aliases.items())]
 
 
-def cosine_names(params: Any) -> set[str | None]:
-    """The dense vectors of a collection that use Cosine distance (None: the unnamed one)."""
-    if isinstance(params, models.VectorParams):
-        return {None} if params.distance == models.Distance.COSINE else set()
-    return {n for n, p in (params or {}).items() if p.distance == models.Distance.COSINE}
+def atomic_write(path: Path, text: str) -> None:
+    partial = path.with_suffix(".tmp")
+    partial.write_text(text)
+    partial.replace(path)
 
 
-def normalize_point_vector(vector: Any, cosine: set[str | None]) -> Any:
-    """A point's vector(s) as upstream stores them: Cosine ones normalized on upload
-    (upstream computes Cosine as a dot product of unit vectors and returns what it stored)."""
-    if isinstance(vector, list) and None in cosine:
-        return unit(vector)
-    if isinstance(vector, dict):
-        return {n: unit(v) if n in cosine and isinstance(v, list) else v for n, v in vector.items()}
-    return vector
+# Edge preallocates its WAL, vector and payload files (32 MiB each, sparse on disk): a
+# snapshot stores each file up to the end of its last data extent and the manifest its full
+# size, which recover restores with truncate (a hole again, no disk used).
+MAX_FILE_SIZE = 1 << 34
+
+
+def data_end(path: Path) -> int:
+    """Where the last data of a (possibly sparse) file ends; zeros after it are a hole."""
+    size = path.stat().st_size
+    end = 0
+    with path.open("rb") as handle:
+        fd = handle.fileno()
+        offset = 0
+        while offset < size:
+            try:
+                start = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data after offset
+                break
+            offset = os.lseek(fd, start, os.SEEK_HOLE)
+            end = offset
+    return min(end, size)
+
+
+def shard_sizes(folder: Path) -> dict[str, int]:
+    return {
+        f"shard/{path.relative_to(folder).as_posix()}": path.stat().st_size
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def add_shard(tar: tarfile.TarFile, folder: Path) -> None:
+    for path in sorted([folder, *folder.rglob("*")]):
+        arcname = "shard" if path == folder else f"shard/{path.relative_to(folder).as_posix()}"
+        if path.is_dir():
+            tar.addfile(tar.gettarinfo(path, arcname))
+        elif path.is_file():
+            info = tar.gettarinfo(path, arcname)
+            info.size = data_end(path)
+            with path.open("rb") as handle:
+                tar.addfile(info, handle)
+
+
+def restore_sizes(root: Path, sizes: Any) -> None:
+    """Give each extracted file its full size back (the trailing hole)."""
+    if not isinstance(sizes, dict):
+        raise ValueError("the manifest's sizes are not a map")
+    for name, size in sizes.items():
+        path = (root / str(name)).resolve()
+        if root.resolve() not in path.parents or not path.is_file():
+            raise ValueError(f"the manifest names {name!r}, which the snapshot does not hold")
+        if not isinstance(size, int) or not path.stat().st_size <= size <= MAX_FILE_SIZE:
+            raise ValueError(f"the manifest gives {name!r} an impossible size {size!r}")
+        os.truncate(path, size)
+
+
+def extract_snapshot(archive: Path, target: Path) -> None:
+    """Extract the manifest and the shard's folders and regular files, and nothing else: no
+    links, devices or paths that leave ``target`` (Debian's Python 3.11.2 has no extraction
+    filter)."""
+    root = target.resolve()
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            path = (root / member.name).resolve()
+            inside = path == root or root in path.parents
+            allowed = member.name == MANIFEST_NAME or member.name.split("/")[0] == "shard"
+            if not inside or not allowed or not (member.isfile() or member.isdir()):
+                raise ValueError(f"unexpected member {member.name!r}")
+            if member.isdir():
+                path.mkdir(parents=True, exist_ok=True)
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            source = tar.extractfile(member)
+            assert source is not None
+            with source, path.open("wb") as out:
+                shutil.copyfileobj(source, out, 1 << 20)
 
 
 def collection_defaults(storage: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
@@ -333,17 +684,6 @@ def collection_defaults(storage: dict[str, Any], body: dict[str, Any]) -> dict[s
         }
     )
     return {"optimizer_config": optimizers, "wal_config": wal}
-
-
-def extract_members(archive: Path, target: Path, names: set[str]) -> None:
-    """Extract only the named regular files (Debian's Python 3.11.2 has no extraction filter)."""
-    with tarfile.open(archive) as tar:
-        for member in tar.getmembers():
-            if member.name in names and member.isfile():
-                source = tar.extractfile(member)
-                assert source is not None
-                with source, (target / member.name).open("wb") as out:
-                    shutil.copyfileobj(source, out, 1 << 20)
 
 
 def minor(version: str) -> str:
@@ -494,8 +834,8 @@ def create_app(config: dict[str, Any], version: str) -> FastAPI:
     @app.get("/metrics")
     def metrics() -> PlainTextResponse:
         with engine.lock:
-            collections = [c.name for c in engine.client.get_collections().collections]
-            points = sum(engine.client.count(name).count for name in collections)
+            collections = len(engine.open)
+            points = engine.total_points()
         lines = [
             "# HELP app_info information about qdrant server",
             "# TYPE app_info gauge",
@@ -505,7 +845,7 @@ def create_app(config: dict[str, Any], version: str) -> FastAPI:
             "app_status_recovery_mode 0",
             "# HELP collections_total number of collections",
             "# TYPE collections_total gauge",
-            f"collections_total {len(collections)}",
+            f"collections_total {collections}",
             "# HELP collections_vector_total total number of vectors in all collections",
             "# TYPE collections_vector_total gauge",
             f"collections_vector_total {points}",
@@ -514,7 +854,6 @@ def create_app(config: dict[str, Any], version: str) -> FastAPI:
 
     @route("GET", "/telemetry")
     def telemetry(request: Request, body: None) -> dict[str, Any]:
-        collections = engine.client.get_collections().collections
         return {
             "id": str(uuid.uuid5(uuid.NAMESPACE_URL, str(engine.storage_path))),
             "app": {
@@ -522,82 +861,69 @@ def create_app(config: dict[str, Any], version: str) -> FastAPI:
                 "version": version,
                 "startup": dt.datetime.fromtimestamp(started, dt.UTC).isoformat(),
             },
-            "collections": {"number_of_collections": len(collections)},
+            "collections": {"number_of_collections": len(engine.open)},
         }
 
     # -------------------------------------------------------------- collections
     @route("GET", "/collections")
     def list_collections(request: Request, body: None) -> Any:
-        return engine.client.get_collections()
+        return {"collections": [{"name": name} for name in sorted(engine.open)]}
 
     @route("GET", "/collections/aliases")
     def list_aliases(request: Request, body: None) -> Any:
-        return engine.client.get_aliases()
+        return {"aliases": aliases_json(engine.aliases())}
 
     @route("POST", "/collections/aliases")
     def change_aliases(request: Request, body: dict[str, Any]) -> bool:
         operation = models.ChangeAliasesOperation.model_validate(body)
-        for action in operation.actions:
-            target = getattr(action, "create_alias", None)
-            if target is not None:
-                engine.resolve(target.collection_name)
-        engine.client.update_collection_aliases(change_aliases_operations=operation.actions)
+        engine.change_aliases(list(operation.actions))
         return True
 
     @route("PUT", "/collections/{collection}")
     def create_collection(request: Request, body: dict[str, Any], collection: str) -> bool:
-        if engine.client.collection_exists(collection):
-            raise ApiError(409, f"Wrong input: Collection `{collection}` already exists!")
-        spec = models.CreateCollection.model_validate(body or {})
-        engine.client.create_collection(
-            collection,
-            vectors_config=spec.vectors,
-            sparse_vectors_config=spec.sparse_vectors,
-        )
-        engine.remember_config(collection, collection_defaults(storage, body or {}))
+        engine.create(collection, body or {}, collection_defaults(storage, body or {}))
         return True
 
     @route("GET", "/collections/{collection}")
     def get_collection(request: Request, body: None, collection: str) -> Any:
-        name = engine.resolve(collection)
-        info = to_json(engine.client.get_collection(name))
-        for section, values in engine.remembered_config(name).items():
-            info["config"][section] = {**(info["config"].get(section) or {}), **values}
-        return info
+        return engine.info(collection)
 
     @route("DELETE", "/collections/{collection}")
     def delete_collection(request: Request, body: None, collection: str) -> bool:
-        engine.remember_config(collection, None)
-        return engine.client.delete_collection(collection)
+        return engine.delete(collection)
 
     @route("GET", "/collections/{collection}/exists")
     def collection_exists(request: Request, body: None, collection: str) -> dict[str, bool]:
-        return {"exists": engine.client.collection_exists(collection)}
+        return {"exists": collection in engine.open}
 
     @route("GET", "/collections/{collection}/aliases")
     def collection_aliases(request: Request, body: None, collection: str) -> Any:
-        return engine.client.get_collection_aliases(engine.resolve(collection))
+        name = engine.resolve(collection)
+        return {"aliases": aliases_json({a: c for a, c in engine.aliases().items() if c == name})}
 
     # -------------------------------------------------------------- points
     @route("PUT", "/collections/{collection}/points")
     def upsert_points(request: Request, body: dict[str, Any], collection: str) -> dict[str, Any]:
-        name = engine.resolve(collection)
-        cosine = cosine_names(engine.client.get_collection(name).config.params.vectors)
+        # Cosine vectors are normalized by Qdrant's own storage engine, as upstream does.
         if "batch" in body:
             batch = models.Batch.model_validate(body["batch"])
-            if isinstance(batch.vectors, list) and None in cosine:
-                batch.vectors = [unit(v) for v in batch.vectors]  # type: ignore[arg-type]
-            elif isinstance(batch.vectors, dict):
-                batch.vectors = {
-                    n: [unit(v) for v in vs] if n in cosine else vs  # type: ignore[misc]
-                    for n, vs in batch.vectors.items()
-                }
-            engine.client.upsert(name, points=batch)
+            ids = list(batch.ids)
+            payloads = list(batch.payloads or [None] * len(ids))
+            if isinstance(batch.vectors, dict):
+                vectors: list[Any] = [
+                    {n: list(vs[i]) for n, vs in batch.vectors.items()} for i in range(len(ids))
+                ]
+            else:
+                vectors = list(batch.vectors)
+            if not len(ids) == len(vectors) == len(payloads):
+                raise ApiError(400, "Wrong input: ids, vectors and payloads differ in length")
+            points = [
+                qdrant_edge.Point(i, v, p) for i, v, p in zip(ids, vectors, payloads, strict=True)
+            ]
         else:
-            points = [models.PointStruct.model_validate(point) for point in body.get("points", [])]
-            for point in points:
-                point.vector = normalize_point_vector(point.vector, cosine)
-            engine.client.upsert(name, points=points)
+            structs = [models.PointStruct.model_validate(point) for point in body.get("points", [])]
+            points = [qdrant_edge.Point(s.id, s.vector, s.payload) for s in structs]
+        engine.upsert(collection, points)
         wait = request.query_params.get("wait", "false").lower() == "true"
         return {
             "operation_id": engine.next_operation(),
@@ -607,11 +933,7 @@ def create_app(config: dict[str, Any], version: str) -> FastAPI:
     @route("POST", "/collections/{collection}/points/count")
     def count_points(request: Request, body: dict[str, Any] | None, collection: str) -> Any:
         request_model = models.CountRequest.model_validate(body or {})
-        return engine.client.count(
-            engine.resolve(collection),
-            count_filter=request_model.filter,
-            exact=request_model.exact if request_model.exact is not None else True,
-        )
+        return {"count": engine.count(collection, request_model.filter)}
 
     @route("POST", "/collections/{collection}/points/search")
     def search_points(request: Request, body: dict[str, Any], collection: str) -> Any:
@@ -625,57 +947,66 @@ def create_app(config: dict[str, Any], version: str) -> FastAPI:
                 400,
                 "Json deserialize error: `vector` (list or {name, vector}) and `limit` needed",
             )
-        result = engine.client.query_points(
-            engine.resolve(collection),
-            query=[float(x) for x in vector],
+        params = body.get("params") or {}
+        return engine.query(
+            collection,
+            [float(x) for x in vector],
             using=using,
-            query_filter=models.Filter.model_validate(body["filter"])
-            if body.get("filter")
-            else None,
+            filter=models.Filter.model_validate(body["filter"]) if body.get("filter") else None,
             limit=int(body["limit"]),
             offset=body.get("offset"),
             with_payload=body.get("with_payload", False),
-            with_vectors=body.get("with_vector", False),
+            with_vector=body.get("with_vector", False),
             score_threshold=body.get("score_threshold"),
+            exact=bool(params.get("exact", False)),
         )
-        return result.points
 
     @route("POST", "/collections/{collection}/points/query")
     def query_points(request: Request, body: dict[str, Any] | None, collection: str) -> Any:
         query = models.QueryRequest.model_validate(body or {})
-        return engine.client.query_points(
-            engine.resolve(collection),
-            query=query.query,
+        vector = query.query
+        if isinstance(vector, models.NearestQuery):
+            vector = vector.nearest
+        if not (isinstance(vector, list) and all(isinstance(x, (int, float)) for x in vector)):
+            raise ApiError(
+                400, "Bad request: the stand-in answers only nearest queries by a dense vector"
+            )
+        if query.prefetch:
+            raise ApiError(400, "Bad request: prefetch is not implemented by the stand-in")
+        points = engine.query(
+            collection,
+            [float(x) for x in vector],
             using=query.using,
-            prefetch=query.prefetch,
-            query_filter=query.filter,
+            filter=query.filter,
             limit=query.limit if query.limit is not None else 10,
             offset=query.offset,
             with_payload=query.with_payload if query.with_payload is not None else False,
-            with_vectors=query.with_vector if query.with_vector is not None else False,
+            with_vector=query.with_vector if query.with_vector is not None else False,
             score_threshold=query.score_threshold,
+            exact=bool(query.params and query.params.exact),
         )
+        return {"points": points}
 
     @route("POST", "/collections/{collection}/points/scroll")
     def scroll_points(
         request: Request, body: dict[str, Any] | None, collection: str
     ) -> dict[str, Any]:
         scroll = models.ScrollRequest.model_validate(body or {})
-        points, next_offset = engine.client.scroll(
-            engine.resolve(collection),
-            scroll_filter=scroll.filter,
+        if scroll.order_by is not None:
+            raise ApiError(400, "Bad request: order_by is not implemented by the stand-in")
+        return engine.scroll(
+            collection,
+            filter=scroll.filter,
             limit=scroll.limit if scroll.limit is not None else 10,
             offset=scroll.offset,
             with_payload=scroll.with_payload if scroll.with_payload is not None else True,
-            with_vectors=scroll.with_vector if scroll.with_vector is not None else False,
-            order_by=scroll.order_by,
+            with_vector=scroll.with_vector if scroll.with_vector is not None else False,
         )
-        return {"points": to_json(points), "next_page_offset": to_json(next_offset)}
 
     # -------------------------------------------------------------- snapshots
     @route("POST", "/collections/{collection}/snapshots")
     def create_snapshot(request: Request, body: Any, collection: str) -> dict[str, Any]:
-        return engine.create_snapshot(engine.resolve(collection))
+        return engine.create_snapshot(collection)
 
     @route("GET", "/collections/{collection}/snapshots")
     def list_snapshots(request: Request, body: None, collection: str) -> list[dict[str, Any]]:
@@ -802,7 +1133,7 @@ def main(argv: list[str] | None = None) -> None:
     version = os.environ.get("KBINFRA_STANDIN_QDRANT_VERSION", "1.16.3")
     config = load_config(args.config_path, dict(os.environ))
     LOG.warning(
-        "kbinfra test bed STAND-IN for Qdrant %s (qdrant-client local mode), not the Qdrant server",
+        "kbinfra test bed STAND-IN for Qdrant %s (on Qdrant Edge), not the Qdrant server",
         version,
     )
     app = create_app(config, version)

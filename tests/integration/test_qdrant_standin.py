@@ -1,0 +1,257 @@
+"""The Qdrant STAND-IN (tests/testbed/images/qdrant) against upstream's REST semantics.
+
+Qdrant's server cannot be had here; every test that backs up, checks or benchmarks Qdrant
+runs against this stand-in, so what it answers must be what upstream answers for the parts
+kbinfra uses: the envelope and status codes, API-key rules, Cosine vectors stored normalized,
+and snapshots that give back every point and refuse a hostile archive without touching the
+collection. It runs on Qdrant Edge (Qdrant's own storage engine).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import random
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import docker
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+KEY = "standin-test-admin-key"
+READ_KEY = "standin-test-read-key"
+DIMENSION = 16
+
+
+class Standin:
+    def __init__(self, container: Any) -> None:
+        self.container = container
+        self.url = wait_ready(container)  # the published port may change on a restart
+
+
+@pytest.fixture(scope="module")
+def standin(docker_client: docker.DockerClient, images: dict[str, str]) -> Iterator[Standin]:
+    """One stand-in container for the module, with an admin and a read-only key."""
+    container = docker_client.containers.run(
+        images["qdrant"],
+        detach=True,
+        name=f"kbt-qdrant-standin-{random.randrange(1 << 32):08x}",
+        environment={
+            "QDRANT__SERVICE__API_KEY": KEY,
+            "QDRANT__SERVICE__READ_ONLY_API_KEY": READ_KEY,
+        },
+        ports={"6333/tcp": ("127.0.0.1", None)},
+    )
+    try:
+        yield Standin(container)
+    finally:
+        container.remove(force=True, v=True)
+
+
+def wait_ready(container: Any) -> str:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        container.reload()
+        bound = (container.attrs["NetworkSettings"]["Ports"] or {}).get("6333/tcp")
+        if bound:
+            url = f"http://127.0.0.1:{bound[0]['HostPort']}"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    return url
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.3)
+    raise AssertionError(f"the stand-in did not answer: {container.logs(tail=20)!r}")
+
+
+@pytest.fixture
+def admin(standin: Standin) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=standin.url, headers={"api-key": KEY}, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def collection(admin: httpx.Client, request: pytest.FixtureRequest) -> Iterator[str]:
+    name = "t_" + "".join(c for c in request.node.name if c.isalnum())[:40]
+    admin.delete(f"/collections/{name}")
+    created = admin.put(
+        f"/collections/{name}", json={"vectors": {"size": DIMENSION, "distance": "Cosine"}}
+    )
+    assert created.status_code == 200, created.text
+    yield name
+    admin.delete(f"/collections/{name}")
+
+
+def points(count: int, seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    return [
+        {
+            "id": i,
+            "vector": [rng.uniform(-5, 5) for _ in range(DIMENSION)],
+            "payload": {"n": i, "text": f"chunk {i}"},
+        }
+        for i in range(count)
+    ]
+
+
+def upsert(http: httpx.Client, name: str, batch: list[dict[str, Any]]) -> None:
+    response = http.put(f"/collections/{name}/points?wait=true", json={"points": batch})
+    assert response.status_code == 200, response.text
+    assert response.json()["result"]["status"] == "completed"
+
+
+def every_point(http: httpx.Client, name: str) -> dict[Any, tuple[Any, list[float]]]:
+    found: dict[Any, tuple[Any, list[float]]] = {}
+    offset = None
+    while True:
+        body = {"limit": 100, "with_payload": True, "with_vector": True, "offset": offset}
+        page = http.post(f"/collections/{name}/points/scroll", json=body).json()["result"]
+        found.update({p["id"]: (p["payload"], p["vector"]) for p in page["points"]})
+        offset = page["next_page_offset"]
+        if offset is None:
+            return found
+
+
+def count(http: httpx.Client, name: str) -> int:
+    response = http.post(f"/collections/{name}/points/count", json={"exact": True})
+    assert response.status_code == 200, response.text
+    return int(response.json()["result"]["count"])
+
+
+def test_cosine_vectors_are_stored_normalized_as_upstream(
+    admin: httpx.Client, collection: str
+) -> None:
+    upsert(admin, collection, points(20, seed=1))
+    stored = every_point(admin, collection)
+    assert len(stored) == 20
+    for _, vector in stored.values():
+        assert math.isclose(sum(x * x for x in vector), 1.0, rel_tol=1e-4)
+    query = {"query": [1.0] * DIMENSION, "limit": 5, "params": {"exact": True}}
+    hits = admin.post(f"/collections/{collection}/points/query", json=query).json()
+    scores = [p["score"] for p in hits["result"]["points"]]
+    assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+    assert all(-1.0 - 1e-6 <= s <= 1.0 + 1e-6 for s in scores)  # cosine of unit vectors
+
+
+def test_it_answers_errors_and_keys_as_upstream(
+    standin: Standin, admin: httpx.Client, collection: str
+) -> None:
+    url = standin.url
+    again = admin.put(
+        f"/collections/{collection}", json={"vectors": {"size": DIMENSION, "distance": "Cosine"}}
+    )
+    assert again.status_code == 409
+    assert "already exists" in again.json()["status"]["error"]
+    missing = admin.get("/collections/no_such_collection")
+    assert missing.status_code == 404
+    assert set(missing.json()) == {"status", "time"}
+    assert httpx.get(f"{url}/collections").status_code == 401
+    assert httpx.get(f"{url}/collections", headers={"api-key": "wrong"}).status_code == 401
+    assert httpx.get(f"{url}/healthz").status_code == 200  # upstream's whitelist
+    reader = {"api-key": READ_KEY}
+    upsert(admin, collection, points(3, seed=2))
+    query = {"query": [0.5] * DIMENSION, "limit": 2}
+    read = httpx.post(f"{url}/collections/{collection}/points/query", json=query, headers=reader)
+    assert read.status_code == 200 and len(read.json()["result"]["points"]) == 2
+    write = httpx.put(
+        f"{url}/collections/{collection}/points?wait=true",
+        json={"points": points(1, seed=3)},
+        headers=reader,
+    )
+    assert write.status_code == 403
+    unsupported = admin.post(
+        f"/collections/{collection}/points/query",
+        json={"prefetch": [{"query": [0.1] * DIMENSION}], "query": {"fusion": "rrf"}},
+    )
+    assert unsupported.status_code == 400  # refused, never silently ignored
+
+
+def snapshot(http: httpx.Client, name: str) -> dict[str, Any]:
+    response = http.post(f"/collections/{name}/snapshots?wait=true")
+    assert response.status_code == 200, response.text
+    return dict(response.json()["result"])
+
+
+def test_a_snapshot_gives_back_every_point_and_survives_a_restart(
+    standin: Standin, admin: httpx.Client, collection: str
+) -> None:
+    upsert(admin, collection, points(300, seed=4))
+    before = every_point(admin, collection)
+    taken = snapshot(admin, collection)
+    # Edge preallocates 32 MiB files; the snapshot holds their data, not their holes.
+    assert taken["size"] < 4 * 1024 * 1024, taken
+    upsert(admin, collection, points(350, seed=5))
+    assert every_point(admin, collection) != before
+    location = f"file:///qdrant/snapshots/{collection}/{taken['name']}"
+    recovered = admin.put(
+        f"/collections/{collection}/snapshots/recover",
+        json={"location": location, "priority": "snapshot", "checksum": taken["checksum"]},
+    )
+    assert recovered.status_code == 200, recovered.text
+    assert every_point(admin, collection) == before
+    standin.container.restart(timeout=10)
+    standin.url = wait_ready(standin.container)
+    admin.base_url = httpx.URL(standin.url)
+    assert every_point(admin, collection) == before
+
+
+def tar_bytes(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return out.getvalue()
+
+
+def manifest(**extra: Any) -> tuple[tarfile.TarInfo, bytes]:
+    body = {
+        "format": "kbinfra-testbed-qdrant-standin-snapshot/2",
+        "qdrant_version": "1.16.3",
+        "collection": "x",
+        "config": {"params": {"vectors": {"size": DIMENSION, "distance": "Cosine"}}},
+        **extra,
+    }
+    return tarfile.TarInfo("standin-manifest.json"), json.dumps(body).encode()
+
+
+def symlink(name: str, target: str) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.SYMTYPE
+    info.linkname = target
+    return info, None
+
+
+HOSTILE: dict[str, Callable[[], bytes]] = {
+    "path out of the folder": lambda: tar_bytes(
+        [manifest(), (tarfile.TarInfo("shard/../../../tmp/kbinfra-escaped"), b"x")]
+    ),
+    "symlink": lambda: tar_bytes([manifest(), symlink("shard/segments", "/etc")]),
+    "size of a file it does not hold": lambda: tar_bytes(
+        [manifest(sizes={"../../etc/passwd": 10}), (tarfile.TarInfo("shard/a"), b"x")]
+    ),
+    "not a shard": lambda: tar_bytes([manifest(), (tarfile.TarInfo("shard/a"), b"garbage")]),
+    "not a tar file": lambda: b"\x00" * 4096,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_a_hostile_snapshot_is_refused_and_the_collection_untouched(
+    admin: httpx.Client, collection: str, kind: str
+) -> None:
+    upsert(admin, collection, points(10, seed=6))
+    before = every_point(admin, collection)
+    response = admin.post(
+        f"/collections/{collection}/snapshots/upload?priority=snapshot",
+        files={"snapshot": ("hostile.snapshot", HOSTILE[kind](), "application/octet-stream")},
+    )
+    assert response.status_code == 400, response.text
+    assert set(response.json()) == {"status", "time"}
+    assert every_point(admin, collection) == before
