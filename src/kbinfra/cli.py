@@ -17,6 +17,7 @@ from kbinfra.commands import backup as backup_commands
 from kbinfra.commands import check as check_commands
 from kbinfra.commands import deploy as deploy_commands
 from kbinfra.commands import operate as operate_commands
+from kbinfra.commands import secrets as secrets_commands
 from kbinfra.commands.images import app as images_app
 from kbinfra.commands.options import (
     DirOption,
@@ -67,7 +68,13 @@ profiles_app = typer.Typer(
 )
 # Each command module is a Typer app of its own, mounted here without a name: its commands
 # are top-level commands (``kbinfra plan``), and no command module imports this one.
-for command_module in (deploy_commands, operate_commands, backup_commands, check_commands):
+for command_module in (
+    deploy_commands,
+    operate_commands,
+    backup_commands,
+    check_commands,
+    secrets_commands,
+):
     app.add_typer(command_module.app)
 app.add_typer(profiles_app, name="profiles")
 app.add_typer(images_app, name="images")

@@ -7,6 +7,8 @@ import re
 import secrets as random_source
 import stat
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from kbinfra.errors import SpecError
@@ -145,6 +147,7 @@ def ensure_secrets(stack_dir: Path, required: Iterable[str]) -> tuple[dict[str, 
     values = {**existing, **{name: generate_secret() for name in added}}
     _known_values.update(values.values())
     write_private_file(path, dump_secrets(values))
+    record_secret_dates(stack_dir, added, datetime.now(UTC))
     return values, added
 
 
@@ -163,3 +166,78 @@ class Redactor:
         for value in self._values:
             text = text.replace(value, REDACTED)
         return text
+
+
+# --------------------------------------------------------------------------- ages
+#: When each secret was generated (UTC, ISO 8601), next to ``secrets.yaml``: no value, only
+#: dates, so ``kbinfra secrets list`` and ``check`` can say how old each secret is.
+SECRET_DATES_FILE = "secrets.dates.yaml"
+
+
+def secret_dates_path(stack_dir: Path) -> Path:
+    return stack_dir / SECRET_DATES_FILE
+
+
+def load_secret_dates(stack_dir: Path) -> dict[str, datetime]:
+    """Each recorded secret's generation time; a file someone edited is checked by type."""
+    path = secret_dates_path(stack_dir)
+    if not path.is_file():
+        return {}
+    doc = read_yaml(path, what="secret dates file", fix_missing="")
+    dates: dict[str, datetime] = {}
+    for name, value in doc.data.items():
+        where = doc.where((name,))
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise SpecError(f"{name!r} is not a secret name", where=where, fix=_FIX_DATES)
+        try:
+            when = datetime.fromisoformat(str(value))
+        except ValueError:
+            raise SpecError(
+                f"the date of secret {name!r} is not an ISO 8601 time", where=where, fix=_FIX_DATES
+            ) from None
+        if when.tzinfo is None:
+            raise SpecError(
+                f"the date of secret {name!r} has no time zone", where=where, fix=_FIX_DATES
+            )
+        dates[name] = when.astimezone(UTC)
+    return dates
+
+
+_FIX_DATES = f"write it as `name: 2026-01-31T12:00:00+00:00`, or delete {SECRET_DATES_FILE}"
+
+
+def record_secret_dates(stack_dir: Path, names: Iterable[str], when: datetime) -> None:
+    """Record ``names`` as generated at ``when`` (other names keep their dates)."""
+    names = sorted(set(names))
+    if not names:
+        return
+    dates = load_secret_dates(stack_dir)
+    dates.update({name: when for name in names})
+    header = "# When kbinfra generated each secret (no values here): kbinfra secrets list.\n"
+    text = dump_yaml({name: dates[name].isoformat(timespec="seconds") for name in sorted(dates)})
+    write_private_file(secret_dates_path(stack_dir), header + text)
+
+
+@dataclass(frozen=True)
+class SecretAge:
+    """How old a secret is: ``since`` exact when recorded, else at least since ``since``
+    (the secrets file's last change: it was generated then or before)."""
+
+    since: datetime
+    exact: bool
+
+    def days(self, now: datetime) -> float:
+        return (now - self.since).total_seconds() / 86400
+
+
+def secret_ages(stack_dir: Path, names: Iterable[str]) -> dict[str, SecretAge]:
+    dates = load_secret_dates(stack_dir)
+    path = secrets_path(stack_dir)
+    file_date = datetime.fromtimestamp(path.stat().st_mtime, UTC) if path.exists() else None
+    ages: dict[str, SecretAge] = {}
+    for name in names:
+        if name in dates:
+            ages[name] = SecretAge(dates[name], exact=True)
+        elif file_date is not None:
+            ages[name] = SecretAge(file_date, exact=False)
+    return ages

@@ -10,7 +10,13 @@ from pathlib import Path
 
 from kbinfra.errors import SpecError, unreadable
 from kbinfra.registry import all_services
-from kbinfra.secrets import STACK_SECRETS, Redactor, load_secrets
+from kbinfra.secrets import (
+    BACKUP_KEY_SECRET,
+    PREVIOUS_BACKUP_KEYS_SECRET,
+    STACK_SECRETS,
+    Redactor,
+    load_secrets,
+)
 from kbinfra.service import ContainerSpec, RenderedFile, Service, ServiceContext
 from kbinfra.spec.profile import Profile, load_profile
 from kbinfra.spec.stack import StackSpec, load_stack
@@ -106,6 +112,22 @@ def required_secrets(spec: StackSpec) -> set[str]:
     return offsite | {
         secret for name in spec.enabled_services() for secret in services[name].secrets
     }
+
+
+def secret_uses(spec: StackSpec, names: Iterable[str]) -> dict[str, list[str]]:
+    """What uses each of ``names``, asked of each enabled service and of the stack itself;
+    a name nothing uses maps to an empty list (a leftover of a removed service)."""
+    services = all_services()
+    uses: dict[str, list[str]] = {name: [] for name in names}
+    for service in spec.enabled_services():
+        for secret in services[service].secrets:
+            uses.setdefault(secret, []).append(service)
+    for repository in spec.backup.offsite:
+        uses.setdefault(repository.password_secret, []).append(f"offsite {repository.name}")
+    uses.setdefault(BACKUP_KEY_SECRET, []).append("backup signing")
+    if PREVIOUS_BACKUP_KEYS_SECRET in uses:
+        uses[PREVIOUS_BACKUP_KEYS_SECRET].append("verifying older backups")
+    return {name: sorted(used) for name, used in sorted(uses.items())}
 
 
 def generated_secrets(spec: StackSpec) -> set[str]:

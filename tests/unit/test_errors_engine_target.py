@@ -65,6 +65,7 @@ FAILING_WITH_OUTPUT: dict[str, list[str]] = {
     "images save": ["images.tar"],
     "images load": ["images.tar"],
     "images copy": [],
+    "secrets list": [],
 }
 
 

@@ -296,4 +296,25 @@ def checks(stack: Stack, target: Target) -> list[CheckRow]:
         fix="run `kbinfra apply` (it recreates kbinfra's containers locked down); remove any "
         "other container of the stack",
     )
+    limit = stack.spec.secrets.max_age_days
+    if limit is not None:
+        rows.run(
+            "secrets-within-max-age",
+            "locked-down",
+            lambda: check_secret_ages(stack, limit),
+            fix="kbinfra cannot rotate secrets yet: rotate them by hand (docs/operations.md, "
+            "Secrets) or raise secrets.max_age_days",
+        )
     return rows.rows
+
+
+def check_secret_ages(stack: Stack, limit: int) -> str:
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    from kbinfra.secret_report import secret_report  # noqa: PLC0415
+
+    report = secret_report(stack, datetime.now(UTC))
+    old = [f"{entry.name} ({entry.age_text()})" for entry in report if entry.too_old]
+    require(not old, f"older than {limit} d: {', '.join(old)}")
+    oldest = max((e.age_days for e in report if e.age_days is not None), default=0.0)
+    return f"oldest {oldest:.0f} d of {limit} d"

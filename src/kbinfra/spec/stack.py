@@ -109,6 +109,12 @@ class AppSettings(_Strict):
     )
 
 
+class SecretsSettings(_Strict):
+    max_age_days: Annotated[int, Field(ge=1, le=3650)] | None = Field(
+        None, description="`kbinfra check` reports secrets older than this many days"
+    )
+
+
 class DeploySettings(_Strict):
     dir: TextLine | None = Field(
         None,
@@ -151,6 +157,7 @@ class StackSpec(_Strict):
     app: AppSettings = AppSettings()
     backup: BackupSettings = BackupSettings()
     deploy: DeploySettings = DeploySettings()
+    secrets: SecretsSettings = SecretsSettings()
     services: ServicesBase = Field(default_factory=ServicesBase)
 
     @field_validator("name")
