@@ -176,6 +176,13 @@ def plan_stack(
     stack: Stack, target: Target, *, with_diffs: bool = True, only: Collection[str] = ()
 ) -> Plan:
     """Observe the target and compare: what ``apply`` would do (changes nothing)."""
+    return observed_plan(stack, target, with_diffs=with_diffs, only=only)[0]
+
+
+def observed_plan(
+    stack: Stack, target: Target, *, with_diffs: bool = True, only: Collection[str] = ()
+) -> tuple[Plan, Observation]:
+    """:func:`plan_stack`, with the observation it was made from (for a plan file)."""
     engine = Engine(target.docker_client(), stack.spec.name)
     store = target.file_store(stack.spec.name)
     seen = observe(stack, engine, store)
@@ -185,7 +192,7 @@ def plan_stack(
             data = store.read(path)
             if data is not None:
                 old_texts[path] = data.decode("utf-8", "replace")
-    return plan_of(stack, target.name, seen, only, old_texts)
+    return plan_of(stack, target.name, seen, only, old_texts), seen
 
 
 # ---------------------------------------------------------------- repair
@@ -623,15 +630,18 @@ def apply_stack(
     parallel: int | None = None,
     only: Collection[str] = (),
     progress: Progress = SILENT,
+    expect: Callable[[Observation], None] | None = None,
 ) -> ApplyResult:
     """Bring the target to the desired state; the result says what happened to each service.
 
     ``only``: converge these services alone and leave every other container as it is.
+    ``expect``: called under the lock with what is seen before anything changes; it raises
+    to stop the apply there (a plan file made against another state).
     """
     engine = Engine(target.docker_client(), stack.spec.name)
     store = target.file_store(stack.spec.name)
     outcome = ApplyResult(stack=stack.spec.name, target=target.name)
-    if not only and not force_unlock:
+    if not only and not force_unlock and expect is None:
         unchanged = nothing_to_do(stack, engine, store)
         if unchanged is not None:
             outcome.services = unchanged
@@ -639,6 +649,8 @@ def apply_stack(
     with engine.locked(force=force_unlock) as notes:
         outcome.notes.extend(notes)
         before = engine.stack_containers()
+        if expect is not None:
+            expect(observe(stack, engine, store, before))
         outcome.repaired = repair(engine, progress, before)
         # a repair changed containers: list them again; else the one listing serves both
         seen = observe(stack, engine, store, None if outcome.repaired else before)

@@ -465,3 +465,73 @@ def test_unknown_or_changed_host_key_is_refused(
     assert offered in trusted.stdout
     deployment.env["KBINFRA_KNOWN_HOSTS"] = str(empty)
     assert deployment.run("plan").code == 3
+
+
+def _container_ids(deployment: Deployment) -> dict[str, str]:
+    return {
+        service: (_inspect(deployment.container(service)) or {}).get("Id", "") for service in SMALL
+    }
+
+
+def test_a_plan_file_is_applied_exactly_or_refused_when_anything_moved(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    assert deployment.run("apply", "--yes").code == 0
+    saved = tmp_path / "postgres.plan"
+
+    # Two services changed, the plan names one: applying it changes that one alone.
+    deployment.edit(lambda d: d["services"]["postgres"].__setitem__("max_connections", 66))
+    deployment.edit(
+        lambda d: d["services"]["redis"].update(
+            allow_eviction_of_queues=True, maxmemory_policy="allkeys-lru"
+        )
+    )
+    planned = deployment.run("plan", "--only", "postgres", "--out", str(saved))
+    assert planned.code == 3, planned.err
+    assert saved.stat().st_mode & 0o777 == 0o600
+    document = json.loads(saved.read_text())
+    assert document["only"] == ["postgres"]
+    assert [s["service"] for s in document["plan"]["services"] if s["action"] != "nothing"] == [
+        "postgres"
+    ]
+    before = _container_ids(deployment)
+    applied = deployment.run("apply", str(saved), "-o", "json")  # no question asked
+    assert applied.code == 0, applied.err
+    actions = {s["service"]: s["action"] for s in applied.json()["services"]}
+    assert actions["postgres"] == "recreate"
+    after = _container_ids(deployment)
+    assert after["postgres"] != before["postgres"]
+    assert after["redis"] == before["redis"]  # changed in kbinfra.yaml, not in the plan
+    assert _psql(deployment, "show max_connections") == "66"
+
+    # The same plan again: the target moved (postgres was recreated), so it is refused.
+    stale = deployment.run("apply", str(saved))
+    assert stale.code == 2
+    assert "changed since the plan was made" in stale.err and "target" in stale.err
+
+    # The stack changed after the plan was made: refused before anything changes.
+    planned = deployment.run("plan", "--out", str(saved))
+    assert planned.code == 3, planned.err
+    deployment.edit(lambda d: d["services"]["postgres"].__setitem__("max_connections", 67))
+    before = _container_ids(deployment)
+    refused = deployment.run("apply", str(saved))
+    assert refused.code == 2
+    assert "the stack changed since the plan was made" in refused.err
+    assert _container_ids(deployment) == before
+
+    # The target changed after the plan was made (a container stopped by hand): refused.
+    planned = deployment.run("plan", "--out", str(saved))
+    assert planned.code == 3, planned.err
+    _docker("stop", deployment.container("node-exporter"))
+    refused = deployment.run("apply", str(saved))
+    assert refused.code == 2
+    assert f"the target {document['target']} changed" in refused.err
+    assert _container_ids(deployment) == before
+    both = deployment.run("apply", str(saved), "--only", "redis")
+    assert both.code == 2 and "--only cannot be given with a plan file" in both.err
+
+    # A fresh plan of the current state applies, and the next plan has nothing to do.
+    planned = deployment.run("plan", "--out", str(saved))
+    assert planned.code == 3, planned.err
+    assert deployment.run("apply", str(saved)).code == 0
+    assert deployment.run("plan").code == 0

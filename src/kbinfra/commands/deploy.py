@@ -30,9 +30,12 @@ from kbinfra.errors import ApplyFailedError, KbinfraError
 from kbinfra.ui import Console, Output
 
 if TYPE_CHECKING:
-    from kbinfra.apply import ApplyResult
+    from collections.abc import Callable
+
+    from kbinfra.apply import ApplyResult, Observation
     from kbinfra.capacity import Fit
     from kbinfra.plan import Plan
+    from kbinfra.plan_file import PlanFile
     from kbinfra.stack import Stack
     from kbinfra.targets import Target
 
@@ -104,30 +107,96 @@ def print_plan(console: Console, plan: "Plan") -> None:
     )
 
 
-@app.command(epilog=examples("kbinfra plan", "kbinfra plan --target ssh://deploy@10.0.0.5 -o json"))
+@app.command(
+    epilog=examples(
+        "kbinfra plan",
+        "kbinfra plan --only nginx --out nginx.plan && kbinfra apply nginx.plan",
+        "kbinfra plan --target ssh://deploy@10.0.0.5 -o json",
+    )
+)
 def plan(
     stack_dir: DirOption = Path(),
     target: TargetOption = None,
     known_hosts: KnownHostsOption = None,
     identity: IdentityOption = None,
+    only: Annotated[
+        list[str] | None, only_option("Plan only these services, as `apply --only` would.")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            metavar="FILE",
+            help="Also save the plan (0600): `kbinfra apply FILE` applies exactly it, or "
+            "refuses if the stack or the target changed since.",
+            show_default=False,
+        ),
+    ] = None,
     allow_oversized_profile: AllowOversizedOption = False,
     output: OutputOption = Output.text,
 ) -> None:
     """Show what apply would change, with file diffs. Exit 0: nothing; 3: changes; 2: error."""
-    from kbinfra.apply import plan_stack  # noqa: PLC0415
+    from kbinfra import __version__  # noqa: PLC0415
+    from kbinfra.apply import observed_plan  # noqa: PLC0415
 
     console = Console(output)
     stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
+    chosen = stack.select(only or [])
     warn_about_profile(console, stack)
     with where:
         fit = _require_fit(stack, where, console, allow=allow_oversized_profile)
-        result = plan_stack(stack, where)
+        result, seen = observed_plan(stack, where, only=chosen)
+    if out is not None:
+        from kbinfra.plan_file import plan_document, write_plan_file  # noqa: PLC0415
+
+        document = plan_document(
+            result,
+            version=__version__,
+            only=chosen,
+            desired=seen.desired,
+            rendered=seen.rendered,
+            facts=seen.facts,
+        )
+        write_plan_file(out, document)
+        console.note(f"plan saved to {out}: `kbinfra apply {out}` applies exactly it")
     if console.json_mode:
         console.emit_json({**result.as_json(), "fit": fit.as_json()})
     else:
         print_plan(console, result)
     if result.has_changes:
         raise typer.Exit(EXIT_CHANGES)
+
+
+def _read_plan_file(path: Path, only: list[str] | None) -> "PlanFile":
+    from kbinfra.plan_file import read_plan_file  # noqa: PLC0415
+
+    saved = read_plan_file(path)
+    if only:
+        raise KbinfraError(
+            "--only cannot be given with a plan file: the plan names its own services",
+            where="--only",
+            fix=f"drop --only (the plan's: {', '.join(saved.only) or 'every service'})",
+        )
+    return saved
+
+
+def _expect_plan(
+    saved: "PlanFile", path: Path | None, stack: str, target: str
+) -> "Callable[[Observation], None]":
+    def expect(seen: "Observation") -> None:
+        from kbinfra.plan_file import check_plan_file  # noqa: PLC0415
+
+        check_plan_file(
+            saved,
+            stack=stack,
+            target=target,
+            desired=seen.desired,
+            rendered=seen.rendered,
+            facts=seen.facts,
+            where=str(path),
+        )
+
+    return expect
 
 
 def print_apply(console: Console, result: "ApplyResult") -> None:
@@ -145,6 +214,15 @@ def print_apply(console: Console, result: "ApplyResult") -> None:
     )
 )
 def apply(
+    plan_file: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="PLAN_FILE",
+            help="A plan saved by `kbinfra plan --out`: apply exactly it (no question asked), "
+            "or refuse (exit 2) if the stack or the target changed since.",
+            show_default=False,
+        ),
+    ] = None,
     stack_dir: DirOption = Path(),
     target: TargetOption = None,
     known_hosts: KnownHostsOption = None,
@@ -170,11 +248,13 @@ def apply(
     from kbinfra.apply import apply_stack, plan_stack  # noqa: PLC0415
 
     console = Console(output)
+    saved = _read_plan_file(plan_file, only) if plan_file is not None else None
     stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
-    chosen = stack.select(only or [])
+    chosen = stack.select(saved.only if saved is not None else only or [])
+    expect = _expect_plan(saved, plan_file, stack.spec.name, where.name) if saved else None
     with where:
         _require_fit(stack, where, console, allow=allow_oversized_profile)
-        if not yes:
+        if not yes and saved is None:
             pending = plan_stack(stack, where, only=chosen)
             if not console.json_mode:
                 print_plan(console, pending)
@@ -190,6 +270,7 @@ def apply(
                 force_unlock=force_unlock,
                 only=chosen,
                 progress=progress,
+                expect=expect,
             )
     for note in result.notes + result.repaired:
         console.note(note)
