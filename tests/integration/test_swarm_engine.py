@@ -278,7 +278,9 @@ def test_adopts_a_swarm_made_beforehand_and_refuses_a_node_of_another(
     # node3 runs a Swarm of its own: kbinfra must not take it over.
     other = local_engine(clean_cluster, "node3")
     other.swarm.init(advertise_addr=nodes[2].address.host)
-    swarm = swarm_target(clean_cluster)
+    # The node file makes node3 a worker: it joins with the worker token.
+    nodes[2] = dataclasses.replace(nodes[2], role="worker")
+    swarm = swarm_target(clean_cluster, nodes=nodes)
     try:
         with pytest.raises(KbinfraError, match=r"node node3 is in another Swarm") as refused:
             ensure_swarm(swarm)
@@ -294,7 +296,8 @@ def test_adopts_a_swarm_made_beforehand_and_refuses_a_node_of_another(
     # node2 joined as a worker by hand; the node file says manager: kbinfra promotes it.
     assert "node2" in formation.updated
     roles = {n.attrs["Description"]["Hostname"]: n.attrs["Spec"]["Role"] for n in made.nodes.list()}
-    assert roles == {"node1": "manager", "node2": "manager", "node3": "manager"}
+    assert roles == {"node1": "manager", "node2": "manager", "node3": "worker"}
+    assert swarm_state(clean_cluster, "node3") == "active"
     made.close()
     leave_swarm(clean_cluster)
 
@@ -454,6 +457,36 @@ def test_a_bad_update_is_rolled_back_by_swarm_and_the_old_task_still_serves(
         response = urllib.request.urlopen(f"http://{host}:{port}/", timeout=10)
         with response:
             assert response.status == 200
+
+
+def test_a_service_that_cannot_be_placed_times_out_naming_its_pending_task(
+    target: SwarmTarget, images: dict[str, str]
+) -> None:
+    nowhere = _nginx(images, "nowhere", replicas=1, constraints=("node.labels.no-such == x",))
+    stack = SwarmStack(STACK, NETWORK, [nowhere])
+    manager = target.docker_client()
+    changes = apply_stack(
+        manager,
+        dataclasses.replace(
+            stack, services=[*the_stack(images, password=NEW_PASSWORD).services, nowhere]
+        ),
+    )
+    assert changes.created == (f"{STACK}_nowhere",)
+    try:
+        with pytest.raises(ApplyFailedError, match=r"not converged after 3 s") as late:
+            wait_converged(
+                manager,
+                target,
+                STACK,
+                {f"{STACK}_nowhere": changes.intended[f"{STACK}_nowhere"]},
+                timeout_s=3,
+            )
+        assert f"{STACK}_nowhere: 0/1 running" in str(late.value)
+        assert "pending" in str(late.value)
+        status = stack_status(manager, target, STACK)
+        assert status.service("nowhere").degraded
+    finally:
+        manager.api.remove_service(f"{STACK}_nowhere")
 
 
 # ---------------------------------------------------------------- 6. node loss
