@@ -34,6 +34,16 @@ def images_per_node(stack: SwarmStack, nodes: Sequence[NodeFacts]) -> dict[str, 
     return {name: sorted(images) for name, images in sorted(wanted.items())}
 
 
+def node_states(nodes: Sequence[NodeFacts]) -> dict[str, str]:
+    """Node name -> its state, ``ready`` if any Swarm entry of that name is: a node that
+    left and joined again is listed twice by the manager, its old entry down."""
+    states: dict[str, str] = {}
+    for node in nodes:
+        if states.get(node.name) != "ready":
+            states[node.name] = node.state
+    return states
+
+
 @dataclass(frozen=True)
 class ImageDistribution:
     copies: tuple[CopyResult, ...]
@@ -64,15 +74,15 @@ def distribute_images(
     copies = []
     skipped = {}
     known = {node.name for node in target.nodes}
-    facts = {node.name: node for node in nodes}
+    states = node_states(nodes)
     for name, images in images_per_node(stack, nodes).items():
         if name not in known:
             skipped[name] = "not in the node file: kbinfra cannot reach it"
             progress.note("images", f"{name}: skipped, not in the node file")
             continue
-        if facts[name].state != "ready":
-            skipped[name] = f"node is {facts[name].state}"
-            progress.note("images", f"{name}: skipped, the node is {facts[name].state}")
+        if states[name] != "ready":
+            skipped[name] = f"node is {states[name]}"
+            progress.note("images", f"{name}: skipped, the node is {states[name]}")
             continue
         copies.append(
             copy_images(source, target.node_client(name), images, progress, target_name=name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kbinfra.swarm.desired import SwarmService, SwarmStack
-from kbinfra.swarm.images import images_per_node
+from kbinfra.swarm.images import images_per_node, node_states
 from kbinfra.swarm.service_spec import LABEL_SPEC_HASH
 from kbinfra.swarm.state import NodeFacts, satisfies, service_state
 
@@ -151,3 +151,10 @@ def test_each_image_goes_to_the_nodes_its_services_may_run_on() -> None:
         ],
     )
     assert images_per_node(stack, NODES) == {"n1": ["pg:15"], "n2": ["nginx:1"], "n3": ["nginx:1"]}
+
+
+def test_a_node_that_joined_again_counts_as_ready_despite_its_old_down_entry() -> None:
+    old = NodeFacts("old2", "n2", "n2", "manager", "down", "active")
+    assert node_states([NODES[1], old])["n2"] == "ready"
+    assert node_states([old, NODES[1]])["n2"] == "ready"
+    assert node_states(NODES)["n3"] == "down"
