@@ -98,7 +98,8 @@ class SwarmService:
     command: Sequence[str] | None = None
     entrypoint: Sequence[str] | None = None
     user: str | None = None
-    env: Mapping[str, str] = _EMPTY  # never a secret: those are in ``secrets``
+    # never a secret: those are in ``secrets``
+    env: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     secrets: Sequence[SwarmSecret] = ()
     configs: Sequence[SwarmConfig] = ()
     mounts: Sequence[SwarmMount] = ()
@@ -109,7 +110,8 @@ class SwarmService:
     stop_grace_s: int = 30
     read_only: bool = True
     cap_add: Sequence[str] = ()  # everything else is dropped
-    labels: Mapping[str, str] = _EMPTY  # service labels: stack, service, config hash
+    # service labels: stack, service, config hash
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     config_hash: str = ""
 
 
