@@ -363,7 +363,9 @@ def make_plan(
 def dependencies(desired: Mapping[str, DesiredService]) -> dict[str, frozenset[str]]:
     """What each service waits for before it starts: the enabled services its container
     ``depends_on`` (:mod:`kbinfra.start_graph`); no stage waits for another."""
-    return start_graph({n: d.spec.depends_on for n, d in desired.items()}, all_services())
+    return start_graph(
+        {n: d.spec.depends_on for n, d in desired.items()}, {*all_services(), *desired}
+    )
 
 
 def mounted_by(desired: Mapping[str, DesiredService]) -> dict[str, set[str]]:
