@@ -181,6 +181,10 @@ class ContainerSpec(NamedTuple):
     #: may belong to root. Before the container is created, a one-shot, locked-down container
     #: (CHOWN and DAC_READ_SEARCH only, no network) gives what does not belong to it.
     data_owner: str | None = None
+    #: A one-off job (the app tier's migration), not a service: it runs to completion each
+    #: time apply (re)creates it, exit 0 is its health, and it is never restarted. Whatever
+    #: ``depends_on`` it starts only once it has succeeded.
+    run_once: bool = False
 
 
 class ScrapeTarget(NamedTuple):

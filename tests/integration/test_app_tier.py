@@ -48,6 +48,7 @@ SERVICES = (
 )
 REPLICAS = ("app-1", "app-2")
 WORKER = "worker-documents-1"
+MIGRATION = "app-migrate"
 #: Three documents on unrelated subjects, and one sentence of each to find it by.
 DOCUMENTS = {
     "volcanoes.txt": (
@@ -95,6 +96,7 @@ def deployed(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iter
         data["app"] = {
             "image": testbed.images["app"],
             "replicas": len(REPLICAS),
+            "migrate": ["migrate"],
             "workers": [
                 {"name": "documents", "command": ["worker"], "replicas": 1, "queues": ["documents"]}
             ],
@@ -179,6 +181,18 @@ def test_check_passes_including_the_app_rows(
     for check in ("https-through-nginx", "db-role-least-rights", "db-role-no-other-database"):
         assert ("app-1", check) in rows
     assert (WORKER, "connected-to-broker") in rows
+    assert (MIGRATION, "completed") in rows
+
+
+def test_the_migration_ran_once_and_a_second_plan_has_nothing_to_do(
+    deployed: Deployment, uploaded: dict[str, str]
+) -> None:
+    status = deployed.run("status", "--output", "json")
+    migration = {r["service"]: r for r in status.json()["services"]}[MIGRATION]
+    assert migration["state"] == "exited" and not migration["drift"], migration
+    plan = deployed.run("plan", "--output", "json", "--allow-oversized-profile")
+    actions = {a["service"]: a["action"] for a in plan.json()["services"]}
+    assert plan.code == 0 and set(actions.values()) == {"nothing"}, actions
 
 
 def test_status_lists_the_replicas_and_the_worker(deployed: Deployment) -> None:

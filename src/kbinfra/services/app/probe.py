@@ -17,6 +17,7 @@ from kbinfra.services.app.service import (
     APP_DB_SECRET,
     APP_ROLE,
     ApiReplica,
+    Migration,
     WorkerReplica,
 )
 
@@ -76,6 +77,15 @@ def check_running(probe: ProbeContext) -> str:
     require(state.get("Status") == "running", f"container is {state.get('Status')}")
     restarts = int(container.attrs.get("RestartCount") or 0)
     return f"running, {restarts} restarts"
+
+
+def check_migrated(probe: ProbeContext) -> str:
+    container = container_of(probe, probe.name)
+    state = container.attrs.get("State") or {}
+    require(state.get("Status") == "exited", f"container is {state.get('Status')}")
+    code = state.get("ExitCode")
+    require(code == 0, f"the migration exited {code}")
+    return f"exited 0 at {str(state.get('FinishedAt', ''))[:19]}"
 
 
 def check_reachable_from_edge(probe: ProbeContext) -> str:
@@ -225,6 +235,13 @@ def checks(probe: ProbeContext) -> list[CheckRow]:
                 lambda: check_no_other_database(probe),
                 fix="pg_hba.conf must let the app's role in to its own database only: re-apply",
             )
+    elif isinstance(service, Migration):
+        rows.run(
+            "completed",
+            "configured",
+            lambda: check_migrated(probe),
+            fix=f"see `kbinfra logs {probe.name}`, fix the migration, apply again",
+        )
     elif isinstance(service, WorkerReplica):
         rows.run("running", "reachable", lambda: check_running(probe), fix=LOGS_FIX)
         rows.run(

@@ -128,9 +128,8 @@ class App(Service):
     def instances(self, stack: "StackSpec") -> tuple[Service, ...]:
         settings = stack.app
         split = app_split(settings)
-        found: list[Service] = [
-            ApiReplica(index, split.api_replica) for index in range(1, settings.replicas + 1)
-        ]
+        found: list[Service] = [Migration(split.api_replica)] if settings.migrate else []
+        found += [ApiReplica(index, split.api_replica) for index in range(1, settings.replicas + 1)]
         for worker in settings.workers:
             found += [
                 WorkerReplica(worker, index, split.worker_replica)
@@ -169,6 +168,15 @@ class App(Service):
         settings: AppSettings = ctx.settings
         queues = settings.queues()
         return BrokerQueues(BROKER_DATABASE, queues) if queues else None
+
+
+MIGRATION = "app-migrate"
+
+
+def starts_after(ctx: ServiceContext) -> list[str]:
+    """What the API and workers wait for: the stores they are wired to, and the migration."""
+    settings: AppSettings = ctx.settings
+    return [*stores_wired(ctx), *([MIGRATION] if settings.migrate else [])]
 
 
 def replica_name(index: int) -> str:
@@ -251,7 +259,7 @@ class ApiReplica(_Instance):
                 retries=12,
                 start_period_s=30,
             ),
-            depends_on=stores_wired(ctx),
+            depends_on=starts_after(ctx),
         )
 
 
@@ -265,7 +273,22 @@ class WorkerReplica(_Instance):
     def container(self, ctx: ServiceContext) -> ContainerSpec:
         # Celery's warm shutdown finishes the running task on SIGTERM: give it time.
         return self.base_container(ctx, list(self.worker.command), stop_timeout_s=120)._replace(
-            depends_on=stores_wired(ctx)
+            depends_on=starts_after(ctx)
+        )
+
+
+class Migration(_Instance):
+    """``app-migrate``: ``app.migrate`` run to completion before any API replica or worker
+    starts; a failure leaves the running release as it is (nothing after it is applied)."""
+
+    def __init__(self, share: float) -> None:
+        super().__init__(MIGRATION, share)
+
+    def container(self, ctx: ServiceContext) -> ContainerSpec:
+        settings: AppSettings = ctx.settings
+        command = list(settings.migrate or ())
+        return self.base_container(ctx, command, stop_timeout_s=30)._replace(
+            depends_on=stores_wired(ctx), run_once=True
         )
 
 

@@ -5,8 +5,9 @@ queues a Celery task (202 ``{"id"}``); ``GET /documents/{id}`` says queued, proc
 or failed; ``GET /search?q=&limit=`` embeds the query, searches Qdrant and joins PostgreSQL;
 ``GET /health``; ``GET /metrics``. ``worker`` runs a Celery worker on every queue of the app:
 it partitions the document through the Unstructured API, embeds the chunks, upserts them into
-Qdrant and marks the document done. ``migrate`` creates the tables (the API also does, under
-an advisory lock, before it serves). ``ping`` asks this container's worker for a Celery pong.
+Qdrant and marks the document done. ``migrate`` creates the tables (the stack file's
+``app.migrate: [migrate]``, run before the API starts). ``ping`` asks this container's
+worker for a Celery pong.
 
 It reads only the environment kbinfra generates: the file named by ``KBINFRA_ENV_FILE``.
 """
@@ -381,7 +382,6 @@ def create_api() -> Any:
 
 # --------------------------------------------------------------------------- commands
 def serve() -> None:
-    migrate()
     port = int(os.environ.get("APP_PORT", "8000"))
     uvicorn.run(create_api(), host="0.0.0.0", port=port, proxy_headers=True, log_level="info")
 

@@ -9,8 +9,12 @@ from typing import Any
 import pytest
 import yaml
 
+from kbinfra.apply import ServiceRunner
+from kbinfra.containers import ObservedContainer
 from kbinfra.errors import SpecError
-from kbinfra.plan import desired_services
+from kbinfra.names import LABEL_CONFIG_HASH
+from kbinfra.plan import desired_services, service_action
+from kbinfra.progress import SILENT
 from kbinfra.render import render_stack
 from kbinfra.scaffold import init_stack, read_image_map
 from kbinfra.secrets import dump_secrets, write_private_file
@@ -296,3 +300,96 @@ def test_prometheus_scrapes_every_replica(make_stack: MakeStack) -> None:
     targets = [t for group in jobs["app"]["static_configs"] for t in group["targets"]]
     assert targets == ["app-1:8000", "app-2:8000"]
     assert "host.docker.internal:host-gateway" not in stack.containers["prometheus"].extra_hosts
+
+
+# ------------------------------------------------------------------ the migration
+MIGRATE: dict[str, Any] = {"app": {**APP["app"], "migrate": ["migrate"]}}
+
+
+def test_the_migration_runs_once_before_the_api_and_the_workers(make_stack: MakeStack) -> None:
+    stack = make_stack("minimum", MIGRATE)
+    migration = stack.containers["app-migrate"]
+    assert migration.run_once
+    assert migration.command == ["migrate"]
+    assert "app-migrate" not in migration.depends_on
+    for name in ("app-1", "app-2", "worker-documents-1"):
+        assert "app-migrate" in stack.containers[name].depends_on
+    assert "app-migrate" not in make_stack("minimum", APP).containers
+
+
+def observed(status: str, config_hash: str) -> ObservedContainer:
+    return ObservedContainer(
+        id="c1",
+        name="kb-app-migrate",
+        state="exited",
+        status=status,
+        image=IMAGE,
+        image_id="",
+        labels={LABEL_CONFIG_HASH: config_hash},
+    )
+
+
+def test_a_migration_that_exited_0_is_done_and_one_that_failed_runs_again(
+    make_stack: MakeStack,
+) -> None:
+    stack = make_stack("minimum", MIGRATE)
+    desired = desired_services(stack, render_stack(stack))["app-migrate"]
+    done = service_action(desired, observed("Exited (0) 2 minutes ago", desired.config_hash), None)
+    assert done.action == "nothing"
+    failed = service_action(desired, observed("Exited (3) 1 minute ago", desired.config_hash), None)
+    assert (failed.action, failed.reasons) == ("start", ("its last run exited 3",))
+    changed = service_action(desired, observed("Exited (0) 2 minutes ago", "old"), None)
+    assert changed.action == "recreate"
+
+
+class JobEngine:
+    """An engine whose one container exits with ``code`` after two looks."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        self.looks = 0
+        self.removed: list[str] = []
+
+    def claim_volumes(self, desired: Any) -> bool:
+        return False
+
+    def create(self, desired: Any, secrets: Any) -> str:
+        return "job"
+
+    def put_files(self, container_id: str, files: Any) -> None:
+        pass
+
+    def start(self, container_id: str) -> None:
+        pass
+
+    def inspect(self, container_id: str) -> dict[str, Any]:
+        self.looks += 1
+        if self.looks < 3:
+            return {"State": {"Status": "running"}}
+        return {"State": {"Status": "exited", "ExitCode": self.code}}
+
+    def logs_tail(self, container_id: str, lines: int) -> list[str]:
+        return ["relation already exists"]
+
+    def remove(self, container_id: str) -> None:
+        self.removed.append(container_id)
+
+
+@pytest.mark.parametrize(("code", "outcome"), [(0, "created"), (1, "failed")])
+def test_a_migrations_gate_is_its_exit_code(make_stack: MakeStack, code: int, outcome: str) -> None:
+    stack = make_stack("minimum", MIGRATE)
+    desired = desired_services(stack, render_stack(stack))["app-migrate"]
+    clock = [0.0]
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    engine = JobEngine(code)
+    runner = ServiceRunner(engine, {}, str, None, SILENT, clock=lambda: clock[0], sleep=sleep)  # type: ignore[arg-type]
+    result = runner.run(desired, "create", None)
+    assert result.outcome == outcome
+    assert engine.looks == 3
+    if code:
+        assert result.error is not None and "exited 1" in result.error
+        assert result.logs == ["relation already exists"]
+        assert engine.removed == ["job"]
