@@ -12,6 +12,7 @@ import yaml
 from kbinfra.apply import ServiceRunner
 from kbinfra.containers import ObservedContainer
 from kbinfra.errors import SpecError
+from kbinfra.exports import compose_document
 from kbinfra.names import LABEL_CONFIG_HASH
 from kbinfra.plan import desired_services, service_action
 from kbinfra.progress import SILENT
@@ -393,3 +394,13 @@ def test_a_migrations_gate_is_its_exit_code(make_stack: MakeStack, code: int, ou
         assert result.error is not None and "exited 1" in result.error
         assert result.logs == ["relation already exists"]
         assert engine.removed == ["job"]
+
+
+def test_the_compose_export_runs_the_migration_once_before_the_api(make_stack: MakeStack) -> None:
+    services = compose_document(make_stack("minimum", MIGRATE))["services"]
+    assert services["app-migrate"]["restart"] == "no"
+    assert services["app-1"]["depends_on"]["app-migrate"] == {
+        "condition": "service_completed_successfully"
+    }
+    assert services["app-1"]["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    assert services["app-1"]["restart"] == "unless-stopped"
