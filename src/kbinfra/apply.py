@@ -37,6 +37,8 @@ from kbinfra.targets.engine import Engine, container_problem
 Outcome = Literal["created", "recreated", "started", "removed", "unchanged", "failed", "skipped"]
 LOG_LINES = 20
 MARGIN_S = 30
+#: How long a one-off job (a migration) may run, unless deploy.health_timeout_s says.
+RUN_ONCE_TIMEOUT_S = 600
 
 
 @dataclass
@@ -116,6 +118,8 @@ def health_timeout(desired: DesiredService, override: float | None) -> float:
     """How long a new container may take to become healthy."""
     if override is not None:
         return override
+    if desired.spec.run_once:
+        return RUN_ONCE_TIMEOUT_S
     check = desired.spec.healthcheck
     if check is None:
         return MARGIN_S
@@ -305,6 +309,8 @@ class ServiceRunner:
         """kbinfra's gate: the service's own health test through exec, at once and then with
         backoff; a service without a health check must stay up for a moment."""
         timeout = health_timeout(desired, self.timeout)
+        if desired.spec.run_once:
+            return self._completed(container_id, timeout)
         check = desired.spec.healthcheck
         command = exec_command(check.test) if check is not None else None
         if check is None or command is None:
@@ -319,6 +325,20 @@ class ServiceRunner:
             clock=self.clock,
             sleep=self.sleep,
         ).error
+
+    def _completed(self, container_id: str, timeout: float) -> str | None:
+        """A one-off job's gate: it exits, and with 0, within ``timeout``."""
+        deadline = self.clock() + timeout
+        interval = 0.2
+        while True:
+            state = self.engine.inspect(container_id)["State"]
+            if state.get("Status") in ("exited", "dead"):
+                code = state.get("ExitCode")
+                return None if code == 0 else f"exited {code} (see the log lines below)"
+            if self.clock() > deadline:
+                return f"still running after {timeout:.0f}s"
+            self.sleep(interval)
+            interval = min(2.0, interval * 1.5)
 
     def _gate(self, desired: DesiredService, container_id: str) -> tuple[str | None, float]:
         """Healthy, and (where the service says how) open to the stack's own credentials;

@@ -6,6 +6,7 @@ are in :mod:`kbinfra.names`.
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,6 +132,12 @@ class ObservedContainer:
         if "(health: starting)" in self.status:
             return "starting"
         return None
+
+    @property
+    def exit_code(self) -> int | None:
+        """The exit code of an exited container (``Exited (0) 2 minutes ago``), else None."""
+        match = re.match(r"Exited \((-?\d+)\)", self.status)
+        return int(match.group(1)) if match else None
 
     def as_json(self) -> dict[str, Any]:
         return {

@@ -132,7 +132,7 @@ def compose_document(stack: Stack) -> dict[str, Any]:
             "image": spec.image,
             "container_name": container_name(stack.spec.name, name),
             "hostname": name,
-            "restart": "unless-stopped",
+            "restart": "no" if spec.run_once else "unless-stopped",
             "networks": {"kbinfra": {"aliases": [name]}},
             "cpus": spec.cpus,
             "mem_limit": f"{spec.memory_mb}m",
@@ -179,7 +179,9 @@ def compose_document(stack: Stack) -> dict[str, Any]:
             }
         entry.update(compose_hardening(spec))
         depends: dict[str, Any] = {
-            d: {"condition": "service_healthy"} for d in spec.depends_on if d in stack.services
+            d: {"condition": started_condition(stack.containers[d])}
+            for d in spec.depends_on
+            if d in stack.services
         }
         if folders or spec.data_owner:
             depends[f"{name}-files"] = {"condition": "service_completed_successfully"}
@@ -193,6 +195,12 @@ def compose_document(stack: Stack) -> dict[str, Any]:
         "networks": {"kbinfra": {"name": network_name(stack.spec.name)}},
         "volumes": volumes,
     }
+
+
+def started_condition(needed: ContainerSpec) -> str:
+    """What compose waits for of a container another one needs: a one-off job (the app's
+    migration) to have exited 0, a service to be healthy."""
+    return "service_completed_successfully" if needed.run_once else "service_healthy"
 
 
 def stack_files(stack: Stack) -> list[RenderedFile]:

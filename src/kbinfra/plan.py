@@ -84,6 +84,8 @@ def config_parts(
     }
     if spec.binds:  # only then: containers without binds keep the hash they always had
         parts["binds"] = [b._asdict() for b in spec.binds]
+    if spec.run_once:  # likewise
+        parts["run_once"] = True
     for name, value in spec.env.items():
         parts[f"env.{name}"] = value
     for name, secret in spec.secret_env.items():
@@ -250,6 +252,9 @@ def service_action(
             f"image {desired.spec.image} was updated ({_short(observed.image_id)} → "
             f"{_short(image_id)})",
         )
+    if desired.spec.run_once and observed.state == "exited":
+        code = observed.exit_code
+        return act("nothing") if code == 0 else act("start", f"its last run exited {code}")
     if observed.state in ("exited", "dead", "paused"):
         return act("start", f"container is {observed.state}")
     return act("nothing")
@@ -363,7 +368,9 @@ def make_plan(
 def dependencies(desired: Mapping[str, DesiredService]) -> dict[str, frozenset[str]]:
     """What each service waits for before it starts: the enabled services its container
     ``depends_on`` (:mod:`kbinfra.start_graph`); no stage waits for another."""
-    return start_graph({n: d.spec.depends_on for n, d in desired.items()}, all_services())
+    return start_graph(
+        {n: d.spec.depends_on for n, d in desired.items()}, {*all_services(), *desired}
+    )
 
 
 def mounted_by(desired: Mapping[str, DesiredService]) -> dict[str, set[str]]:

@@ -58,7 +58,7 @@ def enabled_services(ctx: ServiceContext) -> list[tuple[Service, ServiceContext]
             service,
             ctx._replace(
                 name=name,
-                settings=ctx.stack.services.get(name),
+                settings=service.settings_in(ctx.stack),
                 resources=service.resources(ctx.profile),
             ),
         )

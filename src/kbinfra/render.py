@@ -52,7 +52,7 @@ def render_stack(stack: Stack) -> list[RenderedFile]:
     Commands read :attr:`Stack.rendered`, which calls this once per stack."""
 
     files: list[RenderedFile] = []
-    for name, service in stack.services.items():
+    for name, service in stack.families.items():
         files.extend(render_service(service, stack.contexts[name]))
     files.extend(stack_files(stack))
     paths = [f.path for f in files]

@@ -137,24 +137,31 @@ def _replace_file(path: Path, text: str, mode: int) -> None:
         raise
 
 
+#: The image map's name for the user's own API image: the stack file's ``app.image``. init
+#: writes it as a commented line under ``app:``: the tier is deployed once the user says so.
+APP_KEY = "app"
+
+
 def read_image_map(path: Path) -> dict[str, str]:
     """``images: {service: image}`` (or a flat mapping) from ``--images FILE``."""
     doc = read_yaml(path, what="image map", fix_missing="check the --images path")
     images = doc.data.get("images", doc.data)
     if not isinstance(images, dict):
         raise SpecError("image map must map service names to images", where=doc.where(("images",)))
-    known = all_services()
+    known = [n for n, s in all_services().items() if s.in_services_section]
     result: dict[str, str] = {}
     prefix = ("images",) if "images" in doc.data else ()
     for name, image in images.items():
-        if name not in known:
+        if name not in known and name != APP_KEY:
             import difflib  # noqa: PLC0415
 
-            close = difflib.get_close_matches(str(name), list(known), n=1)
+            close = difflib.get_close_matches(str(name), [*known, APP_KEY], n=1)
             raise SpecError(
                 f"unknown service {name!r} in image map",
                 where=doc.where((*prefix, name)),
-                fix=f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(known)}",
+                fix=f"did you mean {close[0]!r}?"
+                if close
+                else f"use one of {', '.join([*known, APP_KEY])}",
             )
         if not isinstance(image, str):
             raise SpecError(
@@ -227,6 +234,8 @@ def stack_file_text(
     defaults = StackSpec()
     services = []
     for service_name, service in all_services().items():
+        if not service.in_services_section:
+            continue
         model = service.settings_model
         options = [
             {
@@ -258,6 +267,7 @@ def stack_file_text(
             tls_certificate=yaml_string(defaults.tls.certificate),
             tls_key=yaml_string(defaults.tls.key),
             app_upstream=yaml_string(defaults.app.upstream),
+            app_image=yaml_string(images[APP_KEY]) if APP_KEY in images else None,
             services=services,
         )
     )
@@ -475,6 +485,8 @@ def _check_written(
     """The written stack file must read back valid and holding exactly what was asked."""
     spec = stack_model().model_validate(load_yaml(text))
     written = (spec.target, spec.domain, spec.profile)
-    pinned = {name: spec.services.get(name).image for name in images}
-    if written != (target, domain, profile) or pinned != images:
+    in_section = {n for n, s in all_services().items() if s.in_services_section}
+    asked = {name: image for name, image in images.items() if name in in_section}
+    pinned = {name: spec.services.get(name).image for name in asked}
+    if written != (target, domain, profile) or pinned != asked:
         raise AssertionError("kbinfra.yaml.j2 did not write the values it was given")

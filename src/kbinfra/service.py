@@ -181,6 +181,10 @@ class ContainerSpec(NamedTuple):
     #: may belong to root. Before the container is created, a one-shot, locked-down container
     #: (CHOWN and DAC_READ_SEARCH only, no network) gives what does not belong to it.
     data_owner: str | None = None
+    #: A one-off job (the app tier's migration), not a service: it runs to completion each
+    #: time apply (re)creates it, exit 0 is its health, and it is never restarted. Whatever
+    #: ``depends_on`` it starts only once it has succeeded.
+    run_once: bool = False
 
 
 class ScrapeTarget(NamedTuple):
@@ -230,6 +234,23 @@ class WorkQueue(NamedTuple):
 
     name: str
     length: str  # PromQL for its current length
+
+
+class DatabaseRole(NamedTuple):
+    """A PostgreSQL login role a service needs, owner of its own database and nothing more:
+    not a superuser, no CREATEDB or CREATEROLE, let in over TCP to that database only."""
+
+    role: str
+    database: str
+    password_secret: str
+
+
+class BrokerQueues(NamedTuple):
+    """Celery queues a service consumes from the stack's Redis, and the broker's database:
+    redis-exporter exports their lengths and Prometheus alerts on a backlog."""
+
+    database: int
+    queues: Sequence[str]
 
 
 class ServiceContext(NamedTuple):
@@ -322,6 +343,31 @@ class Service(ABC):
     #: when this one is enabled and one of them is not.
     requires: ClassVar[tuple[str, ...]] = ()
 
+    #: Whether its settings are ``services.<name>`` of the stack file; a service configured
+    #: by a top-level section of its own (the app tier's ``app:``) says False and answers
+    #: :meth:`settings_in` and :meth:`enabled_in` itself.
+    in_services_section: ClassVar[bool] = True
+
+    def settings_in(self, stack: "StackSpec") -> Any:
+        """Its settings in ``stack``."""
+        return stack.services.get(self.name)
+
+    def enabled_in(self, stack: "StackSpec") -> bool:
+        """Whether ``stack`` deploys it."""
+        return bool(self.settings_in(stack).enabled)
+
+    def instances(self, stack: "StackSpec") -> tuple["Service", ...]:
+        """The services that run its containers, one container each: itself, or one per
+        replica of a service that runs several (the app tier's API and workers). Each
+        instance renders nothing of its own; the registered service renders its files."""
+        return (self,)
+
+    @property
+    def folder_service(self) -> str:
+        """The registered service whose folder holds this one's probes: its own name, or
+        the name of the service it is an instance of."""
+        return self.name
+
     def resources(self, profile: "Profile") -> Resources:
         budget = getattr(profile.services, self.allocation)
         cpus = max(0.05, round(budget.cpus * self.share * 20) / 20)
@@ -387,6 +433,23 @@ class Service(ABC):
     def work_queues(self, ctx: ServiceContext) -> list[WorkQueue]:
         """The job queues whose length this service exports (Prometheus alerts on a backlog)."""
         return []
+
+    def database_roles(self, ctx: ServiceContext) -> list[DatabaseRole]:
+        """The PostgreSQL roles it logs in as (the stack's PostgreSQL creates them)."""
+        return []
+
+    def app_env(self, ctx: ServiceContext) -> Mapping[str, str]:
+        """What the app tier's env file gets to reach this service (its URL and key): the
+        values may hold secrets, and that file is 0600 and never shown."""
+        return _EMPTY
+
+    def balanced_servers(self, ctx: ServiceContext) -> list[str]:
+        """``host:port`` of the API servers nginx balances ``/`` over, when it runs them."""
+        return []
+
+    def broker_queues(self, ctx: ServiceContext) -> BrokerQueues | None:
+        """The Celery queues it consumes from the stack's Redis, or None."""
+        return None
 
     def address(self, port: int | None = None) -> str:
         """``name:port`` on the stack network."""

@@ -17,7 +17,7 @@ from kbinfra.secrets import (
     Redactor,
     load_secrets,
 )
-from kbinfra.service import ContainerSpec, RenderedFile, Service, ServiceContext
+from kbinfra.service import STAGE_ORDER, ContainerSpec, RenderedFile, Service, ServiceContext
 from kbinfra.spec.profile import Profile, load_profile
 from kbinfra.spec.stack import StackSpec, load_stack
 from kbinfra.start_graph import start_graph
@@ -35,26 +35,40 @@ class Stack:
     tls_key: str
 
     @cached_property
-    def services(self) -> dict[str, Service]:
-        """The enabled services, in deployment order."""
+    def families(self) -> dict[str, Service]:
+        """The enabled registered services, in deployment order: each renders its files."""
         enabled = set(self.spec.enabled_services())
         return {name: s for name, s in all_services().items() if name in enabled}
 
     @cached_property
+    def services(self) -> dict[str, Service]:
+        """What runs, one container each, in deployment order: every enabled service, or
+        its instances for one that runs several containers (the app tier's replicas)."""
+        instances = [i for family in self.families.values() for i in family.instances(self.spec)]
+        instances.sort(key=lambda service: STAGE_ORDER[service.stage])
+        return {service.name: service for service in instances}
+
+    @cached_property
     def contexts(self) -> dict[str, ServiceContext]:
-        enabled = frozenset(self.services)
+        """The context of every enabled registered service and of every instance."""
+        enabled = frozenset(self.families) | frozenset(self.services)
+        owners = {
+            instance.name: family
+            for family in self.families.values()
+            for instance in family.instances(self.spec)
+        }
         return {
             name: ServiceContext(
                 name=name,
                 stack=self.spec,
                 profile=self.profile,
-                settings=self.spec.services.get(name),
+                settings=owners.get(name, service).settings_in(self.spec),
                 resources=service.resources(self.profile),
                 secrets=self.secrets,
                 enabled=enabled,
                 extra={"tls_certificate": self.tls_certificate, "tls_key": self.tls_key},
             )
-            for name, service in self.services.items()
+            for name, service in {**self.families, **self.services}.items()
         }
 
     @cached_property
@@ -75,7 +89,10 @@ class Stack:
                 spec = spec._replace(pids_limit=ctx.resources.pids)
             containers[name] = spec
         # A cycle or an unknown name is an error of the service folders, found at load.
-        start_graph({n: spec.depends_on for n, spec in containers.items()}, all_services())
+        start_graph(
+            {n: spec.depends_on for n, spec in containers.items()},
+            {*all_services(), *containers},
+        )
         return containers
 
     def select(self, names: Iterable[str], *, asked_as: str = "--only") -> list[str]:
@@ -100,7 +117,7 @@ class Stack:
     def redact(self) -> Redactor:
         from_settings = {
             f"{name}.{key}": value
-            for name, service in self.services.items()
+            for name, service in self.families.items()
             for key, value in service.secret_settings(self.contexts[name]).items()
         }
         return Redactor({**self.secrets, **from_settings, "tls_key": self.tls_key})

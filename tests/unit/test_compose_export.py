@@ -100,7 +100,11 @@ def test_render_check_runs_the_real_docker_compose(
 
     # render --check names the tool's version, as for every other validator (a stack of one
     # service that has no validator of its own, so only the compose export is checked).
-    only = {n: {"enabled": n == "node-exporter"} for n in all_services()}
+    only = {
+        n: {"enabled": n == "node-exporter"}
+        for n, s in all_services().items()
+        if s.in_services_section
+    }
     small = make_stack("minimum", {"services": only})
     folder = tmp_path.parent / "small"
     write_tree(small.rendered, folder)

@@ -40,7 +40,7 @@ def probe_module(service: Service) -> ModuleType | None:
     """``kbinfra/services/<folder>/probe.py`` of ``service``, or None when it has no probes."""
     from kbinfra.registry import service_part  # noqa: PLC0415
 
-    return service_part(service.name, "probe")
+    return service_part(service.folder_service, "probe")
 
 
 def select(stack: Stack, only: Sequence[str]) -> list[str]:

@@ -9,12 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from kbinfra.registry import all_services
 from kbinfra.service import ServiceSettings
+from kbinfra.spec.app import AppSettings
 from kbinfra.spec.values import (
     Domain,
     SshTarget,
     Target,
     TextLine,
-    Upstream,
     VolumeName,
     parse_ssh_target,
 )
@@ -102,13 +102,6 @@ class BackupSettings(_Strict):
         return value
 
 
-class AppSettings(_Strict):
-    upstream: Upstream = Field(
-        "host.docker.internal:8000",
-        description="host:port of the user's API servers that nginx proxies / to",
-    )
-
-
 class SecretsSettings(_Strict):
     max_age_days: Annotated[int, Field(ge=1, le=3650)] | None = Field(
         None, description="`kbinfra check` reports secrets older than this many days"
@@ -187,7 +180,13 @@ class StackSpec(_Strict):
         return self
 
     def enabled_services(self) -> list[str]:
-        return [name for name in self.services.names() if self.services.get(name).enabled]
+        """The registered services this stack deploys, in deployment order."""
+        fields = type(self.services).model_fields
+        return [
+            name
+            for name, service in all_services().items()
+            if (name in fields or not service.in_services_section) and service.enabled_in(self)
+        ]
 
     def ssh_parts(self) -> SshTarget | None:
         """``(user, host, port)`` for an ssh:// target, else None."""
@@ -201,6 +200,8 @@ def stack_model() -> type[StackSpec]:
     """StackSpec whose ``services`` has a typed field for every registered service."""
     fields: dict[str, Any] = {}
     for name, service in all_services().items():
+        if not service.in_services_section:
+            continue
         defaults = service.settings_model(
             image=service.default_image,
             port=service.default_host_port,

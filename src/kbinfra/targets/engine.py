@@ -268,7 +268,7 @@ class Engine:
             port_bindings=port_bindings or None,
             nano_cpus=round(spec.cpus * 1e9),
             mem_limit=f"{spec.memory_mb}m",
-            restart_policy={"Name": "unless-stopped"},
+            restart_policy={"Name": "no" if spec.run_once else "unless-stopped"},
             shm_size=f"{spec.shm_size_mb}m" if spec.shm_size_mb else None,
             extra_hosts=list(spec.extra_hosts) or None,
             network_mode=network_name(self.stack),

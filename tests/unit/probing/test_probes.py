@@ -269,6 +269,7 @@ def test_probes_are_found_by_the_services_module() -> None:
         "nginx",
         "prometheus",
         "alertmanager",
+        "app-tier",
     }
     for name in found:
         module = probe_module(services[name])

@@ -8,6 +8,7 @@ and how large a batch, all read by the app from ``config.json``. Models load fro
 
 import math
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -311,6 +312,13 @@ class Embeddings(Service):
 
     def scrape_targets(self, ctx: ServiceContext) -> list[ScrapeTarget]:
         return [ScrapeTarget(job="embeddings", address=self.address(), path="/metrics")]
+
+    def app_env(self, ctx: ServiceContext) -> Mapping[str, str]:
+        settings: EmbeddingsSettings = ctx.settings
+        env = {"EMBEDDINGS_URL": f"http://{self.address()}"}
+        if settings.require_api_key:
+            env[API_KEY_ENV] = ctx.secrets["embeddings_api_key"]
+        return env
 
     def routes(self, ctx: ServiceContext) -> list[Route]:
         return [Route(prefix="/embeddings/", address=self.address())]

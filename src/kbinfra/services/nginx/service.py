@@ -155,6 +155,16 @@ class AppUpstream(NamedTuple):
     #: Resolved once at start (an IP, or a name Docker puts in /etc/hosts). Otherwise resolved
     #: per request through Docker's DNS, so nginx starts while the name does not resolve yet.
     static: bool
+    #: The API replicas kbinfra runs (``Service.balanced_servers``): an ``upstream`` block
+    #: with passive health. nginx 1.22 resolves these names at start (and reload) only.
+    servers: tuple[str, ...] = ()
+
+
+#: Passive health of a balanced replica: this many failed attempts within fail_timeout take it
+#: out of the rotation for fail_timeout; idle connections kept open to the replicas.
+UPSTREAM_MAX_FAILS = 3
+UPSTREAM_FAIL_TIMEOUT_S = 10
+UPSTREAM_KEEPALIVE = 32
 
 
 def app_upstream(upstream: str) -> AppUpstream:
@@ -164,6 +174,11 @@ def app_upstream(upstream: str) -> AppUpstream:
     except ValueError:
         return AppUpstream(upstream, static=host in DOCKER_HOST_ALIASES)
     return AppUpstream(upstream, static=True)
+
+
+def balanced_servers(ctx: ServiceContext) -> tuple[str, ...]:
+    """The API replicas the enabled services run, to balance ``/`` over."""
+    return tuple(a for s, own in enabled_services(ctx) for a in s.balanced_servers(own))
 
 
 def routed_services(ctx: ServiceContext) -> list[tuple[Service, Route]]:
@@ -205,7 +220,10 @@ class Nginx(Service):
             "settings": settings,
             "tune": self.tuning(ctx),
             "config_dir": CONFIG_DIR,
-            "app": app_upstream(ctx.stack.app.upstream),
+            "app": self.app(ctx),
+            "upstream_max_fails": UPSTREAM_MAX_FAILS,
+            "upstream_fail_timeout_s": UPSTREAM_FAIL_TIMEOUT_S,
+            "upstream_keepalive": UPSTREAM_KEEPALIVE,
             "resolver": DOCKER_DNS,
             "routes": routes,
             "protocols": " ".join(TLS_PROTOCOLS),
@@ -216,6 +234,12 @@ class Nginx(Service):
             if settings.https_port == 443
             else f"{domain}:{settings.https_port}",
         }
+
+    def app(self, ctx: ServiceContext) -> AppUpstream:
+        servers = balanced_servers(ctx)
+        if servers:
+            return AppUpstream(servers[0], static=True, servers=servers)
+        return app_upstream(ctx.stack.app.upstream)
 
     def files(self, ctx: ServiceContext) -> list[RenderedFile]:
         return [
@@ -253,6 +277,9 @@ class Nginx(Service):
             # The master binds 80 and 443 as root and chowns its temp folders; its workers
             # switch to the nginx user.
             cap_add=("CHOWN", "NET_BIND_SERVICE", "SETGID", "SETUID"),
+            # nginx 1.22 resolves an upstream block's names once, at start: the replicas must
+            # be on the network first (and a changed replica list recreates nginx).
+            depends_on=[server.rpartition(":")[0] for server in self.app(ctx).servers],
             # The pid file (/run/nginx.pid) and temp files; request bodies and proxy buffers
             # go to disk (Debian's nginx keeps them in /var/lib/nginx, the official image in
             # /var/cache/nginx): an upload may be as large as upload_limit_mb.

@@ -2,16 +2,21 @@
 
 import math
 import re
+from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
+from urllib.parse import quote
 
 from pydantic import Field
 
 from kbinfra.errors import SpecError
+from kbinfra.registry import enabled_services
 from kbinfra.service import (
     ContainerSpec,
+    DatabaseRole,
     FileMount,
     HealthCheck,
     LoginCheck,
+    RenderedFile,
     Service,
     ServiceContext,
     ServiceSettings,
@@ -49,6 +54,11 @@ DATA_DIR = "/var/lib/postgresql/data"
 CONF_FILE = "postgres/postgresql.conf"
 HBA_FILE = "postgres/pg_hba.conf"
 FILES = (CONF_FILE, HBA_FILE)
+#: The login roles other services ask for (``Service.database_roles``), created at the first
+#: start and made so again after every (re)start of the container: a kept data volume from a
+#: stack without them lacks them, and their passwords follow secrets.yaml.
+ROLES_FILE = "postgres/initdb/30-service-roles.sh"
+INITDB_DIR = "/docker-entrypoint-initdb.d"
 #: Where Debian puts the server binaries when they are not on PATH.
 BIN_DIRS_GLOB = "/usr/lib/postgresql/*/bin"
 #: ``postgres -C`` prints memory settings as bare numbers in each setting's base unit
@@ -236,6 +246,25 @@ class Postgres(Service):
             "memory": memory,
             "settings": ctx.settings,
             "tcp_roles": self.tcp_roles(ctx),
+            "service_roles": self.service_roles(ctx),
+        }
+
+    def service_roles(self, ctx: ServiceContext) -> list[DatabaseRole]:
+        """The roles the enabled services log in as, each owner of its own database."""
+        return [role for s, own in enabled_services(ctx) for role in s.database_roles(own)]
+
+    def files(self, ctx: ServiceContext) -> list[RenderedFile]:
+        roles = self.service_roles(ctx)
+        return [RenderedFile(path=ROLES_FILE, text=roles_script(roles))] if roles else []
+
+    def app_env(self, ctx: ServiceContext) -> Mapping[str, str]:
+        roles = self.service_roles(ctx)
+        if len(roles) != 1:
+            return {}
+        role = roles[0]
+        password = quote(ctx.secrets[role.password_secret], safe="")
+        return {
+            "DATABASE_URL": f"postgresql://{role.role}:{password}@{self.address()}/{role.database}"
         }
 
     def tcp_roles(self, ctx: ServiceContext) -> list[str]:
@@ -249,6 +278,7 @@ class Postgres(Service):
 
     def container(self, ctx: ServiceContext) -> ContainerSpec:
         settings: PostgresSettings = ctx.settings
+        roles = self.service_roles(ctx)
         return ContainerSpec(
             service=self.name,
             image=ctx.image,
@@ -263,6 +293,7 @@ class Postgres(Service):
             secret_env={
                 "POSTGRES_PASSWORD": "postgres_password",
                 "KBINFRA_MONITOR_PASSWORD": "postgres_monitor_password",
+                **{role_password_variable(role): role.password_secret for role in roles},
             },
             ports=ctx.loopback_port(5432),
             volumes=[VolumeMount(volume=ctx.volume(), target=DATA_DIR)],
@@ -279,6 +310,7 @@ class Postgres(Service):
                     source="postgres/initdb/20-monitor-role.sh",
                     target="/docker-entrypoint-initdb.d/20-monitor-role.sh",
                 ),
+                *([FileMount(source=ROLES_FILE, target=roles_path())] if roles else []),
             ],
             healthcheck=HealthCheck(
                 test=["CMD-SHELL", 'pg_isready -h 127.0.0.1 -U "$POSTGRES_USER" -d "$POSTGRES_DB"'],
@@ -317,13 +349,16 @@ class Postgres(Service):
         the stack's password (from the container's environment, never on a command line)."""
         settings: PostgresSettings = ctx.settings
         volume = ctx.volume()
+        psql = 'psql -X -w -q -A -t -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "SELECT 1"'
+        login = f'PGPASSWORD="$POSTGRES_PASSWORD" exec {psql}'
+        if self.service_roles(ctx):
+            # Then (re)make the services' roles: idempotent, as at initialisation.
+            login = (
+                f'export PGPASSWORD="$POSTGRES_PASSWORD" && {psql} >/dev/null && '
+                f"exec sh {roles_path()}"
+            )
         return LoginCheck(
-            command=[
-                "sh",
-                "-c",
-                'PGPASSWORD="$POSTGRES_PASSWORD" exec psql -X -w -q -A -t '
-                '-U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "SELECT 1"',
-            ],
+            command=["sh", "-c", login],
             failure=(
                 f"the stack's postgres_password does not open database {settings.database!r} "
                 f"as role {settings.user!r}: volume {volume} keeps the password of the stack "
@@ -335,6 +370,42 @@ class Postgres(Service):
                 f"`kbinfra destroy --delete-data --confirm-name {ctx.stack.name}` and apply"
             ),
         )
+
+
+def roles_path() -> str:
+    return f"{INITDB_DIR}/{ROLES_FILE.rsplit('/', 1)[-1]}"
+
+
+def role_password_variable(role: DatabaseRole) -> str:
+    return f"KBINFRA_ROLE_PASSWORD_{role.role.upper()}"
+
+
+def roles_script(roles: list[DatabaseRole]) -> str:
+    """A shell script that makes each role exist as it should, owner of its database: run at
+    initialisation and after every start. Passwords come from the environment."""
+    lines = [
+        "#!/bin/sh",
+        "# Rendered by kbinfra: the login roles the stack's services ask for (not superusers,",
+        "# no CREATEDB, no CREATEROLE), each owner of its own database. Idempotent: it runs",
+        "# when the data directory is initialised and after every start of the container.",
+        "set -eu",
+    ]
+    for role in roles:
+        variable = role_password_variable(role)
+        lines += [
+            'psql -v ON_ERROR_STOP=1 -X -q --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \\',
+            f"    -v password=\"${variable}\" <<'SQL'",
+            f"SELECT 'CREATE ROLE {role.role} LOGIN' WHERE NOT EXISTS "
+            f"(SELECT FROM pg_roles WHERE rolname = '{role.role}')\\gexec",
+            f"ALTER ROLE {role.role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
+            "NOREPLICATION NOBYPASSRLS PASSWORD :'password';",
+            f"SELECT 'CREATE DATABASE {role.database} OWNER {role.role}' WHERE NOT EXISTS "
+            f"(SELECT FROM pg_database WHERE datname = '{role.database}')\\gexec",
+            f"ALTER DATABASE {role.database} OWNER TO {role.role};",
+            f"REVOKE ALL ON DATABASE {role.database} FROM PUBLIC;",
+            "SQL",
+        ]
+    return "\n".join(lines) + "\n"
 
 
 SERVICE = Postgres()

@@ -201,7 +201,7 @@ class Prometheus(Service):
                 job=SELF_JOB, address=f"localhost:{self.container_port}", interval_s=interval
             )
         ]
-        if settings.scrape_app:
+        if settings.scrape_app and not ctx.stack.app.deployed:
             own.append(
                 ScrapeTarget(
                     job=APP_JOB,
@@ -285,7 +285,11 @@ class Prometheus(Service):
         upstream_host = ctx.stack.app.upstream.rpartition(":")[0]
         settings = cast(PrometheusSettings, ctx.settings)
         extra_hosts = []
-        if settings.scrape_app and upstream_host == "host.docker.internal":
+        if (
+            settings.scrape_app
+            and not ctx.stack.app.deployed
+            and upstream_host == "host.docker.internal"
+        ):
             # Docker Desktop defines this name; Docker Engine on Linux needs it spelled out.
             extra_hosts.append("host.docker.internal:host-gateway")
         return ContainerSpec(

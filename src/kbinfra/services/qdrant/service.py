@@ -1,6 +1,7 @@
 """Qdrant: thread and segment tuning from the profile, api keys by env, a schema-checked config."""
 
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic import Field
@@ -192,6 +193,12 @@ class Qdrant(Service):
                 ],
             )
         ]
+
+    def app_env(self, ctx: ServiceContext) -> Mapping[str, str]:
+        return {
+            "QDRANT_URL": f"http://{self.address()}",
+            "QDRANT_API_KEY": ctx.secrets["qdrant_api_key"],
+        }
 
 
 SERVICE = Qdrant()

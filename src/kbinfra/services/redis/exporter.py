@@ -49,14 +49,14 @@ class RedisExporter(Exporter):
     requires = ("redis",)
 
     def container(self, ctx: ServiceContext) -> ContainerSpec:
-        settings = cast(RedisExporterSettings, ctx.settings)
+        database, queues = broker_watch(ctx)
         env = {
             "REDIS_ADDR": f"redis://{address_of('redis', REDIS_PORT)}",
             "REDIS_USER": EXPORTER_USER,
         }
-        if settings.celery_queues:
+        if queues:
             env["REDIS_EXPORTER_CHECK_SINGLE_KEYS"] = ",".join(
-                f"db{settings.celery_db}={queue}" for queue in settings.celery_queues
+                f"db{database}={queue}" for queue in queues
             )
         return ContainerSpec(
             service=self.name,
@@ -97,8 +97,21 @@ def watched_queues(ctx: ServiceContext) -> list[str]:
     """
     if SERVICE.name not in ctx.enabled or any(n not in ctx.enabled for n in SERVICE.requires):
         return []
+    return broker_watch(ctx)[1]
+
+
+def broker_watch(ctx: ServiceContext) -> tuple[int, list[str]]:
+    """The broker's database and the queues to export: what the enabled services consume
+    (``Service.broker_queues``: the app tier's workers), else ``celery_db`` and
+    ``celery_queues`` as set by hand for an app kbinfra does not deploy."""
+    from kbinfra.registry import enabled_services  # noqa: PLC0415 (loaded while it loads services)
+
+    offered = [q for s, own in enabled_services(ctx) if (q := s.broker_queues(own)) is not None]
+    if offered:
+        queues = list(dict.fromkeys(name for broker in offered for name in broker.queues))
+        return offered[0].database, queues
     settings = cast(RedisExporterSettings, ctx.stack.services.get(SERVICE.name))
-    return list(settings.celery_queues)
+    return settings.celery_db, list(settings.celery_queues)
 
 
 SERVICE = RedisExporter()

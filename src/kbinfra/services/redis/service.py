@@ -2,10 +2,14 @@
 
 import hashlib
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Self
+from urllib.parse import quote
 
 from pydantic import Field, model_validator
 
+from kbinfra.errors import SpecError
+from kbinfra.registry import enabled_services
 from kbinfra.service import (
     ContainerSpec,
     FileMount,
@@ -17,6 +21,7 @@ from kbinfra.service import (
     VolumeMount,
 )
 from kbinfra.services.redis.exporter import SERVICE as EXPORTER
+from kbinfra.spec.app import BROKER_DATABASE, REDIS_DATABASES, RESULTS_DATABASE
 
 if TYPE_CHECKING:
     pass
@@ -47,6 +52,8 @@ ACL_PATH = "/usr/local/etc/redis/acl/users.acl"
 #: file, so the file is placed into the container owned by that user.
 REDIS_UID = 999
 HEALTHCHECK_USER = "healthcheck"
+#: The ACL user the app tier logs in as: no dangerous command (FLUSHALL, CONFIG, KEYS …).
+APP_USER = "app"
 ANONYMOUS = "(no login)"
 #: The ACL users with a password, and the secret that holds it.
 PASSWORD_USERS = {
@@ -218,6 +225,26 @@ class Redis(Service):
             user=f"{REDIS_UID}:{REDIS_UID}",
             data_owner=f"{REDIS_UID}:{REDIS_UID}",
         )
+
+    def app_env(self, ctx: ServiceContext) -> Mapping[str, str]:
+        """One URL per purpose of the guide's database map, as the ``app`` ACL user (never
+        the admin), and Celery's broker and results. The broker's queues need this
+        instance under ``noeviction``: the policy is per instance, not per database."""
+        settings: RedisSettings = ctx.settings
+        consumers = [s.name for s, own in enabled_services(ctx) if s.broker_queues(own)]
+        if consumers and settings.maxmemory_policy != "noeviction":
+            raise SpecError(
+                f"services.redis.maxmemory_policy is {settings.maxmemory_policy}, and this "
+                f"Redis holds the Celery broker of {consumers[0]}: evicted queue keys lose jobs",
+                where="kbinfra.yaml: services.redis.maxmemory_policy",
+                fix="set it to noeviction (the policy is per instance, not per database)",
+            )
+        password = quote(ctx.secrets[PASSWORD_USERS[APP_USER]], safe="")
+        base = f"redis://{APP_USER}:{password}@{self.address()}"
+        env = {f"REDIS_{purpose}_URL": f"{base}/{db}" for purpose, db in REDIS_DATABASES}
+        env["CELERY_BROKER_URL"] = f"{base}/{BROKER_DATABASE}"
+        env["CELERY_RESULT_BACKEND"] = f"{base}/{RESULTS_DATABASE}"
+        return env
 
 
 SERVICE = Redis()

@@ -11,6 +11,7 @@ OpenMP variables that torch, OpenBLAS and Tesseract read.
 
 import math
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -300,6 +301,12 @@ class Unstructured(Service):
             # Uploaded documents are spooled to /tmp: on disk, not in memory.
             scratch=("/tmp",),
         )
+
+    def app_env(self, ctx: ServiceContext) -> Mapping[str, str]:
+        return {
+            "UNSTRUCTURED_API_URL": f"http://{self.address()}{API_PATH}",
+            "UNSTRUCTURED_API_KEY": ctx.secrets["unstructured_api_key"],
+        }
 
     def routes(self, ctx: ServiceContext) -> list[Route]:
         # hi_res partitioning of a long PDF takes minutes.

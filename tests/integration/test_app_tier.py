@@ -1,0 +1,261 @@
+"""The app tier end to end, on the local engine: the reference KB app (2 API replicas, 1
+Celery worker) applied with the stack; documents uploaded through nginx over HTTPS are
+partitioned, embedded and found again by search; check passes with the app's rows; status
+lists the replicas; Prometheus has the app's series from every replica.
+
+One stack is shared by the tests of this module (applying it takes minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import docker
+import docker.errors
+import httpx
+import pytest
+import yaml
+
+try:  # a package when tests/ has __init__.py files, plain modules otherwise
+    from .stack_support import Deployment, fixed_secret, free_port, new_deployment
+    from .testbed_support import Testbed, wait_for
+except ImportError:
+    from stack_support import (  # type: ignore[no-redef]
+        Deployment,
+        fixed_secret,
+        free_port,
+        new_deployment,
+    )
+    from testbed_support import Testbed, wait_for  # type: ignore[no-redef]
+
+pytestmark = pytest.mark.integration
+
+#: The embedding service's image is built by `kbinfra images build` (its own tests tag it).
+EMBEDDINGS_IMAGE = "kbinfra-test/embeddings:it"
+SERVICES = (
+    "postgres",
+    "redis",
+    "redis-exporter",
+    "qdrant",
+    "unstructured",
+    "embeddings",
+    "nginx",
+    "prometheus",
+)
+REPLICAS = ("app-1", "app-2")
+WORKER = "worker-documents-1"
+MIGRATION = "app-migrate"
+#: Three documents on unrelated subjects, and one sentence of each to find it by.
+DOCUMENTS = {
+    "volcanoes.txt": (
+        "Volcanoes form where magma rises through the crust of the earth.\n\n"
+        "Basalt lava flows far because it is runny and poor in silica.\n\n"
+        "An eruption column can carry ash high into the stratosphere."
+    ),
+    "sourdough.txt": (
+        "Sourdough bread rises with wild yeast and lactic acid bacteria.\n\n"
+        "The starter is fed with flour and water every day to stay active.\n\n"
+        "A long cold proof in the fridge gives the crumb a sour flavour."
+    ),
+    "chess.txt": (
+        "In chess the knight moves in the shape of the letter L.\n\n"
+        "Castling moves the king two squares towards a rook in one turn.\n\n"
+        "A pawn that reaches the last rank is promoted, usually to a queen."
+    ),
+}
+QUERIES = {
+    "volcanoes.txt": "Basalt lava flows far because it is runny and poor in silica.",
+    "sourdough.txt": "The starter is fed with flour and water every day to stay active.",
+    "chess.txt": "Castling moves the king two squares towards a rook in one turn.",
+}
+
+
+@pytest.fixture(scope="module")
+def deployed(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    client = docker.from_env()
+    try:
+        client.images.get(EMBEDDINGS_IMAGE)
+    except docker.errors.ImageNotFound:
+        pytest.skip(f"{EMBEDDINGS_IMAGE} is not built (tests/integration/test_embeddings_image.py)")
+    finally:
+        client.close()
+    if "app" not in testbed.images:
+        pytest.fail("the test bed's image map has no app: run scripts/testbed up")
+    folder = tmp_path_factory.mktemp("app-tier") / "stack"
+    deployment = new_deployment("local", folder, testbed, SERVICES)
+
+    def with_app(data: dict[str, Any]) -> None:
+        nginx = data["services"]["nginx"]
+        nginx["http_port"], nginx["https_port"] = free_port(), free_port()
+        data["services"]["embeddings"]["image"] = EMBEDDINGS_IMAGE
+        data["services"]["prometheus"]["scrape_interval_s"] = 5
+        data["app"] = {
+            "image": testbed.images["app"],
+            "replicas": len(REPLICAS),
+            "migrate": ["migrate"],
+            "workers": [
+                {"name": "documents", "command": ["worker"], "replicas": 1, "queues": ["documents"]}
+            ],
+        }
+
+    deployment.edit(with_app)
+    completed = deployment.run("init")  # adds the secrets the app tier needs
+    assert completed.code == 0, completed.err
+    secrets_file = folder / "secrets.yaml"
+    names = yaml.safe_load(secrets_file.read_text())
+    secrets_file.write_text(yaml.safe_dump({name: fixed_secret(name) for name in names}))
+    # minimum's allocations with the embedding service exceed this test bed's memory.
+    applied = deployment.run("apply", "--yes", "--allow-oversized-profile", timeout=1200)
+    try:
+        assert applied.code == 0, applied.out + applied.err
+        yield deployment
+    finally:
+        deployment.run("destroy", "--yes", "--delete-data", "--confirm-name", deployment.name)
+
+
+def through_nginx(deployment: Deployment) -> httpx.Client:
+    """HTTPS to nginx's public port, as a client of the stack's domain."""
+    port = deployment.spec["services"]["nginx"]["https_port"]
+    return httpx.Client(
+        base_url=f"https://127.0.0.1:{port}",
+        headers={"Host": deployment.spec["domain"]},
+        verify=False,  # the stack's self-signed certificate; nginx's own probe verifies it
+        timeout=60,
+    )
+
+
+@pytest.fixture(scope="module")
+def uploaded(deployed: Deployment) -> dict[str, str]:
+    """Each document's name → its id, once every one is processed (bounded wait)."""
+    ids = {}
+    with through_nginx(deployed) as https:
+        for name, text in DOCUMENTS.items():
+            response = https.post("/documents", files={"file": (name, text.encode(), "text/plain")})
+            assert response.status_code == 202, response.text
+            ids[name] = response.json()["id"]
+
+        def all_done() -> bool:
+            states = {n: https.get(f"/documents/{i}").json()["status"] for n, i in ids.items()}
+            assert "failed" not in states.values(), states
+            return set(states.values()) == {"done"}
+
+        wait_for(all_done, "the worker to process the three documents", timeout_s=300, interval_s=2)
+    return ids
+
+
+def test_search_finds_each_document_by_a_sentence_from_it(
+    deployed: Deployment, uploaded: dict[str, str]
+) -> None:
+    with through_nginx(deployed) as https:
+        for name, sentence in QUERIES.items():
+            response = https.get("/search", params={"q": sentence, "limit": 3})
+            assert response.status_code == 200, response.text
+            results = response.json()["results"]
+            assert results, f"no result for {sentence!r}"
+            assert results[0]["document_id"] == uploaded[name], (name, results)
+            assert sentence in results[0]["text"]
+            assert set(results[0]) >= {"document_id", "text", "score"}
+
+
+def test_an_unknown_document_is_a_404(deployed: Deployment) -> None:
+    with through_nginx(deployed) as https:
+        response = https.get("/documents/00000000-0000-0000-0000-000000000000")
+    assert response.status_code == 404
+
+
+def test_check_passes_including_the_app_rows(
+    deployed: Deployment, uploaded: dict[str, str]
+) -> None:
+    result = deployed.run("check", "--output", "json", timeout=900)
+    report = result.json()
+    failed = [r for r in report["checks"] if not r["ok"]]
+    assert result.code == 0 and report["ok"], json.dumps(failed, indent=1)
+    rows = {(r["service"], r["check"]) for r in report["checks"]}
+    for replica in REPLICAS:
+        assert (replica, "healthy") in rows
+        assert (replica, "reachable-from-nginx") in rows
+    for check in ("https-through-nginx", "db-role-least-rights", "db-role-no-other-database"):
+        assert ("app-1", check) in rows
+    assert (WORKER, "connected-to-broker") in rows
+    assert (MIGRATION, "completed") in rows
+
+
+def test_the_migration_ran_once_and_a_second_plan_has_nothing_to_do(
+    deployed: Deployment, uploaded: dict[str, str]
+) -> None:
+    status = deployed.run("status", "--output", "json")
+    migration = {r["service"]: r for r in status.json()["services"]}[MIGRATION]
+    assert migration["state"] == "exited" and not migration["drift"], migration
+    plan = deployed.run("plan", "--output", "json", "--allow-oversized-profile")
+    actions = {a["service"]: a["action"] for a in plan.json()["services"]}
+    assert plan.code == 0 and set(actions.values()) == {"nothing"}, actions
+
+
+def test_status_lists_the_replicas_and_the_worker(deployed: Deployment) -> None:
+    status = deployed.run("status", "--output", "json")
+    assert status.code == 0, status.err
+    rows = {r["service"]: r for r in status.json()["services"]}
+    for name in (*REPLICAS, WORKER):
+        assert rows[name]["state"] == "running", rows[name]
+        assert not rows[name]["drift"], rows[name]
+
+
+def test_no_secret_is_in_the_tiers_container_config(deployed: Deployment) -> None:
+    client = docker.from_env()
+    try:
+        for name in (*REPLICAS, WORKER):
+            config = client.containers.get(f"{deployed.name}-{name}").attrs["Config"]
+            assert "TESTSECRET" not in json.dumps(config), name
+    finally:
+        client.close()
+
+
+def prometheus_query(deployment: Deployment, query: str) -> list[dict[str, Any]]:
+    port = deployment.port("prometheus")
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    with urllib.request.urlopen(url, timeout=10) as response:
+        body = json.load(response)
+    result: list[dict[str, Any]] = body["data"]["result"]
+    return result
+
+
+def test_prometheus_has_the_apps_series_from_every_replica(
+    deployed: Deployment, uploaded: dict[str, str]
+) -> None:
+    with through_nginx(deployed) as https:
+        for _ in range(4):  # both replicas answer searches (least_conn spreads them)
+            assert https.get("/search", params={"q": "lava", "limit": 1}).status_code == 200
+
+    def scraped() -> bool:
+        up = prometheus_query(deployed, 'up{job="app"} == 1')
+        return {s["metric"]["instance"] for s in up} == {f"{r}:8000" for r in REPLICAS}
+
+    wait_for(scraped, "Prometheus to scrape both API replicas", timeout_s=90, interval_s=2)
+
+    def processed() -> bool:
+        series = prometheus_query(deployed, 'max(documents_processed_total{status="done"})')
+        return bool(series) and float(series[0]["value"][1]) >= len(DOCUMENTS)
+
+    wait_for(processed, "documents_processed_total from the app", timeout_s=90, interval_s=2)
+
+    def searched() -> bool:
+        return bool(prometheus_query(deployed, "sum(kb_search_total) > 0")) and bool(
+            prometheus_query(deployed, "kb_search_duration_seconds_bucket")
+        )
+
+    wait_for(searched, "kb_search_total and its histogram", timeout_s=90, interval_s=2)
+
+
+def test_the_env_file_is_private_to_the_apps_user(deployed: Deployment) -> None:
+    client = docker.from_env()
+    try:
+        container = client.containers.get(f"{deployed.name}-app-1")
+        code, output = container.exec_run(["stat", "-c", "%a %u", "/run/kbinfra/app.env"])
+        assert code == 0, output
+        assert output.decode().split() == ["600", "10001"]
+    finally:
+        client.close()
