@@ -10,11 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 from kbinfra.service import HealthCheck
-
-_EMPTY: Mapping[str, str] = MappingProxyType({})
 
 #: Label on every Swarm object kbinfra creates: the stack it belongs to.
 LABEL_SWARM_STACK = "io.kbinfra.stack"
@@ -22,7 +19,9 @@ LABEL_SWARM_STACK = "io.kbinfra.stack"
 
 @dataclass(frozen=True)
 class SwarmSecret:
-    """A Docker secret, mounted read-only at ``/run/secrets/<target>`` in a task.
+    """A Docker secret, mounted read-only at ``/run/secrets/<target>`` in a task, or at
+    ``target`` itself when it is an absolute path (a rendered 0600 file, where its service
+    reads it; Docker 17.06+ on Linux).
 
     ``data`` never appears in a repr, a plan or JSON output.
     """
@@ -55,6 +54,7 @@ class SwarmMount:
     target: str
     read_only: bool = False
     data: bool = True  # never removed without an explicit, confirmed command
+    kind: str = "volume"  # "bind": a folder of the node itself (node-exporter reads /)
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,8 @@ class SwarmService:
     command: Sequence[str] | None = None
     entrypoint: Sequence[str] | None = None
     user: str | None = None
-    env: Mapping[str, str] = _EMPTY  # never a secret: those are in ``secrets``
+    # default_factory: a dataclass refuses an unhashable default (a mappingproxy) at import.
+    env: Mapping[str, str] = field(default_factory=dict)  # never a secret: see ``secrets``
     secrets: Sequence[SwarmSecret] = ()
     configs: Sequence[SwarmConfig] = ()
     mounts: Sequence[SwarmMount] = ()
@@ -109,8 +110,13 @@ class SwarmService:
     stop_grace_s: int = 30
     read_only: bool = True
     cap_add: Sequence[str] = ()  # everything else is dropped
-    labels: Mapping[str, str] = _EMPTY  # service labels: stack, service, config hash
+    labels: Mapping[str, str] = field(default_factory=dict)  # stack, service, config hash
     config_hash: str = ""
+    #: Names it answers to on the stack's network besides its Swarm name: its kbinfra
+    #: name, which every rendered file uses (``postgres:5432``), as on one host.
+    network_aliases: Sequence[str] = ()
+    #: Docker's endpoint mode: no IPVS on the nodes kbinfra targets, so never "vip".
+    endpoint_mode: str = "dnsrr"
 
 
 @dataclass(frozen=True)
