@@ -213,6 +213,11 @@ class Postgres(Service):
     secrets = ("postgres_password", "postgres_monitor_password")
     stage = "data"
 
+    def secret_file_env(self, env_var: str) -> str | None:
+        """The image's entrypoint reads ``POSTGRES_PASSWORD_FILE``; the monitor role's initdb
+        script reads ``KBINFRA_MONITOR_PASSWORD_FILE`` when rendered for a Swarm."""
+        return f"{env_var}_FILE"
+
     def tuning(self, ctx: ServiceContext) -> PgTune:
         settings: PostgresSettings = ctx.settings
         return pgtune(

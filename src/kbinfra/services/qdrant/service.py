@@ -111,6 +111,9 @@ class Qdrant(Service):
     default_host_port = HTTP_PORT
     secrets = ("qdrant_api_key", "qdrant_read_only_api_key")
     stage = "data"
+    # Upstream's entrypoint passes its arguments to ./qdrant; Qdrant reads its API keys from
+    # QDRANT__SERVICE__* variables or a config file, not from a *_FILE variable.
+    image_start = ("./entrypoint.sh",)
 
     def tuning(self, ctx: ServiceContext) -> QdrantTune:
         return qdrant_tuning(
