@@ -369,6 +369,12 @@ class Service(ABC):
         shows it: it is a Docker secret, a file under ``/run/secrets``."""
         return None
 
+    def peer_arguments(self, hostnames: Sequence[str], index: int) -> list[str] | None:
+        """The arguments peer ``index`` of a cluster of this service (one Swarm service per
+        peer, each pinned, with the stable host names ``hostnames``) starts with; None when
+        the service does not cluster by itself (the default)."""
+        return None
+
     def keeps_state(self, ctx: ServiceContext) -> bool:
         """Whether its tasks write data the next task must find: then, on a Swarm, where
         volumes are node-local, it is pinned to one node. True when its container has a data

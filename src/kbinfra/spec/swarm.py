@@ -142,12 +142,22 @@ class ReplicaChoice(_Strict):
     node: NodeName
 
 
+def _distinct_peers(value: list[str] | None) -> list[str] | None:
+    if value is not None and len(set(value)) != len(value):
+        raise ValueError("peers: names a node twice; one peer per node")
+    return value
+
+
 class ServicePlacement(_Strict):
     """``swarm.services.<name>``: where one service runs and how many tasks it has."""
 
     placement: NodeChoice | None = None
     replicas: Annotated[int, Field(ge=1, le=64)] | None = None
     replica: ReplicaChoice | None = None
+    #: A store that clusters by itself (Qdrant): one pinned peer on each of these nodes.
+    peers: Annotated[
+        list[NodeName] | None, Field(min_length=2, max_length=64), AfterValidator(_distinct_peers)
+    ] = None
 
 
 class PlacementsBase(_Strict):

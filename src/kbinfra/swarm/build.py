@@ -263,6 +263,35 @@ def swarm_service(
     return _with_hash(built, digest)
 
 
+def peer_hostnames(service: str, peers: Sequence[str]) -> list[str]:
+    """``qdrant-1``, ``qdrant-2``, …: a peer's stable name, kept in the cluster's state."""
+    return [f"{service}-{index}" for index in range(1, len(peers) + 1)]
+
+
+def peer_services(
+    stack: Stack, name: str, placement: Placement, rendered: Mapping[str, RenderedFile]
+) -> list[SwarmService]:
+    """One Swarm service per peer of a store that clusters by itself: each pinned to its
+    node, with its own volumes there (named as one store's, node-local), its stable host
+    name, and the arguments its service folder gives it (the first starts the cluster)."""
+    service = stack.services[name]
+    hostnames = peer_hostnames(name, placement.peers)
+    built = []
+    for index, node in enumerate(placement.peers):
+        one = placement._replace(nodes=(node,), constraints=(f"node.hostname == {node}",), peers=())
+        base = swarm_service(stack, name, one, rendered)
+        arguments = service.peer_arguments(hostnames, index) or []
+        peer = replace(
+            base,
+            name=swarm_service_name(stack.spec.name, hostnames[index]),
+            hostname=hostnames[index],
+            command=[*(base.command or ()), *arguments],
+            network_aliases=(name, hostnames[index]),
+        )
+        built.append(_with_hash(peer, service_config_hash(peer)))
+    return built
+
+
 def _with_hash(service: SwarmService, digest: str) -> SwarmService:
     labels = {
         LABEL_SWARM_STACK: service.stack,
@@ -283,7 +312,13 @@ def swarm_stack(
     placements = stack_placements(stack, doc)
     by_path = {file.path: file for file in rendered}
     services = tuple(
-        swarm_service(stack, name, placements[name], by_path) for name in stack.services
+        built
+        for name in stack.services
+        for built in (
+            peer_services(stack, name, placements[name], by_path)
+            if placements[name].peers
+            else [swarm_service(stack, name, placements[name], by_path)]
+        )
     )
     return SwarmStack(
         stack=stack.spec.name, network=swarm_network_name(stack.spec.name), services=services

@@ -168,7 +168,10 @@ def swarm_stack_document(swarm: SwarmStack, config_paths: Mapping[str, str]) -> 
     }
     return {
         "version": COMPOSE_VERSION,
-        "services": {service.service: _service_entry(service) for service in swarm.services},
+        "services": {
+            service.name.removeprefix(f"{swarm.stack}_"): _service_entry(service)
+            for service in swarm.services
+        },
         "networks": {NETWORK_KEY: {"driver": "overlay", "attachable": True, "name": swarm.network}},
         "volumes": dict(sorted(volumes.items())),
         "secrets": {name: {"external": True, "name": name} for name in sorted(swarm.secrets())},

@@ -37,6 +37,8 @@ class Placement(NamedTuple):
     replicas: int | None  # None: global, one task on each of ``nodes``
     pinned: bool  # keeps state: one task, on one node
     max_per_node: int = 0  # 0: no limit
+    #: A store that clusters by itself: one pinned Swarm service on each of these nodes.
+    peers: tuple[str, ...] = ()
 
     def tasks_on_each_node(self) -> int:
         """The tasks one of ``nodes`` may hold on a healthy cluster (Swarm spreads tasks of a
@@ -95,6 +97,10 @@ def service_placement(
     spec = stack.containers[name]
     asked = stack.spec.placement(name)
     _check_named_nodes(name, asked.placement, swarm, doc)
+    if asked.peers is not None:
+        return _peers(
+            stack, name, asked.peers, swarm, doc, has_placement=asked.placement is not None
+        )
     candidates = candidate_nodes(asked.placement, swarm.nodes)
     if not candidates:
         wanted = asked.placement.labels if asked.placement else None
@@ -129,6 +135,41 @@ def service_placement(
     return Placement(
         name, names, constraints, replicas, pinned=False, max_per_node=1 if publishes else 0
     )
+
+
+def _peers(
+    stack: Stack,
+    name: str,
+    peers: Sequence[str],
+    swarm: SwarmNodes,
+    doc: YamlDocument | None,
+    *,
+    has_placement: bool,
+) -> Placement:
+    service = stack.services[name]
+    if service.peer_arguments(list(peers), 0) is None:
+        raise SpecError(
+            f"swarm.services.{name}.peers: {name} does not cluster by itself",
+            where=_where(doc, name, "peers"),
+            fix="remove peers: and pin it with placement: {nodes: [NODE]}",
+        )
+    if has_placement:
+        raise SpecError(
+            f"swarm.services.{name}: peers: pins one peer on each node it names; "
+            "placement: says the same thing again",
+            where=_where(doc, name, "placement"),
+            fix="keep peers: and remove placement:",
+        )
+    known = [node.name for node in swarm.nodes]
+    for index, node in enumerate(peers):
+        if node not in known:
+            raise SpecError(
+                f"swarm.services.{name}.peers names node {node!r}, which is not one of "
+                f"swarm.nodes ({', '.join(known)})",
+                where=_where(doc, name, "peers", index),
+                fix="name a node of swarm.nodes, or add that node there",
+            )
+    return Placement(name, tuple(peers), (), 1, pinned=True, peers=tuple(peers))
 
 
 def _check_named_nodes(
