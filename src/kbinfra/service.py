@@ -375,6 +375,12 @@ class Service(ABC):
         the service does not cluster by itself (the default)."""
         return None
 
+    def replica_container(self, ctx: ServiceContext) -> ContainerSpec | None:
+        """The container of a streaming replica of this store on a node of its own (on a
+        Swarm, ``swarm.services.<name>.replica``), mounting files :meth:`files` renders for
+        it; None when the service has no replica (the default)."""
+        return None
+
     def keeps_state(self, ctx: ServiceContext) -> bool:
         """Whether its tasks write data the next task must find: then, on a Swarm, where
         volumes are node-local, it is pinned to one node. True when its container has a data

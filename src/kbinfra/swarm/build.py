@@ -212,11 +212,23 @@ def swarm_service(
     name: str,
     placement: Placement,
     rendered: Mapping[str, RenderedFile],
+    *,
+    replica: bool = False,
 ) -> SwarmService:
-    """One service of the stack as a Swarm service."""
+    """One service of the stack as a Swarm service (``replica``: its streaming replica,
+    ``<name>-replica``, on the replica's node)."""
     service = stack.services[name]
     spec = stack.containers[name]
+    if replica:
+        replica_spec = service.replica_container(stack.contexts[name])
+        if replica_spec is None or placement.replica is None:
+            raise KbinfraError(f"{name} has no streaming replica to build")
+        spec = replica_spec
+        placement = placement._replace(
+            nodes=(placement.replica,), constraints=(f"node.hostname == {placement.replica}",)
+        )
     stack_name = stack.spec.name
+    own = spec.service
     env = dict(spec.env)
     file_env, env_secrets, exports = _env_secrets(stack, service, spec)
     env.update(file_env)
@@ -231,14 +243,14 @@ def swarm_service(
     built = SwarmService(
         stack=stack_name,
         service=name,
-        name=swarm_service_name(stack_name, name),
+        name=swarm_service_name(stack_name, own),
         image=spec.image,
         cpus=spec.cpus,
         memory_mb=spec.memory_mb,
         replicas=placement.replicas,
         constraints=placement.constraints,
         max_replicas_per_node=placement.max_per_node,
-        hostname=name if placement.pinned else None,
+        hostname=own if placement.pinned else None,
         command=command,
         entrypoint=entrypoint,
         user=spec.user,
@@ -257,7 +269,7 @@ def swarm_service(
         stop_grace_s=spec.stop_timeout_s,
         read_only=not spec.writable_root_reason,
         cap_add=tuple(spec.cap_add),
-        network_aliases=(name,),
+        network_aliases=(own,),
     )
     digest = service_config_hash(built)
     return _with_hash(built, digest)
@@ -318,6 +330,11 @@ def swarm_stack(
             peer_services(stack, name, placements[name], by_path)
             if placements[name].peers
             else [swarm_service(stack, name, placements[name], by_path)]
+            + (
+                [swarm_service(stack, name, placements[name], by_path, replica=True)]
+                if placements[name].replica
+                else []
+            )
         )
     )
     return SwarmStack(

@@ -110,6 +110,11 @@ class _Allocation(NamedTuple):
     storage_gb: float
 
 
+def _of(allocations: Mapping[str, _Allocation], held: str) -> _Allocation:
+    """A replica is given what its primary is."""
+    return allocations.get(held) or allocations[held.removesuffix("-replica")]
+
+
 def assess_swarm_fit(
     profile: str,
     nodes: Sequence[SwarmNode],
@@ -123,13 +128,18 @@ def assess_swarm_fit(
             for name, placement in placements.items()
             if node.name in placement.nodes
         ]
+        held += [
+            (f"{name}-replica", 1)
+            for name, placement in placements.items()
+            if placement.replica == node.name
+        ]
         loads.append(
             NodeLoad(
                 node=node,
                 services=tuple(held),
-                cpus=sum(allocations[name].cpus * tasks for name, tasks in held),
-                memory_mb=sum(allocations[name].memory_mb * tasks for name, tasks in held),
-                storage_gb=sum(allocations[name].storage_gb * tasks for name, tasks in held),
+                cpus=sum(_of(allocations, name).cpus * tasks for name, tasks in held),
+                memory_mb=sum(_of(allocations, name).memory_mb * tasks for name, tasks in held),
+                storage_gb=sum(_of(allocations, name).storage_gb * tasks for name, tasks in held),
             )
         )
     return SwarmFit(profile=profile, loads=tuple(loads))

@@ -144,17 +144,13 @@ def _service_entry(service: SwarmService) -> dict[str, Any]:
     return entry
 
 
-def config_files(
-    stack: str, mounts: Mapping[str, Sequence[str]], rendered: Mapping[str, RenderedFile]
-) -> dict[str, str]:
+def config_files(stack: str, rendered: Sequence[RenderedFile]) -> dict[str, str]:
     """Versioned config name → the rendered file it is made of (relative to rendered/)."""
-    found: dict[str, str] = {}
-    for sources in mounts.values():
-        for source in sources:
-            file = rendered[source]
-            if not file.secret:
-                found[versioned_name(stack, source, file.text.encode("utf-8"))] = source
-    return found
+    return {
+        versioned_name(stack, file.path, file.text.encode("utf-8")): file.path
+        for file in rendered
+        if not file.secret
+    }
 
 
 def swarm_stack_document(swarm: SwarmStack, config_paths: Mapping[str, str]) -> dict[str, Any]:
@@ -189,10 +185,8 @@ def swarm_stack_text(swarm: SwarmStack, config_paths: Mapping[str, str]) -> str:
 
 def swarm_stack_file(stack: Stack, rendered: Sequence[RenderedFile]) -> RenderedFile:
     """``swarm-stack.yml`` of ``stack`` (target: swarm), from its other rendered files."""
-    by_path = {file.path: file for file in rendered}
     swarm = swarm_stack(stack, rendered)
-    mounts = {name: [m.source for m in spec.files] for name, spec in stack.containers.items()}
     return RenderedFile(
         path=SWARM_STACK_FILE,
-        text=swarm_stack_text(swarm, config_files(stack.spec.name, mounts, by_path)),
+        text=swarm_stack_text(swarm, config_files(stack.spec.name, rendered)),
     )

@@ -39,6 +39,8 @@ class Placement(NamedTuple):
     max_per_node: int = 0  # 0: no limit
     #: A store that clusters by itself: one pinned Swarm service on each of these nodes.
     peers: tuple[str, ...] = ()
+    #: The node of its streaming replica (a store that has one), if the stack file asks.
+    replica: str | None = None
 
     def tasks_on_each_node(self) -> int:
         """The tasks one of ``nodes`` may hold on a healthy cluster (Swarm spreads tasks of a
@@ -112,6 +114,8 @@ def service_placement(
         )
     names = tuple(node.name for node in candidates)
     constraints = constraints_for(asked.placement, candidates, swarm.nodes)
+    if asked.replica is not None:
+        return _with_replica(stack, name, asked.replica.node, swarm, doc)
     if service.keeps_state(stack.contexts[name]):
         return _pinned(
             name,
@@ -135,6 +139,45 @@ def service_placement(
     return Placement(
         name, names, constraints, replicas, pinned=False, max_per_node=1 if publishes else 0
     )
+
+
+def _with_replica(
+    stack: Stack, name: str, node: str, swarm: SwarmNodes, doc: YamlDocument | None
+) -> Placement:
+    """A pinned primary and its streaming replica on another node."""
+    asked = stack.spec.placement(name)
+    if stack.services[name].replica_container(stack.contexts[name]) is None:
+        raise SpecError(
+            f"swarm.services.{name}.replica: {name} has no streaming replica",
+            where=_where(doc, name, "replica"),
+            fix="remove replica: (PostgreSQL and Redis have one)",
+        )
+    known = [n.name for n in swarm.nodes]
+    if node not in known:
+        raise SpecError(
+            f"swarm.services.{name}.replica names node {node!r}, which is not one of "
+            f"swarm.nodes ({', '.join(known)})",
+            where=_where(doc, name, "replica", "node"),
+            fix="name a node of swarm.nodes, or add that node there",
+        )
+    candidates = candidate_nodes(asked.placement, swarm.nodes)
+    names = tuple(n.name for n in candidates)
+    primary = _pinned(
+        name,
+        asked.replicas,
+        choice=asked.placement,
+        names=names,
+        constraints=constraints_for(asked.placement, candidates, swarm.nodes),
+        doc=doc,
+    )
+    if node == primary.nodes[0]:
+        raise SpecError(
+            f"swarm.services.{name}.replica is on {node}, the primary's node: a replica is "
+            "there to survive the loss of that node",
+            where=_where(doc, name, "replica", "node"),
+            fix="put the replica on another node",
+        )
+    return primary._replace(replica=node)
 
 
 def _peers(
