@@ -242,7 +242,9 @@ def swarm_service(
         tmpfs.append(("/dev/shm", spec.shm_size_mb))
     built = SwarmService(
         stack=stack_name,
-        service=name,
+        # A replica is a service of its own on the network: it must never answer to the
+        # primary's name, which the replica itself streams from.
+        service=own,
         name=swarm_service_name(stack_name, own),
         image=spec.image,
         cpus=spec.cpus,
@@ -270,6 +272,7 @@ def swarm_service(
         read_only=not spec.writable_root_reason,
         cap_add=tuple(spec.cap_add),
         network_aliases=(own,),
+        labels={},  # set once the hash is known (asdict cannot copy the default's proxy)
     )
     digest = service_config_hash(built)
     return _with_hash(built, digest)

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from kbinfra.service import HealthCheck
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
 
 #: Label on every Swarm object kbinfra creates: the stack it belongs to.
 LABEL_SWARM_STACK = "io.kbinfra.stack"
@@ -98,8 +101,8 @@ class SwarmService:
     command: Sequence[str] | None = None
     entrypoint: Sequence[str] | None = None
     user: str | None = None
-    # default_factory: a dataclass refuses an unhashable default (a mappingproxy) at import.
-    env: Mapping[str, str] = field(default_factory=dict)  # never a secret: see ``secrets``
+    # never a secret: those are in ``secrets``
+    env: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     secrets: Sequence[SwarmSecret] = ()
     configs: Sequence[SwarmConfig] = ()
     mounts: Sequence[SwarmMount] = ()
@@ -110,7 +113,8 @@ class SwarmService:
     stop_grace_s: int = 30
     read_only: bool = True
     cap_add: Sequence[str] = ()  # everything else is dropped
-    labels: Mapping[str, str] = field(default_factory=dict)  # stack, service, config hash
+    # service labels: stack, service, config hash
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     config_hash: str = ""
     #: Names it answers to on the stack's network besides its Swarm name: its kbinfra
     #: name, which every rendered file uses (``postgres:5432``), as on one host.

@@ -245,3 +245,11 @@ def test_the_monitor_roles_initdb_script_reads_its_password_file_on_a_swarm(
     path = tmp_path / "20-monitor-role.sh"
     path.write_text(script)
     subprocess.run(["sh", "-n", str(path)], check=True, timeout=30)
+
+
+def test_the_same_stack_built_twice_has_the_same_labels_so_a_no_op_is_seen(
+    make_swarm_stack: Callable[..., Stack],
+) -> None:
+    first = {s.name: s.labels for s in _built(make_swarm_stack()).services}
+    second = {s.name: s.labels for s in _built(make_swarm_stack()).services}
+    assert first == second

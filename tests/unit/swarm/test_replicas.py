@@ -51,6 +51,8 @@ def test_a_postgres_replica_streams_from_the_primary_with_its_own_role_and_slot(
     primary, replica = by_name["kb_postgres"], by_name["kb_postgres-replica"]
     assert replica.constraints != primary.constraints
     assert replica.hostname == "postgres-replica"
+    assert (replica.service, replica.network_aliases) == ("postgres-replica", ("postgres-replica",))
+    assert primary.network_aliases == ("postgres",)
     assert [m.source for m in replica.mounts if m.data] == ["kb-postgres-replica"]
     assert replica.entrypoint == ["/bin/sh", "/etc/postgresql/replica/start.sh"]
     assert "POSTGRES_PASSWORD_FILE" not in replica.env
