@@ -253,3 +253,22 @@ def test_the_same_stack_built_twice_has_the_same_labels_so_a_no_op_is_seen(
     first = {s.name: s.labels for s in _built(make_swarm_stack()).services}
     second = {s.name: s.labels for s in _built(make_swarm_stack()).services}
     assert first == second
+
+
+def test_render_check_runs_docker_compose_on_the_swarm_stack_file_and_sees_a_broken_one(
+    make_swarm_stack: Callable[..., Stack],
+    require_tool: Callable[..., str],
+    tmp_path: Path,
+) -> None:
+    from kbinfra.validation import swarm_stack_check  # noqa: PLC0415
+
+    require_tool("docker-compose")
+    out = write_tree(render_stack(make_swarm_stack()), tmp_path / "rendered")
+    assert swarm_stack_check(out).outcome == "ok"
+    path = out / SWARM_STACK_FILE
+    document = yaml.safe_load(path.read_text())
+    document["services"]["nginx"]["deploy"]["endpoint_mode"] = "vip-and-more"
+    document["services"]["nginx"]["deploy"]["placment"] = {}
+    path.write_text(yaml.safe_dump(document))
+    result = swarm_stack_check(out)
+    assert result.outcome == "failed", result
