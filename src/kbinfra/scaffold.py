@@ -20,9 +20,10 @@ from kbinfra.registry import all_services
 from kbinfra.secrets import SECRETS_FILE, ensure_secrets
 from kbinfra.spec.profile import load_profile
 from kbinfra.spec.stack import STACK_FILE, StackSpec, load_stack, stack_model
-from kbinfra.spec.values import check_domain, check_image_reference, check_target
+from kbinfra.spec.swarm import SwarmNodes
+from kbinfra.spec.values import SWARM_TARGET, check_domain, check_image_reference, check_target
 from kbinfra.spec.yamlfile import YamlDocument, load_yaml, read_yaml
-from kbinfra.stack import generated_secrets
+from kbinfra.stack import Stack, generated_secrets
 from kbinfra.templating import environment
 
 _COMMON = {"enabled", "image", "port"}
@@ -229,7 +230,13 @@ def _yaml_value(value: Any) -> str:
 
 
 def stack_file_text(
-    *, name: str, profile: str, target: str, domain: str, images: dict[str, str]
+    *,
+    name: str,
+    profile: str,
+    target: str,
+    domain: str,
+    images: dict[str, str],
+    swarm: dict[str, Any] | None = None,
 ) -> str:
     defaults = StackSpec()
     services = []
@@ -269,6 +276,12 @@ def stack_file_text(
             app_upstream=yaml_string(defaults.app.upstream),
             app_image=yaml_string(images[APP_KEY]) if APP_KEY in images else None,
             services=services,
+            # Values the node file gave, validated; PyYAML quotes what needs quoting.
+            swarm=yaml.safe_dump(
+                {"swarm": swarm}, sort_keys=False, default_flow_style=False, indent=2
+            ).rstrip("\n")
+            if swarm is not None
+            else "",
         )
     )
 
@@ -313,6 +326,7 @@ def init_stack(
     images_file: Path | None,
     force: bool,
     given: frozenset[str] | set[str] = frozenset({"profile", "target", "domain", "images"}),
+    nodes_file: Path | None = None,
 ) -> InitResult:
     """Create or complete ``stack_dir``; never overwrite a file init did not write.
 
@@ -334,6 +348,7 @@ def init_stack(
     if "/" in profile or profile.endswith((".yaml", ".yml")):
         profile_ref = str(Path(profile).expanduser().resolve())
     images = read_image_map(images_file) if images_file else {}
+    nodes = _swarm_nodes(target, nodes_file)
     result = InitResult(stack_dir=stack_dir)
     stack_dir.mkdir(parents=True, exist_ok=True)
     record = InitRecord.read(stack_dir)
@@ -341,13 +356,19 @@ def init_stack(
     if record.exists(STACK_FILE) and not (force and record.wrote(STACK_FILE)):
         (result.kept_as_yours if force else result.kept).append(STACK_FILE)
     else:
+        name = stack_dir.resolve().name if _usable_name(stack_dir.resolve().name) else "kb"
         text = stack_file_text(
-            name=stack_dir.resolve().name if _usable_name(stack_dir.resolve().name) else "kb",
-            profile=profile_ref,
-            target=target,
-            domain=domain,
-            images=images,
+            name=name, profile=profile_ref, target=target, domain=domain, images=images
         )
+        if nodes is not None:
+            text = stack_file_text(
+                name=name,
+                profile=profile_ref,
+                target=target,
+                domain=domain,
+                images=images,
+                swarm=_swarm_section(text, stack_dir, nodes),
+            )
         _check_written(text, target=target, domain=domain, profile=profile_ref, images=images)
         if record.exists(STACK_FILE) and not record.unchanged(STACK_FILE):
             chosen = {"profile": profile_ref, "target": target, "domain": domain}
@@ -372,6 +393,42 @@ def init_stack(
 
     _ensure_certificate(spec, doc, record, result, force=force)
     return result
+
+
+def _swarm_nodes(target: str, nodes_file: Path | None) -> SwarmNodes | None:
+    """The node file's nodes for ``--target swarm`` (required then, refused otherwise)."""
+    if target != SWARM_TARGET:
+        if nodes_file is not None:
+            raise SpecError(
+                f"--nodes is read only with --target swarm (target is {target})",
+                where="--nodes",
+                fix="add --target swarm, or leave --nodes out",
+            )
+        return None
+    if nodes_file is None:
+        raise SpecError(
+            "--target swarm needs the cluster's nodes",
+            where="--target",
+            fix="pass --nodes FILE (`scripts/testbed cluster up` prints one; docs/swarm.md)",
+        )
+    from kbinfra.swarm.defaults import read_node_file  # noqa: PLC0415
+
+    return read_node_file(nodes_file)
+
+
+def _swarm_section(text: str, stack_dir: Path, nodes: SwarmNodes) -> dict[str, Any]:
+    """The ``swarm:`` section for ``text`` (init's stack file without one): the nodes, and
+    where each service runs. Which services keep state is asked of their containers, which
+    name their secrets and TLS files but never read them: a stack held in memory without
+    either answers."""
+    from kbinfra.swarm.defaults import default_services, swarm_section  # noqa: PLC0415
+
+    spec = stack_model().model_validate(
+        {**load_yaml(text), "swarm": swarm_section(nodes, services={})}
+    )
+    profile = load_profile(spec.profile, relative_to=Path.cwd()).profile
+    in_memory = Stack(stack_dir, spec, profile, secrets={}, tls_certificate="", tls_key="")
+    return swarm_section(nodes, default_services(in_memory, nodes))
 
 
 def merge_stack_file(
@@ -409,7 +466,7 @@ def merge_stack_file(
             where=where,
             fix="move it away for a new one, then run init again",
         )
-    _add_missing(document, round_trip.load(defaults))
+    _add_missing(document, round_trip.load(defaults), whole=WHOLE_SECTIONS)
     document.update(chosen)
     services = document.get("services")
     for service, image in images.items():
@@ -420,11 +477,22 @@ def merge_stack_file(
     return out.getvalue()
 
 
-def _add_missing(yours: dict[str, Any], defaults: dict[str, Any]) -> None:
-    """Keys of ``defaults`` that ``yours`` lacks, added (recursively into maps both have)."""
+#: Sections whose keys are one of several forms (``app``: an ``upstream`` elsewhere, or an
+#: ``image`` deployed here): when the user wrote one, it is kept whole, never completed
+#: with the defaults' keys of another form.
+WHOLE_SECTIONS = frozenset({"app"})
+
+
+def _add_missing(
+    yours: dict[str, Any], defaults: dict[str, Any], whole: frozenset[str] = frozenset()
+) -> None:
+    """Keys of ``defaults`` that ``yours`` lacks, added (recursively into maps both have,
+    except the ``whole`` ones)."""
     for key, value in defaults.items():
         if key not in yours:
             yours[key] = value
+        elif key in whole:
+            continue
         elif isinstance(yours[key], dict) and isinstance(value, dict):
             _add_missing(yours[key], value)
 

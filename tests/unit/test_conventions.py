@@ -289,6 +289,27 @@ def test_init_force_keeps_the_users_edits_and_adds_new_defaults(tmp_path: Path) 
     assert "# our scanners send big PDFs" in path.read_text()
 
 
+def test_init_force_keeps_a_deployed_app_without_adding_the_upstream_form(
+    tmp_path: Path,
+) -> None:
+    stack = tmp_path / "kb"
+    assert kbinfra("init", "--profile", "minimum", "--dir", str(stack)).returncode == 0
+    path = stack / "kbinfra.yaml"
+    text = path.read_text()
+    assert "app:\n  upstream: host.docker.internal:8000\n" in text
+    path.write_text(
+        text.replace(
+            "app:\n  upstream: host.docker.internal:8000\n",
+            "app:\n  image: registry.example/kb-api:1.4.2\n  replicas: 2\n",
+        )
+    )
+    done = kbinfra("init", "--force", "--dir", str(stack))
+    assert done.returncode == 0, done.stderr
+    data = yaml.safe_load(path.read_text())
+    assert data["app"] == {"image": "registry.example/kb-api:1.4.2", "replicas": 2}
+    assert kbinfra("render", "--dir", str(stack)).returncode == 0
+
+
 def test_the_default_profile_warns_at_init_and_plan_not_every_command(tmp_path: Path) -> None:
     stack = tmp_path / "kb"
     init = kbinfra("init", "--dir", str(stack))  # the default profile: recommended
