@@ -119,6 +119,23 @@ def images(testbed: Testbed) -> dict[str, str]:
     return testbed.images
 
 
+#: The embedding service's image as the tests build it: no registry has it.
+EMBEDDINGS_TEST_IMAGE = "kbinfra-test/embeddings:it"
+
+
+@pytest.fixture(scope="session")
+def embeddings_image(docker_client: docker.DockerClient) -> str:
+    """The embedding service's image, built by kbinfra's own builder on the test bed's
+    Python base (cached by the hash of its inputs: built once per machine). A session
+    fixture, so that whichever test needs it first builds it, whatever the order."""
+    from kbinfra.images.build import build_image  # noqa: PLC0415
+
+    from .debian_base import python_base_image  # noqa: PLC0415
+
+    base = python_base_image(docker_client)
+    return build_image(docker_client, base_image=base, tag=EMBEDDINGS_TEST_IMAGE).tag
+
+
 @pytest.fixture(scope="session")
 def base_image(testbed: Testbed, docker_client: docker.DockerClient) -> str:
     """The test bed's plain Debian image, present in the engine (no registry can provide it)."""

@@ -35,7 +35,6 @@ except ImportError:
 pytestmark = pytest.mark.integration
 
 #: The embedding service's image is built by `kbinfra images build` (its own tests tag it).
-EMBEDDINGS_IMAGE = "kbinfra-test/embeddings:it"
 SERVICES = (
     "postgres",
     "redis",
@@ -75,14 +74,9 @@ QUERIES = {
 
 
 @pytest.fixture(scope="module")
-def deployed(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    client = docker.from_env()
-    try:
-        client.images.get(EMBEDDINGS_IMAGE)
-    except docker.errors.ImageNotFound:
-        pytest.skip(f"{EMBEDDINGS_IMAGE} is not built (tests/integration/test_embeddings_image.py)")
-    finally:
-        client.close()
+def deployed(
+    testbed: Testbed, tmp_path_factory: pytest.TempPathFactory, embeddings_image: str
+) -> Iterator[Deployment]:
     if "app" not in testbed.images:
         pytest.fail("the test bed's image map has no app: run scripts/testbed up")
     folder = tmp_path_factory.mktemp("app-tier") / "stack"
@@ -91,7 +85,7 @@ def deployed(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iter
     def with_app(data: dict[str, Any]) -> None:
         nginx = data["services"]["nginx"]
         nginx["http_port"], nginx["https_port"] = free_port(), free_port()
-        data["services"]["embeddings"]["image"] = EMBEDDINGS_IMAGE
+        data["services"]["embeddings"]["image"] = embeddings_image
         data["services"]["prometheus"]["scrape_interval_s"] = 5
         data["app"] = {
             "image": testbed.images["app"],

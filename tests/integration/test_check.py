@@ -155,6 +155,7 @@ def deployed(
     tmp_path_factory: pytest.TempPathFactory,
     images: dict[str, str],
     docker_client: docker.DockerClient,
+    embeddings_image: str,  # built first, so the stack always has the embedding service
 ) -> Iterator[Deployment]:
     ssh = request.getfixturevalue("ssh_target") if request.param == "ssh" else None
     folder = tmp_path_factory.mktemp(f"check-{request.param}") / "stack"

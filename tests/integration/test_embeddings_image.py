@@ -55,14 +55,11 @@ print(urllib.request.urlopen(request, timeout=30).read().decode())
 """
 
 
-@pytest.fixture(scope="module")
-def embeddings_image(docker_client: Any) -> str:
+def test_unchanged_inputs_do_not_rebuild(docker_client: Any, embeddings_image: str) -> None:
     base = python_base_image(docker_client)
-    result = build_image(docker_client, base_image=base, tag="kbinfra-test/embeddings:it")
-    again = build_image(docker_client, base_image=base, tag="kbinfra-test/embeddings:it")
+    again = build_image(docker_client, base_image=base, tag=embeddings_image)
     assert again.built is False, "unchanged inputs must not rebuild"
-    assert again.image_id == result.image_id
-    return result.tag
+    assert again.image_id == docker_client.images.get(embeddings_image).id
 
 
 @pytest.fixture
