@@ -34,6 +34,8 @@ class SSHTarget:
 
 @dataclass(frozen=True)
 class Testbed:
+    __test__ = False  # not a test class, whatever its name: pytest must not collect it
+
     images_file: Path
     images: dict[str, str]
     ssh: SSHTarget
