@@ -176,6 +176,13 @@ def plan_of(
     return plan.only(only, mounted_by(seen.desired)) if only else plan
 
 
+def target_engine(target: Target, stack: str) -> Engine:
+    """``stack``'s view of the target's engine: the reads of a no-op through the target's
+    cheapest way (no docker-py on this machine's socket), the docker client made only when a
+    call needs it."""
+    return Engine(None, stack, connect=target.docker_client, reads=target.engine_reads())
+
+
 def plan_stack(
     stack: Stack, target: Target, *, with_diffs: bool = True, only: Collection[str] = ()
 ) -> Plan:
@@ -187,7 +194,7 @@ def observed_plan(
     stack: Stack, target: Target, *, with_diffs: bool = True, only: Collection[str] = ()
 ) -> tuple[Plan, Observation]:
     """:func:`plan_stack`, with the observation it was made from (for a plan file)."""
-    engine = Engine(target.docker_client(), stack.spec.name)
+    engine = target_engine(target, stack.spec.name)
     store = target.file_store(stack.spec.name)
     seen = observe(stack, engine, store)
     old_texts: dict[str, str] = {}
@@ -658,7 +665,7 @@ def apply_stack(
     ``expect``: called under the lock with what is seen before anything changes; it raises
     to stop the apply there (a plan file made against another state).
     """
-    engine = Engine(target.docker_client(), stack.spec.name)
+    engine = target_engine(target, stack.spec.name)
     store = target.file_store(stack.spec.name)
     outcome = ApplyResult(stack=stack.spec.name, target=target.name)
     if not only and not force_unlock and expect is None:

@@ -119,10 +119,6 @@ def images(testbed: Testbed) -> dict[str, str]:
     return testbed.images
 
 
-#: The embedding service's image as the tests build it: no registry has it.
-EMBEDDINGS_TEST_IMAGE = "kbinfra-test/embeddings:it"
-
-
 @pytest.fixture(scope="session")
 def embeddings_image(docker_client: docker.DockerClient) -> str:
     """The embedding service's image, built by kbinfra's own builder on the test bed's
@@ -133,7 +129,8 @@ def embeddings_image(docker_client: docker.DockerClient) -> str:
     from .debian_base import python_base_image  # noqa: PLC0415
 
     base = python_base_image(docker_client)
-    return build_image(docker_client, base_image=base, tag=EMBEDDINGS_TEST_IMAGE).tag
+    # The tag as a literal: tests/unit/test_testbed_images.py reads it as built by the tests.
+    return build_image(docker_client, base_image=base, tag="kbinfra-test/embeddings:it").tag
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ import docker
 import pytest
 import yaml
 
+from kbinfra.registry import all_services
 from kbinfra.targets.engine import Engine
 
 try:  # a package when tests/ has __init__.py files, plain modules otherwise
@@ -112,7 +113,11 @@ def _new_deployment(
     )
     assert run.returncode == 0, run.stderr
     mapped = yaml.safe_load(image_map_path.read_text())["images"]
-    deployment.images = {s: i for s, i in mapped.items() if only is None or s in only}
+    # The image map also names the reference app (`app`), which is no service of its own:
+    # a stack deploys it only when its app: section says so.
+    deployment.images = {
+        s: i for s, i in mapped.items() if (only is None or s in only) and s in all_services()
+    }
 
     def configure(data: dict[str, Any]) -> None:
         data["name"] = name
@@ -242,6 +247,22 @@ def _assert_read_only_roots(deployment: Deployment) -> None:
     assert mounts["/var/lib/postgresql/data"]["Name"] == f"{deployment.name}-postgres-data"
 
 
+def _imported_by_a_no_op(deployment: Deployment) -> set[str]:
+    """The top-level packages a no-op ``kbinfra apply`` imports (``-X importtime``)."""
+    command = deployment.command("apply", "--yes")
+    proc = subprocess.run(
+        [command[0], "-X", "importtime", *command[1:]],
+        capture_output=True, text=True, env=deployment.env, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "0 created, 0 recreated, 0 started, 0 removed, 0 files uploaded" in proc.stdout
+    return {
+        line.rsplit("|", 1)[1].strip().split(".")[0]
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+
+
 # ---------------------------------------------------------------- the tests
 def test_apply_status_reapply_and_one_change(full_deployment: Deployment) -> None:
     deployment = full_deployment
@@ -291,6 +312,8 @@ def test_apply_status_reapply_and_one_change(full_deployment: Deployment) -> Non
     assert deployment.run("plan").code == 0
     # A no-op needs no lock: the lock is a container, and none was created.
     assert _created_since(since, deployment.name) == []
+    if deployment.kind == "local":  # its reads go over the engine's socket, without docker-py
+        assert _imported_by_a_no_op(deployment) & {"docker", "requests"} == set()
     # ... but it still respects one held by another apply (here: this test's process).
     with Engine(docker.from_env(), deployment.name).locked():
         held = deployment.run("apply", "--yes")

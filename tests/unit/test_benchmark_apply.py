@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+import yaml
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "apply.py"
 
@@ -106,3 +108,46 @@ def test_the_report_puts_each_target_next_to_its_numbers(bench: ModuleType) -> N
     assert "pass cold apply, local: 1.25x" in report
     assert "MISS no-op vs pyinfra, local: 4.0x" in report
     assert "never asserted" in report
+
+
+def test_kbinfra_is_compiled_as_pip_installs_it_even_without_bytecode_writes(
+    bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "benchpkg"
+    (package / "inner").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "inner" / "module.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+
+    assert bench.compile_package("benchpkg", env) == package
+    compiled = {p.name.split(".")[0] for p in package.rglob("__pycache__/*.pyc")}
+    assert compiled == {"__init__", "module"}
+    assert bench.compile_package("no_such_benchmark_package", env) is None
+
+
+def test_the_peer_publishes_on_free_ports_not_the_fixed_ones(
+    bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "peer-source"
+    source.mkdir()
+    workload = {
+        "kbpeer": {
+            "project": "kbpeer",
+            "network": "kbpeer",
+            "config_root": "/srv/kbpeer",
+            "services": [
+                {"name": "qdrant", "host_port": 16333, "vars": {}},
+                {"name": "redis", "host_port": 16379, "vars": {"maxclients": 1}},
+            ],
+        }
+    }
+    (source / "workload.yaml").write_text(yaml.safe_dump(workload))
+    free = iter([40001, 40002])
+    monkeypatch.setattr(bench, "_free_port", lambda: next(free))
+
+    peer = bench.Peer(source, tmp_path / "pyinfra", tmp_path / "work")
+
+    written = yaml.safe_load(peer.workload_file.read_text())["kbpeer"]
+    assert [s["host_port"] for s in written["services"]] == [40001, 40002]
+    assert written["config_root"] == str(tmp_path / "work" / "config")

@@ -12,6 +12,8 @@ from kbinfra.capacity import EngineCapacity
 if TYPE_CHECKING:
     from docker import DockerClient
 
+    from kbinfra.targets.engine import EngineReads
+
 TEMP_PREFIX = ".kbinfra-tmp-"
 
 
@@ -56,9 +58,16 @@ class Target(ABC):
     def file_store(self, stack: str) -> FileStore:
         """The deployed stack folder of ``stack`` on this target."""
 
+    def engine_reads(self) -> EngineReads:
+        """The engine reads a no-op apply makes (info, containers, images, the lock), through
+        the docker client unless the target has a cheaper way."""
+        from kbinfra.targets.engine import DockerPyReads  # noqa: PLC0415
+
+        return DockerPyReads(self.docker_client().api)
+
     def engine_capacity(self) -> EngineCapacity:
         """The engine's CPUs and memory, from one ``docker info``."""
-        return EngineCapacity.from_info(self.docker_client().info(), where=self.name)
+        return EngineCapacity.from_info(self.engine_reads().info(), where=self.name)
 
     @contextmanager
     def tunnel(self, port: int, host: str = "127.0.0.1") -> Iterator[tuple[str, int]]:

@@ -11,11 +11,12 @@ import io
 import os
 import socket
 import tarfile
+import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kbinfra.containers import (
     CLAIM_CAPABILITIES,
@@ -106,13 +107,94 @@ def container_problem(info: Mapping[str, Any]) -> str | None:
     return None
 
 
-class Engine:
-    """One stack's view of a Docker Engine."""
+class EngineReads(Protocol):
+    """The reads of the engine a no-op apply makes: docker-py's client
+    (:class:`DockerPyReads`), or on this machine's socket
+    :class:`kbinfra.targets.engine_socket.SocketEngineReads`, which needs no docker-py."""
 
-    def __init__(self, client: DockerClient, stack: str) -> None:
-        self.client = client
-        self.api: APIClient = client.api
+    def info(self) -> dict[str, Any]: ...
+
+    def containers(self, filters: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Every container (running or not) that ``filters`` match."""
+        ...
+
+    def images(self, filters: Mapping[str, Any] | None) -> list[dict[str, Any]]: ...
+
+    def container_or_none(self, name: str) -> dict[str, Any] | None:
+        """The container's inspect document, or None when there is no such container."""
+        ...
+
+
+class DockerPyReads:
+    """:class:`EngineReads` through docker-py's low-level client."""
+
+    def __init__(self, api: APIClient) -> None:
+        self.api = api
+
+    def info(self) -> dict[str, Any]:
+        info: dict[str, Any] = self.api.info()
+        return info
+
+    def containers(self, filters: Mapping[str, Any]) -> list[dict[str, Any]]:
+        listed: list[dict[str, Any]] = self.api.containers(all=True, filters=dict(filters))
+        return listed
+
+    def images(self, filters: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+        listed: list[dict[str, Any]] = self.api.images(filters=dict(filters) if filters else None)
+        return listed
+
+    def container_or_none(self, name: str) -> dict[str, Any] | None:
+        import docker.errors  # noqa: PLC0415
+
+        try:
+            info: dict[str, Any] = self.api.inspect_container(name)
+        except docker.errors.NotFound:
+            return None
+        return info
+
+
+class Engine:
+    """One stack's view of a Docker Engine.
+
+    ``client``: a docker-py client; or None with ``connect``, which makes one when a call
+    first needs it, so that the reads of ``reads`` (``kbinfra apply``'s no-op look) happen
+    without importing docker-py at all.
+    """
+
+    def __init__(
+        self,
+        client: DockerClient | None,
+        stack: str,
+        *,
+        connect: Callable[[], DockerClient] | None = None,
+        reads: EngineReads | None = None,
+    ) -> None:
+        if client is None and connect is None:
+            raise ValueError("an Engine needs a client or a way to connect one")
+        self._client = client
+        self._connect = connect
+        self._connecting = threading.Lock()
+        self._reads = reads
         self.stack = stack
+
+    @property
+    def client(self) -> DockerClient:
+        with self._connecting:
+            if self._client is None:
+                assert self._connect is not None
+                self._client = self._connect()
+            return self._client
+
+    @property
+    def api(self) -> APIClient:
+        api: APIClient = self.client.api
+        return api
+
+    @property
+    def reads(self) -> EngineReads:
+        if self._reads is None:
+            self._reads = DockerPyReads(self.api)
+        return self._reads
 
     # ---------------------------------------------------------------- facts
     def observe(self, images: Iterable[str] | None = None) -> Facts:
@@ -124,7 +206,7 @@ class Engine:
 
     def stack_containers(self) -> tuple[ObservedContainer, ...]:
         """Every container of the stack, by name, from one list call."""
-        listed = self.api.containers(all=True, filters={"label": f"{LABEL_STACK}={self.stack}"})
+        listed = self.reads.containers({"label": f"{LABEL_STACK}={self.stack}"})
         return tuple(sorted((self._observed(c) for c in listed), key=lambda c: c.name))
 
     def present_images(self, refs: Iterable[str] | None = None) -> dict[str, str]:
@@ -134,7 +216,7 @@ class Engine:
         if wanted == []:
             return {}
         present: dict[str, str] = {}
-        for image in self.api.images(filters={"reference": wanted} if wanted else None):
+        for image in self.reads.images({"reference": wanted} if wanted else None):
             for tag in image.get("RepoTags") or ():
                 if tag != "<none>:<none>":
                     present[normalize_ref(tag)] = image["Id"]
@@ -446,12 +528,10 @@ class Engine:
         self.api.import_image_from_data(empty_tar, repository=repo, tag=tag)
 
     def lock_holder(self) -> LockHolder | None:
-        import docker.errors  # noqa: PLC0415
-
-        try:
-            labels = self.inspect(lock_name(self.stack))["Config"].get("Labels") or {}
-        except docker.errors.NotFound:
+        lock = self.reads.container_or_none(lock_name(self.stack))
+        if lock is None:
             return None
+        labels = lock["Config"].get("Labels") or {}
         return LockHolder(
             host=labels.get(f"{LABEL_LOCK}.host", "?"),
             pid=int(labels.get(f"{LABEL_LOCK}.pid", "0") or 0),

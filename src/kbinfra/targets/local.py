@@ -17,6 +17,11 @@ from kbinfra.targets.base import TEMP_PREFIX, FileStore, Target
 if TYPE_CHECKING:
     from docker import DockerClient
 
+    from kbinfra.targets.engine import EngineReads
+    from kbinfra.targets.engine_socket import SocketEngineReads
+
+DEFAULT_ENGINE_ADDRESS = "unix:///var/run/docker.sock"
+
 
 class LocalFileStore(FileStore):
     def __init__(self, root: Path) -> None:
@@ -100,16 +105,32 @@ class LocalTarget(Target):
         self.name = "local"
         self.stack_dir = stack_dir
         self._client: DockerClient | None = None
+        self._socket_reads: SocketEngineReads | None = None
 
     def docker_client(self) -> DockerClient:
         if self._client is None:
             self._client = local_engine()
         return self._client
 
+    def engine_reads(self) -> EngineReads:
+        """On the engine's unix socket, without docker-py (a no-op apply then never imports
+        it); through docker-py once a client is made, or for a tcp:// engine."""
+        address = engine_address()
+        if self._client is not None or not address.startswith("unix://"):
+            return super().engine_reads()
+        if self._socket_reads is None:
+            from kbinfra.targets.engine_socket import SocketEngineReads  # noqa: PLC0415
+
+            self._socket_reads = SocketEngineReads(address.removeprefix("unix://"))
+        return self._socket_reads
+
     def file_store(self, stack: str) -> FileStore:
         return LocalFileStore(self.stack_dir / ".kbinfra" / "deployed")
 
     def close(self) -> None:
+        if self._socket_reads is not None:
+            self._socket_reads.close()
+            self._socket_reads = None
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -137,10 +158,15 @@ def import_docker(address: str) -> ModuleType:
     return docker
 
 
+def engine_address() -> str:
+    """This machine's Docker Engine: ``DOCKER_HOST``, or the default socket."""
+    return os.environ.get("DOCKER_HOST") or DEFAULT_ENGINE_ADDRESS
+
+
 def local_engine() -> DockerClient:
     """A client of this machine's Docker Engine (``DOCKER_HOST`` or the default socket),
     answering; an engine that is missing or refuses is one line, exit 2."""
-    address = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    address = engine_address()
     # heavy; only commands that talk to an engine need it
     docker = import_docker(address)
     try:
