@@ -66,16 +66,22 @@ def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]
 
 
 def write_stack_dir(
-    folder: Path, profile: str = "minimum", overrides: dict[str, Any] | None = None
+    folder: Path,
+    profile: str = "minimum",
+    overrides: dict[str, Any] | None = None,
+    *,
+    nodes_file: Path | None = None,
 ) -> Path:
-    """``kbinfra init`` into ``folder``, then pin secrets and TLS and apply ``overrides``."""
+    """``kbinfra init`` into ``folder`` (``--target swarm --nodes`` when ``nodes_file`` is
+    given), then pin secrets and TLS and apply ``overrides``."""
     init_stack(
         folder,
         profile=profile,
-        target="local",
+        target="local" if nodes_file is None else "swarm",
         domain="kb.example.com",
         images_file=None,
         force=False,
+        nodes_file=nodes_file,
     )
     stack_file = folder / "kbinfra.yaml"
     data = yaml.safe_load(stack_file.read_text())

@@ -3,19 +3,14 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from kbinfra.scaffold import init_stack
-from kbinfra.secrets import dump_secrets, write_private_file
-from kbinfra.spec.stack import load_stack
-from kbinfra.stack import Stack, generated_secrets, open_stack
-from tests.conftest import FIXTURES, _deep_update, fixed_secret
+from kbinfra.stack import Stack, open_stack
+from tests.conftest import FIXTURES, write_stack_dir
 
 NODE_FILE = FIXTURES / "swarm" / "nodes.yaml"
 
@@ -26,29 +21,7 @@ def write_swarm_stack_dir(
     overrides: dict[str, Any] | None = None,
     nodes_file: Path = NODE_FILE,
 ) -> Path:
-    init_stack(
-        folder,
-        profile=profile,
-        target="swarm",
-        domain="kb.example.com",
-        images_file=None,
-        force=False,
-        nodes_file=nodes_file,
-    )
-    stack_file = folder / "kbinfra.yaml"
-    data = yaml.safe_load(stack_file.read_text())
-    data["name"] = "kb"
-    if overrides:
-        _deep_update(data, overrides)
-    stack_file.write_text(yaml.safe_dump(data, sort_keys=False))
-    spec, _ = load_stack(folder)
-    write_private_file(
-        folder / "secrets.yaml",
-        dump_secrets({name: fixed_secret(name) for name in generated_secrets(spec)}),
-    )
-    shutil.copy(FIXTURES / "tls" / "cert.pem", folder / "tls" / "cert.pem")
-    shutil.copy(FIXTURES / "tls" / "key.pem", folder / "tls" / "key.pem")
-    return folder
+    return write_stack_dir(folder, profile, overrides, nodes_file=nodes_file)
 
 
 @pytest.fixture
