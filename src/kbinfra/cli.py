@@ -216,6 +216,7 @@ def next_steps(stack_dir: Path, target: str) -> list[str]:
     epilog=examples(
         "kbinfra init --profile minimum --dir kb",
         "kbinfra init --target ssh://deploy@10.0.0.5 --images mirror.yaml",
+        "kbinfra init --profile minimum --target swarm --nodes nodes.yaml --dir kb",
         "kbinfra init --force   (new defaults; your edits to kbinfra.yaml kept)",
     )
 )
@@ -229,8 +230,16 @@ def init(
         str, typer.Option(metavar="DOMAIN", help="Public name for nginx and the TLS cert.")
     ] = ("kb.example.com"),
     target: Annotated[
-        str, typer.Option(metavar="TARGET", help="local or ssh://user@host[:port].")
+        str, typer.Option(metavar="TARGET", help="local, ssh://user@host[:port] or swarm.")
     ] = "local",
+    nodes: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="With --target swarm: the node file (scripts/testbed cluster up prints one).",
+            show_default=False,
+        ),
+    ] = None,
     images: Annotated[
         Path | None,
         typer.Option(
@@ -267,6 +276,7 @@ def init(
         images_file=images,
         force=force,
         given=given,
+        nodes_file=nodes,
     )
     for name in result.secrets_added:
         if name.startswith("offsite_"):

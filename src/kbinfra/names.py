@@ -33,3 +33,14 @@ def network_name(stack: str) -> str:
 
 def lock_name(stack: str) -> str:
     return f"{stack}-kbinfra-lock"
+
+
+def swarm_service_name(stack: str, service: str) -> str:
+    """``kb_postgres``: what ``docker stack deploy`` names a stack's service, so a stack
+    deployed either way has the same names."""
+    return f"{stack}_{service}"
+
+
+def swarm_network_name(stack: str) -> str:
+    """The stack's attachable overlay network on a Swarm."""
+    return f"{stack}_overlay"

@@ -55,6 +55,10 @@ def render_stack(stack: Stack) -> list[RenderedFile]:
     for name, service in stack.services.items():
         files.extend(render_service(service, stack.contexts[name]))
     files.extend(stack_files(stack))
+    if stack.spec.swarm is not None:
+        from kbinfra.swarm.compose import swarm_stack_file  # noqa: PLC0415 (Swarm stacks only)
+
+        files.append(swarm_stack_file(stack, files))
     paths = [f.path for f in files]
     duplicates = sorted({p for p in paths if paths.count(p) > 1})
     if duplicates:

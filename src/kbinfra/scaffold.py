@@ -20,9 +20,10 @@ from kbinfra.registry import all_services
 from kbinfra.secrets import SECRETS_FILE, ensure_secrets
 from kbinfra.spec.profile import load_profile
 from kbinfra.spec.stack import STACK_FILE, StackSpec, load_stack, stack_model
-from kbinfra.spec.values import check_domain, check_image_reference, check_target
+from kbinfra.spec.swarm import SwarmNodes
+from kbinfra.spec.values import SWARM_TARGET, check_domain, check_image_reference, check_target
 from kbinfra.spec.yamlfile import YamlDocument, load_yaml, read_yaml
-from kbinfra.stack import generated_secrets
+from kbinfra.stack import Stack, generated_secrets
 from kbinfra.templating import environment
 
 _COMMON = {"enabled", "image", "port"}
@@ -222,7 +223,13 @@ def _yaml_value(value: Any) -> str:
 
 
 def stack_file_text(
-    *, name: str, profile: str, target: str, domain: str, images: dict[str, str]
+    *,
+    name: str,
+    profile: str,
+    target: str,
+    domain: str,
+    images: dict[str, str],
+    swarm: dict[str, Any] | None = None,
 ) -> str:
     defaults = StackSpec()
     services = []
@@ -259,6 +266,12 @@ def stack_file_text(
             tls_key=yaml_string(defaults.tls.key),
             app_upstream=yaml_string(defaults.app.upstream),
             services=services,
+            # Values the node file gave, validated; PyYAML quotes what needs quoting.
+            swarm=yaml.safe_dump(
+                {"swarm": swarm}, sort_keys=False, default_flow_style=False, indent=2
+            ).rstrip("\n")
+            if swarm is not None
+            else "",
         )
     )
 
@@ -303,6 +316,7 @@ def init_stack(
     images_file: Path | None,
     force: bool,
     given: frozenset[str] | set[str] = frozenset({"profile", "target", "domain", "images"}),
+    nodes_file: Path | None = None,
 ) -> InitResult:
     """Create or complete ``stack_dir``; never overwrite a file init did not write.
 
@@ -324,6 +338,7 @@ def init_stack(
     if "/" in profile or profile.endswith((".yaml", ".yml")):
         profile_ref = str(Path(profile).expanduser().resolve())
     images = read_image_map(images_file) if images_file else {}
+    nodes = _swarm_nodes(target, nodes_file)
     result = InitResult(stack_dir=stack_dir)
     stack_dir.mkdir(parents=True, exist_ok=True)
     record = InitRecord.read(stack_dir)
@@ -331,13 +346,19 @@ def init_stack(
     if record.exists(STACK_FILE) and not (force and record.wrote(STACK_FILE)):
         (result.kept_as_yours if force else result.kept).append(STACK_FILE)
     else:
+        name = stack_dir.resolve().name if _usable_name(stack_dir.resolve().name) else "kb"
         text = stack_file_text(
-            name=stack_dir.resolve().name if _usable_name(stack_dir.resolve().name) else "kb",
-            profile=profile_ref,
-            target=target,
-            domain=domain,
-            images=images,
+            name=name, profile=profile_ref, target=target, domain=domain, images=images
         )
+        if nodes is not None:
+            text = stack_file_text(
+                name=name,
+                profile=profile_ref,
+                target=target,
+                domain=domain,
+                images=images,
+                swarm=_swarm_section(text, stack_dir, nodes),
+            )
         _check_written(text, target=target, domain=domain, profile=profile_ref, images=images)
         if record.exists(STACK_FILE) and not record.unchanged(STACK_FILE):
             chosen = {"profile": profile_ref, "target": target, "domain": domain}
@@ -362,6 +383,42 @@ def init_stack(
 
     _ensure_certificate(spec, doc, record, result, force=force)
     return result
+
+
+def _swarm_nodes(target: str, nodes_file: Path | None) -> SwarmNodes | None:
+    """The node file's nodes for ``--target swarm`` (required then, refused otherwise)."""
+    if target != SWARM_TARGET:
+        if nodes_file is not None:
+            raise SpecError(
+                f"--nodes is read only with --target swarm (target is {target})",
+                where="--nodes",
+                fix="add --target swarm, or leave --nodes out",
+            )
+        return None
+    if nodes_file is None:
+        raise SpecError(
+            "--target swarm needs the cluster's nodes",
+            where="--target",
+            fix="pass --nodes FILE (`scripts/testbed cluster up` prints one; docs/swarm.md)",
+        )
+    from kbinfra.swarm.defaults import read_node_file  # noqa: PLC0415
+
+    return read_node_file(nodes_file)
+
+
+def _swarm_section(text: str, stack_dir: Path, nodes: SwarmNodes) -> dict[str, Any]:
+    """The ``swarm:`` section for ``text`` (init's stack file without one): the nodes, and
+    where each service runs. Which services keep state is asked of their containers, which
+    name their secrets and TLS files but never read them: a stack held in memory without
+    either answers."""
+    from kbinfra.swarm.defaults import default_services, swarm_section  # noqa: PLC0415
+
+    spec = stack_model().model_validate(
+        {**load_yaml(text), "swarm": swarm_section(nodes, services={})}
+    )
+    profile = load_profile(spec.profile, relative_to=Path.cwd()).profile
+    in_memory = Stack(stack_dir, spec, profile, secrets={}, tls_certificate="", tls_key="")
+    return swarm_section(nodes, default_services(in_memory, nodes))
 
 
 def merge_stack_file(

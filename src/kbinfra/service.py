@@ -357,6 +357,36 @@ class Service(ABC):
     def container(self, ctx: ServiceContext) -> ContainerSpec:
         """The container that runs the service, with the rendered files it mounts."""
 
+    #: The command the image runs when none is given (its ENTRYPOINT, then its CMD): on a
+    #: Swarm, a secret the image reads only from its environment is read from its Docker
+    #: secret file by a shell that then execs this (:meth:`secret_file_env` says which).
+    image_start: ClassVar[tuple[str, ...]] = ()
+
+    def secret_file_env(self, env_var: str) -> str | None:
+        """The variable by which this service's image reads ``env_var``'s value from a file
+        (``POSTGRES_PASSWORD_FILE``), or None when it reads it only from its environment.
+        On a Swarm no secret is put in a service's environment, where ``docker inspect``
+        shows it: it is a Docker secret, a file under ``/run/secrets``."""
+        return None
+
+    def peer_arguments(self, hostnames: Sequence[str], index: int) -> list[str] | None:
+        """The arguments peer ``index`` of a cluster of this service (one Swarm service per
+        peer, each pinned, with the stable host names ``hostnames``) starts with; None when
+        the service does not cluster by itself (the default)."""
+        return None
+
+    def replica_container(self, ctx: ServiceContext) -> ContainerSpec | None:
+        """The container of a streaming replica of this store on a node of its own (on a
+        Swarm, ``swarm.services.<name>.replica``), mounting files :meth:`files` renders for
+        it; None when the service has no replica (the default)."""
+        return None
+
+    def keeps_state(self, ctx: ServiceContext) -> bool:
+        """Whether its tasks write data the next task must find: then, on a Swarm, where
+        volumes are node-local, it is pinned to one node. True when its container has a data
+        volume; a service whose volume only holds what every node can have a copy of says no."""
+        return any(volume.data for volume in self.container(ctx).volumes)
+
     def login_check(self, ctx: ServiceContext) -> LoginCheck | None:
         """How apply proves, once the container is healthy, that the stack's credentials open
         it; None when its health check already uses them or it keeps none in its volumes."""

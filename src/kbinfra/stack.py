@@ -137,12 +137,19 @@ def generated_secrets(spec: StackSpec) -> set[str]:
 
 def open_stack(stack_dir: Path) -> Stack:
     """Load ``kbinfra.yaml``, its profile, secrets and TLS files from ``stack_dir``."""
-    spec, _ = load_stack(stack_dir)
+    spec, doc = load_stack(stack_dir)
     profile = load_profile(spec.profile, relative_to=stack_dir).profile
     secrets = load_secrets(stack_dir, required_secrets(spec))
     certificate = _read_tls(stack_dir, spec.tls.certificate, "TLS certificate")
     key = _read_tls(stack_dir, spec.tls.key, "TLS key")
-    return Stack(stack_dir, spec, profile, secrets, certificate, key)
+    stack = Stack(stack_dir, spec, profile, secrets, certificate, key)
+    if spec.swarm is not None:
+        # Where each service runs depends on its container (a data volume pins it): checked
+        # here, once the profile is known, with the stack file's line in every error.
+        from kbinfra.swarm.placement import stack_placements  # noqa: PLC0415
+
+        stack_placements(stack, doc)
+    return stack
 
 
 def _read_tls(stack_dir: Path, relative: str, what: str) -> str:

@@ -237,6 +237,8 @@ def validate_tree(stack: Stack, out: Path) -> list[CheckResult]:
             results.append(parse_check(out, relative))
     with tools_found() as compose_tools:
         results.append(compose_check(out))
+        if stack.spec.swarm is not None:
+            results.append(swarm_stack_check(out))
     results = [result._replace(version=checked_by(result, compose_tools)) for result in results]
     enabled = frozenset(stack.services)
     for name, service in stack.services.items():
@@ -271,6 +273,22 @@ def missing_requirements(
         for needed in requires
         if needed not in enabled
     ]
+
+
+def swarm_stack_check(out: Path) -> CheckResult:
+    """``swarm-stack.yml``, checked by the real ``docker-compose config -q`` (which reads the
+    compose v3 schema ``docker stack deploy`` uses) when installed, else skipped."""
+    from kbinfra.swarm.compose import SWARM_STACK_FILE  # noqa: PLC0415
+
+    compose = find_tool("docker-compose")
+    if compose is None:
+        return CheckResult(SWARM_STACK_FILE, "docker-compose", "skipped", "not installed")
+    folder = out.resolve()
+    run = run_tool([compose, "-f", str(folder / SWARM_STACK_FILE), "config", "-q"], cwd=folder)
+    if not run.ok:
+        why = run.output.splitlines()[-1] if run.output else f"exit {run.returncode}"
+        return CheckResult(SWARM_STACK_FILE, "docker-compose", "failed", why)
+    return CheckResult(SWARM_STACK_FILE, "docker-compose", "ok", "compose v3.8 for stack deploy")
 
 
 def compose_check(out: Path) -> CheckResult:

@@ -54,3 +54,21 @@ def test_only_0600_secret_files_hold_a_secret(
         if holds_secret:
             assert file.secret, f"{file.path} holds a secret but is not marked secret"
             assert file.mode == 0o600, f"{file.path} holds a secret but is {file.mode:o}"
+
+
+def test_the_swarm_stack_file_of_the_minimum_profile_matches_its_golden_file(
+    tmp_path: Path,
+) -> None:
+    """The minimum profile over the test bed's three nodes, as ``kbinfra init --target swarm
+    --nodes`` places it: ``rendered/swarm-stack.yml`` byte for byte."""
+    from kbinfra.stack import open_stack  # noqa: PLC0415
+    from kbinfra.swarm.compose import SWARM_STACK_FILE  # noqa: PLC0415
+    from tests.unit.swarm.conftest import write_swarm_stack_dir  # noqa: PLC0415
+
+    stack = open_stack(write_swarm_stack_dir(tmp_path / "swarm"))
+    text = next(f.text for f in render_stack(stack) if f.path == SWARM_STACK_FILE)
+    golden = GOLDEN / "swarm-minimum" / SWARM_STACK_FILE
+    if UPDATE:
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(text, encoding="utf-8")
+    assert text == golden.read_text(encoding="utf-8"), f"{SWARM_STACK_FILE} differs from {golden}"

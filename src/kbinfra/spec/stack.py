@@ -9,7 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from kbinfra.registry import all_services
 from kbinfra.service import ServiceSettings
+from kbinfra.spec.swarm import PlacementsBase, ServicePlacement, SwarmSettings
 from kbinfra.spec.values import (
+    LOCAL_TARGET,
+    SWARM_TARGET,
     Domain,
     SshTarget,
     Target,
@@ -159,6 +162,9 @@ class StackSpec(_Strict):
     deploy: DeploySettings = DeploySettings()
     secrets: SecretsSettings = SecretsSettings()
     services: ServicesBase = Field(default_factory=ServicesBase)
+    swarm: SwarmSettings | None = Field(
+        None, description="target: swarm only: the nodes, and where each service runs"
+    )
 
     @field_validator("name")
     @classmethod
@@ -169,6 +175,20 @@ class StackSpec(_Strict):
                 "starting with a letter, at most 31 characters"
             )
         return value
+
+    @model_validator(mode="after")
+    def _swarm_section_with_swarm_target(self) -> Self:
+        if self.target == SWARM_TARGET and self.swarm is None:
+            raise ValueError(
+                "target: swarm needs a swarm: section with the nodes "
+                "(kbinfra init --target swarm --nodes FILE writes one)"
+            )
+        if self.target != SWARM_TARGET and self.swarm is not None:
+            raise ValueError(
+                f"a swarm: section is only read with target: swarm (target is {self.target}); "
+                "remove it or set target: swarm"
+            )
+        return self
 
     @model_validator(mode="after")
     def _ports_unique(self) -> Self:
@@ -189,9 +209,13 @@ class StackSpec(_Strict):
     def enabled_services(self) -> list[str]:
         return [name for name in self.services.names() if self.services.get(name).enabled]
 
+    def placement(self, service: str) -> ServicePlacement:
+        """What ``swarm.services.<service>`` says (empty when nothing, or not on a Swarm)."""
+        return self.swarm.services.of(service) if self.swarm else ServicePlacement()
+
     def ssh_parts(self) -> SshTarget | None:
-        """``(user, host, port)`` for an ssh:// target, else None."""
-        if self.target == "local":
+        """``(user, host, port)`` for an ssh:// target, else None (local, swarm)."""
+        if self.target in (LOCAL_TARGET, SWARM_TARGET):
             return None
         return parse_ssh_target(self.target)
 
@@ -208,10 +232,18 @@ def stack_model() -> type[StackSpec]:
         )
         fields[name] = (service.settings_model, defaults)
     services_model = create_model("Services", __base__=ServicesBase, **fields)
+    placements: dict[str, Any] = {name: (ServicePlacement | None, None) for name in all_services()}
+    placements_model = create_model("SwarmServices", __base__=PlacementsBase, **placements)
+    swarm_model = create_model(
+        "Swarm",
+        __base__=SwarmSettings,
+        services=(placements_model, Field(default_factory=placements_model)),
+    )
     return create_model(
         "Stack",
         __base__=StackSpec,
         services=(services_model, Field(default_factory=services_model)),
+        swarm=(swarm_model | None, None),
     )
 
 

@@ -146,8 +146,14 @@ def parse_ssh_target(text: str) -> SshTarget:
     return SshTarget(user, host, port)
 
 
+#: The targets that are not an ``ssh://`` address: this machine's engine, or the Swarm the
+#: stack file's ``swarm:`` section describes.
+LOCAL_TARGET = "local"
+SWARM_TARGET = "swarm"
+
+
 def check_target(value: str) -> str:
-    if value != "local":
+    if value not in (LOCAL_TARGET, SWARM_TARGET):
         parse_ssh_target(value)
     return value
 

@@ -22,7 +22,9 @@ LABEL_SWARM_STACK = "io.kbinfra.stack"
 
 @dataclass(frozen=True)
 class SwarmSecret:
-    """A Docker secret, mounted read-only at ``/run/secrets/<target>`` in a task.
+    """A Docker secret, mounted read-only at ``/run/secrets/<target>`` in a task, or at
+    ``target`` itself when it is an absolute path (a rendered 0600 file, where its service
+    reads it; Docker 17.06+ on Linux).
 
     ``data`` never appears in a repr, a plan or JSON output.
     """
@@ -55,6 +57,7 @@ class SwarmMount:
     target: str
     read_only: bool = False
     data: bool = True  # never removed without an explicit, confirmed command
+    kind: str = "volume"  # "bind": a folder of the node itself (node-exporter reads /)
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,11 @@ class SwarmService:
     # service labels: stack, service, config hash
     labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     config_hash: str = ""
+    #: Names it answers to on the stack's network besides its Swarm name: its kbinfra
+    #: name, which every rendered file uses (``postgres:5432``), as on one host.
+    network_aliases: Sequence[str] = ()
+    #: Docker's endpoint mode: no IPVS on the nodes kbinfra targets, so never "vip".
+    endpoint_mode: str = "dnsrr"
 
 
 @dataclass(frozen=True)

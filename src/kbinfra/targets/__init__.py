@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kbinfra.errors import KbinfraError
 from kbinfra.spec.stack import StackSpec
-from kbinfra.spec.values import check_target
+from kbinfra.spec.values import SWARM_TARGET, check_target
 from kbinfra.targets.base import FileStore, Target
 
 __all__ = ["FileStore", "Target", "open_target"]
@@ -28,6 +28,14 @@ def open_target(
     """The stack's target (``target`` overrides the stack file's), not yet connected."""
     if target is not None and target != spec.target:
         spec = spec.model_copy(update={"target": _checked_target(target)})
+    if spec.target == SWARM_TARGET:
+        # Never fall through to the local engine: a Swarm stack is applied through a manager.
+        raise KbinfraError(
+            "this command does not reach a Swarm yet (target: swarm)",
+            where=str(stack_dir / "kbinfra.yaml"),
+            fix="render it with `kbinfra render` (rendered/swarm-stack.yml), "
+            "or deploy that file with `docker stack deploy`",
+        )
     parts = spec.ssh_parts()
     if parts is None:
         from kbinfra.targets.local import LocalTarget  # noqa: PLC0415

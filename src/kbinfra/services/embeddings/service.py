@@ -229,6 +229,13 @@ class Embeddings(Service):
     secrets = ("embeddings_api_key",)
     stage = "service"
     health_path = HEALTH_PATH
+    # The image reads its API key only from EMBEDDINGS_API_KEY (the Dockerfile's CMD).
+    image_start = ("python", "/app/app.py")
+
+    def keeps_state(self, ctx: ServiceContext) -> bool:
+        """The models volume holds model files copied in by hand, which the service only
+        reads: each node that runs it has its own copy, so it is replicated, not pinned."""
+        return False
 
     def tuning(self, ctx: ServiceContext) -> EmbeddingsTune:
         settings: EmbeddingsSettings = ctx.settings

@@ -135,6 +135,11 @@ class Grafana(Service):
     default_host_port = 3000
     secrets = (ADMIN_SECRET,)
     stage = MONITORING
+
+    def secret_file_env(self, env_var: str) -> str | None:
+        """Grafana reads any ``GF_*`` setting from the file ``GF_<NAME>__FILE`` names."""
+        return f"{env_var}__FILE"
+
     requires = (PROMETHEUS,)
 
     def tuning(self, ctx: ServiceContext) -> NoTuning:

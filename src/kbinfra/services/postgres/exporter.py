@@ -25,6 +25,11 @@ class PostgresExporter(Exporter):
     default_image = "prometheuscommunity/postgres-exporter:v0.20.1"
     container_port = 9187
     secrets = (MONITOR_SECRET,)
+
+    def secret_file_env(self, env_var: str) -> str | None:
+        """postgres_exporter reads ``DATA_SOURCE_PASS_FILE``."""
+        return f"{env_var}_FILE"
+
     job = "postgres"
     requires = ("postgres",)
 

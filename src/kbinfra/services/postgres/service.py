@@ -12,12 +12,14 @@ from kbinfra.service import (
     FileMount,
     HealthCheck,
     LoginCheck,
+    RenderedFile,
     Service,
     ServiceContext,
     ServiceSettings,
     TmpfsMount,
     VolumeMount,
 )
+from kbinfra.service_kit.replication import derived_password
 from kbinfra.services.postgres.exporter import MONITOR_ROLE
 from kbinfra.services.postgres.exporter import SERVICE as EXPORTER
 
@@ -46,6 +48,16 @@ BENCH_GROUP = "kbinfra_bench"
 POSTGRES_UID = 999
 CONFIG_DIR = "/etc/postgresql"
 DATA_DIR = "/var/lib/postgresql/data"
+#: A streaming replica (Swarm, ``swarm.services.postgres.replica``): its login role, its
+#: physical slot on the primary (WAL is kept until the replica has it), and its files.
+REPLICATION_ROLE = "kbinfra_replicator"
+REPLICATION_SLOT = "kbinfra_replica"
+REPLICATION_SCRIPT = "postgres/initdb/30-replication.sh"
+REPLICA_START = "postgres/replica/start.sh"
+REPLICA_PGPASS = "postgres/replica/pgpass"
+REPLICA_DIR = "/etc/postgresql/replica"
+#: The primary's stable name on the stack network, which the replica streams from.
+PRIMARY_HOST = "postgres"
 CONF_FILE = "postgres/postgresql.conf"
 HBA_FILE = "postgres/pg_hba.conf"
 FILES = (CONF_FILE, HBA_FILE)
@@ -213,6 +225,11 @@ class Postgres(Service):
     secrets = ("postgres_password", "postgres_monitor_password")
     stage = "data"
 
+    def secret_file_env(self, env_var: str) -> str | None:
+        """The image's entrypoint reads ``POSTGRES_PASSWORD_FILE``; the monitor role's initdb
+        script reads ``KBINFRA_MONITOR_PASSWORD_FILE`` when rendered for a Swarm."""
+        return f"{env_var}_FILE"
+
     def tuning(self, ctx: ServiceContext) -> PgTune:
         settings: PostgresSettings = ctx.settings
         return pgtune(
@@ -236,6 +253,7 @@ class Postgres(Service):
             "memory": memory,
             "settings": ctx.settings,
             "tcp_roles": self.tcp_roles(ctx),
+            "replication_role": REPLICATION_ROLE if self.has_replica(ctx) else None,
         }
 
     def tcp_roles(self, ctx: ServiceContext) -> list[str]:
@@ -279,6 +297,22 @@ class Postgres(Service):
                     source="postgres/initdb/20-monitor-role.sh",
                     target="/docker-entrypoint-initdb.d/20-monitor-role.sh",
                 ),
+                *(
+                    [
+                        FileMount(
+                            source=REPLICATION_SCRIPT,
+                            target="/docker-entrypoint-initdb.d/30-replication.sh",
+                        ),
+                        FileMount(
+                            source=REPLICA_PGPASS,
+                            target=f"{REPLICA_DIR}/pgpass",
+                            uid=POSTGRES_UID,
+                            gid=POSTGRES_UID,
+                        ),
+                    ]
+                    if self.has_replica(ctx)
+                    else []
+                ),
             ],
             healthcheck=HealthCheck(
                 test=["CMD-SHELL", 'pg_isready -h 127.0.0.1 -U "$POSTGRES_USER" -d "$POSTGRES_DB"'],
@@ -308,6 +342,95 @@ class Postgres(Service):
             # One process per connection, plus the background workers.
             pids_limit=max(
                 ctx.resources.pids, self.tuning(ctx).max_connections + PIDS_BESIDES_BACKENDS
+            ),
+        )
+
+    def has_replica(self, ctx: ServiceContext) -> bool:
+        return ctx.stack.placement(self.name).replica is not None
+
+    def replication_password(self, ctx: ServiceContext) -> str:
+        return derived_password(ctx.secrets["postgres_password"], "kbinfra postgres replication")
+
+    def files(self, ctx: ServiceContext) -> list[RenderedFile]:
+        """With a replica: the primary's initdb script that creates the replication role and
+        slot (0600: it holds the role's password), the replica's start script and its
+        pgpass file (0600)."""
+        if not self.has_replica(ctx):
+            return []
+        password = self.replication_password(ctx)
+        create = (
+            "#!/bin/sh\n"
+            "# Runs once, when the primary's data directory is initialised: the role a streaming\n"
+            "# replica logs in as (REPLICATION, nothing else) and its physical slot. The password\n"
+            "# is read from the replica's pgpass file (0600), never written here.\n"
+            "set -eu\n"
+            f'password="$(cut -d: -f5 {REPLICA_DIR}/pgpass)"\n'
+            'psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" '
+            "-v replication_password=\"$password\" <<'SQL'\n"
+            f"SELECT format('CREATE ROLE {REPLICATION_ROLE} WITH REPLICATION LOGIN PASSWORD %L',\n"
+            "              :'replication_password')\n"
+            f"WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{REPLICATION_ROLE}')\\gexec\n"
+            f"SELECT pg_create_physical_replication_slot('{REPLICATION_SLOT}')\n"
+            "WHERE NOT EXISTS (SELECT FROM pg_replication_slots\n"
+            f"                  WHERE slot_name = '{REPLICATION_SLOT}');\n"
+            "SQL\n"
+        )
+        conninfo = (
+            f"host={PRIMARY_HOST} port=5432 user={REPLICATION_ROLE} "
+            f"passfile={REPLICA_DIR}/pgpass application_name={ctx.stack.name}_replica"
+        )
+        start = (
+            "#!/bin/sh\n"
+            f"# Streaming replica of PostgreSQL in stack {ctx.stack.name!r}: an empty data\n"
+            "# directory is filled from the primary by pg_basebackup, then it follows the\n"
+            "# primary read-only (hot standby). No automatic failover: docs/swarm.md.\n"
+            "set -eu\n"
+            f'if [ ! -s "{DATA_DIR}/PG_VERSION" ]; then\n'
+            f"  pg_basebackup --host={PRIMARY_HOST} --port=5432 --username={REPLICATION_ROLE} "
+            f"--no-password --pgdata={DATA_DIR} --wal-method=stream --slot={REPLICATION_SLOT} "
+            "--checkpoint=fast\n"
+            f"  chmod 0700 {DATA_DIR}\n"
+            "fi\n"
+            f"touch {DATA_DIR}/standby.signal\n"
+            f"exec postgres -c config_file={CONFIG_DIR}/postgresql.conf "
+            f"-c hba_file={CONFIG_DIR}/pg_hba.conf "
+            f"-c primary_conninfo='{conninfo}' -c primary_slot_name={REPLICATION_SLOT} "
+            "-c hot_standby=on\n"
+        )
+        return [
+            RenderedFile(REPLICATION_SCRIPT, create),
+            RenderedFile(REPLICA_START, start),
+            RenderedFile(
+                REPLICA_PGPASS,
+                f"{PRIMARY_HOST}:5432:replication:{REPLICATION_ROLE}:{password}\n",
+                mode=0o600,
+                secret=True,
+            ),
+        ]
+
+    def replica_container(self, ctx: ServiceContext) -> ContainerSpec | None:
+        """The primary's container, started by the replica's script instead of the image's
+        entrypoint (which would initdb an empty volume), on a volume of its own."""
+        if not self.has_replica(ctx):
+            return None
+        primary = self.container(ctx)
+        return primary._replace(
+            service=f"{self.name}-replica",
+            entrypoint=["/bin/sh", f"{REPLICA_DIR}/start.sh"],
+            command=None,
+            env={"PGPASSFILE": f"{REPLICA_DIR}/pgpass"},
+            secret_env={},
+            ports=[],
+            volumes=[VolumeMount(volume=ctx.volume("replica"), target=DATA_DIR)],
+            files=[
+                *[f for f in primary.files if "initdb" not in f.source],
+                FileMount(source=REPLICA_START, target=f"{REPLICA_DIR}/start.sh"),
+            ],
+            healthcheck=HealthCheck(
+                test=["CMD-SHELL", "pg_isready -h 127.0.0.1 -d postgres"],
+                interval_s=5,
+                retries=12,
+                start_period_s=120,
             ),
         )
 

@@ -1,6 +1,7 @@
 """Qdrant: thread and segment tuning from the profile, api keys by env, a schema-checked config."""
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic import Field
@@ -35,6 +36,8 @@ CONFIG_TARGET = "/qdrant/config/production.yaml"
 HTTP_PORT = 6333
 METRICS_JOB = "qdrant"
 GRPC_PORT = 6334
+#: Raft and shard transfers between peers: on the overlay network only, it accepts writes.
+P2P_PORT = 6335
 
 
 def readyz_probe(port: int = HTTP_PORT) -> str:
@@ -111,6 +114,9 @@ class Qdrant(Service):
     default_host_port = HTTP_PORT
     secrets = ("qdrant_api_key", "qdrant_read_only_api_key")
     stage = "data"
+    # Upstream's entrypoint passes its arguments to ./qdrant; Qdrant reads its API keys from
+    # QDRANT__SERVICE__* variables or a config file, not from a *_FILE variable.
+    image_start = ("./entrypoint.sh",)
 
     def tuning(self, ctx: ServiceContext) -> QdrantTune:
         return qdrant_tuning(
@@ -123,7 +129,32 @@ class Qdrant(Service):
             "image": ctx.image,
             "http_port": HTTP_PORT,
             "grpc_port": GRPC_PORT,
+            "cluster": self.cluster(ctx),
         }
+
+    def cluster(self, ctx: ServiceContext) -> dict[str, int] | None:
+        """Distributed mode on a Swarm with ``peers:`` (two or more), else None (off).
+
+        New collections get a replication factor of 2 (each shard on two peers: one node
+        may be lost) and a write consistency factor of 1; the app chooses ``shard_number``
+        when it creates a collection (docs/swarm.md)."""
+        peers = ctx.stack.placement(self.name).peers
+        if not peers:
+            return None
+        return {
+            "p2p_port": P2P_PORT,
+            "peers": len(peers),
+            "replication_factor": min(2, len(peers)),
+            "write_consistency_factor": 1,
+        }
+
+    def peer_arguments(self, hostnames: Sequence[str], index: int) -> list[str] | None:
+        """The first peer starts a new cluster at its own URI; the others join it
+        (``--bootstrap``) and announce their own: stable names, since Raft keeps them."""
+        own = ["--uri", f"http://{hostnames[index]}:{P2P_PORT}"]
+        if index == 0:
+            return own
+        return ["--bootstrap", f"http://{hostnames[0]}:{P2P_PORT}", *own]
 
     def container(self, ctx: ServiceContext) -> ContainerSpec:
         settings: QdrantSettings = ctx.settings

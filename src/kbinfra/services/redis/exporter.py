@@ -45,6 +45,11 @@ class RedisExporter(Exporter):
     default_image = "oliver006/redis_exporter:v1.91.1-alpine"
     container_port = 9121
     secrets = (EXPORTER_SECRET,)
+
+    def secret_file_env(self, env_var: str) -> str | None:
+        """redis_exporter reads ``REDIS_PASSWORD_FILE``."""
+        return f"{env_var}_FILE"
+
     job = "redis"
     requires = ("redis",)
 

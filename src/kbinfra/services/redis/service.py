@@ -10,12 +10,14 @@ from kbinfra.service import (
     ContainerSpec,
     FileMount,
     HealthCheck,
+    RenderedFile,
     Service,
     ServiceContext,
     ServiceSettings,
     TmpfsMount,
     VolumeMount,
 )
+from kbinfra.service_kit.replication import derived_password
 from kbinfra.services.redis.exporter import SERVICE as EXPORTER
 
 if TYPE_CHECKING:
@@ -47,6 +49,17 @@ ACL_PATH = "/usr/local/etc/redis/acl/users.acl"
 #: file, so the file is placed into the container owned by that user.
 REDIS_UID = 999
 HEALTHCHECK_USER = "healthcheck"
+#: A replica (Swarm, ``swarm.services.redis.replica``) logs in as this ACL user, which may
+#: run what replication needs (PSYNC, REPLCONF, PING) and nothing else; its configuration
+#: holds that user's password (``masterauth``), so it is a 0600 file.
+REPLICATION_USER = "kbinfra-replicator"
+REPLICATION_COMMANDS = "+psync +replconf +ping"
+REPLICA_CONF_FILE = "redis/replica/redis.conf"
+REPLICA_CONF_PATH = "/usr/local/etc/redis/replica/redis.conf"
+#: Stable names on the stack network: the primary the replica follows, and its own, which
+#: it announces (a task IP would change on every restart).
+PRIMARY_HOST = "redis"
+REPLICA_HOST = "redis-replica"
 ANONYMOUS = "(no login)"
 #: The ACL users with a password, and the secret that holds it.
 PASSWORD_USERS = {
@@ -178,7 +191,62 @@ class Redis(Service):
             },
             "exporter_commands": EXPORTER_COMMANDS,
             "healthcheck_user": HEALTHCHECK_USER,
+            "replication": (
+                {
+                    "user": REPLICATION_USER,
+                    "hash": acl_password_hash(self.replication_password(ctx)),
+                    "commands": REPLICATION_COMMANDS,
+                }
+                if self.has_replica(ctx)
+                else None
+            ),
         }
+
+    def has_replica(self, ctx: ServiceContext) -> bool:
+        return ctx.stack.placement(self.name).replica is not None
+
+    def replication_password(self, ctx: ServiceContext) -> str:
+        return derived_password(ctx.secrets["redis_admin_password"], "kbinfra redis replication")
+
+    def files(self, ctx: ServiceContext) -> list[RenderedFile]:
+        """With a replica: its configuration, the primary's with what makes it a replica."""
+        if not self.has_replica(ctx):
+            return []
+        text = (
+            f"# Replica of Redis in stack {ctx.stack.name!r}: the primary's configuration,\n"
+            "# then what makes it follow the primary (read-only). No automatic failover:\n"
+            "# docs/swarm.md.\n"
+            f"include {CONF_PATH}\n"
+            f"replicaof {PRIMARY_HOST} {PORT}\n"
+            f"masteruser {REPLICATION_USER}\n"
+            f"masterauth {self.replication_password(ctx)}\n"
+            f"replica-announce-ip {REPLICA_HOST}\n"
+            "replica-read-only yes\n"
+            "replica-serve-stale-data yes\n"
+        )
+        return [RenderedFile(REPLICA_CONF_FILE, text, mode=0o600, secret=True)]
+
+    def replica_container(self, ctx: ServiceContext) -> ContainerSpec | None:
+        """The primary's container reading the replica's configuration, on a volume of its
+        own."""
+        if not self.has_replica(ctx):
+            return None
+        primary = self.container(ctx)
+        return primary._replace(
+            service=f"{self.name}-replica",
+            command=["redis-server", REPLICA_CONF_PATH],
+            ports=[],
+            volumes=[VolumeMount(volume=ctx.volume("replica"), target="/data")],
+            files=[
+                *primary.files,
+                FileMount(
+                    source=REPLICA_CONF_FILE,
+                    target=REPLICA_CONF_PATH,
+                    uid=REDIS_UID,
+                    gid=REDIS_UID,
+                ),
+            ],
+        )
 
     def secret_templates(self) -> frozenset[str]:
         return frozenset({"users.acl"})

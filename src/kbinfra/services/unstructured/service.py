@@ -228,6 +228,8 @@ class Unstructured(Service):
     default_host_port = 8002
     secrets = ("unstructured_api_key",)
     stage = "service"
+    # Upstream's start script; the API reads UNSTRUCTURED_API_KEY only from its environment.
+    image_start = ("scripts/app-start.sh",)
     health_path = HEALTH_PATH
 
     def tuning(self, ctx: ServiceContext) -> UnstructuredTune:
