@@ -630,7 +630,11 @@ def _destroy_on_swarm(
     console.line(
         f"removed {len(removal.services)} services, {len(removal.secrets)} secrets, "
         f"{len(removal.configs)} configs, {len(removal.networks)} networks"
-        + (f", {gone} volumes" if delete_data else f"; {kept} data volumes kept")
+        + (
+            f", {gone} volumes"
+            if delete_data
+            else f"; {kept} volumes kept (--delete-data removes them)"
+        )
     )
     for node, why in sorted(removal.unreachable.items()):
         console.warn(f"{node}: its volumes were not looked at ({why})")

@@ -388,6 +388,7 @@ class SwarmApplyResult:
             "summary": self.summary(),
             "swarm": self.swarm,
             "images": self.images,
+            "images_copied": self.images_copied,
             "services": [r.as_json() for r in self.services],
             "network_created": self.network_created,
             "secrets_created": self.secrets_created,
