@@ -281,3 +281,86 @@ def test_swarm_plan_refuses_only_and_saved_plans(swarm_dir: Callable[..., Path])
     assert_one_line_error(
         kbinfra("apply", "saved.plan", "--dir", str(folder)), "saved plans are not built"
     )
+
+
+ROLLED_BACK = (
+    "the update of kb_redis was rolled back by Swarm: failed on node2: "
+    "dockerexec: unhealthy container"
+)
+
+
+def test_a_rolled_back_update_fails_its_service_with_the_tasks_error_and_prunes_nothing(
+    swarm_dir: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kbinfra.errors import ApplyFailedError  # noqa: PLC0415
+    from kbinfra.stack import open_stack  # noqa: PLC0415
+    from kbinfra.swarm import apply as swarm_apply_module  # noqa: PLC0415
+    from kbinfra.swarm import cluster, converge, run  # noqa: PLC0415
+    from kbinfra.swarm.apply import StackChanges  # noqa: PLC0415
+    from kbinfra.swarm.cluster import SwarmFormation  # noqa: PLC0415
+
+    stack = open_stack(swarm_dir(overrides=FITS_ON_THE_TEST_BED))
+    names = [s.name for s in desired_swarm_stack(stack).services]
+    assert "kb_redis" in names
+
+    class Target:
+        name = "swarm://node1"
+
+        def docker_client(self) -> object:
+            return object()
+
+    def rolled_back(*args: Any, **kwargs: Any) -> None:
+        raise ApplyFailedError(ROLLED_BACK, where="service redis", fix="see status")
+
+    def no_prune(*args: Any) -> None:
+        raise AssertionError("a rolled-back service still uses its old secrets and configs")
+
+    monkeypatch.setattr(
+        cluster, "ensure_swarm", lambda t, p: SwarmFormation("c", "node1", False, (), (), {})
+    )
+    monkeypatch.setattr(run, "_distribute", lambda *args: None)
+    monkeypatch.setattr(
+        swarm_apply_module,
+        "apply_stack",
+        lambda *args: StackChanges(
+            False, (), (), (), ("kb_redis",), tuple(n for n in names if n != "kb_redis"), (), {}
+        ),
+    )
+    monkeypatch.setattr(swarm_apply_module, "prune_objects", no_prune)
+    monkeypatch.setattr(converge, "wait_converged", rolled_back)
+    monkeypatch.setattr(converge, "stack_status", lambda *args: converge.StackStatus((), ()))
+    result = run.swarm_apply(stack, Target())  # type: ignore[arg-type]
+    assert result.failure == ROLLED_BACK and not result.ok
+    outcomes = {r.service: (r.outcome, r.error) for r in result.services}
+    assert outcomes.pop("redis") == ("failed", ROLLED_BACK)
+    assert {outcome for outcome, _ in outcomes.values()} == {"unchanged"}
+    assert result.as_json()["error"] == ROLLED_BACK
+
+
+def test_apply_exits_1_with_the_tasks_error_when_swarm_rolled_back(
+    swarm_dir: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import sys  # noqa: PLC0415
+
+    from kbinfra import cli  # noqa: PLC0415
+    from kbinfra.swarm import run  # noqa: PLC0415
+
+    folder = _with_key(_roomy(swarm_dir(overrides=FITS_ON_THE_TEST_BED)))
+
+    def failed(stack: Stack, target: Any, **kwargs: Any) -> run.SwarmApplyResult:
+        result = run.SwarmApplyResult(stack.spec.name, target.name, failure=ROLLED_BACK)
+        result.services.append(
+            run.SwarmServiceResult("redis", "kb_redis", "update", "failed", 1.0, ROLLED_BACK)
+        )
+        return result
+
+    monkeypatch.setattr(run, "swarm_apply", failed)
+    monkeypatch.setattr(sys, "argv", ["kbinfra", "apply", "--yes", "--dir", str(folder)])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("error: swarm://10.213.0.11: the update of kb_redis")
+    assert "dockerexec: unhealthy container" in err and "Traceback" not in err
