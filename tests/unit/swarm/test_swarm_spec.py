@@ -16,7 +16,7 @@ from kbinfra.services.embeddings.service import Embeddings
 from kbinfra.spec.stack import load_stack
 from kbinfra.stack import open_stack
 from kbinfra.swarm.defaults import read_node_file
-from tests.conftest import edit_stack_file
+from tests.conftest import edit_stack_file, run_kbinfra
 from tests.unit.error_checks import assert_one_line_error, kbinfra
 from tests.unit.swarm.conftest import NODE_FILE
 
@@ -230,3 +230,16 @@ def test_init_reads_the_node_file_as_untrusted_input(tmp_path: Path) -> None:
     assert_one_line_error(done, "is not a node name")
     assert f"{nodes}:" in done.stderr
     assert not (tmp_path / "kb" / "kbinfra.yaml").exists()
+
+
+def test_kbinfra_init_target_swarm_as_a_user_runs_it(tmp_path: Path) -> None:
+    done = run_kbinfra(
+        "init", "--profile", "minimum", "--target", "swarm", "--nodes", str(NODE_FILE),
+        "--dir", str(tmp_path / "kb"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    spec, _ = load_stack(tmp_path / "kb")
+    assert spec.target == "swarm" and spec.swarm is not None
+    rendered = run_kbinfra("render", "--dir", str(tmp_path / "kb"))
+    assert rendered.returncode == 0, rendered.stderr
+    assert (tmp_path / "kb" / "rendered" / "swarm-stack.yml").is_file()
