@@ -74,27 +74,35 @@ def desired_swarm_stack(stack: Stack) -> SwarmStack:
 
 
 def find_manager(target: SwarmTarget) -> str | None:
-    """Connect every node (an unknown host key anywhere is refused first) and carry the
-    Swarm API through the manager already in the nodes' Swarm; None when there is no Swarm
-    yet. Changes nothing. A node whose engine does not answer is left out of the choice."""
+    """Carry the Swarm API through the manager already in the nodes' Swarm; None when there
+    is no Swarm yet. Changes nothing. A node that cannot be reached, or whose engine does
+    not answer, is left out of the choice (``status`` must work with a node lost); an
+    unknown or changed host key on any node is refused, never skipped."""
     import docker.errors  # noqa: PLC0415
 
     from kbinfra.swarm.cluster import NodeSwarmView, choose_anchor  # noqa: PLC0415
+    from kbinfra.targets.ssh import HostKeyError  # noqa: PLC0415
 
-    target.connect_all()
     views = {}
+    unreachable: dict[str, str] = {}
     for node in target.nodes:
         try:
+            target.node_target(node.name).ssh()
             info = target.node_client(node.name).info()
-        except (docker.errors.DockerException, OSError, KbinfraError):
+        except HostKeyError:
+            raise
+        except (docker.errors.DockerException, OSError, KbinfraError) as error:
+            unreachable[node.name] = str(error)
+            target.forget(node.name)
             continue
         views[node.name] = NodeSwarmView.from_info(node.name, info)
     answering = [node for node in target.nodes if node.name in views]
     if not answering:
+        first = next(iter(unreachable.items()))
         raise KbinfraError(
-            "no node's Docker Engine answers",
+            f"no node answers; {first[0]}: {first[1]}",
             where=target.name,
-            fix="check that dockerd runs on the nodes (`kbinfra status` again once it does)",
+            fix="check that the nodes' sshd and dockerd run and the node file's identity",
         )
     anchor = choose_anchor(answering, views)
     if anchor.init:

@@ -364,3 +364,54 @@ def test_apply_exits_1_with_the_tasks_error_when_swarm_rolled_back(
     err = capsys.readouterr().err
     assert err.splitlines()[-1].startswith("error: swarm://10.213.0.11: the update of kb_redis")
     assert "dockerexec: unhealthy container" in err and "Traceback" not in err
+
+
+def test_finding_the_manager_skips_a_lost_node_but_never_a_host_key_refusal() -> None:
+    from kbinfra.swarm.run import find_manager  # noqa: PLC0415
+    from kbinfra.targets.ssh import HostKeyError  # noqa: PLC0415
+
+    class Node:
+        def __init__(self, name: str) -> None:
+            self.name = name
+            self.role = "manager"
+            self.address = type("A", (), {"url": f"ssh://u@{name}:22"})()
+
+    active = {"Swarm": {"LocalNodeState": "active", "ControlAvailable": True, "NodeID": "x"}}
+
+    class Target:
+        name = "swarm://node1"
+
+        def __init__(self, fail: dict[str, Exception]) -> None:
+            self.nodes = [Node("node1"), Node("node2")]
+            self.fail = fail
+            self.forgotten: list[str] = []
+            self.manager = ""
+
+        def node_target(self, name: str) -> Any:
+            fail = self.fail
+
+            class Ssh:
+                def ssh(self) -> None:
+                    if name in fail:
+                        raise fail[name]
+
+            return Ssh()
+
+        def node_client(self, name: str) -> Any:
+            return type("C", (), {"info": staticmethod(lambda: active)})()
+
+        def forget(self, name: str) -> None:
+            self.forgotten.append(name)
+
+        def use_manager(self, name: str) -> None:
+            self.manager = name
+
+    lost = Target({"node1": KbinfraError("cannot connect: No route to host")})
+    assert find_manager(lost) == "node2"  # type: ignore[arg-type]
+    assert lost.forgotten == ["node1"] and lost.manager == "node2"
+    changed = Target({"node2": HostKeyError("changed SSH host key for node2")})
+    with pytest.raises(HostKeyError):
+        find_manager(changed)  # type: ignore[arg-type]
+    gone = Target({n: KbinfraError(f"{n}: No route to host") for n in ("node1", "node2")})
+    with pytest.raises(KbinfraError, match="no node answers; node1: node1: No route to host"):
+        find_manager(gone)  # type: ignore[arg-type]
