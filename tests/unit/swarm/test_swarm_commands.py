@@ -415,3 +415,31 @@ def test_finding_the_manager_skips_a_lost_node_but_never_a_host_key_refusal() ->
     gone = Target({n: KbinfraError(f"{n}: No route to host") for n in ("node1", "node2")})
     with pytest.raises(KbinfraError, match="no node answers; node1: node1: No route to host"):
         find_manager(gone)  # type: ignore[arg-type]
+
+
+def test_status_json_lists_each_services_wanted_tasks_with_node_and_health() -> None:
+    from kbinfra.swarm.converge import StackStatus  # noqa: PLC0415
+    from kbinfra.swarm.run import SwarmStatus  # noqa: PLC0415
+    from kbinfra.swarm.state import service_state  # noqa: PLC0415
+    from tests.unit.swarm.test_service_state import NODES, service, task  # noqa: PLC0415
+
+    web = service_state(
+        service(),
+        [
+            task("id1", "running"),
+            task("id3", "running"),  # its node is down: not counted, shown as unknown
+            task("id2", "shutdown", desired="shutdown", when="0"),  # history: not listed
+        ],
+        NODES,
+    )
+    found = SwarmStatus("kb", "swarm://n1", "n1", StackStatus(tuple(NODES), (web,)), ("kb_x",))
+    data = found.as_json()
+    assert data["degraded"] == ["kb_web"] and data["missing"] == ["kb_x"]
+    (listed,) = data["services"]
+    assert listed["running"] == 1 and listed["expected"] == 3 and listed["degraded"]
+    assert [(t["node"], t["health"]) for t in listed["tasks"]] == [
+        ("n1", "healthy"),
+        ("n3", "unknown: its node is down"),
+    ]
+    nothing = SwarmStatus("kb", "swarm://n1", None, None, ("kb_web",)).as_json()
+    assert nothing["swarm"] is False and nothing["services"] == []
