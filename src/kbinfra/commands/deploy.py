@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from kbinfra.plan import Plan
     from kbinfra.plan_file import PlanFile
     from kbinfra.stack import Stack
+    from kbinfra.swarm.capacity import SwarmFit
+    from kbinfra.swarm.run import SwarmApplyResult, SwarmPlan
     from kbinfra.targets import Target
 
 EXIT_CHANGES = 3
@@ -140,7 +142,14 @@ def plan(
     from kbinfra.apply import observed_plan  # noqa: PLC0415
 
     console = Console(output)
-    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
+    stack, where = open_stack_and_target(
+        stack_dir, target, known_hosts, identity, console, swarm=True
+    )
+    if where.kind == "swarm":
+        _refuse_on_swarm(only=only, plan_file=out, what="--out")
+        warn_about_profile(console, stack)
+        _plan_on_swarm(console, stack, where, allow=allow_oversized_profile)
+        return
     chosen = stack.select(only or [])
     warn_about_profile(console, stack)
     with where:
@@ -248,8 +257,16 @@ def apply(
     from kbinfra.apply import apply_stack, plan_stack  # noqa: PLC0415
 
     console = Console(output)
+    stack, where = open_stack_and_target(
+        stack_dir, target, known_hosts, identity, console, swarm=True
+    )
+    if where.kind == "swarm":
+        _refuse_on_swarm(only=only, plan_file=plan_file, what="PLAN_FILE")
+        _apply_on_swarm(
+            console, stack, where, yes=yes, timeout=timeout, allow=allow_oversized_profile
+        )
+        return
     saved = _read_plan_file(plan_file, only) if plan_file is not None else None
-    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
     chosen = stack.select(saved.only if saved is not None else only or [])
     expect = _expect_plan(saved, plan_file, stack.spec.name, where.name) if saved else None
     with where:
@@ -307,7 +324,12 @@ def status(
     from kbinfra.apply import status_stack  # noqa: PLC0415
 
     console = Console(output)
-    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
+    stack, where = open_stack_and_target(
+        stack_dir, target, known_hosts, identity, console, swarm=True
+    )
+    if where.kind == "swarm":
+        _status_on_swarm(console, stack, where)
+        return
     with where:
         rows = status_stack(stack, where)
     if console.json_mode:
@@ -373,7 +395,9 @@ def destroy(
     from kbinfra.apply import destroy_stack  # noqa: PLC0415
 
     console = Console(output)
-    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
+    stack, where = open_stack_and_target(
+        stack_dir, target, known_hosts, identity, console, swarm=True
+    )
     name = stack.spec.name
     if delete_data:
         if confirm_name is None:
@@ -392,6 +416,9 @@ def destroy(
         console, f"Remove the containers and network of stack {name} on {where.name}?"
     ):
         raise typer.Exit(1)
+    if where.kind == "swarm":
+        _destroy_on_swarm(console, stack, where, delete_data=delete_data)
+        return
     with where:
         result = destroy_stack(
             stack,
@@ -408,6 +435,209 @@ def destroy(
         + (", the network" if result.network else "")
         + (f", {len(result.volumes)} volumes" if delete_data else "; data volumes kept")
     )
+
+
+# ---------------------------------------------------------------- on a Swarm (target: swarm)
+
+
+def _refuse_on_swarm(*, only: list[str] | None, plan_file: Path | None, what: str) -> None:
+    if only:
+        raise KbinfraError(
+            "--only is not built for a Swarm stack yet: Swarm applies the whole stack",
+            where="--only",
+            fix="drop --only (a service whose spec is unchanged is not touched anyway)",
+        )
+    if plan_file is not None:
+        raise KbinfraError(
+            f"{what}: saved plans are not built for a Swarm stack yet",
+            where=what,
+            fix=f"drop {what}: `kbinfra plan` shows what `kbinfra apply` would do",
+        )
+
+
+def _swarm_fit(stack: "Stack", console: Console, *, allow: bool) -> "SwarmFit":
+    from kbinfra.swarm.run import require_swarm_fit  # noqa: PLC0415
+
+    return require_swarm_fit(stack, allow=allow, warn=console.warn)
+
+
+_SWARM_SYMBOL = {"create": "+", "update": "~", "remove": "-", "nothing": "="}
+
+
+def print_swarm_plan(console: Console, plan: "SwarmPlan") -> None:
+    if plan.create_swarm:
+        console.line("+ swarm: create (swarm init on the first manager, the others join)")
+    if plan.create_network:
+        console.line(f"+ network {plan.network}: create")
+    for action in plan.services:
+        reasons = f" ({'; '.join(action.reasons)})" if action.reasons else ""
+        console.line(
+            f"{_SWARM_SYMBOL[action.action]} {action.service} ({action.swarm_service}): "
+            f"{action.action}{reasons}"
+        )
+    for kind, create, remove in (
+        ("secret", plan.secrets_to_create, plan.secrets_to_remove),
+        ("config", plan.configs_to_create, plan.configs_to_remove),
+    ):
+        for name in create:
+            console.line(f"+ {kind} {name}: create")
+        for name in remove:
+            console.line(f"- {kind} {name}: remove (no service uses it after apply)")
+    console.line(
+        f"Plan: {plan.count('create')} to create, {plan.count('update')} to update, "
+        f"{plan.count('remove')} to remove, {plan.count('nothing')} unchanged; "
+        f"{len(plan.secrets_to_create)} secrets and {len(plan.configs_to_create)} configs "
+        f"to create, {len(plan.secrets_to_remove) + len(plan.configs_to_remove)} to remove."
+    )
+
+
+def _plan_on_swarm(console: Console, stack: "Stack", where: "Target", *, allow: bool) -> None:
+    from kbinfra.swarm.run import swarm_plan  # noqa: PLC0415
+    from kbinfra.targets.swarm import SwarmTarget  # noqa: PLC0415
+
+    assert isinstance(where, SwarmTarget)
+    fit = _swarm_fit(stack, console, allow=allow)
+    with where:
+        result = swarm_plan(stack, where)
+    if console.json_mode:
+        console.emit_json({**result.as_json(), "fit": fit.as_json()})
+    else:
+        print_swarm_plan(console, result)
+    if result.has_changes:
+        raise typer.Exit(EXIT_CHANGES)
+
+
+def print_swarm_apply(console: Console, result: "SwarmApplyResult") -> None:
+    rows = []
+    for r in result.services:
+        tasks = ", ".join(f"{t['node']} {t['health']}" for t in r.tasks) or "-"
+        rows.append((r.service, r.action, r.outcome, f"{r.seconds:.1f}s", tasks, r.error or ""))
+    console.table(None, ["service", "action", "outcome", "time", "tasks", "detail"], rows)
+    for node, images in sorted(result.images_copied.items()):
+        console.line(f"images copied to {node}: {', '.join(images)}")
+    console.line(result.summary())
+
+
+def _apply_on_swarm(
+    console: Console,
+    stack: "Stack",
+    where: "Target",
+    *,
+    yes: bool,
+    timeout: float | None,
+    allow: bool,
+) -> None:
+    from kbinfra.swarm.run import swarm_apply, swarm_plan  # noqa: PLC0415
+    from kbinfra.targets.swarm import SwarmTarget  # noqa: PLC0415
+
+    assert isinstance(where, SwarmTarget)
+    _swarm_fit(stack, console, allow=allow)
+    with where:
+        if not yes:
+            pending = swarm_plan(stack, where)
+            if not console.json_mode:
+                print_swarm_plan(console, pending)
+            if not pending.has_changes:
+                console.note("nothing to do")
+            elif not confirm(console, f"Apply these changes to {where.name}?"):
+                raise typer.Exit(1)
+        with apply_progress(console) as progress:
+            result = swarm_apply(stack, where, timeout_s=timeout, progress=progress)
+    if console.json_mode:
+        console.emit_json(result.as_json())
+    else:
+        print_swarm_apply(console, result)
+    if result.failure is not None:
+        raise ApplyFailedError(
+            result.failure,
+            where=where.name,
+            fix="see `kbinfra status` for its tasks; fix kbinfra.yaml, then `kbinfra plan`",
+        )
+
+
+def _status_on_swarm(console: Console, stack: "Stack", where: "Target") -> None:
+    from kbinfra.swarm.run import swarm_status  # noqa: PLC0415
+    from kbinfra.targets.swarm import SwarmTarget  # noqa: PLC0415
+
+    assert isinstance(where, SwarmTarget)
+    with where:
+        found = swarm_status(stack, where)
+    if console.json_mode:
+        console.emit_json(found.as_json())
+        return
+    if found.status is None:
+        console.line(f"stack {stack.spec.name}: the nodes are in no Swarm yet (`kbinfra apply`)")
+        return
+    table = []
+    for service in found.status.services:
+        state = "degraded" if service.degraded else "ok" if service.converged else "updating"
+        if service.rolled_back:
+            state = "rolled back"
+        tasks = [t for t in service.tasks if t.desired == "running"] or list(service.tasks[:1])
+        for index, task in enumerate(tasks):
+            table.append(
+                (
+                    service.service or service.name if index == 0 else "",
+                    f"{state} {service.running}/{service.expected}" if index == 0 else "",
+                    task.node or "-",
+                    task.state,
+                    task.health,
+                    task.error or "",
+                )
+            )
+        if not tasks:
+            table.append(
+                (
+                    service.service or service.name,
+                    f"{state} 0/{service.expected}",
+                    "-",
+                    "-",
+                    "-",
+                    "",
+                )
+            )
+    for name in found.missing:
+        table.append((name, "not created", "-", "-", "-", ""))
+    console.table(
+        f"stack {stack.spec.name} on {where.name} (manager {found.manager})",
+        ["service", "state", "node", "task", "health", "error"],
+        table,
+    )
+    degraded = found.status.degraded
+    if degraded:
+        console.line(
+            "degraded: "
+            + ", ".join(f"{s.name} ({s.running}/{s.expected} running)" for s in degraded)
+        )
+
+
+def _destroy_on_swarm(
+    console: Console, stack: "Stack", where: "Target", *, delete_data: bool
+) -> None:
+    from kbinfra.swarm.run import swarm_destroy  # noqa: PLC0415
+    from kbinfra.targets.swarm import SwarmTarget  # noqa: PLC0415
+
+    assert isinstance(where, SwarmTarget)
+    with where:
+        removal = swarm_destroy(
+            stack, where, delete_data=delete_data, progress=console_progress(console)
+        )
+    if console.json_mode:
+        console.emit_json(removal.as_json())
+        return
+    kept = sum(len(v) for v in removal.volumes_kept.values())
+    gone = sum(len(v) for v in removal.volumes_removed.values())
+    console.line(
+        f"removed {len(removal.services)} services, {len(removal.secrets)} secrets, "
+        f"{len(removal.configs)} configs, {len(removal.networks)} networks"
+        + (
+            f", {gone} volumes"
+            if delete_data
+            else f"; {kept} volumes kept (--delete-data removes them)"
+        )
+    )
+    for node, why in sorted(removal.unreachable.items()):
+        console.warn(f"{node}: its volumes were not looked at ({why})")
 
 
 def _stack_target_host(stack_dir: Path | None) -> tuple[str, int]:

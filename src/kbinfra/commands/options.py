@@ -187,20 +187,28 @@ def open_stack_and_target(
     known_hosts: Path | None,
     identity: Path | None,
     console: Console,
+    *,
+    swarm: bool = False,
 ) -> "tuple[Stack, Target]":
     """Load the stack (its secrets then redacted from everything the console prints) and
     open the target the stack file or ``--target`` names.
 
     The profile's own warnings (headroom, CPU overcommit) are not repeated here: ``init``,
     ``profiles show``, ``render`` and ``plan`` show them (:func:`warn_about_profile`), where
-    one looks at the sizing, not every command of the day."""
+    one looks at the sizing, not every command of the day. ``swarm``: the command handles
+    a Swarm stack (``target.kind == "swarm"``); the others refuse one in one line."""
     from kbinfra.stack import open_stack  # noqa: PLC0415
     from kbinfra.targets import open_target  # noqa: PLC0415
 
     stack = open_stack(stack_dir)
     console.set_redactor(stack.redact)
     return stack, open_target(
-        stack.spec, stack_dir, target=target, known_hosts=known_hosts, identity=identity
+        stack.spec,
+        stack_dir,
+        target=target,
+        known_hosts=known_hosts,
+        identity=identity,
+        swarm=swarm,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from kbinfra.capacity import EngineCapacity
 
@@ -49,6 +49,9 @@ class Target(ABC):
 
     #: ``local`` or ``ssh://user@host:port``, for messages.
     name: str
+    #: ``engine`` (one Docker Engine: local or over SSH) or ``swarm``: what a command asks
+    #: once to choose its path.
+    kind: ClassVar[str] = "engine"
 
     @abstractmethod
     def docker_client(self) -> DockerClient:

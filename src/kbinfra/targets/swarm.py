@@ -42,6 +42,8 @@ class SwarmNodeAddress:
 class SwarmTarget(Target):
     """A Swarm of ``nodes``: the first manager in the list carries the Swarm API."""
 
+    kind = "swarm"
+
     def __init__(self, nodes: Sequence[SwarmNodeAddress], options: SSHOptions) -> None:
         if not nodes:
             raise KbinfraError("a Swarm target needs at least one node")

@@ -160,5 +160,5 @@ def test_commands_that_reach_a_target_refuse_a_swarm_stack_instead_of_the_local_
     from kbinfra.targets import open_target  # noqa: PLC0415
 
     stack = make_swarm_stack()
-    with pytest.raises(KbinfraError, match="does not reach a Swarm yet"):
+    with pytest.raises(KbinfraError, match="does not work on a Swarm stack yet"):
         open_target(stack.spec, stack.dir)
