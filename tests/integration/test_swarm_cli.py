@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # not imported at run time: pytest would try to collect class
 pytestmark = pytest.mark.integration
 
 STACK = "kbsw"
-SERVICES = ("postgres", "redis", "nginx", "postgres-exporter")
+SERVICES = ("postgres", "redis", "nginx", "postgres-exporter", "redis-exporter")
 #: The test bed's nodes declare 20 GB each; the minimum profile's PostgreSQL alone asks 80.
 ROOMY_STORAGE_GB = 500.0
 CONVERGE_S = "240"

@@ -7,26 +7,38 @@ never reports PENDING as an event): with a Redis broker a queue is a Redis list 
 queue, so its length is ``redis_key_size{key="<queue>"}``, exported by ``check-single-keys``.
 """
 
+import json
 from typing import Annotated, cast
 
 from pydantic import Field
 
 from kbinfra.service import (
     ContainerSpec,
+    FileMount,
     HealthCheck,
     Panel,
+    RenderedFile,
     ServiceContext,
     ServiceSettings,
     WorkQueue,
 )
 from kbinfra.service_kit.healthchecks import wget_http_probe
 from kbinfra.service_kit.monitoring import Exporter, address_of
+from kbinfra.spec.values import SWARM_TARGET
 
 EXPORTER_USER = "exporter"
 EXPORTER_SECRET = "redis_exporter_password"
 REDIS_PORT = 6379
+#: The image's own user (upstream's Dockerfile: USER 59000:59000), owner of its password file.
+EXPORTER_UID = 59000
+PASSWORD_FILE = "redis-exporter/password.json"
+PASSWORD_PATH = "/run/kbinfra/redis-exporter/password.json"
 # Letters, digits, _ : - only: the names go into PromQL regexes and the exporter's key list.
 QueueName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_:-]{1,100}$")]
+
+
+def redis_address() -> str:
+    return f"redis://{address_of('redis', REDIS_PORT)}"
 
 
 class RedisExporterSettings(ServiceSettings):
@@ -46,9 +58,14 @@ class RedisExporter(Exporter):
     container_port = 9121
     secrets = (EXPORTER_SECRET,)
 
-    def secret_file_env(self, env_var: str) -> str | None:
-        """redis_exporter reads ``REDIS_PASSWORD_FILE``."""
-        return f"{env_var}_FILE"
+    def files(self, ctx: ServiceContext) -> list[RenderedFile]:
+        """On a Swarm, where no secret is put in a service's environment: the password as
+        redis_exporter's ``--redis.password-file`` reads it, a JSON map of the scraped
+        address to its password (it refuses a file holding the bare password), 0600."""
+        if ctx.stack.target != SWARM_TARGET:
+            return []
+        passwords = {redis_address(): ctx.secrets[EXPORTER_SECRET]}
+        return [RenderedFile(PASSWORD_FILE, json.dumps(passwords) + "\n", mode=0o600, secret=True)]
 
     job = "redis"
     requires = ("redis",)
@@ -56,18 +73,25 @@ class RedisExporter(Exporter):
     def container(self, ctx: ServiceContext) -> ContainerSpec:
         database, queues = broker_watch(ctx)
         env = {
-            "REDIS_ADDR": f"redis://{address_of('redis', REDIS_PORT)}",
+            "REDIS_ADDR": redis_address(),
             "REDIS_USER": EXPORTER_USER,
         }
         if queues:
             env["REDIS_EXPORTER_CHECK_SINGLE_KEYS"] = ",".join(
                 f"db{database}={queue}" for queue in queues
             )
+        secret_env = {"REDIS_PASSWORD": EXPORTER_SECRET}
+        files: list[FileMount] = []
+        if ctx.stack.target == SWARM_TARGET:
+            secret_env = {}
+            env["REDIS_PASSWORD_FILE"] = PASSWORD_PATH
+            files = [FileMount(PASSWORD_FILE, PASSWORD_PATH, uid=EXPORTER_UID, gid=EXPORTER_UID)]
         return ContainerSpec(
             service=self.name,
             image=ctx.image,
             env=env,
-            secret_env={"REDIS_PASSWORD": EXPORTER_SECRET},
+            secret_env=secret_env,
+            files=files,
             ports=ctx.loopback_port(self.container_port),
             healthcheck=HealthCheck(
                 test=wget_http_probe(self.container_port, "/health"),
