@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker.errors
 import pytest
 import yaml
 
@@ -328,6 +329,11 @@ def test_images_go_only_to_nodes_that_may_run_them_and_lack_them(
 ) -> None:
     stack = the_stack(images)
     nodes = read_nodes(target.docker_client(), target)
+    # The cluster is shared by the session's Swarm modules: start from nodes that lack both.
+    for node in nodes:
+        for ref in (images["redis"], images["nginx"]):
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                target.node_client(node.name).images.remove(ref, force=True)
     local = docker.from_env()
     first = distribute_images(local, target, stack, nodes)
     # redis is pinned to node2: only node2 may need it; nginx runs anywhere.
