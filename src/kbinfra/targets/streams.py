@@ -82,13 +82,27 @@ class LogFollower:
         self._lines: queue.Queue[LogLine | str] = queue.Queue()
         self._stopping = threading.Event()
         self._streams: list[Any] = []
+        self._threads: list[threading.Thread] = []
         self._running = 0
 
     def start(
         self, containers: Mapping[str, str], request: LogRequest, after: Mapping[str, LogTime]
     ) -> None:
         """Follow from where :func:`read_logs` ended: lines newer than ``after[service]``,
-        or (a container that printed nothing yet) new lines from ``request``'s window."""
+        or (a container that printed nothing yet) new lines from ``request``'s window.
+
+        Ctrl-C and SIGTERM wait until every thread has started: one interrupted inside
+        ``Thread.start`` would leave a thread that ``stop`` cannot wait for."""
+        stops = {signal.SIGINT, signal.SIGTERM}
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+        try:
+            self._start_readers(containers, request, after)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    def _start_readers(
+        self, containers: Mapping[str, str], request: LogRequest, after: Mapping[str, LogTime]
+    ) -> None:
         for service, container in containers.items():
             last = after.get(service)
             since: float | None
@@ -106,6 +120,7 @@ class LogFollower:
             )
             self._running += 1
             thread.start()
+            self._threads.append(thread)
 
     def _read(
         self,
@@ -121,6 +136,9 @@ class LogFollower:
                 container, stream=True, follow=True, timestamps=True, tail=tail, since=since
             )
             self._streams.append(stream)
+            if self._stopping.is_set():  # stop() came while the engine was being asked
+                stream.close()
+                return
             for chunk in stream:
                 pending += chunk
                 *complete, pending = pending.split(b"\n")
@@ -148,11 +166,17 @@ class LogFollower:
             else:
                 yield item
 
-    def stop(self) -> None:
+    def stop(self, wait_s: float = 2.0) -> None:
+        """End every stream, and wait (bounded) for the reading threads to finish: one
+        still in the middle of a call when the process exits prints a traceback on its way
+        out (seen when SIGTERM came while a stream was being opened)."""
         self._stopping.set()
-        for stream in self._streams:
+        for stream in list(self._streams):
             with suppress(Exception):  # over SSH docker-py cannot cancel: the channel closes
                 stream.close()
+        deadline = time.monotonic() + wait_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 # ---------------------------------------------------------------- exec
