@@ -21,12 +21,20 @@ import pytest
 import yaml
 
 try:  # a package when tests/ has __init__.py files, plain modules otherwise
-    from .testbed_support import Cluster, SSHTarget, Testbed, read_cluster, ssh_docker_client
+    from .testbed_support import (
+        Cluster,
+        SSHTarget,
+        Testbed,
+        leave_swarm,
+        read_cluster,
+        ssh_docker_client,
+    )
 except ImportError:
     from testbed_support import (  # type: ignore[no-redef]
         Cluster,
         SSHTarget,
         Testbed,
+        leave_swarm,
         read_cluster,
         ssh_docker_client,
     )
@@ -106,6 +114,17 @@ def cluster(testbed: Testbed) -> Cluster:
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
         testbed_unavailable(f"scripts/testbed cluster up exited {proc.returncode}:\n{tail}")
     return read_cluster(Path(proc.stdout.strip().splitlines()[-1]))
+
+
+@pytest.fixture(scope="module")
+def clean_cluster(cluster: Cluster) -> Iterator[Cluster]:
+    """The cluster's nodes in no Swarm before the module and after it: the session's Swarm
+    modules share one cluster."""
+    leave_swarm(cluster)
+    try:
+        yield cluster
+    finally:
+        leave_swarm(cluster)
 
 
 @pytest.fixture(scope="session")

@@ -14,20 +14,19 @@ The nodes leave any Swarm before the module and after it, through their own sock
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import docker
 import pytest
 import yaml
 
 try:
     from .stack_support import KBINFRA, SECRET_MARK, Deployment, fixed_secret
+    from .testbed_support import node_engine
 except ImportError:  # pragma: no cover - plain modules
     from stack_support import KBINFRA, SECRET_MARK, Deployment, fixed_secret  # type: ignore[no-redef]
+    from testbed_support import node_engine  # type: ignore[no-redef]
 
 if TYPE_CHECKING:  # not imported at run time: pytest would try to collect class Testbed
     from .testbed_support import Cluster, Testbed
@@ -41,24 +40,10 @@ ROOMY_STORAGE_GB = 500.0
 CONVERGE_S = "240"
 
 
-def local_engine(cluster: Cluster, name: str) -> docker.DockerClient:
-    """A node's engine through its socket on this machine: for set-up and checks only."""
-    node = next(n for n in cluster.nodes if n.name == name)
-    return docker.DockerClient(base_url=f"unix://{node.socket}")
-
-
-def leave_swarm(cluster: Cluster) -> None:
-    for node in reversed(cluster.nodes):
-        client = local_engine(cluster, node.name)
-        with contextlib.suppress(docker.errors.APIError):
-            client.swarm.leave(force=True)
-        client.close()
-
-
 def swarm_states(cluster: Cluster) -> list[str]:
     states = []
     for node in cluster.nodes:
-        client = local_engine(cluster, node.name)
+        client = node_engine(cluster, node.name)
         states.append(str(client.info()["Swarm"]["LocalNodeState"]))
         client.close()
     return states
@@ -69,15 +54,6 @@ def edit(deployment: Deployment, change: Any) -> None:
     data = yaml.safe_load(path.read_text())
     change(data)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-
-
-@pytest.fixture(scope="module")
-def clean_cluster(cluster: Cluster) -> Iterator[Cluster]:
-    leave_swarm(cluster)
-    try:
-        yield cluster
-    finally:
-        leave_swarm(cluster)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +87,7 @@ def deployment(
 
 
 def service_versions(cluster: Cluster) -> dict[str, int]:
-    client = local_engine(cluster, "node1")
+    client = node_engine(cluster, "node1")
     try:
         return {
             s["Spec"]["Name"]: s["Version"]["Index"]
@@ -182,7 +158,7 @@ def test_apply_converges_every_service_where_the_stack_file_places_it(
         assert copy["copied"] or copy["present"]
     for service, where in placements(deployment).items():
         image = deployment.spec["services"][service]["image"]
-        client = local_engine(clean_cluster, where[0])
+        client = node_engine(clean_cluster, where[0])
         try:
             assert client.images.get(image)
         finally:
@@ -205,7 +181,7 @@ def test_apply_converges_every_service_where_the_stack_file_places_it(
 def test_no_secret_value_is_in_docker_inspect_of_any_task(clean_cluster: Cluster) -> None:
     seen = 0
     for node in clean_cluster.nodes:
-        client = local_engine(clean_cluster, node.name)
+        client = node_engine(clean_cluster, node.name)
         try:
             for container in client.containers.list(
                 all=True, filters={"label": f"io.kbinfra.stack={STACK}"}
@@ -214,7 +190,7 @@ def test_no_secret_value_is_in_docker_inspect_of_any_task(clean_cluster: Cluster
                 assert SECRET_MARK not in str(container.attrs), (node.name, container.name)
         finally:
             client.close()
-    manager = local_engine(clean_cluster, "node1")
+    manager = node_engine(clean_cluster, "node1")
     try:
         for service in manager.api.services(filters={"label": f"io.kbinfra.stack={STACK}"}):
             assert SECRET_MARK not in str(service)
@@ -281,7 +257,7 @@ def test_destroy_keeps_volumes_then_delete_data_removes_them(
     gone = done.json()["volumes_removed"]
     assert f"{STACK}-postgres-data" in gone[pinned["postgres"][0]]
     for node in clean_cluster.nodes:
-        client = local_engine(clean_cluster, node.name)
+        client = node_engine(clean_cluster, node.name)
         try:
             left = client.api.volumes(filters={"label": f"io.kbinfra.stack={STACK}"})
             assert not left.get("Volumes"), (node.name, left)

@@ -48,10 +48,15 @@ from kbinfra.targets.swarm import SwarmNodeAddress, SwarmTarget
 
 try:
     from .conftest import TESTBED_SCRIPT
-    from .testbed_support import Cluster, wait_for
+    from .testbed_support import Cluster, leave_swarm, node_engine, wait_for
 except ImportError:
     from conftest import TESTBED_SCRIPT  # type: ignore[no-redef]
-    from testbed_support import Cluster, wait_for  # type: ignore[no-redef]
+    from testbed_support import (  # type: ignore[no-redef]
+        Cluster,
+        leave_swarm,
+        node_engine,
+        wait_for,
+    )
 
 pytestmark = pytest.mark.integration
 
@@ -83,36 +88,12 @@ def swarm_target(
     return SwarmTarget(nodes or node_addresses(cluster.node_file), options)
 
 
-def local_engine(cluster: Cluster, name: str) -> docker.DockerClient:
-    """A node's engine through its socket on this machine: for test set-up only."""
-    node = next(n for n in cluster.nodes if n.name == name)
-    return docker.DockerClient(base_url=f"unix://{node.socket}")
-
-
-def leave_swarm(cluster: Cluster, *names: str) -> None:
-    for name in names or [n.name for n in reversed(cluster.nodes)]:
-        client = local_engine(cluster, name)
-        with contextlib.suppress(docker.errors.APIError):
-            client.swarm.leave(force=True)
-        client.close()
-
-
 def swarm_state(cluster: Cluster, name: str) -> str:
-    client = local_engine(cluster, name)
+    client = node_engine(cluster, name)
     try:
         return str(client.info()["Swarm"]["LocalNodeState"])
     finally:
         client.close()
-
-
-@pytest.fixture(scope="module")
-def clean_cluster(cluster: Cluster) -> Iterator[Cluster]:
-    """The cluster's nodes in no Swarm before the module and after it."""
-    leave_swarm(cluster)
-    try:
-        yield cluster
-    finally:
-        leave_swarm(cluster)
 
 
 @pytest.fixture(scope="module")
@@ -266,18 +247,18 @@ def test_adopts_a_swarm_made_beforehand_and_refuses_a_node_of_another(
 ) -> None:
     nodes = node_addresses(clean_cluster.node_file)
     first = nodes[0].address.host
-    made = local_engine(clean_cluster, "node1")
+    made = node_engine(clean_cluster, "node1")
     made.swarm.init(advertise_addr=first, listen_addr=f"{first}:2377")
     cluster_id = made.swarm.attrs["ID"]
     token = made.swarm.attrs["JoinTokens"]["Worker"]
-    local_engine(clean_cluster, "node2").swarm.join(
+    node_engine(clean_cluster, "node2").swarm.join(
         remote_addrs=[f"{first}:2377"],
         join_token=token,
         advertise_addr=nodes[1].address.host,
         listen_addr=f"{nodes[1].address.host}:2377",
     )
     # node3 runs a Swarm of its own: kbinfra must not take it over.
-    other = local_engine(clean_cluster, "node3")
+    other = node_engine(clean_cluster, "node3")
     other.swarm.init(advertise_addr=nodes[2].address.host)
     # The node file makes node3 a worker: it joins with the worker token.
     nodes[2] = dataclasses.replace(nodes[2], role="worker")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -137,6 +137,24 @@ class Cluster:
     nodes: list[Node]
     known_hosts: Path
     identity: Path
+
+
+def node_engine(cluster: Cluster, name: str) -> docker.DockerClient:
+    """A node's engine through its socket on this machine: for test set-up and checks only
+    (kbinfra itself reaches every node over SSH)."""
+    node = next(n for n in cluster.nodes if n.name == name)
+    return docker.DockerClient(base_url=f"unix://{node.socket}")
+
+
+def leave_swarm(cluster: Cluster, *names: str) -> None:
+    """``names`` (default: every node, the first manager last) out of any Swarm."""
+    import docker.errors  # noqa: PLC0415
+
+    for name in names or [n.name for n in reversed(cluster.nodes)]:
+        client = node_engine(cluster, name)
+        with suppress(docker.errors.APIError):  # not in a Swarm
+            client.swarm.leave(force=True)
+        client.close()
 
 
 def read_cluster(node_file: Path) -> Cluster:
