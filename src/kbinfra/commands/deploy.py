@@ -6,7 +6,7 @@ paramiko are imported only inside the commands, so ``kbinfra --help`` stays fast
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Protocol, TypeVar
 
 import typer
 
@@ -176,6 +176,26 @@ def plan(
         raise typer.Exit(EXIT_CHANGES)
 
 
+class _Pending(Protocol):
+    @property
+    def has_changes(self) -> bool: ...
+
+
+PlanT = TypeVar("PlanT", bound=_Pending)
+
+
+def _ask_to_apply(
+    console: Console, pending: PlanT, show: "Callable[[Console, PlanT], None]", where: str
+) -> None:
+    """Show what apply would do (one host's plan or a Swarm's) and ask; exit 1 on a no."""
+    if not console.json_mode:
+        show(console, pending)
+    if not pending.has_changes:
+        console.note("nothing to do")
+    elif not confirm(console, f"Apply these changes to {where}?"):
+        raise typer.Exit(1)
+
+
 def _read_plan_file(path: Path, only: list[str] | None) -> "PlanFile":
     from kbinfra.plan_file import read_plan_file  # noqa: PLC0415
 
@@ -272,13 +292,7 @@ def apply(
     with where:
         _require_fit(stack, where, console, allow=allow_oversized_profile)
         if not yes and saved is None:
-            pending = plan_stack(stack, where, only=chosen)
-            if not console.json_mode:
-                print_plan(console, pending)
-            if not pending.has_changes:
-                console.note("nothing to do")
-            elif not confirm(console, f"Apply these changes to {where.name}?"):
-                raise typer.Exit(1)
+            _ask_to_apply(console, plan_stack(stack, where, only=chosen), print_plan, where.name)
         with apply_progress(console) as progress:
             result = apply_stack(
                 stack,
@@ -534,13 +548,7 @@ def _apply_on_swarm(
     _swarm_fit(stack, console, allow=allow)
     with where:
         if not yes:
-            pending = swarm_plan(stack, where)
-            if not console.json_mode:
-                print_swarm_plan(console, pending)
-            if not pending.has_changes:
-                console.note("nothing to do")
-            elif not confirm(console, f"Apply these changes to {where.name}?"):
-                raise typer.Exit(1)
+            _ask_to_apply(console, swarm_plan(stack, where), print_swarm_plan, where.name)
         with apply_progress(console) as progress:
             result = swarm_apply(stack, where, timeout_s=timeout, progress=progress)
     if console.json_mode:
