@@ -5,13 +5,33 @@ uses; the first replica also proves HTTPS through nginx to the health path and t
 app's PostgreSQL role cannot do what it should not. A worker: running, and connected to the
 broker (Redis lists a client from the worker's address). The stores are found by asking the
 enabled services which of them wire the app (``Service.app_env``), not by name.
+
+Bench (run once, for the first replica): GETs ``app.bench_path`` (the health path unless the
+stack file names another) through nginx over HTTPS, as a client does, paced to the rate
+nginx's ``limit_req`` allows one client address, so it measures the app's answers and not
+nginx's 429s. Thresholds: p95 under ``app.bench_p95_s`` (0.5 s unless set: the guide's
+HighSearchLatency) and a throughput of at least 80 % of that rate (the app keeps up).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from kbinfra.probing.probe import CheckFailedError, CheckRow, Checks, ProbeContext, require
+from kbinfra.probing.probe import (
+    BenchPlan,
+    BenchResult,
+    CheckFailedError,
+    CheckRow,
+    Checks,
+    Operation,
+    Pacer,
+    ProbeContext,
+    Threshold,
+    latency_stats,
+    require,
+    run_load,
+)
 from kbinfra.services.app.service import (
     APP_DATABASE,
     APP_DB_SECRET,
@@ -252,3 +272,88 @@ def checks(probe: ProbeContext) -> list[CheckRow]:
             needs="running",
         )
     return rows.rows
+
+
+# --------------------------------------------------------------------------- bench
+BENCH_CONCURRENCY = 4
+#: The share of the allowed rate the bench asks for: the limiter's clock and ours differ.
+PACE_SHARE = 0.9
+#: The throughput the app must reach: this share of the paced rate.
+KEEP_UP_SHARE = 0.8
+
+
+def bench_rate(rate_limit_rps: float | None) -> float:
+    """Requests per second the bench sends: just under the edge's per-client limit."""
+    if rate_limit_rps is None:
+        raise CheckFailedError("the edge service names no per-client rate limit to pace by")
+    return rate_limit_rps * PACE_SHARE
+
+
+def bench_thresholds(settings: AppSettings, rate_per_s: float) -> tuple[Threshold, ...]:
+    return (
+        Threshold(
+            "throughput",
+            ">=",
+            round(rate_per_s * KEEP_UP_SHARE, 3),
+            f"the app answers {KEEP_UP_SHARE:.0%} of the {rate_per_s:g} requests/s sent "
+            "(paced to nginx's rate limit per client)",
+        ),
+        Threshold(
+            "p95_s",
+            "<",
+            settings.bench_p95_s,
+            "app.bench_p95_s"
+            if "bench_p95_s" in settings.model_fields_set
+            else "default: guide alert HighSearchLatency (p95 > 0.5 s)",
+        ),
+    )
+
+
+def bench(probe: ProbeContext, plan: BenchPlan) -> list[BenchResult]:
+    from kbinfra.services.nginx.probe import Https  # noqa: PLC0415
+
+    service = probe.service
+    if not isinstance(service, ApiReplica) or service.index != 1:
+        return []  # the tier is measured once, through nginx, which balances every replica
+    settings: AppSettings = probe.settings
+    path = settings.bench_target
+    _, edge = edge_service(probe)
+    rate = bench_rate(getattr(edge.settings, "rate_limit_rps", None))
+    address = probe.address(edge.settings.https_port)
+
+    def make_worker(index: int) -> tuple[Operation, Callable[[], None]]:
+        https = Https(probe.stack, address)
+
+        def operation() -> int:
+            response = https.get(path)
+            if response.status_code != 200:
+                raise CheckFailedError(f"GET {path} answered HTTP {response.status_code}")
+            return 1
+
+        return operation, https.close
+
+    probe.note(f"GET {path} through nginx over HTTPS, {rate:g} requests/s")
+    run = run_load(
+        make_worker,
+        concurrency=BENCH_CONCURRENCY,
+        budget=plan.budget(plan.scale(int(rate * 30), int(rate * 600))),
+        stop=plan.stop,
+        pacer=Pacer(rate),
+    )
+    return [
+        BenchResult(
+            service=probe.name,
+            name="api-through-nginx",
+            workload=f"GET {path} through nginx over HTTPS to {settings.replicas} replicas, "
+            f"paced to {rate:g} requests/s (nginx's rate limit per client), keep-alive",
+            client="kbinfra (httpx)",
+            concurrency=BENCH_CONCURRENCY,
+            duration_s=run.elapsed_s,
+            operations=run.operations,
+            unit="requests",
+            latency=latency_stats(run.samples),
+            latency_of="per request",
+            thresholds=bench_thresholds(settings, rate),
+            error=run.error,
+        )
+    ]
