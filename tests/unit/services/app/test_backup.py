@@ -1,5 +1,5 @@
-"""What a restore puts back of the app tier's own PostgreSQL state: its database, into a
-database its role owns, and never the role's password from the backup.
+"""What a restore does for the app tier: puts back its PostgreSQL database, into a database
+its role owns, never the role's password from the backup; and pauses the app meanwhile.
 
 tests/integration/test_app_tier.py proves it end to end: backup, wipe, restore, search.
 """
@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from kbinfra.backup.manifest import Artifact
+from kbinfra.backup.run import writers_to_pause
+from kbinfra.containers import ObservedContainer
+from kbinfra.names import LABEL_SERVICE
 from kbinfra.services.postgres.backup import HANDLER as POSTGRES
 from kbinfra.services.postgres.backup import managed_roles, stack_databases
 from tests.unit.services.app.test_service import IMAGE, MakeStack, make_stack
@@ -69,3 +72,31 @@ def test_the_apps_role_keeps_the_password_kbinfra_gave_it(make_stack: MakeStack)
     stack = make_stack("minimum", {"app": {"image": IMAGE}})
     assert managed_roles(stack.contexts["postgres"]) == {"kb", "kb_app", "kbinfra_monitor"}
     assert "kb_app" not in managed_roles(make_stack("minimum").contexts["postgres"])
+
+
+def observed(name: str, service: str, state: str = "running") -> ObservedContainer:
+    return ObservedContainer(
+        id=f"id-{name}", name=name, state=state, status="", image="", image_id="",
+        labels={LABEL_SERVICE: service},
+    )  # fmt: skip
+
+
+def test_a_restore_pauses_the_running_api_and_workers_only(make_stack: MakeStack) -> None:
+    """The app writes to its stores on its own (a worker re-declares its Celery bindings in
+    the broker the moment Redis is back): a restore pauses it, or the check after the restore
+    compares the app's new writes with the backup."""
+    stack = make_stack(
+        "minimum",
+        {"app": {"image": IMAGE, "replicas": 2, "migrate": ["migrate"],
+                 "workers": [{"name": "documents", "command": ["worker"]}]}},
+    )  # fmt: skip
+    containers = [
+        observed("s-postgres", "postgres"),
+        observed("s-app-1", "app-1"),
+        observed("s-app-2", "app-2", state="paused"),
+        observed("s-app-migrate", "app-migrate", state="exited"),
+        observed("s-worker", "worker-documents-1"),
+        observed("s-nginx", "nginx"),
+    ]
+    assert [c.name for c in writers_to_pause(stack, containers)] == ["s-app-1", "s-worker"]
+    assert writers_to_pause(make_stack("minimum"), containers) == []
