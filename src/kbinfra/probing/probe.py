@@ -660,6 +660,11 @@ class ProbeContext:
     def file_store(self) -> FileStore:
         return self.target.file_store(self.stack.spec.name)
 
+    def replica(self) -> ProbeContext | None:
+        """The same ways in, to the service's streaming replica; None when it runs none
+        (one host never does: a replica is placed on a node of a Swarm of its own)."""
+        return None
+
     def close(self) -> None:
         self._exits.close()
 
