@@ -55,7 +55,7 @@ def test_a_service_below_its_count_fails_a_row_naming_it_and_the_node_of_its_tas
     rows = task_rows(status, ["kb_web"])
     assert [(r.service, r.ok, r.value) for r in rows] == [("web", True, "1/1 on n1")]
     rows = task_rows(StackStatus(tuple(NODES), (lost,)), ["kb_web", "kb_db"])
-    assert not rows[0].ok and rows[0].value == "kb_web 0/1 running: n3 running, node down"
+    assert not rows[0].ok and rows[0].value == "kb_web 0/1 running: n3 down"
     assert not rows[1].ok and rows[1].value == "kb_db is not on the Swarm"
 
 
