@@ -121,6 +121,9 @@ def by_service(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_check_passes_on_the_swarm_and_proves_both_replicas_have_the_primarys_data(
     deployment: Deployment,
 ) -> None:
+    early = deployment.run("check")
+    assert early.code == 2 and early.err.count("\n") == 1, early.err
+    assert "the nodes are in no Swarm yet" in early.err and "Traceback" not in early.err
     done = deployment.run("apply", "--yes", "--timeout", CONVERGE_S, "-o", "json")
     assert done.code == 0, done.err[-3000:]
     check, rows = checked(deployment)

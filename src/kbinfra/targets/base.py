@@ -85,6 +85,11 @@ class Target(ABC):
         """
         yield host, port
 
+    def open_engine(self) -> None:
+        """Connect before any work, so an unreachable target is one error line, not one
+        failed row per check."""
+        self.docker_client()
+
     def probe_context(
         self, stack: Stack, service: Service, *, progress: Progress | None = None
     ) -> ProbeContext:

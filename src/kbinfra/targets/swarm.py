@@ -116,6 +116,16 @@ class SwarmTarget(Target):
         with self.node_target(self.manager_name).tunnel(port, host) as local:
             yield local
 
+    def open_engine(self) -> None:
+        """Carry the Swarm API through a manager that answers (the first one may be the node
+        that is lost); nodes in no Swarm yet are one error line."""
+        from kbinfra.swarm.run import find_manager  # noqa: PLC0415
+
+        if find_manager(self) is None:
+            raise KbinfraError(
+                "the nodes are in no Swarm yet", where=self.name, fix="run `kbinfra apply` first"
+            )
+
     def probe_context(
         self, stack: Stack, service: Service, *, progress: Progress | None = None
     ) -> ProbeContext:
