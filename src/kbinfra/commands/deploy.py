@@ -615,7 +615,12 @@ def _status_on_swarm(console: Console, stack: "Stack", where: "Target") -> None:
     if degraded:
         console.line(
             "degraded: "
-            + ", ".join(f"{s.name} ({s.running}/{s.expected} running)" for s in degraded)
+            + ", ".join(
+                f"{s.name} ({s.running}/{s.expected} running"
+                + "".join(f"; its task was on {node}, which is down" for node in s.lost_on)
+                + ")"
+                for s in degraded
+            )
         )
 
 

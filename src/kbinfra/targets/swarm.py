@@ -22,6 +22,11 @@ from kbinfra.targets.ssh import SSHAddress, SSHOptions, SSHTarget
 if TYPE_CHECKING:
     from docker import DockerClient
 
+    from kbinfra.probing.probe import ProbeContext
+    from kbinfra.progress import Progress
+    from kbinfra.service import Service
+    from kbinfra.stack import Stack
+
 NodeRole = Literal["manager", "worker"]
 _NO_LABELS: Mapping[str, str] = MappingProxyType({})
 
@@ -110,6 +115,25 @@ class SwarmTarget(Target):
     def tunnel(self, port: int, host: str = "127.0.0.1") -> Iterator[tuple[str, int]]:
         with self.node_target(self.manager_name).tunnel(port, host) as local:
             yield local
+
+    def open_engine(self) -> None:
+        """Carry the Swarm API through a manager that answers (the first one may be the node
+        that is lost); nodes in no Swarm yet are one error line."""
+        from kbinfra.swarm.run import find_manager  # noqa: PLC0415
+
+        if find_manager(self) is None:
+            raise KbinfraError(
+                "the nodes are in no Swarm yet", where=self.name, fix="run `kbinfra apply` first"
+            )
+
+    def probe_context(
+        self, stack: Stack, service: Service, *, progress: Progress | None = None
+    ) -> ProbeContext:
+        """The tasks of the service, reached over the SSH connection of the node of each."""
+        from kbinfra.progress import SILENT  # noqa: PLC0415
+        from kbinfra.swarm.probe_context import SwarmProbeContext  # noqa: PLC0415
+
+        return SwarmProbeContext(stack, service, self, progress=progress or SILENT)
 
     def forget(self, name: str) -> None:
         """Drop node ``name``'s connection (its engine restarted, or it is gone)."""
