@@ -181,6 +181,7 @@ def test_the_environment_variables_are_shown_in_help() -> None:
         "KBINFRA_TARGET",
         "KBINFRA_KNOWN_HOSTS",
         "KBINFRA_SSH_IDENTITY",
+        "KBINFRA_SSH_PERSIST",
     ):
         assert variable in done.stdout, variable
 

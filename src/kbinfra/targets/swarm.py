@@ -87,7 +87,7 @@ class SwarmTarget(Target):
         """Open every node's connection: an unknown or changed host key on any node is
         refused (with its fingerprint) before anything is changed."""
         for node in self.nodes:
-            self.node_target(node.name).ssh()
+            self.node_target(node.name).connect()
 
     def use_manager(self, name: str) -> None:
         """Carry the Swarm API through manager ``name`` (e.g. the one already in a Swarm)."""
