@@ -29,16 +29,14 @@ import shutil
 import socket
 import stat
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from kbinfra.errors import KbinfraError
+from kbinfra.spec.values import HostPort
 
-if TYPE_CHECKING:
-    from kbinfra.targets.ssh import SSHAddress, SSHOptions
-
+DEFAULT_PORT = 22
 #: How long a master outlives its last use, unless ``KBINFRA_SSH_PERSIST`` says otherwise.
 DEFAULT_PERSIST_S = 60
 PERSIST_ENV = "KBINFRA_SSH_PERSIST"
@@ -50,6 +48,24 @@ COMMAND_TIMEOUT_S = 120
 #: sun_path is 108 bytes on Linux, 104 on macOS; ssh adds a 17-byte suffix while binding.
 MAX_SOCKET_PATH = 104 - 17
 DEFAULT_ENGINE_SOCKET = "/var/run/docker.sock"
+
+
+@dataclass(frozen=True)
+class SSHAddress:
+    user: str
+    host: str
+    port: int = DEFAULT_PORT
+
+    @property
+    def url(self) -> str:
+        return f"ssh://{self.user}@{HostPort(self.host, self.port)}"
+
+
+@dataclass(frozen=True)
+class SSHOptions:
+    known_hosts: Path
+    identity: Path | None = None
+    deploy_dir: str | None = None
 
 
 def ssh_binary() -> str:
@@ -169,9 +185,16 @@ def engine_endpoint(docker_host: str, where: str) -> EngineEndpoint:
 class OpenSSH:
     """The ``ssh`` runs of one target: a shared master, commands, and socket forwards."""
 
-    def __init__(self, address: SSHAddress, options: SSHOptions) -> None:
+    def __init__(
+        self,
+        address: SSHAddress,
+        options: SSHOptions,
+        diagnose: Callable[[str], KbinfraError] | None = None,
+    ) -> None:
+        """``diagnose`` turns what ssh said of a refused host key into kbinfra's error."""
         self.address = address
         self.options = options
+        self._diagnose = diagnose
         self.binary = ssh_binary()
         self.persist_s = persist_seconds()
         self.folder = control_dir()
@@ -251,10 +274,15 @@ class OpenSSH:
         or ssh's own last line."""
         lines = [line.strip() for line in stderr.splitlines() if line.strip()]
         text = " ".join(lines)
-        if "host key" in text.lower() or "host identification" in text.lower():
-            from kbinfra.targets.ssh import diagnose_host_key  # noqa: PLC0415
-
-            return diagnose_host_key(self.address, self.options, text)
+        refused_key = "host key" in text.lower() or "host identification" in text.lower()
+        if refused_key and self._diagnose is not None:
+            return self._diagnose(text)
+        if refused_key:
+            return KbinfraError(
+                f"ssh refused the host key: {text}",
+                where=self.where,
+                fix="check the key, then run `kbinfra ssh trust HOST:PORT`",
+            )
         if "Permission denied" in text:
             return KbinfraError(
                 f"SSH login as {self.address.user} refused: {lines[-1]}",

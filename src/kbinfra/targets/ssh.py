@@ -30,7 +30,14 @@ from typing import TYPE_CHECKING, Any
 from kbinfra.errors import KbinfraError, unreadable
 from kbinfra.spec.values import HostPort
 from kbinfra.targets.base import TEMP_PREFIX, FileStore, Target
-from kbinfra.targets.openssh import OpenSSH, connectable, engine_endpoint
+from kbinfra.targets.openssh import (
+    DEFAULT_PORT,
+    OpenSSH,
+    SSHAddress,
+    SSHOptions,
+    connectable,
+    engine_endpoint,
+)
 
 if TYPE_CHECKING:
     import paramiko
@@ -44,7 +51,6 @@ if TYPE_CHECKING:
 # kbinfra raises says it in one line; --debug shows the traceback of that error.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
-DEFAULT_PORT = 22
 CONNECT_TIMEOUT_S = 15.0
 DOCKER_TIMEOUT_S = 120
 
@@ -106,24 +112,6 @@ def trust_hint(host: str, port: int) -> str:
 
 class HostKeyError(KbinfraError):
     """An unknown or changed SSH host key: the connection is refused."""
-
-
-@dataclass(frozen=True)
-class SSHAddress:
-    user: str
-    host: str
-    port: int = DEFAULT_PORT
-
-    @property
-    def url(self) -> str:
-        return f"ssh://{self.user}@{HostPort(self.host, self.port)}"
-
-
-@dataclass(frozen=True)
-class SSHOptions:
-    known_hosts: Path
-    identity: Path | None = None
-    deploy_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -520,7 +508,11 @@ class SSHTarget(Target):
     def openssh(self) -> OpenSSH:
         with self._lock:
             if self._openssh is None:
-                self._openssh = OpenSSH(self.address, self.options)
+                self._openssh = OpenSSH(
+                    self.address,
+                    self.options,
+                    lambda said: diagnose_host_key(self.address, self.options, said),
+                )
             return self._openssh
 
     def connect(self) -> None:

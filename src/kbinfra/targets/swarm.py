@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Literal
 
 from kbinfra.errors import KbinfraError
 from kbinfra.targets.base import FileStore, Target
-from kbinfra.targets.ssh import SSHAddress, SSHOptions, SSHTarget
+from kbinfra.targets.openssh import SSHAddress, SSHOptions
+from kbinfra.targets.ssh import SSHTarget
 
 if TYPE_CHECKING:
     from docker import DockerClient
