@@ -315,8 +315,11 @@ def test_apply_status_reapply_and_one_change(full_deployment: Deployment) -> Non
     assert deployment.run("plan").code == 0
     # A no-op needs no lock: the lock is a container, and none was created.
     assert _created_since(since, deployment.name) == []
-    if deployment.kind == "local":  # its reads go over the engine's socket, without docker-py
-        assert _imported_by_a_no_op(deployment) & {"docker", "requests"} == set()
+    # Its reads go over the engine's socket (locally, or forwarded by the shared OpenSSH
+    # connection), without docker-py or paramiko; its files come from the render cache,
+    # without Jinja; its table is plain text off a terminal, without rich.
+    heavy = {"docker", "requests", "paramiko", "jinja2", "rich"}
+    assert _imported_by_a_no_op(deployment) & heavy == set()
     # ... but it still respects one held by another apply (here: this test's process).
     with Engine(docker.from_env(), deployment.name).locked():
         held = deployment.run("apply", "--yes")
