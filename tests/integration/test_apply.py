@@ -452,6 +452,16 @@ def test_destroy_keeps_data_unless_confirmed(deployment: Deployment) -> None:
     ).returncode
 
 
+def _known_hosts_with_another_key(ssh_target: SSHTarget, folder: Path) -> Path:
+    """A known_hosts file that trusts a fresh key, not the test bed's, for its sshd."""
+    other = folder / "other_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    wrong = folder / "known_hosts_wrong"
+    other_key = " ".join(Path(f"{other}.pub").read_text().split()[:2])
+    wrong.write_text(f"[{ssh_target.host}]:{ssh_target.port} {other_key}\n")
+    return wrong
+
+
 def test_unknown_or_changed_host_key_is_refused(
     ssh_target: SSHTarget, tmp_path: Path, image_map_path: Path
 ) -> None:
@@ -474,12 +484,7 @@ def test_unknown_or_changed_host_key_is_refused(
     assert "unknown SSH host key ssh-ed25519" in line and offered in line
     assert address in line and f"kbinfra ssh trust {address}" in line
 
-    other = tmp_path / "other_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
-    wrong = tmp_path / "known_hosts_wrong"
-    other_key = " ".join(Path(f"{other}.pub").read_text().split()[:2])
-    wrong.write_text(f"[{ssh_target.host}]:{ssh_target.port} {other_key}\n")
-    deployment.env["KBINFRA_KNOWN_HOSTS"] = str(wrong)
+    deployment.env["KBINFRA_KNOWN_HOSTS"] = str(_known_hosts_with_another_key(ssh_target, tmp_path))
     changed = deployment.run("plan")
     assert changed.code == 2
     assert "host key CHANGED" in changed.err and offered in changed.err
@@ -535,13 +540,7 @@ def test_a_second_plan_rides_on_the_first_ones_ssh_master(
 
         # Another known_hosts that does not trust this key: never the master verified
         # against the first file, but a new connection, refused.
-        other = tmp_path / "other_ed25519"
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True
-        )
-        wrong = tmp_path / "known_hosts_wrong"
-        other_key = " ".join(Path(f"{other}.pub").read_text().split()[:2])
-        wrong.write_text(f"[{ssh_target.host}]:{ssh_target.port} {other_key}\n")
+        wrong = _known_hosts_with_another_key(ssh_target, tmp_path)
         deployment.env["KBINFRA_KNOWN_HOSTS"] = str(wrong)
         changed = deployment.run("plan")
         assert changed.code == 2
