@@ -73,10 +73,11 @@ class Stack:
 
     @cached_property
     def rendered(self) -> list[RenderedFile]:
-        """Every file of the stack, rendered once per command (sorted by path)."""
-        from kbinfra.render import render_stack  # noqa: PLC0415 (jinja2 only when rendering)
+        """Every file of the stack, rendered once per command (sorted by path), or as the
+        last render left them while nothing they come from changed (:mod:`render_cache`)."""
+        from kbinfra import render_cache  # noqa: PLC0415
 
-        return render_stack(self)
+        return render_cache.rendered(self)
 
     @cached_property
     def containers(self) -> dict[str, ContainerSpec]:

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Literal
 
 from kbinfra.errors import KbinfraError
 from kbinfra.targets.base import FileStore, Target
-from kbinfra.targets.ssh import SSHAddress, SSHOptions, SSHTarget
+from kbinfra.targets.openssh import SSHAddress, SSHOptions
+from kbinfra.targets.ssh import SSHTarget
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -92,7 +93,7 @@ class SwarmTarget(Target):
         """Open every node's connection: an unknown or changed host key on any node is
         refused (with its fingerprint) before anything is changed."""
         for node in self.nodes:
-            self.node_target(node.name).ssh()
+            self.node_target(node.name).connect()
 
     def use_manager(self, name: str) -> None:
         """Carry the Swarm API through manager ``name`` (e.g. the one already in a Swarm)."""
