@@ -1,4 +1,4 @@
-"""``kbinfra plan / apply / status / destroy`` and ``kbinfra ssh trust``.
+"""``kbinfra plan / apply / status / destroy / history / rollback`` and ``kbinfra ssh trust``.
 
 Each command parses options, calls one function of ``kbinfra.apply`` and prints. docker and
 paramiko are imported only inside the commands, so ``kbinfra --help`` stays fast.
@@ -235,6 +235,8 @@ def print_apply(console: Console, result: "ApplyResult") -> None:
     ]
     console.table(None, ["service", "action", "outcome", "time", "detail"], rows)
     console.line(result.summary())
+    if result.release is not None:
+        console.line(f"recorded as release {result.release} (`kbinfra history`)")
 
 
 @app.command(
@@ -303,6 +305,11 @@ def apply(
                 progress=progress,
                 expect=expect,
             )
+    report_apply(console, result, where.name)
+
+
+def report_apply(console: Console, result: "ApplyResult", where: str) -> None:
+    """Print what an apply did (a table, or JSON); exit 1 naming the first failed service."""
     for note in result.notes + result.repaired:
         console.note(note)
     if console.json_mode:
@@ -320,7 +327,7 @@ def apply(
         back = "; the previous container was restored" if first.rolled_back else ""
         raise ApplyFailedError(
             f"{first.service} did not become healthy: {first.error}{back}",
-            where=where.name,
+            where=where,
             fix=("see its last log lines above; " if first.logs else "")
             + "fix kbinfra.yaml, then `kbinfra plan`",
         )
@@ -740,3 +747,131 @@ def ssh_trust(
             fix="pass --known-hosts a file path in a folder this user can write",
         ) from None
     console.line(f"added to {path}")
+
+
+# ---------------------------------------------------------------- releases
+#: What ``kbinfra rollback`` says before it starts, and docs/operations.md with it.
+DATA_NOTE = "data is not rolled back (volumes are as they were): `kbinfra restore` is for data"
+
+
+@app.command(epilog=examples("kbinfra history", "kbinfra history -o json"))
+def history(
+    stack_dir: DirOption = Path(),
+    target: TargetOption = None,
+    known_hosts: KnownHostsOption = None,
+    identity: IdentityOption = None,
+    output: OutputOption = Output.text,
+) -> None:
+    """The releases recorded on the target, newest first: each apply that changed something."""
+    from kbinfra.releases import history_rows, read_releases  # noqa: PLC0415
+
+    console = Console(output)
+    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
+    with where:
+        releases = read_releases(where.file_store(stack.spec.name))
+    if console.json_mode:
+        console.emit_json(
+            {
+                "stack": stack.spec.name,
+                "target": where.name,
+                "releases": [r.summary() for r in reversed(releases)],
+            }
+        )
+        return
+    if not releases:
+        console.note(f"no release recorded on {where.name} yet: `kbinfra apply` records one")
+        return
+    console.table(
+        f"releases of stack {stack.spec.name} on {where.name}",
+        ["release", "time (UTC)", "kbinfra", "changed", "note"],
+        history_rows(releases),
+    )
+
+
+@app.command(
+    epilog=examples("kbinfra rollback", "kbinfra rollback 3 --yes", "kbinfra rollback -y -o json")
+)
+def rollback(
+    release_number: Annotated[
+        int | None,
+        typer.Argument(
+            metavar="RELEASE",
+            help="The release to return to (`kbinfra history`); default: the one before "
+            "the current one.",
+            min=1,
+            show_default=False,
+        ),
+    ] = None,
+    stack_dir: DirOption = Path(),
+    target: TargetOption = None,
+    known_hosts: KnownHostsOption = None,
+    identity: IdentityOption = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Roll back without asking.")] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            help="Seconds each new container has to become healthy.",
+            min=1,
+            show_default=False,
+        ),
+    ] = None,
+    force_unlock: ForceUnlockOption = False,
+    output: OutputOption = Output.text,
+) -> None:
+    """Return to an earlier release's images and configuration, health-gated like apply.
+
+    The release's stack file is rendered with today's secrets and TLS files (a secret is
+    never rolled back), each image reference is put back on the release's image id, and the
+    result is applied. Once it converged, kbinfra.yaml is the release's (the one it replaced
+    is kept as kbinfra.yaml.before-rollback), so the next plan has nothing to do. Data is
+    never rolled back: `kbinfra restore` is for data.
+    """
+    from kbinfra.apply import apply_stack, plan_stack, target_engine  # noqa: PLC0415
+    from kbinfra.releases import (  # noqa: PLC0415
+        BEFORE_ROLLBACK,
+        choose_release,
+        image_moves,
+        read_releases,
+        release_stack,
+        restore_stack_file,
+    )
+
+    console = Console(output)
+    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
+    with where:
+        release = choose_release(read_releases(where.file_store(stack.spec.name)), release_number)
+        old = release_stack(stack, release)
+        console.note(f"rolling back to release {release.number} of {release.time:%Y-%m-%d %H:%M}")
+        console.note(DATA_NOTE)
+        if not yes:
+            engine = target_engine(where, stack.spec.name)
+            present = engine.present_images(i.ref for i in release.images.values())
+            for ref, image_id in image_moves(release, present).items():
+                console.note(f"image {ref} goes back to {image_id[7:19]}")
+            if not console.json_mode:
+                print_plan(console, plan_stack(old, where))
+            if not confirm(console, f"Roll {where.name} back to release {release.number}?"):
+                raise typer.Exit(1)
+        with apply_progress(console) as progress:
+            result = apply_stack(
+                old,
+                where,
+                timeout=timeout,
+                force_unlock=force_unlock,
+                progress=progress,
+                rollback_to=release,
+            )
+    if result.ok:
+        replaced = restore_stack_file(stack.dir, release.stack_file)
+        if replaced:
+            result.notes.append(
+                f"kbinfra.yaml is release {release.number}'s; the one it replaced is "
+                f"{BEFORE_ROLLBACK}"
+            )
+        if stack.profile != old.profile:
+            result.notes.append(
+                f"profile {stack.spec.profile} now differs from the values release "
+                f"{release.number} used: the next plan shows what that changes"
+            )
+    report_apply(console, result, where.name)

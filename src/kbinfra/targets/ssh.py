@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from kbinfra.errors import KbinfraError, unreadable
 from kbinfra.spec.values import HostPort
-from kbinfra.targets.base import TEMP_PREFIX, FileStore, Target
+from kbinfra.targets.base import RECORDS_DIR, TEMP_PREFIX, FileStore, Target
 
 if TYPE_CHECKING:
     import paramiko
@@ -467,7 +467,8 @@ class SFTPFileStore(FileStore):
         skip = shlex.quote(TEMP_PREFIX + "*")
         command = (
             f"cd {folder} 2>/dev/null || exit 0; "
-            f"find . -type f ! -name {skip} -exec sha256sum {{}} +; exit 0"
+            f"find . -path ./{RECORDS_DIR} -prune -o -type f ! -name {skip} "
+            "-exec sha256sum {} +; exit 0"
         )
         found = parse_sha256sum(self._target.run(command))
         if paths is None:
