@@ -20,6 +20,7 @@ from kbinfra.secrets import (
 from kbinfra.service import STAGE_ORDER, ContainerSpec, RenderedFile, Service, ServiceContext
 from kbinfra.spec.profile import Profile, load_profile
 from kbinfra.spec.stack import StackSpec, load_stack
+from kbinfra.spec.yamlfile import YamlDocument
 from kbinfra.start_graph import start_graph
 
 
@@ -156,7 +157,16 @@ def generated_secrets(spec: StackSpec) -> set[str]:
 def open_stack(stack_dir: Path) -> Stack:
     """Load ``kbinfra.yaml``, its profile, secrets and TLS files from ``stack_dir``."""
     spec, doc = load_stack(stack_dir)
-    profile = load_profile(spec.profile, relative_to=stack_dir).profile
+    return stack_of(stack_dir, spec, doc)
+
+
+def stack_of(
+    stack_dir: Path, spec: StackSpec, doc: YamlDocument, profile: Profile | None = None
+) -> Stack:
+    """The stack ``spec`` describes, with ``stack_dir``'s secrets and TLS files; its profile
+    as given (a release's own) or loaded as the spec names it."""
+    if profile is None:
+        profile = load_profile(spec.profile, relative_to=stack_dir).profile
     secrets = load_secrets(stack_dir, required_secrets(spec))
     certificate = _read_tls(stack_dir, spec.tls.certificate, "TLS certificate")
     key = _read_tls(stack_dir, spec.tls.key, "TLS key")

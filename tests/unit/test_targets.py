@@ -155,6 +155,8 @@ def test_remote_hashes_survive_hostile_file_names(tmp_path: Path) -> None:
         path.write_bytes(f"content {index}".encode())
         expected[name] = hashlib.sha256(f"content {index}".encode()).hexdigest()
     (folder / ".kbinfra-tmp-partial").write_bytes(b"an interrupted upload")
+    (folder / ".kbinfra").mkdir()
+    (folder / ".kbinfra" / "releases.json").write_bytes(b"kbinfra's records, not deployed")
     store = RemoteFileStore(_ShellTarget(tmp_path), str(folder))
     assert store.hashes() == expected
     assert store.hashes(["$(touch pwned)", "missing"]) == {

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from kbinfra.errors import KbinfraError, unreadable
 from kbinfra.spec.values import HostPort
-from kbinfra.targets.base import TEMP_PREFIX, FileStore, Target
+from kbinfra.targets.base import RECORDS_DIR, TEMP_PREFIX, FileStore, Target
 from kbinfra.targets.openssh import (
     DEFAULT_PORT,
     OpenSSH,
@@ -388,7 +388,8 @@ def home_relative(root: str) -> str | None:
 ENGINE_ADDRESS_SCRIPT = 'printf "%s" "${DOCKER_HOST-}"'
 HASHES_SCRIPT = (
     'IFS= read -r d || exit 0; cd -- "$d" 2>/dev/null || exit 0; '
-    f'find . -name "{TEMP_PREFIX}*" -prune -o -type f -exec sha256sum {{}} +; exit 0'
+    f'find . -path ./{RECORDS_DIR} -prune -o -name "{TEMP_PREFIX}*" -prune '
+    "-o -type f -exec sha256sum {} +; exit 0"
 )
 READ_SCRIPT = 'IFS= read -r f || exit 2; [ -f "$f" ] || exit 3; exec cat -- "$f"'
 READ_MISSING = 3
