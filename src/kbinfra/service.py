@@ -347,6 +347,11 @@ class Service(ABC):
     #: by a top-level section of its own (the app tier's ``app:``) says False and answers
     #: :meth:`settings_in` and :meth:`enabled_in` itself.
     in_services_section: ClassVar[bool] = True
+    #: Whether its containers write to the stack's data stores on their own (the app's API
+    #: and workers): a restore pauses them (``docker pause``) while it replaces and checks the
+    #: data, so nothing writes into a store half restored and the check compares the backup,
+    #: not the app's new writes; then it unpauses them (their addresses and connections kept).
+    paused_during_restore: ClassVar[bool] = False
 
     def settings_in(self, stack: "StackSpec") -> Any:
         """Its settings in ``stack``."""

@@ -18,8 +18,8 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,7 +70,7 @@ from kbinfra.secrets import BACKUP_KEY_SECRET, ensure_secrets
 from kbinfra.service import ContainerSpec, VolumeMount
 
 if TYPE_CHECKING:
-    from kbinfra.containers import DesiredService
+    from kbinfra.containers import DesiredService, ObservedContainer
     from kbinfra.stack import Stack
     from kbinfra.targets.base import Target
     from kbinfra.targets.engine import Engine
@@ -453,6 +453,72 @@ def _stack_instances(
     return instances
 
 
+def writers_to_pause(
+    stack: Stack, containers: Iterable[ObservedContainer]
+) -> list[ObservedContainer]:
+    """The running containers of the services that write to the stores on their own
+    (``Service.paused_during_restore``: the app's API and workers), in the engine's order."""
+    writers = {name for name, service in stack.services.items() if service.paused_during_restore}
+    return [c for c in containers if c.service in writers and c.state == "running"]
+
+
+#: How long an unpaused container may take to pass its health check again: Docker keeps
+#: running the check while a container is paused, so a long restore leaves it "unhealthy"
+#: until its next check passes.
+UNPAUSED_HEALTHY_TIMEOUT_S = 120.0
+
+
+def wait_healthy_again(engine: Engine, container_id: str, timeout: float) -> str | None:
+    """None once an unpaused container runs and passes its health check (if it has one);
+    else how it was. Not ``Engine.wait_healthy``: that gives up at once on "unhealthy", the
+    state a long pause leaves until the next check passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = engine.inspect(container_id)["State"]
+        health = (state.get("Health") or {}).get("Status")
+        if state.get("Status") == "running" and health in (None, "healthy"):
+            return None
+        if time.monotonic() >= deadline:
+            return (
+                f"not healthy {timeout:.0f} s after the restore "
+                f"(state {state.get('Status')}, health {health})"
+            )
+        time.sleep(1.0)
+
+
+@contextmanager
+def _writers_paused(
+    stack: Stack, engine: Engine, progress: Progress, result: RestoreResult
+) -> Iterator[None]:
+    """Pause the writers for the restore and its check; unpause them after, also when the
+    restore fails, and wait until they are healthy again. A container that cannot be
+    unpaused, or is not healthy again, is named in the result's notes."""
+    paused: list[ObservedContainer] = []
+    try:
+        for container in writers_to_pause(stack, engine.stack_containers()):
+            engine.pause(container.id)
+            paused.append(container)
+        if paused:
+            progress.note("restore", f"paused {len(paused)} app container(s) while restoring")
+        yield
+    finally:
+        unpaused: list[ObservedContainer] = []
+        for container in paused:
+            try:
+                engine.unpause(container.id)
+                unpaused.append(container)
+            except Exception as error:  # the others must be unpaused all the same
+                result.notes.append(
+                    f"{container.name} stayed paused ({error}): `docker unpause {container.name}`"
+                )
+        if unpaused:
+            progress.note("restore", "waiting until the app's containers are healthy again")
+        for container in unpaused:
+            problem = wait_healthy_again(engine, container.id, UNPAUSED_HEALTHY_TIMEOUT_S)
+            if problem is not None:
+                result.notes.append(f"{container.name} unpaused but {problem}: `kbinfra status`")
+
+
 def _engine(target: Target, stack_name: str) -> Engine:
     from kbinfra.targets.engine import Engine  # noqa: PLC0415
 
@@ -800,19 +866,20 @@ def run_restore(
                 hold_lock=False,
             )  # fmt: skip
             result.safety_backup = safety.path
-        _restore_and_check(
-            manifest=manifest,
-            backup_dir=backup_dir,
-            selection=selection,
-            handlers=enabled,
-            instances=instances,
-            versions=versions,
-            engine=engine,
-            volume_name=lambda volume: volume,
-            strict=False,
-            progress=progress,
-            result=result,
-        )
+        with _writers_paused(stack, engine, progress, result):
+            _restore_and_check(
+                manifest=manifest,
+                backup_dir=backup_dir,
+                selection=selection,
+                handlers=enabled,
+                instances=instances,
+                versions=versions,
+                engine=engine,
+                volume_name=lambda volume: volume,
+                strict=False,
+                progress=progress,
+                result=result,
+            )
     result.seconds = time.monotonic() - started
     return result
 

@@ -456,17 +456,51 @@ class Budget:
     max_operations: int
 
 
+class Pacer:
+    """One schedule shared by every worker: operations start ``1 / rate`` seconds apart.
+
+    For a server that refuses a client going faster (nginx's ``limit_req``): the load then
+    measures the answers at the rate it allows, not its refusals. The wait is not part of an
+    operation's latency.
+    """
+
+    def __init__(self, rate_per_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if rate_per_s <= 0:
+            raise ValueError(f"a pace of {rate_per_s} operations/s")
+        self.rate_per_s = rate_per_s
+        self._interval = 1.0 / rate_per_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._next: float | None = None
+
+    def delay(self) -> float:
+        """Claim the next slot: how long to wait until it (0 when it is due)."""
+        with self._lock:
+            now = self._clock()
+            slot = now if self._next is None else max(now, self._next)
+            self._next = slot + self._interval
+            return slot - now
+
+    def wait(self, halt: threading.Event) -> None:
+        """Sleep until this worker's next slot, or until ``halt`` is set."""
+        delay = self.delay()
+        if delay > 0:
+            halt.wait(delay)
+
+
 def run_load(
     make_worker: Callable[[int], tuple[Operation, Callable[[], None]]],
     *,
     concurrency: int,
     budget: Budget,
     stop: threading.Event,
+    pacer: Pacer | None = None,
 ) -> LoadRun:
     """Run ``concurrency`` workers until the budget is spent, ``stop`` is set, or one fails.
 
     ``make_worker(index)`` gives a worker its own operation and a close function (its own
-    connection: clients are not shared between threads). Interrupting the calling thread
+    connection: clients are not shared between threads). With a ``pacer`` every operation
+    waits for its slot first (the wait is not measured). Interrupting the calling thread
     (Ctrl-C) stops every worker and waits for them before re-raising, so nothing is still
     writing while the caller cleans up.
     """
@@ -481,6 +515,9 @@ def run_load(
         with lock:
             return done[0] < budget.max_operations
 
+    def running() -> bool:
+        return not (halt.is_set() or stop.is_set()) and time.monotonic() < deadline
+
     def work(index: int) -> None:
         try:
             operation, close = make_worker(index)
@@ -490,9 +527,11 @@ def run_load(
             halt.set()
             return
         try:
-            while not (halt.is_set() or stop.is_set()) and time.monotonic() < deadline:
-                if not claim():
-                    break
+            while running() and claim():
+                if pacer is not None:
+                    pacer.wait(halt)
+                    if not running():
+                        break
                 started = time.perf_counter()
                 count = operation()
                 elapsed = time.perf_counter() - started

@@ -54,6 +54,11 @@ _URL_WITH_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/@\s]*:[^/@\s]*@", re.IG
 _INSTANCE_NAME = re.compile(r"[a-z][a-z0-9-]{0,19}")
 _QUEUE = re.compile(r"[A-Za-z0-9_:-]{1,100}")
 _HEALTH_PATH = re.compile(r"/[A-Za-z0-9._~/-]{0,200}")
+#: A path and, optionally, a query string (``/search?q=lava&limit=3``): what ``bench`` GETs.
+_BENCH_PATH = re.compile(r"/[A-Za-z0-9._~/%-]{0,200}(\?[A-Za-z0-9._~%&=+-]{0,300})?")
+#: ``bench``'s p95 ceiling for the API when the stack file names none: the guide's
+#: HighSearchLatency alert (p95 above 0.5 s).
+DEFAULT_BENCH_P95_S = 0.5
 _MAX_REPLICAS = 16
 
 
@@ -128,6 +133,14 @@ class AppSettings(_Strict):
     migrate: Command | None = Field(
         None, description="One-off command run to completion before the API starts"
     )
+    bench_path: str | None = Field(
+        None,
+        description="What `kbinfra bench` GETs through nginx (a path, optionally with a "
+        "query string); empty: the health path",
+    )
+    bench_p95_s: Annotated[float, Field(gt=0, le=600)] = Field(
+        DEFAULT_BENCH_P95_S, description="`kbinfra bench`'s p95 ceiling for it, seconds"
+    )
     workers: list[AppWorker] = Field([], description="Celery workers")
 
     @field_validator("health_path")
@@ -136,6 +149,16 @@ class AppSettings(_Strict):
         if not _HEALTH_PATH.fullmatch(value):
             raise ValueError(
                 f"{value!r} is not a health path: starts with /, letters, digits, . _ ~ / -"
+            )
+        return value
+
+    @field_validator("bench_path")
+    @classmethod
+    def _bench_path(cls, value: str | None) -> str | None:
+        if value is not None and not _BENCH_PATH.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a path to bench: starts with /, then letters, digits, "
+                ". _ ~ / % -, and an optional ?query of letters, digits, . _ ~ % & = + -"
             )
         return value
 
@@ -190,6 +213,11 @@ class AppSettings(_Strict):
     def deployed(self) -> bool:
         """Whether kbinfra deploys the app (an image is set) rather than proxying to it."""
         return self.image is not None
+
+    @property
+    def bench_target(self) -> str:
+        """The path ``kbinfra bench`` measures: ``bench_path``, or else the health path."""
+        return self.bench_path or self.health_path
 
     def queues(self) -> list[str]:
         """Every queue a worker consumes, once each, in the order written."""

@@ -469,6 +469,12 @@ class Engine:
     def stop(self, container_id: str, timeout: int) -> None:
         self.api.stop(container_id, timeout=timeout)
 
+    def pause(self, container_id: str) -> None:
+        self.api.pause(container_id)
+
+    def unpause(self, container_id: str) -> None:
+        self.api.unpause(container_id)
+
     def rename(self, container_id: str, name: str) -> None:
         self.api.rename(container_id, name)
 

@@ -19,6 +19,7 @@ from kbinfra.backup.run import (
     drill_spec,
     select_services,
     summarize,
+    wait_healthy_again,
 )
 from kbinfra.backup.volumes import member_problem, tar_path, tar_problem, volumes_to_restore
 from kbinfra.service import ContainerSpec, PortBinding, VolumeMount
@@ -391,3 +392,21 @@ def test_values_are_read_with_the_key_first() -> None:
     assert read_command("list", b"k") == ("LRANGE", b"k", "0", "-1")
     assert read_command("string", b"k") == ("GET", b"k")
     assert read_command("zset", b"k") == ("ZRANGE", b"k", "0", "-1", "WITHSCORES")
+
+
+def test_an_unpaused_container_is_waited_for_through_unhealthy() -> None:
+    """A long pause leaves Docker's health "unhealthy" until the next check passes: the
+    restore waits for that check instead of reporting the app broken."""
+
+    class Engine:
+        def __init__(self, healths: list[str | None]) -> None:
+            self.healths = healths
+
+        def inspect(self, container_id: str) -> dict[str, Any]:
+            health = self.healths.pop(0) if len(self.healths) > 1 else self.healths[0]
+            return {"State": {"Status": "running", "Health": health and {"Status": health}}}
+
+    assert wait_healthy_again(Engine(["unhealthy", "healthy"]), "c", 30) is None  # type: ignore[arg-type]
+    assert wait_healthy_again(Engine([None]), "c", 30) is None  # type: ignore[arg-type]
+    stuck = wait_healthy_again(Engine(["unhealthy"]), "c", 0)  # type: ignore[arg-type]
+    assert stuck == "not healthy 0 s after the restore (state running, health unhealthy)"

@@ -24,6 +24,7 @@ from kbinfra.probing.probe import (
     CheckFailedError,
     Checks,
     LatencyStats,
+    Pacer,
     Threshold,
     bench_plan,
     bench_rows,
@@ -254,6 +255,31 @@ def test_run_load_zero_means_no_work_left() -> None:
     plan = bench_plan(quick=True, token="ab" * 6)
     run = run_load(make, concurrency=2, budget=plan.budget(10**9, seconds=30), stop=plan.stop)
     assert run.operations == 5 and len(run.samples) == 5
+
+
+def test_a_pacer_spaces_slots_across_workers_and_never_saves_up_idle_time() -> None:
+    now = [100.0]
+    pacer = Pacer(4.0, clock=lambda: now[0])
+    # Three workers claim at once: the slots are 0.25 s apart, shared, not per worker.
+    assert [pacer.delay() for _ in range(3)] == [0.0, 0.25, 0.5]
+    now[0] = 110.0  # idle for a while: no burst of saved-up slots afterwards
+    assert [pacer.delay() for _ in range(2)] == [0.0, 0.25]
+    with pytest.raises(ValueError, match="pace"):
+        Pacer(0)
+
+
+def test_run_load_with_a_pacer_keeps_the_rate_and_measures_only_the_operation() -> None:
+    def make(index: int) -> tuple[Callable[[], int], Callable[[], None]]:
+        return (lambda: 1), (lambda: None)
+
+    plan = bench_plan(quick=True, token="ab" * 6)
+    run = run_load(
+        make, concurrency=3, budget=plan.budget(11, seconds=30), stop=plan.stop, pacer=Pacer(50)
+    )
+    assert 11 <= run.operations <= 13
+    # 11 slots 20 ms apart take at least 0.2 s; none of that wait is in a sample.
+    assert run.elapsed_s >= 0.19
+    assert sum(run.samples) < 0.1
 
 
 # --------------------------------------------------------------------------- discovery

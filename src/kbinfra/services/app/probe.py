@@ -5,13 +5,33 @@ uses; the first replica also proves HTTPS through nginx to the health path and t
 app's PostgreSQL role cannot do what it should not. A worker: running, and connected to the
 broker (Redis lists a client from the worker's address). The stores are found by asking the
 enabled services which of them wire the app (``Service.app_env``), not by name.
+
+Bench (run once, for the first replica): GETs ``app.bench_path`` (the health path unless the
+stack file names another) through nginx over HTTPS, as a client does, paced to the rate
+nginx's ``limit_req`` allows one client address, so it measures the app's answers and not
+nginx's 429s, with clients enough to keep that pace while answers take up to the p95
+ceiling. Threshold: p95 under ``app.bench_p95_s`` (0.5 s unless set: the guide's
+HighSearchLatency); any answer but 200 fails it.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
-from kbinfra.probing.probe import CheckFailedError, CheckRow, Checks, ProbeContext, require
+from kbinfra.probing.probe import (
+    BenchPlan,
+    BenchResult,
+    CheckFailedError,
+    CheckRow,
+    Checks,
+    Pacer,
+    ProbeContext,
+    Threshold,
+    latency_stats,
+    require,
+    run_load,
+)
 from kbinfra.services.app.service import (
     APP_DATABASE,
     APP_DB_SECRET,
@@ -252,3 +272,80 @@ def checks(probe: ProbeContext) -> list[CheckRow]:
             needs="running",
         )
     return rows.rows
+
+
+# --------------------------------------------------------------------------- bench
+#: Clients at least, and at most: enough that an app answering within its p95 ceiling keeps
+#: the pace (``rate * ceiling`` requests in flight), never more than this.
+MIN_CONCURRENCY = 4
+MAX_CONCURRENCY = 32
+#: The share of the allowed rate the bench asks for: the limiter's clock and ours differ.
+PACE_SHARE = 0.9
+
+
+def bench_rate(rate_limit_rps: float | None) -> float:
+    """Requests per second the bench sends: just under the edge's per-client limit."""
+    if rate_limit_rps is None:
+        raise CheckFailedError("the edge service names no per-client rate limit to pace by")
+    return rate_limit_rps * PACE_SHARE
+
+
+def bench_concurrency(rate_per_s: float, p95_ceiling_s: float) -> int:
+    """Clients enough to send ``rate_per_s`` while each answer takes up to the ceiling."""
+    return max(MIN_CONCURRENCY, min(MAX_CONCURRENCY, math.ceil(rate_per_s * p95_ceiling_s)))
+
+
+def bench_thresholds(settings: AppSettings) -> tuple[Threshold, ...]:
+    """The p95 ceiling only: the throughput is the paced rate by design (a floor on it would
+    measure the client's start-up on a short run, not the app); an app too slow to keep the
+    pace shows in its p95, and any answer but 200 fails the run."""
+    return (
+        Threshold(
+            "p95_s",
+            "<",
+            settings.bench_p95_s,
+            "app.bench_p95_s"
+            if "bench_p95_s" in settings.model_fields_set
+            else "default: guide alert HighSearchLatency (p95 > 0.5 s)",
+        ),
+    )
+
+
+def bench(probe: ProbeContext, plan: BenchPlan) -> list[BenchResult]:
+    from kbinfra.services.nginx.probe import https_get_workers  # noqa: PLC0415
+
+    service = probe.service
+    if not isinstance(service, ApiReplica) or service.index != 1:
+        return []  # the tier is measured once, through nginx, which balances every replica
+    settings: AppSettings = probe.settings
+    path = settings.bench_target
+    _, edge = edge_service(probe)
+    rate = bench_rate(getattr(edge.settings, "rate_limit_rps", None))
+    address = probe.address(edge.settings.https_port)
+    concurrency = bench_concurrency(rate, settings.bench_p95_s)
+
+    probe.note(f"GET {path} through nginx over HTTPS, {rate:g} requests/s")
+    run = run_load(
+        https_get_workers(probe.stack, address, path),
+        concurrency=concurrency,
+        budget=plan.budget(plan.scale(int(rate * 30), int(rate * 600))),
+        stop=plan.stop,
+        pacer=Pacer(rate),
+    )
+    return [
+        BenchResult(
+            service=probe.name,
+            name="api-through-nginx",
+            workload=f"GET {path} through nginx over HTTPS to {settings.replicas} replicas, "
+            f"paced to {rate:g} requests/s (nginx's rate limit per client), keep-alive",
+            client="kbinfra (httpx)",
+            concurrency=concurrency,
+            duration_s=run.elapsed_s,
+            operations=run.operations,
+            unit="requests",
+            latency=latency_stats(run.samples),
+            latency_of="per request",
+            thresholds=bench_thresholds(settings),
+            error=run.error,
+        )
+    ]

@@ -194,6 +194,7 @@ class _Instance(Service):
     default_image = ""
     in_services_section = False
     stage = "service"
+    paused_during_restore = True
 
     def __init__(self, name: str, share: float) -> None:
         self._name = name

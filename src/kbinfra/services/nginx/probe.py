@@ -101,6 +101,26 @@ class Https:
         self.close()
 
 
+def https_get_workers(
+    stack: Stack, address: tuple[str, int], path: str
+) -> Callable[[int], tuple[Operation, Callable[[], None]]]:
+    """``run_load`` workers that GET ``path`` over HTTPS, each on its own keep-alive
+    connection; any answer but 200 fails the load with it."""
+
+    def make_worker(index: int) -> tuple[Operation, Callable[[], None]]:
+        https = Https(stack, address)
+
+        def operation() -> int:
+            response = https.get(path)
+            if response.status_code != 200:
+                raise CheckFailedError(f"GET {path} answered HTTP {response.status_code}")
+            return 1
+
+        return operation, https.close
+
+    return make_worker
+
+
 def routes(probe: ProbeContext) -> list[tuple[str, str]]:
     """``(service, path)`` of each routed service's health location through nginx."""
     return [
@@ -272,19 +292,9 @@ def bench(probe: ProbeContext, plan: BenchPlan) -> list[BenchResult]:
     settings: NginxSettings = probe.settings
     tune: NginxTune = probe.service.tuning(probe.ctx)  # type: ignore[assignment]
     address = probe.address(settings.https_port)
-
-    def make_worker(index: int) -> tuple[Operation, Callable[[], None]]:
-        https = Https(probe.stack, address)
-
-        def operation() -> int:
-            https.get(HEALTHZ).raise_for_status()
-            return 1
-
-        return operation, https.close
-
     probe.note(f"GET {HEALTHZ} over HTTPS, keep-alive")
     run = run_load(
-        make_worker,
+        https_get_workers(probe.stack, address, HEALTHZ),
         concurrency=CONCURRENCY,
         budget=plan.budget(plan.scale(50_000, 5_000_000)),
         stop=plan.stop,

@@ -9,13 +9,17 @@ while the application keeps writing. The dump is streamed out of the container t
 The roles are read from the catalog into ``postgres/roles.json`` (names, attributes,
 memberships and, with ``--include-secrets``, SCRAM verifiers): structured data, never a script.
 Every database is dumped (a copy to restore by hand with ``pg_restore``), but a restore puts
-back only the stack's own (``services.postgres.database``).
+back only the stack's: its own (``services.postgres.database``) and those of the roles the
+enabled services log in as (``Service.database_roles``: the app tier's ``kb_app``), each into
+a database owned by its role.
 
 Restore: the roles first, each statement built from the validated ``roles.json`` with quoted
 identifiers and literals (the roles kbinfra manages are left exactly as they are now); a
-``globals.sql`` of an older backup is never run. Then the stack's own database's dump, and
-only it, is streamed into ``pg_restore --clean --if-exists --single-transaction`` through the
-exec's stdin: a failure leaves the database exactly as it was.
+``globals.sql`` of an older backup is never run; the roles kbinfra manages (the stack's user,
+the exporter's, every service's) keep the attributes and the password kbinfra gave them, so a
+restore never locks the app out with an old password. Then each of the stack's databases' dump
+is streamed into ``pg_restore --clean --if-exists --single-transaction`` through the exec's
+stdin: a failure leaves that database exactly as it was.
 
 Trade-off of the restore transport: writing to the exec's stdin needs the engine to pass a
 half-close through (it does, locally and over ``docker system dial-stdio``); the
@@ -133,6 +137,24 @@ class Database:
 
 
 # ---------------------------------------------------------------- pure helpers
+def stack_databases(ctx: ServiceContext) -> dict[str, str | None]:
+    """The databases a restore puts back, each with the role that must own it (None: the
+    stack's own, owned by the stack's user)."""
+    from kbinfra.services.postgres.service import SERVICE  # noqa: PLC0415 (it imports us)
+
+    owned: dict[str, str | None] = {ctx.settings.database: None}
+    for role in SERVICE.service_roles(ctx):
+        owned.setdefault(role.database, role.role)
+    return owned
+
+
+def managed_roles(ctx: ServiceContext) -> set[str]:
+    """The roles whose attributes and password come from kbinfra, never from a backup."""
+    from kbinfra.services.postgres.service import SERVICE  # noqa: PLC0415
+
+    return {ctx.settings.user, MONITOR_ROLE, *(r.role for r in SERVICE.service_roles(ctx))}
+
+
 def conninfo_dbname(name: str) -> str:
     """``dbname='…'`` for ``-d``: a plain name containing ``=`` would be read as a conninfo."""
     escaped = name.replace("\\", "\\\\").replace("'", "\\'")
@@ -391,28 +413,30 @@ class PostgresBackup(BackupHandler):
     def restorable(
         self, ctx: ServiceContext, artifacts: list[Artifact], backup_dir: Path
     ) -> tuple[list[Artifact], list[str]]:
-        """The roles (validated here, before anything is touched) and the dump of the stack's
-        own database; the others are left out."""
+        """The roles (validated here, before anything is touched) and the dumps of the stack's
+        databases (:func:`stack_databases`); the others are left out."""
         own = ctx.settings.database
+        databases = stack_databases(ctx)
         chosen: list[Artifact] = []
         notes: list[str] = []
         for artifact in artifacts:
             if artifact.kind == "pg_roles":
                 parse_roles((backup_dir / artifact.path).read_bytes(), str(backup_dir))
                 chosen.append(artifact)
-            elif artifact.kind == "pg_dump" and artifact.meta["database"] == own:
+            elif artifact.kind == "pg_dump" and artifact.meta["database"] in databases:
                 chosen.append(artifact)
             elif artifact.kind == "pg_dump":
                 notes.append(
                     f"{artifact.path} not restored: database {artifact.meta['database']!r} is "
-                    f"not the stack's own ({own!r}); restore it by hand with pg_restore if needed"
+                    f"not one of the stack's ({', '.join(sorted(databases))}); restore it by "
+                    "hand with pg_restore if needed"
                 )
             elif artifact.kind == "pg_globals":
                 notes.append(
                     f"{artifact.path} not run: kbinfra never runs a script from a backup, so "
                     "the roles of this older backup were not restored (recreate them by hand)"
                 )
-        if not any(a.kind == "pg_dump" for a in chosen):
+        if not any(a.kind == "pg_dump" and a.meta["database"] == own for a in chosen):
             raise BackupError(
                 f"the backup holds no dump of database {own!r}, the stack's own",
                 fix="nothing was changed; set services.postgres.database to the backup's "
@@ -429,7 +453,7 @@ class PostgresBackup(BackupHandler):
         progress: Progress,
     ) -> list[str]:
         notes: list[str] = []
-        own = instance.settings.database
+        owners = stack_databases(instance.ctx)
         roles = [
             parse_roles((backup_dir / a.path).read_bytes(), str(backup_dir))
             for a in artifacts
@@ -442,8 +466,9 @@ class PostgresBackup(BackupHandler):
             for artifact in artifacts:
                 if artifact.kind != "pg_dump":
                     continue
-                if self._ensure_database(instance, address, artifact):
-                    notes.append(f"created database {own}")
+                database = str(artifact.meta["database"])
+                if self._ensure_database(instance, address, artifact, owners.get(database)):
+                    notes.append(f"created database {database}")
                 with progress.transfer(f"{artifact.path} → pg_restore", artifact.size) as advance:
                     result = exec_with_stdin(
                         instance.api,
@@ -456,14 +481,14 @@ class PostgresBackup(BackupHandler):
                             "--exit-on-error",
                             "--no-password",
                             "-d",
-                            conninfo_dbname(own),
+                            conninfo_dbname(database),
                         ],
                         file_chunks(backup_dir / artifact.path, advance),
                         env=self._env(instance),
                     )
                 if result.exit_code != 0:
                     raise BackupError(
-                        f"pg_restore into database {own!r} failed, so it rolled back and that "
+                        f"pg_restore into database {database!r} failed, so it rolled back and that "
                         f"database is unchanged: {result.last_error_line()}",
                         where=instance.name,
                     )
@@ -474,12 +499,12 @@ class PostgresBackup(BackupHandler):
     ) -> list[str]:
         """Create or alter each role from its record, with quoted identifiers and literals.
 
-        The roles kbinfra manages (the stack's user and the exporter's) are left as they are:
-        their passwords come from the stack's secrets.
+        The roles kbinfra manages (:func:`managed_roles`) are left as they are: their
+        attributes and passwords come from the stack's files and secrets.
         """
         from psycopg import errors, sql  # noqa: PLC0415
 
-        managed = {instance.settings.user, MONITOR_ROLE}
+        managed = managed_roles(instance.ctx)
         failed: list[str] = []
         with self._connect(instance, address, instance.settings.database) as connection:
             connection.autocommit = True
@@ -524,11 +549,13 @@ class PostgresBackup(BackupHandler):
         return []
 
     def _ensure_database(
-        self, instance: Instance, address: tuple[str, int], artifact: Artifact
+        self, instance: Instance, address: tuple[str, int], artifact: Artifact, owner: str | None
     ) -> bool:
+        """Create the dump's database when it is missing, owned by ``owner`` (a service's
+        role; None: the stack's user). Whether it had to."""
         from psycopg import errors, sql  # noqa: PLC0415
 
-        name = instance.settings.database
+        name = str(artifact.meta["database"])
         with self._connect(instance, address, "postgres") as connection:
             connection.autocommit = True
             found = connection.execute(
@@ -537,6 +564,8 @@ class PostgresBackup(BackupHandler):
             if found:
                 return False
             create = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
+            if owner is not None:
+                create += sql.SQL(" OWNER {}").format(sql.Identifier(owner))
             detailed = create + sql.SQL(" ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
                 sql.Literal(artifact.meta.get("encoding", "UTF8")),
                 sql.Literal(artifact.meta.get("collate", "C")),
