@@ -284,8 +284,8 @@ def test_nginx_balances_over_every_replica(make_stack: MakeStack) -> None:
     stack = make_stack("minimum", {"app": {**APP["app"], "replicas": 3}})
     files = files_of(stack)
     conf = files["nginx/nginx.conf"].text
-    for index in (1, 2, 3):
-        assert f"server app-{index}:8000 max_fails=3 fail_timeout=10s;" in conf
+    for index in (1, 2, 3):  # by container name: a rolling deploy moves it (docs/app.md)
+        assert f"server kb-app-{index}:8000 max_fails=3 fail_timeout=10s;" in conf
     assert "keepalive 32;" in conf
     site = files["nginx/site.conf"].text
     root = site[site.index("location / {") :]
@@ -299,7 +299,7 @@ def test_prometheus_scrapes_every_replica(make_stack: MakeStack) -> None:
     config = yaml.safe_load(files_of(stack)["prometheus/prometheus.yml"].text)
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     targets = [t for group in jobs["app"]["static_configs"] for t in group["targets"]]
-    assert targets == ["app-1:8000", "app-2:8000"]
+    assert targets == ["kb-app-1:8000", "kb-app-2:8000"]
     assert "host.docker.internal:host-gateway" not in stack.containers["prometheus"].extra_hosts
 
 
