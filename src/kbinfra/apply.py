@@ -543,13 +543,16 @@ class ServiceRunner:
         return None
 
     def _reload(self, desired: DesiredService, observed: ObservedContainer) -> ServiceResult:
-        """Deliver the changed reloadable files into the running container, test, reload;
-        a failure puts the previous files back, and the service never stopped serving."""
+        """Deliver the changed reloadable files into the running container, test, reload and
+        health-gate it. A failed test puts the previous files back (nginx never read the new
+        ones); a failure after the reload (a certificate ``nginx -t`` accepts but no client
+        can use) puts them back and reloads again, so it serves the previous files."""
         reload = desired.spec.reload
         assert reload is not None
         files = [m for m in desired.files if m.file.path in reload.files]
         begun = self.clock()
         saved: list[tuple[str, bytes]] = []
+        reloaded = False
         try:
             with self.engine_work:
                 begun = self.clock()
@@ -559,10 +562,19 @@ class ServiceRunner:
                     if archive is not None:
                         saved.append((posixpath.dirname(mounted.mount.target), archive))
                 self.engine.put_files(observed.id, files)
-            self.progress.service_state(desired.service, "working", "testing and reloading")
-            error = self._run_reload(observed.id, reload)
-            if error is None:
-                error = self._healthy(desired, observed.id)
+            self.progress.service_state(desired.service, "working", "testing the new files")
+            code, output = self.engine.exec(observed.id, reload.test)
+            if code != 0:
+                error: str | None = (
+                    f"the new configuration failed its test: {_first_line(output, code)}"
+                )
+            else:
+                self.progress.service_state(desired.service, "working", "reloading in place")
+                reloaded = True
+                code, output = self.engine.exec(observed.id, reload.command)
+                error = None if code == 0 else f"the reload failed: {_first_line(output, code)}"
+                if error is None:
+                    error = self._healthy(desired, observed.id)
         except Exception as failure:
             error = _engine_error(failure)
         if error is None:
@@ -575,11 +587,20 @@ class ServiceRunner:
             with self.engine_work:
                 for folder, archive in saved:
                     self.engine.put_archive(observed.id, folder, archive)
-            error += "; its previous files were put back and it still serves them"
+            if reloaded:
+                back = self._run_reload(observed.id, reload)
+                error += (
+                    f"; its previous files were put back, but reloading them failed: {back}"
+                    if back is not None
+                    else "; its previous files were put back and reloaded: it serves them again"
+                )
+            else:
+                error += "; its previous files were put back and it still serves them"
         except Exception as failure:
             error += f"; putting its previous files back failed: {_engine_error(failure)}"
         self.progress.service_state(desired.service, "failed", f"failed: {error}")
-        return ServiceResult(desired.service, "reload", "failed", error=error, rolled_back=True)
+        logs = self.engine.logs_tail(observed.id, LOG_LINES) if reloaded else []
+        return ServiceResult(desired.service, "reload", "failed", error=error, logs=logs)
 
     def _start(self, desired: DesiredService, observed: ObservedContainer) -> ServiceResult:
         begun = self.clock()

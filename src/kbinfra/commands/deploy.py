@@ -326,8 +326,9 @@ def apply(
                     console.note(f"    {line}")
         first = failed[0]
         back = "; the previous container was restored" if first.rolled_back else ""
+        what = "was not reloaded" if first.action == "reload" else "did not become healthy"
         raise ApplyFailedError(
-            f"{first.service} did not become healthy: {first.error}{back}",
+            f"{first.service} {what}: {first.error}{back}",
             where=where.name,
             fix=("see its last log lines above; " if first.logs else "")
             + "fix kbinfra.yaml, then `kbinfra plan`",

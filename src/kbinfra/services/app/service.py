@@ -285,9 +285,12 @@ class WorkerReplica(_Instance):
         self.worker = worker
 
     def container(self, ctx: ServiceContext) -> ContainerSpec:
-        # Celery's warm shutdown finishes the running task on SIGTERM: give it time.
+        # Celery's warm shutdown finishes the running task on SIGTERM: give it time. The
+        # workers follow the API: a release whose API replicas fail keeps its old workers.
+        settings: AppSettings = ctx.settings
+        replicas = [replica_name(index) for index in range(1, settings.replicas + 1)]
         return self.base_container(ctx, list(self.worker.command), stop_timeout_s=120)._replace(
-            depends_on=starts_after(ctx)
+            depends_on=[*starts_after(ctx), *replicas]
         )
 
 
