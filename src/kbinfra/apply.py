@@ -442,13 +442,7 @@ class ServiceRunner:
             seconds = healthy_at - begun - stopping_s
             return self._healthy_result(desired, "recreate", "recreated", seconds)
         self.progress.service_state(desired.service, "working", f"failed: {error}; rolling back")
-        logs = self.engine.logs_tail(container_id, LOG_LINES) if container_id else []
-        with self.engine_work:
-            if container_id:
-                self.engine.remove(container_id)
-            self.engine.rename(old.id, desired.container)
-            if was_running:
-                self.engine.start(old.id)
+        logs = self._put_back(desired, container_id, old, start=was_running)
         if was_running:
             # Docker's own check: the previous container carries its own health test.
             back = self.engine.wait_healthy(old.id, health_timeout(desired, self.timeout))
@@ -504,11 +498,7 @@ class ServiceRunner:
             self.progress.service_state(
                 desired.service, "working", f"failed: {error}; rolling back"
             )
-            logs = self.engine.logs_tail(container_id, LOG_LINES) if container_id else []
-            with self.engine_work:
-                if container_id:
-                    self.engine.remove(container_id)
-                self.engine.rename(old.id, desired.container)
+            logs = self._put_back(desired, container_id, old, start=False)
             if reloaded:  # a balancer may have taken the new one: point it back at the old
                 back = self._reload_balancers(desired.service)
                 if back is not None:
@@ -601,6 +591,25 @@ class ServiceRunner:
         self.progress.service_state(desired.service, "failed", f"failed: {error}")
         logs = self.engine.logs_tail(observed.id, LOG_LINES) if reloaded else []
         return ServiceResult(desired.service, "reload", "failed", error=error, logs=logs)
+
+    def _put_back(
+        self,
+        desired: DesiredService,
+        container_id: str | None,
+        old: ObservedContainer,
+        *,
+        start: bool,
+    ) -> list[str]:
+        """Undo a replacement: the new container's last log lines, then it removed, and the
+        old one given its name back (and started, if it was stopped for the new one)."""
+        logs = self.engine.logs_tail(container_id, LOG_LINES) if container_id else []
+        with self.engine_work:
+            if container_id:
+                self.engine.remove(container_id)
+            self.engine.rename(old.id, desired.container)
+            if start:
+                self.engine.start(old.id)
+        return logs
 
     def _start(self, desired: DesiredService, observed: ObservedContainer) -> ServiceResult:
         begun = self.clock()
