@@ -163,7 +163,13 @@ class App(Service):
         ]
 
     def scrape_targets(self, ctx: ServiceContext) -> list[ScrapeTarget]:
-        return [ScrapeTarget(job=JOB, address=s.address) for s in self.balanced_servers(ctx)]
+        # By the replica's alias: a short, stable ``instance`` label for dashboards (during a
+        # roll it may name the old or the new container; both serve the same replica).
+        settings: AppSettings = ctx.settings
+        return [
+            ScrapeTarget(job=JOB, address=f"{name}:{settings.port}")
+            for name in self.replica_names(ctx)
+        ]
 
     def database_roles(self, ctx: ServiceContext) -> list[DatabaseRole]:
         return [DatabaseRole(APP_ROLE, APP_DATABASE, APP_DB_SECRET)]

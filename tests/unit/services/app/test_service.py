@@ -308,7 +308,7 @@ def test_prometheus_scrapes_every_replica(make_stack: MakeStack) -> None:
     config = yaml.safe_load(files_of(stack)["prometheus/prometheus.yml"].text)
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     targets = [t for group in jobs["app"]["static_configs"] for t in group["targets"]]
-    assert targets == ["kb-app-1:8000", "kb-app-2:8000"]
+    assert targets == ["app-1:8000", "app-2:8000"]
     assert "host.docker.internal:host-gateway" not in stack.containers["prometheus"].extra_hosts
 
 
