@@ -26,6 +26,7 @@ from kbinfra.errors import KbinfraError
 from kbinfra.swarm.converge import stack_status
 
 if TYPE_CHECKING:
+    from kbinfra.swarm.state import ServiceState
     from kbinfra.targets.swarm import SwarmTarget
 
 GATEWAY_BRIDGE = "docker_gwbridge"
@@ -51,8 +52,8 @@ def running_task(
     except StopIteration:
         raise KbinfraError(f"stack {stack} has no service {service}") from None
     for task in state.tasks:
-        if task.state != "running" or task.desired != "running" or not task.container_id:
-            continue
+        if not (task.running and task.container_id):
+            continue  # a task of a node that is down is skipped: its engine cannot answer
         if node is not None and task.node != node:
             continue
         api: Any = target.node_client(task.node).api
@@ -65,9 +66,21 @@ def running_task(
             return TaskAddress(state.name, task.node, task.container_id, address)
     where = f" on {node}" if node else ""
     raise KbinfraError(
-        f"no running task of {state.name}{where} to connect to",
+        f"no running task of {state.name}{where} to connect to ({where_tasks_are(state)})",
         fix="see `kbinfra status`: the service has no healthy task yet",
     )
+
+
+def where_tasks_are(state: ServiceState) -> str:
+    """Where the tasks Swarm wants running are (``pending, no node yet``), and the nodes
+    that are down with its task: ``pending, no node yet; node3 down``."""
+    wanted = [
+        f"{task.state} on {task.node}" if task.node else f"{task.state}, no node yet"
+        for task in state.tasks
+        if task.desired == "running" and task.node_ready
+    ]
+    parts = [*wanted, *(f"{node} down" for node in state.lost_on)]
+    return "; ".join(parts) or "no task is scheduled"
 
 
 @contextmanager

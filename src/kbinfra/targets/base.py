@@ -12,9 +12,16 @@ from kbinfra.capacity import EngineCapacity
 if TYPE_CHECKING:
     from docker import DockerClient
 
+    from kbinfra.probing.probe import ProbeContext
+    from kbinfra.progress import Progress
+    from kbinfra.service import Service
+    from kbinfra.stack import Stack
     from kbinfra.targets.engine import EngineReads
 
 TEMP_PREFIX = ".kbinfra-tmp-"
+#: kbinfra's own records in the deployed folder (releases): not deployed files, so
+#: ``FileStore.hashes()`` leaves them out and the plan never counts them as leftovers.
+RECORDS_DIR = ".kbinfra"
 
 
 class FileStore(ABC):
@@ -25,7 +32,8 @@ class FileStore(ABC):
 
     @abstractmethod
     def hashes(self, paths: Iterable[str] | None = None) -> dict[str, str]:
-        """sha256 of files, in one call: ``paths`` (missing ones left out), or every file."""
+        """sha256 of files, in one call: ``paths`` (missing ones left out), or every
+        deployed file (not those under :data:`RECORDS_DIR`)."""
 
     @abstractmethod
     def read(self, path: str) -> bytes | None:
@@ -80,6 +88,21 @@ class Target(ABC):
         backups connect to them through this. On the local target it is the address itself.
         """
         yield host, port
+
+    def open_engine(self) -> None:
+        """Connect before any work, so an unreachable target is one error line, not one
+        failed row per check."""
+        self.docker_client()
+
+    def probe_context(
+        self, stack: Stack, service: Service, *, progress: Progress | None = None
+    ) -> ProbeContext:
+        """What ``check`` and ``bench`` give a service's probes to reach it on this target:
+        its published ports through :meth:`tunnel`, its container on this engine."""
+        from kbinfra.probing.probe import ProbeContext  # noqa: PLC0415
+        from kbinfra.progress import SILENT  # noqa: PLC0415
+
+        return ProbeContext(stack, service, self, progress=progress or SILENT)
 
     def close(self) -> None:  # noqa: B027 (a default no-op: local targets hold nothing)
         """Release connections."""
