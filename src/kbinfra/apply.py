@@ -1,18 +1,23 @@
 """Execute a plan on a target: each service once what it needs is up, health-gated, reversible.
 
 A recreate keeps the previous container (renamed ``<name>.kbinfra-old``, stopped) until the
-new one is healthy; on failure the new one is removed and the old one put back. Named data
-volumes are never touched. A lock per stack keeps two applies apart, and every apply first
-repairs what an interrupted one left behind.
+new one is healthy; on failure the new one is removed and the old one put back. A rolling
+container (``ContainerSpec.rolling``: an API replica) is replaced start-first, one at a time:
+the old one keeps serving until the new one is healthy and the balancers (nginx) are reloaded
+onto it. A reload delivers a service's reloadable files into the running container, tests
+and reloads them there, and puts the old files back if the test fails. Named data volumes are
+never touched. A lock per stack keeps two applies apart, and every apply first repairs what
+an interrupted one left behind.
 """
 
 from __future__ import annotations
 
+import posixpath
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from kbinfra.containers import DesiredService, Facts, ObservedContainer
@@ -38,13 +43,15 @@ from kbinfra.releases import (
     worth_recording,
     write_releases,
 )
-from kbinfra.service import LoginCheck, RenderedFile
+from kbinfra.service import LoginCheck, Reload, RenderedFile
 from kbinfra.spec.stack import STACK_FILE
 from kbinfra.stack import Stack
 from kbinfra.targets.base import FileStore, Target
 from kbinfra.targets.engine import Engine, container_problem
 
-Outcome = Literal["created", "recreated", "started", "removed", "unchanged", "failed", "skipped"]
+Outcome = Literal[
+    "created", "recreated", "reloaded", "started", "removed", "unchanged", "failed", "skipped"
+]
 LOG_LINES = 20
 MARGIN_S = 30
 #: How long a one-off job (a migration) may run, unless deploy.health_timeout_s says.
@@ -100,9 +107,11 @@ class ApplyResult:
         return sum(1 for r in self.services if r.outcome == outcome)
 
     def summary(self) -> str:
+        reloaded = self.count("reloaded")
         text = (
             f"{self.count('created')} created, {self.count('recreated')} recreated, "
-            f"{self.count('started')} started, {self.count('removed')} removed, "
+            + (f"{reloaded} reloaded, " if reloaded else "")
+            + f"{self.count('started')} started, {self.count('removed')} removed, "
             f"{len(self.files_uploaded)} files uploaded"
         )
         if self.files_removed:
@@ -284,6 +293,7 @@ class ServiceRunner:
         progress: Progress,
         *,
         login_checks: Mapping[str, LoginCheck] | None = None,
+        balancers: Mapping[str, tuple[str, Reload]] | None = None,
         parallel: int = 4,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -294,7 +304,12 @@ class ServiceRunner:
         self.timeout = timeout
         self.progress = progress
         self.login_checks = login_checks or {}
+        #: service → (container, reload) of each service that balances over the rolling ones
+        self.balancers = balancers or {}
         self.engine_work = threading.BoundedSemaphore(parallel)
+        #: one rolling container at a time; after one fails, the others keep their release
+        self.rolling = threading.Lock()
+        self.roll_failed: str | None = None
         self.clock = clock
         self.sleep = sleep
 
@@ -304,9 +319,18 @@ class ServiceRunner:
         started = self.clock()
         if action == "create":
             result = self._create(desired)
+        elif action == "recreate" and desired.spec.rolling:
+            assert observed is not None
+            if observed.state == "running":
+                result = self._roll(desired, observed)
+            else:
+                result = self._recreate(desired, observed)
         elif action == "recreate":
             assert observed is not None
             result = self._recreate(desired, observed)
+        elif action == "reload":
+            assert observed is not None
+            result = self._reload(desired, observed)
         elif action == "start":
             assert observed is not None
             result = self._start(desired, observed)
@@ -431,13 +455,7 @@ class ServiceRunner:
             seconds = healthy_at - begun - stopping_s
             return self._healthy_result(desired, "recreate", "recreated", seconds)
         self.progress.service_state(desired.service, "working", f"failed: {error}; rolling back")
-        logs = self.engine.logs_tail(container_id, LOG_LINES) if container_id else []
-        with self.engine_work:
-            if container_id:
-                self.engine.remove(container_id)
-            self.engine.rename(old.id, desired.container)
-            if was_running:
-                self.engine.start(old.id)
+        logs = self._put_back(desired, container_id, old, start=was_running)
         if was_running:
             # Docker's own check: the previous container carries its own health test.
             back = self.engine.wait_healthy(old.id, health_timeout(desired, self.timeout))
@@ -449,6 +467,162 @@ class ServiceRunner:
         return ServiceResult(
             desired.service, "recreate", "failed", error=error, rolled_back=True, logs=logs
         )
+
+    def _roll(self, desired: DesiredService, old: ObservedContainer) -> ServiceResult:
+        """Start-first: the new container beside the old one, healthy, the balancers reloaded
+        onto it (the old name moved to the new container, see ``upstream_address``), then the
+        old one drained and stopped. On failure the old one was never stopped and the
+        balancers still send to it: the new one is removed and the old one gets its name back."""
+        with self.rolling:
+            if self.roll_failed is not None:
+                why = (
+                    f"not rolled: the new {self.roll_failed} failed, so this replica keeps the "
+                    "previous release"
+                )
+                self.progress.service_state(desired.service, "skipped", f"skipped: {why}")
+                return ServiceResult(desired.service, "recreate", "skipped", error=why)
+            with self.engine_work:
+                begun = self.clock()
+                self.progress.service_state(
+                    desired.service, "working", "starting the new container beside the old one"
+                )
+                self.engine.rename(old.id, desired.container + OLD_SUFFIX)
+            container_id: str | None = None
+            reloaded = False
+            try:
+                with self.engine_work:
+                    container_id = self._new_container(desired)
+                    self.engine.start(container_id)
+                error, healthy_at = self._gate(desired, container_id)
+                if error is None:
+                    reloaded = True
+                    error = self._reload_balancers(desired.service)
+            except Exception as failure:
+                error, healthy_at = _engine_error(failure), self.clock()
+            if error is None:
+                with self.engine_work:
+                    self.progress.service_state(
+                        desired.service, "working", "stopping the old container (drained)"
+                    )
+                    self.engine.stop(old.id, desired.spec.stop_timeout_s)
+                    self.engine.remove(old.id)
+                return self._healthy_result(desired, "recreate", "recreated", healthy_at - begun)
+            self.roll_failed = desired.service
+            self.progress.service_state(
+                desired.service, "working", f"failed: {error}; rolling back"
+            )
+            logs = self._put_back(desired, container_id, old, start=False)
+            if reloaded:  # a balancer may have taken the new one: point it back at the old
+                back = self._reload_balancers(desired.service)
+                if back is not None:
+                    error += f"; reloading back onto the old container failed too: {back}"
+            self.progress.service_state(
+                desired.service, "failed", f"failed: {error}; the old container kept serving"
+            )
+            return ServiceResult(
+                desired.service, "recreate", "failed", error=error, rolled_back=True, logs=logs
+            )
+
+    def _reload_balancers(self, service: str) -> str | None:
+        """Reload every running balancer (nginx), so that it resolves the rolled name anew."""
+        for name, (container, reload) in sorted(self.balancers.items()):
+            info = self.engine.reads.container_or_none(container)
+            if info is None or (info.get("State") or {}).get("Status") != "running":
+                continue  # not there yet: it resolves the name when it starts
+            self.progress.service_state(service, "working", f"reloading {name} onto the new one")
+            error = self._run_reload(container, reload)
+            if error is not None:
+                return f"{name}: {error}"
+        return None
+
+    def _run_reload(self, container: str, reload: Reload) -> str | None:
+        """``reload.test`` then ``reload.command`` in the running container; why not, if not."""
+        code, output = self.engine.exec(container, reload.test)
+        if code != 0:
+            return f"the new configuration failed its test: {_first_line(output, code)}"
+        code, output = self.engine.exec(container, reload.command)
+        if code != 0:
+            return f"the reload failed: {_first_line(output, code)}"
+        return None
+
+    def _reload(self, desired: DesiredService, observed: ObservedContainer) -> ServiceResult:
+        """Deliver the changed reloadable files into the running container, test, reload and
+        health-gate it. A failed test puts the previous files back (nginx never read the new
+        ones); a failure after the reload (a certificate ``nginx -t`` accepts but no client
+        can use) puts them back and reloads again, so it serves the previous files."""
+        reload = desired.spec.reload
+        assert reload is not None
+        files = [m for m in desired.files if m.file.path in reload.files]
+        begun = self.clock()
+        saved: list[tuple[str, bytes]] = []
+        reloaded = False
+        try:
+            with self.engine_work:
+                begun = self.clock()
+                self.progress.service_state(desired.service, "working", "delivering its files")
+                for mounted in files:
+                    archive = self.engine.read_archive(observed.id, mounted.mount.target)
+                    if archive is not None:
+                        saved.append((posixpath.dirname(mounted.mount.target), archive))
+                self.engine.put_files(observed.id, files)
+            self.progress.service_state(desired.service, "working", "testing the new files")
+            code, output = self.engine.exec(observed.id, reload.test)
+            if code != 0:
+                error: str | None = (
+                    f"the new configuration failed its test: {_first_line(output, code)}"
+                )
+            else:
+                self.progress.service_state(desired.service, "working", "reloading in place")
+                reloaded = True
+                code, output = self.engine.exec(observed.id, reload.command)
+                error = None if code == 0 else f"the reload failed: {_first_line(output, code)}"
+                if error is None:
+                    error = self._healthy(desired, observed.id)
+        except Exception as failure:
+            error = _engine_error(failure)
+        if error is None:
+            seconds = self.clock() - begun
+            self.progress.service_state(
+                desired.service, "healthy", f"reloaded in place in {seconds:.1f}s"
+            )
+            return ServiceResult(desired.service, "reload", "reloaded", healthy_after_s=seconds)
+        try:
+            with self.engine_work:
+                for folder, archive in saved:
+                    self.engine.put_archive(observed.id, folder, archive)
+            if reloaded:
+                back = self._run_reload(observed.id, reload)
+                error += (
+                    f"; its previous files were put back, but reloading them failed: {back}"
+                    if back is not None
+                    else "; its previous files were put back and reloaded: it serves them again"
+                )
+            else:
+                error += "; its previous files were put back and it still serves them"
+        except Exception as failure:
+            error += f"; putting its previous files back failed: {_engine_error(failure)}"
+        self.progress.service_state(desired.service, "failed", f"failed: {error}")
+        logs = self.engine.logs_tail(observed.id, LOG_LINES) if reloaded else []
+        return ServiceResult(desired.service, "reload", "failed", error=error, logs=logs)
+
+    def _put_back(
+        self,
+        desired: DesiredService,
+        container_id: str | None,
+        old: ObservedContainer,
+        *,
+        start: bool,
+    ) -> list[str]:
+        """Undo a replacement: the new container's last log lines, then it removed, and the
+        old one given its name back (and started, if it was stopped for the new one)."""
+        logs = self.engine.logs_tail(container_id, LOG_LINES) if container_id else []
+        with self.engine_work:
+            if container_id:
+                self.engine.remove(container_id)
+            self.engine.rename(old.id, desired.container)
+            if start:
+                self.engine.start(old.id)
+        return logs
 
     def _start(self, desired: DesiredService, observed: ObservedContainer) -> ServiceResult:
         begun = self.clock()
@@ -465,6 +639,12 @@ class ServiceRunner:
         logs = self.engine.logs_tail(observed.id, LOG_LINES)
         self.progress.service_state(desired.service, "failed", f"failed: {error}")
         return ServiceResult(desired.service, "start", "failed", error=error, logs=logs)
+
+
+def _first_line(output: str, code: int) -> str:
+    """The first line a command wrote (nginx's own error line), or its exit code."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    return lines[0] if lines else f"exit code {code}"
 
 
 def _engine_error(error: Exception) -> str:
@@ -644,6 +824,17 @@ def login_checks(stack: Stack) -> dict[str, LoginCheck]:
     return checks
 
 
+def balancers(desired: Mapping[str, DesiredService]) -> dict[str, tuple[str, Reload]]:
+    """The services a rolling container's replacement reloads: those whose reload resolves
+    the servers they balance over again (nginx's upstream block), with their container."""
+    found = {}
+    for name, service in desired.items():
+        reload = service.spec.reload
+        if reload is not None and reload.resolves_servers:
+            found[name] = (service.container, reload)
+    return found
+
+
 def nothing_to_do(stack: Stack, engine: Engine, store: FileStore) -> list[ServiceResult] | None:
     """A look without the lock first: when the plan changes nothing and no apply holds the
     lock, every service is unchanged and the lock (a container created and removed) is not
@@ -715,6 +906,7 @@ def apply_stack(
             timeout if timeout is not None else stack.spec.deploy.health_timeout_s,
             progress,
             login_checks=login_checks(stack),
+            balancers=balancers(seen.desired),
             parallel=parallel or stack.spec.deploy.parallel,
         )
         results = _run_services(seen.desired, plan, seen.facts, runner, progress)
@@ -798,6 +990,8 @@ def status_stack(stack: Stack, target: Target) -> list[Any]:
     engine = Engine(target.docker_client(), stack.spec.name)
     desired = desired_services(stack, stack.rendered)
     facts = engine.observe(d.spec.image for d in desired.values())
+    # reloaded files: what a container serves is its stack folder's copy (kbinfra.plan)
+    facts = replace(facts, deployed_files=target.file_store(stack.spec.name).hashes())
     return list(stack_status(stack.spec.name, desired, facts))
 
 

@@ -4,6 +4,12 @@ A container carries labels with the sha256 of each part that defines it (image, 
 every env var, ports, volumes, limits, health check, every file it mounts) and one
 ``kbinfra.config-hash`` over all of them. Comparing the single hash tells *whether* to
 recreate; comparing the parts tells the user *why*.
+
+The files a service reloads in place (``ContainerSpec.reload``: nginx's configuration and
+certificate) are not among those parts: a container keeps its labels for life, and these files
+change under it. What it serves is what the target's stack folder holds (apply writes a file
+there once every service that mounts it took it), so a reloadable file that differs from its
+deployed copy is a ``reload``, not a recreate.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from kbinfra.start_graph import start_graph
 
 HASH_FORMAT = "1"  # bump when the hashed parts change meaning, so every container is recreated
 
-Action = Literal["create", "recreate", "start", "remove", "nothing"]
+Action = Literal["create", "recreate", "reload", "start", "remove", "nothing"]
 FileChangeKind = Literal["add", "change", "remove"]
 
 
@@ -116,7 +122,12 @@ def desired_service(
     if missing:
         raise ValueError(f"{spec.service} mounts files that were not rendered: {missing}")
     files = tuple(MountedFile(m, rendered[m.source]) for m in spec.files)
-    parts = config_parts(spec, files, secrets)
+    reloadable = set(spec.reload.files) if spec.reload is not None else set()
+    parts = {
+        name: digest
+        for name, digest in config_parts(spec, files, secrets).items()
+        if name.removeprefix("file.") not in reloadable
+    }
     return DesiredService(
         service=spec.service,
         container=container_name(stack, spec.service),
@@ -216,8 +227,11 @@ def recreate_reasons(desired: DesiredService, observed: ObservedContainer) -> li
         for key, value in observed.labels.items()
         if key.startswith(LABEL_HASH_PREFIX)
     }
+    reloadable = reloadable_paths(desired)
     reasons: list[str] = []
     for part in sorted(set(old) | set(desired.parts)):
+        if part.removeprefix("file.") in reloadable:
+            continue  # reloaded in place: its label tells what the container was created with
         if part not in old:
             reasons.append(_describe_part(part, "added"))
         elif part not in desired.parts:
@@ -232,10 +246,32 @@ def recreate_reasons(desired: DesiredService, observed: ObservedContainer) -> li
     return reasons
 
 
+def reloadable_paths(desired: DesiredService) -> frozenset[str]:
+    """The rendered files the service takes while running (``ContainerSpec.reload``)."""
+    reload = desired.spec.reload
+    return frozenset(reload.files) if reload is not None else frozenset()
+
+
+def files_to_reload(desired: DesiredService, deployed: Mapping[str, str]) -> list[str]:
+    """Its reloadable files whose rendered text is not the deployed copy, the one it serves."""
+    reloadable = reloadable_paths(desired)
+    return sorted(
+        {
+            m.file.path
+            for m in desired.files
+            if m.file.path in reloadable and deployed.get(m.file.path) != sha256_text(m.file.text)
+        }
+    )
+
+
 def service_action(
-    desired: DesiredService, observed: ObservedContainer | None, image_id: str | None
+    desired: DesiredService,
+    observed: ObservedContainer | None,
+    image_id: str | None,
+    deployed: Mapping[str, str] | None = None,
 ) -> ServiceAction:
-    """What to do about one service, from its desired state and its container, if any."""
+    """What to do about one service, from its desired state and its container, if any;
+    ``deployed``: the target's stack folder (path → sha256), where reloaded files are told."""
 
     def act(action: Action, *reasons: str) -> ServiceAction:
         return ServiceAction(desired.service, desired.container, action, tuple(reasons))
@@ -252,6 +288,12 @@ def service_action(
             f"image {desired.spec.image} was updated ({_short(observed.image_id)} → "
             f"{_short(image_id)})",
         )
+    changed = files_to_reload(desired, deployed or {})
+    if changed:
+        described = [f"file {path} changed" for path in changed]
+        if observed.state != "running":
+            return act("recreate", *described, f"container is {observed.state}")
+        return act("reload", *[f"{line}: reloaded in place" for line in described])
     if desired.spec.run_once and observed.state == "exited":
         code = observed.exit_code
         return act("nothing") if code == 0 else act("start", f"its last run exited {code}")
@@ -333,10 +375,14 @@ def make_plan(
     old_texts: Mapping[str, str],
     redact: Callable[[str], str],
 ) -> Plan:
-    """Per service create / recreate / start / remove / nothing, and the file changes."""
+    """Per service create / recreate / reload / start / remove / nothing, and the file
+    changes."""
     actions = [
         service_action(
-            d, facts.container(d.container), facts.images.get(normalize_ref(d.spec.image))
+            d,
+            facts.container(d.container),
+            facts.images.get(normalize_ref(d.spec.image)),
+            facts.deployed_files,
         )
         for d in desired.values()
     ]
@@ -449,9 +495,12 @@ def stack_status(
             )
             continue
         action = service_action(
-            service, observed, facts.images.get(normalize_ref(service.spec.image))
+            service,
+            observed,
+            facts.images.get(normalize_ref(service.spec.image)),
+            facts.deployed_files,
         )
-        drift = action.reasons if action.action in ("recreate", "create") else ()
+        drift = action.reasons if action.action in ("recreate", "create", "reload") else ()
         rows.append(
             ServiceStatus(
                 service.service,

@@ -137,6 +137,25 @@ class LoginCheck(NamedTuple):
     fix: str
 
 
+class Reload(NamedTuple):
+    """How a running container takes new files without a restart (nginx: ``nginx -s reload``).
+
+    When only these files of a service changed, apply delivers them into the running
+    container, runs ``test`` (it must exit 0, or the previous files are put back and the
+    service keeps serving them) and then ``command``, which returns once the reload is done.
+    """
+
+    #: Rendered paths (``FileMount.source``) the service reloads; any other change recreates.
+    files: Sequence[str]
+    #: Checks the delivered files as the service will read them (``nginx -t``).
+    test: Sequence[str]
+    #: Reloads in place and waits until the previous generation has finished its requests.
+    command: Sequence[str]
+    #: Whether a reload resolves again the names of the servers it balances over (nginx's
+    #: ``upstream`` block): a rolling replacement of one of them reloads it in between.
+    resolves_servers: bool = False
+
+
 class ContainerSpec(NamedTuple):
     """Everything that defines a service's container. Secrets appear only by name."""
 
@@ -185,6 +204,12 @@ class ContainerSpec(NamedTuple):
     #: time apply (re)creates it, exit 0 is its health, and it is never restarted. Whatever
     #: ``depends_on`` it starts only once it has succeeded.
     run_once: bool = False
+    #: Files it reloads while running, and how; None: any change recreates it.
+    reload: Reload | None = None
+    #: A server the edge balances over, by its container name: replaced start-first (the new
+    #: container healthy, the balancers reloaded onto it, then the old one drained and
+    #: stopped), one such container of the stack at a time.
+    rolling: bool = False
 
 
 class ScrapeTarget(NamedTuple):
@@ -234,6 +259,14 @@ class WorkQueue(NamedTuple):
 
     name: str
     length: str  # PromQL for its current length
+
+
+class BalancedServer(NamedTuple):
+    """One server the edge balances the API over: the service that runs it (the edge waits
+    for it at start) and the ``host:port`` its ``upstream`` block names."""
+
+    service: str
+    address: str
 
 
 class DatabaseRole(NamedTuple):
@@ -478,8 +511,8 @@ class Service(ABC):
         values may hold secrets, and that file is 0600 and never shown."""
         return _EMPTY
 
-    def balanced_servers(self, ctx: ServiceContext) -> list[str]:
-        """``host:port`` of the API servers nginx balances ``/`` over, when it runs them."""
+    def balanced_servers(self, ctx: ServiceContext) -> list[BalancedServer]:
+        """The API servers nginx balances ``/`` over, when it runs them."""
         return []
 
     def broker_queues(self, ctx: ServiceContext) -> BrokerQueues | None:

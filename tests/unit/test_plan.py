@@ -35,9 +35,19 @@ from kbinfra.service import RenderedFile
 CASES = json.loads((Path(__file__).parent / "plan_cases" / "cases.json").read_text())
 
 
-def _desired(make_stack: Any, overrides: dict[str, Any] | None = None) -> DesiredService:
+def _desired(
+    make_stack: Any, overrides: dict[str, Any] | None = None, service: str = "postgres"
+) -> DesiredService:
     stack = make_stack("minimum", overrides)
-    return desired_services(stack, render_stack(stack))["postgres"]
+    return desired_services(stack, render_stack(stack))[service]
+
+
+def _deployed(desired: DesiredService, stale: list[str]) -> dict[str, str]:
+    """The stack folder after the last apply: every mounted file as rendered, but ``stale``."""
+    return {
+        m.file.path: "0" * 64 if m.file.path in stale else sha256_text(m.file.text)
+        for m in desired.files
+    }
 
 
 def _observed(desired: DesiredService, case: dict[str, Any]) -> ObservedContainer:
@@ -66,12 +76,13 @@ def _observed(desired: DesiredService, case: dict[str, Any]) -> ObservedContaine
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_service_action_cases(make_stack: Any, case: dict[str, Any]) -> None:
-    desired = _desired(make_stack)
+    desired = _desired(make_stack, service=case.get("service", "postgres"))
     observed = None if case["observed"] is None else _observed(desired, case["observed"])
     images = {
         k.replace("{image}", desired.spec.image): v for k, v in case.get("images", {}).items()
     }
-    action = service_action(desired, observed, images.get(desired.spec.image))
+    deployed = _deployed(desired, case.get("stale_files", []))
+    action = service_action(desired, observed, images.get(desired.spec.image), deployed)
     expected = [r.replace("{image}", desired.spec.image) for r in case["expect"]["reasons"]]
     assert action.action == case["expect"]["action"]
     assert list(action.reasons) == expected

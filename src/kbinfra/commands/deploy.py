@@ -76,7 +76,14 @@ def _require_fit(stack: "Stack", where: "Target", console: Console, *, allow: bo
     return fit
 
 
-_SYMBOL = {"create": "+", "recreate": "~", "start": ">", "remove": "-", "nothing": "="}
+_SYMBOL = {
+    "create": "+",
+    "recreate": "~",
+    "reload": "*",
+    "start": ">",
+    "remove": "-",
+    "nothing": "=",
+}
 
 
 def print_plan(console: Console, plan: "Plan") -> None:
@@ -101,8 +108,9 @@ def print_plan(console: Console, plan: "Plan") -> None:
                 for line in change.diff.rstrip("\n").splitlines():
                     console.line(f"    {line}")
     counts = {kind: sum(1 for a in plan.services if a.action == kind) for kind in _SYMBOL}
+    reload = f"{counts['reload']} to reload, " if counts["reload"] else ""
     console.line(
-        f"Plan: {counts['create']} to create, {counts['recreate']} to recreate, "
+        f"Plan: {counts['create']} to create, {counts['recreate']} to recreate, {reload}"
         f"{counts['start']} to start, {counts['remove']} to remove; "
         f"{sum(1 for f in plan.files if f.change != 'remove')} files to upload, "
         f"{sum(1 for f in plan.files if f.change == 'remove')} to remove."
@@ -325,8 +333,9 @@ def report_apply(console: Console, result: "ApplyResult", where: str) -> None:
                     console.note(f"    {line}")
         first = failed[0]
         back = "; the previous container was restored" if first.rolled_back else ""
+        what = "was not reloaded" if first.action == "reload" else "did not become healthy"
         raise ApplyFailedError(
-            f"{first.service} did not become healthy: {first.error}{back}",
+            f"{first.service} {what}: {first.error}{back}",
             where=where,
             fix=("see its last log lines above; " if first.logs else "")
             + "fix kbinfra.yaml, then `kbinfra plan`",

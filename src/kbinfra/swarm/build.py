@@ -37,6 +37,7 @@ from kbinfra.errors import KbinfraError
 from kbinfra.names import (
     LABEL_CONFIG_HASH,
     LABEL_SERVICE,
+    container_name,
     swarm_network_name,
     swarm_service_name,
 )
@@ -271,7 +272,8 @@ def swarm_service(
         stop_grace_s=spec.stop_timeout_s,
         read_only=not spec.writable_root_reason,
         cap_add=tuple(spec.cap_add),
-        network_aliases=(own,),
+        # nginx names a rolling server by its container name (app: ``upstream_address``)
+        network_aliases=(own, container_name(stack_name, own)) if spec.rolling else (own,),
         labels={},  # set once the hash is known (asdict cannot copy the default's proxy)
     )
     digest = service_config_hash(built)

@@ -463,6 +463,20 @@ class Engine:
                     tar.addfile(info, io.BytesIO(data))
             self.api.put_archive(container_id, folder, buffer.getvalue())
 
+    def read_archive(self, container_id: str, path: str) -> bytes | None:
+        """``path`` of the container as a tar archive (mode and owner kept), as
+        :meth:`put_archive` puts it back into its folder; None when it does not exist."""
+        import docker.errors  # noqa: PLC0415
+
+        try:
+            stream, _ = self.api.get_archive(container_id, path)
+        except docker.errors.NotFound:
+            return None
+        return b"".join(stream)
+
+    def put_archive(self, container_id: str, folder: str, archive: bytes) -> None:
+        self.api.put_archive(container_id, folder, archive)
+
     def start(self, container_id: str) -> None:
         self.api.start(container_id)
 

@@ -39,6 +39,7 @@ from kbinfra.services.app.service import (
     ApiReplica,
     Migration,
     WorkerReplica,
+    upstream_address,
 )
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ def check_migrated(probe: ProbeContext) -> str:
 def check_reachable_from_edge(probe: ProbeContext) -> str:
     settings: AppSettings = probe.settings
     edge, _ = edge_service(probe)
-    url = f"http://{probe.name}:{settings.port}{settings.health_path}"
+    url = f"http://{upstream_address(probe.ctx, probe.name)}{settings.health_path}"
     container = container_of(probe, edge.name)
     code, output = container.exec_run(
         ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", url]

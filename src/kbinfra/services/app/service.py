@@ -6,8 +6,9 @@ env file and answers what others ask of it (the servers nginx balances over, Pro
 targets, PostgreSQL's role, the broker's queues); its instances run one container each:
 
 - ``app-1`` … ``app-N``: the API, one service per replica, so that each is created, health
-  gated, checked, logged and listed like any other container (one name each on the stack
-  network is also what nginx's ``upstream`` block names);
+  gated, checked, logged and listed like any other container; nginx's ``upstream`` block
+  names each by its container name (``<stack>-app-<i>``), and a new release rolls them one at
+  a time (``ContainerSpec.rolling``, docs/app.md);
 - ``worker-<name>-<i>`` for every ``app.workers[]`` entry.
 
 Every connection is generated into ``app/app.env`` (0600) by asking each enabled service
@@ -18,7 +19,9 @@ Every connection is generated into ``app/app.env`` (0600) by asking each enabled
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from kbinfra.names import container_name
 from kbinfra.service import (
+    BalancedServer,
     BrokerQueues,
     ContainerSpec,
     DatabaseRole,
@@ -154,12 +157,19 @@ class App(Service):
         settings: AppSettings = ctx.settings
         return [replica_name(index) for index in range(1, settings.replicas + 1)]
 
-    def balanced_servers(self, ctx: ServiceContext) -> list[str]:
-        settings: AppSettings = ctx.settings
-        return [f"{name}:{settings.port}" for name in self.replica_names(ctx)]
+    def balanced_servers(self, ctx: ServiceContext) -> list[BalancedServer]:
+        return [
+            BalancedServer(name, upstream_address(ctx, name)) for name in self.replica_names(ctx)
+        ]
 
     def scrape_targets(self, ctx: ServiceContext) -> list[ScrapeTarget]:
-        return [ScrapeTarget(job=JOB, address=server) for server in self.balanced_servers(ctx)]
+        # By the replica's alias: a short, stable ``instance`` label for dashboards (during a
+        # roll it may name the old or the new container; both serve the same replica).
+        settings: AppSettings = ctx.settings
+        return [
+            ScrapeTarget(job=JOB, address=f"{name}:{settings.port}")
+            for name in self.replica_names(ctx)
+        ]
 
     def database_roles(self, ctx: ServiceContext) -> list[DatabaseRole]:
         return [DatabaseRole(APP_ROLE, APP_DATABASE, APP_DB_SECRET)]
@@ -181,6 +191,15 @@ def starts_after(ctx: ServiceContext) -> list[str]:
 
 def replica_name(index: int) -> str:
     return f"app-{index}"
+
+
+def upstream_address(ctx: ServiceContext, replica: str) -> str:
+    """Where nginx reaches a replica: by its *container* name, not by the service's alias.
+    A rolling deploy renames the old container out of the way before the new one is created,
+    so this name resolves to the serving container alone (the alias would resolve to both),
+    and nginx, which resolves it at reload, moves to the new one at the reload in between."""
+    settings: AppSettings = ctx.settings
+    return f"{container_name(ctx.stack.name, replica)}:{settings.port}"
 
 
 def worker_name(worker: AppWorker, index: int) -> str:
@@ -261,6 +280,7 @@ class ApiReplica(_Instance):
                 start_period_s=30,
             ),
             depends_on=starts_after(ctx),
+            rolling=True,
         )
 
 
@@ -272,9 +292,12 @@ class WorkerReplica(_Instance):
         self.worker = worker
 
     def container(self, ctx: ServiceContext) -> ContainerSpec:
-        # Celery's warm shutdown finishes the running task on SIGTERM: give it time.
+        # Celery's warm shutdown finishes the running task on SIGTERM: give it time. The
+        # workers follow the API: a release whose API replicas fail keeps its old workers.
+        settings: AppSettings = ctx.settings
+        replicas = [replica_name(index) for index in range(1, settings.replicas + 1)]
         return self.base_container(ctx, list(self.worker.command), stop_timeout_s=120)._replace(
-            depends_on=starts_after(ctx)
+            depends_on=[*starts_after(ctx), *replicas]
         )
 
 

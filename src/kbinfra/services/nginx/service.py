@@ -14,10 +14,12 @@ from pydantic import Field, model_validator
 
 from kbinfra.registry import enabled_services
 from kbinfra.service import (
+    BalancedServer,
     ContainerSpec,
     FileMount,
     HealthCheck,
     PortBinding,
+    Reload,
     RenderedFile,
     Route,
     Service,
@@ -176,9 +178,37 @@ def app_upstream(upstream: str) -> AppUpstream:
     return AppUpstream(upstream, static=True)
 
 
-def balanced_servers(ctx: ServiceContext) -> tuple[str, ...]:
+def balanced_servers(ctx: ServiceContext) -> tuple[BalancedServer, ...]:
     """The API replicas the enabled services run, to balance ``/`` over."""
-    return tuple(a for s, own in enabled_services(ctx) for a in s.balanced_servers(own))
+    return tuple(b for s, own in enabled_services(ctx) for b in s.balanced_servers(own))
+
+
+#: Worker processes of the running nginx, by pid: ``nginx: worker process`` in /proc (the
+#: image has no ps). Old workers rename themselves ``... is shutting down`` on a reload.
+_WORKERS = (
+    "workers() { for f in /proc/[0-9]*/cmdline; do "
+    'case "$(tr "\\000" " " < "$f" 2>/dev/null)" in "nginx: worker process"*) '
+    'p="${f#/proc/}"; echo "${p%/cmdline}";; esac; done; }'
+)
+
+
+def reload_command(wait_s: int) -> list[str]:
+    """``nginx -s reload``, then wait (at most ``wait_s``) until every worker that ran
+    before has exited: they finish the requests they hold (to the replicas of the previous
+    configuration) and then stop, so once this returns nginx sends nothing to a server the
+    new configuration leaves out. Exit 1 when the old workers are still there."""
+    script = (
+        f"{_WORKERS}; old=$(workers); nginx -s reload || exit 1; "
+        f"end=$(( $(date +%s) + {wait_s} )); "
+        'while :; do left=""; '
+        'for p in $old; do [ -e "/proc/$p" ] && left="$left $p"; done; '
+        '[ -z "$left" ] && [ -n "$(workers)" ] && exit 0; '
+        '[ "$(date +%s)" -ge "$end" ] && '
+        '{ echo "nginx: reloaded, but the previous workers$left still run after '
+        f'{wait_s}s" >&2; exit 1; }}; '
+        "sleep 0.2; done"
+    )
+    return ["/bin/sh", "-c", script]
 
 
 def routed_services(ctx: ServiceContext) -> list[tuple[Service, Route]]:
@@ -236,7 +266,7 @@ class Nginx(Service):
         }
 
     def app(self, ctx: ServiceContext) -> AppUpstream:
-        servers = balanced_servers(ctx)
+        servers = tuple(server.address for server in balanced_servers(ctx))
         if servers:
             return AppUpstream(servers[0], static=True, servers=servers)
         return app_upstream(ctx.stack.app.upstream)
@@ -249,6 +279,8 @@ class Nginx(Service):
 
     def container(self, ctx: ServiceContext) -> ContainerSpec:
         settings: NginxSettings = ctx.settings
+        # Its longest request: a reload waits as long for the previous workers to finish.
+        stop_timeout = max(settings.proxy_timeout_s, settings.document_timeout_s)
         return ContainerSpec(
             service=self.name,
             image=ctx.image,
@@ -273,13 +305,20 @@ class Nginx(Service):
             cpus=ctx.resources.cpus,
             memory_mb=ctx.resources.memory_mb,
             extra_hosts=[f"{alias}:host-gateway" for alias in sorted(DOCKER_HOST_ALIASES)],
-            stop_timeout_s=max(settings.proxy_timeout_s, settings.document_timeout_s),
+            stop_timeout_s=stop_timeout,
             # The master binds 80 and 443 as root and chowns its temp folders; its workers
             # switch to the nginx user.
             cap_add=("CHOWN", "NET_BIND_SERVICE", "SETGID", "SETUID"),
-            # nginx 1.22 resolves an upstream block's names once, at start: the replicas must
-            # be on the network first (and a changed replica list recreates nginx).
-            depends_on=[server.rpartition(":")[0] for server in self.app(ctx).servers],
+            # nginx 1.22 resolves an upstream block's names at start and reload only: the
+            # replicas must be on the network first. A changed replica list (or any change of
+            # these files alone) is delivered into the running nginx and reloaded in place.
+            depends_on=[server.service for server in balanced_servers(ctx)],
+            reload=Reload(
+                files=(MAIN_CONF, SITE_CONF, CERT_FILE, KEY_FILE),
+                test=("nginx", "-t", "-q"),
+                command=tuple(reload_command(stop_timeout)),
+                resolves_servers=True,
+            ),
             # The pid file (/run/nginx.pid) and temp files; request bodies and proxy buffers
             # go to disk (Debian's nginx keeps them in /var/lib/nginx, the official image in
             # /var/cache/nginx): an upload may be as large as upload_limit_mb.

@@ -3,11 +3,12 @@
 ``serve`` (the default) runs the API: ``POST /documents`` stores an upload in PostgreSQL and
 queues a Celery task (202 ``{"id"}``); ``GET /documents/{id}`` says queued, processing, done
 or failed; ``GET /search?q=&limit=`` embeds the query, searches Qdrant and joins PostgreSQL;
-``GET /health``; ``GET /metrics``. ``worker`` runs a Celery worker on every queue of the app:
-it partitions the document through the Unstructured API, embeds the chunks, upserts them into
-Qdrant and marks the document done. ``migrate`` creates the tables (the stack file's
-``app.migrate: [migrate]``, run before the API starts). ``ping`` asks this container's
-worker for a Celery pong.
+``GET /health`` (503 in an image that sets ``KB_APP_FAIL_HEALTH``: a release whose health
+check fails, for the rollout tests); ``GET /metrics``. ``worker`` runs a Celery worker on
+every queue of the app: it partitions the document through the Unstructured API, embeds the
+chunks, upserts them into Qdrant and marks the document done. ``migrate`` creates the tables
+(the stack file's ``app.migrate: [migrate]``, run before the API starts). ``ping`` asks this
+container's worker for a Celery pong.
 
 It reads only the environment kbinfra generates: the file named by ``KBINFRA_ENV_FILE``.
 """
@@ -366,6 +367,8 @@ def create_api() -> Any:
 
     @api.get("/health")
     def health() -> Any:
+        if os.environ.get("KB_APP_FAIL_HEALTH"):  # a broken release, for the rollout tests
+            return JSONResponse({"status": "down", "reason": "KB_APP_FAIL_HEALTH is set"}, 503)
         try:
             with database() as conn:
                 conn.execute("SELECT 1")

@@ -178,6 +178,15 @@ def test_the_api_waits_for_its_stores_and_nginx_for_the_api(make_stack: MakeStac
     stack = make_stack("minimum", APP)
     assert set(stack.containers["app-1"].depends_on) == {"postgres", "qdrant", "redis"}
     assert set(stack.containers["nginx"].depends_on) == {"app-1", "app-2"}
+    # the workers follow the API: a release whose replicas fail to roll keeps its old workers
+    worker = stack.containers["worker-documents-1"]
+    assert set(worker.depends_on) == {"postgres", "qdrant", "redis", "app-1", "app-2"}
+    assert stack.containers["app-1"].rolling and not worker.rolling
+    reload = stack.containers["nginx"].reload
+    assert reload is not None and reload.resolves_servers
+    assert set(reload.files) == {
+        "nginx/nginx.conf", "nginx/site.conf", "nginx/tls/cert.pem", "nginx/tls/key.pem"
+    }  # fmt: skip
     assert desired_services(stack, render_stack(stack))["worker-documents-1"].spec.command == [
         "worker"
     ]
@@ -284,8 +293,8 @@ def test_nginx_balances_over_every_replica(make_stack: MakeStack) -> None:
     stack = make_stack("minimum", {"app": {**APP["app"], "replicas": 3}})
     files = files_of(stack)
     conf = files["nginx/nginx.conf"].text
-    for index in (1, 2, 3):
-        assert f"server app-{index}:8000 max_fails=3 fail_timeout=10s;" in conf
+    for index in (1, 2, 3):  # by container name: a rolling deploy moves it (docs/app.md)
+        assert f"server kb-app-{index}:8000 max_fails=3 fail_timeout=10s;" in conf
     assert "keepalive 32;" in conf
     site = files["nginx/site.conf"].text
     root = site[site.index("location / {") :]

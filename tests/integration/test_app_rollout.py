@@ -1,0 +1,402 @@
+"""Zero-downtime changes to the app tier, on the local engine, with traffic through nginx.
+
+One stack (PostgreSQL, Redis, nginx; the reference app with a migration and one worker) is
+shared by the tests of this module, which run in order and each leave it serving:
+
+- a second replica reloads nginx in place (same container) and nginx routes to it;
+- a certificate nginx rejects (``nginx -t``) leaves the old files served, exit 1 with
+  nginx's own line;
+- a new app image rolls replica by replica while a client sends requests through nginx over
+  HTTPS: zero failed requests, every replica replaced, one at a time, nginx not recreated;
+- a failing migration and an image whose health check fails leave the old release serving
+  (no replica replaced, no failed request), exit 1 with the reason.
+
+The two extra releases are the test bed's reference app plus one ``ENV`` line each, built here.
+"""
+
+from __future__ import annotations
+
+import io
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+import pytest
+import yaml
+
+try:  # a package when tests/ has __init__.py files, plain modules otherwise
+    from .stack_support import Deployment, fixed_secret, free_port, new_deployment
+    from .testbed_support import Testbed
+except ImportError:
+    from stack_support import (  # type: ignore[no-redef]
+        Deployment,
+        fixed_secret,
+        free_port,
+        new_deployment,
+    )
+    from testbed_support import Testbed  # type: ignore[no-redef]
+
+pytestmark = pytest.mark.integration
+
+SERVICES = ("postgres", "redis", "nginx")
+REPOSITORY = "kbinfra-testbed/kb-app-rollout"
+#: The reference app, one ENV line on: a new image that serves exactly as the old one.
+NEXT = "kbinfra-testbed/kb-app-rollout:next"
+#: The reference app whose /health answers 503 (KB_APP_FAIL_HEALTH): a broken release.
+BROKEN = "kbinfra-testbed/kb-app-rollout:unhealthy"
+VARIANTS = {NEXT: "ENV KB_APP_RELEASE=next", BROKEN: "ENV KB_APP_FAIL_HEALTH=1"}
+#: The client's bounds: it stops at whichever comes first (or when the apply ends).
+MAX_REQUESTS = 3000
+MAX_SECONDS = 600.0
+APPLY = ("apply", "--yes", "--allow-oversized-profile", "--output", "json")
+
+
+@pytest.fixture(scope="module")
+def releases(testbed: Testbed, docker_client: docker.DockerClient) -> dict[str, str]:
+    if "app" not in testbed.images:
+        pytest.fail("the test bed's image map has no app: run scripts/testbed up")
+    base = testbed.images["app"]
+    for tag, line in VARIANTS.items():
+        dockerfile = f"FROM {base}\n{line}\n"
+        docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
+    return {"first": base, "next": NEXT, "broken": BROKEN}
+
+
+@pytest.fixture(scope="module")
+def deployed(
+    testbed: Testbed, tmp_path_factory: pytest.TempPathFactory, releases: dict[str, str]
+) -> Iterator[Deployment]:
+    folder = tmp_path_factory.mktemp("app-rollout") / "stack"
+    deployment = new_deployment("local", folder, testbed, SERVICES, prefix="kbr")
+
+    def with_app(data: dict[str, Any]) -> None:
+        nginx = data["services"]["nginx"]
+        nginx["http_port"], nginx["https_port"] = free_port(), free_port()
+        # the client below sends ~20 requests a second from one address
+        nginx["rate_limit_rps"], nginx["rate_limit_burst"] = 1000, 1000
+        data["app"] = {
+            "image": releases["first"],
+            "replicas": 1,
+            "migrate": ["migrate"],
+            "workers": [
+                {"name": "documents", "command": ["worker"], "replicas": 1, "queues": ["documents"]}
+            ],
+        }
+
+    deployment.edit(with_app)
+    completed = deployment.run("init")  # adds the secrets the app tier needs
+    assert completed.code == 0, completed.err
+    secrets_file = folder / "secrets.yaml"
+    names = yaml.safe_load(secrets_file.read_text())
+    secrets_file.write_text(yaml.safe_dump({name: fixed_secret(name) for name in names}))
+    applied = deployment.run(*APPLY, timeout=900)
+    try:
+        assert applied.code == 0, applied.out + applied.err
+        yield deployment
+    finally:
+        deployment.run("destroy", "--yes", "--delete-data", "--confirm-name", deployment.name)
+
+
+def container_id(client: docker.DockerClient, name: str) -> str:
+    found: str = client.api.inspect_container(name)["Id"]
+    return found
+
+
+def app_containers(client: docker.DockerClient, deployment: Deployment) -> dict[str, str]:
+    """Container name → id of the stack's API replicas (renamed old ones included)."""
+    listed = client.api.containers(all=True, filters={"label": f"kbinfra.stack={deployment.name}"})
+    prefix = f"{deployment.name}-app-"
+    return {
+        c["Names"][0].lstrip("/"): c["Id"]
+        for c in listed
+        if c["Names"][0].lstrip("/").startswith(prefix) and "migrate" not in c["Names"][0]
+    }
+
+
+def nginx_address(client: docker.DockerClient, deployment: Deployment) -> str:
+    networks = client.api.inspect_container(deployment.container("nginx"))["NetworkSettings"]
+    address: str = networks["Networks"][f"{deployment.name}-net"]["IPAddress"]
+    return address
+
+
+class Traffic:
+    """``GET /health`` through nginx over HTTPS, a new connection each time, in a thread,
+    until stopped (at most MAX_REQUESTS, MAX_SECONDS); the replicas' containers are listed
+    along the way, to tell when each was replaced."""
+
+    def __init__(self, deployment: Deployment, client: docker.DockerClient) -> None:
+        self.deployment = deployment
+        self.client = client
+        self.sent = 0
+        self.failures: list[str] = []
+        self.snapshots: list[dict[str, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        spec = self.deployment.spec
+        port = spec["services"]["nginx"]["https_port"]
+        started = time.monotonic()
+        with httpx.Client(
+            base_url=f"https://127.0.0.1:{port}",
+            headers={"Host": spec["domain"], "Connection": "close"},
+            verify=False,  # the stack's self-signed certificate
+            timeout=30,
+        ) as https:
+            while (
+                not self._stop.is_set()
+                and self.sent < MAX_REQUESTS
+                and time.monotonic() - started < MAX_SECONDS
+            ):
+                self.sent += 1
+                try:
+                    response = https.get("/health")
+                    if response.status_code != 200 or response.json().get("status") != "ok":
+                        self.failures.append(f"HTTP {response.status_code}: {response.text[:100]}")
+                except (httpx.HTTPError, ValueError) as error:
+                    self.failures.append(f"{type(error).__name__}: {error}")
+                if self.sent % 4 == 0:
+                    self.snapshots.append(app_containers(self.client, self.deployment))
+                time.sleep(0.05)
+
+    def report(self) -> str:
+        return f"{self.sent} requests through nginx, {len(self.failures)} failed: {self.failures}"
+
+
+def apply_with_traffic(
+    deployment: Deployment, client: docker.DockerClient, *extra: str
+) -> tuple[Any, Traffic]:
+    with Traffic(deployment, client) as traffic:
+        time.sleep(1)  # requests before the apply starts, too
+        applied = deployment.run(*APPLY, *extra, timeout=900)
+        time.sleep(1)
+    print(traffic.report())
+    assert traffic.sent >= 20, traffic.report()
+    return applied, traffic
+
+
+def outcomes(applied: Any) -> dict[str, dict[str, Any]]:
+    return {r["service"]: r for r in applied.json()["services"]}
+
+
+def replica_ids(client: docker.DockerClient, deployment: Deployment) -> dict[str, str]:
+    return {
+        replica: container_id(client, deployment.container(replica))
+        for replica in ("app-1", "app-2")
+    }
+
+
+def test_a_new_replica_reloads_nginx_in_place(
+    deployed: Deployment, docker_client: docker.DockerClient
+) -> None:
+    nginx = deployed.container("nginx")
+    before = container_id(docker_client, nginx)
+    deployed.edit(lambda data: data["app"].__setitem__("replicas", 2))
+
+    plan = deployed.run("plan", "--output", "json")
+    assert plan.code == 3, plan.out + plan.err
+    actions = {a["service"]: a for a in plan.json()["services"]}
+    assert actions["app-2"]["action"] == "create"
+    assert actions["nginx"]["action"] == "reload", actions["nginx"]
+    assert "file nginx/nginx.conf changed: reloaded in place" in actions["nginx"]["reasons"]
+
+    applied, traffic = apply_with_traffic(deployed, docker_client)
+    assert applied.code == 0, applied.out + applied.err
+    assert outcomes(applied)["nginx"]["outcome"] == "reloaded"
+    assert container_id(docker_client, nginx) == before, "nginx was recreated, not reloaded"
+    assert traffic.failures == [], traffic.report()
+
+    # nginx now routes to the new replica: it appears in app-2's access log from nginx
+    address = nginx_address(docker_client, deployed)
+    port = deployed.spec["services"]["nginx"]["https_port"]
+    with httpx.Client(
+        base_url=f"https://127.0.0.1:{port}",
+        headers={"Host": deployed.spec["domain"]},
+        verify=False,
+    ) as https:
+        for _ in range(10):
+            assert https.get("/health").status_code == 200
+    logs = docker_client.api.logs(deployed.container("app-2")).decode("utf-8", "replace")
+    assert f"{address}:" in logs, f"no request from nginx ({address}) reached app-2"
+
+    again = deployed.run("plan")
+    assert again.code == 0, again.out + again.err
+
+
+def other_certificate(folder: Path, key: str) -> str:
+    """A self-signed certificate of a new ``key`` (``ec``: the stack's own key type, P-256;
+    ``rsa``): what a renewal with the wrong key file looks like."""
+    options = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+    if key == "rsa":
+        options = ["-newkey", "rsa:2048"]
+    subprocess.run(
+        ["openssl", "req", "-x509", *options, "-nodes", "-days", "1",
+         "-subj", "/CN=other.example", "-keyout", str(folder / f"{key}.key"),
+         "-out", str(folder / f"{key}.pem")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return (folder / f"{key}.pem").read_text()
+
+
+def apply_certificate(
+    deployed: Deployment, docker_client: docker.DockerClient, certificate: str, *extra: str
+) -> Any:
+    """Apply the stack with ``certificate`` in place of its own (put back afterwards), and
+    check that nginx was meant to reload, was not recreated, and serves the old one."""
+    nginx = deployed.container("nginx")
+    before = container_id(docker_client, nginx)
+    port = deployed.spec["services"]["nginx"]["https_port"]
+    served = ssl.get_server_certificate(("127.0.0.1", port))
+    cert = deployed.dir / "tls" / "cert.pem"
+    original = cert.read_text()
+    cert.write_text(certificate)
+    try:
+        plan = deployed.run("plan", "--output", "json")
+        nginx_action = next(a for a in plan.json()["services"] if a["service"] == "nginx")
+        assert nginx_action["action"] == "reload", nginx_action
+        applied = deployed.run(*APPLY, *extra)
+        print(applied.err)
+        assert applied.code == 1, applied.out + applied.err
+        assert "nginx was not reloaded" in applied.err
+        assert container_id(docker_client, nginx) == before
+        assert ssl.get_server_certificate(("127.0.0.1", port)) == served
+        exec_id = docker_client.api.exec_create(nginx, ["cat", "/etc/nginx/tls/cert.pem"])["Id"]
+        assert docker_client.api.exec_start(exec_id).decode() == original
+    finally:
+        cert.write_text(original)
+    again = deployed.run("plan")
+    assert again.code == 0, again.out + again.err
+    return applied
+
+
+def test_a_certificate_nginx_rejects_keeps_the_old_one_serving(
+    deployed: Deployment, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    applied = apply_certificate(deployed, docker_client, other_certificate(tmp_path, "ec"))
+    assert "[emerg]" in applied.err and "key values mismatch" in applied.err  # nginx's line
+    assert "its previous files were put back and it still serves them" in applied.err
+
+
+def test_a_certificate_only_clients_refuse_is_reloaded_back(
+    deployed: Deployment, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    # An RSA certificate beside the EC key: nginx -t passes (OpenSSL keeps one slot per key
+    # type), and every TLS handshake fails. The health gate after the reload catches it.
+    applied = apply_certificate(
+        deployed, docker_client, other_certificate(tmp_path, "rsa"), "--timeout", "15"
+    )
+    assert "handshake failure" in applied.err
+    assert "its previous files were put back and reloaded: it serves them again" in applied.err
+
+
+def test_a_new_image_rolls_replica_by_replica_without_a_failed_request(
+    deployed: Deployment, docker_client: docker.DockerClient, releases: dict[str, str]
+) -> None:
+    nginx = container_id(docker_client, deployed.container("nginx"))
+    worker = container_id(docker_client, deployed.container("worker-documents-1"))
+    before = replica_ids(docker_client, deployed)
+    deployed.edit(lambda data: data["app"].__setitem__("image", releases["next"]))
+
+    applied, traffic = apply_with_traffic(deployed, docker_client)
+    assert applied.code == 0, applied.out + applied.err
+    assert traffic.failures == [], traffic.report()
+    after = replica_ids(docker_client, deployed)
+    for replica in before:
+        assert after[replica] != before[replica], f"{replica} was not replaced"
+        assert outcomes(applied)[replica]["outcome"] == "recreated"
+    assert container_id(docker_client, deployed.container("nginx")) == nginx
+    assert container_id(docker_client, deployed.container("worker-documents-1")) != worker
+
+    # one at a time: never two old replicas at once, and one replica done before the next
+    olds = [sum(1 for name in snap if name.endswith(".kbinfra-old")) for snap in traffic.snapshots]
+    assert max(olds, default=0) <= 1, olds
+    done_at = {
+        replica: next(
+            i
+            for i, snap in enumerate(traffic.snapshots)
+            if snap.get(deployed.container(replica)) == after[replica]
+            and f"{deployed.container(replica)}.kbinfra-old" not in snap
+        )
+        for replica in after
+    }
+    first, second = sorted(done_at, key=done_at.__getitem__)
+    started_second = next(
+        i
+        for i, snap in enumerate(traffic.snapshots)
+        if snap.get(deployed.container(second)) == after[second]
+    )
+    assert done_at[first] <= started_second, (done_at, started_second)
+
+    again = deployed.run("plan")
+    assert again.code == 0, again.out + again.err
+    rows = deployed.run("status", "--output", "json").json()["services"]
+    status = {row["service"]: row for row in rows}
+    assert status["app-1"]["running_image"] == releases["next"]
+
+
+def test_a_failing_migration_keeps_the_old_release_serving(
+    deployed: Deployment, docker_client: docker.DockerClient, releases: dict[str, str]
+) -> None:
+    before = replica_ids(docker_client, deployed)
+
+    def failing(data: dict[str, Any]) -> None:
+        data["app"]["image"] = releases["first"]
+        data["app"]["migrate"] = ["no-such-migration"]
+
+    deployed.edit(failing)
+    try:
+        applied, traffic = apply_with_traffic(deployed, docker_client)
+    finally:
+        deployed.edit(lambda data: data["app"].__setitem__("migrate", ["migrate"]))
+    assert applied.code == 1, applied.out + applied.err
+    print(applied.err)
+    assert "app-migrate did not become healthy: exited 2" in applied.err
+    assert "unknown command 'no-such-migration'" in applied.err  # its own log line
+    results = outcomes(applied)
+    for replica in before:
+        assert results[replica]["outcome"] == "skipped", results[replica]
+    assert replica_ids(docker_client, deployed) == before
+    assert traffic.failures == [], traffic.report()
+
+
+def test_an_image_whose_health_check_fails_keeps_the_old_release_serving(
+    deployed: Deployment, docker_client: docker.DockerClient, releases: dict[str, str]
+) -> None:
+    before = replica_ids(docker_client, deployed)
+    worker = container_id(docker_client, deployed.container("worker-documents-1"))
+    deployed.edit(lambda data: data["app"].__setitem__("image", releases["broken"]))
+
+    # long enough for the app to start on a loaded machine, so that its 503 is the reason
+    applied, traffic = apply_with_traffic(deployed, docker_client, "--timeout", "60")
+    assert applied.code == 1, applied.out + applied.err
+    print(applied.err)
+    assert "did not become healthy: not healthy after 60s" in applied.err
+    assert "HTTP Error 503" in applied.err
+    results = outcomes(applied)
+    failed = [r for r in ("app-1", "app-2") if results[r]["outcome"] == "failed"]
+    assert len(failed) == 1, results
+    (other,) = {"app-1", "app-2"} - set(failed)
+    assert results[other]["outcome"] == "skipped"
+    assert "not rolled" in results[other]["error"]
+    assert replica_ids(docker_client, deployed) == before
+    assert results["worker-documents-1"]["outcome"] == "skipped"  # the workers follow the API
+    assert container_id(docker_client, deployed.container("worker-documents-1")) == worker
+    # the failed replica never got a request from nginx: only its own health checks
+    address = nginx_address(docker_client, deployed)
+    logs = results[failed[0]]["logs"]
+    assert logs and not any(f"{address}:" in line for line in logs), logs
+    assert traffic.failures == [], traffic.report()
