@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +205,37 @@ def test_a_service_no_longer_in_the_stack_is_planned_for_removal(
     }
 
 
+def test_only_plans_just_its_services_and_keeps_what_the_others_use(
+    swarm_dir: Callable[..., Path],
+) -> None:
+    from kbinfra.stack import open_stack  # noqa: PLC0415
+
+    folder = swarm_dir(overrides=FITS_ON_THE_TEST_BED)
+    manager = applied(open_stack(folder))
+    # redis and postgres change; only redis is asked for.
+    path = folder / "kbinfra.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["services"]["redis"].update(maxmemory_policy="allkeys-lfu", allow_eviction_of_queues=True)
+    data["services"]["postgres"]["max_connections"] = 77
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    changed = open_stack(folder)
+    whole = plan_against(desired_swarm_stack(changed), "swarm://x", manager)
+    assert {a.service for a in whole.services if a.action == "update"} == {"redis", "postgres"}
+    plan = plan_against(desired_swarm_stack(changed, ["redis"]), "swarm://x", manager, partial=True)
+    assert [(a.service, a.action) for a in plan.services] == [("redis", "update")]
+    # Only redis's old config goes: postgres (not asked for) keeps using its own.
+    assert len(plan.configs_to_create) == len(plan.configs_to_remove) == 1
+    assert plan.configs_to_remove[0] in whole.configs_to_remove
+    assert len(whole.configs_to_remove) == 2
+    assert not plan.secrets_to_remove
+    # A service no longer in the stack is not removed by a partial plan either.
+    manager._services.append({"Spec": {"Name": "kb_old", "Labels": {"io.kbinfra.service": "old"}}})
+    again = plan_against(
+        desired_swarm_stack(changed, ["redis"]), "swarm://x", manager, partial=True
+    )
+    assert "remove" not in {a.action for a in again.services}
+
+
 def test_update_reasons_ignore_what_the_engine_leaves_out_and_name_files_by_path() -> None:
     built = {
         "Labels": {"kbinfra.config-hash": "a"},
@@ -273,10 +305,13 @@ def test_plan_refuses_an_over_committed_node_before_connecting_to_any(
     assert_one_line_error(done, "node node2 is over-committed")
 
 
-def test_swarm_plan_refuses_only_and_saved_plans(swarm_dir: Callable[..., Path]) -> None:
+def test_swarm_only_refuses_a_service_the_stack_does_not_run_and_saved_plans(
+    swarm_dir: Callable[..., Path],
+) -> None:
     folder = _with_key(_roomy(swarm_dir(overrides=FITS_ON_THE_TEST_BED)))
+    # Refused before any node is connected (10.213.0.x is not reachable from here).
     assert_one_line_error(
-        kbinfra("plan", "--only", "redis", "--dir", str(folder)), "--only is not built"
+        kbinfra("plan", "--only", "rediss", "--dir", str(folder)), "--only rediss: service is"
     )
     assert_one_line_error(
         kbinfra("apply", "saved.plan", "--dir", str(folder)), "saved plans are not built"
@@ -295,7 +330,7 @@ def test_a_rolled_back_update_fails_its_service_with_the_tasks_error_and_prunes_
     from kbinfra.errors import ApplyFailedError  # noqa: PLC0415
     from kbinfra.stack import open_stack  # noqa: PLC0415
     from kbinfra.swarm import apply as swarm_apply_module  # noqa: PLC0415
-    from kbinfra.swarm import cluster, converge, run  # noqa: PLC0415
+    from kbinfra.swarm import cluster, converge, lock, run  # noqa: PLC0415
     from kbinfra.swarm.apply import StackChanges  # noqa: PLC0415
     from kbinfra.swarm.cluster import SwarmFormation  # noqa: PLC0415
 
@@ -319,10 +354,11 @@ def test_a_rolled_back_update_fails_its_service_with_the_tasks_error_and_prunes_
         cluster, "ensure_swarm", lambda t, p: SwarmFormation("c", "node1", False, (), (), {})
     )
     monkeypatch.setattr(run, "_distribute", lambda *args: None)
+    monkeypatch.setattr(lock, "swarm_locked", lambda *args, **kwargs: nullcontext([]))
     monkeypatch.setattr(
         swarm_apply_module,
         "apply_stack",
-        lambda *args: StackChanges(
+        lambda *args, **kwargs: StackChanges(
             False, (), (), (), ("kb_redis",), tuple(n for n in names if n != "kb_redis"), (), {}
         ),
     )
