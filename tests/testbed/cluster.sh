@@ -154,7 +154,8 @@ node_dockerd_command() {
     --data-root "$dir/docker" --exec-root "$run/docker" --pidfile "$run/dockerd.pid" \
     -H "unix://$(node_socket "$node")" --containerd "$run/containerd/containerd.sock" \
     --containerd-namespace "$CLUSTER-$node" --containerd-plugins-namespace "$CLUSTER-$node-plugins" \
-    --cgroup-parent "/$CLUSTER-$node" --swarm-default-advertise-addr "$(node_addr "$node")"
+    --cgroup-parent "/$CLUSTER-$node" --swarm-default-advertise-addr "$(node_addr "$node")" \
+    --no-new-privileges
   printf '>>%s 2>&1 </dev/null' "$dir/logs/dockerd.log"
 }
 

@@ -56,7 +56,9 @@ def check(
     from kbinfra.probing.run import run_checks, select  # noqa: PLC0415
 
     console = Console(output)
-    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
+    stack, where = open_stack_and_target(
+        stack_dir, target, known_hosts, identity, console, swarm=True
+    )
     select(stack, only or [])  # a misspelt --only is an error before the engine is asked
     with where:
         where.docker_client()  # an unreachable target is one error line (exit 2), not 40 rows

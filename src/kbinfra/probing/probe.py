@@ -144,6 +144,18 @@ def require_same(expected: Mapping[str, str], running: Mapping[str, str | None])
     return ", ".join(f"{name}={value}" for name, value in expected.items())
 
 
+def seen_within(read: Callable[[], bool], seconds: float, every: float = 0.1) -> float | None:
+    """Seconds until ``read()`` was true (polled every ``every`` s), or None after ``seconds``:
+    how long a write on a primary took to be read on its replica."""
+    started = time.monotonic()
+    while True:
+        if read():
+            return time.monotonic() - started
+        if time.monotonic() - started >= seconds:
+            return None
+        time.sleep(every)
+
+
 def check_rows_ok(rows: Sequence[CheckRow]) -> bool:
     """Exit 0 only when every check passed (and at least one ran)."""
     return bool(rows) and all(r.ok for r in rows)
@@ -659,6 +671,11 @@ class ProbeContext:
 
     def file_store(self) -> FileStore:
         return self.target.file_store(self.stack.spec.name)
+
+    def replica(self) -> ProbeContext | None:
+        """The same ways in, to the service's streaming replica; None when it runs none
+        (one host never does: a replica is placed on a node of a Swarm of its own)."""
+        return None
 
     def close(self) -> None:
         self._exits.close()

@@ -59,6 +59,19 @@ def select(stack: Stack, only: Sequence[str]) -> list[str]:
     return [name for name in known if not wanted or name in wanted]
 
 
+def stack_checks(stack: Stack, target: Target) -> list[CheckRow]:
+    """The stack-wide checks of the target's kind: one engine's, or a Swarm's."""
+    if target.kind == "swarm":
+        from kbinfra.swarm import stack_checks as swarm  # noqa: PLC0415
+        from kbinfra.targets.swarm import SwarmTarget  # noqa: PLC0415
+
+        assert isinstance(target, SwarmTarget)
+        return swarm.checks(stack, target)
+    from kbinfra.probing import stack_checks as engine  # noqa: PLC0415
+
+    return engine.checks(stack, target)
+
+
 def run_checks(
     stack: Stack,
     target: Target,
@@ -67,14 +80,12 @@ def run_checks(
     progress: Progress = SILENT,
 ) -> tuple[list[CheckRow], list[str]]:
     """Every selected service's checks; also the services that have no probes."""
-    from kbinfra.probing import stack_checks as _stack  # noqa: PLC0415
-
     rows: list[CheckRow] = []
     unprobed: list[str] = []
     for name in select(stack, only):
         if name == STACK:
             progress.note(STACK, "checking file modes and published ports")
-            rows += _stack.checks(stack, target)
+            rows += stack_checks(stack, target)
             continue
         service = stack.services[name]
         module = probe_module(service)
@@ -83,7 +94,7 @@ def run_checks(
             continue
         checks = cast(ChecksFunction, module.checks)
         progress.note(name, "checking")
-        with ProbeContext(stack, service, target, progress=progress) as probe:
+        with target.probe_context(stack, service, progress=progress) as probe:
             rows += checks(probe)
     return rows, unprobed
 
@@ -109,7 +120,7 @@ def run_benches(
         if bench is None:
             skipped.append(name)
             continue
-        with ProbeContext(stack, service, target, progress=progress) as probe:
+        with target.probe_context(stack, service, progress=progress) as probe:
             try:
                 results += cast(BenchFunction, bench)(probe, plan)
             except Exception as error:  # one service's failure must not hide the others'

@@ -249,7 +249,8 @@ def secret_paths(stack: Stack) -> list[str]:
     return sorted(f.path for f in stack.rendered if f.secret)
 
 
-def checks(stack: Stack, target: Target) -> list[CheckRow]:
+def local_file_checks(stack: Stack) -> list[CheckRow]:
+    """The stack folder's own secret files (here, on this machine) are private."""
     from kbinfra.secrets import secrets_path  # noqa: PLC0415
 
     rows = Checks(STACK)
@@ -267,6 +268,27 @@ def checks(stack: Stack, target: Target) -> list[CheckRow]:
         lambda: check_local_file(tls_key),
         fix=f"chmod 600 {tls_key}",
     )
+    return rows.rows
+
+
+def secret_age_checks(stack: Stack) -> list[CheckRow]:
+    """Secrets younger than ``secrets.max_age_days``, when the stack file sets it."""
+    rows = Checks(STACK)
+    limit = stack.spec.secrets.max_age_days
+    if limit is not None:
+        rows.run(
+            "secrets-within-max-age",
+            "locked-down",
+            lambda: check_secret_ages(stack, limit),
+            fix="kbinfra cannot rotate secrets yet: rotate them by hand (docs/operations.md, "
+            "Secrets) or raise secrets.max_age_days",
+        )
+    return rows.rows
+
+
+def checks(stack: Stack, target: Target) -> list[CheckRow]:
+    """One engine's stack-wide checks (a Swarm has its own: ``kbinfra.swarm.stack_checks``)."""
+    rows = Checks(STACK)
 
     def deployed() -> str:
         store = target.file_store(stack.spec.name)
@@ -296,16 +318,7 @@ def checks(stack: Stack, target: Target) -> list[CheckRow]:
         fix="run `kbinfra apply` (it recreates kbinfra's containers locked down); remove any "
         "other container of the stack",
     )
-    limit = stack.spec.secrets.max_age_days
-    if limit is not None:
-        rows.run(
-            "secrets-within-max-age",
-            "locked-down",
-            lambda: check_secret_ages(stack, limit),
-            fix="kbinfra cannot rotate secrets yet: rotate them by hand (docs/operations.md, "
-            "Secrets) or raise secrets.max_age_days",
-        )
-    return rows.rows
+    return local_file_checks(stack) + rows.rows + secret_age_checks(stack)
 
 
 def check_secret_ages(stack: Stack, limit: int) -> str:

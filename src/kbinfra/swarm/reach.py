@@ -26,6 +26,7 @@ from kbinfra.errors import KbinfraError
 from kbinfra.swarm.converge import stack_status
 
 if TYPE_CHECKING:
+    from kbinfra.swarm.state import ServiceState
     from kbinfra.targets.swarm import SwarmTarget
 
 GATEWAY_BRIDGE = "docker_gwbridge"
@@ -51,8 +52,8 @@ def running_task(
     except StopIteration:
         raise KbinfraError(f"stack {stack} has no service {service}") from None
     for task in state.tasks:
-        if task.state != "running" or task.desired != "running" or not task.container_id:
-            continue
+        if not (task.running and task.container_id):
+            continue  # a task of a node that is down is skipped: its engine cannot answer
         if node is not None and task.node != node:
             continue
         api: Any = target.node_client(task.node).api
@@ -65,8 +66,19 @@ def running_task(
             return TaskAddress(state.name, task.node, task.container_id, address)
     where = f" on {node}" if node else ""
     raise KbinfraError(
-        f"no running task of {state.name}{where} to connect to",
+        f"no running task of {state.name}{where} to connect to ({where_tasks_are(state)})",
         fix="see `kbinfra status`: the service has no healthy task yet",
+    )
+
+
+def where_tasks_are(state: ServiceState) -> str:
+    """``node3 running, node down`` for each task Swarm wants running: where it is, or was."""
+    wanted = [task for task in state.tasks if task.desired == "running"]
+    if not wanted:
+        return "no task is scheduled"
+    return "; ".join(
+        f"{task.node or 'no node yet'} {task.state}" + ("" if task.node_ready else ", node down")
+        for task in wanted
     )
 
 

@@ -12,6 +12,10 @@ from kbinfra.capacity import EngineCapacity
 if TYPE_CHECKING:
     from docker import DockerClient
 
+    from kbinfra.probing.probe import ProbeContext
+    from kbinfra.progress import Progress
+    from kbinfra.service import Service
+    from kbinfra.stack import Stack
     from kbinfra.targets.engine import EngineReads
 
 TEMP_PREFIX = ".kbinfra-tmp-"
@@ -80,6 +84,16 @@ class Target(ABC):
         backups connect to them through this. On the local target it is the address itself.
         """
         yield host, port
+
+    def probe_context(
+        self, stack: Stack, service: Service, *, progress: Progress | None = None
+    ) -> ProbeContext:
+        """What ``check`` and ``bench`` give a service's probes to reach it on this target:
+        its published ports through :meth:`tunnel`, its container on this engine."""
+        from kbinfra.probing.probe import ProbeContext  # noqa: PLC0415
+        from kbinfra.progress import SILENT  # noqa: PLC0415
+
+        return ProbeContext(stack, service, self, progress=progress or SILENT)
 
     def close(self) -> None:  # noqa: B027 (a default no-op: local targets hold nothing)
         """Release connections."""

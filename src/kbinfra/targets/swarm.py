@@ -22,6 +22,11 @@ from kbinfra.targets.ssh import SSHAddress, SSHOptions, SSHTarget
 if TYPE_CHECKING:
     from docker import DockerClient
 
+    from kbinfra.probing.probe import ProbeContext
+    from kbinfra.progress import Progress
+    from kbinfra.service import Service
+    from kbinfra.stack import Stack
+
 NodeRole = Literal["manager", "worker"]
 _NO_LABELS: Mapping[str, str] = MappingProxyType({})
 
@@ -110,6 +115,15 @@ class SwarmTarget(Target):
     def tunnel(self, port: int, host: str = "127.0.0.1") -> Iterator[tuple[str, int]]:
         with self.node_target(self.manager_name).tunnel(port, host) as local:
             yield local
+
+    def probe_context(
+        self, stack: Stack, service: Service, *, progress: Progress | None = None
+    ) -> ProbeContext:
+        """The tasks of the service, reached over the SSH connection of the node of each."""
+        from kbinfra.progress import SILENT  # noqa: PLC0415
+        from kbinfra.swarm.probe_context import SwarmProbeContext  # noqa: PLC0415
+
+        return SwarmProbeContext(stack, service, self, progress=progress or SILENT)
 
     def forget(self, name: str) -> None:
         """Drop node ``name``'s connection (its engine restarted, or it is gone)."""

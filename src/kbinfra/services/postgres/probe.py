@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kbinfra.probing.probe import (
+    CHECK_PREFIX,
     BenchPlan,
     BenchResult,
     CheckFailedError,
@@ -35,6 +36,7 @@ from kbinfra.probing.probe import (
 )
 from kbinfra.services.postgres.service import (
     BENCH_GROUP,
+    REPLICATION_SLOT,
     PgTune,
     PostgresSettings,
     expected_settings,
@@ -275,7 +277,124 @@ def checks(probe: ProbeContext) -> list[CheckRow]:
         fix="the server runs other settings than rendered: `kbinfra apply` recreates it",
         needs="login-select-1",
     )
+    replica = probe.replica()
+    if replica is not None:
+        replica_checks(rows, probe, replica, (user, password, db))
     return rows.rows
+
+
+# --------------------------------------------------------------------------- replica
+#: How long a row written on the primary may take to be read on the replica.
+REPLICATION_WAIT_S = 10.0
+#: The table a row is written to on the primary and read from on the replica, then dropped.
+REPLICATION_TABLE = f"{CHECK_PREFIX}replication"
+
+Login = tuple[str, str, str]  # user, password, database
+
+
+def check_in_recovery(address: tuple[str, int], login: Login) -> str:
+    with connect(address, *login) as conn:
+        row = conn.execute(
+            "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text,"
+            " (SELECT status FROM pg_stat_wal_receiver)"
+        ).fetchone()
+    assert row is not None
+    recovering, replayed, receiver = row
+    require(bool(recovering), "pg_is_in_recovery() is false: it runs as a primary")
+    require(receiver == "streaming", f"WAL receiver {receiver or 'not running'}")
+    return f"pg_is_in_recovery() true, WAL receiver streaming, replayed up to {replayed}"
+
+
+def check_slot_active(address: tuple[str, int], login: Login) -> str:
+    with connect(address, *login) as conn:
+        row = conn.execute(
+            "SELECT active, restart_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+            (REPLICATION_SLOT,),
+        ).fetchone()
+    require(row is not None, f"no replication slot {REPLICATION_SLOT} on the primary")
+    assert row is not None
+    active, restart_lsn = row
+    require(bool(active), f"slot {REPLICATION_SLOT} is not active: no replica streams from it")
+    return f"slot {REPLICATION_SLOT} active, restart_lsn {restart_lsn}"
+
+
+def check_replay_lag(address: tuple[str, int], login: Login) -> str:
+    """The primary's view of its replica: state, bytes not yet replayed, replay lag."""
+    with connect(address, *login) as conn:
+        row = conn.execute(
+            "SELECT application_name, state,"
+            " pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint,"
+            " COALESCE(EXTRACT(EPOCH FROM replay_lag), 0)::float8"
+            " FROM pg_stat_replication WHERE state IS NOT NULL ORDER BY backend_start LIMIT 1"
+        ).fetchone()
+    require(row is not None, "pg_stat_replication is empty: no replica is connected")
+    assert row is not None
+    name, state, behind, lag = row
+    require(state == "streaming", f"{name} is {state}, not streaming")
+    return f"{name} streaming, {behind} bytes behind, replay lag {lag * 1000:.0f} ms"
+
+
+def check_row_replicated(primary: tuple[str, int], replica: tuple[str, int], login: Login) -> str:
+    """A row written on the primary is read on the replica; the table is dropped after."""
+    from kbinfra.probing.probe import seen_within  # noqa: PLC0415
+
+    token = secrets.token_hex(8)
+    with connect(primary, *login) as writer, connect(replica, *login) as reader:
+        writer.execute(f"CREATE TABLE IF NOT EXISTS {REPLICATION_TABLE} (token text PRIMARY KEY)")
+        try:
+            writer.execute(f"INSERT INTO {REPLICATION_TABLE} VALUES (%s)", (token,))
+
+            def read() -> bool:
+                try:
+                    found = reader.execute(
+                        f"SELECT 1 FROM {REPLICATION_TABLE} WHERE token = %s", (token,)
+                    ).fetchone()
+                except Exception:  # the table itself is not replayed yet
+                    return False
+                return found is not None
+
+            took = seen_within(read, REPLICATION_WAIT_S)
+        finally:
+            writer.execute(f"DROP TABLE IF EXISTS {REPLICATION_TABLE}")
+    require(
+        took is not None,
+        f"a row written on the primary was not read on the replica in {REPLICATION_WAIT_S:.0f} s",
+    )
+    assert took is not None
+    return f"row written on the primary read on the replica after {took * 1000:.0f} ms"
+
+
+def replica_checks(rows: Checks, probe: ProbeContext, replica: ProbeContext, login: Login) -> None:
+    """The streaming replica is in recovery, streams from its slot, and has the primary's
+    writes."""
+    rows.run(
+        "replica-in-recovery",
+        "reachable",
+        lambda: check_in_recovery(replica.address(), login),
+        fix="see the replica's log (`docker service logs`): pg_basebackup must reach the "
+        "primary by its stable name and log in as the replication role",
+    )
+    rows.run(
+        "replication-slot-active",
+        "reachable",
+        lambda: check_slot_active(probe.address(), login),
+        fix="the slot is created with a new primary data volume; see the replica's log",
+        needs="login-select-1",
+    )
+    rows.run(
+        "replica-replay-lag",
+        "reachable",
+        lambda: check_replay_lag(probe.address(), login),
+        fix="the primary lists no streaming replica: see the replica's log",
+        needs="replication-slot-active",
+    )
+    rows.run(
+        "row-replicated",
+        "reachable",
+        lambda: check_row_replicated(probe.address(), replica.address(), login),
+        fix="the replica does not replay the primary's writes: see both logs",
+        needs="replica-in-recovery",
+    )
 
 
 # --------------------------------------------------------------------------- bench

@@ -13,7 +13,7 @@ import csv
 import io
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from kbinfra.probing.probe import (
@@ -214,7 +214,113 @@ def checks(probe: ProbeContext) -> list[CheckRow]:
         ),
         fix="the server runs another config than rendered: `kbinfra apply` recreates it",
     )
+    replica = probe.replica()
+    if replica is not None:
+        replica_checks(rows, probe, replica, admin_password)
     return rows.rows
+
+
+# --------------------------------------------------------------------------- replica
+#: How long a key set on the primary may take to be read on the replica.
+REPLICATION_WAIT_S = 10.0
+
+
+def replication_info(client: Any) -> dict[str, str]:
+    """``INFO replication`` as text fields (redis-py parses some into numbers)."""
+    return {key: str(value) for key, value in client.info("replication").items()}
+
+
+def check_replica_role(address: tuple[str, int], admin_password: str) -> str:
+    client = connect(address, ADMIN, admin_password)
+    try:
+        info = replication_info(client)
+    finally:
+        client.close()
+    role, link = info.get("role"), info.get("master_link_status")
+    require(role == "slave", f"role {role}: not a replica")
+    require(link == "up", f"role slave, master link {link} (primary {info.get('master_host')})")
+    offset, last_io = info.get("slave_repl_offset"), info.get("master_last_io_seconds_ago")
+    return (
+        f"role slave of {info.get('master_host')}:{info.get('master_port')}, link up, "
+        f"offset {offset}, last I/O {last_io} s ago"
+    )
+
+
+def connected_replicas(info: Mapping[str, Any]) -> list[str]:
+    """``redis-replica:6379 online, lag 0`` for each ``slaveN`` of ``INFO replication``
+    (redis-py parses those fields into dicts)."""
+    found = []
+    for key, value in sorted(info.items()):
+        if key.startswith("slave") and key[5:].isdigit() and isinstance(value, Mapping):
+            found.append(
+                f"{value.get('ip')}:{value.get('port')} {value.get('state')}, "
+                f"lag {value.get('lag')} s"
+            )
+    return found
+
+
+def check_replica_on_primary(address: tuple[str, int], admin_password: str) -> str:
+    client = connect(address, ADMIN, admin_password)
+    try:
+        info: Mapping[str, Any] = client.info("replication")
+    finally:
+        client.close()
+    replicas = connected_replicas(info)
+    require(info.get("role") == "master", f"role {info.get('role')}: the primary is not a master")
+    require(bool(replicas), f"connected_slaves {info.get('connected_slaves')}: no replica")
+    return f"{len(replicas)} replica connected: {'; '.join(replicas)}"
+
+
+def check_key_reaches_replica(
+    primary: tuple[str, int], replica: tuple[str, int], admin_password: str
+) -> str:
+    """A key set on the primary is read on the replica; removed from both afterwards."""
+    from kbinfra.probing.probe import seen_within  # noqa: PLC0415
+
+    key, value = f"{CHECK_KEY}_{secrets.token_hex(6)}", secrets.token_hex(8)
+    writer = connect(primary, ADMIN, admin_password)
+    reader = connect(replica, ADMIN, admin_password)
+    try:
+        writer.set(key, value, ex=300)
+        took = seen_within(lambda: reader.get(key) == value, REPLICATION_WAIT_S)
+        require(
+            took is not None,
+            f"{key} set on the primary not read on the replica in {REPLICATION_WAIT_S:.0f} s",
+        )
+        assert took is not None
+        return f"key set on the primary read on the replica after {took * 1000:.0f} ms"
+    finally:
+        writer.delete(key)
+        writer.close()
+        reader.close()
+
+
+def replica_checks(
+    rows: Checks, probe: ProbeContext, replica: ProbeContext, admin_password: str
+) -> None:
+    """The streaming replica follows the primary and has what is written on it."""
+    rows.run(
+        "replica-role-connected",
+        "reachable",
+        lambda: check_replica_role(replica.address(), admin_password),
+        fix="see the replica's log (`docker service logs`): it must reach the primary by its "
+        "stable name and log in as the replication user",
+    )
+    rows.run(
+        "primary-sees-replica",
+        "reachable",
+        lambda: check_replica_on_primary(probe.address(), admin_password),
+        fix="the primary lists no replica: see the replica's log",
+        needs="replica-role-connected",
+    )
+    rows.run(
+        "key-replicated",
+        "reachable",
+        lambda: check_key_reaches_replica(probe.address(), replica.address(), admin_password),
+        fix="the replica does not receive the primary's writes: see its log and "
+        "`INFO replication` on both",
+        needs="replica-role-connected",
+    )
 
 
 # --------------------------------------------------------------------------- bench
