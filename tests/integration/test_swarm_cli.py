@@ -13,10 +13,15 @@ The nodes leave any Swarm before the module and after it, through their own sock
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -269,6 +274,126 @@ def test_a_second_apply_or_destroy_while_one_holds_the_lock_is_refused_naming_it
         assert service_versions(clean_cluster) == before
     finally:
         manager.close()
+
+
+@contextmanager
+def task_address(deployment: Deployment, service: str, port: int) -> Iterator[tuple[str, int]]:
+    """A local address of ``port`` of ``service``'s running task: kbinfra's own tunnel over
+    the SSH connection of the node that runs it (nothing is published)."""
+    from kbinfra.stack import open_stack  # noqa: PLC0415
+    from kbinfra.swarm.reach import task_port  # noqa: PLC0415
+    from kbinfra.swarm.run import find_manager  # noqa: PLC0415
+    from kbinfra.targets import open_target  # noqa: PLC0415
+
+    stack = open_stack(deployment.dir)
+    target = open_target(stack.spec, stack.dir, swarm=True)
+    try:
+        assert find_manager(target) is not None  # type: ignore[arg-type]
+        with task_port(target, STACK, service, port) as address:  # type: ignore[arg-type]
+            yield address
+    finally:
+        target.close()
+
+
+ROWS, KEYS = 480, 37
+
+
+def pg_execute(deployment: Deployment, *statements: str) -> list[tuple[Any, ...]]:
+    """Run ``statements`` on the stack's PostgreSQL task; the last one's rows (if any)."""
+    import psycopg  # noqa: PLC0415
+
+    password = fixed_secret("postgres_password")
+    rows: list[tuple[Any, ...]] = []
+    with task_address(deployment, "postgres", 5432) as (host, port):
+        conn = psycopg.connect(
+            host=host, port=port, user="kb", password=password, dbname="kb", autocommit=True
+        )
+        try:
+            for statement in statements:
+                cursor = conn.execute(statement)
+                rows = cursor.fetchall() if cursor.description else []
+        finally:
+            conn.close()
+    return rows
+
+
+def redis_values(deployment: Deployment, keys: dict[str, str] | None = None) -> dict[str, str]:
+    """Set ``keys`` on the stack's Redis task, then every key and value it holds."""
+    import redis  # noqa: PLC0415
+
+    with task_address(deployment, "redis", 6379) as (host, port):
+        client = redis.Redis(
+            host=host,
+            port=port,
+            username="admin",
+            password=fixed_secret("redis_admin_password"),
+            decode_responses=True,
+        )
+        try:
+            for key, value in (keys or {}).items():
+                client.set(key, value)
+            return {key: str(client.get(key)) for key in client.scan_iter()}
+        finally:
+            client.close()
+
+
+def test_backup_wipe_apply_restore_gives_back_identical_data(
+    deployment: Deployment, clean_cluster: Cluster, tmp_path: Path
+) -> None:
+    from kbinfra.backup.signing import signature_line  # noqa: PLC0415
+
+    rows = pg_execute(
+        deployment,
+        "create table swarm_docs (id int primary key, body text)",
+        f"insert into swarm_docs select g, md5(g::text) from generate_series(1, {ROWS}) g",
+        "select id, body from swarm_docs order by id",
+    )
+    values = redis_values(deployment, {f"swarm:{i}": f"value {i}" for i in range(KEYS)})
+    assert len(rows) == ROWS and len(values) == KEYS
+
+    # The backup: each store on the node that holds it, signed as on one host.
+    done = deployment.run("backup", "--dest", str(tmp_path), "-o", "json")
+    assert done.code == 0, done.err[-3000:]
+    folder = Path(done.json()["path"])
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["target"].startswith("swarm://") and manifest["stack"] == STACK
+    assert set(manifest["services"]) == {"postgres", "redis"}
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for artifact in manifest["artifacts"]:
+        data = (folder / artifact["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == artifact["sha256"], artifact["path"]
+        by_kind.setdefault(artifact["kind"], []).append(artifact)
+    dump = next(a for a in by_kind["pg_dump"] if a["meta"]["database"] == "kb")
+    assert dump["counts"]["public.swarm_docs"] == ROWS
+    assert (folder / dump["path"]).read_bytes().startswith(b"PGDMP")  # pg_dump's custom format
+    assert by_kind["redis_rdb"][0]["counts"] == {"db0": KEYS}
+    key = yaml.safe_load((deployment.dir / "secrets.yaml").read_text())["backup_hmac_key"]
+    signed = (folder / "manifest.hmac").read_text()
+    assert signed == signature_line((folder / "manifest.json").read_bytes(), key)
+
+    # Wiped with its volumes, applied again: empty stores.
+    wipe = deployment.run("destroy", "--yes", "--delete-data", "--confirm-name", STACK)
+    assert wipe.code == 0, wipe.err[-3000:]
+    again = deployment.run("apply", "--yes", "--timeout", CONVERGE_S)
+    assert again.code == 0, again.err[-3000:]
+    assert pg_execute(deployment, "select to_regclass('swarm_docs')") == [(None,)]
+    assert redis_values(deployment) == {}
+
+    # Restored onto the Swarm stack: the data read back is what was written.
+    restored = deployment.run("restore", str(folder), "--yes", "-o", "json")
+    assert restored.code == 0, restored.err[-3000:]
+    result = restored.json()
+    assert result["ok"] is True and result["checks"], result
+    assert all(check["ok"] for check in result["checks"]), result["checks"]
+    assert result["safety_backup"]  # of the empty stores, taken first
+    assert pg_execute(deployment, "select id, body from swarm_docs order by id") == rows
+    assert redis_values(deployment) == values
+    # Redis was scaled to no task and back: its new task serves, the stack is not degraded.
+    status = deployment.run("status", "-o", "json").json()
+    assert status["degraded"] == [] and status["missing"] == []
+    assert running_nodes(status)["redis"] == placements(deployment)["redis"]
+    assert deployment.run("plan").code == 0  # as applied: the scale-back left no drift
+    assert SECRET_MARK not in done.out + done.err + restored.out + restored.err
 
 
 def test_one_changed_setting_rolls_only_that_service(
