@@ -396,6 +396,22 @@ def test_backup_wipe_apply_restore_gives_back_identical_data(
     assert SECRET_MARK not in done.out + done.err + restored.out + restored.err
 
 
+def test_bench_quick_measures_the_stores_through_their_tasks(deployment: Deployment) -> None:
+    done = deployment.run("bench", "--quick", "-o", "json")
+    # Thresholds are about production hardware; the test bed's nodes may miss one (exit 1).
+    assert done.code in (0, 1), done.err[-3000:]
+    report = done.json()
+    errors = [r for r in report["results"] if r["error"]]
+    assert not errors, json.dumps(errors, indent=1)
+    assert done.code == (0 if report["ok"] else 1)
+    assert {"postgres", "redis"} <= {r["service"] for r in report["results"]}
+    for row in report["results"]:
+        assert row["throughput_per_s"] > 0 and row["operations"] > 0, row
+        assert row["latency"]["p50_s"] > 0 and row["latency"]["p99_s"] >= row["latency"]["p50_s"]
+    # Everything bench created is gone: no kbinfra_bench_ key is left in Redis.
+    assert not [key for key in redis_values(deployment) if "kbinfra_bench" in key]
+
+
 def test_one_changed_setting_rolls_only_that_service(
     deployment: Deployment, clean_cluster: Cluster
 ) -> None:

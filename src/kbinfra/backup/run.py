@@ -480,15 +480,12 @@ class _SwarmData:
     """Where a Swarm stack's data is: each store's task on its node, under the Swarm lock."""
 
     def __init__(self, stack: Stack, target: SwarmTarget) -> None:
-        from kbinfra.swarm.backup import swarm_manager  # noqa: PLC0415
-
         self.stack, self.target = stack, target
-        swarm_manager(stack, target)
 
     def locked(self) -> AbstractContextManager[list[str]]:
-        from kbinfra.swarm.lock import swarm_locked  # noqa: PLC0415
+        from kbinfra.stack_lock import stack_locked  # noqa: PLC0415
 
-        return swarm_locked(self.target.docker_client(), self.stack.spec.name)
+        return stack_locked(self.target, self.stack.spec.name)
 
     def instances(self, services: Iterable[str]) -> dict[str, Instance]:
         from kbinfra.swarm.backup import swarm_instances  # noqa: PLC0415

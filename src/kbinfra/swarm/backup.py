@@ -137,19 +137,6 @@ def _wait_gone(instance: SwarmTaskInstance, *, deadline: float) -> None:
         time.sleep(POLL_S)
 
 
-def swarm_manager(stack: Stack, target: SwarmTarget) -> None:
-    """Carry the Swarm API through the manager of the nodes' Swarm, or refuse: nothing is
-    applied when the nodes are in no Swarm."""
-    from kbinfra.swarm.run import find_manager  # noqa: PLC0415
-
-    if find_manager(target) is None:
-        raise BackupError(
-            f"the nodes of stack {stack.spec.name} are in no Swarm: nothing to back up",
-            where=target.name,
-            fix="run `kbinfra apply` first",
-        )
-
-
 def swarm_instances(
     stack: Stack, target: SwarmTarget, services: Iterable[str]
 ) -> dict[str, Instance]:
