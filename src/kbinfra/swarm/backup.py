@@ -19,10 +19,10 @@ holds the engine's, so no apply rolls a store while it is dumped or restored.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kbinfra.backup.handler import BackupError, Instance
 from kbinfra.errors import KbinfraError
@@ -31,6 +31,7 @@ from kbinfra.targets.swarm import SwarmTarget
 
 if TYPE_CHECKING:
     from kbinfra.stack import Stack
+    from kbinfra.swarm.reach import TaskAddress
     from kbinfra.targets.ssh import SSHTarget
 
 POLL_S = 1.0
@@ -68,31 +69,55 @@ class SwarmTaskInstance(Instance):
         """
         from kbinfra.swarm.reach import running_task  # noqa: PLC0415
 
-        assert isinstance(self.target, SwarmTarget)
+        target = self.target
+        assert isinstance(target, SwarmTarget)
         name = swarm_service_name(self.stack.spec.name, self.service)
-        replicas = _scale(self.target, name, 0)
-        _wait_gone(self, deadline=time.monotonic() + SCALE_TIMEOUT_S)
+        replicas = _scale(target, name, 0)
+        _poll(
+            lambda: True if _stopped(self) else None,
+            late=f"the task of {self.service} on {self.node} still runs after its service "
+            "was scaled to 0",
+            where=self.target.name,
+        )
         try:
             yield
         finally:
-            _scale(self.target, name, replicas)
-            old, deadline = self.container_id, time.monotonic() + SCALE_TIMEOUT_S
-            while True:
+            _scale(target, name, replicas)
+            old = self.container_id
+
+            def new_task() -> TaskAddress | None:
                 try:
-                    task = running_task(self.target, self.stack.spec.name, name, self.node)
-                    if task.container_id != old:
-                        break
+                    task = running_task(target, self.stack.spec.name, name, self.node)
                 except KbinfraError:
-                    pass  # not scheduled yet
-                if time.monotonic() >= deadline:
-                    raise BackupError(
-                        f"{name} has no new task on {self.node} {SCALE_TIMEOUT_S:.0f}s after "
-                        f"it was scaled back to {replicas}",
-                        where=self.target.name,
-                        fix="see `kbinfra status`; `kbinfra apply` scales it back",
-                    )
-                time.sleep(POLL_S)
+                    return None  # not scheduled yet
+                return task if task.container_id != old else None
+
+            task = _poll(
+                new_task,
+                late=f"{name} has no new task on {self.node} after it was scaled back to "
+                f"{replicas}",
+                where=self.target.name,
+            )
             self.container_id, self.gateway_address = task.container_id, task.address
+
+
+T = TypeVar("T")
+
+
+def _poll(found: Callable[[], T | None], *, late: str, where: str) -> T:
+    """``found()`` once it is not None, asked every POLL_S; a BackupError after the timeout."""
+    deadline = time.monotonic() + SCALE_TIMEOUT_S
+    while True:
+        value = found()
+        if value is not None:
+            return value
+        if time.monotonic() >= deadline:
+            raise BackupError(
+                f"{late} ({SCALE_TIMEOUT_S:.0f}s)",
+                where=where,
+                fix="see `kbinfra status`; `kbinfra apply` scales it back",
+            )
+        time.sleep(POLL_S)
 
 
 def _scale(target: SwarmTarget, name: str, replicas: int) -> int:
@@ -116,25 +141,15 @@ def _scale(target: SwarmTarget, name: str, replicas: int) -> int:
     return had
 
 
-def _wait_gone(instance: SwarmTaskInstance, *, deadline: float) -> None:
-    """Until the task's container no longer runs (Swarm stops it, then removes it)."""
+def _stopped(instance: SwarmTaskInstance) -> bool:
+    """Whether the task's container no longer runs (Swarm stops it, then removes it)."""
     import docker.errors  # noqa: PLC0415
 
-    while True:
-        try:
-            state = instance.engine.inspect(instance.container_id)["State"]
-        except docker.errors.NotFound:
-            return
-        if not state.get("Running"):
-            return
-        if time.monotonic() >= deadline:
-            raise BackupError(
-                f"the task of {instance.service} on {instance.node} still runs "
-                f"{SCALE_TIMEOUT_S:.0f}s after its service was scaled to 0",
-                where=instance.target.name,
-                fix="see `kbinfra status`; `kbinfra apply` scales it back",
-            )
-        time.sleep(POLL_S)
+    try:
+        state = instance.engine.inspect(instance.container_id)["State"]
+    except docker.errors.NotFound:
+        return True
+    return not state.get("Running")
 
 
 def swarm_instances(

@@ -25,6 +25,7 @@ from kbinfra.swarm.run import (
 )
 from kbinfra.swarm.service_spec import build_service_spec
 from kbinfra.targets import open_target
+from tests.conftest import edit_stack_file
 from tests.unit.error_checks import assert_one_line_error, kbinfra
 
 FITS_ON_THE_TEST_BED = {
@@ -213,11 +214,8 @@ def test_only_plans_just_its_services_and_keeps_what_the_others_use(
     folder = swarm_dir(overrides=FITS_ON_THE_TEST_BED)
     manager = applied(open_stack(folder))
     # redis and postgres change; only redis is asked for.
-    path = folder / "kbinfra.yaml"
-    data = yaml.safe_load(path.read_text())
-    data["services"]["redis"].update(maxmemory_policy="allkeys-lfu", allow_eviction_of_queues=True)
-    data["services"]["postgres"]["max_connections"] = 77
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    redis = {"maxmemory_policy": "allkeys-lfu", "allow_eviction_of_queues": True}
+    edit_stack_file(folder, {"services": {"redis": redis, "postgres": {"max_connections": 77}}})
     changed = open_stack(folder)
     whole = plan_against(desired_swarm_stack(changed), "swarm://x", manager)
     assert {a.service for a in whole.services if a.action == "update"} == {"redis", "postgres"}
@@ -286,7 +284,7 @@ def test_converge_progress_shows_changed_services_as_waiting_then_updating() -> 
     assert watcher.seconds("redis") >= 0.0 and watcher.seconds("nowhere") == 0.0
 
 
-@pytest.mark.parametrize("command", [("bench",), ("logs",), ("backup", "verify", "latest")])
+@pytest.mark.parametrize("command", [("logs",), ("backup", "verify", "latest")])
 def test_commands_not_built_for_a_swarm_refuse_it_in_one_line(
     swarm_dir: Callable[..., Path], command: tuple[str, ...]
 ) -> None:
