@@ -29,7 +29,17 @@ from kbinfra.plan import (
     mounted_by,
 )
 from kbinfra.progress import SILENT, Progress
+from kbinfra.releases import (
+    RELEASES_FILE,
+    Release,
+    image_moves,
+    new_release,
+    read_releases,
+    worth_recording,
+    write_releases,
+)
 from kbinfra.service import LoginCheck, RenderedFile
+from kbinfra.spec.stack import STACK_FILE
 from kbinfra.stack import Stack
 from kbinfra.targets.base import FileStore, Target
 from kbinfra.targets.engine import Engine, container_problem
@@ -79,6 +89,8 @@ class ApplyResult:
     files_removed: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: The release this apply recorded on the target (None when it changed nothing).
+    release: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -111,6 +123,7 @@ class ApplyResult:
             "files_removed": self.files_removed,
             "repaired": self.repaired,
             "notes": self.notes,
+            "release": self.release,
         }
 
 
@@ -658,23 +671,30 @@ def apply_stack(
     only: Collection[str] = (),
     progress: Progress = SILENT,
     expect: Callable[[Observation], None] | None = None,
+    rollback_to: Release | None = None,
 ) -> ApplyResult:
     """Bring the target to the desired state; the result says what happened to each service.
 
     ``only``: converge these services alone and leave every other container as it is.
     ``expect``: called under the lock with what is seen before anything changes; it raises
     to stop the apply there (a plan file made against another state).
+    ``rollback_to``: ``stack`` is that release's; each image reference is put back on the
+    release's image id under the lock, before anything is observed.
+
+    An apply that changes something records a release on the target (:mod:`kbinfra.releases`).
     """
     engine = target_engine(target, stack.spec.name)
     store = target.file_store(stack.spec.name)
     outcome = ApplyResult(stack=stack.spec.name, target=target.name)
-    if not only and not force_unlock and expect is None:
+    if not only and not force_unlock and expect is None and rollback_to is None:
         unchanged = nothing_to_do(stack, engine, store)
         if unchanged is not None:
             outcome.services = unchanged
             return outcome
     with engine.locked(force=force_unlock) as notes:
         outcome.notes.extend(notes)
+        if rollback_to is not None:
+            outcome.notes.extend(_move_images_back(engine, rollback_to))
         before = engine.stack_containers()
         if expect is not None:
             expect(observe(stack, engine, store, before))
@@ -709,7 +729,66 @@ def apply_stack(
             results=results,
             outcome=outcome,
         )
+        if worth_recording(outcome):
+            outcome.release = _record_release(
+                stack, engine, store, seen, outcome, rollback_to=rollback_to, only=only
+            )
+            if outcome.release is None:
+                outcome.notes.append("no release was recorded: the target's record is unreadable")
     return outcome
+
+
+def _move_images_back(engine: Engine, release: Release) -> list[str]:
+    """Point each image reference of ``release`` back at its id; refuse when one is gone."""
+    moves = image_moves(release, engine.present_images(i.ref for i in release.images.values()))
+    missing = [ref for ref, image_id in moves.items() if engine.image_id(image_id) is None]
+    if missing:
+        raise KbinfraError(
+            f"release {release.number}'s image {missing[0]} (id "
+            f"{moves[missing[0]][7:19]}) is no longer on the target",
+            fix="load it there (`kbinfra images save/load`) under that id, or apply instead",
+        )
+    for ref, image_id in moves.items():
+        engine.tag(image_id, ref)
+    return [f"{ref} points at {image_id[7:19]} again" for ref, image_id in moves.items()]
+
+
+def _record_release(
+    stack: Stack,
+    engine: Engine,
+    store: FileStore,
+    seen: Observation,
+    outcome: ApplyResult,
+    *,
+    rollback_to: Release | None,
+    only: Collection[str],
+) -> int | None:
+    """Append this apply to the target's releases; its number, or None when the record
+    there is unreadable (left as it is: the apply itself is done)."""
+    from kbinfra import __version__  # noqa: PLC0415
+
+    try:
+        releases = read_releases(store)
+    except KbinfraError:
+        return None
+    if rollback_to is not None:
+        stack_file = rollback_to.stack_file
+    else:
+        stack_file = (stack.dir / STACK_FILE).read_text(encoding="utf-8")
+    release = new_release(
+        number=releases[-1].number + 1 if releases else 1,
+        stack_file=stack_file,
+        profile=stack.profile,
+        rendered=seen.rendered,
+        desired=seen.desired,
+        containers=engine.stack_containers(),
+        result=outcome,
+        version=__version__,
+        rollback_of=rollback_to.number if rollback_to is not None else None,
+        only=only,
+    )
+    write_releases(store, [*releases, release])
+    return release.number
 
 
 def status_stack(stack: Stack, target: Target) -> list[Any]:
@@ -771,4 +850,6 @@ def destroy_stack(
         for path in store.hashes():
             store.remove(path)
             result.files_removed += 1
+        if delete_data:
+            store.remove(RELEASES_FILE)  # without --delete-data, history outlives the stack
     return result

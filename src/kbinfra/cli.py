@@ -338,14 +338,14 @@ def render(
     output: OutputOption = Output.text,
 ) -> None:
     """Render every enabled service's configuration (a CI dry run with --check --strict)."""
-    from kbinfra.render import DEFAULT_OUT, write_tree  # noqa: PLC0415
+    from kbinfra.render import DEFAULT_OUT, render_stack, write_tree  # noqa: PLC0415
     from kbinfra.stack import open_stack  # noqa: PLC0415
 
     console = Console(output)
     started = time.perf_counter()
     stack = open_stack(stack_dir)
     console.set_redactor(stack.redact)
-    files = stack.rendered
+    files = render_stack(stack)  # always rendered: render writes nothing but its output
     target = out if out is not None else stack_dir / DEFAULT_OUT
     folder = write_tree(files, target, stack_dir=stack_dir)
     elapsed = time.perf_counter() - started

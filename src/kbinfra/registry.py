@@ -22,7 +22,7 @@ from kbinfra import services as services_package
 from kbinfra.service import STAGE_ORDER, Service, ServiceContext
 
 #: The optional modules of a service's folder, beside ``service.py``.
-Part = Literal["render_check", "probe", "backup"]
+Part = Literal["render_check", "probe", "backup", "upgrade"]
 
 
 @cache

@@ -20,6 +20,7 @@ from kbinfra.secrets import (
 from kbinfra.service import STAGE_ORDER, ContainerSpec, RenderedFile, Service, ServiceContext
 from kbinfra.spec.profile import Profile, load_profile
 from kbinfra.spec.stack import StackSpec, load_stack
+from kbinfra.spec.yamlfile import YamlDocument
 from kbinfra.start_graph import start_graph
 
 
@@ -73,10 +74,11 @@ class Stack:
 
     @cached_property
     def rendered(self) -> list[RenderedFile]:
-        """Every file of the stack, rendered once per command (sorted by path)."""
-        from kbinfra.render import render_stack  # noqa: PLC0415 (jinja2 only when rendering)
+        """Every file of the stack, rendered once per command (sorted by path), or as the
+        last render left them while nothing they come from changed (:mod:`render_cache`)."""
+        from kbinfra import render_cache  # noqa: PLC0415
 
-        return render_stack(self)
+        return render_cache.rendered(self)
 
     @cached_property
     def containers(self) -> dict[str, ContainerSpec]:
@@ -155,7 +157,16 @@ def generated_secrets(spec: StackSpec) -> set[str]:
 def open_stack(stack_dir: Path) -> Stack:
     """Load ``kbinfra.yaml``, its profile, secrets and TLS files from ``stack_dir``."""
     spec, doc = load_stack(stack_dir)
-    profile = load_profile(spec.profile, relative_to=stack_dir).profile
+    return stack_of(stack_dir, spec, doc)
+
+
+def stack_of(
+    stack_dir: Path, spec: StackSpec, doc: YamlDocument, profile: Profile | None = None
+) -> Stack:
+    """The stack ``spec`` describes, with ``stack_dir``'s secrets and TLS files; its profile
+    as given (a release's own) or loaded as the spec names it."""
+    if profile is None:
+        profile = load_profile(spec.profile, relative_to=stack_dir).profile
     secrets = load_secrets(stack_dir, required_secrets(spec))
     certificate = _read_tls(stack_dir, spec.tls.certificate, "TLS certificate")
     key = _read_tls(stack_dir, spec.tls.key, "TLS key")

@@ -156,17 +156,36 @@ class Console:
     ) -> None:
         if self.json_mode:
             return
+        cells = [[self.redact(str(cell)) for cell in row] for row in rows]
+        if not sys.stdout.isatty():
+            # Piped or redirected: plain aligned text, for grep and for logs (and no rich).
+            sys.stdout.write(plain_table(title, columns, cells))
+            return
         from rich.table import Table  # noqa: PLC0415 (startup time)
 
         table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
         for index, column in enumerate(columns):
             # Names stay whole; only the last column (details) wraps.
             table.add_column(column, no_wrap=index < len(columns) - 1)
-        for row in rows:
-            table.add_row(*(self.redact(str(cell)) for cell in row))
-        # Piped output has no terminal width: don't squeeze it into 80 columns.
-        width = None if sys.stdout.isatty() else 200
-        _rich_console(width=width).print(table)
+        for row in cells:
+            table.add_row(*row)
+        _rich_console().print(table)
+
+
+def plain_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns aligned with two spaces, a header, a line per row; a cell's further lines go
+    on continuation lines whose other cells are empty; the last column is never padded."""
+    lines: list[list[str]] = [list(columns)]
+    for row in rows:
+        parts = [str(cell).splitlines() or [""] for cell in row]
+        for depth in range(max(len(part) for part in parts)):
+            lines.append([part[depth] if depth < len(part) else "" for part in parts])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
+    text = [f"{title}\n"] if title else []
+    for line in lines:
+        padded = [cell.ljust(widths[i]) for i, cell in enumerate(line[:-1])]
+        text.append("  ".join([*padded, line[-1]]).rstrip() + "\n")
+    return "".join(text)
 
 
 def format_bytes(size: float) -> str:

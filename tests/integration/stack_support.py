@@ -137,3 +137,36 @@ def new_deployment(
     secrets = yaml.safe_load((folder / "secrets.yaml").read_text())
     (folder / "secrets.yaml").write_text(yaml.safe_dump({k: fixed_secret(k) for k in secrets}))
     return deployment
+
+
+def swarm_deployment(
+    folder: Path,
+    stack: str,
+    node_file: Path,
+    images_file: Path,
+    services: Iterable[str],
+    configure: Callable[[dict[str, Any]], None] | None = None,
+) -> Deployment:
+    """``kbinfra init --target swarm --nodes`` over the test bed's cluster, only ``services``
+    enabled, the fixed secrets; ``configure`` edits the stack file further."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KBINFRA_")}
+    init = subprocess.run(
+        [*KBINFRA, "init", "--profile", "minimum", "--target", "swarm",
+         "--nodes", str(node_file), "--images", str(images_file), "--dir", str(folder)],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    deployment = Deployment(folder, stack, "swarm", env)
+    enabled = set(services)
+
+    def edit(data: dict[str, Any]) -> None:
+        data["name"] = stack
+        for service, settings in data["services"].items():
+            settings["enabled"] = service in enabled
+        if configure is not None:
+            configure(data)
+
+    deployment.edit(edit)
+    secrets = yaml.safe_load((folder / "secrets.yaml").read_text())
+    (folder / "secrets.yaml").write_text(yaml.safe_dump({k: fixed_secret(k) for k in secrets}))
+    return deployment

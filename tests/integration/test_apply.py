@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import stat
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -312,8 +315,11 @@ def test_apply_status_reapply_and_one_change(full_deployment: Deployment) -> Non
     assert deployment.run("plan").code == 0
     # A no-op needs no lock: the lock is a container, and none was created.
     assert _created_since(since, deployment.name) == []
-    if deployment.kind == "local":  # its reads go over the engine's socket, without docker-py
-        assert _imported_by_a_no_op(deployment) & {"docker", "requests"} == set()
+    # Its reads go over the engine's socket (locally, or forwarded by the shared OpenSSH
+    # connection), without docker-py or paramiko; its files come from the render cache,
+    # without Jinja; its table is plain text off a terminal, without rich.
+    heavy = {"docker", "requests", "paramiko", "jinja2", "rich"}
+    assert _imported_by_a_no_op(deployment) & heavy == set()
     # ... but it still respects one held by another apply (here: this test's process).
     with Engine(docker.from_env(), deployment.name).locked():
         held = deployment.run("apply", "--yes")
@@ -446,6 +452,16 @@ def test_destroy_keeps_data_unless_confirmed(deployment: Deployment) -> None:
     ).returncode
 
 
+def _known_hosts_with_another_key(ssh_target: SSHTarget, folder: Path) -> Path:
+    """A known_hosts file that trusts a fresh key, not the test bed's, for its sshd."""
+    other = folder / "other_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    wrong = folder / "known_hosts_wrong"
+    other_key = " ".join(Path(f"{other}.pub").read_text().split()[:2])
+    wrong.write_text(f"[{ssh_target.host}]:{ssh_target.port} {other_key}\n")
+    return wrong
+
+
 def test_unknown_or_changed_host_key_is_refused(
     ssh_target: SSHTarget, tmp_path: Path, image_map_path: Path
 ) -> None:
@@ -468,12 +484,7 @@ def test_unknown_or_changed_host_key_is_refused(
     assert "unknown SSH host key ssh-ed25519" in line and offered in line
     assert address in line and f"kbinfra ssh trust {address}" in line
 
-    other = tmp_path / "other_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
-    wrong = tmp_path / "known_hosts_wrong"
-    other_key = " ".join(Path(f"{other}.pub").read_text().split()[:2])
-    wrong.write_text(f"[{ssh_target.host}]:{ssh_target.port} {other_key}\n")
-    deployment.env["KBINFRA_KNOWN_HOSTS"] = str(wrong)
+    deployment.env["KBINFRA_KNOWN_HOSTS"] = str(_known_hosts_with_another_key(ssh_target, tmp_path))
     changed = deployment.run("plan")
     assert changed.code == 2
     assert "host key CHANGED" in changed.err and offered in changed.err
@@ -488,6 +499,64 @@ def test_unknown_or_changed_host_key_is_refused(
     assert offered in trusted.stdout
     deployment.env["KBINFRA_KNOWN_HOSTS"] = str(empty)
     assert deployment.run("plan").code == 3
+
+
+def _master_sockets(runtime: Path) -> list[Path]:
+    """The master sockets kbinfra made under ``runtime`` (forwards and locks have a suffix)."""
+    folder = runtime / "kbinfra-ssh"
+    return [p for p in folder.iterdir() if p.is_socket() and "." not in p.name]
+
+
+def _ssh_control(socket_path: Path, operation: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ssh", "-o", f"ControlPath={socket_path}", "-O", operation, "kbinfra"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def _master(runtime: Path) -> str | None:
+    """``ssh -O check`` of the one master under ``runtime``: its answer, or None."""
+    sockets = _master_sockets(runtime)
+    assert len(sockets) <= 1, sockets
+    done = _ssh_control(sockets[0], "check") if sockets else None
+    return done.stderr.strip() if done is not None and done.returncode == 0 else None
+
+
+def test_a_second_plan_rides_on_the_first_ones_ssh_master(
+    ssh_target: SSHTarget, tmp_path: Path, image_map_path: Path
+) -> None:
+    deployment = _new_deployment("ssh", tmp_path / "stack", image_map_path, ssh_target)
+    runtime = Path(tempfile.mkdtemp(prefix="kbt-"))  # short: a socket path has a limit
+    try:
+        deployment.env["XDG_RUNTIME_DIR"] = str(runtime)
+        assert deployment.run("plan").code == 3
+        first = _master(runtime)
+        assert first is not None and first.startswith("Master running (pid=")
+        assert stat.S_IMODE((runtime / "kbinfra-ssh").stat().st_mode) == 0o700
+        assert deployment.run("plan").code == 3
+        assert _master(runtime) == first  # the same master process, no new handshake
+
+        # Another known_hosts that does not trust this key: never the master verified
+        # against the first file, but a new connection, refused.
+        wrong = _known_hosts_with_another_key(ssh_target, tmp_path)
+        deployment.env["KBINFRA_KNOWN_HOSTS"] = str(wrong)
+        changed = deployment.run("plan")
+        assert changed.code == 2
+        assert "host key CHANGED" in changed.err and len(changed.err.strip().splitlines()) == 1
+
+        # With sharing off, the master ends with the command.
+        deployment.env["KBINFRA_KNOWN_HOSTS"] = str(ssh_target.known_hosts_path)
+        deployment.env["KBINFRA_SSH_PERSIST"] = "0"
+        for socket_path in _master_sockets(runtime):
+            _ssh_control(socket_path, "exit")
+        assert deployment.run("plan").code == 3
+        assert _master(runtime) is None
+    finally:
+        for socket_path in _master_sockets(runtime):
+            _ssh_control(socket_path, "exit")
+        shutil.rmtree(runtime, ignore_errors=True)
 
 
 def _container_ids(deployment: Deployment) -> dict[str, str]:

@@ -291,8 +291,13 @@ def test_every_check_passes_on_a_fresh_apply(deployed: Deployment) -> None:
     text = deployed.run("check", "--only", "redis,stack")
     assert text.code == 0, text.out + text.err
     assert "refuses-anonymous" in text.out and "internal-ports-on-loopback" in text.out
-    # A long value wraps onto a continuation row whose service column is empty.
-    rows = [line.split("│")[0].strip() for line in text.out.splitlines() if "│" in line]
+    # Off a terminal the table is plain text: a header, then a line per row (a value's
+    # further lines on continuation lines whose service column is empty).
+    lines = text.out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("service "))
+    end = next(i for i, line in enumerate(lines) if " checks: " in line and "passed" in line)
+    rows = [line.split("  ", 1)[0].strip() for line in lines[header + 1 : end]]
+    assert "│" not in text.out
     assert {service for service in rows if service} == {"redis", "stack"}
 
 

@@ -28,10 +28,10 @@ import pytest
 import yaml
 
 try:
-    from .stack_support import KBINFRA, SECRET_MARK, Deployment, fixed_secret
+    from .stack_support import SECRET_MARK, Deployment, fixed_secret, swarm_deployment
     from .testbed_support import node_engine
 except ImportError:  # pragma: no cover - plain modules
-    from stack_support import KBINFRA, SECRET_MARK, Deployment, fixed_secret  # type: ignore[no-redef]
+    from stack_support import SECRET_MARK, Deployment, fixed_secret, swarm_deployment  # type: ignore[no-redef]
     from testbed_support import node_engine  # type: ignore[no-redef]
 
 if TYPE_CHECKING:  # not imported at run time: pytest would try to collect class Testbed
@@ -67,29 +67,16 @@ def deployment(
     clean_cluster: Cluster, testbed: Testbed, tmp_path_factory: pytest.TempPathFactory
 ) -> Deployment:
     """``kbinfra init --target swarm --nodes`` over the cluster, only SERVICES enabled."""
-    folder = tmp_path_factory.mktemp("swarm-cli") / "kb"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KBINFRA_")}
-    init = subprocess.run(
-        [*KBINFRA, "init", "--profile", "minimum", "--target", "swarm",
-         "--nodes", str(clean_cluster.node_file), "--images", str(testbed.images_file),
-         "--dir", str(folder)],
-        capture_output=True, text=True, env=env, check=False,
-    )  # fmt: skip
-    assert init.returncode == 0, init.stderr
-    deployment = Deployment(folder, STACK, "swarm", env)
     first_node = yaml.safe_load(clean_cluster.node_file.read_text())["nodes"][0]["address"]
 
     def configure(data: dict[str, Any]) -> None:
-        data["name"] = STACK
-        for service, settings in data["services"].items():
-            settings["enabled"] = service in SERVICES
         # nginx resolves its upstream when it starts: an address the nodes know (docs/swarm.md).
         data["app"]["upstream"] = first_node.rsplit("@", 1)[1].split(":")[0] + ":8000"
 
-    edit(deployment, configure)
-    secrets = yaml.safe_load((folder / "secrets.yaml").read_text())
-    (folder / "secrets.yaml").write_text(yaml.safe_dump({k: fixed_secret(k) for k in secrets}))
-    return deployment
+    folder = tmp_path_factory.mktemp("swarm-cli") / "kb"
+    return swarm_deployment(
+        folder, STACK, clean_cluster.node_file, testbed.images_file, SERVICES, configure
+    )
 
 
 def service_versions(cluster: Cluster) -> dict[str, int]:

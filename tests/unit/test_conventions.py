@@ -181,6 +181,7 @@ def test_the_environment_variables_are_shown_in_help() -> None:
         "KBINFRA_TARGET",
         "KBINFRA_KNOWN_HOSTS",
         "KBINFRA_SSH_IDENTITY",
+        "KBINFRA_SSH_PERSIST",
     ):
         assert variable in done.stdout, variable
 
@@ -364,3 +365,23 @@ def test_exec_refuses_what_cannot_run_in_one_line(
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
     assert expected in done.stderr
+
+
+def test_a_table_off_a_terminal_is_plain_aligned_text() -> None:
+    from kbinfra.ui import plain_table  # noqa: PLC0415
+
+    text = plain_table(
+        "stack kb",
+        ["service", "result", "detail"],
+        [["postgres", "pass", "a\nb"], ["qdrant", "FAIL", ""]],
+    )
+    assert text.splitlines() == [
+        "stack kb",
+        "service   result  detail",
+        "postgres  pass    a",
+        "                  b",
+        "qdrant    FAIL",
+    ]
+    done = kbinfra("profiles", "list")
+    assert done.returncode == 0, done.stderr
+    assert not set("│━┃─╇") & set(done.stdout)

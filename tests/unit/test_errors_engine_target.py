@@ -66,6 +66,9 @@ FAILING_WITH_OUTPUT: dict[str, list[str]] = {
     "images load": ["images.tar"],
     "images copy": [],
     "secrets list": [],
+    "history": [],
+    "rollback": ["--yes"],
+    "upgrade": ["--yes"],
 }
 
 

@@ -8,8 +8,8 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import paramiko
 import pytest
@@ -17,17 +17,18 @@ import pytest
 from kbinfra.commands.deploy import _host_port
 from kbinfra.targets.local import LocalFileStore
 from kbinfra.targets.ssh import (
-    SFTPFileStore,
+    REMOTE_SCRIPTS,
+    RemoteFileStore,
     SSHAddress,
     SSHOptions,
     SSHTarget,
     append_known_host,
-    engine_adapter,
     fingerprint,
     home_relative,
     known_hosts_name,
     known_keys,
     parse_sha256sum,
+    remote_command,
     trust_hint,
 )
 
@@ -107,48 +108,27 @@ def test_help_and_render_do_not_import_docker_or_paramiko() -> None:
     assert out == ""
 
 
-class _ConnectedClient:
-    """Stands in for a connected paramiko client: the adapter only asks for its transport."""
-
-    def __init__(self) -> None:
-        self.transport = object()
-
-    def get_transport(self) -> object:
-        return self.transport
-
-
-def test_docker_over_ssh_reuses_one_pool_for_every_path() -> None:
-    # one pool per URL opened a channel and a `docker system dial-stdio` per new path
-    client = _ConnectedClient()
-    adapter = engine_adapter(client, lambda: client)  # type: ignore[arg-type]
-    listed = adapter.get_connection("http+docker://ssh/v1.41/containers/json?all=1")
-    inspected = adapter.get_connection("http+docker://ssh/v1.41/volumes/kb-data")
-    assert listed is inspected
-    assert listed.ssh_transport is client.transport
-
-
 class _ShellTarget(SSHTarget):
-    """An SSH target whose remote shell is this machine's ``sh``, started in ``home``."""
+    """An SSH target whose remote shell is this machine's ``sh``, started in ``home``: the
+    fixed scripts run exactly as ssh would hand them to the host's login shell."""
 
     def __init__(self, home: Path) -> None:
         super().__init__(SSHAddress("u", "h"), SSHOptions(known_hosts=home / "known_hosts"))
         self.home = home
-        self.sftp_opened = 0
 
-    def run(self, command: str) -> str:
-        done = subprocess.run(["sh", "-c", command], cwd=self.home, capture_output=True, check=True)
-        return done.stdout.decode("utf-8", "replace")
-
-    def sftp(self) -> Any:
-        self.sftp_opened += 1
-        home = str(self.home)
-
-        class Normalizing:
-            def normalize(self, path: str) -> str:
-                assert path == "."
-                return home
-
-        return Normalizing()
+    def run_script(
+        self, script: str, stdin: bytes = b"", *, ok: Sequence[int] = (0,)
+    ) -> tuple[int, bytes]:
+        done = subprocess.run(
+            remote_command(script),
+            shell=True,
+            cwd=self.home,
+            input=stdin,
+            capture_output=True,
+            check=False,
+        )
+        assert done.returncode in ok, done.stderr
+        return done.returncode, done.stdout
 
 
 HOSTILE_NAMES = [
@@ -175,7 +155,9 @@ def test_remote_hashes_survive_hostile_file_names(tmp_path: Path) -> None:
         path.write_bytes(f"content {index}".encode())
         expected[name] = hashlib.sha256(f"content {index}".encode()).hexdigest()
     (folder / ".kbinfra-tmp-partial").write_bytes(b"an interrupted upload")
-    store = SFTPFileStore(_ShellTarget(tmp_path), str(folder))
+    (folder / ".kbinfra").mkdir()
+    (folder / ".kbinfra" / "releases.json").write_bytes(b"kbinfra's records, not deployed")
+    store = RemoteFileStore(_ShellTarget(tmp_path), str(folder))
     assert store.hashes() == expected
     assert store.hashes(["$(touch pwned)", "missing"]) == {
         "$(touch pwned)": expected["$(touch pwned)"]
@@ -190,7 +172,7 @@ def test_sha256sum_lines_are_unescaped_once() -> None:
     assert parse_sha256sum(output) == {"x\\n\ny": digest, "two  spaces": digest, "f\x1cg": digest}
 
 
-def test_home_folder_store_reads_hashes_without_sftp(tmp_path: Path) -> None:
+def test_home_folder_store_stays_relative_to_home(tmp_path: Path) -> None:
     target = _ShellTarget(tmp_path)
     deployed = tmp_path / ".kbinfra" / "kb"
     deployed.mkdir(parents=True)
@@ -198,10 +180,9 @@ def test_home_folder_store_reads_hashes_without_sftp(tmp_path: Path) -> None:
     store = target.file_store("kb")
     assert store.location == "u@h:~/.kbinfra/kb"
     assert store.hashes() == {"a.conf": hashlib.sha256(b"x").hexdigest()}
-    assert target.sftp_opened == 0  # a no-op apply opens no SFTP session
-    assert isinstance(store, SFTPFileStore)
-    assert store.root == str(deployed)
-    assert SFTPFileStore(target, "~").location == "u@h:~"
+    assert isinstance(store, RemoteFileStore)
+    assert store.root == ".kbinfra/kb"  # every script starts in the home folder
+    assert RemoteFileStore(target, "~").location == "u@h:~"
     assert home_relative("/srv/kb") is None
     assert home_relative("~") == home_relative("~/") == "."
     assert home_relative("stacks/kb") == "stacks/kb"
@@ -256,3 +237,35 @@ def test_paramiko_loads_invoke_only_for_match_exec(
         [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
     )
     assert done.stdout.split() == ["True", str(imports_invoke)]
+
+
+def test_every_remote_script_is_fixed_and_quotable() -> None:
+    for script in REMOTE_SCRIPTS:
+        assert remote_command(script).startswith("sh -c '")
+    with pytest.raises(ValueError, match="quote"):
+        remote_command("echo 'x'")
+
+
+def test_remote_store_round_trips_through_the_fixed_scripts(tmp_path: Path) -> None:
+    target = _ShellTarget(tmp_path)
+    store = target.file_store("kb")
+    store.put("conf/a.conf", b"plain", 0o644)
+    store.put("secret.env", b"PASSWORD=x\n", 0o600)
+    store.put("$(touch pwned)", b"hostile name", 0o644)
+    deployed = tmp_path / ".kbinfra" / "kb"
+    assert stat.S_IMODE((deployed / "secret.env").stat().st_mode) == 0o600
+    assert stat.S_IMODE((deployed / "conf").stat().st_mode) == 0o700
+    assert store.read("conf/a.conf") == b"plain" and store.read("missing") is None
+    assert store.modes(["conf/a.conf", "secret.env", "missing"]) == {
+        "conf/a.conf": 0o644,
+        "secret.env": 0o600,
+    }
+    assert set(store.hashes()) == {"conf/a.conf", "secret.env", "$(touch pwned)"}
+    store.remove("conf/a.conf")
+    assert not (deployed / "conf").exists() and deployed.is_dir()
+    assert not list(tmp_path.rglob("pwned")) and not list(tmp_path.rglob(".kbinfra-tmp-*"))
+    for outside in ("../escape", "/etc/passwd", "a/../../x"):
+        with pytest.raises(ValueError, match="outside"):
+            store.put(outside, b"", 0o644)
+    with pytest.raises(ValueError, match="newline"):
+        store.put("new\nline", b"", 0o644)

@@ -61,7 +61,7 @@ def check(
     )
     select(stack, only or [])  # a misspelt --only is an error before the engine is asked
     with where:
-        where.docker_client()  # an unreachable target is one error line (exit 2), not 40 rows
+        where.open_engine()  # an unreachable target is one error line (exit 2), not 40 rows
         rows, unprobed = run_checks(stack, where, only or [], progress=console_progress(console))
     ok = check_rows_ok(rows)
     failed = [r for r in rows if not r.ok]

@@ -1,4 +1,4 @@
-"""``kbinfra plan / apply / status / destroy`` and ``kbinfra ssh trust``.
+"""``kbinfra plan / apply / status / destroy / history / rollback`` and ``kbinfra ssh trust``.
 
 Each command parses options, calls one function of ``kbinfra.apply`` and prints. docker and
 paramiko are imported only inside the commands, so ``kbinfra --help`` stays fast.
@@ -235,6 +235,8 @@ def print_apply(console: Console, result: "ApplyResult") -> None:
     ]
     console.table(None, ["service", "action", "outcome", "time", "detail"], rows)
     console.line(result.summary())
+    if result.release is not None:
+        console.line(f"recorded as release {result.release} (`kbinfra history`)")
 
 
 @app.command(
@@ -310,6 +312,11 @@ def apply(
                 progress=progress,
                 expect=expect,
             )
+    report_apply(console, result, where.name)
+
+
+def report_apply(console: Console, result: "ApplyResult", where: str) -> None:
+    """Print what an apply did (a table, or JSON); exit 1 naming the first failed service."""
     for note in result.notes + result.repaired:
         console.note(note)
     if console.json_mode:
@@ -327,7 +334,7 @@ def apply(
         back = "; the previous container was restored" if first.rolled_back else ""
         raise ApplyFailedError(
             f"{first.service} did not become healthy: {first.error}{back}",
-            where=where.name,
+            where=where,
             fix=("see its last log lines above; " if first.logs else "")
             + "fix kbinfra.yaml, then `kbinfra plan`",
         )
@@ -630,7 +637,12 @@ def _status_on_swarm(console: Console, stack: "Stack", where: "Target") -> None:
     if degraded:
         console.line(
             "degraded: "
-            + ", ".join(f"{s.name} ({s.running}/{s.expected} running)" for s in degraded)
+            + ", ".join(
+                f"{s.name} ({s.running}/{s.expected} running"
+                + "".join(f"; its task was on {node}, which is down" for node in s.lost_on)
+                + ")"
+                for s in degraded
+            )
         )
 
 
@@ -761,3 +773,290 @@ def ssh_trust(
             fix="pass --known-hosts a file path in a folder this user can write",
         ) from None
     console.line(f"added to {path}")
+
+
+# ---------------------------------------------------------------- releases
+#: What ``kbinfra rollback`` says before it starts, and docs/operations.md with it.
+DATA_NOTE = "data is not rolled back (volumes are as they were): `kbinfra restore` is for data"
+
+
+@app.command(epilog=examples("kbinfra history", "kbinfra history -o json"))
+def history(
+    stack_dir: DirOption = Path(),
+    target: TargetOption = None,
+    known_hosts: KnownHostsOption = None,
+    identity: IdentityOption = None,
+    output: OutputOption = Output.text,
+) -> None:
+    """The releases recorded on the target, newest first: each apply that changed something."""
+    from kbinfra.releases import history_rows, read_releases  # noqa: PLC0415
+
+    console = Console(output)
+    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
+    with where:
+        releases = read_releases(where.file_store(stack.spec.name))
+    if console.json_mode:
+        console.emit_json(
+            {
+                "stack": stack.spec.name,
+                "target": where.name,
+                "releases": [r.summary() for r in reversed(releases)],
+            }
+        )
+        return
+    if not releases:
+        console.note(f"no release recorded on {where.name} yet: `kbinfra apply` records one")
+        return
+    console.table(
+        f"releases of stack {stack.spec.name} on {where.name}",
+        ["release", "time (UTC)", "kbinfra", "changed", "note"],
+        history_rows(releases),
+    )
+
+
+@app.command(
+    epilog=examples("kbinfra rollback", "kbinfra rollback 3 --yes", "kbinfra rollback -y -o json")
+)
+def rollback(
+    release_number: Annotated[
+        int | None,
+        typer.Argument(
+            metavar="RELEASE",
+            help="The release to return to (`kbinfra history`); default: the one before "
+            "the current one.",
+            min=1,
+            show_default=False,
+        ),
+    ] = None,
+    stack_dir: DirOption = Path(),
+    target: TargetOption = None,
+    known_hosts: KnownHostsOption = None,
+    identity: IdentityOption = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Roll back without asking.")] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            help="Seconds each new container has to become healthy.",
+            min=1,
+            show_default=False,
+        ),
+    ] = None,
+    force_unlock: ForceUnlockOption = False,
+    output: OutputOption = Output.text,
+) -> None:
+    """Return to an earlier release's images and configuration, health-gated like apply.
+
+    The release's stack file is rendered with today's secrets and TLS files (a secret is
+    never rolled back), each image reference is put back on the release's image id, and the
+    result is applied. Once it converged, kbinfra.yaml is the release's (the one it replaced
+    is kept as kbinfra.yaml.before-rollback), so the next plan has nothing to do. Data is
+    never rolled back: `kbinfra restore` is for data.
+    """
+    from kbinfra.apply import apply_stack, plan_stack, target_engine  # noqa: PLC0415
+    from kbinfra.releases import (  # noqa: PLC0415
+        BEFORE_ROLLBACK,
+        choose_release,
+        image_moves,
+        read_releases,
+        release_stack,
+        restore_stack_file,
+    )
+
+    console = Console(output)
+    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
+    with where:
+        release = choose_release(read_releases(where.file_store(stack.spec.name)), release_number)
+        old = release_stack(stack, release)
+        console.note(f"rolling back to release {release.number} of {release.time:%Y-%m-%d %H:%M}")
+        console.note(DATA_NOTE)
+        if not yes:
+            engine = target_engine(where, stack.spec.name)
+            present = engine.present_images(i.ref for i in release.images.values())
+            for ref, image_id in image_moves(release, present).items():
+                console.note(f"image {ref} goes back to {image_id[7:19]}")
+            if not console.json_mode:
+                print_plan(console, plan_stack(old, where))
+            if not confirm(console, f"Roll {where.name} back to release {release.number}?"):
+                raise typer.Exit(1)
+        with apply_progress(console) as progress:
+            result = apply_stack(
+                old,
+                where,
+                timeout=timeout,
+                force_unlock=force_unlock,
+                progress=progress,
+                rollback_to=release,
+            )
+    if result.ok:
+        replaced = restore_stack_file(stack.dir, release.stack_file)
+        if replaced:
+            result.notes.append(
+                f"kbinfra.yaml is release {release.number}'s; the one it replaced is "
+                f"{BEFORE_ROLLBACK}"
+            )
+        if stack.profile != old.profile:
+            result.notes.append(
+                f"profile {stack.spec.profile} now differs from the values release "
+                f"{release.number} used: the next plan shows what that changes"
+            )
+    report_apply(console, result, where.name)
+
+
+@app.command(
+    epilog=examples(
+        "kbinfra upgrade qdrant --to v1.17.2 --check",
+        "kbinfra upgrade qdrant --to v1.17.2 --yes",
+        "kbinfra upgrade            # the images you changed in kbinfra.yaml",
+    )
+)
+def upgrade(
+    services: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="SERVICE...",
+            help="The services to upgrade; default: every one whose image in kbinfra.yaml "
+            "is not what its container runs.",
+            show_default=False,
+        ),
+    ] = None,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            metavar="TAG|IMAGE",
+            help="The new tag (of the service's image repository) or a whole image reference.",
+            show_default=False,
+        ),
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Show the upgrade and its checks; change nothing.")
+    ] = False,
+    stack_dir: DirOption = Path(),
+    target: TargetOption = None,
+    known_hosts: KnownHostsOption = None,
+    identity: IdentityOption = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Upgrade without asking.")] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            help="Seconds each new container has to become healthy.",
+            min=1,
+            show_default=False,
+        ),
+    ] = None,
+    output: OutputOption = Output.text,
+) -> None:
+    """New images for services: refused when the data cannot follow, backed up first.
+
+    Each store says what it runs now and whether the new image can take its data over
+    (PostgreSQL: same major only; Qdrant: one minor version at a time, never back; Redis:
+    never an older release line). Every refusal is shown before anything changes. Then the
+    affected stores are backed up (verified as written; `kbinfra restore` takes it), the new
+    images are applied to those services only, health-gated, and kbinfra.yaml names them.
+    """
+    from kbinfra.apply import apply_stack, plan_stack, target_engine  # noqa: PLC0415
+    from kbinfra.backup.run import data_handlers  # noqa: PLC0415
+    from kbinfra.spec.stack import parse_stack  # noqa: PLC0415
+    from kbinfra.stack import stack_of  # noqa: PLC0415
+    from kbinfra.upgrade import (  # noqa: PLC0415
+        changed_images,
+        new_image_for,
+        plan_upgrade,
+        refuse,
+        stack_file_path,
+        with_images,
+    )
+
+    console = Console(output)
+    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
+    named = stack.select(services or [], asked_as="upgrade")
+    if to is not None and not named:
+        raise KbinfraError(
+            "--to needs the services it is for",
+            where="--to",
+            fix="e.g. `upgrade qdrant --to v1.17.2`",
+        )
+    path = stack_file_path(stack)
+    text = path.read_text(encoding="utf-8")
+    if to is not None:
+        images = {name: new_image_for(stack.contexts[name].image, to) for name in named}
+        text = with_images(text, images, where=str(path))
+    spec, doc = parse_stack(text, path)
+    new = stack_of(stack.dir, spec, doc, stack.profile)
+    with where:
+        containers = {
+            c.service: c
+            for c in target_engine(where, stack.spec.name).stack_containers()
+            if c.service
+        }
+        chosen = named or changed_images(new, containers)
+        if not chosen:
+            console.note("nothing to upgrade: every container runs the image kbinfra.yaml names")
+            return
+        stores = [name for name in chosen if name in data_handlers(stack)]
+        steps = plan_upgrade(
+            stack, new, where, services=chosen, containers=containers, stores=stores
+        )
+        if console.json_mode and (check or any(s.refusal for s in steps)):
+            console.emit_json({"stack": stack.spec.name, "steps": [s.as_json() for s in steps]})
+        elif not console.json_mode:
+            console.table(
+                f"upgrade of stack {stack.spec.name} on {where.name}",
+                ["service", "from", "to", "running", "backed up first", "verdict"],
+                [s.row() for s in steps],
+            )
+        refuse(steps)
+        _refuse_other_changes(plan_stack(new, where, with_diffs=False), chosen)
+        if check:
+            return
+        if not yes and not confirm(console, f"Upgrade {', '.join(chosen)} on {where.name}?"):
+            raise typer.Exit(1)
+        backup = _backup_before_upgrade(console, stack, where, stores) if stores else None
+        with apply_progress(console) as progress:
+            result = apply_stack(new, where, timeout=timeout, progress=progress)
+    if result.ok and path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
+        result.notes.append(
+            f"kbinfra.yaml now names {', '.join(new.contexts[n].image for n in chosen)}"
+        )
+    if backup is not None:
+        result.notes.append(f"the backup taken before it (drill passed): {backup}")
+    report_apply(console, result, where.name)
+
+
+def _refuse_other_changes(plan: "Plan", chosen: list[str]) -> None:
+    """An upgrade changes its services' images and nothing else: other pending changes of
+    kbinfra.yaml are applied by ``apply``, where they are shown and asked for."""
+    others = [a.service for a in plan.services if a.action != "nothing" and a.service not in chosen]
+    if others:
+        raise KbinfraError(
+            f"kbinfra.yaml also changes {', '.join(others)}; an upgrade changes only "
+            f"{', '.join(chosen)}: nothing was changed",
+            fix="`kbinfra plan` shows those changes: apply them first, or name them too",
+        )
+
+
+def _backup_before_upgrade(
+    console: Console, stack: "Stack", where: "Target", stores: list[str]
+) -> Path:
+    """Back ``stores`` up and run the restore drill on it, with today's images: after the
+    upgrade, a Qdrant snapshot no longer restores (same minor version only)."""
+    from kbinfra.backup.run import backup_root, run_backup, run_drill  # noqa: PLC0415
+    from kbinfra.offsite.records import LOCAL, record_verified  # noqa: PLC0415
+
+    progress = console_progress(console)
+    backup = run_backup(stack, where, progress=progress, services=stores, reason="safety")
+    drill = run_drill(stack, where, backup.path, progress=progress)
+    if not drill.ok:
+        found = "; ".join(str(d) for d in drill.differences())
+        raise KbinfraError(
+            f"the backup taken before the upgrade did not pass its restore drill: "
+            f"{found[:200]}; nothing was changed",
+            where=str(backup.path),
+            fix="see `kbinfra backup verify` of it, fix what it says, then upgrade",
+        )
+    record_verified(backup_root(stack), LOCAL, backup.manifest.name, backup.manifest.finished_at)
+    console.note(f"backed up {', '.join(stores)} to {backup.path}; its restore drill passed")
+    return backup.path

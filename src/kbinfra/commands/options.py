@@ -152,7 +152,8 @@ IdentityOption = Annotated[
     Path | None,
     typer.Option(
         "--identity",
-        help="SSH private key (default: ssh config, agent).",
+        help="SSH private key (default: ssh config, agent). The connection is shared "
+        "with later runs for KBINFRA_SSH_PERSIST seconds (60; 0: closed at exit).",
         envvar="KBINFRA_SSH_IDENTITY",
         metavar="FILE",
         show_default=False,

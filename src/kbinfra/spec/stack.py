@@ -21,7 +21,7 @@ from kbinfra.spec.values import (
     VolumeName,
     parse_ssh_target,
 )
-from kbinfra.spec.yamlfile import YamlDocument, read_yaml, validate
+from kbinfra.spec.yamlfile import YamlDocument, parse_yaml, read_yaml, validate
 
 STACK_FILE = "kbinfra.yaml"
 Workload = Literal["web", "oltp", "dw", "mixed"]
@@ -262,8 +262,18 @@ def load_stack(stack_dir: Path) -> tuple[StackSpec, YamlDocument]:
         what="stack file",
         fix_missing=f"run `kbinfra init --dir {stack_dir}` first, or pass --dir",
     )
+    return validate_stack(doc), doc
+
+
+def parse_stack(text: str, where: Path) -> tuple[StackSpec, YamlDocument]:
+    """Validate a stack file's ``text`` (one kept in a release record); ``where`` for errors."""
+    doc = parse_yaml(text, where, what="stack file")
+    return validate_stack(doc), doc
+
+
+def validate_stack(doc: YamlDocument) -> StackSpec:
     data = _fill_service_defaults(doc.data)
-    return validate(stack_model(), data, doc, what="stack file"), doc
+    return validate(stack_model(), data, doc, what="stack file")
 
 
 def _fill_service_defaults(data: dict[str, Any]) -> dict[str, Any]:

@@ -105,6 +105,7 @@ class SwarmProbeContext(ProbeContext):
         return self.target.node_client(self.task().node)
 
     def container_name(self) -> str:
+        """How messages name the container: a task has no container name of kbinfra's."""
         task = self.task()
         return f"{task.service} task {task.container_id[:12]} on {task.node}"
 

@@ -72,14 +72,15 @@ def running_task(
 
 
 def where_tasks_are(state: ServiceState) -> str:
-    """``node3 running, node down`` for each task Swarm wants running: where it is, or was."""
-    wanted = [task for task in state.tasks if task.desired == "running"]
-    if not wanted:
-        return "no task is scheduled"
-    return "; ".join(
-        f"{task.node or 'no node yet'} {task.state}" + ("" if task.node_ready else ", node down")
-        for task in wanted
-    )
+    """Where the tasks Swarm wants running are (``pending, no node yet``), and the nodes
+    that are down with its task: ``pending, no node yet; node3 down``."""
+    wanted = [
+        f"{task.state} on {task.node}" if task.node else f"{task.state}, no node yet"
+        for task in state.tasks
+        if task.desired == "running" and task.node_ready
+    ]
+    parts = [*wanted, *(f"{node} down" for node in state.lost_on)]
+    return "; ".join(parts) or "no task is scheduled"
 
 
 @contextmanager

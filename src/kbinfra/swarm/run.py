@@ -89,7 +89,7 @@ def find_manager(target: SwarmTarget) -> str | None:
     unreachable: dict[str, str] = {}
     for node in target.nodes:
         try:
-            target.node_target(node.name).ssh()
+            target.node_target(node.name).connect()
             info = target.node_client(node.name).info()
         except HostKeyError:
             raise

@@ -188,6 +188,13 @@ class ServiceState:
         return self.running < self.expected
 
     @property
+    def lost_on(self) -> list[str]:
+        """The nodes that are down with a task of this service last seen running there."""
+        return sorted(
+            {t.node for t in self.tasks if t.node and not t.node_ready and t.state == "running"}
+        )
+
+    @property
     def converged(self) -> bool:
         stale = any(t.desired == "running" and not t.current for t in self.tasks)
         return (
@@ -219,6 +226,7 @@ class ServiceState:
             "expected": self.expected,
             "running": self.running,
             "degraded": self.degraded,
+            "lost_on": self.lost_on,
             "converged": self.converged,
             "update": self.update_state,
             "rolled_back": self.rolled_back,

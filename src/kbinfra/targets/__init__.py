@@ -47,12 +47,8 @@ def open_target(
         from kbinfra.targets.local import LocalTarget  # noqa: PLC0415
 
         return LocalTarget(stack_dir)
-    from kbinfra.targets.ssh import (  # noqa: PLC0415
-        SSHAddress,
-        SSHOptions,
-        SSHTarget,
-        default_known_hosts,
-    )
+    from kbinfra.targets.openssh import SSHAddress, SSHOptions  # noqa: PLC0415
+    from kbinfra.targets.ssh import SSHTarget, default_known_hosts  # noqa: PLC0415
 
     user, host, port = parts
     key_file = _identity(identity)
@@ -86,7 +82,8 @@ def _swarm_target(
     """Every node of the stack file's ``swarm:`` section, over SSH with strict host keys:
     ``--known-hosts`` and ``--identity`` override the section's (relative to the stack)."""
     from kbinfra.spec.values import parse_ssh_target  # noqa: PLC0415
-    from kbinfra.targets.ssh import SSHAddress, SSHOptions, default_known_hosts  # noqa: PLC0415
+    from kbinfra.targets.openssh import SSHAddress, SSHOptions  # noqa: PLC0415
+    from kbinfra.targets.ssh import default_known_hosts  # noqa: PLC0415
     from kbinfra.targets.swarm import SwarmNodeAddress, SwarmTarget  # noqa: PLC0415
 
     def beside(value: str | None) -> Path | None:

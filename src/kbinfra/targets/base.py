@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from kbinfra.targets.engine import EngineReads
 
 TEMP_PREFIX = ".kbinfra-tmp-"
+#: kbinfra's own records in the deployed folder (releases): not deployed files, so
+#: ``FileStore.hashes()`` leaves them out and the plan never counts them as leftovers.
+RECORDS_DIR = ".kbinfra"
 
 
 class FileStore(ABC):
@@ -29,7 +32,8 @@ class FileStore(ABC):
 
     @abstractmethod
     def hashes(self, paths: Iterable[str] | None = None) -> dict[str, str]:
-        """sha256 of files, in one call: ``paths`` (missing ones left out), or every file."""
+        """sha256 of files, in one call: ``paths`` (missing ones left out), or every
+        deployed file (not those under :data:`RECORDS_DIR`)."""
 
     @abstractmethod
     def read(self, path: str) -> bytes | None:
@@ -84,6 +88,11 @@ class Target(ABC):
         backups connect to them through this. On the local target it is the address itself.
         """
         yield host, port
+
+    def open_engine(self) -> None:
+        """Connect before any work, so an unreachable target is one error line, not one
+        failed row per check."""
+        self.docker_client()
 
     def probe_context(
         self, stack: Stack, service: Service, *, progress: Progress | None = None

@@ -220,6 +220,11 @@ class Engine:
         image_id: str = info["Id"]
         return image_id
 
+    def tag(self, image_id: str, ref: str) -> None:
+        """Point ``ref`` at the image ``image_id`` (present on the engine)."""
+        repo, tag = split_ref(ref)
+        self.api.tag(image_id, repo, tag)
+
     def pull(self, ref: str) -> str | None:
         """Pull ``ref``; the engine's error message when that fails, else None."""
         import docker.errors  # noqa: PLC0415

@@ -40,8 +40,12 @@ def filters_param(filters: Mapping[str, Any]) -> str:
 class SocketEngineReads:
     """GET requests to the engine listening on ``socket_path`` (connected on first use)."""
 
-    def __init__(self, socket_path: str, *, timeout_s: float = TIMEOUT_S) -> None:
+    def __init__(
+        self, socket_path: str, *, timeout_s: float = TIMEOUT_S, where: str | None = None
+    ) -> None:
         self.socket_path = socket_path
+        #: for messages: the socket, or the target it forwards to (``ssh://…``)
+        self.where = where or f"unix://{socket_path}"
         self.timeout_s = timeout_s
         self._sock: socket.socket | None = None
         self._reader: Any = None
@@ -95,14 +99,14 @@ class SocketEngineReads:
                 message = str(json.loads(message).get("message", message))
             raise EngineAnswerError(
                 f"the Docker Engine answered {status} to GET {what}: {message[:300]}",
-                where=f"unix://{self.socket_path}",
+                where=self.where,
             )
         try:
             return json.loads(body)
         except ValueError:
             raise EngineAnswerError(
                 f"the Docker Engine's answer to GET {what} is not JSON",
-                where=f"unix://{self.socket_path}",
+                where=self.where,
             ) from None
 
     def _get(self, path: str) -> tuple[int, bytes]:
@@ -118,7 +122,7 @@ class SocketEngineReads:
                 if not reused:
                     raise EngineAnswerError(
                         "the Docker Engine closed the connection without an answer",
-                        where=f"unix://{self.socket_path}",
+                        where=self.where,
                     ) from None
             try:
                 return self._exchange(request)
@@ -126,7 +130,7 @@ class SocketEngineReads:
                 self._disconnect()
                 raise EngineAnswerError(
                     "the Docker Engine closed the connection without an answer",
-                    where=f"unix://{self.socket_path}",
+                    where=self.where,
                 ) from None
 
     def _exchange(self, request: bytes) -> tuple[int, bytes]:
@@ -150,7 +154,7 @@ class SocketEngineReads:
             missing = isinstance(error, FileNotFoundError)
             raise KbinfraError(
                 f"cannot reach the Docker Engine: {'no socket there' if missing else error}",
-                where=f"unix://{self.socket_path}",
+                where=self.where,
                 fix="start dockerd, or set DOCKER_HOST to the engine's socket",
             ) from None
         self._sock = sock
@@ -223,7 +227,7 @@ class SocketEngineReads:
         self._disconnect()
         return EngineAnswerError(
             f"the Docker Engine's answer is not HTTP as expected: {what}",
-            where=f"unix://{self.socket_path}",
+            where=self.where,
         )
 
 

@@ -12,7 +12,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from kbinfra.errors import KbinfraError
-from kbinfra.targets.base import TEMP_PREFIX, FileStore, Target
+from kbinfra.targets.base import RECORDS_DIR, TEMP_PREFIX, FileStore, Target
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -43,6 +43,7 @@ class LocalFileStore(FileStore):
                 for p in self.root.rglob("*")
                 if p.is_file() and not p.name.startswith(TEMP_PREFIX)
             )
+            candidates = [p for p in candidates if not p.startswith(f"{RECORDS_DIR}/")]
         else:
             candidates = list(paths)
         result = {}

@@ -1,30 +1,27 @@
-"""A Docker Engine reached over SSH (paramiko), with a strictly verified host key.
+"""A Docker Engine reached over SSH, with a strictly verified host key.
 
-One paramiko connection carries everything: the Docker API (``docker system dial-stdio``
-on a channel per HTTP connection, as docker-py does), the ``sha256sum`` of the deployed
-files, and SFTP uploads.
+Everything goes through the system ``ssh`` client and one shared master connection per
+target (:mod:`kbinfra.targets.openssh`): the Docker API as a forward of the host's engine
+socket, the deployed files through a few fixed shell scripts fed on their standard input,
+and tunnels to the host's loopback as forwards too.
 
-docker-py's own ``ssh://`` support builds its paramiko client itself: it loads only the
-system known_hosts and the key named in ``~/.ssh/config``. kbinfra must use *its*
-known_hosts file (``--known-hosts`` / ``KBINFRA_KNOWN_HOSTS``) and key (``--identity``), so
-it connects and verifies the host itself, then hands the connected client to docker-py's
-``SSHHTTPAdapter`` (subclassed so it does not connect again).
+paramiko is imported only by ``kbinfra ssh trust`` (to read the key a host offers) and when
+ssh has refused a host key, to say which key was offered and with which fingerprint.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import posixpath
 import re
-import shlex
 import stat
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,21 +29,30 @@ from typing import TYPE_CHECKING, Any
 
 from kbinfra.errors import KbinfraError, unreadable
 from kbinfra.spec.values import HostPort
-from kbinfra.targets.base import TEMP_PREFIX, FileStore, Target
+from kbinfra.targets.base import RECORDS_DIR, TEMP_PREFIX, FileStore, Target
+from kbinfra.targets.openssh import (
+    DEFAULT_PORT,
+    OpenSSH,
+    SSHAddress,
+    SSHOptions,
+    connectable,
+    engine_endpoint,
+)
 
 if TYPE_CHECKING:
     import paramiko
     from docker import DockerClient
+
+    from kbinfra.targets.engine import EngineReads
+    from kbinfra.targets.engine_socket import SocketEngineReads
 
 # paramiko logs a failed handshake's traceback from its transport thread, which Python's
 # last-resort handler prints (19 lines) unless the paramiko logger has a handler. The error
 # kbinfra raises says it in one line; --debug shows the traceback of that error.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
-DEFAULT_PORT = 22
 CONNECT_TIMEOUT_S = 15.0
 DOCKER_TIMEOUT_S = 120
-ENGINE_POOL_KEY = "http+docker://ssh"
 
 
 _MATCH_EXEC = re.compile(r"^\s*match\b.*\bexec\b", re.IGNORECASE | re.MULTILINE)
@@ -106,24 +112,6 @@ def trust_hint(host: str, port: int) -> str:
 
 class HostKeyError(KbinfraError):
     """An unknown or changed SSH host key: the connection is refused."""
-
-
-@dataclass(frozen=True)
-class SSHAddress:
-    user: str
-    host: str
-    port: int = DEFAULT_PORT
-
-    @property
-    def url(self) -> str:
-        return f"ssh://{self.user}@{HostPort(self.host, self.port)}"
-
-
-@dataclass(frozen=True)
-class SSHOptions:
-    known_hosts: Path
-    identity: Path | None = None
-    deploy_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -292,6 +280,21 @@ def connect(address: SSHAddress, options: SSHOptions) -> paramiko.SSHClient:
     return client
 
 
+def diagnose_host_key(address: SSHAddress, options: SSHOptions, said: str) -> KbinfraError:
+    """Why ssh refused the host key, in kbinfra's words: the same handshake again (paramiko,
+    nothing run, nothing written) names the key offered, its fingerprint and the fix."""
+    try:
+        client = connect(address, options)
+    except KbinfraError as error:
+        return error
+    client.close()
+    return HostKeyError(
+        f"ssh refused the host key: {said}",
+        where=f"{address.host}:{address.port} ({options.known_hosts})",
+        fix=f"check the key, then run `{trust_hint(address.host, address.port)}`",
+    )
+
+
 def fetch_host_key(host: str, port: int) -> paramiko.PKey:
     """The host key the server offers (what ``ssh`` would be asked to trust)."""
     import socket  # noqa: PLC0415
@@ -334,57 +337,6 @@ def append_known_host(known_hosts: Path, host: str, port: int, key: paramiko.PKe
             if handle.read(1) != b"\n":
                 handle.write(b"\n")
         handle.write(line.encode())
-
-
-def engine_adapter(
-    ssh_client: paramiko.SSHClient, reconnect: Callable[[], paramiko.SSHClient]
-) -> Any:
-    """docker-py's SSH transport over ``ssh_client`` (already connected and verified)."""
-    from docker.transport.sshconn import SSHHTTPAdapter  # noqa: PLC0415
-
-    class ConnectedSSHAdapter(SSHHTTPAdapter):
-        def __init__(self) -> None:
-            super().__init__("ssh://kbinfra", timeout=DOCKER_TIMEOUT_S, shell_out=False)
-
-        def _create_paramiko_client(self, base_url: str) -> None:
-            self.ssh_client = ssh_client
-            self.ssh_params: dict[str, Any] = {}
-
-        def _connect(self) -> None:
-            if self.ssh_client is not None and self.ssh_client.get_transport() is None:
-                self.ssh_client = reconnect()
-
-        def get_connection(self, url: str | bytes, proxies: Any = None) -> Any:
-            # docker-py keeps one connection pool per request URL, so every new path opened
-            # a new channel and a new `docker system dial-stdio` process on the host (tens
-            # of ms each). Every request goes to the same engine: one pool for them all.
-            return super().get_connection(ENGINE_POOL_KEY, proxies)
-
-    return ConnectedSSHAdapter()
-
-
-def _docker_client_over(
-    ssh_client: paramiko.SSHClient, reconnect: Callable[[], paramiko.SSHClient]
-) -> DockerClient:
-    """A DockerClient whose HTTP connections are channels of ``ssh_client``."""
-    import docker  # noqa: PLC0415
-
-    # No connection is made while the version is given; the adapter is mounted for the
-    # same URL prefix docker-py uses for ssh://, so its stream handling applies unchanged.
-    client = docker.DockerClient(base_url="unix:///kbinfra-unused.sock", version="1.24")
-    api: Any = client.api
-    adapter = engine_adapter(ssh_client, reconnect)
-    api.mount(ENGINE_POOL_KEY, adapter)
-    api._custom_adapter = adapter
-    api.base_url = ENGINE_POOL_KEY
-    try:
-        api._version = api.version(api_version=False)["ApiVersion"]
-    except docker.errors.DockerException as error:
-        raise KbinfraError(
-            f"no Docker Engine answers through SSH: {error}",
-            fix="the SSH user needs the docker CLI and access to /var/run/docker.sock",
-        ) from None
-    return client
 
 
 _SHA256SUM_ESCAPES = {"\\": "\\", "n": "\n", "r": "\r"}
@@ -430,182 +382,212 @@ def home_relative(root: str) -> str | None:
     return root.removeprefix("~/") or "."
 
 
-class SFTPFileStore(FileStore):
-    """The deployed stack folder on the remote host: hashes by one ``sha256sum`` call.
+# The only commands kbinfra runs on a host, fixed: what they act on (a folder, a path, a
+# mode) comes on their standard input, one line each, never on the command line. Each runs
+# as ``sh -c '...'`` whatever the login shell, so none holds a quote, backslash or ``!``.
+ENGINE_ADDRESS_SCRIPT = 'printf "%s" "${DOCKER_HOST-}"'
+HASHES_SCRIPT = (
+    'IFS= read -r d || exit 0; cd -- "$d" 2>/dev/null || exit 0; '
+    f'find . -path ./{RECORDS_DIR} -prune -o -name "{TEMP_PREFIX}*" -prune '
+    "-o -type f -exec sha256sum {} +; exit 0"
+)
+READ_SCRIPT = 'IFS= read -r f || exit 2; [ -f "$f" ] || exit 3; exec cat -- "$f"'
+READ_MISSING = 3
+MODES_SCRIPT = (
+    'while IFS= read -r f; do m=$(stat -c %a -- "$f" 2>/dev/null) || m=-; echo "$m"; done'
+)
+PUT_SCRIPT = (
+    "umask 077; IFS= read -r f && IFS= read -r m || exit 2; "
+    'd=$(dirname -- "$f"); t="$d/' + TEMP_PREFIX + '$(basename -- "$f")-$$"; '
+    'mkdir -p -- "$d" && cat > "$t" && chmod -- "$m" "$t" && mv -f -- "$t" "$f" && exit 0; '
+    'rm -f -- "$t"; exit 1'
+)
+REMOVE_SCRIPT = (
+    "IFS= read -r f && IFS= read -r top || exit 2; "
+    'rm -f -- "$f"; d=$(dirname -- "$f"); '
+    'while :; do case "$d" in "$top"/*) rmdir -- "$d" 2>/dev/null || break; '
+    'd=$(dirname -- "$d");; *) break;; esac; done; exit 0'
+)
+REMOTE_SCRIPTS = (
+    ENGINE_ADDRESS_SCRIPT,
+    HASHES_SCRIPT,
+    READ_SCRIPT,
+    MODES_SCRIPT,
+    PUT_SCRIPT,
+    REMOVE_SCRIPT,
+)
 
-    A folder under the home folder is resolved to an absolute path only when SFTP is first
-    needed: a no-op apply, which only reads hashes, opens no SFTP session at all (the shell
-    that computes them starts in the home folder, as SFTP does).
+
+def remote_command(script: str) -> str:
+    """``sh -c '<script>'``: the string ssh hands the login shell, for a fixed script."""
+    if any(char in script for char in "'\\!\n"):
+        raise ValueError("a remote script must hold no quote, backslash, ! or newline")
+    return f"sh -c '{script}'"
+
+
+def stdin_line(value: str) -> bytes:
+    """One line of a remote script's input: a path never holds a newline or a NUL."""
+    if "\n" in value or "\0" in value:
+        raise ValueError(f"{value!r} holds a newline or NUL")
+    return value.encode() + b"\n"
+
+
+class RemoteFileStore(FileStore):
+    """The deployed stack folder on the remote host, through the fixed scripts above.
+
+    A folder under the home folder stays relative: every script starts in the home folder.
+    Hashes are one ``sha256sum`` of every file, listed by ``find`` (no name on any line).
     """
 
     def __init__(self, target: SSHTarget, root: str) -> None:
         self._target = target
-        self._relative = home_relative(root)
-        self._root = None if self._relative is not None else root.rstrip("/") or "/"
-        shown = root if self._relative is None else posixpath.join("~", self._relative)
+        relative = home_relative(root)
+        self.root = relative if relative is not None else posixpath.normpath(root)
+        shown = root if relative is None else posixpath.join("~", relative)
         self.location = f"{target.address.user}@{target.address.host}:{posixpath.normpath(shown)}"
-        self._made_dirs: set[str] = set()
-
-    @property
-    def root(self) -> str:
-        """The folder's absolute path (asks the SFTP server for the home folder once)."""
-        if self._root is None:
-            home = self._target.sftp().normalize(".")
-            self._root = posixpath.normpath(posixpath.join(home, self._relative or "."))
-        return self._root
 
     def _remote(self, path: str) -> str:
         full = posixpath.normpath(posixpath.join(self.root, path))
-        if not full.startswith(self.root + "/"):
+        inside = (
+            not (full == ".." or full.startswith(("../", "/")))
+            if self.root == "."
+            else full.startswith(self.root.rstrip("/") + "/")
+        )
+        if not inside or posixpath.isabs(path):
             raise ValueError(f"{path!r} is outside the stack folder")
         return full
 
     def hashes(self, paths: Iterable[str] | None = None) -> dict[str, str]:
-        # The folder's files are listed by find, never named on the command line: no path
-        # ever reaches the shell; ``paths`` only filters the result.
-        folder = shlex.quote(self._relative if self._relative is not None else self.root)
-        skip = shlex.quote(TEMP_PREFIX + "*")
-        command = (
-            f"cd {folder} 2>/dev/null || exit 0; "
-            f"find . -type f ! -name {skip} -exec sha256sum {{}} +; exit 0"
-        )
-        found = parse_sha256sum(self._target.run(command))
+        _, output = self._target.run_script(HASHES_SCRIPT, stdin_line(self.root))
+        found = parse_sha256sum(output.decode("utf-8", "surrogateescape"))
         if paths is None:
             return found
         return {path: found[path] for path in paths if path in found}
 
     def modes(self, paths: Iterable[str]) -> dict[str, int]:
-        sftp = self._target.sftp()
-        result = {}
-        for path in paths:
-            try:
-                attributes = sftp.stat(self._remote(path))
-            except FileNotFoundError:
-                continue
-            result[path] = stat.S_IMODE(attributes.st_mode or 0)
-        return result
+        wanted = list(paths)
+        if not wanted:
+            return {}
+        lines = b"".join(stdin_line(self._remote(path)) for path in wanted)
+        _, output = self._target.run_script(MODES_SCRIPT, lines)
+        answers = output.decode().split("\n")
+        return {
+            path: int(answer, 8)
+            for path, answer in zip(wanted, answers, strict=False)
+            if answer and answer != "-"
+        }
 
     def read(self, path: str) -> bytes | None:
-        sftp = self._target.sftp()
-        try:
-            with sftp.open(self._remote(path), "rb") as handle:
-                data: bytes = handle.read()
-                return data
-        except FileNotFoundError:
-            return None
-
-    def _mkdirs(self, directory: str) -> None:
-        sftp = self._target.sftp()
-        missing = []
-        current = directory
-        while current not in self._made_dirs and current not in ("", "/"):
-            try:
-                if stat.S_ISDIR(sftp.stat(current).st_mode or 0):
-                    break
-            except FileNotFoundError:
-                missing.append(current)
-            current = posixpath.dirname(current)
-        for folder in reversed(missing):
-            sftp.mkdir(folder, mode=0o700)
-        self._made_dirs.add(directory)
+        status, data = self._target.run_script(
+            READ_SCRIPT, stdin_line(self._remote(path)), ok=(0, READ_MISSING)
+        )
+        return None if status == READ_MISSING else data
 
     def put(self, path: str, data: bytes, mode: int) -> None:
-        sftp = self._target.sftp()
-        remote = self._remote(path)
-        self._mkdirs(posixpath.dirname(remote))
-        temp = posixpath.join(
-            posixpath.dirname(remote), f"{TEMP_PREFIX}{posixpath.basename(remote)}-{os.getpid()}"
-        )
-        try:
-            with sftp.open(temp, "wb") as handle:
-                handle.chmod(mode)  # before any byte is written
-                handle.write(data)
-            sftp.posix_rename(temp, remote)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                sftp.remove(temp)
-            raise
+        header = stdin_line(self._remote(path)) + stdin_line(f"{stat.S_IMODE(mode):o}")
+        self._target.run_script(PUT_SCRIPT, header + data)
 
     def remove(self, path: str) -> None:
-        sftp = self._target.sftp()
-        remote = self._remote(path)
-        with contextlib.suppress(FileNotFoundError):
-            sftp.remove(remote)
-        parent = posixpath.dirname(remote)
-        while parent.startswith(self.root + "/"):
-            try:
-                sftp.rmdir(parent)  # only when empty
-            except OSError:
-                break
-            self._made_dirs.discard(parent)
-            parent = posixpath.dirname(parent)
+        lines = stdin_line(self._remote(path)) + stdin_line(self.root)
+        self._target.run_script(REMOVE_SCRIPT, lines)
 
 
 class SSHTarget(Target):
-    """``ssh://user@host:port``: Docker over SSH, files over SFTP."""
+    """``ssh://user@host:port``: Docker and files over one shared OpenSSH connection."""
 
     def __init__(self, address: SSHAddress, options: SSHOptions) -> None:
         self.address = address
         self.options = options
         self.name = address.url
         self._lock = threading.Lock()
-        self._ssh: paramiko.SSHClient | None = None
-        self._sftp: paramiko.SFTPClient | None = None
+        self._openssh: OpenSSH | None = None
+        self._engine_socket: Path | None = None
         self._docker: DockerClient | None = None
+        self._reads: SocketEngineReads | None = None
+        self._tunnels = itertools.count()
 
-    def ssh(self) -> paramiko.SSHClient:
+    def openssh(self) -> OpenSSH:
         with self._lock:
-            if self._ssh is None or self._ssh.get_transport() is None:
-                self._ssh = connect(self.address, self.options)
-            return self._ssh
+            if self._openssh is None:
+                self._openssh = OpenSSH(
+                    self.address,
+                    self.options,
+                    lambda said: diagnose_host_key(self.address, self.options, said),
+                )
+            return self._openssh
 
-    def _reconnect(self) -> paramiko.SSHClient:
+    def connect(self) -> None:
+        """Start (or join) the shared connection: a refused host key is raised here."""
+        self.openssh().ensure_master()
+
+    def run_script(
+        self, script: str, stdin: bytes = b"", *, ok: Sequence[int] = (0,)
+    ) -> tuple[int, bytes]:
+        """Run one of the fixed scripts on the host: its exit status and stdout."""
+        return self.openssh().run(remote_command(script), stdin, ok=ok)
+
+    def engine_socket(self) -> Path:
+        """A socket on this machine that is the host's Docker Engine (a forward on the
+        master, made once and shared by every run that shares the master)."""
+        ssh = self.openssh()
         with self._lock:
-            self._ssh = connect(self.address, self.options)
-            return self._ssh
+            if self._engine_socket is None:
+                ssh.ensure_master()
+                local = ssh.forwarded_socket("docker")
+                if not connectable(local):
+                    _, answer = ssh.run(remote_command(ENGINE_ADDRESS_SCRIPT))
+                    endpoint = engine_endpoint(answer.decode("utf-8", "replace"), self.name)
+                    ssh.forward(local, endpoint.destination, own=False)
+                self._engine_socket = local
+            return self._engine_socket
 
-    def run(self, command: str) -> str:
-        """Run a shell command on the host; its stdout (an error on a non-zero exit)."""
-        _, stdout, stderr = self.ssh().exec_command(command, timeout=DOCKER_TIMEOUT_S)
-        output = stdout.read().decode("utf-8", "replace")
-        status = stdout.channel.recv_exit_status()
-        if status != 0:
-            message = stderr.read().decode("utf-8", "replace").strip()
-            raise KbinfraError(
-                f"remote command failed ({status}): {message}", where=self.address.url
-            )
-        return output
+    def engine_reads(self) -> EngineReads:
+        """On the forwarded socket, without docker-py, until a docker client is made."""
+        if self._docker is not None:
+            return super().engine_reads()
+        if self._reads is None:
+            from kbinfra.targets.engine_socket import SocketEngineReads  # noqa: PLC0415
 
-    def sftp(self) -> paramiko.SFTPClient:
-        if self._sftp is None:
-            import paramiko  # noqa: PLC0415
-
-            try:
-                self._sftp = self.ssh().open_sftp()
-            except paramiko.SSHException as error:
-                raise KbinfraError(
-                    f"SFTP is not available: {error}",
-                    where=self.address.url,
-                    fix="enable it in the host's sshd_config (`Subsystem sftp internal-sftp`)",
-                ) from None
-        return self._sftp
+            self._reads = SocketEngineReads(str(self.engine_socket()), where=self.name)
+        return self._reads
 
     def docker_client(self) -> DockerClient:
         if self._docker is None:
-            self._docker = _docker_client_over(self.ssh(), self._reconnect)
+            from kbinfra.targets.local import import_docker  # noqa: PLC0415
+
+            address = f"unix://{self.engine_socket()}"
+            docker = import_docker(address)
+            try:
+                self._docker = docker.DockerClient(base_url=address, timeout=DOCKER_TIMEOUT_S)
+            except docker.errors.DockerException as error:
+                raise KbinfraError(
+                    f"no Docker Engine answers through SSH: {error}",
+                    where=self.name,
+                    fix="the SSH user needs access to the host's Docker socket "
+                    "(e.g. membership of the docker group)",
+                ) from None
         return self._docker
 
     @contextmanager
     def tunnel(self, port: int, host: str = "127.0.0.1") -> Iterator[tuple[str, int]]:
-        """A local port forwarded over this SSH connection to ``host:port`` on the target."""
+        """A local port forwarded over the shared connection to ``host:port`` on the target."""
+        import socket  # noqa: PLC0415
+
         from kbinfra.targets.tunnel import Tunnel  # noqa: PLC0415
 
-        transport = self.ssh().get_transport()
-        if transport is None:
-            raise KbinfraError("the SSH connection closed", where=self.address.url)
+        ssh = self.openssh()
+        local = ssh.forwarded_socket(f"t{os.getpid()}-{next(self._tunnels)}")
+        remote_host = f"[{host}]" if ":" in host else host
+        ssh.forward(local, f"{remote_host}:{port}", own=True)
 
-        def open_channel() -> Any:
-            return transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0))
+        def open_channel() -> socket.socket:
+            channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                channel.connect(str(local))
+            except OSError:
+                channel.close()
+                raise
+            return channel
 
         forward = Tunnel(open_channel)
         try:
@@ -618,15 +600,15 @@ class SSHTarget(Target):
         if root is None:
             root = f"/var/lib/kbinfra/{stack}" if self.address.user == "root" else "~/.kbinfra"
             root = root if self.address.user == "root" else f"{root}/{stack}"
-        return SFTPFileStore(self, root)
+        return RemoteFileStore(self, root)
 
     def close(self) -> None:
+        if self._reads is not None:
+            self._reads.close()
+            self._reads = None
         if self._docker is not None:
             self._docker.close()
             self._docker = None
-        if self._sftp is not None:
-            self._sftp.close()
-            self._sftp = None
-        if self._ssh is not None:
-            self._ssh.close()
-            self._ssh = None
+        if self._openssh is not None:
+            self._openssh.close()
+        self._engine_socket = None

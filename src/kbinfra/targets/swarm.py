@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Literal
 
 from kbinfra.errors import KbinfraError
 from kbinfra.targets.base import FileStore, Target
-from kbinfra.targets.ssh import SSHAddress, SSHOptions, SSHTarget
+from kbinfra.targets.openssh import SSHAddress, SSHOptions
+from kbinfra.targets.ssh import SSHTarget
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -92,7 +93,7 @@ class SwarmTarget(Target):
         """Open every node's connection: an unknown or changed host key on any node is
         refused (with its fingerprint) before anything is changed."""
         for node in self.nodes:
-            self.node_target(node.name).ssh()
+            self.node_target(node.name).connect()
 
     def use_manager(self, name: str) -> None:
         """Carry the Swarm API through manager ``name`` (e.g. the one already in a Swarm)."""
@@ -115,6 +116,16 @@ class SwarmTarget(Target):
     def tunnel(self, port: int, host: str = "127.0.0.1") -> Iterator[tuple[str, int]]:
         with self.node_target(self.manager_name).tunnel(port, host) as local:
             yield local
+
+    def open_engine(self) -> None:
+        """Carry the Swarm API through a manager that answers (the first one may be the node
+        that is lost); nodes in no Swarm yet are one error line."""
+        from kbinfra.swarm.run import find_manager  # noqa: PLC0415
+
+        if find_manager(self) is None:
+            raise KbinfraError(
+                "the nodes are in no Swarm yet", where=self.name, fix="run `kbinfra apply` first"
+            )
 
     def probe_context(
         self, stack: Stack, service: Service, *, progress: Progress | None = None

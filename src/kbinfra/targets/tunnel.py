@@ -2,7 +2,7 @@
 
 Internal services publish on the target's 127.0.0.1 only, so ``kbinfra check``, ``bench``
 and ``backup`` talk to them through a tunnel: a listener on this machine's loopback whose
-every connection becomes an SSH ``direct-tcpip`` channel to ``host:port`` on the target.
+every connection becomes an SSH channel to ``host:port`` on the target.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ _BUFFER = 64 * 1024
 class Tunnel:
     """Forwards connections to ``127.0.0.1:local_port`` to ``remote_host:remote_port``.
 
-    ``open_channel`` opens one channel to the remote end (paramiko's ``direct-tcpip``).
+    ``open_channel`` opens one connection to the remote end: a socket that OpenSSH forwards
+    to ``remote_host:remote_port`` over the target's shared connection.
     """
 
     def __init__(self, open_channel: Callable[[], Any]) -> None:
@@ -52,7 +53,9 @@ class Tunnel:
         except Exception:  # the remote refused: the client sees a closed connection
             client.close()
             return
-        with contextlib.closing(client), contextlib.closing(channel):
+        # a reset on either side (a refused port on the target resets the channel) ends
+        # this one connection, never the tunnel
+        with contextlib.closing(client), contextlib.closing(channel), contextlib.suppress(OSError):
             while not self._closed.is_set():
                 readable, _, _ = select.select([client, channel], [], [], 0.5)
                 if client in readable:

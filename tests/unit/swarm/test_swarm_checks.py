@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from kbinfra.probing.probe import CheckFailedError
+from kbinfra.probing.probe import CheckFailedError, seen_within
 from kbinfra.probing.stack_checks import AllowedHardening, hardening_problems
 from kbinfra.service import ContainerSpec, PortBinding
+from kbinfra.services.redis.probe import connected_replicas
 from kbinfra.stack import Stack
 from kbinfra.swarm.converge import StackStatus
 from kbinfra.swarm.probe_context import SwarmProbeContext, container_port_of
@@ -55,7 +56,7 @@ def test_a_service_below_its_count_fails_a_row_naming_it_and_the_node_of_its_tas
     rows = task_rows(status, ["kb_web"])
     assert [(r.service, r.ok, r.value) for r in rows] == [("web", True, "1/1 on n1")]
     rows = task_rows(StackStatus(tuple(NODES), (lost,)), ["kb_web", "kb_db"])
-    assert not rows[0].ok and rows[0].value == "kb_web 0/1 running: n3 running, node down"
+    assert not rows[0].ok and rows[0].value == "kb_web 0/1 running: n3 down"
     assert not rows[1].ok and rows[1].value == "kb_db is not on the Swarm"
 
 
@@ -136,3 +137,21 @@ def test_check_on_a_swarm_stack_uses_the_swarm_probe_context(
     probe = target.probe_context(stack, stack.services["postgres"])
     assert isinstance(probe, SwarmProbeContext) and probe.task_service == "postgres"
     assert probe.replica() is None  # the stack file asks for no replica
+
+
+def test_the_primarys_replicas_are_read_from_info_replication_as_redis_py_parses_it() -> None:
+    info = {
+        "role": "master",
+        "connected_slaves": 1,
+        "slave0": {"ip": "redis-replica", "port": 6379, "state": "online", "lag": 0},
+        "slave_read_repl_offset": 5,  # not a replica entry
+    }
+    assert connected_replicas(info) == ["redis-replica:6379 online, lag 0 s"]
+    assert connected_replicas({"role": "master", "connected_slaves": 0}) == []
+
+
+def test_seen_within_says_how_long_a_write_took_to_be_read_or_none() -> None:
+    reads = iter([False, False, True])
+    took = seen_within(lambda: next(reads), 5.0, every=0.01)
+    assert took is not None and 0.0 < took < 5.0
+    assert seen_within(lambda: False, 0.05, every=0.01) is None

@@ -425,7 +425,7 @@ def test_finding_the_manager_skips_a_lost_node_but_never_a_host_key_refusal() ->
             fail = self.fail
 
             class Ssh:
-                def ssh(self) -> None:
+                def connect(self) -> None:
                     if name in fail:
                         raise fail[name]
 

@@ -293,12 +293,23 @@ Login = tuple[str, str, str]  # user, password, database
 
 
 def check_in_recovery(address: tuple[str, int], login: Login) -> str:
-    with connect(address, *login) as conn:
-        row = conn.execute(
+    """In recovery with its WAL receiver streaming; a receiver that is not is given a few
+    seconds (it retries every ``wal_retrieve_retry_interval``, 5 s, after its primary moved)."""
+    from kbinfra.probing.probe import seen_within  # noqa: PLC0415
+
+    row: list[Any] = []
+
+    def streaming() -> bool:
+        found = conn.execute(
             "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text,"
             " (SELECT status FROM pg_stat_wal_receiver)"
         ).fetchone()
-    assert row is not None
+        assert found is not None
+        row[:] = found
+        return not found[0] or found[2] == "streaming"
+
+    with connect(address, *login) as conn:
+        seen_within(streaming, REPLICATION_WAIT_S, every=0.5)
     recovering, replayed, receiver = row
     require(bool(recovering), "pg_is_in_recovery() is false: it runs as a primary")
     require(receiver == "streaming", f"WAL receiver {receiver or 'not running'}")

@@ -231,9 +231,19 @@ def replication_info(client: Any) -> dict[str, str]:
 
 
 def check_replica_role(address: tuple[str, int], admin_password: str) -> str:
+    """The replica's role and link; a link that is down is given a few seconds to come up
+    (a replica reconnects every second, e.g. after its primary's task was moved)."""
+    from kbinfra.probing.probe import seen_within  # noqa: PLC0415
+
     client = connect(address, ADMIN, admin_password)
+    info: dict[str, str] = {}
+
+    def linked() -> bool:
+        info.update(replication_info(client))
+        return info.get("role") != "slave" or info.get("master_link_status") == "up"
+
     try:
-        info = replication_info(client)
+        seen_within(linked, REPLICATION_WAIT_S, every=0.5)
     finally:
         client.close()
     role, link = info.get("role"), info.get("master_link_status")
