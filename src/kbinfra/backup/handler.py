@@ -70,6 +70,16 @@ class Instance:
         """A local address of the container's ``port`` (published loopback or network IP)."""
         return reach(self.target, self.api, self.container_id, port)
 
+    @contextmanager
+    def stopped(self) -> Iterator[None]:
+        """The service's container stopped for the block (a restore replaces the data on its
+        volumes), started again after it, also on an error."""
+        self.engine.stop(self.container_id, self.desired.spec.stop_timeout_s)
+        try:
+            yield
+        finally:
+            self.engine.start(self.container_id)
+
     def file_text(self, path: str) -> str | None:
         """A rendered file the container mounts, by its path in ``rendered/``."""
         for mounted in self.desired.files:

@@ -70,10 +70,13 @@ from kbinfra.secrets import BACKUP_KEY_SECRET, ensure_secrets
 from kbinfra.service import ContainerSpec, VolumeMount
 
 if TYPE_CHECKING:
+    from docker import APIClient
+
     from kbinfra.containers import DesiredService, ObservedContainer
     from kbinfra.stack import Stack
     from kbinfra.targets.base import Target
     from kbinfra.targets.engine import Engine
+    from kbinfra.targets.swarm import SwarmTarget
 
 
 LATEST = "latest"
@@ -488,12 +491,16 @@ def wait_healthy_again(engine: Engine, container_id: str, timeout: float) -> str
 
 @contextmanager
 def _writers_paused(
-    stack: Stack, engine: Engine, progress: Progress, result: RestoreResult
+    stack: Stack, place: _HostData | _SwarmData, progress: Progress, result: RestoreResult
 ) -> Iterator[None]:
     """Pause the writers for the restore and its check; unpause them after, also when the
     restore fails, and wait until they are healthy again. A container that cannot be
     unpaused, or is not healthy again, is named in the result's notes."""
     paused: list[ObservedContainer] = []
+    if not isinstance(place, _HostData):  # no writer of its own runs on a Swarm yet
+        yield
+        return
+    engine = place.engine
     try:
         for container in writers_to_pause(stack, engine.stack_containers()):
             engine.pause(container.id)
@@ -517,6 +524,66 @@ def _writers_paused(
             problem = wait_healthy_again(engine, container.id, UNPAUSED_HEALTHY_TIMEOUT_S)
             if problem is not None:
                 result.notes.append(f"{container.name} unpaused but {problem}: `kbinfra status`")
+
+
+class _HostData:
+    """Where one host's stack data is: its engine's containers, under the engine's lock."""
+
+    def __init__(self, stack: Stack, target: Target) -> None:
+        self.stack, self.target = stack, target
+        self.engine = _engine(target, stack.spec.name)
+
+    def locked(self) -> AbstractContextManager[list[str]]:
+        return self.engine.locked()
+
+    def instances(self, services: Iterable[str]) -> dict[str, Instance]:
+        return _stack_instances(self.stack, self.target, self.engine, services)
+
+    def volumes_api(self) -> APIClient:
+        return self.engine.api
+
+    def volume_engine(self) -> Engine:
+        return self.engine
+
+
+class _SwarmData:
+    """Where a Swarm stack's data is: each store's task on its node, under the Swarm lock."""
+
+    def __init__(self, stack: Stack, target: SwarmTarget) -> None:
+        self.stack, self.target = stack, target
+
+    def locked(self) -> AbstractContextManager[list[str]]:
+        from kbinfra.stack_lock import stack_locked  # noqa: PLC0415
+
+        return stack_locked(self.target, self.stack.spec.name)
+
+    def instances(self, services: Iterable[str]) -> dict[str, Instance]:
+        from kbinfra.swarm.backup import swarm_instances  # noqa: PLC0415
+
+        return swarm_instances(self.stack, self.target, services)
+
+    def volumes_api(self) -> APIClient:
+        return self.volume_engine().api
+
+    def volume_engine(self) -> Engine:
+        raise BackupError(
+            "backup.volumes cannot be backed up on a Swarm yet: a volume is node-local and "
+            "the stack file does not say on which node",
+            where="backup.volumes",
+            fix="leave backup.volumes empty on a Swarm stack",
+        )
+
+
+def _data_place(stack: Stack, target: Target, wanted: Sequence[str]) -> _HostData | _SwarmData:
+    if target.kind != "swarm":
+        return _HostData(stack, target)
+    from kbinfra.targets.swarm import SwarmTarget  # noqa: PLC0415
+
+    assert isinstance(target, SwarmTarget)
+    place = _SwarmData(stack, target)
+    if VOLUMES_SERVICE in wanted and stack.spec.backup.volumes:
+        place.volumes_api()  # refused before anything is written
+    return place
 
 
 def _engine(target: Target, stack_name: str) -> Engine:
@@ -613,8 +680,8 @@ def run_backup(
     key, key_note = signing_key(stack)
     try:
         (partial / OWNER_FILE).write_text(_owner())
-        engine = _engine(target, stack.spec.name)
-        lock: AbstractContextManager[Any] = engine.locked() if hold_lock else nullcontext([])
+        place = _data_place(stack, target, wanted)
+        lock = place.locked() if hold_lock else nullcontext([])
         with lock as lock_notes:
             for note in lock_notes:
                 progress.note("lock", note)
@@ -623,7 +690,7 @@ def run_backup(
             notes += key_note
             records = {}
             chosen = [s for s in handlers if s in wanted]
-            instances = _stack_instances(stack, target, engine, chosen)
+            instances = place.instances(chosen)
             for service in chosen:
                 progress.note(service, "backing up")
                 written = handlers[service].backup(instances[service], out)
@@ -632,7 +699,7 @@ def run_backup(
                 notes += written.notes
             if VOLUMES_SERVICE in wanted:
                 for volume in stack.spec.backup.volumes:
-                    artifacts.append(VOLUMES.backup(engine.api, volume, out))
+                    artifacts.append(VOLUMES.backup(place.volumes_api(), volume, out))
         _reverify(partial, artifacts, progress)
         manifest = Manifest(
             kbinfra_version=__version__,
@@ -691,7 +758,7 @@ def _restore_and_check(
     handlers: Mapping[str, BackupHandler],
     instances: Mapping[str, Instance],
     versions: Mapping[str, str],
-    engine: Engine,
+    volume_engine: Callable[[], Engine],
     volume_name: Callable[[str], str],
     strict: bool,
     progress: Progress,
@@ -711,11 +778,13 @@ def _restore_and_check(
     volume_artifacts = [a for a in manifest.artifacts if a.path in selection.volumes]
     for artifact in volume_artifacts:
         volume = volume_name(selection.volumes[artifact.path])
+        engine = volume_engine()
         engine.ensure_volume(volume)
         VOLUMES.restore(engine.api, volume, artifact, backup_dir, progress)
     for service, instance in instances.items():
         progress.note(service, "waiting until healthy")
-        error = engine.wait_healthy(instance.container_id, health_timeout(instance.desired, None))
+        timeout = health_timeout(instance.desired, None)
+        error = instance.engine.wait_healthy(instance.container_id, timeout)
         if error is not None:
             raise BackupError(
                 f"{service} did not become healthy after the restore: {error}",
@@ -741,7 +810,9 @@ def _restore_and_check(
                 )
             )
     for artifact in volume_artifacts:
-        observed_volume = VOLUMES.observe(engine.api, volume_name(selection.volumes[artifact.path]))
+        observed_volume = VOLUMES.observe(
+            volume_engine().api, volume_name(selection.volumes[artifact.path])
+        )
         result.checks.append(
             check_artifact(artifact, observed_volume, strict=strict, with_samples=False)
         )
@@ -848,10 +919,10 @@ def run_restore(
         )
     selection = select_restorable(stack, manifest, selected, enabled, backup_dir)
     result = RestoreResult(backup_dir, stack.spec.name, target.name, signed=signed)
-    engine = _engine(target, stack.spec.name)
-    with engine.locked():
+    place = _data_place(stack, target, selected)
+    with place.locked():
         services = [s for s in selected if s != VOLUMES_SERVICE]
-        instances = _stack_instances(stack, target, engine, services)
+        instances = place.instances(services)
         versions = _versions(enabled, instances, manifest)
         summary = (
             f"Restore {', '.join(selected)} of stack {stack.spec.name} on {target.name} from "
@@ -866,7 +937,7 @@ def run_restore(
                 hold_lock=False,
             )  # fmt: skip
             result.safety_backup = safety.path
-        with _writers_paused(stack, engine, progress, result):
+        with _writers_paused(stack, place, progress, result):
             _restore_and_check(
                 manifest=manifest,
                 backup_dir=backup_dir,
@@ -874,7 +945,7 @@ def run_restore(
                 handlers=enabled,
                 instances=instances,
                 versions=versions,
-                engine=engine,
+                volume_engine=place.volume_engine,
                 volume_name=lambda volume: volume,
                 strict=False,
                 progress=progress,
@@ -991,7 +1062,7 @@ def run_drill(
                 handlers=enabled,
                 instances=instances,
                 versions=versions,
-                engine=engine,
+                volume_engine=lambda: engine,
                 volume_name=lambda volume: drill_volume(engine.stack, volume),
                 strict=True,
                 progress=progress,

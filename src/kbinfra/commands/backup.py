@@ -225,7 +225,9 @@ def backup(
     if no_offsite and offsite_only:
         raise typer.BadParameter("--no-offsite and --offsite-only exclude each other")
     console = Console(output)
-    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
+    stack, where = open_stack_and_target(
+        stack_dir, target, known_hosts, identity, console, swarm=True
+    )
     progress = console_progress(console)
     ssh = _ssh(known_hosts, identity)
     if offsite_only:
@@ -599,7 +601,9 @@ def restore(
             identity=identity, console=console, allow_unsigned=allow_unsigned,
         )  # fmt: skip
         return
-    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
+    stack, where = open_stack_and_target(
+        stack_dir, target, known_hosts, identity, console, swarm=True
+    )
     progress = console_progress(console)
     with ExitStack() as fetched:
         if ref is not None:

@@ -146,10 +146,12 @@ def bench(
         prometheus_text,
     )
     from kbinfra.probing.run import run_benches, select  # noqa: PLC0415
-    from kbinfra.targets.engine import Engine  # noqa: PLC0415
+    from kbinfra.stack_lock import stack_locked  # noqa: PLC0415
 
     console = Console(output)
-    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
+    stack, where = open_stack_and_target(
+        stack_dir, target, known_hosts, identity, console, swarm=True
+    )
     select(stack, only or [])  # a misspelt --only is an error before the engine is asked
     if prometheus_textfile is not None and prometheus_textfile.is_dir():
         raise KbinfraError(
@@ -160,15 +162,11 @@ def bench(
     plan = bench_plan(quick=quick, token=secrets.token_hex(6))
     signal.signal(signal.SIGTERM, _interrupt_on_term)
     progress = console_progress(console)
-    with where:
-        engine = Engine(where.docker_client(), stack.spec.name)
-        with engine.locked(force=force_unlock) as notes:
-            for note in notes:
-                console.note(note)
-            progress.note(
-                "bench", f"{'quick' if quick else 'full'} run, objects named {plan.prefix}"
-            )
-            results, skipped = run_benches(stack, where, plan, only or [], progress=progress)
+    with where, stack_locked(where, stack.spec.name, force=force_unlock) as notes:
+        for note in notes:
+            console.note(note)
+        progress.note("bench", f"{'quick' if quick else 'full'} run, objects named {plan.prefix}")
+        results, skipped = run_benches(stack, where, plan, only or [], progress=progress)
     ok = bool(results) and all(r.ok for r in results)
     if prometheus_textfile is not None:
         try:

@@ -153,12 +153,12 @@ def plan(
     stack, where = open_stack_and_target(
         stack_dir, target, known_hosts, identity, console, swarm=True
     )
-    if where.kind == "swarm":
-        _refuse_on_swarm(only=only, plan_file=out, what="--out")
-        warn_about_profile(console, stack)
-        _plan_on_swarm(console, stack, where, allow=allow_oversized_profile)
-        return
     chosen = stack.select(only or [])
+    if where.kind == "swarm":
+        _refuse_saved_plan_on_swarm(out, what="--out")
+        warn_about_profile(console, stack)
+        _plan_on_swarm(console, stack, where, only=chosen, allow=allow_oversized_profile)
+        return
     warn_about_profile(console, stack)
     with where:
         fit = _require_fit(stack, where, console, allow=allow_oversized_profile)
@@ -291,9 +291,16 @@ def apply(
         stack_dir, target, known_hosts, identity, console, swarm=True
     )
     if where.kind == "swarm":
-        _refuse_on_swarm(only=only, plan_file=plan_file, what="PLAN_FILE")
+        _refuse_saved_plan_on_swarm(plan_file, what="PLAN_FILE")
         _apply_on_swarm(
-            console, stack, where, yes=yes, timeout=timeout, allow=allow_oversized_profile
+            console,
+            stack,
+            where,
+            yes=yes,
+            timeout=timeout,
+            force_unlock=force_unlock,
+            only=stack.select(only or []),
+            allow=allow_oversized_profile,
         )
         return
     saved = _read_plan_file(plan_file, only) if plan_file is not None else None
@@ -447,7 +454,7 @@ def destroy(
     ):
         raise typer.Exit(1)
     if where.kind == "swarm":
-        _destroy_on_swarm(console, stack, where, delete_data=delete_data)
+        _destroy_on_swarm(console, stack, where, delete_data=delete_data, force_unlock=force_unlock)
         return
     with where:
         result = destroy_stack(
@@ -470,13 +477,7 @@ def destroy(
 # ---------------------------------------------------------------- on a Swarm (target: swarm)
 
 
-def _refuse_on_swarm(*, only: list[str] | None, plan_file: Path | None, what: str) -> None:
-    if only:
-        raise KbinfraError(
-            "--only is not built for a Swarm stack yet: Swarm applies the whole stack",
-            where="--only",
-            fix="drop --only (a service whose spec is unchanged is not touched anyway)",
-        )
+def _refuse_saved_plan_on_swarm(plan_file: Path | None, *, what: str) -> None:
     if plan_file is not None:
         raise KbinfraError(
             f"{what}: saved plans are not built for a Swarm stack yet",
@@ -521,14 +522,16 @@ def print_swarm_plan(console: Console, plan: "SwarmPlan") -> None:
     )
 
 
-def _plan_on_swarm(console: Console, stack: "Stack", where: "Target", *, allow: bool) -> None:
+def _plan_on_swarm(
+    console: Console, stack: "Stack", where: "Target", *, only: list[str], allow: bool
+) -> None:
     from kbinfra.swarm.run import swarm_plan  # noqa: PLC0415
     from kbinfra.targets.swarm import SwarmTarget  # noqa: PLC0415
 
     assert isinstance(where, SwarmTarget)
     fit = _swarm_fit(stack, console, allow=allow)
     with where:
-        result = swarm_plan(stack, where)
+        result = swarm_plan(stack, where, only=only)
     if console.json_mode:
         console.emit_json({**result.as_json(), "fit": fit.as_json()})
     else:
@@ -555,6 +558,8 @@ def _apply_on_swarm(
     *,
     yes: bool,
     timeout: float | None,
+    force_unlock: bool,
+    only: list[str],
     allow: bool,
 ) -> None:
     from kbinfra.swarm.run import swarm_apply, swarm_plan  # noqa: PLC0415
@@ -564,9 +569,19 @@ def _apply_on_swarm(
     _swarm_fit(stack, console, allow=allow)
     with where:
         if not yes:
-            _ask_to_apply(console, swarm_plan(stack, where), print_swarm_plan, where.name)
+            pending = swarm_plan(stack, where, only=only)
+            _ask_to_apply(console, pending, print_swarm_plan, where.name)
         with apply_progress(console) as progress:
-            result = swarm_apply(stack, where, timeout_s=timeout, progress=progress)
+            result = swarm_apply(
+                stack,
+                where,
+                timeout_s=timeout,
+                force_unlock=force_unlock,
+                only=only,
+                progress=progress,
+            )
+    for note in result.notes:
+        console.note(note)
     if console.json_mode:
         console.emit_json(result.as_json())
     else:
@@ -641,7 +656,7 @@ def _status_on_swarm(console: Console, stack: "Stack", where: "Target") -> None:
 
 
 def _destroy_on_swarm(
-    console: Console, stack: "Stack", where: "Target", *, delete_data: bool
+    console: Console, stack: "Stack", where: "Target", *, delete_data: bool, force_unlock: bool
 ) -> None:
     from kbinfra.swarm.run import swarm_destroy  # noqa: PLC0415
     from kbinfra.targets.swarm import SwarmTarget  # noqa: PLC0415
@@ -649,8 +664,14 @@ def _destroy_on_swarm(
     assert isinstance(where, SwarmTarget)
     with where:
         removal = swarm_destroy(
-            stack, where, delete_data=delete_data, progress=console_progress(console)
+            stack,
+            where,
+            delete_data=delete_data,
+            force_unlock=force_unlock,
+            progress=console_progress(console),
         )
+    for note in removal.notes:
+        console.note(note)
     if console.json_mode:
         console.emit_json(removal.as_json())
         return

@@ -112,9 +112,12 @@ def _ensure_objects(
 
 
 def apply_stack(
-    client: DockerClient, stack: SwarmStack, progress: Progress = SILENT
+    client: DockerClient, stack: SwarmStack, progress: Progress = SILENT, *, partial: bool = False
 ) -> StackChanges:
-    """Make the manager's Swarm hold ``stack``; does not wait for tasks (see converge)."""
+    """Make the manager's Swarm hold ``stack``; does not wait for tasks (see converge).
+
+    ``partial``: ``stack`` is only some of the stack's services (``--only``): the stack's
+    other services on the Swarm stay as they are instead of being removed."""
     import docker.errors  # noqa: PLC0415
 
     api: Any = client.api
@@ -188,7 +191,7 @@ def apply_stack(
             ) from None
     removed = []
     for name, current in live.items():
-        if name not in intended:
+        if name not in intended and not partial:
             progress.note("swarm", f"removing Swarm service {name} (no longer in the stack)")
             api.remove_service(current["ID"])
             removed.append(name)

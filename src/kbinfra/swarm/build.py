@@ -29,7 +29,7 @@ import hashlib
 import json
 import re
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
@@ -322,15 +322,21 @@ def swarm_stack(
     stack: Stack,
     rendered: Sequence[RenderedFile],
     doc: YamlDocument | None = None,
+    *,
+    only: Collection[str] = (),
 ) -> SwarmStack:
     """The stack's Swarm services, secrets, configs and network, from its containers and
     its rendered files (``render`` passes them before it adds the Swarm stack file itself).
-    A placement rule broken is a one-line error naming the stack file's line (``doc``)."""
+    A placement rule broken is a one-line error naming the stack file's line (``doc``).
+
+    ``only``: just these services of the stack (``--only``), each with its replica or
+    peers; placement is still checked for the whole stack."""
     placements = stack_placements(stack, doc)
     by_path = {file.path: file for file in rendered}
     services = tuple(
         built
         for name in stack.services
+        if not only or name in only
         for built in (
             peer_services(stack, name, placements[name], by_path)
             if placements[name].peers

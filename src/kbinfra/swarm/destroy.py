@@ -32,6 +32,7 @@ class Removal:
     volumes_removed: dict[str, list[str]] = field(default_factory=dict)  # node -> names
     volumes_kept: dict[str, list[str]] = field(default_factory=dict)
     unreachable: dict[str, str] = field(default_factory=dict)  # node -> why
+    notes: list[str] = field(default_factory=list)  # e.g. a stale lock that was broken
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -42,6 +43,7 @@ class Removal:
             "volumes_removed": self.volumes_removed,
             "volumes_kept": self.volumes_kept,
             "unreachable": self.unreachable,
+            "notes": self.notes,
         }
 
 

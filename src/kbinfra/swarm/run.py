@@ -66,11 +66,13 @@ def require_swarm_fit(stack: Stack, *, allow: bool, warn: Callable[[str], None])
 # ---------------------------------------------------------------- the manager
 
 
-def desired_swarm_stack(stack: Stack) -> SwarmStack:
+def desired_swarm_stack(stack: Stack, only: Sequence[str] = ()) -> SwarmStack:
+    """The stack on a Swarm; ``only``: just these of its services (``--only``)."""
     from kbinfra.swarm.build import swarm_stack  # noqa: PLC0415
     from kbinfra.swarm.compose import SWARM_STACK_FILE  # noqa: PLC0415
 
-    return swarm_stack(stack, [f for f in stack.rendered if f.path != SWARM_STACK_FILE])
+    rendered = [f for f in stack.rendered if f.path != SWARM_STACK_FILE]
+    return swarm_stack(stack, rendered, only=only)
 
 
 def find_manager(target: SwarmTarget) -> str | None:
@@ -254,11 +256,23 @@ def _labelled_names(listing: Any, stack: str) -> set[str]:
 
 
 def plan_against(
-    stack: SwarmStack, target_name: str, api: Any | None, *, create_swarm: bool = False
+    stack: SwarmStack,
+    target_name: str,
+    api: Any | None,
+    *,
+    create_swarm: bool = False,
+    partial: bool = False,
 ) -> SwarmPlan:
-    """What apply would do to ``api``'s Swarm (None: there is no Swarm, all is new)."""
+    """What apply would do to ``api``'s Swarm (None: there is no Swarm, all is new).
+
+    ``partial``: ``stack`` is only some of the stack's services (``--only``): the others on
+    the Swarm are left as they are, and so are the secrets and configs they use."""
     from kbinfra.swarm.apply import stack_filter  # noqa: PLC0415
-    from kbinfra.swarm.service_spec import LABEL_SPEC_HASH, build_service_spec  # noqa: PLC0415
+    from kbinfra.swarm.service_spec import (  # noqa: PLC0415
+        LABEL_SPEC_HASH,
+        build_service_spec,
+        referenced_objects,
+    )
 
     live: dict[str, Any] = {}
     secrets: set[str] = set()
@@ -283,7 +297,14 @@ def plan_against(
         reasons = tuple(update_reasons(spec, built))
         actions.append(SwarmServiceAction(service.service, service.name, "update", reasons))
     wanted = {s.name for s in stack.services}
+    kept_secrets: set[str] = set()
+    kept_configs: set[str] = set()
     for name in sorted(set(live) - wanted):
+        if partial:
+            secrets_used, configs_used = referenced_objects(live[name].get("Spec") or {})
+            kept_secrets |= secrets_used
+            kept_configs |= configs_used
+            continue
         labels = (live[name].get("Spec") or {}).get("Labels") or {}
         actions.append(
             SwarmServiceAction(
@@ -302,19 +323,19 @@ def plan_against(
         create_network=not network_exists,
         services=tuple(actions),
         secrets_to_create=tuple(sorted(want_secrets - secrets)),
-        secrets_to_remove=tuple(sorted(secrets - want_secrets)),
+        secrets_to_remove=tuple(sorted(secrets - want_secrets - kept_secrets)),
         configs_to_create=tuple(sorted(want_configs - configs)),
-        configs_to_remove=tuple(sorted(configs - want_configs)),
+        configs_to_remove=tuple(sorted(configs - want_configs - kept_configs)),
     )
 
 
-def swarm_plan(stack: Stack, target: SwarmTarget) -> SwarmPlan:
-    """What apply would do; changes nothing on any node."""
-    desired = desired_swarm_stack(stack)
+def swarm_plan(stack: Stack, target: SwarmTarget, *, only: Sequence[str] = ()) -> SwarmPlan:
+    """What apply would do (``only``: to just these services); changes nothing."""
+    desired = desired_swarm_stack(stack, only)
     manager = find_manager(target)
     if manager is None:
         return plan_against(desired, target.name, None, create_swarm=True)
-    return plan_against(desired, target.name, target.docker_client().api)
+    return plan_against(desired, target.name, target.docker_client().api, partial=bool(only))
 
 
 # ---------------------------------------------------------------- apply
@@ -356,6 +377,8 @@ class SwarmApplyResult:
     configs_removed: list[str] = field(default_factory=list)
     network_created: bool = False
     failure: str | None = None
+    #: e.g. a stale lock that was broken
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -403,6 +426,7 @@ class SwarmApplyResult:
             "configs_created": self.configs_created,
             "secrets_removed": self.secrets_removed,
             "configs_removed": self.configs_removed,
+            "notes": self.notes,
             "error": self.failure,
         }
 
@@ -491,30 +515,55 @@ def swarm_apply(
     target: SwarmTarget,
     *,
     timeout_s: float | None = None,
+    force_unlock: bool = False,
+    only: Sequence[str] = (),
     progress: Progress = SILENT,
 ) -> SwarmApplyResult:
-    """Create or adopt the Swarm, put the images on the nodes, apply the stack and wait.
+    """Create or adopt the Swarm, then under the stack's lock put the images on the nodes,
+    apply the stack and wait.
+
+    ``only``: just these services (and their replicas or peers), their images only; the
+    stack's other services on the Swarm are left as they are.
 
     A service Swarm rolled back (or that did not converge in time) is ``failed`` with the
-    task's error in :attr:`SwarmApplyResult.failure`; the command exits 1 on it.
+    task's error in :attr:`SwarmApplyResult.failure`; the command exits 1 on it. The lock
+    is a Swarm object, so it is taken once the Swarm exists: two first applies racing to
+    create one Swarm are not kept apart (the second is refused by ``swarm init``/join).
     """
-    from kbinfra.swarm.apply import apply_stack, prune_objects  # noqa: PLC0415
     from kbinfra.swarm.cluster import ensure_swarm  # noqa: PLC0415
+    from kbinfra.swarm.lock import swarm_locked  # noqa: PLC0415
+
+    formation = ensure_swarm(target, progress)
+    with swarm_locked(target.docker_client(), stack.spec.name, force=force_unlock) as notes:
+        result = _apply_locked(stack, target, timeout_s=timeout_s, only=only, progress=progress)
+    result.swarm = formation.as_json()
+    result.notes = notes
+    return result
+
+
+def _apply_locked(
+    stack: Stack,
+    target: SwarmTarget,
+    *,
+    timeout_s: float | None,
+    only: Sequence[str],
+    progress: Progress,
+) -> SwarmApplyResult:
+    from kbinfra.swarm.apply import apply_stack, prune_objects  # noqa: PLC0415
     from kbinfra.swarm.converge import (  # noqa: PLC0415
         DEFAULT_TIMEOUT_S,
         stack_status,
         wait_converged,
     )
 
-    desired = desired_swarm_stack(stack)
-    formation = ensure_swarm(target, progress)
-    result = SwarmApplyResult(stack.spec.name, target.name, swarm=formation.as_json())
+    desired = desired_swarm_stack(stack, only)
+    result = SwarmApplyResult(stack.spec.name, target.name)
     copies = _distribute(target, desired, progress)
     if copies is not None:
         result.images = copies.as_json()
         result.images_copied = copies.copied
     manager = target.docker_client()
-    changes = apply_stack(manager, desired, progress)
+    changes = apply_stack(manager, desired, progress, partial=bool(only))
     result.network_created = changes.network_created
     result.secrets_created = list(changes.secrets_created)
     result.configs_created = list(changes.configs_created)
@@ -632,12 +681,21 @@ def swarm_status(stack: Stack, target: SwarmTarget) -> SwarmStatus:
 
 
 def swarm_destroy(
-    stack: Stack, target: SwarmTarget, *, delete_data: bool, progress: Progress = SILENT
+    stack: Stack,
+    target: SwarmTarget,
+    *,
+    delete_data: bool,
+    force_unlock: bool = False,
+    progress: Progress = SILENT,
 ) -> Removal:
-    """The stack's services, secrets, configs and network removed; its volumes on each
-    node only with ``delete_data``."""
+    """Under the stack's lock, its services, secrets, configs and network removed; its
+    volumes on each node only with ``delete_data``."""
     from kbinfra.swarm.destroy import Removal, destroy_stack  # noqa: PLC0415
+    from kbinfra.swarm.lock import swarm_locked  # noqa: PLC0415
 
     if find_manager(target) is None:
         return Removal()
-    return destroy_stack(target, stack.spec.name, volumes=delete_data, progress=progress)
+    with swarm_locked(target.docker_client(), stack.spec.name, force=force_unlock) as notes:
+        removal = destroy_stack(target, stack.spec.name, volumes=delete_data, progress=progress)
+    removal.notes = notes
+    return removal

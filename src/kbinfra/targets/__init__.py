@@ -38,7 +38,7 @@ def open_target(
             raise KbinfraError(
                 "this command does not work on a Swarm stack yet (target: swarm)",
                 where=str(stack_dir / "kbinfra.yaml"),
-                fix="plan, apply, status and destroy do; render writes "
+                fix="plan, apply, status, destroy, check and backup do; render writes "
                 "rendered/swarm-stack.yml for `docker stack deploy`",
             )
         return _swarm_target(spec.swarm, stack_dir, known_hosts, identity)

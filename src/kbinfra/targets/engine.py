@@ -6,16 +6,12 @@ Everything that talks to the engine is here; ``plan`` decides from the facts it 
 
 from __future__ import annotations
 
-import datetime
 import io
-import os
-import socket
 import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kbinfra.containers import (
@@ -30,6 +26,13 @@ from kbinfra.containers import (
     locked_down,
 )
 from kbinfra.errors import KbinfraError
+from kbinfra.lock_holder import (
+    LockHolder,
+    holder_from_labels,
+    holder_labels,
+    locked_error,
+    may_break,
+)
 from kbinfra.names import LABEL_STACK, lock_name, network_name, normalize_ref
 from kbinfra.service import DEFAULT_PIDS_LIMIT
 
@@ -37,7 +40,6 @@ if TYPE_CHECKING:
     from docker import APIClient, DockerClient
 
 LOCK_IMAGE = "kbinfra-lock:1"
-LABEL_LOCK = "kbinfra.lock"
 #: The lock container is created, never started: one process would be plenty.
 LOCK_PIDS_LIMIT = 1
 #: Helper containers carry this label (never the stack's: they are not part of it).
@@ -55,40 +57,6 @@ def split_ref(ref: str) -> tuple[str, str | None]:
     if not sep or "/" in tag:
         return ref, "latest"
     return repo, tag
-
-
-@dataclass(frozen=True)
-class LockHolder:
-    host: str
-    pid: int
-    since: str
-    process_start: str
-
-    def describe(self) -> str:
-        return f"host {self.host}, pid {self.pid}, since {self.since}"
-
-
-def _process_start(pid: int) -> str:
-    """The kernel's start time of ``pid`` (tells a reused pid from the holder)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-        return fields[19]
-    except (OSError, IndexError):
-        return ""
-
-
-def holder_alive(holder: LockHolder) -> bool | None:
-    """Whether the lock holder still runs; None when it ran on another host."""
-    if holder.host != socket.gethostname():
-        return None
-    try:
-        os.kill(holder.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not holder.process_start or _process_start(holder.pid) == holder.process_start
 
 
 def container_problem(info: Mapping[str, Any]) -> str | None:
@@ -556,13 +524,7 @@ class Engine:
         lock = self.reads.container_or_none(lock_name(self.stack))
         if lock is None:
             return None
-        labels = lock["Config"].get("Labels") or {}
-        return LockHolder(
-            host=labels.get(f"{LABEL_LOCK}.host", "?"),
-            pid=int(labels.get(f"{LABEL_LOCK}.pid", "0") or 0),
-            since=labels.get(f"{LABEL_LOCK}.since", "?"),
-            process_start=labels.get(f"{LABEL_LOCK}.process-start", ""),
-        )
+        return holder_from_labels(lock["Config"].get("Labels"))
 
     @contextmanager
     def locked(self, *, force: bool = False) -> Iterator[list[str]]:
@@ -574,16 +536,7 @@ class Engine:
         import docker.errors  # noqa: PLC0415
 
         name = lock_name(self.stack)
-        pid = os.getpid()
-        labels = {
-            LABEL_LOCK: self.stack,
-            f"{LABEL_LOCK}.host": socket.gethostname(),
-            f"{LABEL_LOCK}.pid": str(pid),
-            f"{LABEL_LOCK}.since": datetime.datetime.now(datetime.UTC).isoformat(
-                timespec="seconds"
-            ),
-            f"{LABEL_LOCK}.process-start": _process_start(pid),
-        }
+        labels = holder_labels(self.stack)
         notes: list[str] = []
         imported = retried = False
         while True:
@@ -613,17 +566,12 @@ class Engine:
                 holder = self.lock_holder()
                 if holder is None:
                     continue
-                alive = holder_alive(holder)
-                if force or alive is False:
+                why = may_break(holder, force=force)
+                if why is not None:
                     self.api.remove_container(name, force=True)
-                    why = "forced" if force else "its holder is gone"
                     notes.append(f"broke the lock of {holder.describe()} ({why})")
                     continue
-                raise KbinfraError(
-                    f"stack {self.stack} is locked by {holder.describe()}",
-                    where=name,
-                    fix="wait for that apply to finish; if it died, re-run with --force-unlock",
-                ) from None
+                raise locked_error(self.stack, holder, name) from None
         lock_id = created["Id"]
         try:
             yield notes

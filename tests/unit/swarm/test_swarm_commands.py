@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from kbinfra.swarm.run import (
 )
 from kbinfra.swarm.service_spec import build_service_spec
 from kbinfra.targets import open_target
+from tests.conftest import edit_stack_file
 from tests.unit.error_checks import assert_one_line_error, kbinfra
 
 FITS_ON_THE_TEST_BED = {
@@ -204,6 +206,34 @@ def test_a_service_no_longer_in_the_stack_is_planned_for_removal(
     }
 
 
+def test_only_plans_just_its_services_and_keeps_what_the_others_use(
+    swarm_dir: Callable[..., Path],
+) -> None:
+    from kbinfra.stack import open_stack  # noqa: PLC0415
+
+    folder = swarm_dir(overrides=FITS_ON_THE_TEST_BED)
+    manager = applied(open_stack(folder))
+    # redis and postgres change; only redis is asked for.
+    redis = {"maxmemory_policy": "allkeys-lfu", "allow_eviction_of_queues": True}
+    edit_stack_file(folder, {"services": {"redis": redis, "postgres": {"max_connections": 77}}})
+    changed = open_stack(folder)
+    whole = plan_against(desired_swarm_stack(changed), "swarm://x", manager)
+    assert {a.service for a in whole.services if a.action == "update"} == {"redis", "postgres"}
+    plan = plan_against(desired_swarm_stack(changed, ["redis"]), "swarm://x", manager, partial=True)
+    assert [(a.service, a.action) for a in plan.services] == [("redis", "update")]
+    # Only redis's old config goes: postgres (not asked for) keeps using its own.
+    assert len(plan.configs_to_create) == len(plan.configs_to_remove) == 1
+    assert plan.configs_to_remove[0] in whole.configs_to_remove
+    assert len(whole.configs_to_remove) == 2
+    assert not plan.secrets_to_remove
+    # A service no longer in the stack is not removed by a partial plan either.
+    manager._services.append({"Spec": {"Name": "kb_old", "Labels": {"io.kbinfra.service": "old"}}})
+    again = plan_against(
+        desired_swarm_stack(changed, ["redis"]), "swarm://x", manager, partial=True
+    )
+    assert "remove" not in {a.action for a in again.services}
+
+
 def test_update_reasons_ignore_what_the_engine_leaves_out_and_name_files_by_path() -> None:
     built = {
         "Labels": {"kbinfra.config-hash": "a"},
@@ -254,12 +284,12 @@ def test_converge_progress_shows_changed_services_as_waiting_then_updating() -> 
     assert watcher.seconds("redis") >= 0.0 and watcher.seconds("nowhere") == 0.0
 
 
-@pytest.mark.parametrize("command", ["bench", "backup", "logs"])
+@pytest.mark.parametrize("command", [("logs",), ("backup", "verify", "latest")])
 def test_commands_not_built_for_a_swarm_refuse_it_in_one_line(
-    swarm_dir: Callable[..., Path], command: str
+    swarm_dir: Callable[..., Path], command: tuple[str, ...]
 ) -> None:
     folder = swarm_dir()
-    done = kbinfra(command, "--dir", str(folder))
+    done = kbinfra(*command, "--dir", str(folder))
     assert_one_line_error(done, "does not work on a Swarm stack yet (target: swarm)")
 
 
@@ -273,10 +303,13 @@ def test_plan_refuses_an_over_committed_node_before_connecting_to_any(
     assert_one_line_error(done, "node node2 is over-committed")
 
 
-def test_swarm_plan_refuses_only_and_saved_plans(swarm_dir: Callable[..., Path]) -> None:
+def test_swarm_only_refuses_a_service_the_stack_does_not_run_and_saved_plans(
+    swarm_dir: Callable[..., Path],
+) -> None:
     folder = _with_key(_roomy(swarm_dir(overrides=FITS_ON_THE_TEST_BED)))
+    # Refused before any node is connected (10.213.0.x is not reachable from here).
     assert_one_line_error(
-        kbinfra("plan", "--only", "redis", "--dir", str(folder)), "--only is not built"
+        kbinfra("plan", "--only", "rediss", "--dir", str(folder)), "--only rediss: service is"
     )
     assert_one_line_error(
         kbinfra("apply", "saved.plan", "--dir", str(folder)), "saved plans are not built"
@@ -295,7 +328,7 @@ def test_a_rolled_back_update_fails_its_service_with_the_tasks_error_and_prunes_
     from kbinfra.errors import ApplyFailedError  # noqa: PLC0415
     from kbinfra.stack import open_stack  # noqa: PLC0415
     from kbinfra.swarm import apply as swarm_apply_module  # noqa: PLC0415
-    from kbinfra.swarm import cluster, converge, run  # noqa: PLC0415
+    from kbinfra.swarm import cluster, converge, lock, run  # noqa: PLC0415
     from kbinfra.swarm.apply import StackChanges  # noqa: PLC0415
     from kbinfra.swarm.cluster import SwarmFormation  # noqa: PLC0415
 
@@ -319,10 +352,11 @@ def test_a_rolled_back_update_fails_its_service_with_the_tasks_error_and_prunes_
         cluster, "ensure_swarm", lambda t, p: SwarmFormation("c", "node1", False, (), (), {})
     )
     monkeypatch.setattr(run, "_distribute", lambda *args: None)
+    monkeypatch.setattr(lock, "swarm_locked", lambda *args, **kwargs: nullcontext([]))
     monkeypatch.setattr(
         swarm_apply_module,
         "apply_stack",
-        lambda *args: StackChanges(
+        lambda *args, **kwargs: StackChanges(
             False, (), (), (), ("kb_redis",), tuple(n for n in names if n != "kb_redis"), (), {}
         ),
     )

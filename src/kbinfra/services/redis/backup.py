@@ -280,16 +280,15 @@ class RedisBackup(BackupHandler):
     ) -> list[str]:
         rdb = next(a for a in artifacts if a.kind == "redis_rdb")
         conf = persistence_settings(instance.file_text(CONF_FILE) or "")
-        engine = instance.engine
+        # Read before the stop: on a Swarm the stopped task's container goes away.
+        helper = _Helper(instance, conf, instance.engine.inspect(instance.container_id))
         progress.note(self.service, "stopping the container to replace its data")
-        engine.stop(instance.container_id, instance.desired.spec.stop_timeout_s)
-        helper = _Helper(instance, conf)
-        try:
-            helper.start()
-            helper.restore(backup_dir / rdb.path, rdb, progress)
-        finally:
-            helper.remove()
-            engine.start(instance.container_id)
+        with instance.stopped():
+            try:
+                helper.start()
+                helper.restore(backup_dir / rdb.path, rdb, progress)
+            finally:
+                helper.remove()
         return []
 
     # ------------------------------------------------------------ observe
@@ -461,9 +460,10 @@ class _Helper:
     """A container from the service's image on its volumes, running only a shell loop;
     redis-server is started in it by exec, on a unix socket, without any network."""
 
-    def __init__(self, instance: Instance, conf: Persistence) -> None:
+    def __init__(self, instance: Instance, conf: Persistence, info: Mapping[str, Any]) -> None:
         self.instance = instance
         self.conf = conf
+        self.info = info  # the service container's inspect: its image and volumes
         self.api = instance.api
         self.id: str | None = None
         self.moved = False
@@ -489,7 +489,7 @@ class _Helper:
     def start(self) -> None:
         from docker.types import Mount  # noqa: PLC0415
 
-        info = self.instance.engine.inspect(self.instance.container_id)
+        info = self.info
         mounts = [
             Mount(target=m["Destination"], source=m["Name"], type="volume")
             for m in info.get("Mounts") or ()

@@ -1,0 +1,290 @@
+"""Time `kbinfra apply` on the three-node Swarm test bed next to the same stack on one host.
+
+The stack is the one tests/integration/test_swarm_cli.py applies: PostgreSQL and Redis
+(pinned on a Swarm), nginx (two replicas), the PostgreSQL and Redis exporters. For each
+target — the Swarm of --nodes, and the local engine — and each of --runs rounds: the stack
+is applied from nothing (cold: services, secrets, configs, network; on a Swarm the Swarm
+itself and the images on the nodes are there after the first round, which is reported on
+its own line), applied again unchanged --noops times (no-op), then one PostgreSQL setting
+is changed and applied (one-service change); then destroyed with its data. Every apply is
+the real CLI (`kbinfra apply --yes --output json`), timed wall-clock from here. The nodes
+leave any Swarm first (through their sockets: this is for the test bed only).
+
+Then, on the Swarm with the stack applied, node loss: the node that runs the PostgreSQL
+exporter's task (stateless, one replica) has its dockerd stopped (`scripts/testbed cluster
+node stop`), and the time until Swarm runs a new task of it on another node is measured
+(read from a live manager's socket every 0.2 s); the node is started again and the stack
+converged before the next of --losses rounds.
+
+Prints a table (case x target: median, min-max, n, and Swarm / one host) and the load
+average; progress goes to stderr. Never an assertion on time.
+
+Usage (the test bed up, `scripts/testbed cluster up` printed the node file):
+  python benchmarks/swarm.py --nodes .testbed/cluster/nodes.yaml --images .testbed/images.yaml
+      [--runs 3] [--noops 3] [--losses 2] [--output json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+KBINFRA = [sys.executable, "-c", "from kbinfra.cli import main; main()"]
+REPO = Path(__file__).resolve().parents[1]
+SERVICES = ("postgres", "redis", "nginx", "postgres-exporter", "redis-exporter")
+#: The test bed declares 20 GB per node; the minimum profile's PostgreSQL alone asks 80.
+ROOMY_STORAGE_GB = 500.0
+LOST_SERVICE = "postgres-exporter"
+COLD, FIRST, NOOP, CHANGE, LOSS = (
+    "cold apply",
+    "first apply (Swarm created; images copied where lacking)",
+    "no-op apply",
+    "one-service change",
+    "reschedule after node loss",
+)
+TIMEOUT_S = "300"
+
+_started = time.monotonic()
+
+
+def progress(message: str) -> None:
+    print(f"[{time.monotonic() - _started:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def _run(argv: Sequence[str], env: Mapping[str, str]) -> tuple[float, str]:
+    begun = time.monotonic()
+    done = subprocess.run(list(argv), capture_output=True, text=True, env=dict(env), check=False)
+    wall = time.monotonic() - begun
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise SystemExit(f"{' '.join(argv[3:6])}… failed ({done.returncode}): {' | '.join(tail)}")
+    return wall, done.stdout
+
+
+def _edit(folder: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    path = folder / "kbinfra.yaml"
+    data = yaml.safe_load(path.read_text())
+    change(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def _stack(folder: Path, images: Path, env: Mapping[str, str], nodes: Path | None) -> str:
+    """``kbinfra init`` of the stack into ``folder`` (a Swarm one with ``nodes``)."""
+    init = [*KBINFRA, "init", "--profile", "minimum", "--images", str(images)]
+    where = ["--target", "swarm", "--nodes", str(nodes)] if nodes else []
+    _run([*init, *where, "--dir", str(folder)], env)
+    name = f"kbsb{uuid.uuid4().hex[:6]}"
+
+    def configure(data: dict[str, Any]) -> None:
+        data["name"] = name
+        for service, settings in data["services"].items():
+            settings["enabled"] = service in SERVICES
+            if nodes is None:
+                for key in ("port", "http_port", "https_port"):
+                    if settings.get(key):
+                        settings[key] = _free_port()  # beside other stacks on a shared engine
+        if nodes is not None:
+            for node in data["swarm"]["nodes"]:
+                node["storage_gb"] = ROOMY_STORAGE_GB
+            first = data["swarm"]["nodes"][0]["address"]
+            # nginx resolves its upstream when it starts: an address the nodes know.
+            data["app"]["upstream"] = first.rsplit("@", 1)[1].rsplit(":", 1)[0] + ":8000"
+
+    _edit(folder, configure)
+    return name
+
+
+def _free_port() -> int:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _apply(folder: Path, env: Mapping[str, str]) -> float:
+    wall, out = _run([*KBINFRA, "apply", "--yes", "-o", "json", "--timeout", TIMEOUT_S,
+                      "--dir", str(folder)], env)  # fmt: skip
+    result = json.loads(out)
+    if not result.get("ok", True):
+        raise SystemExit(f"apply of {folder} failed: {result.get('error')}")
+    return wall
+
+
+def _destroy(folder: Path, name: str, env: Mapping[str, str]) -> None:
+    _run([*KBINFRA, "destroy", "--yes", "--delete-data", "--confirm-name", name,
+          "--dir", str(folder)], env)  # fmt: skip
+
+
+def leave_swarm(nodes: Path) -> None:
+    """The test bed's nodes out of any Swarm (the first manager last), through their sockets:
+    the first Swarm round then creates it, as a user's first apply does."""
+    import docker  # noqa: PLC0415
+    import docker.errors  # noqa: PLC0415
+
+    for socket_url in reversed(list(_node_sockets(nodes).values())):
+        client = docker.DockerClient(base_url=socket_url)
+        try:
+            client.swarm.leave(force=True)
+        except docker.errors.APIError:
+            pass  # in no Swarm
+        finally:
+            client.close()
+
+
+def measure_applies(
+    label: str, images: Path, env: Mapping[str, str], nodes: Path | None, *, runs: int, noops: int
+) -> dict[str, list[float]]:
+    samples: dict[str, list[float]] = {COLD: [], NOOP: [], CHANGE: [], FIRST: []}
+    with tempfile.TemporaryDirectory(prefix="kbinfra-swarm-bench-") as scratch:
+        folder = Path(scratch) / "kb"
+        name = _stack(folder, images, env, nodes)
+        for round_ in range(runs + (1 if nodes else 0)):
+            first = nodes is not None and round_ == 0
+            cold = _apply(folder, env)
+            samples[FIRST if first else COLD].append(cold)
+            progress(f"{label}: {'first' if first else 'cold'} apply {cold:.1f}s")
+            for _ in range(noops):
+                samples[NOOP].append(_apply(folder, env))
+            progress(
+                f"{label}: no-op applies {', '.join(f'{s:.2f}' for s in samples[NOOP][-noops:])}s"
+            )
+            _edit(
+                folder, lambda d, v=50 + round_: d["services"]["postgres"].update(max_connections=v)
+            )
+            samples[CHANGE].append(_apply(folder, env))
+            progress(f"{label}: one-service change {samples[CHANGE][-1]:.1f}s")
+            _destroy(folder, name, env)
+    return samples
+
+
+# ---------------------------------------------------------------- node loss
+
+
+def _node_sockets(nodes: Path) -> dict[str, str]:
+    cluster = os.environ.get("KBINFRA_TESTBED_CLUSTER", "kbtb")  # as tests/testbed/cluster.sh
+    data = yaml.safe_load(nodes.read_text())
+    return {str(n["name"]): f"unix:///run/{cluster}/{n['name']}/docker.sock" for n in data["nodes"]}
+
+
+def _running_nodes(client: Any, service: str) -> list[str]:
+    """The nodes (by hostname) where ``service`` has a running task Swarm wants running."""
+    names = {n["ID"]: n["Description"]["Hostname"] for n in client.api.nodes()}
+    tasks = client.api.tasks(filters={"service": service, "desired-state": "running"})
+    return sorted(
+        names.get(t.get("NodeID"), "?") for t in tasks if t["Status"]["State"] == "running"
+    )
+
+
+def measure_loss(images: Path, env: Mapping[str, str], nodes: Path, losses: int) -> list[float]:
+    import docker  # noqa: PLC0415
+
+    sockets = _node_sockets(nodes)
+    testbed = [str(REPO / "scripts" / "testbed"), "cluster", "node"]
+    seconds: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="kbinfra-swarm-loss-") as scratch:
+        folder = Path(scratch) / "kb"
+        name = _stack(folder, images, env, nodes)
+        _apply(folder, env)
+        service = f"{name}_{LOST_SERVICE}"
+        try:
+            for _ in range(losses):
+                anywhere = docker.DockerClient(base_url=next(iter(sockets.values())))
+                lost = _running_nodes(anywhere, service)[0]
+                anywhere.close()
+                manager = docker.DockerClient(
+                    base_url=next(s for n, s in sockets.items() if n != lost)
+                )
+                subprocess.run([*testbed, "stop", lost], check=True, capture_output=True)
+                begun = time.monotonic()
+                while True:
+                    running = _running_nodes(manager, service)
+                    if running and lost not in running:
+                        break
+                    if time.monotonic() - begun > 300:
+                        raise SystemExit(f"{service} not rescheduled off {lost} in 300 s")
+                    time.sleep(0.2)
+                seconds.append(time.monotonic() - begun)
+                progress(
+                    f"swarm: {LOST_SERVICE} off {lost} onto {running[0]} in {seconds[-1]:.1f}s"
+                )
+                manager.close()
+                subprocess.run([*testbed, "start", lost], check=True, capture_output=True)
+                _apply(folder, env)  # converged again (apply waits for every service)
+        finally:
+            _destroy(folder, name, env)
+    return seconds
+
+
+# ---------------------------------------------------------------- report
+
+
+def _load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f} ({os.cpu_count()} CPUs)"
+
+
+def _cell(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
+    return (
+        f"{statistics.median(values):.2f}s ({min(values):.2f}-{max(values):.2f}, n={len(values)})"
+    )
+
+
+def format_report(swarm: Mapping[str, list[float]], host: Mapping[str, list[float]],
+                  load_before: str, load_after: str) -> str:  # fmt: skip
+    lines = [f"{'case':<44} {'Swarm (3 nodes)':<28} {'one host (local)':<28} Swarm/host"]
+    for case in (COLD, NOOP, CHANGE, FIRST, LOSS):
+        ours, theirs = swarm.get(case, []), host.get(case, [])
+        ratio = (
+            f"{statistics.median(ours) / statistics.median(theirs):.1f}x"
+            if ours and theirs
+            else "-"
+        )
+        lines.append(f"{case:<44} {_cell(ours):<28} {_cell(theirs):<28} {ratio}")
+    lines.append(f"load average before: {load_before}; after: {load_after}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=Path, required=True, help="the test bed's node file")
+    parser.add_argument("--images", type=Path, required=True, help="the test bed's image map")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--noops", type=int, default=3)
+    parser.add_argument("--losses", type=int, default=2)
+    parser.add_argument("--output", choices=["text", "json"], default="text")
+    args = parser.parse_args()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KBINFRA_")}
+    load_before = _load()
+    progress(f"load average {load_before}")
+    leave_swarm(args.nodes)
+    swarm = measure_applies(
+        "swarm", args.images, env, args.nodes.absolute(), runs=args.runs, noops=args.noops
+    )
+    host = measure_applies("local", args.images, env, None, runs=args.runs, noops=args.noops)
+    if args.losses:
+        swarm[LOSS] = measure_loss(args.images, env, args.nodes.absolute(), args.losses)
+    load_after = _load()
+    if args.output == "json":
+        print(json.dumps({"swarm": swarm, "host": host, "load": [load_before, load_after]}))
+    else:
+        print(format_report(swarm, host, load_before, load_after))
+
+
+if __name__ == "__main__":
+    main()
