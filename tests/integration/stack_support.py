@@ -7,6 +7,7 @@ and every run asserts that no secret reached stdout or stderr.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -170,3 +171,10 @@ def swarm_deployment(
     secrets = yaml.safe_load((folder / "secrets.yaml").read_text())
     (folder / "secrets.yaml").write_text(yaml.safe_dump({k: fixed_secret(k) for k in secrets}))
     return deployment
+
+
+def build_image(client: Any, dockerfile: str, tag: str) -> str:
+    """An image built here from ``dockerfile`` alone (no other context), tagged ``tag``: its
+    id. No registry can be reached: a test's own image variant is built from a test bed one."""
+    image, _ = client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
+    return str(image.id)

@@ -10,9 +10,7 @@ release 2's image id (a tag that moved since is moved back).
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +18,7 @@ import docker
 import pytest
 import redis
 
-from .stack_support import Deployment, fixed_secret, free_port, new_deployment
+from .stack_support import Deployment, build_image, fixed_secret, free_port, new_deployment
 from .testbed_support import Testbed
 
 pytestmark = pytest.mark.integration
@@ -32,15 +30,8 @@ NEXT_IMAGE = f"{REPOSITORY}:it"
 
 def build_next_image(client: docker.DockerClient, base: str, mark: str) -> str:
     """``NEXT_IMAGE``: ``base`` with one label more, so its id is its own; the id."""
-    dockerfile = f"FROM {base}\nLABEL org.kbinfra.test.release-mark={mark}\n".encode()
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(dockerfile)
-        tar.addfile(info, io.BytesIO(dockerfile))
-    context.seek(0)
-    image, _ = client.images.build(fileobj=context, custom_context=True, tag=NEXT_IMAGE, rm=True)
-    return str(image.id)
+    dockerfile = f"FROM {base}\nLABEL org.kbinfra.test.release-mark={mark}\n"
+    return build_image(client, dockerfile, NEXT_IMAGE)
 
 
 def client_of(stack: Deployment) -> redis.Redis:

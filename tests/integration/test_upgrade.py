@@ -12,8 +12,6 @@ new image, so the next plan has nothing to do.
 
 from __future__ import annotations
 
-import io
-import tarfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +19,7 @@ import docker
 import httpx
 import pytest
 
-from .stack_support import Deployment, fixed_secret, new_deployment
+from .stack_support import Deployment, build_image, fixed_secret, new_deployment
 from .testbed_support import Testbed
 
 pytestmark = pytest.mark.integration
@@ -34,15 +32,8 @@ COLLECTION = "kept_through_upgrade"
 
 def qdrant_next(client: docker.DockerClient, standin: str) -> str:
     """The stand-in, reporting version 1.17.0: its id."""
-    dockerfile = f"FROM {standin}\nENV KBINFRA_STANDIN_QDRANT_VERSION=1.17.0\n".encode()
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(dockerfile)
-        tar.addfile(info, io.BytesIO(dockerfile))
-    context.seek(0)
-    image, _ = client.images.build(fileobj=context, custom_context=True, tag=QDRANT_NEXT, rm=True)
-    return str(image.id)
+    dockerfile = f"FROM {standin}\nENV KBINFRA_STANDIN_QDRANT_VERSION=1.17.0\n"
+    return build_image(client, dockerfile, QDRANT_NEXT)
 
 
 def qdrant(stack: Deployment) -> httpx.Client:
