@@ -91,14 +91,14 @@ def test_the_report_says_what_uses_each_secret_and_which_are_too_old(tmp_path: P
     assert report["postgres_monitor_password"].used_by == ("postgres", "postgres-exporter")
     assert report["backup_hmac_key"].used_by == ("backup signing",)
     with pytest.raises(CheckFailedError) as failed:
-        check_secret_ages(stack, 180)
+        check_secret_ages(stack, 180, NOW)
     assert "postgres_password (200 d)" in str(failed.value)
     assert "qdrant_api_key" not in str(failed.value)
 
 
 def test_the_max_age_check_passes_when_every_secret_is_younger(tmp_path: Path) -> None:
     stack = stack_with_ages(tmp_path, {"postgres_password": 20}, max_age_days=180)
-    assert check_secret_ages(stack, 180).endswith("of 180 d")
+    assert check_secret_ages(stack, 180, NOW).endswith("of 180 d")
 
 
 def test_a_secret_nothing_uses_any_more_is_listed_as_a_leftover(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import ipaddress
 import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -321,12 +322,11 @@ def checks(stack: Stack, target: Target) -> list[CheckRow]:
     return local_file_checks(stack) + rows.rows + secret_age_checks(stack)
 
 
-def check_secret_ages(stack: Stack, limit: int) -> str:
-    from datetime import UTC, datetime  # noqa: PLC0415
-
+def check_secret_ages(stack: Stack, limit: int, now: datetime | None = None) -> str:
+    """Fails naming every secret older than ``limit`` days at ``now`` (default: the clock)."""
     from kbinfra.secret_report import secret_report  # noqa: PLC0415
 
-    report = secret_report(stack, datetime.now(UTC))
+    report = secret_report(stack, now or datetime.now(UTC))
     old = [f"{entry.name} ({entry.age_text()})" for entry in report if entry.too_old]
     require(not old, f"older than {limit} d: {', '.join(old)}")
     oldest = max((e.age_days for e in report if e.age_days is not None), default=0.0)
