@@ -382,13 +382,13 @@ def migrate_and_switch(
                 stack_file=stack_file,
             )
         except BaseException:
-            engine.ensure_volume_absent(new_volume)
+            _remove_copy(engine, new_volume, notes)
             raise
         if not result.ok:
-            engine.ensure_volume_absent(new_volume)
+            removed = _remove_copy(engine, new_volume, result.notes)
             result.notes.append(
-                f"{step.service} was put back on {step.old_image} and its volume; the copy on "
-                f"{new_volume} was removed"
+                f"{step.service} was put back on {step.old_image} and its volume"
+                + (f"; the copy on {new_volume} was removed" if removed else "")
             )
     result.notes.extend(notes)
     if result.ok:
@@ -400,6 +400,19 @@ def migrate_and_switch(
         result.notes.extend(rest.notes)
         result.release = rest.release or result.release
     return result
+
+
+def _remove_copy(engine: Engine, volume: str, notes: list[str]) -> bool:
+    """Remove the copy's volume after a failed switch; never one a container still uses
+    (the engine refuses that): then it is named in ``notes`` and kept."""
+    import docker.errors  # noqa: PLC0415
+
+    try:
+        engine.ensure_volume_absent(volume)
+    except docker.errors.APIError as error:
+        notes.append(f"the copy's volume {volume} was kept: {error.explanation or error}")
+        return False
+    return True
 
 
 def _copy_into_new_volume(
