@@ -469,10 +469,13 @@ def _copy_into_new_volume(
         engine.start(container_id)
         problem = engine.wait_healthy(container_id, health_timeout(desired, None))
         if problem is not None:
+            logs = " / ".join(engine.logs_tail(container_id, 3))[-300:]
             raise KbinfraError(
-                f"{step.new_image} did not become healthy on the new volume: {problem}",
+                f"{step.new_image} did not become healthy on the new volume: {problem}"
+                + (f" (its last log lines: {logs})" if logs else ""),
                 where=desired.container,
-                fix="see its log line above; the old server still serves",
+                fix="make the new image start with the stack's configuration (its log lines "
+                "say why it did not), then upgrade again",
             )
         copy = Instance(service, new, target, engine, container_id, desired, drill=True)
         part.copy_data(source, copy, progress)
