@@ -103,6 +103,21 @@ class Deployment:
     def container(self, service: str) -> str:
         return f"{self.name}-{service}"
 
+    def postgres(self, database: str = "kb", user: str = "kb", password: str | None = None) -> Any:
+        """A psycopg connection (autocommit) to the stack's PostgreSQL on its loopback port,
+        as the stack's user unless told."""
+        import psycopg  # noqa: PLC0415
+
+        return psycopg.connect(
+            host="127.0.0.1",
+            port=self.port("postgres"),
+            user=user,
+            password=password or fixed_secret("postgres_password"),
+            dbname=database,
+            autocommit=True,
+            connect_timeout=20,
+        )
+
 
 def new_deployment(
     kind: str, folder: Path, testbed: Testbed, services: Iterable[str], prefix: str = "kbt"

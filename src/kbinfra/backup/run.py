@@ -483,7 +483,7 @@ def wait_healthy_again(engine: Engine, container_id: str, timeout: float) -> str
             return None
         if time.monotonic() >= deadline:
             return (
-                f"not healthy {timeout:.0f} s after the restore "
+                f"not healthy {timeout:.0f} s after it was unpaused "
                 f"(state {state.get('Status')}, health {health})"
             )
         time.sleep(1.0)
@@ -496,17 +496,27 @@ def _writers_paused(
     """Pause the writers for the restore and its check; unpause them after, also when the
     restore fails, and wait until they are healthy again. A container that cannot be
     unpaused, or is not healthy again, is named in the result's notes."""
-    paused: list[ObservedContainer] = []
     if not isinstance(place, _HostData):  # no writer of its own runs on a Swarm yet
         yield
         return
-    engine = place.engine
+    with writers_paused(stack, place.engine, progress, result.notes, doing="restore"):
+        yield
+
+
+@contextmanager
+def writers_paused(
+    stack: Stack, engine: Engine, progress: Progress, notes: list[str], *, doing: str = "upgrade"
+) -> Iterator[None]:
+    """The app's writers (:func:`writers_to_pause`) paused for the block; unpaused after it,
+    also on an error, and waited for until healthy again. A container that cannot be
+    unpaused, or is not healthy again, is named in ``notes``."""
+    paused: list[ObservedContainer] = []
     try:
         for container in writers_to_pause(stack, engine.stack_containers()):
             engine.pause(container.id)
             paused.append(container)
         if paused:
-            progress.note("restore", f"paused {len(paused)} app container(s) while restoring")
+            progress.note(doing, f"paused {len(paused)} app container(s) during the {doing}")
         yield
     finally:
         unpaused: list[ObservedContainer] = []
@@ -515,15 +525,15 @@ def _writers_paused(
                 engine.unpause(container.id)
                 unpaused.append(container)
             except Exception as error:  # the others must be unpaused all the same
-                result.notes.append(
+                notes.append(
                     f"{container.name} stayed paused ({error}): `docker unpause {container.name}`"
                 )
         if unpaused:
-            progress.note("restore", "waiting until the app's containers are healthy again")
+            progress.note(doing, "waiting until the app's containers are healthy again")
         for container in unpaused:
             problem = wait_healthy_again(engine, container.id, UNPAUSED_HEALTHY_TIMEOUT_S)
             if problem is not None:
-                result.notes.append(f"{container.name} unpaused but {problem}: `kbinfra status`")
+                notes.append(f"{container.name} unpaused but {problem}: `kbinfra status`")
 
 
 class _HostData:
