@@ -210,6 +210,33 @@ def test_the_local_engine_does_not_import_paramiko(tmp_path: Path) -> None:
     assert "cannot reach the Docker Engine: no socket there" in done.stdout
 
 
+def test_taking_the_lock_first_does_not_import_paramiko() -> None:
+    # A changing apply's first docker-py call is the lock: the client must be made (through
+    # import_docker, as both targets make it) before anything imports docker.errors.
+    probe = (
+        "import sys\n"
+        "from kbinfra.targets.engine import Engine\n"
+        "from kbinfra.targets.local import import_docker\n"
+        "class Api:\n"
+        "    def create_container(self, *a, **k): return {'Id': 'lock'}\n"
+        "    def create_host_config(self, **k): return k\n"
+        "    def remove_container(self, *a, **k): pass\n"
+        "class Client:\n"
+        "    api = Api()\n"
+        "def connect():\n"
+        "    import_docker('unix:///nonexistent.sock')\n"
+        "    return Client()\n"
+        "with Engine(None, 'kbx', connect=connect).locked():\n"
+        "    pass\n"
+        "print('docker' in sys.modules, 'paramiko' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONSTARTUP", "DOCKER_HOST")}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
+    )
+    assert done.stdout.split() == ["True", "False"]
+
+
 @pytest.mark.parametrize(
     ("ssh_config", "imports_invoke"),
     [
