@@ -15,6 +15,7 @@ import paramiko
 import pytest
 
 from kbinfra.commands.deploy import _host_port
+from kbinfra.targets.base import FileStore
 from kbinfra.targets.local import LocalFileStore
 from kbinfra.targets.ssh import (
     REMOTE_SCRIPTS,
@@ -164,6 +165,27 @@ def test_remote_hashes_survive_hostile_file_names(tmp_path: Path) -> None:
     }
     assert not (tmp_path / "pwned").exists()
     assert not (folder / "pwned").exists()
+
+
+@pytest.mark.parametrize("store_kind", ["local", "remote"])
+def test_an_emptied_store_removes_its_folder_and_a_kept_file_keeps_it(
+    tmp_path: Path, store_kind: str
+) -> None:
+    folder = tmp_path / "deployed"
+    store: FileStore = (
+        LocalFileStore(folder)
+        if store_kind == "local"
+        else RemoteFileStore(_ShellTarget(tmp_path), str(folder))
+    )
+    store.put("conf/a.conf", b"a", 0o644)
+    store.put(".kbinfra/releases.json", b"[]", 0o600)
+    store.remove("conf/a.conf")
+    store.remove_folder_if_empty()
+    assert (folder / ".kbinfra" / "releases.json").exists()  # history kept: folder kept
+    store.remove(".kbinfra/releases.json")
+    store.remove_folder_if_empty()
+    assert not folder.exists()
+    store.remove_folder_if_empty()  # already gone: nothing to do
 
 
 def test_sha256sum_lines_are_unescaped_once() -> None:
