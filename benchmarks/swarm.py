@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-KBINFRA = [sys.executable, "-c", "from kbinfra.cli import main; main()"]
+KBINFRA = [sys.executable, "-c", "from kbinfra.entry import main; main()"]
 REPO = Path(__file__).resolve().parents[1]
 SERVICES = ("postgres", "redis", "nginx", "postgres-exporter", "redis-exporter")
 #: The test bed declares 20 GB per node; the minimum profile's PostgreSQL alone asks 80.

@@ -1057,4 +1057,5 @@ def destroy_stack(
             result.files_removed += 1
         if delete_data:
             store.remove(RELEASES_FILE)  # without --delete-data, history outlives the stack
+            store.remove_folder_if_empty()  # over SSH, no empty folder left on the host
     return result
