@@ -162,6 +162,7 @@ def swarm_instances(
     from kbinfra.targets.engine import Engine  # noqa: PLC0415
 
     desired = desired_services(stack, stack.rendered)
+    refuse_peers(stack, services)
     instances: dict[str, Instance] = {}
     for service in services:
         try:
@@ -244,3 +245,22 @@ def store_nodes(stack: Stack, services: Iterable[str]) -> dict[str, str]:
     return {
         service: (placements[service].peers or placements[service].nodes)[0] for service in services
     }
+
+
+def refuse_peers(stack: Stack, services: Iterable[str]) -> None:
+    """A store that runs as peers (Qdrant's distributed mode) is refused: each peer's
+    snapshot holds only the shards on that peer, and restoring them is not built; one task's
+    would look like a whole backup and not be one."""
+    from kbinfra.swarm.placement import stack_placements  # noqa: PLC0415
+
+    placements = stack_placements(stack)
+    for service in services:
+        peers = placements[service].peers
+        if peers:
+            raise BackupError(
+                f"{service} runs as {len(peers)} peers ({', '.join(peers)}): a backup of each "
+                "peer's shards is not built, and one peer's snapshot is not the whole collection",
+                where=f"swarm.services.{service}.peers",
+                fix=f"disable {service} for the backup, or take Qdrant's own snapshots of "
+                "each peer (docs/swarm.md, Qdrant)",
+            )

@@ -12,7 +12,7 @@ import pytest
 
 from kbinfra.backup.handler import BackupError
 from kbinfra.stack import Stack
-from kbinfra.swarm.backup import store_nodes, volume_node
+from kbinfra.swarm.backup import refuse_peers, store_nodes, volume_node
 from kbinfra.swarm.build import DRILL_SECRETS_SOURCE, SECRETS_DIR, secrets_as_files
 from kbinfra.swarm.operate import task_label
 from kbinfra.swarm.placement import stack_placements
@@ -161,3 +161,13 @@ def test_each_tasks_lines_come_from_its_own_nodes_engine_labelled_service_at_nod
         ("nginx@node2", "two"),
         ("nginx@node1", "one"),
     ]
+
+
+def test_a_backup_of_qdrant_peers_is_refused_not_taken_from_one_peer(
+    make_swarm_stack: Callable[..., Stack],
+) -> None:
+    peers = {"swarm": {"services": {"qdrant": {"placement": None, "peers": ["node1", "node2"]}}}}
+    stack = make_swarm_stack(overrides=peers)
+    with pytest.raises(BackupError, match=r"qdrant runs as 2 peers \(node1, node2\)"):
+        refuse_peers(stack, ["postgres", "qdrant"])
+    refuse_peers(make_swarm_stack(), ["postgres", "qdrant"])  # one pinned Qdrant: taken
