@@ -231,3 +231,13 @@ def read_terminal(fd: int) -> str:
         seen += chunk
     os.close(fd)
     return seen.decode("utf-8", "replace")
+
+
+def interrupt_follow(process: subprocess.Popen[str]) -> tuple[str, str]:
+    """Ctrl-C to a ``kbinfra logs -f``: it must end with exit 130, no traceback and no
+    secret in what it printed; its stdout and stderr."""
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and SECRET_MARK not in out + err
+    return out, err
