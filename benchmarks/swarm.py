@@ -148,11 +148,28 @@ def _destroy(folder: Path, name: str, env: Mapping[str, str]) -> None:
 
 def leave_swarm(nodes: Path) -> None:
     """The test bed's nodes out of any Swarm (the first manager last), through their sockets:
-    the first Swarm round then creates it, as a user's first apply does."""
+    the first Swarm round then creates it, as a user's first apply does; the test modules
+    find the nodes in no Swarm after the benchmark."""
     import docker  # noqa: PLC0415
     import docker.errors  # noqa: PLC0415
 
-    for socket_url in reversed(list(_node_sockets(nodes).values())):
+    sockets = list(_node_sockets(nodes).values())
+    first = docker.DockerClient(base_url=sockets[0])
+    try:
+        # The other managers demoted first, by the first one while it leads: a manager that
+        # force-leaves a Swarm of two takes the other's quorum with it, and a leaderless
+        # manager cannot leave (`swarm leave --force` answers "does not have a leader").
+        leading = first.info()["Swarm"].get("ControlAvailable")
+        for node in first.api.nodes() if leading else []:
+            spec, status = node["Spec"], node.get("ManagerStatus") or {}
+            if spec.get("Role") == "manager" and not status.get("Leader"):
+                demoted = {**spec, "Role": "worker"}
+                first.api.update_node(node["ID"], node["Version"]["Index"], demoted)
+    except docker.errors.APIError as error:
+        progress(f"swarm: could not demote the other managers: {error}")
+    finally:
+        first.close()
+    for socket_url in reversed(sockets):
         client = docker.DockerClient(base_url=socket_url)
         try:
             client.swarm.leave(force=True)
@@ -278,6 +295,7 @@ def measure_loss(images: Path, env: Mapping[str, str], nodes: Path, losses: int)
         finally:
             manager.close()
             _destroy(folder, name, env)
+            leave_swarm(nodes)  # as found: a Swarm of two managers is fragile to leave
     return seconds
 
 

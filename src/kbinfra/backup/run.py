@@ -701,6 +701,9 @@ def run_backup(
             for note in lock_notes:
                 progress.note("lock", note)
             out = BackupOutput(partial, progress, include_secrets)
+            extra_volumes = stack.spec.backup.volumes if VOLUMES_SERVICE in wanted else []
+            for volume in extra_volumes:
+                place.volume_node(volume)  # on a Swarm: refused before any store is dumped
             artifacts, notes = backup_stack_files(stack, out)
             notes += key_note
             records = {}
@@ -712,11 +715,9 @@ def run_backup(
                 records[service] = written.record
                 artifacts += written.artifacts
                 notes += written.notes
-            if VOLUMES_SERVICE in wanted:
-                for volume in stack.spec.backup.volumes:
-                    engine = place.volume_engine(volume)
-                    node = place.volume_node(volume)
-                    artifacts.append(VOLUMES.backup(engine.api, volume, out, node=node))
+            for volume in extra_volumes:
+                engine, node = place.volume_engine(volume), place.volume_node(volume)
+                artifacts.append(VOLUMES.backup(engine.api, volume, out, node=node))
         _reverify(partial, artifacts, progress)
         manifest = Manifest(
             kbinfra_version=__version__,
