@@ -12,6 +12,7 @@ an interrupted one left behind.
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import threading
 import time
@@ -863,6 +864,7 @@ def apply_stack(
     progress: Progress = SILENT,
     expect: Callable[[Observation], None] | None = None,
     rollback_to: Release | None = None,
+    lock_held: bool = False,
 ) -> ApplyResult:
     """Bring the target to the desired state; the result says what happened to each service.
 
@@ -871,6 +873,8 @@ def apply_stack(
     to stop the apply there (a plan file made against another state).
     ``rollback_to``: ``stack`` is that release's; each image reference is put back on the
     release's image id under the lock, before anything is observed.
+    ``lock_held``: the caller holds the stack's lock already (``kbinfra secrets rotate``,
+    which applies several times under one lock).
 
     An apply that changes something records a release on the target (:mod:`kbinfra.releases`).
     """
@@ -882,7 +886,11 @@ def apply_stack(
         if unchanged is not None:
             outcome.services = unchanged
             return outcome
-    with engine.locked(force=force_unlock) as notes:
+    held: list[str] = []
+    lock: contextlib.AbstractContextManager[list[str]] = (
+        contextlib.nullcontext(held) if lock_held else engine.locked(force=force_unlock)
+    )
+    with lock as notes:
         outcome.notes.extend(notes)
         if rollback_to is not None:
             outcome.notes.extend(_move_images_back(engine, rollback_to))

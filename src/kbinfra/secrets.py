@@ -34,6 +34,11 @@ def known_secrets_redactor() -> Redactor:
     return Redactor({str(index): value for index, value in enumerate(_known_values)})
 
 
+def remember_secret_values(values: Iterable[str]) -> None:
+    """Redact ``values`` from every error this process prints (a rotation's new values)."""
+    _known_values.update(values)
+
+
 def generate_secret() -> str:
     """A 43-character URL-safe token (256 bits): safe in URLs, env vars and config files."""
     return random_source.token_urlsafe(32)

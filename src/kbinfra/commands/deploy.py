@@ -285,11 +285,13 @@ def apply(
 ) -> None:
     """Create or update the stack's containers: health-gated, rolled back on failure."""
     from kbinfra.apply import apply_stack, plan_stack  # noqa: PLC0415
+    from kbinfra.rotation_run import refuse_while_rotating  # noqa: PLC0415
 
     console = Console(output)
     stack, where = open_stack_and_target(
         stack_dir, target, known_hosts, identity, console, swarm=True
     )
+    refuse_while_rotating(stack.dir, "apply")
     if where.kind == "swarm":
         _refuse_saved_plan_on_swarm(plan_file, what="PLAN_FILE")
         _apply_on_swarm(
@@ -871,9 +873,11 @@ def rollback(
         release_stack,
         restore_stack_file,
     )
+    from kbinfra.rotation_run import refuse_while_rotating  # noqa: PLC0415
 
     console = Console(output)
     stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
+    refuse_while_rotating(stack.dir, "rollback")
     with where:
         release = choose_release(read_releases(where.file_store(stack.spec.name)), release_number)
         old = release_stack(stack, release)
@@ -980,6 +984,9 @@ def upgrade(
 
     console = Console(output)
     stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
+    from kbinfra.rotation_run import refuse_while_rotating  # noqa: PLC0415
+
+    refuse_while_rotating(stack.dir, "upgrade")
     named = stack.select(services or [], asked_as="upgrade")
     if to is not None and not named:
         raise KbinfraError(

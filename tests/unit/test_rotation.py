@@ -1,0 +1,298 @@
+"""``kbinfra secrets rotate``'s sequence (pure) and its resume from every phase.
+
+The applies themselves are proven against a real Redis in
+``tests/integration/test_rotation.py``; here the runner's apply is a recorder, so what is
+checked is the sequence: which views are deployed, in which order, from which phase a rerun
+goes on, and when secrets.yaml changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import stat
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kbinfra import rotation_run
+from kbinfra.apply import ApplyResult, ServiceResult
+from kbinfra.errors import KbinfraError
+from kbinfra.rotation import (
+    PHASES,
+    Phase,
+    RotationState,
+    choose,
+    committed_secrets,
+    new_state,
+    next_phase,
+    view,
+)
+from kbinfra.rotation_run import (
+    RotationFailedError,
+    choose_secrets,
+    read_state,
+    refuse_while_rotating,
+    rotatable_secrets,
+    rotate,
+    state_path,
+    write_state,
+)
+from kbinfra.secrets import load_secret_dates, load_secrets
+from kbinfra.services.redis.service import acl_password_hash
+from kbinfra.stack import Stack, open_stack
+from tests.conftest import fixed_secret, run_kbinfra, write_stack_dir
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+REDIS = ["redis_admin_password", "redis_app_password", "redis_exporter_password"]
+ONLY_REDIS = {
+    "services": {
+        name: {"enabled": name == "redis"}
+        for name in (
+            "qdrant",
+            "postgres",
+            "unstructured",
+            "embeddings",
+            "nginx",
+            "prometheus",
+            "alertmanager",
+            "grafana",
+            "node-exporter",
+        )
+    }
+}
+
+
+def state_at(phase: Phase, names: tuple[str, ...] = ("a", "b")) -> RotationState:
+    return RotationState(
+        stack="kb",
+        names=names,
+        old={n: f"old-{n}" for n in names},
+        new={n: f"new-{n}" for n in names},
+        phase=phase,
+        started=NOW,
+    )
+
+
+def accepted(shown: Any, name: str) -> set[str]:
+    return {shown.secrets[name], *([shown.overlap[name]] if name in shown.overlap else [])}
+
+
+def test_the_phases_run_in_order_and_end_in_the_commit() -> None:
+    assert PHASES == ("generated", "added", "moved", "revoked")
+    assert [next_phase(p) for p in PHASES] == ["added", "moved", "revoked", None]
+
+
+def test_each_phase_deploys_its_view() -> None:
+    state = state_at("generated")
+    current = {"a": "old-a", "b": "old-b", "other": "kept"}
+    added = view(state, "added", current)
+    assert added.secrets == current and added.overlap == {"a": "new-a", "b": "new-b"}
+    moved = view(state, "moved", current)
+    assert moved.secrets == {"a": "new-a", "b": "new-b", "other": "kept"}
+    assert moved.overlap == {"a": "old-a", "b": "old-b"}
+    revoked = view(state, "revoked", current)
+    assert revoked.secrets == moved.secrets and revoked.overlap == {}
+    # a view is made of the state's values, whatever secrets.yaml holds by then (a rerun
+    # after the commit wrote the new values but before the state file was removed)
+    assert view(state, "added", {**current, "a": "new-a"}) == added
+
+
+@pytest.mark.parametrize(("before", "after"), list(itertools.pairwise(PHASES)))
+def test_between_two_phases_every_client_value_is_accepted_by_either_store_state(
+    before: Phase, after: Phase
+) -> None:
+    """A kill -9 (or a slow replica) between two phases leaves stores and clients in either
+    view: every value a client may hold then is one every store state accepts."""
+    state = state_at("generated")
+    current = {"a": "old-a", "b": "old-b"}
+    one, two = view(state, before, current), view(state, after, current)
+    for name in state.names:
+        clients = {one.secrets[name], two.secrets[name]}
+        assert clients <= accepted(one, name) & accepted(two, name), (before, after, name)
+
+
+def test_the_commit_keeps_the_old_backup_key_verify_only_first() -> None:
+    state = state_at("revoked", ("backup_hmac_key",))
+    current = {"backup_hmac_key": "old-backup_hmac_key", "backup_hmac_keys_previous": "k1 k2"}
+    values = committed_secrets(state, current)
+    assert values["backup_hmac_key"] == "new-backup_hmac_key"
+    assert values["backup_hmac_keys_previous"] == "old-backup_hmac_key k1 k2"
+    # committed twice (a rerun after a kill between the write and the state's removal)
+    assert committed_secrets(state, values)["backup_hmac_keys_previous"] == (
+        "old-backup_hmac_key k1 k2"
+    )
+
+
+EXISTING = ["backup_hmac_key", "postgres_password", "redis_app_password", "unused_one"]
+IN_USE = ["backup_hmac_key", "postgres_password", "redis_app_password"]
+
+
+def chosen(asked: list[str], every: bool = False, pending: RotationState | None = None) -> Any:
+    return choose(
+        asked,
+        every=every,
+        existing=EXISTING,
+        in_use=IN_USE,
+        rotatable=["redis_app_password"],
+        pending=pending,
+    )
+
+
+def test_all_takes_what_can_be_rotated_and_names_what_cannot() -> None:
+    choice = chosen([], every=True)
+    assert choice.names == ("backup_hmac_key", "redis_app_password")
+    assert choice.not_rotatable == ("postgres_password",)  # unused_one: used by nothing
+
+
+@pytest.mark.parametrize(
+    ("asked", "every", "pending", "words"),
+    [
+        (["postgres_password"], False, None, "kbinfra cannot rotate postgres_password yet"),
+        (["nope"], False, None, "secrets.yaml has no secret nope"),
+        ([], False, None, "no secret named and no rotation to finish"),
+        (["redis_app_password"], True, None, "not both"),
+        (["backup_hmac_key"], False, state_at("moved"), "a rotation of a, b is unfinished"),
+    ],
+)
+def test_what_cannot_be_done_is_refused_before_anything_changes(
+    asked: list[str], every: bool, pending: RotationState | None, words: str
+) -> None:
+    with pytest.raises(KbinfraError) as raised:
+        chosen(asked, every, pending)
+    assert words in str(raised.value)
+    assert raised.value.exit_code == 2
+
+
+def test_a_rerun_of_the_same_command_finishes_the_pending_rotation() -> None:
+    pending = state_at("added")
+    for asked, every in (([], False), ([], True), (["b", "a"], False)):
+        assert chosen(asked, every, pending).names == ("a", "b")
+
+
+# ------------------------------------------------------------------ the runner, resumed
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Stack:
+    return open_stack(write_stack_dir(tmp_path / "stack", overrides=ONLY_REDIS))
+
+
+class Recorder:
+    """Stands in for apply_stack: records each view it was given; fails on ``fail_at``."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.views: list[tuple[dict[str, str], dict[str, str]]] = []
+        self.fail_at = fail_at
+
+    def __call__(self, stack: Stack, target: Any, **options: Any) -> ApplyResult:
+        assert options["lock_held"] is True
+        self.views.append((dict(stack.secrets), dict(stack.overlap)))
+        result = ApplyResult(stack=stack.spec.name, target="local")
+        failed = len(self.views) - 1 == self.fail_at
+        result.services = [
+            ServiceResult("redis", "reload", "failed" if failed else "reloaded", error="boom")
+        ]
+        return result
+
+
+def run(stack: Stack, monkeypatch: pytest.MonkeyPatch, recorder: Recorder) -> Any:
+    monkeypatch.setattr("kbinfra.apply.apply_stack", recorder)
+    monkeypatch.setattr(rotation_run, "check_revoked", lambda *args: ["checked"])
+    lines: list[str] = []
+    fresh = open_stack(stack.dir)  # as a rerun reads it
+    choice = choose_secrets(fresh, REDIS, every=False)
+    result = rotate(fresh, object(), choice, now=NOW, say=lines.append, progress=None)  # type: ignore[arg-type]
+    return result, lines
+
+
+def test_secrets_rotate_rejects_a_state_file_others_can_read(stack: Stack) -> None:
+    write_state(stack.dir, new_state("kb", REDIS, stack.secrets, dict.fromkeys(REDIS, "x"), NOW))
+    assert stat.S_IMODE(state_path(stack.dir).stat().st_mode) == 0o600
+    state_path(stack.dir).chmod(0o644)
+    with pytest.raises(KbinfraError, match="readable by others"):
+        read_state(stack.dir)
+
+
+def test_redis_says_which_of_its_secrets_it_rotates(stack: Stack) -> None:
+    assert rotatable_secrets(stack) == set(REDIS)
+
+
+@pytest.mark.parametrize("stopped_at", PHASES)
+def test_a_rerun_finishes_from_the_phase_it_stopped_at(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, stopped_at: Phase
+) -> None:
+    new = {name: f"NEW-{name}-0123456789" for name in REDIS}
+    state = new_state("kb", REDIS, stack.secrets, new, NOW).advanced(stopped_at)
+    write_state(stack.dir, state)
+    recorder = Recorder()
+    result, lines = run(stack, monkeypatch, recorder)
+    remaining = PHASES[PHASES.index(stopped_at) + 1 :]
+    assert len(recorder.views) == len(remaining)
+    for phase, (secrets, overlap) in zip(remaining, recorder.views, strict=True):
+        expected = view(state, phase, stack.secrets)
+        assert (secrets, overlap) == (expected.secrets, expected.overlap)
+    assert result.resumed_from == stopped_at
+    assert f"it stopped at {stopped_at}" in lines[0]
+    assert load_secrets(stack.dir, REDIS) == {**stack.secrets, **new}
+    assert not state_path(stack.dir).exists()
+    assert all(load_secret_dates(stack.dir)[name] == NOW for name in REDIS)
+    assert any("refresh your safe copy" in line for line in result.safe_copy)
+
+
+def test_a_failed_phase_keeps_the_state_where_it_was_and_secrets_yaml_unchanged(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = (stack.dir / "secrets.yaml").read_text()
+    with pytest.raises(RotationFailedError) as raised:
+        run(stack, monkeypatch, Recorder(fail_at=1))  # the "moved" apply
+    assert raised.value.exit_code == 1
+    assert "phase moved of the rotation failed: redis: boom" in str(raised.value)
+    state = read_state(stack.dir)
+    assert state is not None and state.phase == "added"
+    assert (stack.dir / "secrets.yaml").read_text() == before
+    # and the rerun goes on from there: two applies (moved, revoked), then the commit
+    recorder = Recorder()
+    run(stack, monkeypatch, recorder)
+    assert [bool(overlap) for _, overlap in recorder.views] == [True, False]
+    assert not state_path(stack.dir).exists()
+
+
+def test_apply_rollback_and_upgrade_refuse_while_a_rotation_is_unfinished(stack: Stack) -> None:
+    refuse_while_rotating(stack.dir, "apply")  # nothing pending: nothing said
+    state = new_state("kb", REDIS, stack.secrets, dict.fromkeys(REDIS, "x" * 20), NOW)
+    write_state(stack.dir, state.advanced("moved"))
+    for command in ("apply", "rollback", "upgrade"):
+        done = run_kbinfra(command, "--yes", "--dir", str(stack.dir))
+        assert done.returncode == 2, done.stderr
+        assert f"{command}: a rotation of redis_admin_password" in done.stderr
+        assert "run `kbinfra secrets rotate` to finish it first" in done.stderr
+        assert "x" * 20 not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_secrets_rotate_refuses_a_secret_it_cannot_rotate_in_one_line(tmp_path: Path) -> None:
+    folder = write_stack_dir(tmp_path / "full")  # PostgreSQL enabled
+    done = run_kbinfra("secrets", "rotate", "postgres_password", "--yes", "--dir", str(folder))
+    assert done.returncode == 2
+    assert "cannot rotate postgres_password yet" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not state_path(folder).exists()
+
+
+def test_during_the_overlap_the_redis_acl_user_has_both_passwords(stack: Stack) -> None:
+    old = stack.secrets["redis_app_password"]
+    new = fixed_secret("redis_app_password-next")
+    overlapping = dataclasses.replace(
+        stack,
+        secrets={**stack.secrets, "redis_app_password": new},
+        overlap={"redis_app_password": old},
+    )
+    acl = next(f.text for f in overlapping.rendered if f.path == "redis/users.acl")
+    app_line = next(line for line in acl.splitlines() if line.startswith("user app "))
+    assert f"{acl_password_hash(new)} {acl_password_hash(old)}" in app_line
+    plain = next(f.text for f in stack.rendered if f.path == "redis/users.acl")
+    assert acl_password_hash(new) not in plain
+    # the app's env holds the client's value only
+    assert overlapping.redact(f"x {old} {new}") == "x *** ***"
