@@ -47,6 +47,11 @@ PHASE_WORDS: dict[Phase, str] = {
 }
 #: Rotated by its commit alone: kbinfra itself is its only user, and keeps the old value.
 COMMIT_ONLY = frozenset({BACKUP_KEY_SECRET})
+#: Why a secret no service's rotate Part takes cannot be rotated, when its service says nothing.
+NOT_BUILT = (
+    "the service that checks it takes one value at a time, or its rotation is not built "
+    "(PostgreSQL's alternating roles, the embedding and Unstructured API keys, Grafana, restic)"
+)
 
 
 class RotationState(BaseModel):
@@ -132,11 +137,14 @@ def choose(
     in_use: Collection[str],
     rotatable: Collection[str],
     pending: RotationState | None,
+    reasons: Mapping[str, str] | None = None,
 ) -> Choice:
     """Which secrets to rotate: the pending rotation's (to finish it), the named ones, or with
     ``every`` each one kbinfra can rotate. A named secret kbinfra cannot rotate, or another
     rotation than the unfinished one, is refused before anything changes. ``existing``: the
-    names secrets.yaml holds; ``in_use``: those the stack uses (what ``--all`` covers)."""
+    names secrets.yaml holds; ``in_use``: those the stack uses (what ``--all`` covers);
+    ``reasons``: why a service cannot rotate one of its secrets, where it says."""
+    reasons = reasons or {}
     can = set(rotatable) | (COMMIT_ONLY & set(existing))
     if pending is not None:
         # A rerun of the same command (the same names, or --all, or none) finishes it.
@@ -177,10 +185,9 @@ def choose(
         )
     refused = sorted(set(asked) - can)
     if refused:
+        why = "; ".join(f"{name}: {reasons.get(name, NOT_BUILT)}" for name in refused)
         raise KbinfraError(
-            f"kbinfra cannot rotate {', '.join(refused)} yet: no service of this stack takes "
-            "two values of it at once (PostgreSQL roles, Qdrant, the embedding and "
-            "Unstructured API keys, Grafana and restic are not built); nothing was changed",
+            f"kbinfra cannot rotate {', '.join(refused)} yet ({why}); nothing was changed",
             fix="rotate the others, and change these by hand (docs/operations.md, "
             "Secrets rotation)",
         )

@@ -139,6 +139,17 @@ class RotationResult:
         }
 
 
+def refusal_reasons(stack: Stack) -> dict[str, str]:
+    """Why a service cannot rotate a secret of its own, where its rotate Part says
+    (``REFUSED``)."""
+    reasons: dict[str, str] = {}
+    for name in stack.families:
+        part = service_part(name, "rotate")
+        if part is not None:
+            reasons.update(getattr(part, "REFUSED", {}))
+    return reasons
+
+
 def choose_secrets(stack: Stack, asked: list[str], *, every: bool) -> Choice:
     from kbinfra.stack import secret_uses  # noqa: PLC0415
 
@@ -150,6 +161,7 @@ def choose_secrets(stack: Stack, asked: list[str], *, every: bool) -> Choice:
         in_use=[name for name, used in uses.items() if used],
         rotatable=rotatable_secrets(stack),
         pending=read_state(stack.dir),
+        reasons=refusal_reasons(stack),
     )
 
 

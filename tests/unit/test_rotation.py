@@ -272,11 +272,21 @@ def test_apply_rollback_and_upgrade_refuse_while_a_rotation_is_unfinished(stack:
         assert "x" * 20 not in done.stderr and "Traceback" not in done.stderr
 
 
-def test_secrets_rotate_refuses_a_secret_it_cannot_rotate_in_one_line(tmp_path: Path) -> None:
-    folder = write_stack_dir(tmp_path / "full")  # PostgreSQL enabled
-    done = run_kbinfra("secrets", "rotate", "postgres_password", "--yes", "--dir", str(folder))
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("postgres_password", "PostgreSQL's alternating roles"),
+        ("qdrant_api_key", "reads its keys at start only"),  # Qdrant's rotate Part says why
+        ("qdrant_read_only_api_key", "no second read-only key"),
+    ],
+)
+def test_secrets_rotate_refuses_a_secret_it_cannot_rotate_in_one_line(
+    tmp_path: Path, name: str, words: str
+) -> None:
+    folder = write_stack_dir(tmp_path / "full")  # every service enabled
+    done = run_kbinfra("secrets", "rotate", name, "--yes", "--dir", str(folder))
     assert done.returncode == 2
-    assert "cannot rotate postgres_password yet" in done.stderr
+    assert f"cannot rotate {name} yet" in done.stderr and words in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not state_path(folder).exists()
 
