@@ -48,10 +48,7 @@ PHASE_WORDS: dict[Phase, str] = {
 #: Rotated by its commit alone: kbinfra itself is its only user, and keeps the old value.
 COMMIT_ONLY = frozenset({BACKUP_KEY_SECRET})
 #: Why a secret no service's rotate Part takes cannot be rotated, when its service says nothing.
-NOT_BUILT = (
-    "the service that checks it takes one value at a time, or its rotation is not built "
-    "(PostgreSQL's alternating roles, the embedding and Unstructured API keys, Grafana, restic)"
-)
+NOT_BUILT = "no service of this stack takes two values of it at once (restic: not built)"
 
 
 class RotationState(BaseModel):

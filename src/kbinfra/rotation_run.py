@@ -270,7 +270,8 @@ def safe_copy_lines(stack: Stack, state: RotationState) -> list[str]:
     in_backups = []
     for name, service in stack.families.items():
         part = service_part(name, "rotate")
-        if part is not None and part.IN_BACKUPS and set(service.secrets) & set(state.names):
+        rotated = set(service.secrets) & set(state.names)
+        if part is not None and rotated and getattr(part, "IN_BACKUPS", True):
             in_backups.append(name)
     if in_backups:
         lines.append(

@@ -11,7 +11,6 @@ moved without either a failed request or a write key. Both are refused by name.
 
 #: The secrets this store takes two values of at once (none yet).
 ROTATES: frozenset[str] = frozenset()
-IN_BACKUPS = False
 REFUSED = {
     "qdrant_api_key": (
         "Qdrant takes a second key (service.alt_api_key) but reads its keys at start only: "
