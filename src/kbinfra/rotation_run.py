@@ -10,7 +10,6 @@ revoked and the new ones accepted by every store that checks them.
 from __future__ import annotations
 
 import dataclasses
-import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,6 +36,7 @@ from kbinfra.secrets import (
     dump_secrets,
     generate_secret,
     record_secret_dates,
+    refuse_readable_by_others,
     remember_secret_values,
     secrets_path,
     write_private_file,
@@ -66,13 +66,9 @@ def read_state(stack_dir: Path) -> RotationState | None:
     path = state_path(stack_dir)
     if not path.is_file():
         return None
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise SpecError(
-            f"the rotation state file is readable by others (mode {mode:o})",
-            where=str(path),
-            fix=f"run `chmod 600 {path}`, then `kbinfra secrets rotate` to finish the rotation",
-        )
+    refuse_readable_by_others(
+        path, "the rotation state file", ", then `kbinfra secrets rotate` to finish the rotation"
+    )
     try:
         state = RotationState.model_validate_json(path.read_bytes())
     except (OSError, ValidationError):

@@ -264,6 +264,9 @@ def test_apply_rollback_and_upgrade_refuse_while_a_rotation_is_unfinished(stack:
     refuse_while_rotating(stack.dir, "apply")  # nothing pending: nothing said
     state = new_state("kb", REDIS, stack.secrets, dict.fromkeys(REDIS, "x" * 20), NOW)
     write_state(stack.dir, state.advanced("moved"))
+    listed = run_kbinfra("secrets", "list", "--dir", str(stack.dir))
+    assert "a rotation of redis_admin_password" in listed.stderr
+    assert "phase moved" in listed.stderr and "x" * 20 not in listed.stdout + listed.stderr
     for command in ("apply", "rollback", "upgrade"):
         done = run_kbinfra(command, "--yes", "--dir", str(stack.dir))
         assert done.returncode == 2, done.stderr

@@ -10,6 +10,7 @@ import typer
 from kbinfra.commands.options import (
     DirOption,
     ForceUnlockOption,
+    HealthTimeoutOption,
     IdentityOption,
     KnownHostsOption,
     OutputOption,
@@ -40,6 +41,7 @@ def list_command(stack_dir: DirOption = Path(), output: OutputOption = Output.te
     An age marked >= is a lower bound: the secret was generated before kbinfra recorded
     dates, so the secrets file's last change is the latest it can be from.
     """
+    from kbinfra.rotation_run import describe_state  # noqa: PLC0415
     from kbinfra.secret_report import secret_report  # noqa: PLC0415
     from kbinfra.stack import open_stack  # noqa: PLC0415
 
@@ -47,12 +49,14 @@ def list_command(stack_dir: DirOption = Path(), output: OutputOption = Output.te
     stack = open_stack(stack_dir)
     console.set_redactor(stack.redact)
     report = secret_report(stack, datetime.now(UTC))
+    rotation = describe_state(stack.dir)
     if console.json_mode:
         console.emit_json(
             {
                 "stack": stack.spec.name,
                 "max_age_days": stack.spec.secrets.max_age_days,
                 "secrets": [entry.as_json() for entry in report],
+                "rotation": rotation,
             }
         )
         return
@@ -65,6 +69,12 @@ def list_command(stack_dir: DirOption = Path(), output: OutputOption = Output.te
     if too_old:
         console.warn(
             f"older than max_age_days ({stack.spec.secrets.max_age_days}): {', '.join(too_old)}"
+        )
+    if rotation is not None:
+        console.warn(
+            f"a rotation of {', '.join(rotation['names'])} is unfinished (phase "
+            f"{rotation['phase']}, started {rotation['started']}): run `kbinfra secrets "
+            "rotate` to finish it"
         )
     unused = [entry.name for entry in report if not entry.used_by]
     if unused:
@@ -99,15 +109,7 @@ def rotate_command(
     known_hosts: KnownHostsOption = None,
     identity: IdentityOption = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Rotate without asking.")] = False,
-    timeout: Annotated[
-        float | None,
-        typer.Option(
-            metavar="SECONDS",
-            help="Seconds each new container has to become healthy.",
-            min=1,
-            show_default=False,
-        ),
-    ] = None,
+    timeout: HealthTimeoutOption = None,
     force_unlock: ForceUnlockOption = False,
     output: OutputOption = Output.text,
 ) -> None:
