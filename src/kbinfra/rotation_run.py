@@ -172,10 +172,21 @@ def rotate(
     timeout: float | None = None,
 ) -> RotationResult:
     """Run (or finish) the rotation of ``choice.names``; the caller holds the stack's lock."""
-    from kbinfra.apply import apply_stack  # noqa: PLC0415
+    from kbinfra.apply import apply_stack, plan_stack  # noqa: PLC0415
 
     state = read_state(stack.dir)
     resumed = state.phase if state is not None else None
+    if state is None and any(name not in COMMIT_ONLY for name in choice.names):
+        # each phase applies the whole stack: other pending changes would ride along
+        changed = plan_stack(stack, target, with_diffs=False)
+        if changed.has_changes:
+            moving = [a.service for a in changed.services if a.action != "nothing"]
+            raise KbinfraError(
+                "the stack has changes not applied yet"
+                + (f" ({', '.join(moving)})" if moving else "")
+                + ": a rotation would apply them too; nothing was changed",
+                fix="`kbinfra plan` to see them, `kbinfra apply` them, then rotate",
+            )
     if state is None:
         fresh = {name: generate_secret() for name in choice.names}
         remember_secret_values(fresh.values())

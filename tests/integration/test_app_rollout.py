@@ -422,6 +422,10 @@ def test_rotating_the_app_redis_password_fails_no_request_through_nginx(
     import redis  # noqa: PLC0415
 
     deployed.edit(lambda data: data["app"].__setitem__("image", releases["next"]))  # serving
+    # converged first: a rotation refuses to start over changes not applied yet (and the
+    # test images' tags are shared by every checkout on this engine: one may have moved)
+    converged = deployed.run(*APPLY, timeout=900)
+    assert converged.code == 0, converged.out + converged.err
     old = yaml.safe_load((deployed.dir / "secrets.yaml").read_text())["redis_app_password"]
     before = replica_ids(docker_client, deployed)
     with Traffic(deployed, docker_client, upload=True) as traffic:

@@ -13,6 +13,7 @@ import itertools
 import stat
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -198,8 +199,12 @@ class Recorder:
         return result
 
 
+NO_CHANGES = SimpleNamespace(has_changes=False, services=())
+
+
 def run(stack: Stack, monkeypatch: pytest.MonkeyPatch, recorder: Recorder) -> Any:
     monkeypatch.setattr("kbinfra.apply.apply_stack", recorder)
+    monkeypatch.setattr("kbinfra.apply.plan_stack", lambda *args, **kw: NO_CHANGES)
     monkeypatch.setattr(rotation_run, "check_revoked", lambda *args: ["checked"])
     lines: list[str] = []
     fresh = open_stack(stack.dir)  # as a rerun reads it
@@ -257,6 +262,20 @@ def test_a_failed_phase_keeps_the_state_where_it_was_and_secrets_yaml_unchanged(
     recorder = Recorder()
     run(stack, monkeypatch, recorder)
     assert [bool(overlap) for _, overlap in recorder.views] == [True, False]
+    assert not state_path(stack.dir).exists()
+
+
+def test_a_rotation_does_not_start_over_changes_not_applied_yet(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pending = SimpleNamespace(
+        has_changes=True, services=[SimpleNamespace(service="redis", action="recreate")]
+    )
+    monkeypatch.setattr("kbinfra.apply.plan_stack", lambda *args, **kw: pending)
+    choice = choose_secrets(stack, REDIS, every=False)
+    with pytest.raises(KbinfraError, match=r"changes not applied yet \(redis\)") as raised:
+        rotate(stack, object(), choice, now=NOW, say=print, progress=None)  # type: ignore[arg-type]
+    assert raised.value.exit_code == 2
     assert not state_path(stack.dir).exists()
 
 
