@@ -175,6 +175,13 @@ def rotate(
     from kbinfra.apply import apply_stack, plan_stack  # noqa: PLC0415
 
     state = read_state(stack.dir)
+    if state is not None and state.stack != stack.spec.name:
+        raise KbinfraError(
+            f"the unfinished rotation in this folder is of stack {state.stack}, not "
+            f"{stack.spec.name}; nothing was changed",
+            where=str(state_path(stack.dir)),
+            fix=f"put back `name: {state.stack}` in kbinfra.yaml and finish the rotation",
+        )
     resumed = state.phase if state is not None else None
     if state is None and any(name not in COMMIT_ONLY for name in choice.names):
         # each phase applies the whole stack: other pending changes would ride along
@@ -208,7 +215,7 @@ def rotate(
             )
             result.applies.append({"phase": phase, **applied.as_json()})
             if not applied.ok:
-                failed = next(r for r in applied.services if r.outcome == "failed")
+                failed = next(r for r in applied.services if r.outcome in ("failed", "skipped"))
                 raise RotationFailedError(
                     f"phase {phase} of the rotation failed: {failed.service}: {failed.error}; "
                     f"the stack stays at phase {state.phase}, where every client's value is "

@@ -427,7 +427,8 @@ def test_rotating_the_app_redis_password_fails_no_request_through_nginx(
     converged = deployed.run(*APPLY, timeout=900)
     assert converged.code == 0, converged.out + converged.err
     old = yaml.safe_load((deployed.dir / "secrets.yaml").read_text())["redis_app_password"]
-    before = replica_ids(docker_client, deployed)
+    before = app_containers(docker_client, deployed)
+    assert before
     with Traffic(deployed, docker_client, upload=True) as traffic:
         time.sleep(1)
         rotated = deployed.run(
@@ -439,8 +440,9 @@ def test_rotating_the_app_redis_password_fails_no_request_through_nginx(
     assert traffic.sent >= 20 and traffic.failures == [], traffic.report()
     moved = next(a for a in rotated.json()["applies"] if a["phase"] == "moved")
     assert {r["service"]: r["outcome"] for r in moved["services"]}["app-1"] == "recreated"
-    after = replica_ids(docker_client, deployed)
-    assert all(after[replica] != before[replica] for replica in before)
+    after = app_containers(docker_client, deployed)
+    assert set(after) == set(before)
+    assert all(after[replica] != before[replica] for replica in before), (before, after)
     new = yaml.safe_load((deployed.dir / "secrets.yaml").read_text())["redis_app_password"]
     assert new != old
     port = deployed.port("redis")
