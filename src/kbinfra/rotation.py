@@ -20,7 +20,9 @@ it. A kill -9 anywhere leaves the stack in a phase's view or between two neighbo
 and every client holds a value its store accepts in both.
 
 A secret no service reads at all (the backup signing key) needs no apply: its commit keeps
-the old value verify-only (:mod:`kbinfra.backup.signing`).
+the old value verify-only (:mod:`kbinfra.backup.signing`). A secret whose store is outside
+the stack (an offsite repository's restic password, ``outside`` below) needs no apply either:
+each phase is a step on that store itself (:mod:`kbinfra.offsite.rotate`).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ PHASE_WORDS: dict[Phase, str] = {
 #: Rotated by its commit alone: kbinfra itself is its only user, and keeps the old value.
 COMMIT_ONLY = frozenset({BACKUP_KEY_SECRET})
 #: Why a secret no service's rotate Part takes cannot be rotated, when its service says nothing.
-NOT_BUILT = "no service of this stack takes two values of it at once (restic: not built)"
+NOT_BUILT = "no service of this stack takes two values of it at once"
 
 
 class RotationState(BaseModel):
@@ -81,10 +83,21 @@ def next_phase(phase: Phase) -> Phase | None:
     return PHASES[index + 1] if index + 1 < len(PHASES) else None
 
 
-def view(state: RotationState, phase: Phase, current: Mapping[str, str]) -> SecretsView:
+def applied_names(state: RotationState, outside: Collection[str] = ()) -> list[str]:
+    """The rotating secrets a service reads: not kbinfra's own (``COMMIT_ONLY``), not those
+    whose store is outside the stack (``outside``: the offsite repositories' passwords)."""
+    return [n for n in state.names if n not in COMMIT_ONLY and n not in outside]
+
+
+def view(
+    state: RotationState,
+    phase: Phase,
+    current: Mapping[str, str],
+    outside: Collection[str] = (),
+) -> SecretsView:
     """The secrets ``phase`` deploys: ``current`` (secrets.yaml, still the old values) with
     the rotating ones as the phase has them. ``generated`` deploys what runs already."""
-    names = [n for n in state.names if n not in COMMIT_ONLY]
+    names = applied_names(state, outside)
     secrets = dict(current)
     overlap: dict[str, str] = {}
     for name in names:
@@ -113,9 +126,9 @@ def committed_secrets(state: RotationState, current: Mapping[str, str]) -> dict[
     return values
 
 
-def needs_apply(state: RotationState) -> bool:
-    """Whether any rotating secret is read by a service (else the commit alone rotates it)."""
-    return any(name not in COMMIT_ONLY for name in state.names)
+def needs_apply(state: RotationState, outside: Collection[str] = ()) -> bool:
+    """Whether any rotating secret is read by a service (else no phase applies the stack)."""
+    return bool(applied_names(state, outside))
 
 
 @dataclass(frozen=True)

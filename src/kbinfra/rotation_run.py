@@ -19,11 +19,14 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from kbinfra.errors import KbinfraError, SpecError
+from kbinfra.offsite.restic import OffsiteError
+from kbinfra.offsite.rotate import RepositoryKeys, offsite_passwords
 from kbinfra.registry import service_part
 from kbinfra.rotation import (
     COMMIT_ONLY,
     PHASE_WORDS,
     Choice,
+    Phase,
     RotationState,
     choose,
     committed_secrets,
@@ -43,6 +46,7 @@ from kbinfra.secrets import (
 )
 
 if TYPE_CHECKING:
+    from kbinfra.offsite.repository import SshSettings
     from kbinfra.progress import Progress
     from kbinfra.stack import Stack
     from kbinfra.targets.base import Target
@@ -102,8 +106,9 @@ def refuse_while_rotating(stack_dir: Path, command: str) -> None:
 
 def rotatable_secrets(stack: Stack) -> set[str]:
     """The stack's secrets that every service checking them takes two values of at once:
-    each service folder's ``rotate`` Part says which of its secrets (``ROTATES``)."""
-    found: set[str] = set()
+    each service folder's ``rotate`` Part says which of its secrets (``ROTATES``); and the
+    restic password of each offsite repository (restic holds several keys at once)."""
+    found: set[str] = set(offsite_passwords(stack.spec))
     for name, service in stack.families.items():
         part = service_part(name, "rotate")
         if part is not None:
@@ -169,9 +174,11 @@ def rotate(
     now: datetime,
     say: Callable[[str], None],
     progress: Progress,
+    ssh: SshSettings,
     timeout: float | None = None,
 ) -> RotationResult:
-    """Run (or finish) the rotation of ``choice.names``; the caller holds the stack's lock."""
+    """Run (or finish) the rotation of ``choice.names``; the caller holds the stack's lock.
+    ``ssh``: how restic reaches an SFTP offsite repository."""
     from kbinfra.apply import apply_stack, plan_stack  # noqa: PLC0415
 
     state = read_state(stack.dir)
@@ -183,7 +190,8 @@ def rotate(
             fix=f"put back `name: {state.stack}` in kbinfra.yaml and finish the rotation",
         )
     resumed = state.phase if state is not None else None
-    if state is None and any(name not in COMMIT_ONLY for name in choice.names):
+    repositories = offsite_passwords(stack.spec)
+    if state is None and (set(choice.names) - COMMIT_ONLY - set(repositories)):
         # each phase applies the whole stack: other pending changes would ride along
         changed = plan_stack(stack, target, with_diffs=False)
         if changed.has_changes:
@@ -205,10 +213,18 @@ def rotate(
     result = RotationResult(
         stack.spec.name, state.names, choice.not_rotatable, resumed, state.started
     )
+    outside = set(repositories) & set(state.names)
+    keys = [
+        RepositoryKeys(repositories[name], stack.secrets, state.old[name], state.new[name], ssh)
+        for name in sorted(outside)
+    ]
     while (phase := next_phase(state.phase)) is not None:
-        if needs_apply(state):
+        if needs_apply(state, outside) or keys:
             say(f"phase {phase}: {PHASE_WORDS[phase]} ...")
-            shown = view(state, phase, stack.secrets)
+        for repository in keys:
+            say(step_on_repository(repository, phase, state, stack.dir))
+        if needs_apply(state, outside):
+            shown = view(state, phase, stack.secrets, outside)
             phase_stack = dataclasses.replace(stack, secrets=shown.secrets, overlap=shown.overlap)
             applied = apply_stack(
                 phase_stack, target, timeout=timeout, progress=progress, lock_held=True
@@ -226,13 +242,14 @@ def rotate(
         state = state.advanced(phase)
         write_state(stack.dir, state)
         say(f"phase {phase} done")
-    if needs_apply(state):
-        final = view(state, "revoked", stack.secrets)
+    if needs_apply(state, outside):
+        final = view(state, "revoked", stack.secrets, outside)
         result.checks = check_revoked(
             dataclasses.replace(stack, secrets=final.secrets), target, state
         )
-        for line in result.checks:
-            say(line)
+    result.checks += [check_repository(repository, stack.dir) for repository in keys]
+    for line in result.checks:
+        say(line)
     values = committed_secrets(state, stack.secrets)
     write_private_file(secrets_path(stack.dir), dump_secrets(values))
     record_secret_dates(stack.dir, state.names, now)
@@ -240,6 +257,33 @@ def rotate(
     say(f"committed: secrets.yaml holds the new values of {', '.join(state.names)}")
     result.safe_copy = safe_copy_lines(stack, state)
     return result
+
+
+def step_on_repository(
+    repository: RepositoryKeys, phase: Phase, state: RotationState, stack_dir: Path
+) -> str:
+    """One phase on an offsite repository's keys; a restic failure keeps the state."""
+    try:
+        return repository.advance(phase)
+    except OffsiteError as error:
+        raise RotationFailedError(
+            f"phase {phase} of the rotation failed: {repository.name}: {error.what}; the "
+            f"rotation stays at phase {state.phase}, and a password kbinfra holds opens the "
+            "repository",
+            where=str(state_path(stack_dir)),
+            fix="fix the cause, then run `kbinfra secrets rotate` again to finish",
+        ) from None
+
+
+def check_repository(repository: RepositoryKeys, stack_dir: Path) -> str:
+    try:
+        return repository.check()
+    except OffsiteError as error:
+        raise RotationFailedError(
+            f"{repository.name}: {error.what} after the rotation",
+            where=str(state_path(stack_dir)),
+            fix="run `kbinfra secrets rotate` again (it redoes the last phase)",
+        ) from None
 
 
 def check_revoked(stack: Stack, target: Target, state: RotationState) -> list[str]:

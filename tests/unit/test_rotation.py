@@ -21,12 +21,15 @@ import pytest
 from kbinfra import rotation_run
 from kbinfra.apply import ApplyResult, ServiceResult
 from kbinfra.errors import KbinfraError
+from kbinfra.offsite.restic import OffsiteError, RepositoryKey, parse_keys
+from kbinfra.offsite.rotate import RepositoryKeys
 from kbinfra.rotation import (
     PHASES,
     Phase,
     RotationState,
     choose,
     committed_secrets,
+    needs_apply,
     new_state,
     next_phase,
     view,
@@ -202,14 +205,19 @@ class Recorder:
 NO_CHANGES = SimpleNamespace(has_changes=False, services=())
 
 
-def run(stack: Stack, monkeypatch: pytest.MonkeyPatch, recorder: Recorder) -> Any:
+def run(
+    stack: Stack,
+    monkeypatch: pytest.MonkeyPatch,
+    recorder: Recorder,
+    names: list[str] = REDIS,
+) -> Any:
     monkeypatch.setattr("kbinfra.apply.apply_stack", recorder)
     monkeypatch.setattr("kbinfra.apply.plan_stack", lambda *args, **kw: NO_CHANGES)
     monkeypatch.setattr(rotation_run, "check_revoked", lambda *args: ["checked"])
     lines: list[str] = []
     fresh = open_stack(stack.dir)  # as a rerun reads it
-    choice = choose_secrets(fresh, REDIS, every=False)
-    result = rotate(fresh, object(), choice, now=NOW, say=lines.append, progress=None)  # type: ignore[arg-type]
+    choice = choose_secrets(fresh, names, every=False)
+    result = rotate(fresh, object(), choice, now=NOW, say=lines.append, progress=None, ssh=None)  # type: ignore[arg-type]
     return result, lines
 
 
@@ -274,7 +282,7 @@ def test_a_rotation_does_not_start_over_changes_not_applied_yet(
     monkeypatch.setattr("kbinfra.apply.plan_stack", lambda *args, **kw: pending)
     choice = choose_secrets(stack, REDIS, every=False)
     with pytest.raises(KbinfraError, match=r"changes not applied yet \(redis\)") as raised:
-        rotate(stack, object(), choice, now=NOW, say=print, progress=None)  # type: ignore[arg-type]
+        rotate(stack, object(), choice, now=NOW, say=print, progress=None, ssh=None)  # type: ignore[arg-type]
     assert raised.value.exit_code == 2
     assert not state_path(stack.dir).exists()
 
@@ -329,3 +337,137 @@ def test_during_the_overlap_the_redis_acl_user_has_both_passwords(stack: Stack) 
     assert acl_password_hash(new) not in plain
     # the app's env holds the client's value only
     assert overlapping.redact(f"x {old} {new}") == "x *** ***"
+
+
+# ------------------------------------------------------------- the offsite repositories
+
+OFFSITE = "offsite_disk_password"
+
+
+def test_an_offsite_password_never_rides_an_apply() -> None:
+    """restic's password is no service's: each phase is a step on the repository, and the
+    applies of the same rotation deploy its old value only (no service reads it anyway)."""
+    state = state_at("generated", ("a", OFFSITE))
+    current = {"a": "old-a", OFFSITE: f"old-{OFFSITE}"}
+    for phase in PHASES:
+        shown = view(state, phase, current, {OFFSITE})
+        assert shown.secrets[OFFSITE] == f"old-{OFFSITE}" and OFFSITE not in shown.overlap
+    assert view(state, "moved", current, {OFFSITE}).secrets["a"] == "new-a"
+    assert needs_apply(state, {OFFSITE})
+    assert not needs_apply(state_at("generated", (OFFSITE,)), {OFFSITE})
+    assert needs_apply(state_at("generated", (OFFSITE,)))  # not known as outside: applied
+
+
+def test_restic_key_list_json_names_the_key_the_password_opened() -> None:
+    listed = (
+        '[{"current":false,"id":"fc0baa63","userName":"root","hostName":"vm",'
+        '"created":"2026-12-02 01:34:48"},{"current":true,"id":"ff6c3886","userName":"root",'
+        '"hostName":"vm","created":"2026-12-02 01:34:50"}]'
+    )
+    import json  # noqa: PLC0415
+
+    assert parse_keys(json.loads(listed)) == [
+        RepositoryKey("fc0baa63", current=False),
+        RepositoryKey("ff6c3886", current=True),
+    ]
+    assert parse_keys(None) == []
+
+
+@pytest.fixture
+def offsite_stack(tmp_path: Path) -> Stack:
+    offsite = {"backup": {"offsite": [{"name": "disk", "repository": str(tmp_path / "repo")}]}}
+    return open_stack(write_stack_dir(tmp_path / "stack", overrides={**ONLY_REDIS, **offsite}))
+
+
+class KeySteps:
+    """Stands in for the restic calls (tests/integration/test_rotation.py runs them): records
+    each phase a repository is brought to; raises at ``fail_at``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail_at: Phase | None = None) -> None:
+        self.phases: list[Phase] = []
+        self.checked: list[tuple[str, str]] = []
+        self.fail_at = fail_at
+        steps = self
+
+        def advance(keys: RepositoryKeys, phase: Phase) -> str:
+            return steps.advance(keys, phase)
+
+        def check(keys: RepositoryKeys) -> str:
+            return steps.check(keys)
+
+        monkeypatch.setattr(RepositoryKeys, "advance", advance)
+        monkeypatch.setattr(RepositoryKeys, "check", check)
+
+    def advance(self, keys: RepositoryKeys, phase: Phase) -> str:
+        if phase == self.fail_at:
+            raise OffsiteError("cannot remove key 1234: repository is already locked")
+        self.phases.append(phase)
+        return f"{keys.name}: {phase}"
+
+    def check(self, keys: RepositoryKeys) -> str:
+        self.checked.append(
+            (keys.with_old.env["RESTIC_PASSWORD"], keys.with_new.env["RESTIC_PASSWORD"])
+        )
+        return f"{keys.name}: checked"
+
+
+def test_each_offsite_repository_password_is_rotatable(offsite_stack: Stack) -> None:
+    assert rotatable_secrets(offsite_stack) == {*REDIS, OFFSITE}
+    assert OFFSITE in choose_secrets(offsite_stack, [], every=True).names
+
+
+@pytest.mark.parametrize("stopped_at", PHASES)
+def test_an_offsite_password_goes_through_restics_steps_and_resumes(
+    offsite_stack: Stack, monkeypatch: pytest.MonkeyPatch, stopped_at: Phase
+) -> None:
+    names = [*REDIS, OFFSITE]
+    old = offsite_stack.secrets[OFFSITE]
+    new = {name: f"NEW-{name}-0123456789" for name in names}
+    state = new_state("kb", names, offsite_stack.secrets, new, NOW).advanced(stopped_at)
+    write_state(offsite_stack.dir, state)
+    steps, recorder = KeySteps(monkeypatch), Recorder()
+    result, _ = run(offsite_stack, monkeypatch, recorder, names)
+    remaining = list(PHASES[PHASES.index(stopped_at) + 1 :])
+    assert steps.phases == remaining  # each phase once, in order, from where it stopped
+    assert len(recorder.views) == len(remaining)  # Redis's applies go on beside them
+    assert all(
+        secrets[OFFSITE] == old and OFFSITE not in overlap for secrets, overlap in recorder.views
+    )
+    assert steps.checked == [(old, new[OFFSITE])]
+    assert "offsite disk: checked" in result.checks
+    assert load_secrets(offsite_stack.dir, names)[OFFSITE] == new[OFFSITE]
+    assert not state_path(offsite_stack.dir).exists()
+    assert any("offsite_disk_password" in line for line in result.safe_copy)
+
+
+def test_an_offsite_password_alone_applies_nothing(
+    offsite_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps, recorder = KeySteps(monkeypatch), Recorder()
+    monkeypatch.setattr(
+        "kbinfra.apply.plan_stack", lambda *a, **k: pytest.fail("no plan: nothing is applied")
+    )
+    result, _ = run(offsite_stack, monkeypatch, recorder, [OFFSITE])
+    assert recorder.views == [] and steps.phases == ["added", "moved", "revoked"]
+    assert result.rotated == (OFFSITE,)
+
+
+def test_a_failed_restic_step_keeps_the_state_and_secrets_yaml(
+    offsite_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = (offsite_stack.dir / "secrets.yaml").read_text()
+    KeySteps(monkeypatch, fail_at="revoked")
+    with pytest.raises(RotationFailedError) as raised:
+        run(offsite_stack, monkeypatch, Recorder(), [OFFSITE])
+    assert raised.value.exit_code == 1
+    assert "phase revoked of the rotation failed: offsite disk: cannot remove key" in str(
+        raised.value
+    )
+    assert "a password kbinfra holds opens the repository" in str(raised.value)
+    state = read_state(offsite_stack.dir)
+    assert state is not None and state.phase == "moved"
+    assert (offsite_stack.dir / "secrets.yaml").read_text() == before
+    steps = KeySteps(monkeypatch)
+    run(offsite_stack, monkeypatch, Recorder(), [OFFSITE])
+    assert steps.phases == ["revoked"]
+    assert not state_path(offsite_stack.dir).exists()

@@ -121,6 +121,7 @@ def rotate_command(
     unfinished rotation is .kbinfra/rotation.json (0600): run the command again to finish
     it; apply refuses until then. Secrets kbinfra cannot rotate yet are named and refused.
     """
+    from kbinfra.offsite.run import ssh_settings  # noqa: PLC0415
     from kbinfra.rotation_run import choose_secrets, rotate, state_path  # noqa: PLC0415
     from kbinfra.secrets import known_secrets_redactor  # noqa: PLC0415
     from kbinfra.stack_lock import stack_locked  # noqa: PLC0415
@@ -153,6 +154,7 @@ def rotate_command(
             now=datetime.now(UTC),
             say=lambda line: progress.note("rotate", line),
             progress=progress,
+            ssh=ssh_settings(known_hosts, identity),
             timeout=timeout,
         )
     if console.json_mode:
