@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from kbinfra.errors import KbinfraError, SpecError
 from kbinfra.offsite.restic import OffsiteError
-from kbinfra.offsite.rotate import RepositoryKeys, offsite_passwords
+from kbinfra.offsite.rotate import RepositoryKeys, offsite_passwords, offsite_refusals
 from kbinfra.registry import service_part
 from kbinfra.rotation import (
     COMMIT_ONLY,
@@ -142,8 +142,8 @@ class RotationResult:
 
 def refusal_reasons(stack: Stack) -> dict[str, str]:
     """Why a service cannot rotate a secret of its own, where its rotate Part says
-    (``REFUSED``)."""
-    reasons: dict[str, str] = {}
+    (``REFUSED``); and why an offsite repository's S3 keys are not kbinfra's to rotate."""
+    reasons = offsite_refusals(stack.spec)
     for name in stack.families:
         part = service_part(name, "rotate")
         if part is not None:

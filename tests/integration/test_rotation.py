@@ -8,7 +8,12 @@ One Redis stack is shared by the tests of this module, which run in order:
   plan empty, Redis never recreated (the ACL file is reloaded in place);
 - a rotation killed (kill -9) once its first phase is done: the state file holds the phase,
   apply refuses in one line, the client still gets every answer, and a rerun of the same
-  command finishes it.
+  command finishes it;
+- an offsite repository's restic password, on a real local repository beside the stack
+  holding one snapshot: rotated, the snapshot lists and restores with the new password, the
+  old one is refused by restic, one key is left; and a run killed right after ``restic key
+  add`` finished by a rerun (never a second new key, never the repository without a key
+  kbinfra holds).
 
 The client stands for a consumer kbinfra moves (the app's replicas, the exporter): it holds
 the old value until the rotation says it moves the clients (``phase moved``), then the new one.
@@ -20,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -32,10 +38,10 @@ import pytest
 import redis
 
 try:  # a package when tests/ has __init__.py files, plain modules otherwise
-    from .stack_support import Deployment, new_deployment
+    from .stack_support import Deployment, fixed_secret, new_deployment
     from .testbed_support import Testbed
 except ImportError:
-    from stack_support import Deployment, new_deployment  # type: ignore[no-redef]
+    from stack_support import Deployment, fixed_secret, new_deployment  # type: ignore[no-redef]
     from testbed_support import Testbed  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.integration
@@ -217,3 +223,106 @@ def test_a_rotation_killed_midway_is_finished_by_a_rerun_and_apply_waits_for_it(
     assert not logs_in(port, "app", old["redis_app_password"])
     assert logs_in(port, "app", new_value)
     assert secrets_of(stack)["redis_admin_password"] == old["redis_admin_password"]
+
+
+# ------------------------------------------------- an offsite repository's restic password
+
+OFFSITE = "offsite_disk_password"
+SNAPSHOT_FILE = "rows.txt"
+
+
+def restic(
+    repository: Path, password: str, *args: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """restic itself on ``repository``, with ``password`` (by environment), no cache."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
+    env |= {"RESTIC_REPOSITORY": str(repository), "RESTIC_PASSWORD": password}
+    return subprocess.run(
+        ["restic", "--no-cache", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        check=False,
+    )
+
+
+def repository_keys(repository: Path, password: str) -> list[dict[str, Any]]:
+    listed = restic(repository, password, "key", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    keys: list[dict[str, Any]] = json.loads(listed.stdout)
+    return keys
+
+
+@pytest.fixture(scope="module")
+def offsite(stack: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real local restic repository configured as the stack's offsite ``disk``, holding one
+    kbinfra-tagged snapshot, made with the password secrets.yaml holds."""
+    import yaml  # noqa: PLC0415
+
+    root = tmp_path_factory.mktemp("offsite")
+    repository = root / "repo"
+    stack.edit(
+        lambda d: d["backup"].update({"offsite": [{"name": "disk", "repository": str(repository)}]})
+    )
+    path = stack.dir / "secrets.yaml"
+    password = fixed_secret(OFFSITE)
+    path.write_text(yaml.safe_dump({**secrets_of(stack), OFFSITE: password}))
+    data = root / "backup"
+    data.mkdir()
+    (data / SNAPSHOT_FILE).write_text("".join(f"row {i}\n" for i in range(1000)))
+    tags = ("--tag", "kbinfra", "--tag", f"stack={stack.name}")
+    for args in (("init",), ("backup", *tags, "backup")):
+        done = restic(repository, password, *args, cwd=root)
+        assert done.returncode == 0, done.stderr
+    return repository
+
+
+def assert_opens_only_with(repository: Path, password: str, refused: str, tmp: Path) -> None:
+    """The snapshot lists and restores with ``password``; restic refuses ``refused``; one
+    key is left."""
+    listed = restic(repository, password, "snapshots", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) == 1
+    restored = restic(repository, password, "restore", "latest", "--target", str(tmp))
+    assert restored.returncode == 0, restored.stderr
+    assert (tmp / "backup" / SNAPSHOT_FILE).read_text().startswith("row 0\nrow 1\n")
+    wrong = restic(repository, refused, "snapshots")
+    assert wrong.returncode != 0 and "wrong password" in wrong.stderr
+    assert len(repository_keys(repository, password)) == 1
+
+
+def test_an_offsite_password_rotates_through_restic_keys_and_the_snapshot_stays(
+    stack: Deployment, offsite: Path, tmp_path: Path
+) -> None:
+    old = secrets_of(stack)[OFFSITE]
+    code, err, out = rotate_following(
+        stack, Client(stack.port("redis"), {}), OFFSITE, "--yes", "-o", "json"
+    )
+    assert code == 0, err
+    assert json.loads(out)["rotated"] == [OFFSITE]
+    assert "restic key add" in err and "restic key remove" in err
+    assert "offsite disk: the new password opens it, the old one is refused" in err
+    assert "redis: reloaded" not in err  # no service reads it: nothing was applied
+    new = secrets_of(stack)[OFFSITE]
+    assert new != old and not (stack.dir / STATE).exists()
+    assert_opens_only_with(offsite, new, old, tmp_path)
+
+
+def test_an_offsite_rotation_killed_after_key_add_is_finished_by_a_rerun(
+    stack: Deployment, offsite: Path, tmp_path: Path
+) -> None:
+    old = secrets_of(stack)[OFFSITE]
+    client = Client(stack.port("redis"), {})
+    code, err, _ = rotate_following(stack, client, OFFSITE, "--yes", kill_after="restic key add")
+    assert code == -signal.SIGKILL, err
+    new = pending_new_values(stack)[OFFSITE]
+    assert secrets_of(stack)[OFFSITE] == old
+    # killed between key add and key remove: two keys, each opened by a value kbinfra holds
+    assert len(repository_keys(offsite, old)) == 2
+    assert len(repository_keys(offsite, new)) == 2
+    code, err, _ = rotate_following(stack, client, "--yes")
+    assert code == 0, err
+    assert "finishing the rotation of offsite_disk_password" in err
+    assert secrets_of(stack)[OFFSITE] == new
+    assert_opens_only_with(offsite, new, old, tmp_path)

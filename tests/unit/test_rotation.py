@@ -44,7 +44,7 @@ from kbinfra.rotation_run import (
     state_path,
     write_state,
 )
-from kbinfra.secrets import load_secret_dates, load_secrets
+from kbinfra.secrets import dump_secrets, load_secret_dates, load_secrets, write_private_file
 from kbinfra.services.redis.service import acl_password_hash
 from kbinfra.stack import Stack, open_stack
 from tests.conftest import fixed_secret, run_kbinfra, write_stack_dir
@@ -471,3 +471,21 @@ def test_a_failed_restic_step_keeps_the_state_and_secrets_yaml(
     run(offsite_stack, monkeypatch, Recorder(), [OFFSITE])
     assert steps.phases == ["revoked"]
     assert not state_path(offsite_stack.dir).exists()
+
+
+def test_an_s3_repositorys_access_keys_are_refused_with_why(tmp_path: Path) -> None:
+    s3 = {"name": "bucket", "repository": "s3:https://s3.example/kb"}
+    folder = write_stack_dir(tmp_path / "s3", overrides={**ONLY_REDIS, "backup": {"offsite": [s3]}})
+    keys = {
+        "offsite_bucket_s3_access_key_id": fixed_secret("id"),
+        "offsite_bucket_s3_secret_access_key": fixed_secret("key"),
+    }
+    write_private_file(folder / "secrets.yaml", dump_secrets({**load_secrets(folder, []), **keys}))
+    done = run_kbinfra(
+        "secrets", "rotate", "offsite_bucket_s3_secret_access_key", "--yes", "--dir", str(folder)
+    )
+    assert done.returncode == 2, done.stderr
+    assert "cannot rotate offsite_bucket_s3_secret_access_key yet" in done.stderr
+    assert "issued by the S3 provider" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert OFFSITE.replace("disk", "bucket") in rotatable_secrets(open_stack(folder))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from kbinfra.offsite.repository import SshSettings
+from kbinfra.offsite.repository import SshSettings, repository_kind, s3_secret_names
 from kbinfra.offsite.restic import OffsiteError, Restic, WrongPasswordError
 from kbinfra.rotation import Phase
 from kbinfra.spec.stack import OffsiteRepository, StackSpec
@@ -26,6 +26,17 @@ def offsite_passwords(spec: StackSpec) -> dict[str, OffsiteRepository]:
     """The restic password secrets of the stack's offsite repositories, with their
     repository (the S3 access keys are the bucket owner's to change, not kbinfra's)."""
     return {repository.password_secret: repository for repository in spec.backup.offsite}
+
+
+def offsite_refusals(spec: StackSpec) -> dict[str, str]:
+    """Why the S3 access keys of a repository are not rotated: the provider issues them."""
+    return {
+        name: "the bucket's access keys are issued by the S3 provider: make new ones there, "
+        "put them in secrets.yaml, then revoke the old ones there"
+        for repository in spec.backup.offsite
+        if repository_kind(repository.repository) == "s3"
+        for name in s3_secret_names(repository)
+    }
 
 
 class RepositoryKeys:
