@@ -120,6 +120,8 @@ def rotate_command(
     path, the old value is revoked, and only then is secrets.yaml replaced. The state of an
     unfinished rotation is .kbinfra/rotation.json (0600): run the command again to finish
     it; apply refuses until then. Secrets kbinfra cannot rotate yet are named and refused.
+    An offsite repository's restic password goes through restic's keys instead (key add,
+    the new one proved, key remove of the old one's key): no apply, no snapshot rewritten.
     """
     from kbinfra.offsite.run import ssh_settings  # noqa: PLC0415
     from kbinfra.rotation_run import choose_secrets, rotate, state_path  # noqa: PLC0415
