@@ -12,6 +12,7 @@ an interrupted one left behind.
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import threading
 import time
@@ -864,6 +865,7 @@ def apply_stack(
     expect: Callable[[Observation], None] | None = None,
     rollback_to: Release | None = None,
     stack_file: str | None = None,
+    lock_held: bool = False,
 ) -> ApplyResult:
     """Bring the target to the desired state; the result says what happened to each service.
 
@@ -874,6 +876,8 @@ def apply_stack(
     release's image id under the lock, before anything is observed.
     ``stack_file``: the text ``stack`` was made of, when kbinfra.yaml does not hold it yet
     (an upgrade writes it only once the apply converged): what the release records.
+    ``lock_held``: the caller holds the stack's lock already (``kbinfra secrets rotate``,
+    which applies several times under one lock).
 
     An apply that changes something records a release on the target (:mod:`kbinfra.releases`).
     """
@@ -885,7 +889,11 @@ def apply_stack(
         if unchanged is not None:
             outcome.services = unchanged
             return outcome
-    with engine.locked(force=force_unlock) as notes:
+    held: list[str] = []
+    lock: contextlib.AbstractContextManager[list[str]] = (
+        contextlib.nullcontext(held) if lock_held else engine.locked(force=force_unlock)
+    )
+    with lock as notes:
         outcome.notes.extend(notes)
         if rollback_to is not None:
             outcome.notes.extend(_move_images_back(engine, rollback_to))

@@ -4,7 +4,8 @@ Every folder ``kbinfra/services/<folder>/`` holds ``service.py``, which defines 
 the folder's own service first, then the services that exist only for it (its exporter).
 Beside it, optional modules hold the rest of the folder's story, for its first service:
 ``render_check.py`` (``kbinfra render --check``), ``probe.py`` (``kbinfra check`` and
-``bench``) and ``backup.py`` (``kbinfra backup`` and ``restore``). Nothing else in kbinfra
+``bench``), ``backup.py`` (``kbinfra backup`` and ``restore``), ``upgrade.py`` (``kbinfra
+upgrade``) and ``rotate.py`` (``kbinfra secrets rotate``). Nothing else in kbinfra
 knows a service's name.
 """
 
@@ -22,7 +23,7 @@ from kbinfra import services as services_package
 from kbinfra.service import STAGE_ORDER, Service, ServiceContext
 
 #: The optional modules of a service's folder, beside ``service.py``.
-Part = Literal["render_check", "probe", "backup", "upgrade"]
+Part = Literal["render_check", "probe", "backup", "upgrade", "rotate"]
 
 
 @cache

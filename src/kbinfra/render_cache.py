@@ -60,6 +60,8 @@ def render_key(stack: Stack, code: str) -> str:
     digest.update(b"\0" + stack.profile.model_dump_json().encode())
     for name, value in sorted(stack.secrets.items()):
         digest.update(f"\0{name}\0{len(value)}\0".encode() + value.encode())
+    for name, value in sorted(stack.overlap.items()):
+        digest.update(f"\0overlap {name}\0{len(value)}\0".encode() + value.encode())
     digest.update(f"\0{stack.tls_certificate}\0{stack.tls_key}".encode())
     return digest.hexdigest()
 

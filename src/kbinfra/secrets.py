@@ -34,6 +34,11 @@ def known_secrets_redactor() -> Redactor:
     return Redactor({str(index): value for index, value in enumerate(_known_values)})
 
 
+def remember_secret_values(values: Iterable[str]) -> None:
+    """Redact ``values`` from every error this process prints (a rotation's new values)."""
+    _known_values.update(values)
+
+
 def generate_secret() -> str:
     """A 43-character URL-safe token (256 bits): safe in URLs, env vars and config files."""
     return random_source.token_urlsafe(32)
@@ -56,6 +61,17 @@ def write_private_file(path: Path, text: str) -> None:
         raise
 
 
+def refuse_readable_by_others(path: Path, what: str, then: str = "") -> None:
+    """A file holding secret values that others may read is refused: say how to fix it."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise SpecError(
+            f"{what} is readable by others (mode {mode:o})",
+            where=str(path),
+            fix=f"run `chmod 600 {path}`{then}",
+        )
+
+
 def secrets_path(stack_dir: Path) -> Path:
     return stack_dir / SECRETS_FILE
 
@@ -64,13 +80,7 @@ def load_secrets(stack_dir: Path, required: Iterable[str]) -> dict[str, str]:
     """Read the secrets file, refusing one that others can read or that lacks a secret."""
     path = secrets_path(stack_dir)
     if path.is_file():
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise SpecError(
-                f"secrets file is readable by others (mode {mode:o})",
-                where=str(path),
-                fix=f"run `chmod 600 {path}`",
-            )
+        refuse_readable_by_others(path, "secrets file")
     try:
         doc = read_yaml(
             path,

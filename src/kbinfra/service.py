@@ -297,6 +297,16 @@ class ServiceContext(NamedTuple):
     secrets: Mapping[str, str]
     enabled: frozenset[str]
     extra: Mapping[str, Any] = _EMPTY
+    #: During ``kbinfra secrets rotate``: the other value of each secret being rotated, which
+    #: the store that checks it accepts beside ``secrets[name]`` (:mod:`kbinfra.rotation`).
+    overlap: Mapping[str, str] = _EMPTY
+
+    def accepted(self, secret: str) -> tuple[str, ...]:
+        """The values of ``secret`` its store accepts: the current one, and during a rotation
+        the other one too. Clients use ``secrets[secret]`` alone."""
+        other = self.overlap.get(secret)
+        current = self.secrets[secret]
+        return (current,) if other is None or other == current else (current, other)
 
     @property
     def image(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -34,6 +34,9 @@ class Stack:
     secrets: Mapping[str, str]
     tls_certificate: str
     tls_key: str
+    #: During ``kbinfra secrets rotate``: the other value of each rotating secret, which its
+    #: store accepts beside ``secrets`` (:meth:`ServiceContext.accepted`). Empty otherwise.
+    overlap: Mapping[str, str] = field(default_factory=dict)
 
     @cached_property
     def families(self) -> dict[str, Service]:
@@ -68,6 +71,7 @@ class Stack:
                 secrets=self.secrets,
                 enabled=enabled,
                 extra={"tls_certificate": self.tls_certificate, "tls_key": self.tls_key},
+                overlap=self.overlap,
             )
             for name, service in {**self.families, **self.services}.items()
         }
@@ -122,7 +126,8 @@ class Stack:
             for name, service in self.families.items()
             for key, value in service.secret_settings(self.contexts[name]).items()
         }
-        return Redactor({**self.secrets, **from_settings, "tls_key": self.tls_key})
+        overlap = {f"{name} (rotating)": value for name, value in self.overlap.items()}
+        return Redactor({**self.secrets, **overlap, **from_settings, "tls_key": self.tls_key})
 
 
 def required_secrets(spec: StackSpec) -> set[str]:

@@ -130,9 +130,13 @@ class Traffic:
     until stopped (at most MAX_REQUESTS, MAX_SECONDS); the replicas' containers are listed
     along the way, to tell when each was replaced."""
 
-    def __init__(self, deployment: Deployment, client: docker.DockerClient) -> None:
+    def __init__(
+        self, deployment: Deployment, client: docker.DockerClient, *, upload: bool = False
+    ) -> None:
         self.deployment = deployment
         self.client = client
+        #: every other request uploads a document: the API queues it on Redis (Celery)
+        self.upload = upload
         self.sent = 0
         self.failures: list[str] = []
         self.snapshots: list[dict[str, str]] = []
@@ -164,6 +168,13 @@ class Traffic:
             ):
                 self.sent += 1
                 try:
+                    if self.upload and self.sent % 2 == 0:
+                        files = {"file": (f"doc-{self.sent}.txt", b"rotation", "text/plain")}
+                        response = https.post("/documents", files=files)
+                        if response.status_code != 202 or "id" not in response.json():
+                            text = response.text[:100]
+                            self.failures.append(f"upload: HTTP {response.status_code}: {text}")
+                        continue
                     response = https.get("/health")
                     if response.status_code != 200 or response.json().get("status") != "ok":
                         self.failures.append(f"HTTP {response.status_code}: {response.text[:100]}")
@@ -450,3 +461,46 @@ def test_a_rollback_rolls_back_to_the_old_image_without_a_failed_request(
     assert newest["images"]["app-1"]["id"] == first_id
     again = deployed.run("plan")
     assert again.code == 0, again.out + again.err
+
+
+def test_rotating_the_app_redis_password_fails_no_request_through_nginx(
+    deployed: Deployment, docker_client: docker.DockerClient, releases: dict[str, str]
+) -> None:
+    """``secrets rotate`` of the app's Redis password while uploads are queued on Redis by
+    the API through nginx: the replicas are moved one at a time, no request fails, and the
+    old password is refused afterwards."""
+    import redis  # noqa: PLC0415
+
+    deployed.edit(lambda data: data["app"].__setitem__("image", releases["next"]))  # serving
+    # converged first: a rotation refuses to start over changes not applied yet (and the
+    # test images' tags are shared by every checkout on this engine: one may have moved)
+    converged = deployed.run(*APPLY, timeout=900)
+    assert converged.code == 0, converged.out + converged.err
+    old = yaml.safe_load((deployed.dir / "secrets.yaml").read_text())["redis_app_password"]
+    before = app_containers(docker_client, deployed)
+    assert before
+    with Traffic(deployed, docker_client, upload=True) as traffic:
+        time.sleep(1)
+        rotated = deployed.run(
+            "secrets", "rotate", "redis_app_password", "--yes", "-o", "json", timeout=900
+        )
+        time.sleep(1)
+    print(traffic.report())
+    assert rotated.code == 0, rotated.out + rotated.err
+    assert traffic.sent >= 20 and traffic.failures == [], traffic.report()
+    moved = next(a for a in rotated.json()["applies"] if a["phase"] == "moved")
+    assert {r["service"]: r["outcome"] for r in moved["services"]}["app-1"] == "recreated"
+    after = app_containers(docker_client, deployed)
+    assert set(after) == set(before)
+    assert all(after[replica] != before[replica] for replica in before), (before, after)
+    new = yaml.safe_load((deployed.dir / "secrets.yaml").read_text())["redis_app_password"]
+    assert new != old
+    port = deployed.port("redis")
+    for password, opens in ((old, False), (new, True)):
+        client = redis.Redis(host="127.0.0.1", port=port, username="app", password=password)
+        try:
+            assert bool(client.ping()) is opens
+        except redis.AuthenticationError:
+            assert not opens
+        finally:
+            client.close()

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.integration
 
 KEY = "standin-test-admin-key"
 READ_KEY = "standin-test-read-key"
+ALT_KEY = "standin-test-alt-key"
 DIMENSION = 16
 
 
@@ -37,7 +38,8 @@ class Standin:
 
 @pytest.fixture(scope="module")
 def standin(docker_client: docker.DockerClient, images: dict[str, str]) -> Iterator[Standin]:
-    """One stand-in container for the module, with an admin and a read-only key."""
+    """One stand-in container for the module, with an admin, an alternative admin (the one
+    a key rotation adds) and a read-only key."""
     container = docker_client.containers.run(
         images["qdrant"],
         detach=True,
@@ -45,6 +47,7 @@ def standin(docker_client: docker.DockerClient, images: dict[str, str]) -> Itera
         environment={
             "QDRANT__SERVICE__API_KEY": KEY,
             "QDRANT__SERVICE__READ_ONLY_API_KEY": READ_KEY,
+            "QDRANT__SERVICE__ALT_API_KEY": ALT_KEY,
         },
         ports={"6333/tcp": ("127.0.0.1", None)},
     )
@@ -165,6 +168,15 @@ def test_it_answers_errors_and_keys_as_upstream(
         headers=reader,
     )
     assert write.status_code == 403
+    # alt_api_key grants what api_key grants (upstream 1.17+: the second key of a rotation)
+    alternative = {"api-key": ALT_KEY}
+    for method, path, body in (
+        ("PUT", f"/collections/{collection}/points?wait=true", {"points": points(1, seed=4)}),
+        ("POST", f"/collections/{collection}/points/query", query),
+        ("GET", "/collections", None),
+    ):
+        answer = httpx.request(method, f"{url}{path}", json=body, headers=alternative)
+        assert answer.status_code == 200, (path, answer.text)
     unsupported = admin.post(
         f"/collections/{collection}/points/query",
         json={"prefetch": [{"query": [0.1] * DIMENSION}], "query": {"fusion": "rrf"}},

@@ -66,6 +66,7 @@ FAILING_WITH_OUTPUT: dict[str, list[str]] = {
     "images load": ["images.tar"],
     "images copy": [],
     "secrets list": [],
+    "secrets rotate": ["--all", "--yes"],
     "history": [],
     "rollback": ["--yes"],
     "upgrade": ["--yes"],

@@ -13,6 +13,7 @@ import typer
 from kbinfra.commands.options import (
     DirOption,
     ForceUnlockOption,
+    HealthTimeoutOption,
     IdentityOption,
     KnownHostsOption,
     OptionalDirOption,
@@ -268,15 +269,7 @@ def apply(
     known_hosts: KnownHostsOption = None,
     identity: IdentityOption = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking.")] = False,
-    timeout: Annotated[
-        float | None,
-        typer.Option(
-            metavar="SECONDS",
-            help="Seconds each new container has to become healthy.",
-            min=1,
-            show_default=False,
-        ),
-    ] = None,
+    timeout: HealthTimeoutOption = None,
     force_unlock: ForceUnlockOption = False,
     only: Annotated[
         list[str] | None, only_option("Converge only these services; others stay as they are.")
@@ -286,11 +279,13 @@ def apply(
 ) -> None:
     """Create or update the stack's containers: health-gated, rolled back on failure."""
     from kbinfra.apply import apply_stack, plan_stack  # noqa: PLC0415
+    from kbinfra.rotation_run import refuse_while_rotating  # noqa: PLC0415
 
     console = Console(output)
     stack, where = open_stack_and_target(
         stack_dir, target, known_hosts, identity, console, swarm=True
     )
+    refuse_while_rotating(stack.dir, "apply")
     if where.kind == "swarm":
         _refuse_saved_plan_on_swarm(plan_file, what="PLAN_FILE")
         _apply_on_swarm(
@@ -843,15 +838,7 @@ def rollback(
     known_hosts: KnownHostsOption = None,
     identity: IdentityOption = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Roll back without asking.")] = False,
-    timeout: Annotated[
-        float | None,
-        typer.Option(
-            metavar="SECONDS",
-            help="Seconds each new container has to become healthy.",
-            min=1,
-            show_default=False,
-        ),
-    ] = None,
+    timeout: HealthTimeoutOption = None,
     force_unlock: ForceUnlockOption = False,
     output: OutputOption = Output.text,
 ) -> None:
@@ -874,9 +861,11 @@ def rollback(
         release_stack,
         restore_stack_file,
     )
+    from kbinfra.rotation_run import refuse_while_rotating  # noqa: PLC0415
 
     console = Console(output)
     stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
+    refuse_while_rotating(stack.dir, "rollback")
     with where:
         release = choose_release(read_releases(where.file_store(stack.spec.name)), release_number)
         old = release_stack(stack, release)
@@ -916,6 +905,30 @@ def rollback(
     report_apply(console, result, where.name)
 
 
+def _stack_with_new_images(
+    stack: "Stack", named: list[str], to: str | None
+) -> "tuple[Path, str, Stack]":
+    """kbinfra.yaml's path, its text with ``--to`` applied to the ``named`` services, and
+    the stack that text makes (not written anywhere yet)."""
+    from kbinfra.spec.stack import parse_stack  # noqa: PLC0415
+    from kbinfra.stack import stack_of  # noqa: PLC0415
+    from kbinfra.upgrade import new_image_for, stack_file_path, with_images  # noqa: PLC0415
+
+    if to is not None and not named:
+        raise KbinfraError(
+            "--to needs the services it is for",
+            where="--to",
+            fix="e.g. `upgrade qdrant --to v1.17.2`",
+        )
+    path = stack_file_path(stack)
+    text = path.read_text(encoding="utf-8")
+    if to is not None:
+        images = {name: new_image_for(stack.contexts[name].image, to) for name in named}
+        text = with_images(text, images, where=str(path))
+    spec, doc = parse_stack(text, path)
+    return path, text, stack_of(stack.dir, spec, doc, stack.profile)
+
+
 @app.command(
     epilog=examples(
         "kbinfra upgrade qdrant --to v1.17.2 --check",
@@ -951,15 +964,7 @@ def upgrade(
     known_hosts: KnownHostsOption = None,
     identity: IdentityOption = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Upgrade without asking.")] = False,
-    timeout: Annotated[
-        float | None,
-        typer.Option(
-            metavar="SECONDS",
-            help="Seconds each new container has to become healthy.",
-            min=1,
-            show_default=False,
-        ),
-    ] = None,
+    timeout: HealthTimeoutOption = None,
     output: OutputOption = Output.text,
 ) -> None:
     """New images for services: refused when the data cannot follow, backed up first.
@@ -973,35 +978,21 @@ def upgrade(
     """
     from kbinfra.apply import apply_stack, plan_stack, target_engine  # noqa: PLC0415
     from kbinfra.backup.run import data_handlers  # noqa: PLC0415
-    from kbinfra.spec.stack import parse_stack  # noqa: PLC0415
-    from kbinfra.stack import stack_of  # noqa: PLC0415
     from kbinfra.upgrade import (  # noqa: PLC0415
         changed_images,
         kept_volume_note,
         migrate_and_switch,
-        new_image_for,
         plan_upgrade,
         refuse,
-        stack_file_path,
-        with_images,
     )
 
     console = Console(output)
     stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
+    from kbinfra.rotation_run import refuse_while_rotating  # noqa: PLC0415
+
+    refuse_while_rotating(stack.dir, "upgrade")
     named = stack.select(services or [], asked_as="upgrade")
-    if to is not None and not named:
-        raise KbinfraError(
-            "--to needs the services it is for",
-            where="--to",
-            fix="e.g. `upgrade qdrant --to v1.17.2`",
-        )
-    path = stack_file_path(stack)
-    text = path.read_text(encoding="utf-8")
-    if to is not None:
-        images = {name: new_image_for(stack.contexts[name].image, to) for name in named}
-        text = with_images(text, images, where=str(path))
-    spec, doc = parse_stack(text, path)
-    new = stack_of(stack.dir, spec, doc, stack.profile)
+    path, text, new = _stack_with_new_images(stack, named, to)
     with where:
         containers = {
             c.service: c

@@ -145,6 +145,16 @@ KnownHostsOption = Annotated[
         show_default=False,
     ),
 ]
+HealthTimeoutOption = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout",
+        metavar="SECONDS",
+        help="Seconds each new container has to become healthy.",
+        min=1,
+        show_default=False,
+    ),
+]
 ForceUnlockOption = Annotated[
     bool, typer.Option("--force-unlock", help="Break the stack's lock even if its holder runs.")
 ]

@@ -81,6 +81,17 @@ class Snapshot:
 
 
 @dataclass(frozen=True)
+class RepositoryKey:
+    id: str
+    current: bool
+
+
+def parse_keys(data: Any) -> list[RepositoryKey]:
+    """``restic key list --json``: ``[{"id": ..., "current": bool, ...}]``."""
+    return [RepositoryKey(str(item["id"]), bool(item.get("current"))) for item in data or []]
+
+
+@dataclass(frozen=True)
 class UploadSummary:
     snapshot_id: str
     data_added: int
@@ -252,28 +263,48 @@ class Restic:
         address = sftp_address(self.repository.repository)
         return not host_is_known(self.ssh.known_hosts, address.known_hosts_name)
 
-    def run(self, args: Sequence[str], *, action: str, cwd: Path | None = None) -> str:
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        action: str,
+        cwd: Path | None = None,
+        stdin: str | None = None,
+    ) -> str:
         proc = subprocess.run(
             self._command(args),
             capture_output=True,
             text=True,
             env=self.env,
             cwd=cwd,
+            input=stdin,
             check=False,
         )
         if proc.returncode != 0:
             raise self._fail(proc.stderr, action)
         return proc.stdout
 
-    def ensure_initialized(self) -> bool:
-        """Open the repository, creating it when there is none; True if it was created."""
-        proc = subprocess.run(
+    def _open(self) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
             self._command(["cat", "config"]),
             capture_output=True,
             text=True,
             env=self.env,
             check=False,
         )
+
+    def exists(self) -> bool:
+        """Whether there is a repository there (whether this password opens it or not)."""
+        proc = self._open()
+        if proc.returncode == 0 or WRONG_PASSWORD in proc.stderr:
+            return True
+        if NO_REPOSITORY not in proc.stderr:
+            raise self._fail(proc.stderr, "cannot open the repository")
+        return False
+
+    def ensure_initialized(self) -> bool:
+        """Open the repository, creating it when there is none; True if it was created."""
+        proc = self._open()
         if proc.returncode == 0:
             return False
         if NO_REPOSITORY not in proc.stderr:
@@ -357,6 +388,33 @@ class Restic:
             ["restore", snapshot.id, "--target", str(target)],
             action=f"cannot fetch snapshot {snapshot.short_id}",
         )
+
+    def list_keys(self) -> list[RepositoryKey]:
+        """The repository's keys (``key list --json``); ``current`` is the one this
+        password opened. A password that opens none raises :class:`WrongPasswordError`."""
+        out = self.run(["key", "list", "--json"], action="cannot list the repository's keys")
+        return parse_keys(json.loads(out or "[]"))
+
+    def opens(self) -> bool:
+        """Whether this password opens the repository (restic tries each of its keys)."""
+        try:
+            self.list_keys()
+        except WrongPasswordError:
+            return False
+        return True
+
+    def add_key(self, new_password: str) -> None:
+        """``restic key add``: the new password travels on restic's stdin, never a file or
+        a command line."""
+        self.run(
+            ["key", "add", "--new-password-file", "/dev/stdin"],
+            action="cannot add the new password (restic key add)",
+            stdin=new_password,
+        )
+
+    def remove_key(self, key_id: str) -> None:
+        """``restic key remove ID``; restic refuses to remove the key this password opens."""
+        self.run(["key", "remove", key_id], action=f"cannot remove key {key_id}")
 
     def check(self, read_data_subset: str) -> str:
         return self.run(

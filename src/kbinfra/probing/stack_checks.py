@@ -281,8 +281,8 @@ def secret_age_checks(stack: Stack) -> list[CheckRow]:
             "secrets-within-max-age",
             "locked-down",
             lambda: check_secret_ages(stack, limit),
-            fix="kbinfra cannot rotate secrets yet: rotate them by hand (docs/operations.md, "
-            "Secrets) or raise secrets.max_age_days",
+            fix="run `kbinfra secrets rotate --all` (docs/operations.md, Secrets rotation; "
+            "what it cannot rotate yet, it names), or raise secrets.max_age_days",
         )
     return rows.rows
 

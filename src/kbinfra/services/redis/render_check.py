@@ -14,6 +14,7 @@ from typing import Self, TypeAlias
 from kbinfra.service import CheckResult, ServiceContext
 from kbinfra.services.redis.service import (
     ACL_FILE,
+    ACL_RELOAD_USER,
     ANONYMOUS,
     APP_FORBIDDEN,
     CELERY_COMMANDS,
@@ -21,6 +22,7 @@ from kbinfra.services.redis.service import (
     HEALTHCHECK_USER,
     MIB,
     PASSWORD_USERS,
+    PASSWORDLESS_USERS,
     SERVICE,
 )
 from kbinfra.validation import (
@@ -141,7 +143,10 @@ def static_problems(out: Path, secrets: dict[str, str]) -> list[CheckResult]:
             problems.append(
                 CheckResult(ACL_FILE, tool, "failed", "plain password rule: use #<sha256>", line)
             )
-        if "nopass" in rules and words[1:2] != [HEALTHCHECK_USER]:
+        if "nopass" in rules and (
+            words[1] not in PASSWORDLESS_USERS
+            or rules[-2:] != ["-@all", f"+{PASSWORDLESS_USERS[words[1]]}"]
+        ):
             problems.append(
                 CheckResult(ACL_FILE, tool, "failed", f"user {words[1]} has no password", line)
             )
@@ -355,6 +360,14 @@ def _probe_users(
     except RespError as error:
         if not str(error).startswith("NOAUTH"):
             problems.append(_failed(ACL_FILE, f"PING without a login: {error}"))
+    reload_line = _user_line(acl_text, ACL_RELOAD_USER)
+    if not allowed(ACL_RELOAD_USER, ("ACL", "LOAD")):
+        problems.append(_failed(ACL_FILE, f"{ACL_RELOAD_USER} may not run ACL LOAD", reload_line))
+    problems += [
+        _failed(ACL_FILE, f"{ACL_RELOAD_USER} may run {' '.join(command)}", reload_line)
+        for command in (("GET", "k"), ("ACL", "SETUSER", "x"), ("CONFIG", "GET", "*"))
+        if allowed(ACL_RELOAD_USER, command)
+    ]
     if connections[HEALTHCHECK_USER].call("PING") != "PONG":
         problems.append(
             _failed(ACL_FILE, "healthcheck cannot PING", _user_line(acl_text, HEALTHCHECK_USER))

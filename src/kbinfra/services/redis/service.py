@@ -14,6 +14,7 @@ from kbinfra.service import (
     ContainerSpec,
     FileMount,
     HealthCheck,
+    Reload,
     RenderedFile,
     Service,
     ServiceContext,
@@ -54,6 +55,12 @@ ACL_PATH = "/usr/local/etc/redis/acl/users.acl"
 #: file, so the file is placed into the container owned by that user.
 REDIS_UID = 999
 HEALTHCHECK_USER = "healthcheck"
+#: The ACL user apply's reload logs in as to re-read the ACL file (``ACL LOAD``), and may run
+#: nothing else: like the healthcheck user it needs no password, so no secret is in the
+#: command. Whoever reaches Redis can make it re-read the file kbinfra delivered, no more.
+ACL_RELOAD_USER = "kbinfra-acl-reload"
+#: The users that log in with no password, and the one command each may run.
+PASSWORDLESS_USERS = {HEALTHCHECK_USER: "ping", ACL_RELOAD_USER: "acl|load"}
 #: The ACL user the app tier logs in as: no dangerous command (FLUSHALL, CONFIG, KEYS …).
 APP_USER = "app"
 #: A replica (Swarm, ``swarm.services.redis.replica``) logs in as this ACL user, which may
@@ -192,10 +199,13 @@ class Redis(Service):
             "image": ctx.image,
             "port": PORT,
             "acl_path": ACL_PATH,
+            # During a rotation a user has two passwords (the ACL file's several ``#hash``
+            # rules): the old one and the new one, until every client holds the new one.
             "password_hashes": {
-                user: acl_password_hash(ctx.secrets[secret])
+                user: " ".join(acl_password_hash(value) for value in ctx.accepted(secret))
                 for user, secret in PASSWORD_USERS.items()
             },
+            "acl_reload_user": ACL_RELOAD_USER,
             "exporter_commands": EXPORTER_COMMANDS,
             "healthcheck_user": HEALTHCHECK_USER,
             "replication": (
@@ -281,6 +291,19 @@ class Redis(Service):
                 interval_s=5,
                 retries=12,
                 start_period_s=30,
+            ),
+            # A change of the ACL file alone (a password added or revoked by `kbinfra secrets
+            # rotate`) is delivered into the running Redis and loaded, all or nothing: no
+            # restart, no client of an unchanged user disconnected.
+            reload=Reload(
+                files=(ACL_FILE,),
+                test=("test", "-s", ACL_PATH),
+                command=(
+                    "sh",
+                    "-c",
+                    f"redis-cli --no-auth-warning --user {ACL_RELOAD_USER} --pass '' acl load"
+                    " | grep -qx OK",
+                ),
             ),
             cpus=ctx.resources.cpus,
             memory_mb=ctx.resources.memory_mb,

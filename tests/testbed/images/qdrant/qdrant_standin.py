@@ -726,7 +726,10 @@ def to_json(value: Any) -> Any:
 def create_app(config: dict[str, Any], version: str) -> FastAPI:
     service = config.get("service", {})
     storage = config.get("storage", {})
-    api_key = service.get("api_key") or None
+    # Upstream (src/common/auth/mod.rs, AuthKeys): api_key and alt_api_key (1.17+, "same as
+    # api_key, can be used for rolling key rotation") both grant read-write; there is no
+    # second read-only key. An empty key counts as unset; none set: no authentication.
+    write_keys = {key for key in (service.get("api_key"), service.get("alt_api_key")) if key}
     read_only_key = service.get("read_only_api_key") or None
     engine = Engine(
         Path(storage.get("storage_path", "./storage")).resolve(),
@@ -759,7 +762,7 @@ def create_app(config: dict[str, Any], version: str) -> FastAPI:
         async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
             start = time.perf_counter()
             path = request.url.path
-            if path in WHITELIST or not (api_key or read_only_key):
+            if path in WHITELIST or not (write_keys or read_only_key):
                 return await call_next(request)
             key = request.headers.get("api-key")
             if key is None:
@@ -769,7 +772,7 @@ def create_app(config: dict[str, Any], version: str) -> FastAPI:
                 return PlainTextResponse(
                     "Must provide an API key or an Authorization bearer token", 401
                 )
-            if api_key and key == api_key:
+            if key in write_keys:
                 return await call_next(request)
             if read_only_key and key == read_only_key:
                 if is_read_only(request.method, path):

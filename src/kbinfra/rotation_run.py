@@ -1,0 +1,362 @@
+"""``kbinfra secrets rotate`` at the edges: the state file, the applies, the checks, the
+commit. The sequence itself is :mod:`kbinfra.rotation` (pure).
+
+The state of an unfinished rotation (its phase, the old and the new values) is one 0600 file,
+``.kbinfra/rotation.json`` in the stack folder, written atomically before and after every
+step; its values are never printed. secrets.yaml is replaced only once the old values are
+revoked and the new ones accepted by every store that checks them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from kbinfra.errors import KbinfraError, SpecError
+from kbinfra.offsite.restic import OffsiteError
+from kbinfra.offsite.rotate import RepositoryKeys, offsite_passwords, offsite_refusals
+from kbinfra.registry import service_part
+from kbinfra.rotation import (
+    COMMIT_ONLY,
+    PHASE_WORDS,
+    Choice,
+    Phase,
+    RotationState,
+    choose,
+    committed_secrets,
+    needs_apply,
+    new_state,
+    next_phase,
+    view,
+)
+from kbinfra.secrets import (
+    dump_secrets,
+    generate_secret,
+    record_secret_dates,
+    refuse_readable_by_others,
+    remember_secret_values,
+    secrets_path,
+    write_private_file,
+)
+
+if TYPE_CHECKING:
+    from kbinfra.offsite.repository import SshSettings
+    from kbinfra.progress import Progress
+    from kbinfra.stack import Stack
+    from kbinfra.targets.base import Target
+
+STATE_FILE = Path(".kbinfra") / "rotation.json"
+
+
+class RotationFailedError(KbinfraError):
+    """A step of the rotation failed: the state file keeps where it stopped (exit 1)."""
+
+    exit_code = 1
+
+
+def state_path(stack_dir: Path) -> Path:
+    return stack_dir / STATE_FILE
+
+
+def read_state(stack_dir: Path) -> RotationState | None:
+    """The unfinished rotation of the stack in ``stack_dir``, or None; a file others can read
+    or that is not a rotation state is refused (it holds secret values)."""
+    path = state_path(stack_dir)
+    if not path.is_file():
+        return None
+    refuse_readable_by_others(
+        path, "the rotation state file", ", then `kbinfra secrets rotate` to finish the rotation"
+    )
+    try:
+        state = RotationState.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError):
+        raise SpecError(
+            "the rotation state file is not one kbinfra wrote",
+            where=str(path),
+            fix="put back the file kbinfra wrote; without it the rotation cannot be finished "
+            "(docs/operations.md, Secrets rotation)",
+        ) from None
+    remember_secret_values([*state.old.values(), *state.new.values()])
+    return state
+
+
+def write_state(stack_dir: Path, state: RotationState) -> None:
+    write_private_file(state_path(stack_dir), state.model_dump_json(indent=2) + "\n")
+
+
+def refuse_while_rotating(stack_dir: Path, command: str) -> None:
+    """Stop ``command`` (apply, rollback, upgrade) while a rotation is unfinished: it would
+    deploy secrets.yaml's old values over the rotation's. The stack keeps serving meanwhile:
+    every client holds a value its store accepts."""
+    state = read_state(stack_dir)
+    if state is not None:
+        raise KbinfraError(
+            f"{command}: a rotation of {', '.join(state.names)} is unfinished (phase "
+            f"{state.phase}); nothing was changed",
+            where=str(state_path(stack_dir)),
+            fix="run `kbinfra secrets rotate` to finish it first",
+        )
+
+
+def rotatable_secrets(stack: Stack) -> set[str]:
+    """The stack's secrets that every service checking them takes two values of at once:
+    each service folder's ``rotate`` Part says which of its secrets (``ROTATES``); and the
+    restic password of each offsite repository (restic holds several keys at once)."""
+    found: set[str] = set(offsite_passwords(stack.spec))
+    for name, service in stack.families.items():
+        part = service_part(name, "rotate")
+        if part is not None:
+            found |= set(part.ROTATES) & set(service.secrets)
+    return found
+
+
+@dataclass
+class RotationResult:
+    stack: str
+    rotated: tuple[str, ...]
+    not_rotatable: tuple[str, ...]
+    resumed_from: str | None
+    started: datetime
+    applies: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+    safe_copy: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "stack": self.stack,
+            "rotated": list(self.rotated),
+            "not_rotatable": list(self.not_rotatable),
+            "resumed_from": self.resumed_from,
+            "started": self.started.isoformat(timespec="seconds"),
+            "applies": self.applies,
+            "checks": self.checks,
+            "safe_copy": self.safe_copy,
+        }
+
+
+def refusal_reasons(stack: Stack) -> dict[str, str]:
+    """Why a service cannot rotate a secret of its own, where its rotate Part says
+    (``REFUSED``); and why an offsite repository's S3 keys are not kbinfra's to rotate."""
+    reasons = offsite_refusals(stack.spec)
+    for name in stack.families:
+        part = service_part(name, "rotate")
+        if part is not None:
+            reasons.update(getattr(part, "REFUSED", {}))
+    return reasons
+
+
+def choose_secrets(stack: Stack, asked: list[str], *, every: bool) -> Choice:
+    from kbinfra.stack import secret_uses  # noqa: PLC0415
+
+    uses = secret_uses(stack.spec, stack.secrets)
+    return choose(
+        asked,
+        every=every,
+        existing=stack.secrets,
+        in_use=[name for name, used in uses.items() if used],
+        rotatable=rotatable_secrets(stack),
+        pending=read_state(stack.dir),
+        reasons=refusal_reasons(stack),
+    )
+
+
+def rotate(
+    stack: Stack,
+    target: Target,
+    choice: Choice,
+    *,
+    now: datetime,
+    say: Callable[[str], None],
+    progress: Progress,
+    ssh: SshSettings,
+    timeout: float | None = None,
+) -> RotationResult:
+    """Run (or finish) the rotation of ``choice.names``; the caller holds the stack's lock.
+    ``ssh``: how restic reaches an SFTP offsite repository."""
+    from kbinfra.apply import apply_stack, plan_stack  # noqa: PLC0415
+
+    state = read_state(stack.dir)
+    if state is not None and state.stack != stack.spec.name:
+        raise KbinfraError(
+            f"the unfinished rotation in this folder is of stack {state.stack}, not "
+            f"{stack.spec.name}; nothing was changed",
+            where=str(state_path(stack.dir)),
+            fix=f"put back `name: {state.stack}` in kbinfra.yaml and finish the rotation",
+        )
+    resumed = state.phase if state is not None else None
+    repositories = offsite_passwords(stack.spec)
+    if state is None and (set(choice.names) - COMMIT_ONLY - set(repositories)):
+        # each phase applies the whole stack: other pending changes would ride along
+        changed = plan_stack(stack, target, with_diffs=False)
+        if changed.has_changes:
+            moving = [a.service for a in changed.services if a.action != "nothing"]
+            raise KbinfraError(
+                "the stack has changes not applied yet"
+                + (f" ({', '.join(moving)})" if moving else "")
+                + ": a rotation would apply them too; nothing was changed",
+                fix="`kbinfra plan` to see them, `kbinfra apply` them, then rotate",
+            )
+    if state is None:
+        fresh = {name: generate_secret() for name in choice.names}
+        remember_secret_values(fresh.values())
+        state = new_state(stack.spec.name, choice.names, stack.secrets, fresh, now)
+        write_state(stack.dir, state)
+        say(f"rotating {', '.join(state.names)}: {PHASE_WORDS['generated']}")
+    else:
+        say(f"finishing the rotation of {', '.join(state.names)} (it stopped at {state.phase})")
+    result = RotationResult(
+        stack.spec.name, state.names, choice.not_rotatable, resumed, state.started
+    )
+    outside = set(repositories) & set(state.names)
+    keys = [
+        RepositoryKeys(repositories[name], stack.secrets, state.old[name], state.new[name], ssh)
+        for name in sorted(outside)
+    ]
+    while (phase := next_phase(state.phase)) is not None:
+        if needs_apply(state, outside) or keys:
+            say(f"phase {phase}: {PHASE_WORDS[phase]} ...")
+        for repository in keys:
+            say(step_on_repository(repository, phase, state, stack.dir))
+        if needs_apply(state, outside):
+            shown = view(state, phase, stack.secrets, outside)
+            phase_stack = dataclasses.replace(stack, secrets=shown.secrets, overlap=shown.overlap)
+            applied = apply_stack(
+                phase_stack, target, timeout=timeout, progress=progress, lock_held=True
+            )
+            result.applies.append({"phase": phase, **applied.as_json()})
+            if not applied.ok:
+                failed = next(r for r in applied.services if r.outcome in ("failed", "skipped"))
+                raise RotationFailedError(
+                    f"phase {phase} of the rotation failed: {failed.service}: {failed.error}; "
+                    f"the stack stays at phase {state.phase}, where every client's value is "
+                    "accepted",
+                    where=str(state_path(stack.dir)),
+                    fix="fix the cause, then run `kbinfra secrets rotate` again to finish",
+                )
+        state = state.advanced(phase)
+        write_state(stack.dir, state)
+        say(f"phase {phase} done")
+    if needs_apply(state, outside):
+        final = view(state, "revoked", stack.secrets, outside)
+        result.checks = check_revoked(
+            dataclasses.replace(stack, secrets=final.secrets), target, state
+        )
+    result.checks += [check_repository(repository, stack.dir) for repository in keys]
+    for line in result.checks:
+        say(line)
+    values = committed_secrets(state, stack.secrets)
+    write_private_file(secrets_path(stack.dir), dump_secrets(values))
+    record_secret_dates(stack.dir, state.names, now)
+    state_path(stack.dir).unlink(missing_ok=True)
+    say(f"committed: secrets.yaml holds the new values of {', '.join(state.names)}")
+    result.safe_copy = safe_copy_lines(stack, state)
+    return result
+
+
+def step_on_repository(
+    repository: RepositoryKeys, phase: Phase, state: RotationState, stack_dir: Path
+) -> str:
+    """One phase on an offsite repository's keys; a restic failure keeps the state."""
+    try:
+        return repository.advance(phase)
+    except OffsiteError as error:
+        raise RotationFailedError(
+            f"phase {phase} of the rotation failed: {repository.name}: {error.what}; the "
+            f"rotation stays at phase {state.phase}, and a password kbinfra holds opens the "
+            "repository",
+            where=str(state_path(stack_dir)),
+            fix="fix the cause, then run `kbinfra secrets rotate` again to finish",
+        ) from None
+
+
+def check_repository(repository: RepositoryKeys, stack_dir: Path) -> str:
+    try:
+        return repository.check()
+    except OffsiteError as error:
+        raise RotationFailedError(
+            f"{repository.name}: {error.what} after the rotation",
+            where=str(state_path(stack_dir)),
+            fix="run `kbinfra secrets rotate` again (it redoes the last phase)",
+        ) from None
+
+
+def check_revoked(stack: Stack, target: Target, state: RotationState) -> list[str]:
+    """Ask each store of a rotated secret that the new value opens it and the old one no
+    longer does; a store that still takes the old value stops the commit."""
+    lines = []
+    for name, service in stack.families.items():
+        part = service_part(name, "rotate")
+        if part is None:
+            continue
+        mine = sorted(set(part.ROTATES) & set(service.secrets) & set(state.names))
+        if not mine:
+            continue
+        with target.probe_context(stack, stack.services[name]) as probe:
+            for secret in mine:
+                if not part.accepts(probe, secret, state.new[secret]):
+                    raise RotationFailedError(
+                        f"{name} refuses the new value of {secret} after the rotation",
+                        where=str(state_path(stack.dir)),
+                        fix="run `kbinfra secrets rotate` again (it reapplies the last phase)",
+                    )
+                if part.accepts(probe, secret, state.old[secret]):
+                    raise RotationFailedError(
+                        f"{name} still accepts the old value of {secret}",
+                        where=str(state_path(stack.dir)),
+                        fix="run `kbinfra secrets rotate` again (it reapplies the last phase)",
+                    )
+        lines.append(f"{name}: the new values open it, the old ones are refused: {', '.join(mine)}")
+    return lines
+
+
+def safe_copy_lines(stack: Stack, state: RotationState) -> list[str]:
+    """What the user must do with the safe copy of secrets.yaml, and which backups need which
+    copy, said plainly."""
+    when = state.started.isoformat(timespec="seconds")
+    served = [name for name in state.names if name not in COMMIT_ONLY]
+    lines = [
+        "secrets.yaml changed: refresh your safe copy of it NOW (the copy you keep off this "
+        "host)"
+        + (f"; the old copy's {', '.join(served)} no longer open anything" if served else ""),
+    ]
+    in_backups = []
+    for name, service in stack.families.items():
+        part = service_part(name, "rotate")
+        rotated = set(service.secrets) & set(state.names)
+        if part is not None and rotated and getattr(part, "IN_BACKUPS", True):
+            in_backups.append(name)
+    if in_backups:
+        lines.append(
+            f"backups taken before {when} hold the old values of {', '.join(in_backups)}: keep "
+            "the old safe copy with them until they expire"
+        )
+    else:
+        lines.append(
+            f"backups taken before {when} restore with the new copy: no backup holds these "
+            "values"
+            + (
+                "; older backups verify with the previous backup key, which the new copy keeps "
+                "verify-only"
+                if set(state.names) & COMMIT_ONLY
+                else ""
+            )
+        )
+    return lines
+
+
+def describe_state(stack_dir: Path) -> Mapping[str, Any] | None:
+    """The unfinished rotation, without its values (for ``secrets list``)."""
+    state = read_state(stack_dir)
+    if state is None:
+        return None
+    return {
+        "names": list(state.names),
+        "phase": state.phase,
+        "started": state.started.isoformat(timespec="seconds"),
+    }

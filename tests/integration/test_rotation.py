@@ -1,0 +1,328 @@
+"""``kbinfra secrets rotate`` against a real Redis under a request loop, on the local engine.
+
+One Redis stack is shared by the tests of this module, which run in order:
+
+- ``rotate --all`` while a client loops logins and requests as the ``app`` and the ``admin``
+  ACL users, a new connection each time: zero failed requests, the old passwords refused
+  afterwards, the new ones in secrets.yaml, ``secrets list`` showing their new date, the next
+  plan empty, Redis never recreated (the ACL file is reloaded in place);
+- a rotation killed (kill -9) once its first phase is done: the state file holds the phase,
+  apply refuses in one line, the client still gets every answer, and a rerun of the same
+  command finishes it;
+- an offsite repository's restic password, on a real local repository beside the stack
+  holding one snapshot: rotated, the snapshot lists and restores with the new password, the
+  old one is refused by restic, one key is left; and a run killed right after ``restic key
+  add`` finished by a rerun (never a second new key, never the repository without a key
+  kbinfra holds).
+
+The client stands for a consumer kbinfra moves (the app's replicas, the exporter): it holds
+the old value until the rotation says it moves the clients (``phase moved``), then the new one.
+A store that accepted the new value late, or revoked the old one early, fails its requests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+import redis
+
+try:  # a package when tests/ has __init__.py files, plain modules otherwise
+    from .stack_support import Deployment, fixed_secret, new_deployment
+    from .testbed_support import Testbed
+except ImportError:
+    from stack_support import Deployment, fixed_secret, new_deployment  # type: ignore[no-redef]
+    from testbed_support import Testbed  # type: ignore[no-redef]
+
+pytestmark = pytest.mark.integration
+
+USERS = {"app": "redis_app_password", "admin": "redis_admin_password"}
+STATE = Path(".kbinfra") / "rotation.json"
+MAX_SECONDS = 300.0
+
+
+@pytest.fixture(scope="module")
+def stack(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    folder = tmp_path_factory.mktemp("rotation") / "stack"
+    deployment = new_deployment("local", folder, testbed, ["redis"], prefix="kbs")
+    applied = deployment.run("apply", "--yes", "-o", "json")
+    try:
+        assert applied.code == 0, applied.err
+        yield deployment
+    finally:
+        deployment.run("destroy", "--yes", "--delete-data", "--confirm-name", deployment.name)
+
+
+def secrets_of(stack: Deployment) -> dict[str, str]:
+    import yaml  # noqa: PLC0415
+
+    values: dict[str, str] = yaml.safe_load((stack.dir / "secrets.yaml").read_text())
+    return values
+
+
+def pending_new_values(stack: Deployment) -> dict[str, str]:
+    values: dict[str, str] = json.loads((stack.dir / STATE).read_text())["new"]
+    return values
+
+
+def logs_in(port: int, user: str, password: str) -> bool:
+    client = redis.Redis(host="127.0.0.1", port=port, username=user, password=password)
+    try:
+        return bool(client.ping())
+    except redis.AuthenticationError:
+        return False
+    finally:
+        client.close()
+
+
+class Client:
+    """Logs in as each user and sets and reads a key, a new connection each time, in a
+    thread, with the value it holds; :meth:`move` gives it the new ones."""
+
+    def __init__(self, port: int, held: dict[str, str]) -> None:
+        self.port = port
+        self.held = dict(held)
+        self.sent = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Client:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def move(self, new: dict[str, str]) -> None:
+        self.held = {user: new.get(USERS[user], held) for user, held in self.held.items()}
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        while not self._stop.is_set() and time.monotonic() - started < MAX_SECONDS:
+            for user, password in list(self.held.items()):
+                self.sent += 1
+                client = redis.Redis(
+                    host="127.0.0.1", port=self.port, username=user, password=password
+                )
+                try:
+                    key = f"rotation-{user}"
+                    client.set(key, str(self.sent))
+                    if client.get(key) is None:
+                        self.failures.append(f"{user}: the key it set is gone")
+                except redis.RedisError as error:
+                    self.failures.append(f"{user}: {type(error).__name__}: {error}")
+                finally:
+                    client.close()
+            time.sleep(0.02)
+
+    def report(self) -> str:
+        return f"{self.sent} requests, {len(self.failures)} failed: {self.failures[:5]}"
+
+
+def rotate_following(stack: Deployment, client: Client, *args: str, kill_after: str = "") -> Any:
+    """Run ``secrets rotate ARGS``, moving ``client`` when it moves the clients; with
+    ``kill_after``, kill -9 the process once that line is printed. Returns (code, stderr)."""
+    process = stack.popen("secrets", "rotate", *args)
+    assert process.stderr is not None
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if "phase moved:" in line:
+            client.move(pending_new_values(stack))
+        if kill_after and kill_after in line:
+            os.kill(process.pid, signal.SIGKILL)
+            break
+    code = process.wait(timeout=600)
+    out = process.stdout.read() if process.stdout else ""
+    text = "".join(lines)
+    shown = [*secrets_of(stack).values()]
+    if (stack.dir / STATE).exists():
+        shown += pending_new_values(stack).values()
+    for value in shown:
+        for part in value.split():
+            assert part not in text + out, "a secret value reached the output"
+    return code, text, out
+
+
+def redis_id(docker_client: docker.DockerClient, stack: Deployment) -> str:
+    found: str = docker_client.api.inspect_container(stack.container("redis"))["Id"]
+    return found
+
+
+def test_rotate_all_under_a_request_loop_fails_no_request_and_refuses_the_old_values(
+    stack: Deployment, docker_client: docker.DockerClient
+) -> None:
+    port = stack.port("redis")
+    old = secrets_of(stack)
+    before = redis_id(docker_client, stack)
+    started = datetime.now(UTC)
+    with Client(port, {user: old[secret] for user, secret in USERS.items()}) as client:
+        time.sleep(0.5)
+        code, err, out = rotate_following(stack, client, "--all", "--yes", "-o", "json")
+        time.sleep(0.5)
+    print(client.report())
+    assert code == 0, err
+    assert client.sent >= 20 and client.failures == [], client.report()
+    assert set(client.held.values()) != {old[s] for s in USERS.values()}  # it was moved
+    rotated = json.loads(out)["rotated"]
+    assert {*USERS.values(), "redis_exporter_password", "backup_hmac_key"} <= set(rotated)
+    assert "refresh your safe copy" in err
+    new = secrets_of(stack)
+    for user, secret in USERS.items():
+        assert new[secret] != old[secret]
+        assert not logs_in(port, user, old[secret]), f"{user}'s old password still opens Redis"
+        assert logs_in(port, user, new[secret])
+    assert new["backup_hmac_keys_previous"].split()[0] == old["backup_hmac_key"]
+    assert not (stack.dir / STATE).exists()
+    assert redis_id(docker_client, stack) == before  # reloaded in place, never recreated
+    listed = stack.run("secrets", "list", "-o", "json")
+    dates = {s["name"]: s["generated"] for s in listed.json()["secrets"]}
+    assert datetime.fromisoformat(dates["redis_app_password"]) >= started.replace(microsecond=0)
+    plan = stack.run("plan", "-o", "json")
+    assert plan.code == 0 and not plan.json()["changes"], plan.out
+
+
+def test_a_rotation_killed_midway_is_finished_by_a_rerun_and_apply_waits_for_it(
+    stack: Deployment,
+) -> None:
+    port = stack.port("redis")
+    old = secrets_of(stack)
+    with Client(port, {user: old[secret] for user, secret in USERS.items()}) as client:
+        code, err, _ = rotate_following(
+            stack, client, "redis_app_password", "--yes", kill_after="phase added done"
+        )
+        assert code == -signal.SIGKILL, err
+        state = json.loads((stack.dir / STATE).read_text())
+        assert state["phase"] == "added"
+        assert (stack.dir / STATE).stat().st_mode & 0o777 == 0o600
+        new_value = state["new"]["redis_app_password"]
+        # the overlap holds: both values open Redis while the rotation waits
+        assert logs_in(port, "app", old["redis_app_password"])
+        assert logs_in(port, "app", new_value)
+        refused = stack.run("apply", "--yes")
+        assert refused.code == 2
+        assert "apply: a rotation of redis_app_password is unfinished" in refused.err
+        code, err, _ = rotate_following(stack, client, "--yes")
+        assert code == 0, err
+        assert "it stopped at added" in err
+    print(client.report())
+    assert client.failures == [], client.report()
+    assert secrets_of(stack)["redis_app_password"] == new_value
+    assert not logs_in(port, "app", old["redis_app_password"])
+    assert logs_in(port, "app", new_value)
+    assert secrets_of(stack)["redis_admin_password"] == old["redis_admin_password"]
+
+
+# ------------------------------------------------- an offsite repository's restic password
+
+OFFSITE = "offsite_disk_password"
+SNAPSHOT_FILE = "rows.txt"
+
+
+def restic(
+    repository: Path, password: str, *args: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """restic itself on ``repository``, with ``password`` (by environment), no cache."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
+    env |= {"RESTIC_REPOSITORY": str(repository), "RESTIC_PASSWORD": password}
+    return subprocess.run(
+        ["restic", "--no-cache", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        check=False,
+    )
+
+
+def repository_keys(repository: Path, password: str) -> list[dict[str, Any]]:
+    listed = restic(repository, password, "key", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    keys: list[dict[str, Any]] = json.loads(listed.stdout)
+    return keys
+
+
+@pytest.fixture(scope="module")
+def offsite(stack: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real local restic repository configured as the stack's offsite ``disk``, holding one
+    kbinfra-tagged snapshot, made with the password secrets.yaml holds."""
+    import yaml  # noqa: PLC0415
+
+    root = tmp_path_factory.mktemp("offsite")
+    repository = root / "repo"
+    stack.edit(
+        lambda d: d["backup"].update({"offsite": [{"name": "disk", "repository": str(repository)}]})
+    )
+    path = stack.dir / "secrets.yaml"
+    password = fixed_secret(OFFSITE)
+    path.write_text(yaml.safe_dump({**secrets_of(stack), OFFSITE: password}))
+    data = root / "backup"
+    data.mkdir()
+    (data / SNAPSHOT_FILE).write_text("".join(f"row {i}\n" for i in range(1000)))
+    tags = ("--tag", "kbinfra", "--tag", f"stack={stack.name}")
+    for args in (("init",), ("backup", *tags, "backup")):
+        done = restic(repository, password, *args, cwd=root)
+        assert done.returncode == 0, done.stderr
+    return repository
+
+
+def assert_opens_only_with(repository: Path, password: str, refused: str, tmp: Path) -> None:
+    """The snapshot lists and restores with ``password``; restic refuses ``refused``; one
+    key is left."""
+    listed = restic(repository, password, "snapshots", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) == 1
+    restored = restic(repository, password, "restore", "latest", "--target", str(tmp))
+    assert restored.returncode == 0, restored.stderr
+    assert (tmp / "backup" / SNAPSHOT_FILE).read_text().startswith("row 0\nrow 1\n")
+    wrong = restic(repository, refused, "snapshots")
+    assert wrong.returncode != 0 and "wrong password" in wrong.stderr
+    assert len(repository_keys(repository, password)) == 1
+
+
+def test_an_offsite_password_rotates_through_restic_keys_and_the_snapshot_stays(
+    stack: Deployment, offsite: Path, tmp_path: Path
+) -> None:
+    old = secrets_of(stack)[OFFSITE]
+    code, err, out = rotate_following(
+        stack, Client(stack.port("redis"), {}), OFFSITE, "--yes", "-o", "json"
+    )
+    assert code == 0, err
+    assert json.loads(out)["rotated"] == [OFFSITE]
+    assert "restic key add" in err and "restic key remove" in err
+    assert "offsite disk: the new password opens it, the old one is refused" in err
+    assert "redis: reloaded" not in err  # no service reads it: nothing was applied
+    new = secrets_of(stack)[OFFSITE]
+    assert new != old and not (stack.dir / STATE).exists()
+    assert_opens_only_with(offsite, new, old, tmp_path)
+
+
+def test_an_offsite_rotation_killed_after_key_add_is_finished_by_a_rerun(
+    stack: Deployment, offsite: Path, tmp_path: Path
+) -> None:
+    old = secrets_of(stack)[OFFSITE]
+    client = Client(stack.port("redis"), {})
+    code, err, _ = rotate_following(stack, client, OFFSITE, "--yes", kill_after="restic key add")
+    assert code == -signal.SIGKILL, err
+    new = pending_new_values(stack)[OFFSITE]
+    assert secrets_of(stack)[OFFSITE] == old
+    # killed between key add and key remove: two keys, each opened by a value kbinfra holds
+    assert len(repository_keys(offsite, old)) == 2
+    assert len(repository_keys(offsite, new)) == 2
+    code, err, _ = rotate_following(stack, client, "--yes")
+    assert code == 0, err
+    assert "finishing the rotation of offsite_disk_password" in err
+    assert secrets_of(stack)[OFFSITE] == new
+    assert_opens_only_with(offsite, new, old, tmp_path)
