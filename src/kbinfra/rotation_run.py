@@ -16,9 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
-from kbinfra.errors import KbinfraError, SpecError
+from kbinfra.errors import KbinfraError
 from kbinfra.offsite.restic import OffsiteError
 from kbinfra.offsite.rotate import RepositoryKeys, offsite_passwords, offsite_refusals
 from kbinfra.registry import service_part
@@ -35,11 +33,11 @@ from kbinfra.rotation import (
     next_phase,
     view,
 )
+from kbinfra.rotation_state import read_state, state_path
 from kbinfra.secrets import (
     dump_secrets,
     generate_secret,
     record_secret_dates,
-    refuse_readable_by_others,
     remember_secret_values,
     secrets_path,
     write_private_file,
@@ -51,8 +49,6 @@ if TYPE_CHECKING:
     from kbinfra.stack import Stack
     from kbinfra.targets.base import Target
 
-STATE_FILE = Path(".kbinfra") / "rotation.json"
-
 
 class RotationFailedError(KbinfraError):
     """A step of the rotation failed: the state file keeps where it stopped (exit 1)."""
@@ -60,48 +56,8 @@ class RotationFailedError(KbinfraError):
     exit_code = 1
 
 
-def state_path(stack_dir: Path) -> Path:
-    return stack_dir / STATE_FILE
-
-
-def read_state(stack_dir: Path) -> RotationState | None:
-    """The unfinished rotation of the stack in ``stack_dir``, or None; a file others can read
-    or that is not a rotation state is refused (it holds secret values)."""
-    path = state_path(stack_dir)
-    if not path.is_file():
-        return None
-    refuse_readable_by_others(
-        path, "the rotation state file", ", then `kbinfra secrets rotate` to finish the rotation"
-    )
-    try:
-        state = RotationState.model_validate_json(path.read_bytes())
-    except (OSError, ValidationError):
-        raise SpecError(
-            "the rotation state file is not one kbinfra wrote",
-            where=str(path),
-            fix="put back the file kbinfra wrote; without it the rotation cannot be finished "
-            "(docs/operations.md, Secrets rotation)",
-        ) from None
-    remember_secret_values([*state.old.values(), *state.new.values()])
-    return state
-
-
 def write_state(stack_dir: Path, state: RotationState) -> None:
     write_private_file(state_path(stack_dir), state.model_dump_json(indent=2) + "\n")
-
-
-def refuse_while_rotating(stack_dir: Path, command: str) -> None:
-    """Stop ``command`` (apply, rollback, upgrade) while a rotation is unfinished: it would
-    deploy secrets.yaml's old values over the rotation's. The stack keeps serving meanwhile:
-    every client holds a value its store accepts."""
-    state = read_state(stack_dir)
-    if state is not None:
-        raise KbinfraError(
-            f"{command}: a rotation of {', '.join(state.names)} is unfinished (phase "
-            f"{state.phase}); nothing was changed",
-            where=str(state_path(stack_dir)),
-            fix="run `kbinfra secrets rotate` to finish it first",
-        )
 
 
 def rotatable_secrets(stack: Stack) -> set[str]:

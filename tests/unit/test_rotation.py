@@ -37,13 +37,11 @@ from kbinfra.rotation import (
 from kbinfra.rotation_run import (
     RotationFailedError,
     choose_secrets,
-    read_state,
-    refuse_while_rotating,
     rotatable_secrets,
     rotate,
-    state_path,
     write_state,
 )
+from kbinfra.rotation_state import read_state, refuse_while_rotating, state_path
 from kbinfra.secrets import dump_secrets, load_secret_dates, load_secrets, write_private_file
 from kbinfra.services.redis.service import acl_password_hash
 from kbinfra.stack import Stack, open_stack

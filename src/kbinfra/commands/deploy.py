@@ -279,7 +279,7 @@ def apply(
 ) -> None:
     """Create or update the stack's containers: health-gated, rolled back on failure."""
     from kbinfra.apply import apply_stack, plan_stack  # noqa: PLC0415
-    from kbinfra.rotation_run import refuse_while_rotating  # noqa: PLC0415
+    from kbinfra.rotation_state import refuse_while_rotating  # noqa: PLC0415
 
     console = Console(output)
     stack, where = open_stack_and_target(
@@ -861,7 +861,7 @@ def rollback(
         release_stack,
         restore_stack_file,
     )
-    from kbinfra.rotation_run import refuse_while_rotating  # noqa: PLC0415
+    from kbinfra.rotation_state import refuse_while_rotating  # noqa: PLC0415
 
     console = Console(output)
     stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
@@ -988,7 +988,7 @@ def upgrade(
 
     console = Console(output)
     stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
-    from kbinfra.rotation_run import refuse_while_rotating  # noqa: PLC0415
+    from kbinfra.rotation_state import refuse_while_rotating  # noqa: PLC0415
 
     refuse_while_rotating(stack.dir, "upgrade")
     named = stack.select(services or [], asked_as="upgrade")

@@ -124,7 +124,8 @@ def rotate_command(
     the new one proved, key remove of the old one's key): no apply, no snapshot rewritten.
     """
     from kbinfra.offsite.run import ssh_settings  # noqa: PLC0415
-    from kbinfra.rotation_run import choose_secrets, rotate, state_path  # noqa: PLC0415
+    from kbinfra.rotation_run import choose_secrets, rotate  # noqa: PLC0415
+    from kbinfra.rotation_state import state_path  # noqa: PLC0415
     from kbinfra.secrets import known_secrets_redactor  # noqa: PLC0415
     from kbinfra.stack_lock import stack_locked  # noqa: PLC0415
 
