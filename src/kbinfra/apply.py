@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from kbinfra.containers import DesiredService, Facts, ObservedContainer
-from kbinfra.errors import KbinfraError
+from kbinfra.errors import ApplyFailedError, KbinfraError
 from kbinfra.health_gate import BoundedAttempts, exec_command, wait_until_healthy
 from kbinfra.names import OLD_SUFFIX, network_name
 from kbinfra.plan import (
@@ -272,7 +272,7 @@ def repair(
         error = reload_balancers(engine, reloads)
         names = ", ".join(sorted(reloads))
         if error is not None:  # the old ones stay: they may still be all it sends to
-            raise KbinfraError(
+            raise ApplyFailedError(
                 f"{names} could not be reloaded onto the containers an interrupted apply "
                 f"left serving: {error}",
                 fix="fix what the line says, then apply again (nothing was removed)",

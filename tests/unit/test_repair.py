@@ -15,7 +15,7 @@ import pytest
 
 from kbinfra.apply import repair
 from kbinfra.containers import ObservedContainer
-from kbinfra.errors import KbinfraError
+from kbinfra.errors import ApplyFailedError
 from kbinfra.names import OLD_SUFFIX
 from kbinfra.service import Reload
 
@@ -86,7 +86,7 @@ def test_nginx_is_reloaded_onto_the_serving_replica_before_the_old_one_is_remove
 
 def test_a_failed_reload_removes_nothing_and_says_why() -> None:
     engine = RecordingEngine(reload_code=1)
-    with pytest.raises(KbinfraError) as failure:
+    with pytest.raises(ApplyFailedError) as failure:
         repair(
             engine,  # type: ignore[arg-type]
             containers=ROLLED,
