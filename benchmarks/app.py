@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -279,63 +278,43 @@ def part_medians(part_runs: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str
 TESTBED_SERVICES = ("postgres", "redis", "qdrant", "unstructured", "embeddings", "nginx")
 
 
-def _kbinfra(*args: str, timeout: float = 1800) -> str:
-    done = subprocess.run(
-        [*KBINFRA, *args], capture_output=True, text=True, check=False, timeout=timeout
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"kbinfra {args[0]} exited {done.returncode}: {done.stderr.strip()}")
-    return done.stdout
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextmanager
 def testbed_stack(images: Path, embeddings_image: str) -> Iterator[Path]:
-    """A stack with the reference app on the test bed's images, applied; destroyed after."""
-    with tempfile.TemporaryDirectory(prefix="kb-app-bench-") as parent:
-        folder = Path(parent) / "stack"
-        _kbinfra("init", "--profile", "minimum", "--images", str(images), "--dir", str(folder))
-        stack_file = folder / "kbinfra.yaml"
-        spec = yaml.safe_load(stack_file.read_text())
-        app_image = yaml.safe_load(images.read_text())["images"]["app"]
-        spec["name"] = f"kbbench{uuid.uuid4().hex[:6]}"
-        for name, settings in spec["services"].items():
-            settings["enabled"] = name in TESTBED_SERVICES
-            if settings.get("port"):
-                settings["port"] = _free_port()
-            if "grpc_port" in settings:
-                settings["grpc_port"] = None
-        nginx = spec["services"]["nginx"]
-        nginx["http_port"], nginx["https_port"] = _free_port(), _free_port()
+    """A stack with the reference app on the test bed's images, applied; destroyed after.
+    Made as the integration tests make theirs (tests/integration/stack_support.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for tests
+    from tests.integration.stack_support import (  # noqa: PLC0415
+        DOCUMENTS_WORKER,
+        app_deployment,
+    )
+    from tests.integration.testbed_support import Testbed  # noqa: PLC0415
+
+    mapped = yaml.safe_load(images.read_text())["images"]
+    local_only = Testbed(images, mapped, None, "", "")  # type: ignore[arg-type]
+
+    def for_the_load(data: dict[str, Any]) -> None:
         # one client address sends the whole load: nginx's default 10 r/s would be measured
+        nginx = data["services"]["nginx"]
         nginx["rate_limit_rps"], nginx["rate_limit_burst"] = 1000, 1000
-        spec["services"]["embeddings"]["image"] = embeddings_image
-        spec["app"] = {
-            "image": app_image,
-            "replicas": 2,
-            "migrate": ["migrate"],
-            "workers": [{"name": "documents", "command": ["worker"], "queues": ["documents"]}],
-        }
-        stack_file.write_text(yaml.safe_dump(spec, sort_keys=False))
-        _kbinfra("init", "--dir", str(folder))  # the app tier's secrets
-        note(f"applying stack {spec['name']} (minutes on 2 cores)")
-        applied = time.monotonic()
-        _kbinfra("apply", "--yes", "--allow-oversized-profile", "--dir", str(folder))
-        note(f"applied in {time.monotonic() - applied:.0f} s")
+        data["services"]["embeddings"]["image"] = embeddings_image
+
+    with tempfile.TemporaryDirectory(prefix="kb-app-bench-") as parent:
+        app = {"replicas": 2, "migrate": ["migrate"], "workers": [DOCUMENTS_WORKER]}
+        stack = app_deployment(
+            "local", Path(parent) / "stack", local_only, TESTBED_SERVICES, app,
+            prefix="kbbench", configure=for_the_load,
+        )  # fmt: skip
+        note(f"applying stack {stack.name} (minutes on 2 cores)")
+        started = time.monotonic()
+        applied = stack.run("apply", "--yes", "--allow-oversized-profile", timeout=1800)
+        if applied.code != 0:
+            raise SystemExit(f"kbinfra apply exited {applied.code}: {applied.err.strip()}")
+        note(f"applied in {time.monotonic() - started:.0f} s")
         try:
-            yield folder
+            yield stack.dir
         finally:
-            note(f"destroying stack {spec['name']}")
-            _kbinfra(
-                "destroy", "--yes", "--delete-data", "--confirm-name", spec["name"],
-                "--dir", str(folder),
-            )  # fmt: skip
+            note(f"destroying stack {stack.name}")
+            stack.run("destroy", "--yes", "--delete-data", "--confirm-name", stack.name)
 
 
 def spread(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> str:

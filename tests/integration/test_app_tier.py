@@ -2,8 +2,9 @@
 replicas, 1 Celery worker) applied with the stack; documents uploaded through nginx over HTTPS
 are partitioned, embedded and found again by search; check passes with the app's rows; bench
 measures the API through nginx. Locally also: status lists the replicas; Prometheus has the
-app's series from every replica and its alert rules evaluate on them; backup → wipe → restore
-leaves every document searchable.
+app's series from every replica and its alert rules evaluate on them; a worker replaced
+while its task runs finishes it (Celery's warm shutdown); backup → wipe → restore leaves every
+document searchable.
 
 One stack per target is shared by the tests of this module (applying it takes minutes on 2
 cores); the tests marked ``LOCAL_ONLY`` run on the local one, the backup test last (it wipes
