@@ -48,7 +48,7 @@ from typing import Any
 import httpx
 import yaml
 
-KBINFRA = [sys.executable, "-c", "from kbinfra.cli import main; main()"]
+KBINFRA = [sys.executable, "-c", "from kbinfra.entry import main; main()"]
 WORDS = (
     "vector", "index", "shard", "replica", "payload", "segment", "query", "tenant", "invoice",
     "contract", "policy", "engine", "cluster", "backup", "restore", "latency", "budget",

@@ -53,7 +53,7 @@ from typing import Any
 
 import yaml
 
-KBINFRA = [sys.executable, "-c", "from kbinfra.cli import main; main()"]
+KBINFRA = [sys.executable, "-c", "from kbinfra.entry import main; main()"]
 REPO = Path(__file__).resolve().parents[1]
 PEER_DIR = REPO.parent / "shared" / "peer-pyinfra"
 PEER_VENV = REPO / "benchmarks" / ".peer-venv"

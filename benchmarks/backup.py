@@ -39,7 +39,7 @@ import psycopg
 import redis
 import yaml
 
-KBINFRA = [sys.executable, "-c", "from kbinfra.cli import main; main()"]
+KBINFRA = [sys.executable, "-c", "from kbinfra.entry import main; main()"]
 MB = 1_000_000
 DATA_SERVICES = ("postgres", "qdrant", "redis")
 ROW_BYTES = 8192  # 512 md5 digests: incompressible, as pg_dump -Fc compresses

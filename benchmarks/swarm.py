@@ -1,7 +1,8 @@
 """Time `kbinfra apply` on the three-node Swarm test bed next to the same stack on one host.
 
-The stack is the one tests/integration/test_swarm_cli.py applies: PostgreSQL and Redis
-(pinned on a Swarm), nginx (two replicas), the PostgreSQL and Redis exporters. For each
+The stack is the one tests/integration/test_swarm_cli.py applies, without its Qdrant (kept
+comparable with earlier runs): PostgreSQL and Redis (pinned on a Swarm), nginx (two
+replicas), the PostgreSQL and Redis exporters. For each
 target — the Swarm of --nodes, and the local engine — and each of --runs rounds: the stack
 is applied from nothing (cold: services, secrets, configs, network; on a Swarm the Swarm
 itself and the images on the nodes are there after the first round, which is reported on
@@ -10,11 +11,17 @@ is changed and applied (one-service change); then destroyed with its data. Every
 the real CLI (`kbinfra apply --yes --output json`), timed wall-clock from here. The nodes
 leave any Swarm first (through their sockets: this is for the test bed only).
 
-Then, on the Swarm with the stack applied, node loss: the node that runs the PostgreSQL
-exporter's task (stateless, one replica) has its dockerd stopped (`scripts/testbed cluster
-node stop`), and the time until Swarm runs a new task of it on another node is measured
-(read from a live manager's socket every 0.2 s); the node is started again and the stack
-converged before the next of --losses rounds.
+Then node loss, on a Swarm of its own: the nodes leave the Swarm, and the stack is applied
+with the node file's last node as a *worker* (the others managers, holding the pinned
+stores), so that stopping it never takes a manager, let alone the first one (stopping the
+first manager once left a cluster without a Raft leader). The worker runs a task of a
+stateless service (an exporter or nginx: the first of LOSS_CANDIDATES it runs); its
+dockerd is stopped (`scripts/testbed cluster node stop`), and the time until Swarm runs a
+new task of that service on another node is measured (read from the first manager's
+socket every 0.2 s); the worker is started again and the stack converged before the next
+of --losses rounds, and the exporters are force-updated so that one runs on the worker
+again (nothing moves back by itself). A round whose worker runs no stateless task is
+skipped, and says so: no other node is ever stopped.
 
 Prints a table (case x target: median, min-max, n, and Swarm / one host) and the load
 average; progress goes to stderr. Never an assertion on time.
@@ -41,12 +48,13 @@ from typing import Any
 
 import yaml
 
-KBINFRA = [sys.executable, "-c", "from kbinfra.cli import main; main()"]
+KBINFRA = [sys.executable, "-c", "from kbinfra.entry import main; main()"]
 REPO = Path(__file__).resolve().parents[1]
 SERVICES = ("postgres", "redis", "nginx", "postgres-exporter", "redis-exporter")
 #: The test bed declares 20 GB per node; the minimum profile's PostgreSQL alone asks 80.
 ROOMY_STORAGE_GB = 500.0
-LOST_SERVICE = "postgres-exporter"
+#: Stateless services whose task on the worker may be lost, in the order they are chosen.
+LOSS_CANDIDATES = ("postgres-exporter", "redis-exporter", "nginx")
 COLD, FIRST, NOOP, CHANGE, LOSS = (
     "cold apply",
     "first apply (Swarm created; images copied where lacking)",
@@ -80,8 +88,11 @@ def _edit(folder: Path, change: Callable[[dict[str, Any]], None]) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-def _stack(folder: Path, images: Path, env: Mapping[str, str], nodes: Path | None) -> str:
-    """``kbinfra init`` of the stack into ``folder`` (a Swarm one with ``nodes``)."""
+def _stack(
+    folder: Path, images: Path, env: Mapping[str, str], nodes: Path | None, *, worker: bool = False
+) -> str:
+    """``kbinfra init`` of the stack into ``folder`` (a Swarm one with ``nodes``); ``worker``:
+    the last node is a worker and the pinned stores are on the managers."""
     init = [*KBINFRA, "init", "--profile", "minimum", "--images", str(images)]
     where = ["--target", "swarm", "--nodes", str(nodes)] if nodes else []
     _run([*init, *where, "--dir", str(folder)], env)
@@ -101,6 +112,12 @@ def _stack(folder: Path, images: Path, env: Mapping[str, str], nodes: Path | Non
             first = data["swarm"]["nodes"][0]["address"]
             # nginx resolves its upstream when it starts: an address the nodes know.
             data["app"]["upstream"] = first.rsplit("@", 1)[1].rsplit(":", 1)[0] + ":8000"
+        if nodes is not None and worker:
+            *managers, last = data["swarm"]["nodes"]
+            last["role"] = "worker"
+            placed = data["swarm"]["services"]
+            for store, manager in zip(("redis", "postgres"), managers, strict=False):
+                placed[store] = {"placement": {"nodes": [manager["name"]]}}
 
     _edit(folder, configure)
     return name
@@ -131,11 +148,28 @@ def _destroy(folder: Path, name: str, env: Mapping[str, str]) -> None:
 
 def leave_swarm(nodes: Path) -> None:
     """The test bed's nodes out of any Swarm (the first manager last), through their sockets:
-    the first Swarm round then creates it, as a user's first apply does."""
+    the first Swarm round then creates it, as a user's first apply does; the test modules
+    find the nodes in no Swarm after the benchmark."""
     import docker  # noqa: PLC0415
     import docker.errors  # noqa: PLC0415
 
-    for socket_url in reversed(list(_node_sockets(nodes).values())):
+    sockets = list(_node_sockets(nodes).values())
+    first = docker.DockerClient(base_url=sockets[0])
+    try:
+        # The other managers demoted first, by the first one while it leads: a manager that
+        # force-leaves a Swarm of two takes the other's quorum with it, and a leaderless
+        # manager cannot leave (`swarm leave --force` answers "does not have a leader").
+        leading = first.info()["Swarm"].get("ControlAvailable")
+        for node in first.api.nodes() if leading else []:
+            spec, status = node["Spec"], node.get("ManagerStatus") or {}
+            if spec.get("Role") == "manager" and not status.get("Leader"):
+                demoted = {**spec, "Role": "worker"}
+                first.api.update_node(node["ID"], node["Version"]["Index"], demoted)
+    except docker.errors.APIError as error:
+        progress(f"swarm: could not demote the other managers: {error}")
+    finally:
+        first.close()
+    for socket_url in reversed(sockets):
         client = docker.DockerClient(base_url=socket_url)
         try:
             client.swarm.leave(force=True)
@@ -189,43 +223,79 @@ def _running_nodes(client: Any, service: str) -> list[str]:
     )
 
 
+def _worker_task(client: Any, name: str, worker: str) -> str | None:
+    """The first of LOSS_CANDIDATES with a running task on ``worker``, as a Swarm service."""
+    for candidate in LOSS_CANDIDATES:
+        if worker in _running_nodes(client, f"{name}_{candidate}"):
+            return f"{name}_{candidate}"
+    return None
+
+
+def _back_onto(client: Any, name: str, worker: str) -> None:
+    """After the worker returns nothing moves back by itself: force-update the candidates'
+    services (test bed only) until one has its task on the worker again, the emptiest node."""
+    for candidate in LOSS_CANDIDATES[:2]:  # the exporters: one replica each
+        service = f"{name}_{candidate}"
+        client.services.get(service).force_update()
+        begun = time.monotonic()
+        while time.monotonic() - begun < 120:
+            time.sleep(1.0)
+            running = _running_nodes(client, service)
+            tasks = client.api.tasks(filters={"service": service, "desired-state": "running"})
+            if len(running) == 1 and len(tasks) == 1:
+                break
+        if worker in _running_nodes(client, service):
+            return
+
+
+def _role(client: Any, hostname: str) -> str:
+    for node in client.api.nodes():
+        if node["Description"]["Hostname"] == hostname:
+            return str(node["Spec"]["Role"])
+    return "unknown"
+
+
 def measure_loss(images: Path, env: Mapping[str, str], nodes: Path, losses: int) -> list[float]:
     import docker  # noqa: PLC0415
 
     sockets = _node_sockets(nodes)
+    first_manager, *_, worker = list(sockets)
     testbed = [str(REPO / "scripts" / "testbed"), "cluster", "node"]
     seconds: list[float] = []
+    leave_swarm(nodes)  # the rounds' Swarm has three managers: this one gets a worker
     with tempfile.TemporaryDirectory(prefix="kbinfra-swarm-loss-") as scratch:
         folder = Path(scratch) / "kb"
-        name = _stack(folder, images, env, nodes)
+        name = _stack(folder, images, env, nodes, worker=True)
         _apply(folder, env)
-        service = f"{name}_{LOST_SERVICE}"
+        manager = docker.DockerClient(base_url=sockets[first_manager])  # never stopped
         try:
             for _ in range(losses):
-                anywhere = docker.DockerClient(base_url=next(iter(sockets.values())))
-                lost = _running_nodes(anywhere, service)[0]
-                anywhere.close()
-                manager = docker.DockerClient(
-                    base_url=next(s for n, s in sockets.items() if n != lost)
-                )
-                subprocess.run([*testbed, "stop", lost], check=True, capture_output=True)
+                if _role(manager, worker) != "worker":
+                    raise SystemExit(f"{worker} is not a worker: not stopping it")
+                service = _worker_task(manager, name, worker)
+                if service is None:
+                    progress(f"swarm: no stateless task on the worker {worker}: round skipped")
+                    continue
+                subprocess.run([*testbed, "stop", worker], check=True, capture_output=True)
                 begun = time.monotonic()
                 while True:
                     running = _running_nodes(manager, service)
-                    if running and lost not in running:
+                    wanted = 2 if service.endswith("_nginx") else 1
+                    if len(running) >= wanted and worker not in running:
                         break
                     if time.monotonic() - begun > 300:
-                        raise SystemExit(f"{service} not rescheduled off {lost} in 300 s")
+                        raise SystemExit(f"{service} not rescheduled off {worker} in 300 s")
                     time.sleep(0.2)
                 seconds.append(time.monotonic() - begun)
-                progress(
-                    f"swarm: {LOST_SERVICE} off {lost} onto {running[0]} in {seconds[-1]:.1f}s"
-                )
-                manager.close()
-                subprocess.run([*testbed, "start", lost], check=True, capture_output=True)
+                moved = ", ".join(running)
+                progress(f"swarm: {service} off {worker} onto {moved} in {seconds[-1]:.1f}s")
+                subprocess.run([*testbed, "start", worker], check=True, capture_output=True)
                 _apply(folder, env)  # converged again (apply waits for every service)
+                _back_onto(manager, name, worker)
         finally:
+            manager.close()
             _destroy(folder, name, env)
+            leave_swarm(nodes)  # as found: a Swarm of two managers is fragile to leave
     return seconds
 
 

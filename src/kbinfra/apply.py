@@ -915,6 +915,7 @@ def apply_stack(
     progress: Progress = SILENT,
     expect: Callable[[Observation], None] | None = None,
     rollback_to: Release | None = None,
+    stack_file: str | None = None,
 ) -> ApplyResult:
     """Bring the target to the desired state; the result says what happened to each service.
 
@@ -923,6 +924,8 @@ def apply_stack(
     to stop the apply there (a plan file made against another state).
     ``rollback_to``: ``stack`` is that release's; each image reference is put back on the
     release's image id under the lock, before anything is observed.
+    ``stack_file``: the text ``stack`` was made of, when kbinfra.yaml does not hold it yet
+    (an upgrade writes it only once the apply converged): what the release records.
 
     An apply that changes something records a release on the target (:mod:`kbinfra.releases`).
     """
@@ -977,7 +980,14 @@ def apply_stack(
         )
         if worth_recording(outcome):
             outcome.release = _record_release(
-                stack, engine, store, seen, outcome, rollback_to=rollback_to, only=only
+                stack,
+                engine,
+                store,
+                seen,
+                outcome,
+                rollback_to=rollback_to,
+                only=only,
+                stack_file=stack_file,
             )
             if outcome.release is None:
                 outcome.notes.append("no release was recorded: the target's record is unreadable")
@@ -1008,6 +1018,7 @@ def _record_release(
     *,
     rollback_to: Release | None,
     only: Collection[str],
+    stack_file: str | None = None,
 ) -> int | None:
     """Append this apply to the target's releases; its number, or None when the record
     there is unreadable (left as it is: the apply itself is done)."""
@@ -1019,7 +1030,7 @@ def _record_release(
         return None
     if rollback_to is not None:
         stack_file = rollback_to.stack_file
-    else:
+    elif stack_file is None:
         stack_file = (stack.dir / STACK_FILE).read_text(encoding="utf-8")
     release = new_release(
         number=releases[-1].number + 1 if releases else 1,
@@ -1100,4 +1111,5 @@ def destroy_stack(
             result.files_removed += 1
         if delete_data:
             store.remove(RELEASES_FILE)  # without --delete-data, history outlives the stack
+            store.remove_folder_if_empty()  # over SSH, no empty folder left on the host
     return result

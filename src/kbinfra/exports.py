@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from kbinfra.containers import DROPPED_CAPABILITIES, SECURITY_OPTIONS, claim_command
 from kbinfra.names import container_name, network_name
 from kbinfra.service import ContainerSpec, FileMount, RenderedFile
+from kbinfra.spec.values import parse_ssh_target
 from kbinfra.spec.yamlfile import dump_yaml
 from kbinfra.templating import environment
 
@@ -33,6 +34,20 @@ def ssh_port(stack: Stack) -> int:
     """The port the target's sshd listens on: the ssh:// target's, else the default 22."""
     parts = stack.spec.ssh_parts()
     return parts[2] if parts is not None else 22
+
+
+def swarm_firewall_variables(stack: Stack) -> dict[str, list[Any]]:
+    """A Swarm stack's nodes, for firewall.sh: each node's address (what it advertises to the
+    others, so the Swarm ports are opened to those alone) and every node's SSH port (the
+    script is the same on every node). Empty lists for one host."""
+    swarm = stack.spec.swarm
+    if swarm is None:
+        return {"swarm_peers": [], "swarm_ssh_ports": []}
+    addresses = [parse_ssh_target(node.address) for node in swarm.nodes]
+    return {
+        "swarm_peers": sorted({address.host for address in addresses}),
+        "swarm_ssh_ports": sorted({address.port for address in addresses} - {ssh_port(stack)}),
+    }
 
 
 def owned_folders(spec: ContainerSpec) -> dict[str, list[FileMount]]:
@@ -225,6 +240,7 @@ def stack_files(stack: Stack) -> list[RenderedFile]:
         "ssh_port": ssh_port(stack),
         "public_ports": sorted({port for ip, port in published if ip != "127.0.0.1"}),
         "internal_ports": sorted({port for ip, port in published if ip == "127.0.0.1"}),
+        **swarm_firewall_variables(stack),
     }
     unit = environment().get_template("_stack/kbinfra.service.j2").render(variables)
     firewall = environment().get_template("_stack/firewall.sh.j2").render(variables)

@@ -10,7 +10,10 @@ file is kept only as its hash.
 ``kbinfra rollback N`` re-renders release N's stack file with release N's profile and the
 *current* secrets and TLS files (a secret is never rolled back: an old one may be revoked),
 puts each image reference back on release N's image id, and applies that through the same
-health-gated path as ``apply``. Data is never rolled back: restore is for data.
+health-gated path as ``apply``. Data is never rolled back: restore is for data. So a release
+whose service kept its data on another volume than today's (before ``kbinfra upgrade`` moved
+PostgreSQL to a new major version's volume) is refused: returning to it would serve the data
+as it was on the old volume, not today's (:func:`refuse_data_volume_moves`).
 
 The record is untrusted input when read (anyone who can write the target's stack folder can
 write it): it is validated by type, bounded in size, and its stack file is validated like
@@ -300,6 +303,38 @@ def release_stack(stack: Stack, release: Release) -> Stack:
             fix="the record was changed by hand: apply instead",
         ) from None
     return stack_of(stack.dir, spec, doc, profile)
+
+
+def data_volume_moves(then: Stack, now: Stack) -> dict[str, tuple[str, str]]:
+    """Service -> (its data volumes in ``then``, in ``now``), for each service whose data
+    volumes differ between the two stacks."""
+    moved: dict[str, tuple[str, str]] = {}
+    for name, spec in now.containers.items():
+        before = then.containers.get(name)
+        if before is None:
+            continue
+        old = sorted(v.volume for v in before.volumes if v.data)
+        new = sorted(v.volume for v in spec.volumes if v.data)
+        if old != new:
+            moved[name] = (", ".join(old) or "none", ", ".join(new) or "none")
+    return moved
+
+
+def refuse_data_volume_moves(release: Release, moves: Mapping[str, tuple[str, str]]) -> None:
+    """Stop a rollback to ``release`` before anything changes when a service's data moved
+    to another volume since (an upgrade across a PostgreSQL major version)."""
+    if not moves:
+        return
+    service, (then, now) = next(iter(sorted(moves.items())))
+    raise KbinfraError(
+        f"release {release.number} ran {service} on volume {then}, today it runs on {now} "
+        "(an upgrade moved its data): a rollback never moves data, so it does not go back "
+        "across that; nothing was changed",
+        fix=f"to go back to the data as it was at the upgrade (kept on {then}): put release "
+        f"{release.number}'s services.{service} image and volume back in kbinfra.yaml and "
+        f"`kbinfra apply`; what was written since is only on {now} "
+        "(docs/operations.md, Upgrades)",
+    )
 
 
 def restore_stack_file(stack_dir: Path, text: str) -> bool:

@@ -96,6 +96,7 @@ def bring_up_testbed() -> Testbed:
         ),
         up_log=proc.stderr,
         base_image=str(state.get("base_image") or ""),
+        recipe_images={str(k): str(v) for k, v in (state.get("recipe_images") or {}).items()},
     )
 
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import select
+import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -27,6 +30,8 @@ except ImportError:  # pragma: no cover - plain modules
     from testbed_support import Testbed  # type: ignore[no-redef]
 
 SECRET_MARK = "TESTSECRET"
+#: How long a followed log or a command on a terminal may take to show what is awaited.
+WAIT_S = 60.0
 KBINFRA = [sys.executable, "-c", "from kbinfra.cli import main; main()"]
 
 
@@ -102,6 +107,21 @@ class Deployment:
 
     def container(self, service: str) -> str:
         return f"{self.name}-{service}"
+
+    def postgres(self, database: str = "kb", user: str = "kb", password: str | None = None) -> Any:
+        """A psycopg connection (autocommit) to the stack's PostgreSQL on its loopback port,
+        as the stack's user unless told."""
+        import psycopg  # noqa: PLC0415
+
+        return psycopg.connect(
+            host="127.0.0.1",
+            port=self.port("postgres"),
+            user=user,
+            password=password or fixed_secret("postgres_password"),
+            dbname=database,
+            autocommit=True,
+            connect_timeout=20,
+        )
 
 
 def new_deployment(
@@ -219,3 +239,61 @@ def build_image(client: Any, dockerfile: str, tag: str) -> str:
     id. No registry can be reached: a test's own image variant is built from a test bed one."""
     image, _ = client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
     return str(image.id)
+
+
+# ---------------------------------------------------------------- followed output, terminals
+def read_until(process: subprocess.Popen[str], wanted: list[str]) -> str:
+    """stdout lines of ``process`` until every one of ``wanted`` was seen (a follow)."""
+    assert process.stdout is not None
+    seen = ""
+    deadline = time.monotonic() + WAIT_S
+    while not all(w in seen for w in wanted):
+        assert time.monotonic() < deadline, f"not followed within {WAIT_S}s: {seen!r}"
+        ready, _, _ = select.select([process.stdout], [], [], 1.0)
+        if ready:
+            line = process.stdout.readline()
+            assert line, f"the follow ended early: {seen!r}"
+            seen += line
+    return seen
+
+
+def reap(pid: int) -> int:
+    """The child's exit code; one that has not exited by then is killed (the test fails)."""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError(f"still running after {WAIT_S}s: killed")
+
+
+def read_terminal(fd: int) -> str:
+    """Everything the child writes to its terminal until it closes it."""
+    seen = b""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1.0)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(fd)
+    return seen.decode("utf-8", "replace")
+
+
+def interrupt_follow(process: subprocess.Popen[str]) -> tuple[str, str]:
+    """Ctrl-C to a ``kbinfra logs -f``: it must end with exit 130, no traceback and no
+    secret in what it printed; its stdout and stderr."""
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and SECRET_MARK not in out + err
+    return out, err

@@ -206,11 +206,15 @@ class Traffic:
 
 
 def apply_with_traffic(
-    deployment: Deployment, client: docker.DockerClient, *extra: str
+    deployment: Deployment,
+    client: docker.DockerClient,
+    *extra: str,
+    command: tuple[str, ...] = APPLY,
 ) -> tuple[Any, Traffic]:
+    """``command`` (an apply by default) run while :class:`Traffic` sends requests."""
     with Traffic(deployment, client) as traffic:
-        time.sleep(1)  # requests before the apply starts, too
-        applied = deployment.run(*APPLY, *extra, timeout=900)
+        time.sleep(1)  # requests before the command starts, too
+        applied = deployment.run(*command, *extra, timeout=900)
         time.sleep(1)
     print(traffic.report())
     assert traffic.sent >= 20, traffic.report()
@@ -219,6 +223,31 @@ def apply_with_traffic(
 
 def outcomes(applied: Any) -> dict[str, dict[str, Any]]:
     return {r["service"]: r for r in applied.json()["services"]}
+
+
+def assert_rolled_one_at_a_time(
+    deployment: Deployment, traffic: Traffic, after: dict[str, str]
+) -> None:
+    """Never two old replicas at once, and one replica done before the next one started
+    (``after``: replica → its new container id), as the client's snapshots saw them."""
+    olds = [sum(1 for name in snap if name.endswith(".kbinfra-old")) for snap in traffic.snapshots]
+    assert max(olds, default=0) <= 1, olds
+    done_at = {
+        replica: next(
+            i
+            for i, snap in enumerate(traffic.snapshots)
+            if snap.get(deployment.container(replica)) == after[replica]
+            and f"{deployment.container(replica)}.kbinfra-old" not in snap
+        )
+        for replica in after
+    }
+    first, second = sorted(done_at, key=done_at.__getitem__)
+    started_second = next(
+        i
+        for i, snap in enumerate(traffic.snapshots)
+        if snap.get(deployment.container(second)) == after[second]
+    )
+    assert done_at[first] <= started_second, (done_at, started_second)
 
 
 def replica_ids(client: docker.DockerClient, deployment: Deployment) -> dict[str, str]:
@@ -412,25 +441,7 @@ def test_a_new_image_rolls_replica_by_replica_without_a_failed_request(
     assert container_id(docker_client, deployed.container("nginx")) == nginx
     assert container_id(docker_client, deployed.container("worker-documents-1")) != worker
 
-    # one at a time: never two old replicas at once, and one replica done before the next
-    olds = [sum(1 for name in snap if name.endswith(".kbinfra-old")) for snap in traffic.snapshots]
-    assert max(olds, default=0) <= 1, olds
-    done_at = {
-        replica: next(
-            i
-            for i, snap in enumerate(traffic.snapshots)
-            if snap.get(deployed.container(replica)) == after[replica]
-            and f"{deployed.container(replica)}.kbinfra-old" not in snap
-        )
-        for replica in after
-    }
-    first, second = sorted(done_at, key=done_at.__getitem__)
-    started_second = next(
-        i
-        for i, snap in enumerate(traffic.snapshots)
-        if snap.get(deployed.container(second)) == after[second]
-    )
-    assert done_at[first] <= started_second, (done_at, started_second)
+    assert_rolled_one_at_a_time(deployed, traffic, after)
 
     again = deployed.run("plan")
     assert again.code == 0, again.out + again.err
@@ -501,3 +512,42 @@ def test_an_image_whose_health_check_fails_keeps_the_old_release_serving(
     logs = results[failed[0]]["logs"]
     assert logs and not any(f"{address}:" in line for line in logs), logs
     assert traffic.failures == [], traffic.report()
+
+
+def test_a_rollback_rolls_back_to_the_old_image_without_a_failed_request(
+    deployed: Deployment, docker_client: docker.DockerClient, releases: dict[str, str]
+) -> None:
+    # The tests before leave release "next" serving (and kbinfra.yaml naming the broken
+    # image): roll back to the newest complete release of the first image on two replicas.
+    first_id = docker_client.images.get(releases["first"]).id
+    recorded = deployed.run("history", "-o", "json")
+    assert recorded.code == 0, recorded.err
+    back_to = next(
+        r
+        for r in recorded.json()["releases"]
+        if not r["failed"]
+        and r["images"].get("app-1", {}).get("id") == first_id
+        and "app-2" in r["images"]
+    )
+    before = replica_ids(docker_client, deployed)
+    for replica in before.values():
+        assert docker_client.containers.get(replica).image.id != first_id
+    nginx = container_id(docker_client, deployed.container("nginx"))
+
+    rollback = ("rollback", str(back_to["release"]), "--yes", "--output", "json")
+    rolled, traffic = apply_with_traffic(deployed, docker_client, command=rollback)
+    assert rolled.code == 0, rolled.out + rolled.err
+    assert traffic.failures == [], traffic.report()
+    after = replica_ids(docker_client, deployed)
+    for replica in before:
+        assert after[replica] != before[replica], f"{replica} was not replaced"
+        assert docker_client.containers.get(after[replica]).image.id == first_id
+        assert outcomes(rolled)[replica]["outcome"] == "recreated"
+    assert_rolled_one_at_a_time(deployed, traffic, after)
+    assert container_id(docker_client, deployed.container("nginx")) == nginx
+
+    newest = deployed.run("history", "-o", "json").json()["releases"][0]
+    assert newest["rollback_of"] == back_to["release"], newest
+    assert newest["images"]["app-1"]["id"] == first_id
+    again = deployed.run("plan")
+    assert again.code == 0, again.out + again.err

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import stat
@@ -29,11 +30,11 @@ from kbinfra.targets.engine import Engine
 try:  # a package when tests/ has __init__.py files, plain modules otherwise
     from .stack_support import KBINFRA, SECRET_MARK, fixed_secret, free_port
     from .stack_support import Deployment as StackDeployment
-    from .testbed_support import SSHTarget
+    from .testbed_support import SSHTarget, Testbed
 except ImportError:
     from stack_support import KBINFRA, SECRET_MARK, fixed_secret, free_port  # type: ignore[no-redef]
     from stack_support import Deployment as StackDeployment  # type: ignore[no-redef]
-    from testbed_support import SSHTarget  # type: ignore[no-redef]
+    from testbed_support import SSHTarget, Testbed  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.integration
 
@@ -434,7 +435,7 @@ def test_kill_midway_then_apply_converges(deployment: Deployment) -> None:
     assert _psql(deployment, "show max_connections") == "66"
 
 
-def test_destroy_keeps_data_unless_confirmed(deployment: Deployment) -> None:
+def test_destroy_keeps_data_unless_confirmed(deployment: Deployment, testbed: Testbed) -> None:
     assert deployment.run("apply", "--yes").code == 0
     volume = f"{deployment.name}-postgres-data"
     assert deployment.run("destroy", "--yes").code == 0
@@ -447,6 +448,12 @@ def test_destroy_keeps_data_unless_confirmed(deployment: Deployment) -> None:
     assert _docker("volume", "inspect", volume)
     gone = deployment.run("destroy", "--yes", "--delete-data", "--confirm-name", deployment.name)
     assert gone.code == 0, gone.err
+    # no folder of the stack is left where its files were deployed (over SSH: the user's home)
+    if deployment.kind == "ssh":
+        deployed = Path(pwd.getpwnam(testbed.ssh.user).pw_dir) / ".kbinfra" / deployment.name
+    else:
+        deployed = deployment.dir / ".kbinfra" / "deployed"
+    assert deployed.parent.is_dir() and not deployed.exists()
     assert subprocess.run(
         ["docker", "volume", "inspect", volume], capture_output=True, check=False
     ).returncode

@@ -60,14 +60,8 @@ def stack(
 
 # ---------------------------------------------------------------- clients
 def pg(stack: Deployment, database: str = "kb") -> psycopg.Connection[Any]:
-    return psycopg.connect(
-        host="127.0.0.1",
-        port=stack.port("postgres"),
-        user="kb",
-        password=fixed_secret("postgres_password"),
-        dbname=database,
-        autocommit=True,
-    )
+    connection: psycopg.Connection[Any] = stack.postgres(database)
+    return connection
 
 
 def qdrant(stack: Deployment) -> httpx.Client:

@@ -420,25 +420,38 @@ class Containers:
         labels: dict[str, str] | None = None,
         hardening: dict[str, Any] | None = None,
     ) -> Any:
-        container = self.client.containers.create(
-            image,
-            command=command,
-            environment=environment or {},
-            ports=ports or {},
-            labels=labels or {},
-            name=f"kbt-weak-{uuid.uuid4().hex[:8]}",
-            **(hardening or {}),
-        )
-        self.started.append(container)
-        for path, (data, mode, uid) in (files or {}).items():
-            archive = io.BytesIO()
-            with tarfile.open(fileobj=archive, mode="w") as tar:
-                info = tarfile.TarInfo(path.lstrip("/"))
-                info.size, info.mode, info.uid, info.gid = len(data), mode, uid, uid
-                tar.addfile(info, io.BytesIO(data))
-            container.put_archive("/", archive.getvalue())
-        container.start()
-        return container
+        # A port Docker picks itself can be held by a process Docker does not know (another
+        # run's ssh forward on this shared machine): then the start fails with "address
+        # already in use". The container is removed at once (a created container's 0.0.0.0
+        # binding would fail the next test's checks) and made again, on another port.
+        for attempt in range(3):
+            container = self.client.containers.create(
+                image,
+                command=command,
+                environment=environment or {},
+                ports=ports or {},
+                labels=labels or {},
+                name=f"kbt-weak-{uuid.uuid4().hex[:8]}",
+                **(hardening or {}),
+            )
+            self.started.append(container)
+            for path, (data, mode, uid) in (files or {}).items():
+                archive = io.BytesIO()
+                with tarfile.open(fileobj=archive, mode="w") as tar:
+                    info = tarfile.TarInfo(path.lstrip("/"))
+                    info.size, info.mode, info.uid, info.gid = len(data), mode, uid, uid
+                    tar.addfile(info, io.BytesIO(data))
+                container.put_archive("/", archive.getvalue())
+            try:
+                container.start()
+            except docker.errors.APIError as error:
+                container.remove(force=True, v=True)
+                self.started.remove(container)
+                if "address already in use" not in str(error) or attempt == 2:
+                    raise
+                continue
+            return container
+        raise AssertionError("unreachable")
 
     def remove_all(self) -> None:
         for container in self.started:

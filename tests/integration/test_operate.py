@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import pty
-import select
 import signal
 import subprocess
 import time
@@ -24,14 +23,23 @@ from collections.abc import Iterator
 import docker
 import pytest
 
-from .stack_support import KBINFRA, SECRET_MARK, Deployment, fixed_secret, new_deployment
+from .stack_support import (
+    KBINFRA,
+    SECRET_MARK,
+    Deployment,
+    fixed_secret,
+    interrupt_follow,
+    new_deployment,
+    read_terminal,
+    read_until,
+    reap,
+)
 from .testbed_support import Testbed
 
 pytestmark = pytest.mark.integration
 
 SERVICES = ("postgres", "redis")
 PRINTER = "node-exporter"
-WAIT_S = 60.0
 
 
 @pytest.fixture(scope="module", params=["local", "ssh"])
@@ -155,11 +163,7 @@ def test_logs_follow_prints_new_lines_of_every_service_until_interrupted(
         assert f"{PRINTER} | {marks[1]}" in seen
         assert old not in seen
     finally:
-        follower.send_signal(signal.SIGINT)
-        out, err = follower.communicate(timeout=60)
-    assert follower.returncode == 130, err
-    assert "Traceback" not in err
-    assert SECRET_MARK not in out + err
+        interrupt_follow(follower)
 
 
 def test_logs_follow_ends_cleanly_on_sigterm(stack: Deployment) -> None:
@@ -173,20 +177,6 @@ def test_logs_follow_ends_cleanly_on_sigterm(stack: Deployment) -> None:
         _, err = follower.communicate(timeout=60)
     assert follower.returncode == 0, err
     assert err == ""
-
-
-def read_until(process: subprocess.Popen[str], wanted: list[str]) -> str:
-    assert process.stdout is not None
-    seen = ""
-    deadline = time.monotonic() + WAIT_S
-    while not all(w in seen for w in wanted):
-        assert time.monotonic() < deadline, f"not followed within {WAIT_S}s: {seen!r}"
-        ready, _, _ = select.select([process.stdout], [], [], 1.0)
-        if ready:
-            line = process.stdout.readline()
-            assert line, f"the follow ended early: {seen!r}"
-            seen += line
-    return seen
 
 
 def test_logs_colour_on_a_terminal_only_without_no_color(stack: Deployment) -> None:
@@ -257,35 +247,3 @@ def on_a_terminal(stack: Deployment, argv: list[str], **env: str) -> str:
     seen = read_terminal(fd)
     assert reap(pid) == 0, seen
     return seen
-
-
-def reap(pid: int) -> int:
-    """The child's exit code; one that has not exited by then is killed (the test fails)."""
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    raise AssertionError(f"still running after {WAIT_S}s: killed")
-
-
-def read_terminal(fd: int) -> str:
-    """Everything the child writes to its terminal until it closes it."""
-    seen = b""
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 1.0)
-        if not ready:
-            continue
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        seen += chunk
-    os.close(fd)
-    return seen.decode("utf-8", "replace")

@@ -2,11 +2,14 @@
 the real CLI: one cluster and ONE stack for the whole module, applied once.
 
 The stack is the minimum profile with the services that have test bed images and converge
-on the small nodes: PostgreSQL (pinned), Redis (pinned), nginx (two replicas, host mode)
-and the PostgreSQL and Redis exporters. Left out: Qdrant (the minimum profile's 8 GB do not
-fit a 7 GB node), the embeddings service and Grafana (no test bed image), Unstructured and
-Prometheus/Alertmanager (kept out to hold the module's time down on a loaded machine).
-Besides the commands' own behaviour: the stack's lock on the Swarm, and ``--only``.
+on the small nodes: PostgreSQL, Redis and Qdrant (each pinned; Qdrant as ONE task with
+cluster mode off: its stand-in cannot run Raft, docs/swarm.md), nginx (two replicas, host
+mode) and the PostgreSQL and Redis exporters. The nodes' declared memory and storage are
+raised (limits, not reservations: the minimum profile's 8 GB Qdrant does not fit a 7 GB
+node as declared). Left out: the embeddings service and Grafana (no test bed image),
+Unstructured and Prometheus/Alertmanager (kept out to hold the module's time down).
+Besides the commands' own behaviour: the stack's lock on the Swarm, ``--only``, an extra
+volume of ``backup.volumes`` on node2, the restore drill, and logs and exec per task.
 
 The nodes leave any Swarm before the module and after it, through their own sockets.
 """
@@ -14,11 +17,16 @@ The nodes leave any Swarm before the module and after it, through their own sock
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import pty
 import socket
 import subprocess
 import sys
+import tarfile
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,12 +35,18 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
-try:
-    from .stack_support import SECRET_MARK, Deployment, fixed_secret, swarm_deployment
-    from .testbed_support import node_engine
-except ImportError:  # pragma: no cover - plain modules
-    from stack_support import SECRET_MARK, Deployment, fixed_secret, swarm_deployment  # type: ignore[no-redef]
-    from testbed_support import node_engine  # type: ignore[no-redef]
+from .stack_support import (
+    KBINFRA,
+    SECRET_MARK,
+    Deployment,
+    fixed_secret,
+    interrupt_follow,
+    read_terminal,
+    read_until,
+    reap,
+    swarm_deployment,
+)
+from .testbed_support import node_engine
 
 if TYPE_CHECKING:  # not imported at run time: pytest would try to collect class Testbed
     from .testbed_support import Cluster, Testbed
@@ -40,10 +54,15 @@ if TYPE_CHECKING:  # not imported at run time: pytest would try to collect class
 pytestmark = pytest.mark.integration
 
 STACK = "kbsw"
-SERVICES = ("postgres", "redis", "nginx", "postgres-exporter", "redis-exporter")
+SERVICES = ("postgres", "redis", "qdrant", "nginx", "postgres-exporter", "redis-exporter")
 #: The test bed's nodes declare 20 GB each; the minimum profile's PostgreSQL alone asks 80.
 ROOMY_STORAGE_GB = 500.0
+#: ... and 7 GB and 2 CPUs, where the minimum profile's Qdrant and nginx ask 9 GB and 2.35.
+ROOMY_MEMORY_GB, ROOMY_CPUS = 24.0, 4.0
 CONVERGE_S = "240"
+#: An extra volume of backup.volumes (uploaded files, say), made by the test on this node.
+UPLOADS, UPLOADS_NODE = f"{STACK}-uploads", "node2"
+UPLOADED = {"a.txt": "first file\n", "docs/b.txt": "second file\n"}
 
 
 def swarm_states(cluster: Cluster) -> list[str]:
@@ -121,7 +140,10 @@ def test_an_over_committed_node_is_refused_before_any_change(
     assert swarm_states(clean_cluster) == ["inactive"] * 3
     edit(
         deployment,
-        lambda data: [n.update(storage_gb=ROOMY_STORAGE_GB) for n in data["swarm"]["nodes"]],
+        lambda data: [
+            n.update(storage_gb=ROOMY_STORAGE_GB, memory_gb=ROOMY_MEMORY_GB, cpus=ROOMY_CPUS)
+            for n in data["swarm"]["nodes"]
+        ],
     )
 
 
@@ -192,6 +214,23 @@ def test_no_secret_value_is_in_docker_inspect_of_any_task(clean_cluster: Cluster
     assert seen >= len(SERVICES) + 1  # nginx has two tasks
 
 
+def test_check_passes_qdrants_rows_on_its_one_pinned_task(deployment: Deployment) -> None:
+    # Every row: the Swarm's own rows (tasks running) are not part of `--only qdrant`.
+    done = deployment.run("check", "-o", "json")
+    assert done.code in (0, 1), done.err  # nginx's upstream (app.upstream) answers nothing
+    rows = {r["check"]: r for r in done.json()["checks"] if r["service"] == "qdrant"}
+    assert {
+        "ready",
+        "collections-with-api-key",
+        "refuses-without-key",
+        "read-only-key-cannot-write",
+        "collection-defaults-as-rendered",
+        "swarm-tasks-running",
+    } <= set(rows), sorted(rows)
+    assert all(row["ok"] for row in rows.values()), rows
+    assert rows["swarm-tasks-running"]["value"] == f"1/1 on {placements(deployment)['qdrant'][0]}"
+
+
 def test_plan_then_has_nothing_to_do_and_a_second_apply_changes_nothing(
     deployment: Deployment, clean_cluster: Cluster
 ) -> None:
@@ -205,6 +244,95 @@ def test_plan_then_has_nothing_to_do_and_a_second_apply_changes_nothing(
     assert {s["outcome"] for s in result["services"]} == {"unchanged"}
     assert result["swarm"]["created"] is False and result["swarm"]["joined"] == []
     assert service_versions(clean_cluster) == before
+
+
+def postgres_logs(deployment: Deployment, text: str) -> None:
+    """PostgreSQL logs a failed statement with its text: ``text`` reaches its task's log."""
+    import psycopg  # noqa: PLC0415
+
+    try:
+        pg_execute(deployment, f"select '{text}'::int")
+    except psycopg.Error:
+        return
+    raise AssertionError("the statement was meant to fail")
+
+
+def marker() -> str:
+    return f"mark-{uuid.uuid4().hex[:10]}"
+
+
+def test_logs_show_each_task_as_service_at_node_with_secrets_redacted(
+    deployment: Deployment,
+) -> None:
+    mark = marker()
+    postgres_logs(deployment, f"{mark}-{fixed_secret('qdrant_api_key')}")
+    shown = deployment.run("logs", "--tail", "30")  # run() fails on a secret in the output
+    assert shown.code == 0, shown.err
+    labels = {line.split(" | ", 1)[0].strip() for line in shown.out.splitlines() if " | " in line}
+    status = deployment.run("status", "-o", "json").json()
+    tasks = {f"{s}@{node}" for s, nodes in running_nodes(status).items() for node in nodes}
+    assert labels <= tasks, (labels, tasks)
+    pinned = placements(deployment)
+    assert {f"{s}@{pinned[s][0]}" for s in ("postgres", "redis", "qdrant")} <= labels
+    postgres = f"postgres@{pinned['postgres'][0]}"
+    lines = [line for line in shown.out.splitlines() if f'"{mark}-***"' in line]
+    assert lines and all(line.startswith(f"{postgres} ") for line in lines), shown.out[-2000:]
+
+
+def test_logs_since_and_follow_read_the_task_on_its_node(deployment: Deployment) -> None:
+    old, new, followed = marker(), marker(), marker()
+    postgres_logs(deployment, old)
+    time.sleep(2.0)
+    since = time.time()
+    time.sleep(1.0)
+    postgres_logs(deployment, new)
+    shown = deployment.run("logs", "postgres", "--since", f"{since:.3f}")
+    assert shown.code == 0, shown.err
+    assert new in shown.out and old not in shown.out
+    follower = deployment.popen("logs", "postgres", "-f", "--tail", "0")
+    try:
+        # The follow has started once it shows a line (the health check's, every 5 s): over
+        # SSH to the manager and the task's node that takes longer than on one host.
+        read_until(follower, [f"postgres@{placements(deployment)['postgres'][0]} | "])
+        postgres_logs(deployment, followed)
+        seen = read_until(follower, [followed])
+        assert f"postgres@{placements(deployment)['postgres'][0]} | " in seen
+        assert old not in seen
+    finally:
+        interrupt_follow(follower)
+
+
+def exec_argv(deployment: Deployment, *args: str) -> list[str]:
+    return [*KBINFRA, "exec", "--dir", str(deployment.dir), *args]
+
+
+def test_exec_runs_in_the_task_on_its_node_and_gives_its_exit_code(
+    deployment: Deployment,
+) -> None:
+    node = placements(deployment)["redis"][0]
+    done = subprocess.run(
+        exec_argv(deployment, "redis", "--", "sh", "-c", "echo out; hostname; echo e >&2; exit 7"),
+        capture_output=True, text=True, env=deployment.env, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 7, done.stderr
+    assert done.stdout.splitlines() == ["out", "redis"]  # the task's stable host name
+    assert "e" in done.stderr.splitlines() and f"exec in redis's task on {node}" in done.stderr
+    # -it: a shell on a terminal, over the node's SSH connection.
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: kbinfra on the pseudo-terminal
+        os.execve(KBINFRA[0], exec_argv(deployment, "-it", "redis", "--", "sh"), deployment.env)
+    os.write(fd, b"echo tty=$(tty | cut -c1-8) sum=$((6*7)); exit 3\r")
+    seen = read_terminal(fd)
+    assert reap(pid) == 3, seen
+    assert "sum=42" in seen and "tty=/dev/pts" in seen, seen
+    # A node without a task of it: one line, exit 2.
+    other = next(n for n in ("node1", "node2", "node3") if n != node)
+    done = subprocess.run(
+        exec_argv(deployment, "--node", other, "redis", "--", "true"),
+        capture_output=True, text=True, env=deployment.env, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert f"no running task of {STACK}_redis on {other}" in done.stderr
 
 
 #: A holder that takes the stack's lock and dies without releasing it: a stale lock.
@@ -282,6 +410,90 @@ def task_address(deployment: Deployment, service: str, port: int) -> Iterator[tu
         target.close()
 
 
+def _in_volume(client: Any, image: str, volume: str) -> Any:
+    """A created, never started container of ``image`` with ``volume`` at /v (set-up and
+    checks of a node's volume through its own socket, as kbinfra never does)."""
+    return client.containers.create(image, ["none"], volumes={volume: {"bind": "/v"}})
+
+
+def put_volume_files(client: Any, image: str, volume: str, files: dict[str, str]) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, text in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(text.encode())
+            tar.addfile(info, io.BytesIO(text.encode()))
+    helper = _in_volume(client, image, volume)
+    try:
+        helper.put_archive("/v", buffer.getvalue())
+    finally:
+        helper.remove(force=True)
+
+
+def volume_files(client: Any, image: str, volume: str) -> dict[str, str]:
+    helper = _in_volume(client, image, volume)
+    try:
+        stream, _ = helper.get_archive("/v/.")
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            return {
+                member.name.removeprefix("./"): tar.extractfile(member).read().decode()  # type: ignore[union-attr]
+                for member in tar.getmembers()
+                if member.isfile()
+            }
+    finally:
+        helper.remove(force=True)
+
+
+@pytest.fixture(scope="module")
+def uploads(deployment: Deployment, clean_cluster: Cluster) -> Iterator[tuple[Any, str]]:
+    """UPLOADS on UPLOADS_NODE holding UPLOADED, listed in backup.volumes; its node's
+    engine and an image there. Removed after the module."""
+    from kbinfra.backup.streams import ensure_empty_image  # noqa: PLC0415
+
+    client = node_engine(clean_cluster, UPLOADS_NODE)
+    image = ensure_empty_image(client.api)  # file-less: a container of it only mounts /v
+    client.volumes.create(UPLOADS)
+    try:
+        put_volume_files(client, image, UPLOADS, UPLOADED)
+        deployment.edit(lambda data: data["backup"].update(volumes=[UPLOADS]))
+        yield client, image
+    finally:
+        client.volumes.get(UPLOADS).remove(force=True)
+        client.close()
+
+
+def qdrant_points(
+    deployment: Deployment, points: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Create collection ``docs`` with ``points`` in the stack's Qdrant task; then every
+    point of it (ids and payloads), read back through kbinfra's tunnel."""
+    import httpx  # noqa: PLC0415
+
+    key = {"api-key": fixed_secret("qdrant_api_key")}
+    with (
+        task_address(deployment, "qdrant", 6333) as (host, port),
+        httpx.Client(base_url=f"http://{host}:{port}", headers=key, timeout=60) as http,
+    ):
+        if points is not None:
+            created = http.put(
+                "/collections/docs", json={"vectors": {"size": 4, "distance": "Dot"}}
+            )
+            assert created.status_code == 200, created.text
+            put = http.put("/collections/docs/points?wait=true", json={"points": points})
+            assert put.status_code == 200, put.text
+        found = http.post("/collections/docs/points/scroll", json={"limit": 1000})
+        if found.status_code == 404:
+            return []
+        assert found.status_code == 200, found.text
+        return sorted(
+            ({"id": p["id"], "payload": p["payload"]} for p in found.json()["result"]["points"]),
+            key=lambda p: p["id"],
+        )
+
+
+POINTS = [{"id": i, "vector": [i + 1.0, 2.0, -3.0, 0.5], "payload": {"n": i}} for i in range(41)]
+
+
 ROWS, KEYS = 480, 37
 
 
@@ -324,11 +536,17 @@ def redis_values(deployment: Deployment, keys: dict[str, str] | None = None) -> 
             client.close()
 
 
-def test_backup_wipe_apply_restore_gives_back_identical_data(
-    deployment: Deployment, clean_cluster: Cluster, tmp_path: Path
+def test_backup_drill_wipe_apply_restore_gives_back_identical_data(
+    deployment: Deployment,
+    clean_cluster: Cluster,
+    uploads: tuple[Any, str],
+    tmp_path: Path,
 ) -> None:
     from kbinfra.backup.signing import signature_line  # noqa: PLC0415
 
+    node, image = uploads
+    points = qdrant_points(deployment, POINTS)
+    assert len(points) == len(POINTS)
     rows = pg_execute(
         deployment,
         "create table swarm_docs (id int primary key, body text)",
@@ -344,7 +562,7 @@ def test_backup_wipe_apply_restore_gives_back_identical_data(
     folder = Path(done.json()["path"])
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["target"].startswith("swarm://") and manifest["stack"] == STACK
-    assert set(manifest["services"]) == {"postgres", "redis"}
+    assert set(manifest["services"]) == {"postgres", "redis", "qdrant"}
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for artifact in manifest["artifacts"]:
         data = (folder / artifact["path"]).read_bytes()
@@ -354,17 +572,46 @@ def test_backup_wipe_apply_restore_gives_back_identical_data(
     assert dump["counts"]["public.swarm_docs"] == ROWS
     assert (folder / dump["path"]).read_bytes().startswith(b"PGDMP")  # pg_dump's custom format
     assert by_kind["redis_rdb"][0]["counts"] == {"db0": KEYS}
+    assert by_kind["qdrant_snapshot"][0]["counts"] == {"points": len(POINTS)}
+    # The extra volume, taken on the node that holds it (and recorded there).
+    volume = by_kind["volume_tar"][0]
+    assert volume["meta"] == {"volume": UPLOADS, "node": UPLOADS_NODE}
+    assert volume["counts"]["files"] == len(UPLOADED)
     key = yaml.safe_load((deployment.dir / "secrets.yaml").read_text())["backup_hmac_key"]
     signed = (folder / "manifest.hmac").read_text()
     assert signed == signature_line((folder / "manifest.json").read_bytes(), key)
 
-    # Wiped with its volumes, applied again: empty stores.
+    # The restore drill: each store into a throwaway container on its own node, compared,
+    # removed; nothing the stack runs is touched.
+    before = service_versions(clean_cluster)
+    drill = deployment.run("backup", "verify", str(folder), "-o", "json")
+    assert drill.code == 0, drill.err[-3000:]
+    verdict = drill.json()
+    assert verdict["ok"] is True, verdict["checks"]
+    assert {c["service"] for c in verdict["checks"]} == {"postgres", "redis", "qdrant", "volumes"}
+    for store in ("postgres", "redis", "qdrant"):
+        where = placements(deployment)[store][0]
+        assert f"{store}: starting a throwaway container on {where}" in drill.err, drill.err
+    assert service_versions(clean_cluster) == before
+    for each in clean_cluster.nodes:
+        client = node_engine(clean_cluster, each.name)
+        try:
+            label = {"label": f"kbinfra.stack={STACK}-drill"}
+            assert not client.containers.list(all=True, filters=label), each.name
+            assert not client.api.volumes(filters=label).get("Volumes"), each.name
+            assert not client.networks.list(filters=label), each.name
+        finally:
+            client.close()
+
+    # Wiped with its volumes, applied again: empty stores; the extra volume changed.
     wipe = deployment.run("destroy", "--yes", "--delete-data", "--confirm-name", STACK)
     assert wipe.code == 0, wipe.err[-3000:]
     again = deployment.run("apply", "--yes", "--timeout", CONVERGE_S)
     assert again.code == 0, again.err[-3000:]
     assert pg_execute(deployment, "select to_regclass('swarm_docs')") == [(None,)]
     assert redis_values(deployment) == {}
+    assert qdrant_points(deployment) == []
+    put_volume_files(node, image, UPLOADS, dict.fromkeys(UPLOADED, "overwritten\n"))
 
     # Restored onto the Swarm stack: the data read back is what was written.
     restored = deployment.run("restore", str(folder), "--yes", "-o", "json")
@@ -375,6 +622,8 @@ def test_backup_wipe_apply_restore_gives_back_identical_data(
     assert result["safety_backup"]  # of the empty stores, taken first
     assert pg_execute(deployment, "select id, body from swarm_docs order by id") == rows
     assert redis_values(deployment) == values
+    assert qdrant_points(deployment) == points
+    assert volume_files(node, image, UPLOADS) == UPLOADED  # back on the node that holds it
     # Redis was scaled to no task and back: its new task serves, the stack is not degraded.
     status = deployment.run("status", "-o", "json").json()
     assert status["degraded"] == [] and status["missing"] == []

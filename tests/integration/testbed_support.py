@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,9 @@ class Testbed:
     #: The test bed's debootstrap'd Debian (`ensure_base_image` in scripts/testbed): the image
     #: a test uses when it needs one that runs no service at all.
     base_image: str
+    #: Every recipe's image by recipe name (tests/testbed/images/<recipe>), those the image
+    #: map leaves out included (``postgres18``: the second PostgreSQL major).
+    recipe_images: dict[str, str] = field(default_factory=dict)
 
 
 @contextmanager

@@ -50,3 +50,10 @@ def test_the_port_of_the_running_ssh_session_stays_open(
 
 def test_a_local_target_keeps_port_22(make_stack: Callable[..., Stack], tmp_path: Path) -> None:
     assert "ufw allow 22/tcp" in run_firewall(make_stack("minimum"), tmp_path)
+
+
+def test_a_one_host_firewall_opens_no_swarm_port(
+    make_stack: Callable[..., Stack], tmp_path: Path
+) -> None:
+    calls = run_firewall(make_stack("minimum"), tmp_path)
+    assert not [call for call in calls if any(p in call for p in ("2377", "7946", "4789"))]

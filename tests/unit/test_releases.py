@@ -20,10 +20,12 @@ from kbinfra.releases import (
     RELEASES_FILE,
     Release,
     choose_release,
+    data_volume_moves,
     history_rows,
     image_moves,
     new_release,
     read_releases,
+    refuse_data_volume_moves,
     release_stack,
     restore_stack_file,
     worth_recording,
@@ -215,3 +217,23 @@ def test_the_restored_stack_file_keeps_the_one_it_replaced(tmp_path: Path) -> No
         "kbinfra.yaml",
         "kbinfra.yaml.before-rollback",
     ]
+
+
+def test_a_rollback_never_goes_back_across_a_moved_data_volume(
+    make_stack: Callable[..., Stack],
+) -> None:
+    before = make_stack("minimum")
+    after = make_stack(
+        "minimum", {"name": before.spec.name, "services": {"postgres": {"volume": "data-18"}}}
+    )
+    assert data_volume_moves(before, before) == {}
+    moves = data_volume_moves(before, after)
+    assert moves == {
+        "postgres": (f"{before.spec.name}-postgres-data", f"{before.spec.name}-postgres-data-18")
+    }
+    refuse_data_volume_moves(release_of(before, 1), {})
+    with pytest.raises(KbinfraError, match="a rollback never moves data") as refused:
+        refuse_data_volume_moves(release_of(before, 3), moves)
+    assert "release 3 ran postgres on volume" in str(refused.value)
+    assert "nothing was changed" in str(refused.value)
+    assert "image and volume back in kbinfra.yaml" in str(refused.value)

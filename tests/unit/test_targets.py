@@ -15,6 +15,7 @@ import paramiko
 import pytest
 
 from kbinfra.commands.deploy import _host_port
+from kbinfra.targets.base import FileStore
 from kbinfra.targets.local import LocalFileStore
 from kbinfra.targets.ssh import (
     REMOTE_SCRIPTS,
@@ -166,6 +167,27 @@ def test_remote_hashes_survive_hostile_file_names(tmp_path: Path) -> None:
     assert not (folder / "pwned").exists()
 
 
+@pytest.mark.parametrize("store_kind", ["local", "remote"])
+def test_an_emptied_store_removes_its_folder_and_a_kept_file_keeps_it(
+    tmp_path: Path, store_kind: str
+) -> None:
+    folder = tmp_path / "deployed"
+    store: FileStore = (
+        LocalFileStore(folder)
+        if store_kind == "local"
+        else RemoteFileStore(_ShellTarget(tmp_path), str(folder))
+    )
+    store.put("conf/a.conf", b"a", 0o644)
+    store.put(".kbinfra/releases.json", b"[]", 0o600)
+    store.remove("conf/a.conf")
+    store.remove_folder_if_empty()
+    assert (folder / ".kbinfra" / "releases.json").exists()  # history kept: folder kept
+    store.remove(".kbinfra/releases.json")
+    store.remove_folder_if_empty()
+    assert not folder.exists()
+    store.remove_folder_if_empty()  # already gone: nothing to do
+
+
 def test_sha256sum_lines_are_unescaped_once() -> None:
     digest = "a" * 64
     output = f"\\{digest}  ./x\\\\n\\ny\n{digest}  ./two  spaces\n{digest}  ./f\x1cg\n"
@@ -208,6 +230,33 @@ def test_the_local_engine_does_not_import_paramiko(tmp_path: Path) -> None:
     )
     assert done.stdout.splitlines()[1:] == ["False", "True"]
     assert "cannot reach the Docker Engine: no socket there" in done.stdout
+
+
+def test_taking_the_lock_first_does_not_import_paramiko() -> None:
+    # A changing apply's first docker-py call is the lock: the client must be made (through
+    # import_docker, as both targets make it) before anything imports docker.errors.
+    probe = (
+        "import sys\n"
+        "from kbinfra.targets.engine import Engine\n"
+        "from kbinfra.targets.local import import_docker\n"
+        "class Api:\n"
+        "    def create_container(self, *a, **k): return {'Id': 'lock'}\n"
+        "    def create_host_config(self, **k): return k\n"
+        "    def remove_container(self, *a, **k): pass\n"
+        "class Client:\n"
+        "    api = Api()\n"
+        "def connect():\n"
+        "    import_docker('unix:///nonexistent.sock')\n"
+        "    return Client()\n"
+        "with Engine(None, 'kbx', connect=connect).locked():\n"
+        "    pass\n"
+        "print('docker' in sys.modules, 'paramiko' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONSTARTUP", "DOCKER_HOST")}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
+    )
+    assert done.stdout.split() == ["True", "False"]
 
 
 @pytest.mark.parametrize(

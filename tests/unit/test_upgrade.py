@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
 import yaml
 
 from kbinfra.errors import KbinfraError
+from kbinfra.services.postgres.upgrade import COPY_SCRIPT, data_migration, migration_container
 from kbinfra.services.postgres.upgrade import upgrade_refusal as postgres_refusal
 from kbinfra.services.qdrant.upgrade import upgrade_refusal as qdrant_refusal
 from kbinfra.services.redis.upgrade import upgrade_refusal as redis_refusal
-from kbinfra.upgrade import image_version, new_image_for, version_tuple, with_images
+from kbinfra.stack import Stack
+from kbinfra.upgrade import (
+    image_version,
+    new_image_for,
+    version_tuple,
+    with_images,
+    with_settings,
+)
 
 
 @pytest.mark.parametrize(
@@ -99,13 +108,14 @@ def test_redis_never_moves_to_an_older_release_line(
     [
         ("15", "postgres:15.8", None, None),
         ("15", "mine:build-7", 15, None),
-        ("15", "postgres:16.4", None, "cannot open PostgreSQL 15's data directory"),
+        ("15", "postgres:16.4", None, None),  # by dump and restore: see below
+        ("15", "kbinfra-testbed/postgres:18-c0350ac9d8ce", None, None),
         ("16", "postgres:15.8", None, "a downgrade"),
         ("15", "postgres:16.4", 15, "the tag of postgres:16.4 says PostgreSQL 16"),
         ("15", "mine:latest", None, "cannot tell"),
     ],
 )
-def test_postgres_keeps_its_data_directory_only_within_a_major(
+def test_postgres_refuses_a_downgrade_and_an_unknown_major(
     running: str, image: str, declared: int | None, refused: str | None
 ) -> None:
     refusal = postgres_refusal(running, image, SimpleNamespace(version=declared))
@@ -117,3 +127,73 @@ def test_postgres_keeps_its_data_directory_only_within_a_major(
 def test_a_version_is_read_from_the_start_of_a_text() -> None:
     assert version_tuple("v1.16.3-rc1") == (1, 16, 3)
     assert version_tuple("unknown") is None
+
+
+@pytest.mark.parametrize(
+    ("running", "image", "volume", "moves_to"),
+    [
+        ("15", "postgres:15.8", "data", None),  # same major: the same volume
+        ("15", "postgres:18.1", "data", "data-18"),
+        ("18", "postgres:19.0", "data-18", "data-19"),
+        ("16", "postgres:15.8", "data", None),  # a downgrade is refused, never moved
+        ("15", "mine:latest", "data", None),
+    ],
+)
+def test_a_newer_postgres_major_moves_the_data_to_a_volume_of_its_own(
+    running: str, image: str, volume: str, moves_to: str | None
+) -> None:
+    migration = data_migration(running, image, SimpleNamespace(version=None, volume=volume))
+    if moves_to is None:
+        assert migration is None
+        return
+    assert migration is not None
+    assert migration.settings == {"volume": moves_to}
+    assert (migration.volume_purpose, migration.old_volume_purpose) == (moves_to, volume)
+    assert "dump and restore" in migration.summary
+    assert any("keep the old volume" in step for step in migration.steps)
+
+
+def test_the_new_majors_throwaway_server_starts_empty(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack("minimum")
+    spec = stack.containers["postgres"]
+    throwaway = migration_container(spec)
+    assert throwaway.env["POSTGRES_DB"] == "postgres"  # the copy creates the stack's own
+    assert any(f.target.startswith("/docker-entrypoint-initdb.d/") for f in spec.files)
+    assert not any(f.target.startswith("/docker-entrypoint-initdb.d/") for f in throwaway.files)
+    assert {f.target for f in throwaway.files} >= {
+        "/etc/postgresql/postgresql.conf",
+        "/etc/postgresql/pg_hba.conf",
+    }
+    assert throwaway.secret_env == spec.secret_env
+
+
+def test_the_copy_stops_at_the_first_statement_the_new_major_refuses() -> None:
+    assert "set -euo pipefail" in COPY_SCRIPT
+    assert "ON_ERROR_STOP=1" in COPY_SCRIPT
+    # the one statement that must fail, quoted as --quote-all-identifiers writes it
+    assert "--quote-all-identifiers" in COPY_SCRIPT
+    assert 'grep -vxF "CREATE ROLE \\"$POSTGRES_USER\\";"' in COPY_SCRIPT
+    assert "PGPASSWORD" in COPY_SCRIPT and "TESTSECRET" not in COPY_SCRIPT
+
+
+def test_the_data_volume_follows_the_setting(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack("minimum")
+    moved = make_stack("minimum", {"services": {"postgres": {"volume": "data-18"}}})
+    (volume,) = stack.containers["postgres"].volumes
+    (moved_volume,) = moved.containers["postgres"].volumes
+    assert volume.volume == f"{stack.spec.name}-postgres-data"
+    assert moved_volume.volume == f"{moved.spec.name}-postgres-data-18"
+    with pytest.raises(KbinfraError, match="volume"):
+        make_stack("minimum", {"services": {"postgres": {"volume": "../other-stack"}}})
+
+
+def test_settings_are_set_and_every_comment_kept() -> None:
+    text = "name: kb\nservices:\n  postgres:\n    image: postgres:15.8 # pinned\n"
+    changed = with_settings(
+        text, {"postgres": {"image": "postgres:18.1", "volume": "data-18"}}, where="x"
+    )
+    assert yaml.safe_load(changed)["services"]["postgres"] == {
+        "image": "postgres:18.1",
+        "volume": "data-18",
+    }
+    assert "# pinned" in changed

@@ -62,6 +62,7 @@ from kbinfra.backup.signing import (
 )
 from kbinfra.backup.stackfiles import backup_stack_files
 from kbinfra.backup.streams import fsync_dir, sha256_file
+from kbinfra.backup.volumes import NODE_META as VOLUME_NODE_META
 from kbinfra.backup.volumes import SERVICE as VOLUMES_SERVICE
 from kbinfra.backup.volumes import VOLUMES, check_tar, volumes_to_restore
 from kbinfra.errors import KbinfraError
@@ -70,8 +71,6 @@ from kbinfra.secrets import BACKUP_KEY_SECRET, ensure_secrets
 from kbinfra.service import ContainerSpec, VolumeMount
 
 if TYPE_CHECKING:
-    from docker import APIClient
-
     from kbinfra.containers import DesiredService, ObservedContainer
     from kbinfra.stack import Stack
     from kbinfra.targets.base import Target
@@ -483,7 +482,7 @@ def wait_healthy_again(engine: Engine, container_id: str, timeout: float) -> str
             return None
         if time.monotonic() >= deadline:
             return (
-                f"not healthy {timeout:.0f} s after the restore "
+                f"not healthy {timeout:.0f} s after it was unpaused "
                 f"(state {state.get('Status')}, health {health})"
             )
         time.sleep(1.0)
@@ -496,17 +495,27 @@ def _writers_paused(
     """Pause the writers for the restore and its check; unpause them after, also when the
     restore fails, and wait until they are healthy again. A container that cannot be
     unpaused, or is not healthy again, is named in the result's notes."""
-    paused: list[ObservedContainer] = []
     if not isinstance(place, _HostData):  # no writer of its own runs on a Swarm yet
         yield
         return
-    engine = place.engine
+    with writers_paused(stack, place.engine, progress, result.notes, doing="restore"):
+        yield
+
+
+@contextmanager
+def writers_paused(
+    stack: Stack, engine: Engine, progress: Progress, notes: list[str], *, doing: str = "upgrade"
+) -> Iterator[None]:
+    """The app's writers (:func:`writers_to_pause`) paused for the block; unpaused after it,
+    also on an error, and waited for until healthy again. A container that cannot be
+    unpaused, or is not healthy again, is named in ``notes``."""
+    paused: list[ObservedContainer] = []
     try:
         for container in writers_to_pause(stack, engine.stack_containers()):
             engine.pause(container.id)
             paused.append(container)
         if paused:
-            progress.note("restore", f"paused {len(paused)} app container(s) while restoring")
+            progress.note(doing, f"paused {len(paused)} app container(s) during the {doing}")
         yield
     finally:
         unpaused: list[ObservedContainer] = []
@@ -515,15 +524,15 @@ def _writers_paused(
                 engine.unpause(container.id)
                 unpaused.append(container)
             except Exception as error:  # the others must be unpaused all the same
-                result.notes.append(
+                notes.append(
                     f"{container.name} stayed paused ({error}): `docker unpause {container.name}`"
                 )
         if unpaused:
-            progress.note("restore", "waiting until the app's containers are healthy again")
+            progress.note(doing, "waiting until the app's containers are healthy again")
         for container in unpaused:
             problem = wait_healthy_again(engine, container.id, UNPAUSED_HEALTHY_TIMEOUT_S)
             if problem is not None:
-                result.notes.append(f"{container.name} unpaused but {problem}: `kbinfra status`")
+                notes.append(f"{container.name} unpaused but {problem}: `kbinfra status`")
 
 
 class _HostData:
@@ -539,18 +548,24 @@ class _HostData:
     def instances(self, services: Iterable[str]) -> dict[str, Instance]:
         return _stack_instances(self.stack, self.target, self.engine, services)
 
-    def volumes_api(self) -> APIClient:
-        return self.engine.api
+    def volume_node(self, volume: str) -> str | None:
+        """One host has no nodes: None."""
+        return None
 
-    def volume_engine(self) -> Engine:
+    def volume_engine(self, volume: str) -> Engine:
+        return self.engine
+
+    def restore_volume_engine(self, volume: str, artifact: Artifact) -> Engine:
         return self.engine
 
 
 class _SwarmData:
-    """Where a Swarm stack's data is: each store's task on its node, under the Swarm lock."""
+    """Where a Swarm stack's data is: each store's task on its node, each extra volume on
+    the node that holds it (volumes are node-local), under the Swarm lock."""
 
     def __init__(self, stack: Stack, target: SwarmTarget) -> None:
         self.stack, self.target = stack, target
+        self._volume_nodes: dict[str, str] = {}
 
     def locked(self) -> AbstractContextManager[list[str]]:
         from kbinfra.stack_lock import stack_locked  # noqa: PLC0415
@@ -562,28 +577,38 @@ class _SwarmData:
 
         return swarm_instances(self.stack, self.target, services)
 
-    def volumes_api(self) -> APIClient:
-        return self.volume_engine().api
+    def volume_node(self, volume: str, recorded: str | None = None) -> str:
+        """The node that holds ``volume`` (asked of every node once); for a restore into a
+        volume no node holds any more, the node the backup ``recorded`` it on."""
+        node = self._volume_nodes.get(volume)
+        if node is None:
+            from kbinfra.swarm.backup import volume_node  # noqa: PLC0415
 
-    def volume_engine(self) -> Engine:
-        raise BackupError(
-            "backup.volumes cannot be backed up on a Swarm yet: a volume is node-local and "
-            "the stack file does not say on which node",
-            where="backup.volumes",
-            fix="leave backup.volumes empty on a Swarm stack",
-        )
+            node = volume_node(self.target, volume, recorded)
+            self._volume_nodes[volume] = node
+        return node
+
+    def volume_engine(self, volume: str, recorded: str | None = None) -> Engine:
+        node = self.volume_node(volume, recorded)
+        return _engine_of_node(self.target, node, self.stack.spec.name)
+
+    def restore_volume_engine(self, volume: str, artifact: Artifact) -> Engine:
+        return self.volume_engine(volume, artifact.meta.get(VOLUME_NODE_META))
 
 
-def _data_place(stack: Stack, target: Target, wanted: Sequence[str]) -> _HostData | _SwarmData:
+def _engine_of_node(target: SwarmTarget, node: str, stack_name: str) -> Engine:
+    from kbinfra.targets.engine import Engine  # noqa: PLC0415
+
+    return Engine(target.node_client(node), stack_name)
+
+
+def _data_place(stack: Stack, target: Target) -> _HostData | _SwarmData:
     if target.kind != "swarm":
         return _HostData(stack, target)
     from kbinfra.targets.swarm import SwarmTarget  # noqa: PLC0415
 
     assert isinstance(target, SwarmTarget)
-    place = _SwarmData(stack, target)
-    if VOLUMES_SERVICE in wanted and stack.spec.backup.volumes:
-        place.volumes_api()  # refused before anything is written
-    return place
+    return _SwarmData(stack, target)
 
 
 def _engine(target: Target, stack_name: str) -> Engine:
@@ -680,12 +705,15 @@ def run_backup(
     key, key_note = signing_key(stack)
     try:
         (partial / OWNER_FILE).write_text(_owner())
-        place = _data_place(stack, target, wanted)
+        place = _data_place(stack, target)
         lock = place.locked() if hold_lock else nullcontext([])
         with lock as lock_notes:
             for note in lock_notes:
                 progress.note("lock", note)
             out = BackupOutput(partial, progress, include_secrets)
+            extra_volumes = stack.spec.backup.volumes if VOLUMES_SERVICE in wanted else []
+            for volume in extra_volumes:
+                place.volume_node(volume)  # on a Swarm: refused before any store is dumped
             artifacts, notes = backup_stack_files(stack, out)
             notes += key_note
             records = {}
@@ -697,9 +725,9 @@ def run_backup(
                 records[service] = written.record
                 artifacts += written.artifacts
                 notes += written.notes
-            if VOLUMES_SERVICE in wanted:
-                for volume in stack.spec.backup.volumes:
-                    artifacts.append(VOLUMES.backup(place.volumes_api(), volume, out))
+            for volume in extra_volumes:
+                engine, node = place.volume_engine(volume), place.volume_node(volume)
+                artifacts.append(VOLUMES.backup(engine.api, volume, out, node=node))
         _reverify(partial, artifacts, progress)
         manifest = Manifest(
             kbinfra_version=__version__,
@@ -758,7 +786,7 @@ def _restore_and_check(
     handlers: Mapping[str, BackupHandler],
     instances: Mapping[str, Instance],
     versions: Mapping[str, str],
-    volume_engine: Callable[[], Engine],
+    volume_engine: Callable[[str, Artifact], Engine],
     volume_name: Callable[[str], str],
     strict: bool,
     progress: Progress,
@@ -778,7 +806,7 @@ def _restore_and_check(
     volume_artifacts = [a for a in manifest.artifacts if a.path in selection.volumes]
     for artifact in volume_artifacts:
         volume = volume_name(selection.volumes[artifact.path])
-        engine = volume_engine()
+        engine = volume_engine(selection.volumes[artifact.path], artifact)
         engine.ensure_volume(volume)
         VOLUMES.restore(engine.api, volume, artifact, backup_dir, progress)
     for service, instance in instances.items():
@@ -810,8 +838,9 @@ def _restore_and_check(
                 )
             )
     for artifact in volume_artifacts:
+        configured = selection.volumes[artifact.path]
         observed_volume = VOLUMES.observe(
-            volume_engine().api, volume_name(selection.volumes[artifact.path])
+            volume_engine(configured, artifact).api, volume_name(configured)
         )
         result.checks.append(
             check_artifact(artifact, observed_volume, strict=strict, with_samples=False)
@@ -919,7 +948,7 @@ def run_restore(
         )
     selection = select_restorable(stack, manifest, selected, enabled, backup_dir)
     result = RestoreResult(backup_dir, stack.spec.name, target.name, signed=signed)
-    place = _data_place(stack, target, selected)
+    place = _data_place(stack, target)
     with place.locked():
         services = [s for s in selected if s != VOLUMES_SERVICE]
         instances = place.instances(services)
@@ -945,7 +974,7 @@ def run_restore(
                 handlers=enabled,
                 instances=instances,
                 versions=versions,
-                volume_engine=place.volume_engine,
+                volume_engine=place.restore_volume_engine,
                 volume_name=lambda volume: volume,
                 strict=False,
                 progress=progress,
@@ -979,11 +1008,19 @@ def _start_drill_instance(
     service: str,
     rendered: Mapping[str, Any],
 ) -> Instance:
-    """Create and start the service's throwaway container (healthy or not: see below)."""
+    """Create and start the service's throwaway container (healthy or not: see below).
+
+    On a Swarm the service's files are rendered for its tasks, which read some secrets from
+    files (``POSTGRES_PASSWORD_FILE``): the throwaway container gets those as files too."""
     from kbinfra.plan import desired_service  # noqa: PLC0415
 
     definition = stack.services[service]
     spec = drill_spec(definition.container(stack.contexts[service]), stack.spec.name, engine.stack)
+    if stack.spec.swarm is not None:
+        from kbinfra.swarm.build import secrets_as_files  # noqa: PLC0415
+
+        spec, secret_files = secrets_as_files(stack, definition, spec)
+        rendered = {**rendered, **{f.path: f for f in secret_files}}
     desired: DesiredService = desired_service(
         engine.stack, spec, definition.stage, rendered, stack.secrets
     )
@@ -996,17 +1033,77 @@ def _start_drill_instance(
     return Instance(service, stack, target, engine, container_id, desired, drill=True)
 
 
-def _wait_drill_healthy(engine: Engine, instances: Mapping[str, Instance]) -> None:
+def _wait_drill_healthy(instances: Mapping[str, Instance]) -> None:
     """All throwaway containers start at once; then each must become healthy."""
     from kbinfra.apply import health_timeout  # noqa: PLC0415
 
     for service, instance in instances.items():
-        error = engine.wait_healthy(instance.container_id, health_timeout(instance.desired, None))
+        error = instance.engine.wait_healthy(
+            instance.container_id, health_timeout(instance.desired, None)
+        )
         if error is not None:
             raise BackupError(
                 f"the drill's {service} container did not become healthy: {error}",
                 where=instance.name,
             )
+
+
+@dataclass
+class _DrillSite:
+    """Where a drill's throwaway containers and volumes go: the target's engine on one
+    host; on a Swarm, the engine of each store's node and of each extra volume's node
+    (volumes are node-local), each reached over that node's own SSH connection."""
+
+    drill: str
+    #: node ("" on one host) -> the drill's engine there, and the target that reaches it
+    engines: dict[str, Engine]
+    targets: dict[str, Target]
+    service_nodes: dict[str, str] = field(default_factory=dict)
+    volume_nodes: dict[str, str] = field(default_factory=dict)
+
+    def node_of(self, service: str) -> str:
+        return self.service_nodes.get(service, "")
+
+    def volume_engine(self, volume: str, artifact: Artifact) -> Engine:
+        return self.engines[self.volume_nodes.get(volume, "")]
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Every engine's drill lock: two drills of one stack never share containers."""
+        from contextlib import ExitStack  # noqa: PLC0415
+
+        with ExitStack() as held:
+            for engine in self.engines.values():
+                held.enter_context(engine.locked())
+            yield
+
+
+def _drill_site(
+    stack: Stack, target: Target, services: Sequence[str], volumes: Mapping[str, Artifact]
+) -> _DrillSite:
+    """One engine on one host; on a Swarm, one on each node that holds a store (where the
+    stack file pins it) or an extra volume (asked of the nodes)."""
+    drill = drill_name(stack.spec.name)
+    if target.kind != "swarm":
+        return _DrillSite(drill, {"": _engine(target, drill)}, {"": target})
+    from kbinfra.backup.volumes import NODE_META  # noqa: PLC0415
+    from kbinfra.swarm.backup import store_nodes, volume_node  # noqa: PLC0415
+    from kbinfra.targets.swarm import SwarmTarget  # noqa: PLC0415
+
+    assert isinstance(target, SwarmTarget)
+    service_nodes = store_nodes(stack, services)
+    volume_nodes = {
+        volume: volume_node(target, volume, artifact.meta.get(NODE_META))
+        for volume, artifact in volumes.items()
+    }
+    nodes = sorted({*service_nodes.values(), *volume_nodes.values()})
+    return _DrillSite(
+        drill,
+        {node: _engine_of_node(target, node, drill) for node in nodes},
+        {node: target.node_target(node) for node in nodes},
+        service_nodes,
+        volume_nodes,
+    )
 
 
 def run_drill(
@@ -1018,7 +1115,11 @@ def run_drill(
     allow_other_stack: bool = False,
     allow_unsigned: bool = False,
 ) -> RestoreResult:
-    """Restore the backup into throwaway containers, compare with the manifest, clean up."""
+    """Restore the backup into throwaway containers, compare with the manifest, clean up.
+
+    On a Swarm each store's throwaway container runs on that store's node (and each extra
+    volume is restored into a scratch volume on the node that holds it): nothing of what
+    the stack runs is touched, and nothing is published."""
     started = time.monotonic()
     backup_dir, manifest, signed = open_verified_backup(
         stack,
@@ -1038,22 +1139,29 @@ def run_drill(
         )
     selection = select_restorable(stack, manifest, selected, enabled, backup_dir)
     result = RestoreResult(backup_dir, stack.spec.name, target.name, signed=signed)
-    engine = _engine(target, drill_name(stack.spec.name))
+    stores = [s for s in selected if s != VOLUMES_SERVICE]
+    by_path = {a.path: a for a in manifest.artifacts}
+    site = _drill_site(
+        stack, target, stores, {v: by_path[path] for path, v in selection.volumes.items()}
+    )
     rendered = {f.path: f for f in stack.rendered}
-    with engine.locked():
-        leftovers = remove_drill(engine)
+    with site.locked():
+        leftovers = [name for engine in site.engines.values() for name in remove_drill(engine)]
         if leftovers:
             result.notes.append(f"removed {len(leftovers)} container(s) of an interrupted drill")
         try:
-            engine.ensure_network()
+            for engine in site.engines.values():
+                engine.ensure_network()
             instances: dict[str, Instance] = {}
-            for service in selected:
-                if service == VOLUMES_SERVICE:
-                    continue
-                progress.note(service, "starting a throwaway container")
-                instances[service] = _start_drill_instance(stack, target, engine, service, rendered)
+            for service in stores:
+                node = site.node_of(service)
+                where = f" on {node}" if node else ""
+                progress.note(service, f"starting a throwaway container{where}")
+                instances[service] = _start_drill_instance(
+                    stack, site.targets[node], site.engines[node], service, rendered
+                )
             progress.note("drill", "waiting until the throwaway containers are healthy")
-            _wait_drill_healthy(engine, instances)
+            _wait_drill_healthy(instances)
             versions = _versions(enabled, instances, manifest)
             _restore_and_check(
                 manifest=manifest,
@@ -1062,14 +1170,15 @@ def run_drill(
                 handlers=enabled,
                 instances=instances,
                 versions=versions,
-                volume_engine=lambda: engine,
-                volume_name=lambda volume: drill_volume(engine.stack, volume),
+                volume_engine=site.volume_engine,
+                volume_name=lambda volume: drill_volume(site.drill, volume),
                 strict=True,
                 progress=progress,
                 result=result,
             )
         finally:
             progress.note("drill", "removing the throwaway containers and volumes")
-            remove_drill(engine)
+            for engine in site.engines.values():
+                remove_drill(engine)
     result.seconds = time.monotonic() - started
     return result

@@ -46,6 +46,9 @@ MOUNT = "/kbinfra-volume"
 TOP = MOUNT.lstrip("/")
 FILES = "files"
 BYTES = "bytes"
+#: On a Swarm, the node the volume was backed up on (volumes are node-local): a restore
+#: into a volume that no node holds any more creates it there.
+NODE_META = "node"
 _SAFE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -186,9 +189,13 @@ class VolumeBackup:
 
     service = SERVICE
 
-    def backup(self, api: APIClient, volume: str, out: BackupOutput) -> Artifact:
+    def backup(
+        self, api: APIClient, volume: str, out: BackupOutput, *, node: str | None = None
+    ) -> Artifact:
+        """``node``: on a Swarm, the node whose engine ``api`` is (recorded in the meta)."""
         path = tar_path(volume)
-        out.progress.note(SERVICE, f"copying volume {volume}")
+        where = f" on {node}" if node else ""
+        out.progress.note(SERVICE, f"copying volume {volume}{where}")
         with _mounted(api, volume, "backup") as helper, out.file(path) as handle:
             archive_to(api, helper, MOUNT, handle.write)
         with (out.root / path).open("rb") as written:
@@ -199,7 +206,7 @@ class VolumeBackup:
             SERVICE,
             "volume_tar",
             counts={FILES: contents.files, BYTES: contents.bytes},
-            meta={"volume": volume},
+            meta={"volume": volume, **({NODE_META: node} if node else {})},
         )
 
     def restore(

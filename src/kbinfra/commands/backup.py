@@ -476,7 +476,9 @@ def verify(
 
     console = Console(output)
     _warn_unsigned(console, allow_unsigned)
-    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
+    stack, where = open_stack_and_target(
+        stack_dir, target, known_hosts, identity, console, swarm=True
+    )
     progress = console_progress(console)
     if not offsite:
         with where:

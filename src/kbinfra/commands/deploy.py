@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from kbinfra.swarm.capacity import SwarmFit
     from kbinfra.swarm.run import SwarmApplyResult, SwarmPlan
     from kbinfra.targets import Target
+    from kbinfra.upgrade import UpgradeStep
 
 EXIT_CHANGES = 3
 
@@ -868,8 +869,10 @@ def rollback(
     from kbinfra.releases import (  # noqa: PLC0415
         BEFORE_ROLLBACK,
         choose_release,
+        data_volume_moves,
         image_moves,
         read_releases,
+        refuse_data_volume_moves,
         release_stack,
         restore_stack_file,
     )
@@ -879,6 +882,7 @@ def rollback(
     with where:
         release = choose_release(read_releases(where.file_store(stack.spec.name)), release_number)
         old = release_stack(stack, release)
+        refuse_data_volume_moves(release, data_volume_moves(old, stack))
         console.note(f"rolling back to release {release.number} of {release.time:%Y-%m-%d %H:%M}")
         console.note(DATA_NOTE)
         if not yes:
@@ -918,6 +922,7 @@ def rollback(
     epilog=examples(
         "kbinfra upgrade qdrant --to v1.17.2 --check",
         "kbinfra upgrade qdrant --to v1.17.2 --yes",
+        "kbinfra upgrade postgres --to postgres:18.1-bookworm --check",
         "kbinfra upgrade            # the images you changed in kbinfra.yaml",
     )
 )
@@ -962,10 +967,11 @@ def upgrade(
     """New images for services: refused when the data cannot follow, backed up first.
 
     Each store says what it runs now and whether the new image can take its data over
-    (PostgreSQL: same major only; Qdrant: one minor version at a time, never back; Redis:
-    never an older release line). Every refusal is shown before anything changes. Then the
-    affected stores are backed up (verified as written; `kbinfra restore` takes it), the new
-    images are applied to those services only, health-gated, and kbinfra.yaml names them.
+    (PostgreSQL: a newer major by dump and restore into a new volume, the old one kept;
+    Qdrant: one minor version at a time, never back; Redis: never an older release line).
+    Every refusal is shown before anything changes. Then the affected stores are backed up
+    (verified as written; `kbinfra restore` takes it), the new images are applied to those
+    services only, health-gated, and kbinfra.yaml names them.
     """
     from kbinfra.apply import apply_stack, plan_stack, target_engine  # noqa: PLC0415
     from kbinfra.backup.run import data_handlers  # noqa: PLC0415
@@ -973,6 +979,8 @@ def upgrade(
     from kbinfra.stack import stack_of  # noqa: PLC0415
     from kbinfra.upgrade import (  # noqa: PLC0415
         changed_images,
+        kept_volume_note,
+        migrate_and_switch,
         new_image_for,
         plan_upgrade,
         refuse,
@@ -1019,6 +1027,7 @@ def upgrade(
                 [s.row() for s in steps],
             )
         refuse(steps)
+        moving, text, new = _with_migration(console, steps, text, new)
         _refuse_other_changes(plan_stack(new, where, with_diffs=False), chosen)
         if check:
             return
@@ -1026,15 +1035,45 @@ def upgrade(
             raise typer.Exit(1)
         backup = _backup_before_upgrade(console, stack, where, stores) if stores else None
         with apply_progress(console) as progress:
-            result = apply_stack(new, where, timeout=timeout, progress=progress)
+            if moving is not None:
+                result = migrate_and_switch(
+                    stack, new, where, moving, stack_file=text, timeout=timeout, progress=progress
+                )
+            else:
+                result = apply_stack(
+                    new, where, timeout=timeout, progress=progress, stack_file=text
+                )
     if result.ok and path.read_text(encoding="utf-8") != text:
         path.write_text(text, encoding="utf-8")
         result.notes.append(
             f"kbinfra.yaml now names {', '.join(new.contexts[n].image for n in chosen)}"
         )
+    kept = kept_volume_note(stack, moving, where.name) if moving is not None else None
+    if result.ok and kept is not None:
+        result.notes.append(kept)
     if backup is not None:
         result.notes.append(f"the backup taken before it (drill passed): {backup}")
     report_apply(console, result, where.name)
+
+
+def _with_migration(
+    console: Console, steps: "list[UpgradeStep]", text: str, new: "Stack"
+) -> "tuple[UpgradeStep | None, str, Stack]":
+    """The step whose data moves (if one does), and the stack file and stack with its new
+    settings (the new volume); its steps shown."""
+    from kbinfra.spec.stack import parse_stack  # noqa: PLC0415
+    from kbinfra.stack import stack_of  # noqa: PLC0415
+    from kbinfra.upgrade import stack_file_path, with_settings  # noqa: PLC0415
+
+    moving = next((s for s in steps if s.migration is not None), None)
+    if moving is None or moving.migration is None:
+        return None, text, new
+    path = stack_file_path(new)
+    text = with_settings(text, {moving.service: moving.migration.settings}, where=str(path))
+    new = stack_of(new.dir, *parse_stack(text, path), new.profile)
+    for number, line in enumerate(moving.migration.steps, start=1):
+        console.note(f"{moving.service} step {number}: {line}")
+    return moving, text, new
 
 
 def _refuse_other_changes(plan: "Plan", chosen: list[str]) -> None:

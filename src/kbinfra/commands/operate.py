@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -104,13 +104,24 @@ def logs(
     console = Console()
     window = parse_since(since, dt.datetime.now(dt.UTC)) if since else None
     request = LogRequest(since=window, tail=tail)
-    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
+    stack, where = open_stack_and_target(
+        stack_dir, target, known_hosts, identity, console, swarm=True
+    )
     chosen = stack.select(services or [], asked_as="logs") or list(stack.services)
     with where:
         api = where.docker_client().api
-        existing = stack_containers(api, stack.spec.name)
-        containers = {s: existing[s] for s in chosen if s in existing}
-        missing = [s for s in chosen if s not in existing]
+        apis: dict[str, Any] = {}
+        if where.kind == "swarm":  # each task's container, through its own node's engine
+            from kbinfra.swarm.operate import task_log_sources  # noqa: PLC0415
+            from kbinfra.targets.swarm import SwarmTarget  # noqa: PLC0415
+
+            assert isinstance(where, SwarmTarget)
+            sources = task_log_sources(stack, where, chosen)
+            containers, apis, missing = sources.containers, sources.apis, sources.missing
+        else:
+            existing = stack_containers(api, stack.spec.name)
+            containers = {s: existing[s] for s in chosen if s in existing}
+            missing = [s for s in chosen if s not in existing]
         if not containers:
             raise KbinfraError(
                 f"stack {stack.spec.name} has no container of {', '.join(chosen)} on {where.name}",
@@ -127,9 +138,9 @@ def logs(
 
         if follow:  # before the first line: a stop asked for once lines flow is clean
             signal.signal(signal.SIGTERM, _stop_on_term)
-        follower = LogFollower(api)
+        follower = LogFollower(api, apis)
         try:
-            history = read_logs(api, containers, request)
+            history = read_logs(api, containers, request, apis)
             for line in history:
                 show(line)
             if not follow:
@@ -197,6 +208,14 @@ def exec_command(
             show_default=False,
         ),
     ] = None,
+    node: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NODE",
+            help="On a Swarm: the task on this node (default: the first running one).",
+            show_default=False,
+        ),
+    ] = None,
     stack_dir: DirOption = Path(),
     target: TargetOption = None,
     known_hosts: KnownHostsOption = None,
@@ -227,16 +246,28 @@ def exec_command(
             "exec -t needs a terminal on stdin", fix="drop -t (keep -i to pipe input in)"
         )
     console = Console()
-    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
+    stack, where = open_stack_and_target(
+        stack_dir, target, known_hosts, identity, console, swarm=True
+    )
     stack.select([service], asked_as="exec")
     request = ExecRequest(
         argv, interactive=interactive, tty=tty, user=user, workdir=workdir, env=variables
     )
+    if node is not None and where.kind != "swarm":
+        raise KbinfraError("--node is for a Swarm stack only", where="--node")
     sys.stdout.flush()
     with where:
-        api = where.docker_client().api
-        container = running_container(
-            api, container_name(stack.spec.name, service), service, where.name
-        )
+        if where.kind == "swarm":  # a running task's container, over its node's SSH
+            from kbinfra.swarm.operate import task_for_exec  # noqa: PLC0415
+            from kbinfra.targets.swarm import SwarmTarget  # noqa: PLC0415
+
+            assert isinstance(where, SwarmTarget)
+            api, container, on = task_for_exec(stack, where, service, node)
+            console.note(f"exec in {service}'s task on {on}")
+        else:
+            api = where.docker_client().api
+            container = running_container(
+                api, container_name(stack.spec.name, service), service, where.name
+            )
         code = run_exec(api, container, request)
     raise typer.Exit(code)

@@ -162,6 +162,7 @@ def swarm_instances(
     from kbinfra.targets.engine import Engine  # noqa: PLC0415
 
     desired = desired_services(stack, stack.rendered)
+    refuse_peers(stack, services)
     instances: dict[str, Instance] = {}
     for service in services:
         try:
@@ -184,3 +185,82 @@ def swarm_instances(
             node_target=target.node_target(task.node),
         )
     return instances
+
+
+def volume_node(target: SwarmTarget, volume: str, recorded: str | None = None) -> str:
+    """The node that holds named volume ``volume`` (``backup.volumes``), asked of every node:
+    Swarm volumes are node-local and the stack file does not say where one is.
+
+    A volume that several nodes hold is refused (which copy is the data is the user's
+    call); one that no node holds (a restore after ``destroy --delete-data``) is the node
+    ``recorded`` in the backup, when it is a node of the node file.
+    """
+    import docker.errors  # noqa: PLC0415
+
+    from kbinfra.targets.ssh import HostKeyError  # noqa: PLC0415
+
+    holders: list[str] = []
+    silent: list[str] = []
+    for node in target.nodes:
+        try:
+            target.node_client(node.name).api.inspect_volume(volume)
+        except docker.errors.NotFound:
+            continue
+        except HostKeyError:
+            raise
+        except (docker.errors.DockerException, OSError, KbinfraError):
+            silent.append(node.name)
+            target.forget(node.name)
+            continue
+        holders.append(node.name)
+    if len(holders) == 1:
+        return holders[0]
+    if holders:
+        raise BackupError(
+            f"volume {volume} exists on {len(holders)} nodes ({', '.join(holders)}): a volume "
+            "of backup.volumes on a Swarm must be on one node",
+            where="backup.volumes",
+            fix="remove the copies that are not the data (`docker volume rm` on those nodes), "
+            "or take the volume out of backup.volumes",
+        )
+    known = {node.name for node in target.nodes}
+    if recorded is not None and recorded in known and not silent:
+        return recorded
+    down = f"; {', '.join(silent)} did not answer" if silent else ""
+    raise BackupError(
+        f"volume {volume} exists on no node of the Swarm{down}",
+        where="backup.volumes",
+        fix="create it on the node that should hold it, or take it out of backup.volumes"
+        if not silent
+        else "start the node that holds it (`kbinfra status`), then try again",
+    )
+
+
+def store_nodes(stack: Stack, services: Iterable[str]) -> dict[str, str]:
+    """The node each store is pinned to by the stack file (its volume is there): where the
+    restore drill runs its throwaway container. A store of Qdrant peers: the first peer's."""
+    from kbinfra.swarm.placement import stack_placements  # noqa: PLC0415
+
+    placements = stack_placements(stack)
+    return {
+        service: (placements[service].peers or placements[service].nodes)[0] for service in services
+    }
+
+
+def refuse_peers(stack: Stack, services: Iterable[str]) -> None:
+    """A store that runs as peers (Qdrant's distributed mode) is refused: each peer's
+    snapshot holds only the shards on that peer, and restoring them is not built; one task's
+    would look like a whole backup and not be one."""
+    from kbinfra.swarm.placement import stack_placements  # noqa: PLC0415
+
+    placements = stack_placements(stack)
+    for service in services:
+        peers = placements[service].peers
+        if peers:
+            raise BackupError(
+                f"{service} runs as {len(peers)} peers ({', '.join(peers)}): a backup of each "
+                "peer's shards is not built, and one peer's snapshot is not the whole collection",
+                where=f"swarm.services.{service}.peers",
+                fix=f"disable {service} for the backup, or take Qdrant's own snapshots of "
+                "each peer (docs/swarm.md, Qdrant)",
+            )

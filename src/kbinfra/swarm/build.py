@@ -41,7 +41,7 @@ from kbinfra.names import (
     swarm_network_name,
     swarm_service_name,
 )
-from kbinfra.service import ContainerSpec, RenderedFile, Service
+from kbinfra.service import ContainerSpec, FileMount, RenderedFile, Service
 from kbinfra.swarm.desired import (
     LABEL_SWARM_STACK,
     SwarmConfig,
@@ -59,6 +59,8 @@ if TYPE_CHECKING:
     from kbinfra.stack import Stack
 
 SECRETS_DIR = "/run/secrets"
+#: Where :func:`secrets_as_files` says its secret files come from: no file of ``rendered/``.
+DRILL_SECRETS_SOURCE = ".kbinfra-secrets"
 #: A version of the content in every secret's and config's name: 12 hex digits of sha256.
 CONTENT_DIGITS = 12
 #: Docker refuses config and secret names longer than this.
@@ -350,4 +352,37 @@ def swarm_stack(
     )
     return SwarmStack(
         stack=stack.spec.name, network=swarm_network_name(stack.spec.name), services=services
+    )
+
+
+def secrets_as_files(
+    stack: Stack, service: Service, spec: ContainerSpec
+) -> tuple[ContainerSpec, list[RenderedFile]]:
+    """``spec`` for a plain container on a Swarm node (the restore drill's) whose files are
+    rendered for the Swarm: each secret the image reads from a file (``*_FILE``) is a file at
+    the path a task has it (``/run/secrets/<name>``), the variable pointing at it, as in the
+    task; a secret the image reads only from its environment stays there, as on one host.
+    The files are returned as rendered files (0400 or 0444, like the Docker secrets), to be
+    put into the created container; never written anywhere else."""
+    file_env, secrets, exports = _env_secrets(stack, service, spec)
+    from_env = {variable for variable, _ in exports}
+    by_file = {v: s for v, s in spec.secret_env.items() if v not in from_env}
+    if not by_file:
+        return spec, []
+    files: dict[str, RenderedFile] = {}
+    mounts = list(spec.files)
+    for secret in secrets:
+        if secret.target not in by_file.values() or secret.target in files:
+            continue
+        source = f"{DRILL_SECRETS_SOURCE}/{secret.target}"
+        files[secret.target] = RenderedFile(
+            source, secret.data.decode("utf-8"), mode=secret.mode, secret=True
+        )
+        mounts.append(
+            FileMount(source, f"{SECRETS_DIR}/{secret.target}", int(secret.uid), int(secret.gid))
+        )
+    in_env = {v: s for v, s in spec.secret_env.items() if v in from_env}
+    return (
+        spec._replace(env={**spec.env, **file_env}, secret_env=in_env, files=tuple(mounts)),
+        list(files.values()),
     )

@@ -47,6 +47,10 @@ class FileStore(ABC):
     def remove(self, path: str) -> None:
         """Delete ``path`` if it exists."""
 
+    @abstractmethod
+    def remove_folder_if_empty(self) -> None:
+        """Delete the folder itself when nothing is left in it (``destroy --delete-data``)."""
+
     def modes(self, paths: Iterable[str]) -> dict[str, int]:
         """Permission bits (``0o600``…) of ``paths``; missing files are left out."""
         raise NotImplementedError(f"{type(self).__name__} cannot read file modes")

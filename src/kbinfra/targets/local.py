@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
@@ -97,6 +98,10 @@ class LocalFileStore(FileStore):
                 parent.rmdir()  # only when empty
             except OSError:
                 break
+
+    def remove_folder_if_empty(self) -> None:
+        with contextlib.suppress(OSError):  # not empty, or already gone
+            self.root.rmdir()
 
 
 class LocalTarget(Target):

@@ -408,6 +408,7 @@ REMOVE_SCRIPT = (
     'while :; do case "$d" in "$top"/*) rmdir -- "$d" 2>/dev/null || break; '
     'd=$(dirname -- "$d");; *) break;; esac; done; exit 0'
 )
+REMOVE_FOLDER_SCRIPT = 'IFS= read -r d || exit 2; rmdir -- "$d" 2>/dev/null; exit 0'
 REMOTE_SCRIPTS = (
     ENGINE_ADDRESS_SCRIPT,
     HASHES_SCRIPT,
@@ -415,6 +416,7 @@ REMOTE_SCRIPTS = (
     MODES_SCRIPT,
     PUT_SCRIPT,
     REMOVE_SCRIPT,
+    REMOVE_FOLDER_SCRIPT,
 )
 
 
@@ -490,6 +492,9 @@ class RemoteFileStore(FileStore):
     def remove(self, path: str) -> None:
         lines = stdin_line(self._remote(path)) + stdin_line(self.root)
         self._target.run_script(REMOVE_SCRIPT, lines)
+
+    def remove_folder_if_empty(self) -> None:
+        self._target.run_script(REMOVE_FOLDER_SCRIPT, stdin_line(self.root))
 
 
 class SSHTarget(Target):

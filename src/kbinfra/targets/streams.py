@@ -54,18 +54,28 @@ class LogRequest:
     tail: int | None = None  # None: every line
 
 
-def read_logs(api: APIClient, containers: Mapping[str, str], request: LogRequest) -> list[LogLine]:
+def read_logs(
+    api: APIClient,
+    containers: Mapping[str, str],
+    request: LogRequest,
+    apis: Mapping[str, APIClient] | None = None,
+) -> list[LogLine]:
     """Every selected container's lines (``tail`` each, since ``since``), interleaved by
-    Docker's timestamps."""
+    Docker's timestamps. ``apis``: the engine of a container that ``api`` does not reach
+    (on a Swarm, each task's node), by its label."""
     per_service = []
     for service, container in containers.items():
-        raw = api.logs(
-            container,
-            stdout=True,
-            stderr=True,
-            timestamps=True,
-            tail="all" if request.tail is None else request.tail,
-            since=request.since,
+        raw = (
+            (apis or {})
+            .get(service, api)
+            .logs(
+                container,
+                stdout=True,
+                stderr=True,
+                timestamps=True,
+                tail="all" if request.tail is None else request.tail,
+                since=request.since,
+            )
         )
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
         per_service.append([split_timestamp(service, line) for line in text.splitlines()])
@@ -77,8 +87,10 @@ class LogFollower:
     caller's thread in arrival order. A container that stops ends its stream; the follow
     ends when every stream has, or when the caller stops (Ctrl-C)."""
 
-    def __init__(self, api: APIClient) -> None:
+    def __init__(self, api: APIClient, apis: Mapping[str, APIClient] | None = None) -> None:
         self.api = api
+        #: the engine of each container ``api`` does not reach, by label (read_logs' too)
+        self.apis = dict(apis or {})
         self._lines: queue.Queue[LogLine | str] = queue.Queue()
         self._stopping = threading.Event()
         self._streams: list[Any] = []
@@ -132,7 +144,7 @@ class LogFollower:
     ) -> None:
         pending = b""
         try:
-            stream = self.api.logs(
+            stream = self.apis.get(service, self.api).logs(
                 container, stream=True, follow=True, timestamps=True, tail=tail, since=since
             )
             self._streams.append(stream)

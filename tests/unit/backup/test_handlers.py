@@ -409,4 +409,4 @@ def test_an_unpaused_container_is_waited_for_through_unhealthy() -> None:
     assert wait_healthy_again(Engine(["unhealthy", "healthy"]), "c", 30) is None  # type: ignore[arg-type]
     assert wait_healthy_again(Engine([None]), "c", 30) is None  # type: ignore[arg-type]
     stuck = wait_healthy_again(Engine(["unhealthy"]), "c", 0)  # type: ignore[arg-type]
-    assert stuck == "not healthy 0 s after the restore (state running, health unhealthy)"
+    assert stuck == "not healthy 0 s after it was unpaused (state running, health unhealthy)"

@@ -284,7 +284,7 @@ def test_converge_progress_shows_changed_services_as_waiting_then_updating() -> 
     assert watcher.seconds("redis") >= 0.0 and watcher.seconds("nowhere") == 0.0
 
 
-@pytest.mark.parametrize("command", [("logs",), ("backup", "verify", "latest")])
+@pytest.mark.parametrize("command", [("history",), ("rollback", "--yes")])
 def test_commands_not_built_for_a_swarm_refuse_it_in_one_line(
     swarm_dir: Callable[..., Path], command: tuple[str, ...]
 ) -> None:

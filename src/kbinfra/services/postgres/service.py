@@ -29,6 +29,7 @@ from kbinfra.services.postgres.exporter import SERVICE as EXPORTER
 
 Workload = Literal["web", "oltp", "dw", "mixed"]
 DiskKind = Literal["ssd", "nvme", "hdd"]
+WalCompression = Literal["lz4", "zstd", "pglz", "on", "off"]
 
 KB = 1
 MB = 1024 * KB
@@ -48,6 +49,8 @@ PIDS_BESIDES_BACKENDS = 128
 #: The group of the short-lived roles ``kbinfra bench`` creates (``kbinfra_bench_<token>``):
 #: pg_hba.conf lets its members in over TCP (``+kbinfra_bench``) only while they exist.
 BENCH_GROUP = "kbinfra_bench"
+#: The data volume's purpose (``<stack>-postgres-data``) until a major upgrade moves it.
+DATA_VOLUME = "data"
 #: The image's postgres user (the official image's and the test bed's, both Debian's).
 POSTGRES_UID = 999
 CONFIG_DIR = "/etc/postgresql"
@@ -93,6 +96,17 @@ class PostgresSettings(ServiceSettings):
         None, ge=13, le=30, description="Major version; read from the image tag when absent"
     )
     max_connections: int | None = Field(None, ge=10, le=10000)
+    volume: str = Field(
+        DATA_VOLUME,
+        pattern=r"^data(-[a-z0-9]{1,20})?$",
+        description="The data volume, after `<stack>-postgres-`: `data`, or `data-<major>` "
+        "once `kbinfra upgrade` moved the data to a new major version's own volume",
+    )
+    wal_compression: WalCompression | None = Field(
+        None,
+        description="Default: lz4 on PostgreSQL 15 and later (PGTune); pglz for a build "
+        "without lz4",
+    )
 
 
 class PgTune(NamedTuple):
@@ -127,6 +141,7 @@ def pgtune(
     disk: DiskKind,
     version: int,
     max_connections: int | None = None,
+    wal_compression: WalCompression | None = None,
 ) -> PgTune:
     """PGTune's formulas (FACTS.md) for ``memory_kb`` of RAM and ``cpus`` cores."""
     connections = max_connections or MAX_CONNECTIONS[workload]
@@ -165,7 +180,7 @@ def pgtune(
         max_parallel_workers_per_gather=gather,
         max_parallel_workers=cpus if parallel else None,
         max_parallel_maintenance_workers=gather,
-        wal_compression="lz4" if version >= 15 else "on",
+        wal_compression=wal_compression or ("lz4" if version >= 15 else "on"),
         jit=None if workload == "dw" else "off",
     )
 
@@ -248,7 +263,13 @@ class Postgres(Service):
             disk=ctx.profile.host.disk,
             version=major_version(ctx.image, settings.version),
             max_connections=settings.max_connections,
+            wal_compression=settings.wal_compression,
         )
+
+    def data_volume(self, ctx: ServiceContext) -> str:
+        """``<stack>-postgres-data``, or the volume a major upgrade moved the data to."""
+        settings: PostgresSettings = ctx.settings
+        return ctx.volume(settings.volume)
 
     def template_context(self, ctx: ServiceContext) -> dict[str, Any]:
         tune = self.tuning(ctx)
@@ -315,7 +336,7 @@ class Postgres(Service):
                 **{role_password_variable(role): role.password_secret for role in roles},
             },
             ports=ctx.loopback_port(5432),
-            volumes=[VolumeMount(volume=ctx.volume(), target=DATA_DIR)],
+            volumes=[VolumeMount(volume=self.data_volume(ctx), target=DATA_DIR)],
             files=[
                 FileMount(
                     source="postgres/postgresql.conf", target=f"{CONFIG_DIR}/postgresql.conf"
@@ -472,7 +493,7 @@ class Postgres(Service):
         initializes an empty volume: log in as the stack's user, over the local socket, with
         the stack's password (from the container's environment, never on a command line)."""
         settings: PostgresSettings = ctx.settings
-        volume = ctx.volume()
+        volume = self.data_volume(ctx)
         psql = 'psql -X -w -q -A -t -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "SELECT 1"'
         login = f'PGPASSWORD="$POSTGRES_PASSWORD" exec {psql}'
         if self.service_roles(ctx):
