@@ -8,13 +8,22 @@ same API: POST /documents, GET /documents/{id}, GET /search):
     python benchmarks/app.py --dir STACK_DIR [--runs 3] [--documents 20] [--searches 200]
         [--concurrency 4] [--skip-parts] [--output json]
 
+or, on the test bed (`scripts/testbed up` prints the image map), a stack of its own that it
+applies first and destroys after (PostgreSQL, Redis, Qdrant, Unstructured, embeddings,
+nginx with its rate limit raised for the load; 2 API replicas and 1 worker):
+
+    python benchmarks/app.py --testbed .testbed/images.yaml --embeddings-image IMAGE
+
 Each run uploads --documents new documents (one unique sentence each, among filler text)
 with --concurrency uploads at a time, waits until every one is `done` (bounded), then
 searches --searches times for those sentences (--concurrency at a time) and counts how many
 searches find their own document first. nginx is reached over HTTPS on this machine
 (127.0.0.1 at the stack's https_port, SNI and Host the stack's domain, its certificate
 verified against the stack's own). Then `kbinfra bench --quick --only embeddings,qdrant`
-runs once for the parts. Prints medians of the runs (min-max); never an assertion on time.
+runs after each run for the parts, and the whole's search p50 is set beside the sum of
+its parts' (one embedding of the query plus one Qdrant search, measured in the same run):
+the ratio is what nginx, TLS, the app and PostgreSQL add. Prints medians of the runs
+(min-max); never an assertion on time.
 """
 
 from __future__ import annotations
@@ -25,11 +34,13 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -236,6 +247,76 @@ def parts(stack_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+#: The parts one search through the app is made of: embedding the query, one Qdrant search.
+SEARCH_PARTS = ("embeddings embed-single", "qdrant search")
+
+
+def parts_p50_s(rows: Sequence[dict[str, Any]]) -> float | None:
+    """The sum of the p50s of a search's parts in one bench run; None when one is missing."""
+    p50 = {row["part"]: row["p50_s"] for row in rows}
+    if not all(p50.get(part) for part in SEARCH_PARTS):
+        return None
+    return float(sum(p50[part] for part in SEARCH_PARTS))
+
+
+def part_medians(part_runs: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each part's throughput and latencies: the median over the runs that measured it."""
+    by_part: dict[str, list[dict[str, Any]]] = {}
+    for rows in part_runs:
+        for row in rows:
+            by_part.setdefault(row["part"], []).append(row)
+    medians = []
+    for rows in by_part.values():
+        merged = dict(rows[0], runs=len(rows))
+        for key in ("throughput_per_s", "p50_s", "p95_s"):
+            values = [row[key] for row in rows if row.get(key) is not None]
+            merged[key] = statistics.median(values) if values else None
+        medians.append(merged)
+    return medians
+
+
+TESTBED_SERVICES = ("postgres", "redis", "qdrant", "unstructured", "embeddings", "nginx")
+
+
+@contextmanager
+def testbed_stack(images: Path, embeddings_image: str) -> Iterator[Path]:
+    """A stack with the reference app on the test bed's images, applied; destroyed after.
+    Made as the integration tests make theirs (tests/integration/stack_support.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for tests
+    from tests.integration.stack_support import (  # noqa: PLC0415
+        DOCUMENTS_WORKER,
+        app_deployment,
+    )
+    from tests.integration.testbed_support import Testbed  # noqa: PLC0415
+
+    mapped = yaml.safe_load(images.read_text())["images"]
+    local_only = Testbed(images, mapped, None, "", "")  # type: ignore[arg-type]
+
+    def for_the_load(data: dict[str, Any]) -> None:
+        # one client address sends the whole load: nginx's default 10 r/s would be measured
+        nginx = data["services"]["nginx"]
+        nginx["rate_limit_rps"], nginx["rate_limit_burst"] = 1000, 1000
+        data["services"]["embeddings"]["image"] = embeddings_image
+
+    with tempfile.TemporaryDirectory(prefix="kb-app-bench-") as parent:
+        app = {"replicas": 2, "migrate": ["migrate"], "workers": [DOCUMENTS_WORKER]}
+        stack = app_deployment(
+            "local", Path(parent) / "stack", local_only, TESTBED_SERVICES, app,
+            prefix="kbbench", configure=for_the_load,
+        )  # fmt: skip
+        note(f"applying stack {stack.name} (minutes on 2 cores)")
+        started = time.monotonic()
+        applied = stack.run("apply", "--yes", "--allow-oversized-profile", timeout=1800)
+        if applied.code != 0:
+            raise SystemExit(f"kbinfra apply exited {applied.code}: {applied.err.strip()}")
+        note(f"applied in {time.monotonic() - started:.0f} s")
+        try:
+            yield stack.dir
+        finally:
+            note(f"destroying stack {stack.name}")
+            stack.run("destroy", "--yes", "--delete-data", "--confirm-name", stack.name)
+
+
 def spread(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> str:
     scaled = [v * scale for v in values]
     return (
@@ -246,7 +327,14 @@ def spread(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", type=Path, required=True, help="the stack folder")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--dir", type=Path, help="the stack folder of a running stack")
+    where.add_argument(
+        "--testbed", type=Path, help="the test bed's image map: apply a stack of its own"
+    )
+    parser.add_argument(
+        "--embeddings-image", help="with --testbed: the embedding service's image (built here)"
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--documents", type=int, default=20)
     parser.add_argument("--searches", type=int, default=200)
@@ -254,12 +342,31 @@ def main() -> None:
     parser.add_argument("--skip-parts", action="store_true", help="no kbinfra bench run")
     parser.add_argument("--output", choices=["text", "json"], default="text")
     args = parser.parse_args()
+    if args.testbed is not None:
+        if not args.embeddings_image:
+            parser.error("--testbed needs --embeddings-image (`kbinfra images build` makes it)")
+        with testbed_stack(args.testbed, args.embeddings_image) as folder:
+            measure(argparse.Namespace(**{**vars(args), "dir": folder}))
+        return
+    measure(args)
+
+
+def measure(args: argparse.Namespace) -> None:
+    """The runs against the stack in ``args.dir``, and the report."""
     nginx = Nginx.of_stack(args.dir)
     runs = []
+    part_runs: list[list[dict[str, Any]]] = []
+    gaps: list[float] = []
     for index in range(args.runs):
         note(f"run {index + 1} of {args.runs}")
-        runs.append(one_run(nginx, args.documents, args.searches, args.concurrency, seed=index))
-    measured_parts = [] if args.skip_parts else parts(args.dir)
+        run = one_run(nginx, args.documents, args.searches, args.concurrency, seed=index)
+        runs.append(run)
+        if not args.skip_parts:
+            part_runs.append(parts(args.dir))
+            reference = parts_p50_s(part_runs[-1])
+            if reference:
+                gaps.append(run.percentile(0.50) / reference)
+    measured_parts = part_medians(part_runs)
     whole = {
         "documents_per_s": [r.documents_per_s for r in runs],
         "search_p50_s": [r.percentile(0.50) for r in runs],
@@ -277,6 +384,8 @@ def main() -> None:
                     "whole": {k: statistics.median(v) for k, v in whole.items()},
                     "per_run": whole,
                     "parts": measured_parts,
+                    "search_p50_over_parts": statistics.median(gaps) if gaps else None,
+                    "search_p50_over_parts_per_run": gaps,
                     "rate_limited": rate_limited[0],
                     "rate_limit": nginx.rate_limit,
                 },
@@ -299,11 +408,20 @@ def main() -> None:
             "services.nginx.rate_limit_rps on a stack meant for a load test"
         )
     if measured_parts:
-        print("the parts, kbinfra bench --quick (one run):")
+        print("the parts, kbinfra bench --quick after each run (median of the runs):")
         for part in measured_parts:
-            p95 = part["p95_s"]
-            p95_text = f", p95 {p95 * 1000:.1f} ms {part['latency_of']}" if p95 else ""
-            print(f"  {part['part']}: {part['throughput_per_s']:.1f} {part['unit']}/s{p95_text}")
+            p50, p95 = part["p50_s"], part["p95_s"]
+            latency = (
+                f", p50 {p50 * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms {part['latency_of']}"
+                if p50 and p95
+                else ""
+            )
+            print(f"  {part['part']}: {part['throughput_per_s']:.1f} {part['unit']}/s{latency}")
+    if gaps:
+        print(
+            f"search p50 through nginx / ({' + '.join(SEARCH_PARTS)} p50), same run: "
+            f"{spread(gaps, digits=2)}x"
+        )
 
 
 if __name__ == "__main__":

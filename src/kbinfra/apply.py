@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from kbinfra.containers import DesiredService, Facts, ObservedContainer
-from kbinfra.errors import KbinfraError
+from kbinfra.errors import ApplyFailedError, KbinfraError
 from kbinfra.health_gate import BoundedAttempts, exec_command, wait_until_healthy
 from kbinfra.names import OLD_SUFFIX, network_name
 from kbinfra.plan import (
@@ -72,6 +72,8 @@ class ServiceResult:
     #: health test, without the time the previous container took to stop; None when no
     #: container came up.
     healthy_after_s: float | None = None
+    #: A one-off job (``ContainerSpec.run_once``): its error says what failed, not "healthy".
+    job: bool = False
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -238,14 +240,20 @@ def repair(
     engine: Engine,
     progress: Progress = SILENT,
     containers: tuple[ObservedContainer, ...] | None = None,
+    balancing: Callable[[], Mapping[str, tuple[str, Reload]]] | None = None,
 ) -> list[str]:
     """Undo what an interrupted apply left: put back or drop ``.kbinfra-old`` containers.
 
-    ``containers``: the stack's containers, when already listed.
+    ``containers``: the stack's containers, when already listed. ``balancing``: the
+    balancers (:func:`balancers`) of the rolling containers, asked only when an old one is
+    dropped for its serving successor: an apply stopped between a new replica's health gate
+    and nginx's reload leaves nginx sending to the old container's address, so they are
+    reloaded onto the successors before the old ones go.
     """
     facts = Facts(containers=engine.stack_containers() if containers is None else containers)
     done: list[str] = []
     handled: set[str] = set()
+    dropped: list[tuple[str, ObservedContainer]] = []
     for old in facts.containers:
         if not old.name.endswith(OLD_SUFFIX):
             continue
@@ -253,16 +261,27 @@ def repair(
         primary = facts.container(primary_name)
         handled.add(primary_name)
         if primary is not None and _serving(primary):
-            engine.remove(old.id)
-            done.append(
-                f"{primary_name}: removed the previous container left by an interrupted apply"
-            )
+            dropped.append((primary_name, old))
             continue
         if primary is not None:
             engine.remove(primary.id)
         engine.rename(old.id, primary_name)
         engine.start(old.id)
         done.append(f"{primary_name}: put back the previous container (interrupted apply)")
+    reloads = balancing() if dropped and balancing is not None else {}
+    if reloads:
+        error = reload_balancers(engine, reloads)
+        names = ", ".join(sorted(reloads))
+        if error is not None:  # the old ones stay: they may still be all it sends to
+            raise ApplyFailedError(
+                f"{names} could not be reloaded onto the containers an interrupted apply "
+                f"left serving: {error}",
+                fix="fix what the line says, then apply again (nothing was removed)",
+            )
+        done.append(f"{names}: reloaded onto the containers an interrupted apply left serving")
+    for primary_name, old in dropped:
+        engine.remove(old.id)
+        done.append(f"{primary_name}: removed the previous container left by an interrupted apply")
     for container in facts.containers:
         if (
             container.state == "created"
@@ -338,6 +357,7 @@ class ServiceRunner:
         else:
             result = ServiceResult(desired.service, action, "unchanged")
         result.seconds = self.clock() - started
+        result.job = desired.spec.run_once
         if result.error:
             result.error = self.redact(result.error)
             result.logs = [self.redact(line) for line in result.logs]
@@ -355,7 +375,7 @@ class ServiceRunner:
         backoff; a service without a health check must stay up for a moment."""
         timeout = health_timeout(desired, self.timeout)
         if desired.spec.run_once:
-            return self._completed(container_id, timeout)
+            return self._completed(desired, container_id, timeout)
         check = desired.spec.healthcheck
         command = exec_command(check.test) if check is not None else None
         if check is None or command is None:
@@ -371,17 +391,23 @@ class ServiceRunner:
             sleep=self.sleep,
         ).error
 
-    def _completed(self, container_id: str, timeout: float) -> str | None:
-        """A one-off job's gate: it exits, and with 0, within ``timeout``."""
+    def _completed(self, desired: DesiredService, container_id: str, timeout: float) -> str | None:
+        """A one-off job's gate: it exits, and with 0, within ``timeout``; else what it is
+        and why, in its own last log line (``migration failed (exit 2): ...``)."""
         deadline = self.clock() + timeout
         interval = 0.2
+        title = desired.spec.job_title
         while True:
             state = self.engine.inspect(container_id)["State"]
             if state.get("Status") in ("exited", "dead"):
                 code = state.get("ExitCode")
-                return None if code == 0 else f"exited {code} (see the log lines below)"
+                if code == 0:
+                    return None
+                lines = [line.strip() for line in self.engine.logs_tail(container_id, 5)]
+                last = next((line for line in reversed(lines) if line), "it wrote no log line")
+                return f"{title} failed (exit {code}): {last}"
             if self.clock() > deadline:
-                return f"still running after {timeout:.0f}s"
+                return f"{title} still running after {timeout:.0f}s"
             self.sleep(interval)
             interval = min(2.0, interval * 1.5)
 
@@ -526,25 +552,11 @@ class ServiceRunner:
 
     def _reload_balancers(self, service: str) -> str | None:
         """Reload every running balancer (nginx), so that it resolves the rolled name anew."""
-        for name, (container, reload) in sorted(self.balancers.items()):
-            info = self.engine.reads.container_or_none(container)
-            if info is None or (info.get("State") or {}).get("Status") != "running":
-                continue  # not there yet: it resolves the name when it starts
-            self.progress.service_state(service, "working", f"reloading {name} onto the new one")
-            error = self._run_reload(container, reload)
-            if error is not None:
-                return f"{name}: {error}"
-        return None
 
-    def _run_reload(self, container: str, reload: Reload) -> str | None:
-        """``reload.test`` then ``reload.command`` in the running container; why not, if not."""
-        code, output = self.engine.exec(container, reload.test)
-        if code != 0:
-            return f"the new configuration failed its test: {_first_line(output, code)}"
-        code, output = self.engine.exec(container, reload.command)
-        if code != 0:
-            return f"the reload failed: {_first_line(output, code)}"
-        return None
+        def reloading(name: str) -> None:
+            self.progress.service_state(service, "working", f"reloading {name} onto the new one")
+
+        return reload_balancers(self.engine, self.balancers, reloading)
 
     def _reload(self, desired: DesiredService, observed: ObservedContainer) -> ServiceResult:
         """Deliver the changed reloadable files into the running container, test, reload and
@@ -592,7 +604,7 @@ class ServiceRunner:
                 for folder, archive in saved:
                     self.engine.put_archive(observed.id, folder, archive)
             if reloaded:
-                back = self._run_reload(observed.id, reload)
+                back = run_reload(self.engine, observed.id, reload)
                 error += (
                     f"; its previous files were put back, but reloading them failed: {back}"
                     if back is not None
@@ -640,6 +652,35 @@ class ServiceRunner:
         logs = self.engine.logs_tail(observed.id, LOG_LINES)
         self.progress.service_state(desired.service, "failed", f"failed: {error}")
         return ServiceResult(desired.service, "start", "failed", error=error, logs=logs)
+
+
+def run_reload(engine: Engine, container: str, reload: Reload) -> str | None:
+    """``reload.test`` then ``reload.command`` in the running container; why not, if not."""
+    code, output = engine.exec(container, reload.test)
+    if code != 0:
+        return f"the new configuration failed its test: {_first_line(output, code)}"
+    code, output = engine.exec(container, reload.command)
+    if code != 0:
+        return f"the reload failed: {_first_line(output, code)}"
+    return None
+
+
+def reload_balancers(
+    engine: Engine,
+    balancing: Mapping[str, tuple[str, Reload]],
+    reloading: Callable[[str], None] = lambda name: None,
+) -> str | None:
+    """Reload every running balancer of ``balancing`` (:func:`balancers`) so that it resolves
+    the names of the servers it balances over anew; the first failure, if any."""
+    for name, (container, reload) in sorted(balancing.items()):
+        info = engine.reads.container_or_none(container)
+        if info is None or (info.get("State") or {}).get("Status") != "running":
+            continue  # not there yet: it resolves the names when it starts
+        reloading(name)
+        error = run_reload(engine, container, reload)
+        if error is not None:
+            return f"{name}: {error}"
+    return None
 
 
 def _first_line(output: str, code: int) -> str:
@@ -836,6 +877,17 @@ def balancers(desired: Mapping[str, DesiredService]) -> dict[str, tuple[str, Rel
     return found
 
 
+def rolled_over_balancers(
+    stack: Stack, containers: Sequence[ObservedContainer]
+) -> dict[str, tuple[str, Reload]]:
+    """The balancers to reload when a repair drops old containers: those of the stack's
+    rolling containers, when one of the dropped ones is rolling (none otherwise)."""
+    desired = desired_services(stack, stack.rendered)
+    rolling = {d.container for d in desired.values() if d.spec.rolling}
+    dropped = {c.name.removesuffix(OLD_SUFFIX) for c in containers if c.name.endswith(OLD_SUFFIX)}
+    return balancers(desired) if rolling & dropped else {}
+
+
 def nothing_to_do(stack: Stack, engine: Engine, store: FileStore) -> list[ServiceResult] | None:
     """A look without the lock first: when the plan changes nothing and no apply holds the
     lock, every service is unchanged and the lock (a container created and removed) is not
@@ -900,7 +952,9 @@ def apply_stack(
         before = engine.stack_containers()
         if expect is not None:
             expect(observe(stack, engine, store, before))
-        outcome.repaired = repair(engine, progress, before)
+        outcome.repaired = repair(
+            engine, progress, before, lambda: rolled_over_balancers(stack, before)
+        )
         # a repair changed containers: list them again; else the one listing serves both
         seen = observe(stack, engine, store, None if outcome.repaired else before)
         plan = plan_of(stack, target.name, seen, only)

@@ -204,6 +204,9 @@ class ContainerSpec(NamedTuple):
     #: time apply (re)creates it, exit 0 is its health, and it is never restarted. Whatever
     #: ``depends_on`` it starts only once it has succeeded.
     run_once: bool = False
+    #: What a one-off job is called when it fails: ``migration failed (exit 2): <its last
+    #: log line>``.
+    job_title: str = "one-off job"
     #: Files it reloads while running, and how; None: any change recreates it.
     reload: Reload | None = None
     #: A server the edge balances over, by its container name: replaced start-first (the new

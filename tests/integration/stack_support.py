@@ -160,6 +160,47 @@ def new_deployment(
     return deployment
 
 
+#: The reference app's worker on its one queue: ``app.workers[]`` of the app tier's tests.
+DOCUMENTS_WORKER: dict[str, Any] = {
+    "name": "documents",
+    "command": ["worker"],
+    "replicas": 1,
+    "queues": ["documents"],
+}
+
+
+def app_deployment(
+    kind: str,
+    folder: Path,
+    testbed: Testbed,
+    services: Iterable[str],
+    app: dict[str, Any],
+    *,
+    prefix: str = "kbt",
+    configure: Callable[[dict[str, Any]], None] | None = None,
+) -> Deployment:
+    """:func:`new_deployment` with the stack file's ``app:`` section set to ``app`` (the
+    reference app's image unless it names one), nginx on free ports and ``configure``'s
+    edits; then ``kbinfra init`` again, which adds the secrets the app tier needs, and every
+    secret the fixed value."""
+    assert "app" in testbed.images, "the test bed's image map has no app: run scripts/testbed up"
+    deployment = new_deployment(kind, folder, testbed, services, prefix=prefix)
+
+    def with_app(data: dict[str, Any]) -> None:
+        nginx = data["services"]["nginx"]
+        nginx["http_port"], nginx["https_port"] = free_port(), free_port()
+        data["app"] = {"image": testbed.images["app"], **app}
+        if configure is not None:
+            configure(data)
+
+    deployment.edit(with_app)
+    completed = deployment.run("init")
+    assert completed.code == 0, completed.err
+    secrets = yaml.safe_load((folder / "secrets.yaml").read_text())
+    (folder / "secrets.yaml").write_text(yaml.safe_dump({k: fixed_secret(k) for k in secrets}))
+    return deployment
+
+
 def swarm_deployment(
     folder: Path,
     stack: str,

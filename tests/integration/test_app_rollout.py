@@ -1,22 +1,31 @@
-"""Zero-downtime changes to the app tier, on the local engine, with traffic through nginx.
+"""Zero-downtime changes to the app tier, with traffic through nginx, locally and over SSH.
 
-One stack (PostgreSQL, Redis, nginx; the reference app with a migration and one worker) is
-shared by the tests of this module, which run in order and each leave it serving:
+One stack per target (PostgreSQL, Redis, nginx; the reference app with a migration and one
+worker) is shared by the tests of this module, which run in order and each leave it serving.
+On both targets:
 
+- a new app image rolls replica by replica while a client sends requests through nginx over
+  HTTPS: zero failed requests, every replica replaced, one at a time, nginx not recreated;
+- a failing migration leaves the old release serving (no replica replaced, no failed
+  request), exit 1 with the migration's own reason.
+
+On the local engine only (``LOCAL_ONLY``), where the stack starts with one replica:
+
+- an apply stopped between a new replica's health gate and nginx's reload leaves nginx on
+  the old container's address; the next apply reloads nginx before it removes the old one;
 - a second replica reloads nginx in place (same container) and nginx routes to it;
 - a certificate nginx rejects (``nginx -t``) leaves the old files served, exit 1 with
   nginx's own line;
-- a new app image rolls replica by replica while a client sends requests through nginx over
-  HTTPS: zero failed requests, every replica replaced, one at a time, nginx not recreated;
-- a failing migration and an image whose health check fails leave the old release serving
-  (no replica replaced, no failed request), exit 1 with the reason.
+- an image whose health check fails leaves the old release serving, exit 1 with the reason,
+  within the default health timeout;
+- a rollback to the other good release rolls replica by replica without a failed request.
 
 The two extra releases are the test bed's reference app plus one ``ENV`` line each, built here.
 """
 
 from __future__ import annotations
 
-import io
+import signal
 import ssl
 import subprocess
 import threading
@@ -28,19 +37,27 @@ from typing import Any
 import docker
 import httpx
 import pytest
-import yaml
+
+from kbinfra.names import OLD_SUFFIX
 
 try:  # a package when tests/ has __init__.py files, plain modules otherwise
-    from .stack_support import Deployment, fixed_secret, free_port, new_deployment
-    from .testbed_support import Testbed
+    from .stack_support import (
+        DOCUMENTS_WORKER,
+        SECRET_MARK,
+        Deployment,
+        app_deployment,
+        build_image,
+    )
+    from .testbed_support import Testbed, wait_for
 except ImportError:
     from stack_support import (  # type: ignore[no-redef]
+        DOCUMENTS_WORKER,
+        SECRET_MARK,
         Deployment,
-        fixed_secret,
-        free_port,
-        new_deployment,
+        app_deployment,
+        build_image,
     )
-    from testbed_support import Testbed  # type: ignore[no-redef]
+    from testbed_support import Testbed, wait_for  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.integration
 
@@ -55,6 +72,8 @@ VARIANTS = {NEXT: "ENV KB_APP_RELEASE=next", BROKEN: "ENV KB_APP_FAIL_HEALTH=1"}
 MAX_REQUESTS = 3000
 MAX_SECONDS = 600.0
 APPLY = ("apply", "--yes", "--allow-oversized-profile", "--output", "json")
+#: For the tests that need one target only: they share the local stack.
+LOCAL_ONLY = pytest.mark.parametrize("deployed", ["local"], indirect=True)
 
 
 @pytest.fixture(scope="module")
@@ -63,44 +82,54 @@ def releases(testbed: Testbed, docker_client: docker.DockerClient) -> dict[str, 
         pytest.fail("the test bed's image map has no app: run scripts/testbed up")
     base = testbed.images["app"]
     for tag, line in VARIANTS.items():
-        dockerfile = f"FROM {base}\n{line}\n"
-        docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
+        build_image(docker_client, f"FROM {base}\n{line}\n", tag)
     return {"first": base, "next": NEXT, "broken": BROKEN}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["local", "ssh"])
 def deployed(
-    testbed: Testbed, tmp_path_factory: pytest.TempPathFactory, releases: dict[str, str]
+    request: pytest.FixtureRequest,
+    testbed: Testbed,
+    tmp_path_factory: pytest.TempPathFactory,
+    releases: dict[str, str],
 ) -> Iterator[Deployment]:
-    folder = tmp_path_factory.mktemp("app-rollout") / "stack"
-    deployment = new_deployment("local", folder, testbed, SERVICES, prefix="kbr")
+    """The stack on ``local`` (one replica: the local tests scale it out) or over ``ssh``
+    (two replicas from the start: the rollout needs two)."""
+    folder = tmp_path_factory.mktemp(f"app-rollout-{request.param}") / "stack"
 
-    def with_app(data: dict[str, Any]) -> None:
-        nginx = data["services"]["nginx"]
-        nginx["http_port"], nginx["https_port"] = free_port(), free_port()
+    def fast_client(data: dict[str, Any]) -> None:
         # the client below sends ~20 requests a second from one address
+        nginx = data["services"]["nginx"]
         nginx["rate_limit_rps"], nginx["rate_limit_burst"] = 1000, 1000
-        data["app"] = {
-            "image": releases["first"],
-            "replicas": 1,
-            "migrate": ["migrate"],
-            "workers": [
-                {"name": "documents", "command": ["worker"], "replicas": 1, "queues": ["documents"]}
-            ],
-        }
 
-    deployment.edit(with_app)
-    completed = deployment.run("init")  # adds the secrets the app tier needs
-    assert completed.code == 0, completed.err
-    secrets_file = folder / "secrets.yaml"
-    names = yaml.safe_load(secrets_file.read_text())
-    secrets_file.write_text(yaml.safe_dump({name: fixed_secret(name) for name in names}))
+    app = {
+        "image": releases["first"],
+        "replicas": 1 if request.param == "local" else 2,
+        "migrate": ["migrate"],
+        "workers": [DOCUMENTS_WORKER],
+    }
+    deployment = app_deployment(
+        request.param, folder, testbed, SERVICES, app, prefix="kbr", configure=fast_client
+    )
+    started = time.monotonic()
     applied = deployment.run(*APPLY, timeout=900)
+    print(f"apply of the rollout stack ({request.param}): {time.monotonic() - started:.1f} s")
     try:
         assert applied.code == 0, applied.out + applied.err
         yield deployment
     finally:
-        deployment.run("destroy", "--yes", "--delete-data", "--confirm-name", deployment.name)
+        deployment.run(
+            "destroy", "--yes", "--delete-data", "--confirm-name", deployment.name, "--force-unlock"
+        )
+
+
+def other_release(deployment: Deployment, releases: dict[str, str]) -> str:
+    """The serving release's successor: ``next`` after ``first``, ``first`` after any other."""
+    return (
+        releases["next"]
+        if deployment.spec["app"]["image"] == releases["first"]
+        else (releases["first"])
+    )
 
 
 def container_id(client: docker.DockerClient, name: str) -> str:
@@ -240,6 +269,76 @@ def replica_ids(client: docker.DockerClient, deployment: Deployment) -> dict[str
     }
 
 
+def reached_through_nginx(
+    deployment: Deployment, client: docker.DockerClient, container: str, requests: int = 10
+) -> bool:
+    """Whether ``requests`` GETs through nginx put a request from nginx in ``container``'s
+    log (its health checks come from 127.0.0.1, nginx's from its address)."""
+    port = deployment.spec["services"]["nginx"]["https_port"]
+    with httpx.Client(
+        base_url=f"https://127.0.0.1:{port}",
+        headers={"Host": deployment.spec["domain"]},
+        verify=False,
+    ) as https:
+        for _ in range(requests):
+            assert https.get("/health").status_code == 200
+    logs = client.api.logs(container).decode("utf-8", "replace")
+    return f"{nginx_address(client, deployment)}:" in logs
+
+
+def docker_says_healthy(client: docker.DockerClient, container: str) -> bool:
+    state = client.api.inspect_container(container)["State"]
+    return bool((state.get("Health") or {}).get("Status") == "healthy")
+
+
+@LOCAL_ONLY
+def test_an_apply_stopped_before_nginx_reloads_onto_a_new_replica_is_converged_by_the_next(
+    deployed: Deployment, docker_client: docker.DockerClient, releases: dict[str, str]
+) -> None:
+    """The apply is killed the moment it says it reloads nginx onto the new app-1: the new
+    replica is healthy under its name, the old one renamed beside it, and nginx still sends
+    to the old one's address. The next apply moves nginx onto the new one before the old
+    one goes: with one replica, a removal first would be a 502 for every request."""
+    replica = deployed.container("app-1")
+    old_id = container_id(docker_client, replica)
+    deployed.edit(lambda data: data["app"].__setitem__("image", other_release(deployed, releases)))
+    stopped = deployed.popen(*APPLY)
+    assert stopped.stderr is not None
+    said: list[str] = []
+    for line in stopped.stderr:
+        said.append(line)
+        if "app-1: reloading nginx onto the new one" in line:
+            stopped.kill()
+            break
+    stopped.wait(timeout=60)
+    assert stopped.returncode == -signal.SIGKILL, "".join(said)
+    assert not any(SECRET_MARK in line for line in said)
+
+    # The half-done state, for real: both containers run, and nginx sends to the old one.
+    names = app_containers(docker_client, deployed)
+    assert names[f"{replica}{OLD_SUFFIX}"] == old_id, names
+    assert names[replica] != old_id
+    assert not reached_through_nginx(deployed, docker_client, replica), "nginx was reloaded"
+    wait_for(
+        lambda: docker_says_healthy(docker_client, replica),
+        "Docker to find the new app-1 healthy (what the next apply's repair goes by)",
+        timeout_s=120,
+        interval_s=1,
+    )
+
+    applied, traffic = apply_with_traffic(deployed, docker_client)
+    assert applied.code == 0, applied.out + applied.err
+    assert traffic.failures == [], traffic.report()
+    repaired = applied.json()["repaired"]
+    assert "nginx: reloaded onto the containers an interrupted apply left serving" in repaired
+    assert f"{replica}: removed the previous container left by an interrupted apply" in repaired
+    assert set(app_containers(docker_client, deployed)) == {replica}
+    assert reached_through_nginx(deployed, docker_client, replica)
+    again = deployed.run("plan")
+    assert again.code == 0, again.out + again.err
+
+
+@LOCAL_ONLY
 def test_a_new_replica_reloads_nginx_in_place(
     deployed: Deployment, docker_client: docker.DockerClient
 ) -> None:
@@ -261,17 +360,7 @@ def test_a_new_replica_reloads_nginx_in_place(
     assert traffic.failures == [], traffic.report()
 
     # nginx now routes to the new replica: it appears in app-2's access log from nginx
-    address = nginx_address(docker_client, deployed)
-    port = deployed.spec["services"]["nginx"]["https_port"]
-    with httpx.Client(
-        base_url=f"https://127.0.0.1:{port}",
-        headers={"Host": deployed.spec["domain"]},
-        verify=False,
-    ) as https:
-        for _ in range(10):
-            assert https.get("/health").status_code == 200
-    logs = docker_client.api.logs(deployed.container("app-2")).decode("utf-8", "replace")
-    assert f"{address}:" in logs, f"no request from nginx ({address}) reached app-2"
+    assert reached_through_nginx(deployed, docker_client, deployed.container("app-2"))
 
     again = deployed.run("plan")
     assert again.code == 0, again.out + again.err
@@ -323,6 +412,7 @@ def apply_certificate(
     return applied
 
 
+@LOCAL_ONLY
 def test_a_certificate_nginx_rejects_keeps_the_old_one_serving(
     deployed: Deployment, docker_client: docker.DockerClient, tmp_path: Path
 ) -> None:
@@ -331,6 +421,7 @@ def test_a_certificate_nginx_rejects_keeps_the_old_one_serving(
     assert "its previous files were put back and it still serves them" in applied.err
 
 
+@LOCAL_ONLY
 def test_a_certificate_only_clients_refuse_is_reloaded_back(
     deployed: Deployment, docker_client: docker.DockerClient, tmp_path: Path
 ) -> None:
@@ -349,7 +440,8 @@ def test_a_new_image_rolls_replica_by_replica_without_a_failed_request(
     nginx = container_id(docker_client, deployed.container("nginx"))
     worker = container_id(docker_client, deployed.container("worker-documents-1"))
     before = replica_ids(docker_client, deployed)
-    deployed.edit(lambda data: data["app"].__setitem__("image", releases["next"]))
+    release = other_release(deployed, releases)
+    deployed.edit(lambda data: data["app"].__setitem__("image", release))
 
     applied, traffic = apply_with_traffic(deployed, docker_client)
     assert applied.code == 0, applied.out + applied.err
@@ -367,16 +459,17 @@ def test_a_new_image_rolls_replica_by_replica_without_a_failed_request(
     assert again.code == 0, again.out + again.err
     rows = deployed.run("status", "--output", "json").json()["services"]
     status = {row["service"]: row for row in rows}
-    assert status["app-1"]["running_image"] == releases["next"]
+    assert status["app-1"]["running_image"] == status["app-2"]["running_image"] == release
 
 
 def test_a_failing_migration_keeps_the_old_release_serving(
     deployed: Deployment, docker_client: docker.DockerClient, releases: dict[str, str]
 ) -> None:
     before = replica_ids(docker_client, deployed)
+    release = other_release(deployed, releases)
 
     def failing(data: dict[str, Any]) -> None:
-        data["app"]["image"] = releases["first"]
+        data["app"]["image"] = release
         data["app"]["migrate"] = ["no-such-migration"]
 
     deployed.edit(failing)
@@ -386,8 +479,12 @@ def test_a_failing_migration_keeps_the_old_release_serving(
         deployed.edit(lambda data: data["app"].__setitem__("migrate", ["migrate"]))
     assert applied.code == 1, applied.out + applied.err
     print(applied.err)
-    assert "app-migrate did not become healthy: exited 2" in applied.err
-    assert "unknown command 'no-such-migration'" in applied.err  # its own log line
+    # what failed, its exit code and its own last log line, in the error itself
+    assert (
+        "app-migrate: migration failed (exit 2): kb_app: unknown command 'no-such-migration'"
+        in applied.err
+    )
+    assert "did not become healthy" not in applied.err
     results = outcomes(applied)
     for replica in before:
         assert results[replica]["outcome"] == "skipped", results[replica]
@@ -395,6 +492,7 @@ def test_a_failing_migration_keeps_the_old_release_serving(
     assert traffic.failures == [], traffic.report()
 
 
+@LOCAL_ONLY
 def test_an_image_whose_health_check_fails_keeps_the_old_release_serving(
     deployed: Deployment, docker_client: docker.DockerClient, releases: dict[str, str]
 ) -> None:
@@ -402,11 +500,15 @@ def test_an_image_whose_health_check_fails_keeps_the_old_release_serving(
     worker = container_id(docker_client, deployed.container("worker-documents-1"))
     deployed.edit(lambda data: data["app"].__setitem__("image", releases["broken"]))
 
-    # long enough for the app to start on a loaded machine, so that its 503 is the reason
-    applied, traffic = apply_with_traffic(deployed, docker_client, "--timeout", "60")
+    # The default health timeout: Docker's own check fails the replica once its start
+    # period is over and three checks in a row have failed, well before kbinfra's timeout.
+    applied, traffic = apply_with_traffic(deployed, docker_client)
     assert applied.code == 1, applied.out + applied.err
     print(applied.err)
-    assert "did not become healthy: not healthy after 60s" in applied.err
+    assert (
+        "did not become healthy: Docker's health check found it unhealthy (3 failed checks "
+        "in a row after its 30s start period); last check:" in applied.err
+    )
     assert "HTTP Error 503" in applied.err
     results = outcomes(applied)
     failed = [r for r in ("app-1", "app-2") if results[r]["outcome"] == "failed"]
@@ -424,24 +526,29 @@ def test_an_image_whose_health_check_fails_keeps_the_old_release_serving(
     assert traffic.failures == [], traffic.report()
 
 
+@LOCAL_ONLY
 def test_a_rollback_rolls_back_to_the_old_image_without_a_failed_request(
     deployed: Deployment, docker_client: docker.DockerClient, releases: dict[str, str]
 ) -> None:
-    # The tests before leave release "next" serving (and kbinfra.yaml naming the broken
-    # image): roll back to the newest complete release of the first image on two replicas.
-    first_id = docker_client.images.get(releases["first"]).id
+    # The tests before leave one of the two good releases serving (and kbinfra.yaml naming
+    # the broken image): roll back to the newest complete release of the other one on two
+    # replicas.
+    serving = docker_client.containers.get(deployed.container("app-1")).image.id
+    first_id, next_id = (docker_client.images.get(releases[r]).id for r in ("first", "next"))
+    assert serving in (first_id, next_id), "a good release should be serving"
+    back_id = next_id if serving == first_id else first_id  # the release to roll back to
     recorded = deployed.run("history", "-o", "json")
     assert recorded.code == 0, recorded.err
     back_to = next(
         r
         for r in recorded.json()["releases"]
         if not r["failed"]
-        and r["images"].get("app-1", {}).get("id") == first_id
+        and r["images"].get("app-1", {}).get("id") == back_id
         and "app-2" in r["images"]
     )
     before = replica_ids(docker_client, deployed)
     for replica in before.values():
-        assert docker_client.containers.get(replica).image.id != first_id
+        assert docker_client.containers.get(replica).image.id != back_id
     nginx = container_id(docker_client, deployed.container("nginx"))
 
     rollback = ("rollback", str(back_to["release"]), "--yes", "--output", "json")
@@ -451,14 +558,14 @@ def test_a_rollback_rolls_back_to_the_old_image_without_a_failed_request(
     after = replica_ids(docker_client, deployed)
     for replica in before:
         assert after[replica] != before[replica], f"{replica} was not replaced"
-        assert docker_client.containers.get(after[replica]).image.id == first_id
+        assert docker_client.containers.get(after[replica]).image.id == back_id
         assert outcomes(rolled)[replica]["outcome"] == "recreated"
     assert_rolled_one_at_a_time(deployed, traffic, after)
     assert container_id(docker_client, deployed.container("nginx")) == nginx
 
     newest = deployed.run("history", "-o", "json").json()["releases"][0]
     assert newest["rollback_of"] == back_to["release"], newest
-    assert newest["images"]["app-1"]["id"] == first_id
+    assert newest["images"]["app-1"]["id"] == back_id
     again = deployed.run("plan")
     assert again.code == 0, again.out + again.err
 

@@ -2,8 +2,9 @@
 replicas, 1 Celery worker) applied with the stack; documents uploaded through nginx over HTTPS
 are partitioned, embedded and found again by search; check passes with the app's rows; bench
 measures the API through nginx. Locally also: status lists the replicas; Prometheus has the
-app's series from every replica and its alert rules evaluate on them; backup → wipe → restore
-leaves every document searchable.
+app's series from every replica and its alert rules evaluate on them; a worker replaced
+while its task runs finishes it (Celery's warm shutdown); backup → wipe → restore leaves every
+document searchable.
 
 One stack per target is shared by the tests of this module (applying it takes minutes on 2
 cores); the tests marked ``LOCAL_ONLY`` run on the local one, the backup test last (it wipes
@@ -13,6 +14,7 @@ and restores the stack).
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -30,14 +32,14 @@ from kbinfra.service_kit.monitoring import p95
 from kbinfra.services.grafana.service import own_panels
 
 try:  # a package when tests/ has __init__.py files, plain modules otherwise
-    from .stack_support import Deployment, fixed_secret, free_port, new_deployment
+    from .stack_support import DOCUMENTS_WORKER, Deployment, app_deployment, fixed_secret
     from .testbed_support import Testbed, wait_for
 except ImportError:
     from stack_support import (  # type: ignore[no-redef]
+        DOCUMENTS_WORKER,
         Deployment,
+        app_deployment,
         fixed_secret,
-        free_port,
-        new_deployment,
     )
     from testbed_support import Testbed, wait_for  # type: ignore[no-redef]
 
@@ -92,32 +94,25 @@ def deployed(
     tmp_path_factory: pytest.TempPathFactory,
     embeddings_image: str,
 ) -> Iterator[Deployment]:
-    if "app" not in testbed.images:
-        pytest.fail("the test bed's image map has no app: run scripts/testbed up")
     folder = tmp_path_factory.mktemp(f"app-tier-{request.param}") / "stack"
-    deployment = new_deployment(request.param, folder, testbed, SERVICES)
 
-    def with_app(data: dict[str, Any]) -> None:
-        nginx = data["services"]["nginx"]
-        nginx["http_port"], nginx["https_port"] = free_port(), free_port()
+    def configure(data: dict[str, Any]) -> None:
         data["services"]["embeddings"]["image"] = embeddings_image
         data["services"]["prometheus"]["scrape_interval_s"] = 5
         data["services"]["prometheus"]["evaluation_interval_s"] = 5
-        data["app"] = {
-            "image": testbed.images["app"],
+
+    deployment = app_deployment(
+        request.param,
+        folder,
+        testbed,
+        SERVICES,
+        {
             "replicas": len(REPLICAS),
             "migrate": ["migrate"],
-            "workers": [
-                {"name": "documents", "command": ["worker"], "replicas": 1, "queues": ["documents"]}
-            ],
-        }
-
-    deployment.edit(with_app)
-    completed = deployment.run("init")  # adds the secrets the app tier needs
-    assert completed.code == 0, completed.err
-    secrets_file = folder / "secrets.yaml"
-    names = yaml.safe_load(secrets_file.read_text())
-    secrets_file.write_text(yaml.safe_dump({name: fixed_secret(name) for name in names}))
+            "workers": [DOCUMENTS_WORKER],
+        },
+        configure=configure,
+    )
     # minimum's allocations with the embedding service exceed this test bed's memory.
     started = time.monotonic()
     applied = deployment.run("apply", "--yes", "--allow-oversized-profile", timeout=1200)
@@ -376,6 +371,119 @@ def test_the_alert_rules_and_panels_evaluate_on_the_apps_real_series(
     assert "REDIS_EXPORTER_CHECK_SINGLE_KEYS=db3=documents" in env, env
 
 
+class ContainerEvents:
+    """The engine's kill and die events of one container, as they happen (a thread reads
+    the event stream); on its SIGTERM, ``on_term`` is called (the test asks what it was
+    doing then). The daemon's own history is too short on a shared engine to ask later."""
+
+    def __init__(self, container_id: str, on_term: Any) -> None:
+        self.client = docker.from_env()
+        self.stream = self.client.events(
+            filters={"container": container_id, "event": ["kill", "die"]}, decode=True
+        )
+        self.on_term = on_term
+        self.seen: list[dict[str, Any]] = []
+        self.at_term: Any = None
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            for event in self.stream:
+                self.seen.append(event)
+                attributes = event["Actor"]["Attributes"]
+                if event["Action"] == "kill" and attributes.get("signal") == "15":
+                    self.at_term = self.on_term()
+                if event["Action"] == "die":
+                    return
+        except Exception:  # the stream closed: the test has what it saw
+            return
+
+    def close(self) -> None:
+        self.thread.join(timeout=30)
+        self.stream.close()
+        self.client.close()
+
+    def signals(self) -> list[str]:
+        return [
+            e["Actor"]["Attributes"].get("signal", "") for e in self.seen if e["Action"] == "kill"
+        ]
+
+    def seconds(self, action: str) -> float:
+        return next(e["timeNano"] for e in self.seen if e["Action"] == action) / 1e9
+
+
+#: How long the worker holds the slow document: longer than an apply takes to reach the
+#: worker's stop on this loaded machine, far shorter than the stop timeout.
+SLOW_TASK_S = 30
+SLOW_DOCUMENT = (
+    "Glaciers carve valleys into a U shape as they slide downhill over many centuries.\n\n"
+    "Meltwater under the ice lets a glacier slide faster over its bed in the summer.\n\n"
+    "A moraine is the ridge of rock and gravel a glacier leaves where it stopped."
+)
+
+
+@LOCAL_ONLY
+def test_a_workers_running_task_finishes_during_its_replacement(
+    deployed: Deployment, uploaded: dict[str, str]
+) -> None:
+    """A document the worker holds for SLOW_TASK_S is still processing when the worker is
+    replaced (its stop timeout changed: the worker alone is recreated). Celery's warm
+    shutdown on SIGTERM finishes it: the document ends done, once, processed by the old
+    worker, which exited 0 on SIGTERM within its stop timeout (never SIGKILL)."""
+    client = docker.from_env()
+    try:
+        old_worker = client.api.inspect_container(deployed.container(WORKER))["Id"]
+    finally:
+        client.close()
+    with through_nginx(deployed) as https:
+        sent = https.post(
+            "/documents",
+            params={"processing_delay_s": SLOW_TASK_S},
+            files={"file": ("glaciers.txt", SLOW_DOCUMENT.encode(), "text/plain")},
+        )
+        assert sent.status_code == 202, sent.text
+        document = sent.json()["id"]
+
+        def state() -> str:
+            return str(https.get(f"/documents/{document}").json()["status"])
+
+        wait_for(lambda: state() == "processing", "the worker to take the slow document")
+        events = ContainerEvents(old_worker, state)
+        try:
+            deployed.edit(lambda data: data["app"]["workers"][0].__setitem__("stop_timeout_s", 90))
+            started = time.monotonic()
+            applied = deployed.run(
+                "apply", "--yes", "--allow-oversized-profile", "--output", "json", timeout=600
+            )
+            print(f"worker replaced in {time.monotonic() - started:.1f} s: {events.seen}")
+        finally:
+            events.close()
+        assert applied.code == 0, applied.out + applied.err
+        outcomes = {r["service"]: r["outcome"] for r in applied.json()["services"]}
+        assert outcomes[WORKER] == "recreated", outcomes
+        assert {outcomes[r] for r in REPLICAS} == {"unchanged"}, outcomes
+        # SIGTERM while the task ran, then a clean exit within the stop timeout: no SIGKILL
+        assert events.at_term == "processing", events.seen
+        assert events.signals() == ["15"], events.seen
+        die = next(e for e in events.seen if e["Action"] == "die")
+        assert die["Actor"]["Attributes"]["exitCode"] == "0", die
+        held = events.seconds("die") - events.seconds("kill")
+        assert 0 < held < 90, held
+        # done, once: as many chunks as a document of three paragraphs processed once
+        finished = https.get(f"/documents/{document}").json()
+        reference = https.get(f"/documents/{uploaded['volcanoes.txt']}").json()
+        assert finished["status"] == "done", finished
+        assert finished["chunks"] == reference["chunks"] > 0, (finished, reference)
+    uploaded["glaciers.txt"] = document  # the backup test below restores it with the others
+    client = docker.from_env()
+    try:
+        new_logs = client.api.logs(deployed.container(WORKER)).decode("utf-8", "replace")
+    finally:
+        client.close()
+    assert document not in new_logs, "the new worker processed the document again"
+
+
 @LOCAL_ONLY
 def test_backup_wipe_restore_leaves_every_document_searchable(
     deployed: Deployment, uploaded: dict[str, str]
@@ -386,7 +494,7 @@ def test_backup_wipe_restore_leaves_every_document_searchable(
     backup = Path(made.json()["path"])
     manifest = json.loads((backup / "manifest.json").read_text())
     counts = {a["path"]: a.get("counts", {}) for a in manifest["artifacts"]}
-    assert counts["postgres/kb_app.dump"]["public.documents"] == len(DOCUMENTS)
+    assert counts["postgres/kb_app.dump"]["public.documents"] == len(uploaded)
 
     wiped = deployed.run(
         "destroy", "--yes", "--delete-data", "--confirm-name", deployed.name, timeout=600

@@ -155,7 +155,12 @@ def test_an_exec_the_engine_refuses_is_a_failed_attempt() -> None:
          "container exited with code 0"),
         ({"State": {"Status": "running",
                     "Health": {"Status": "unhealthy", "Log": [{"Output": "a\nrefused\n"}]}}},
-         "health check failed: refused"),
+         "Docker's health check found it unhealthy; last check: refused"),
+        ({"State": {"Status": "running",
+                    "Health": {"Status": "unhealthy", "Log": [{"Output": "HTTP Error 503"}]}},
+          "Config": {"Healthcheck": {"Retries": 3, "StartPeriod": 30_000_000_000}}},
+         "Docker's health check found it unhealthy (3 failed checks in a row after its 30s "
+         "start period); last check: HTTP Error 503"),
     ],
 )  # fmt: skip
 def test_the_gate_stops_for_a_container_that_will_not_come_up(

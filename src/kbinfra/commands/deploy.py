@@ -336,9 +336,11 @@ def report_apply(console: Console, result: "ApplyResult", where: str) -> None:
                     console.note(f"    {line}")
         first = failed[0]
         back = "; the previous container was restored" if first.rolled_back else ""
-        what = "was not reloaded" if first.action == "reload" else "did not become healthy"
+        what = " was not reloaded" if first.action == "reload" else " did not become healthy"
+        if first.job:  # its error names the job and its own reason; nothing was "restored"
+            what, back = "", ""
         raise ApplyFailedError(
-            f"{first.service} {what}: {first.error}{back}",
+            f"{first.service}{what}: {first.error}{back}",
             where=where,
             fix=("see its last log lines above; " if first.logs else "")
             + "fix kbinfra.yaml, then `kbinfra plan`",

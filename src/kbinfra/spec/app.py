@@ -60,6 +60,8 @@ _BENCH_PATH = re.compile(r"/[A-Za-z0-9._~/%-]{0,200}(\?[A-Za-z0-9._~%&=+-]{0,300
 #: HighSearchLatency alert (p95 above 0.5 s).
 DEFAULT_BENCH_P95_S = 0.5
 _MAX_REPLICAS = 16
+#: How long a replaced worker may take to finish its running task (``workers[].stop_timeout_s``).
+DEFAULT_WORKER_STOP_TIMEOUT_S = 120
 
 
 def check_pinned_image(value: str) -> str:
@@ -101,6 +103,11 @@ class AppWorker(_Strict):
     replicas: Annotated[int, Field(ge=1, le=_MAX_REPLICAS)] = 1
     queues: list[QueueName] = Field(
         ["celery"], min_length=1, description="Celery queues it consumes (Redis lists)"
+    )
+    stop_timeout_s: Annotated[int, Field(ge=1, le=3600)] = Field(
+        DEFAULT_WORKER_STOP_TIMEOUT_S,
+        description="Seconds a replaced worker has to finish its running task after SIGTERM "
+        "(Celery's warm shutdown) before it is killed: longer than the slowest task",
     )
 
     @field_validator("name")

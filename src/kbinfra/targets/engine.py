@@ -70,8 +70,15 @@ def container_problem(info: Mapping[str, Any]) -> str | None:
     if health.get("Status") == "unhealthy":
         log = health.get("Log") or [{}]
         output = str(log[-1].get("Output", "")).strip().splitlines()
-        detail = f": {output[-1]}" if output else ""
-        return f"health check failed{detail}"
+        detail = f"; last check: {output[-1]}" if output else ""
+        check = (info.get("Config") or {}).get("Healthcheck") or {}
+        retries, start_ns = check.get("Retries"), check.get("StartPeriod")
+        counted = (
+            f" ({retries} failed checks in a row after its {start_ns / 1e9:g}s start period)"
+            if retries and start_ns
+            else ""
+        )
+        return f"Docker's health check found it unhealthy{counted}{detail}"
     return None
 
 

@@ -275,8 +275,11 @@ class ApiReplica(_Instance):
         return spec._replace(
             healthcheck=HealthCheck(
                 test=python_http_probe(f"http://127.0.0.1:{settings.port}{settings.health_path}"),
+                # A release whose replica answers unhealthy fails in about 45 s (its start
+                # period, then 3 failed checks 5 s apart): the rollout stops and the old
+                # release keeps serving, without waiting out minutes (docs/app.md).
                 interval_s=5,
-                retries=12,
+                retries=3,
                 start_period_s=30,
             ),
             depends_on=starts_after(ctx),
@@ -292,11 +295,13 @@ class WorkerReplica(_Instance):
         self.worker = worker
 
     def container(self, ctx: ServiceContext) -> ContainerSpec:
-        # Celery's warm shutdown finishes the running task on SIGTERM: give it time. The
-        # workers follow the API: a release whose API replicas fail keeps its old workers.
+        # Celery's warm shutdown finishes the running task on SIGTERM, within the worker's
+        # stop timeout (``app.workers[].stop_timeout_s``). The workers follow the API: a
+        # release whose API replicas fail keeps its old workers.
         settings: AppSettings = ctx.settings
         replicas = [replica_name(index) for index in range(1, settings.replicas + 1)]
-        return self.base_container(ctx, list(self.worker.command), stop_timeout_s=120)._replace(
+        command = list(self.worker.command)
+        return self.base_container(ctx, command, self.worker.stop_timeout_s)._replace(
             depends_on=[*starts_after(ctx), *replicas]
         )
 
@@ -312,7 +317,7 @@ class Migration(_Instance):
         settings: AppSettings = ctx.settings
         command = list(settings.migrate or ())
         return self.base_container(ctx, command, stop_timeout_s=30)._replace(
-            depends_on=stores_wired(ctx), run_once=True
+            depends_on=stores_wired(ctx), run_once=True, job_title="migration"
         )
 
 

@@ -10,6 +10,12 @@ chunks, upserts them into Qdrant and marks the document done. ``migrate`` create
 (the stack file's ``app.migrate: [migrate]``, run before the API starts). ``ping`` asks this
 container's worker for a Celery pong.
 
+Test-bed behaviour, for the rollout tests: ``POST /documents?processing_delay_s=N`` makes the
+worker hold that document for N seconds (at most 600) after marking it ``processing`` and
+before partitioning it: a slow task that is still running when its worker is replaced, so a
+test can see Celery's warm shutdown finish it. ``GET /documents/{id}`` also counts the
+document's chunks (a document processed twice would have each chunk twice).
+
 It reads only the environment kbinfra generates: the file named by ``KBINFRA_ENV_FILE``.
 """
 
@@ -211,8 +217,11 @@ def chunk(texts: list[str]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- the worker
+MAX_PROCESSING_DELAY_S = 600.0
+
+
 @celery_app.task(name="kb.process_document")
-def process_document(document_id: str) -> None:
+def process_document(document_id: str, processing_delay_s: float = 0.0) -> None:
     with database() as conn:
         row = conn.execute(
             "UPDATE documents SET status = 'processing' WHERE id = %s "
@@ -222,6 +231,9 @@ def process_document(document_id: str) -> None:
     if row is None:
         return
     filename, content_type, body = row
+    if processing_delay_s > 0:  # the test bed's slow task (module docstring)
+        log.info("document %s: held for %.1f s before processing", document_id, processing_delay_s)
+        time.sleep(min(processing_delay_s, MAX_PROCESSING_DELAY_S))
     try:
         with http() as client:
             chunks = chunk(partition(client, filename, content_type, bytes(body)))
@@ -295,7 +307,10 @@ def create_api() -> Any:
     api = FastAPI(title="kb-app", docs_url=None, redoc_url=None, openapi_url=None)
 
     @api.post("/documents", status_code=202)
-    def upload(file: UploadFile = File(...)) -> dict[str, str]:  # noqa: B008
+    def upload(
+        file: UploadFile = File(...),  # noqa: B008
+        processing_delay_s: float = Query(0.0, ge=0.0, le=MAX_PROCESSING_DELAY_S),
+    ) -> dict[str, str]:
         body = file.file.read()
         if not body:
             raise HTTPException(422, "the uploaded file is empty")
@@ -310,18 +325,20 @@ def create_api() -> Any:
                     body,
                 ),
             )
-        process_document.apply_async((document_id,), queue=QUEUES[0])
+        process_document.apply_async((document_id, processing_delay_s), queue=QUEUES[0])
         return {"id": document_id}
 
     @api.get("/documents/{document_id}")
-    def status(document_id: uuid.UUID) -> dict[str, str]:
+    def status(document_id: uuid.UUID) -> dict[str, Any]:
         with database() as conn:
             row = conn.execute(
-                "SELECT status FROM documents WHERE id = %s", (str(document_id),)
+                "SELECT status, (SELECT count(*) FROM chunks WHERE document_id = documents.id) "
+                "FROM documents WHERE id = %s",
+                (str(document_id),),
             ).fetchone()
         if row is None:
             raise HTTPException(404, "no such document")
-        return {"id": str(document_id), "status": row[0]}
+        return {"id": str(document_id), "status": row[0], "chunks": row[1]}
 
     @api.get("/search")
     def search(

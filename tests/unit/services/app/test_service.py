@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 import yaml
 
-from kbinfra.apply import ServiceRunner
+from kbinfra.apply import ApplyResult, ServiceRunner
+from kbinfra.commands.deploy import report_apply
 from kbinfra.containers import ObservedContainer
-from kbinfra.errors import SpecError
+from kbinfra.errors import ApplyFailedError, SpecError
 from kbinfra.exports import compose_document
 from kbinfra.names import LABEL_CONFIG_HASH
 from kbinfra.plan import desired_services, service_action
@@ -21,6 +22,7 @@ from kbinfra.scaffold import init_stack, read_image_map
 from kbinfra.secrets import dump_secrets, write_private_file
 from kbinfra.spec.stack import load_stack
 from kbinfra.stack import Stack, generated_secrets, open_stack
+from kbinfra.ui import Console, Output
 from tests.conftest import edit_stack_file, fixed_secret, write_stack_dir
 
 IMAGE = "registry.example.com/team/kb-api:1.4.2"
@@ -400,9 +402,14 @@ def test_a_migrations_gate_is_its_exit_code(make_stack: MakeStack, code: int, ou
     assert result.outcome == outcome
     assert engine.looks == 3
     if code:
-        assert result.error is not None and "exited 1" in result.error
-        assert result.logs == ["relation already exists"]
+        # what failed and why, in its own last line: not "did not become healthy"
+        assert result.error == "migration failed (exit 1): relation already exists"
+        assert result.job and result.logs == ["relation already exists"]
         assert engine.removed == ["job"]
+        with pytest.raises(ApplyFailedError) as failure:
+            report_apply(Console(Output.json), ApplyResult("kb", "local", [result]), "local")
+        message = failure.value.what
+        assert message == "app-migrate: migration failed (exit 1): relation already exists"
 
 
 def test_the_compose_export_runs_the_migration_once_before_the_api(make_stack: MakeStack) -> None:
