@@ -37,6 +37,7 @@ from typing import Any
 import docker
 import httpx
 import pytest
+import yaml
 
 from kbinfra.names import OLD_SUFFIX
 
