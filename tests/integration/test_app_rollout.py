@@ -63,7 +63,6 @@ except ImportError:
 pytestmark = pytest.mark.integration
 
 SERVICES = ("postgres", "redis", "nginx")
-REPOSITORY = "kbinfra-testbed/kb-app-rollout"
 #: The reference app, one ENV line on: a new image that serves exactly as the old one.
 NEXT = "kbinfra-testbed/kb-app-rollout:next"
 #: The reference app whose /health answers 503 (KB_APP_FAIL_HEALTH): a broken release.
