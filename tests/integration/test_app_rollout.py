@@ -63,10 +63,12 @@ except ImportError:
 pytestmark = pytest.mark.integration
 
 SERVICES = ("postgres", "redis", "nginx")
+#: Where this module's own builds go (tests/unit/test_testbed_images.py reads this name).
+REPOSITORY = "kbinfra-testbed/kb-app-rollout"
 #: The reference app, one ENV line on: a new image that serves exactly as the old one.
-NEXT = "kbinfra-testbed/kb-app-rollout:next"
+NEXT = f"{REPOSITORY}:next"
 #: The reference app whose /health answers 503 (KB_APP_FAIL_HEALTH): a broken release.
-BROKEN = "kbinfra-testbed/kb-app-rollout:unhealthy"
+BROKEN = f"{REPOSITORY}:unhealthy"
 VARIANTS = {NEXT: "ENV KB_APP_RELEASE=next", BROKEN: "ENV KB_APP_FAIL_HEALTH=1"}
 #: The client's bounds: it stops at whichever comes first (or when the apply ends).
 MAX_REQUESTS = 3000
