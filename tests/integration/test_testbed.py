@@ -22,6 +22,7 @@ from docker.models.containers import Container
 try:  # a package when tests/ has __init__.py files, plain modules otherwise
     from .testbed_support import (
         SSHTarget,
+        Testbed,
         exec_ok,
         output_text,
         published_port,
@@ -31,6 +32,7 @@ try:  # a package when tests/ has __init__.py files, plain modules otherwise
 except ImportError:
     from testbed_support import (  # type: ignore[no-redef]
         SSHTarget,
+        Testbed,
         exec_ok,
         output_text,
         published_port,
@@ -93,6 +95,32 @@ def network(docker_client: docker.DockerClient, cleanup: Cleanup, name: str) -> 
 
 
 # ------------------------------------------------------------------ the image map
+def _processes_holding(path: Path) -> list[str]:
+    """Every process with `path` open, as "PID COMMAND LINE"."""
+    held = []
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            if fd.readlink() != path:
+                continue
+            cmdline = (fd.parents[1] / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        command = cmdline.replace(b"\0", b" ").decode(errors="replace")
+        held.append(f"{fd.parts[2]} {command}")
+    return held
+
+
+def test_no_daemon_up_started_keeps_its_lock(testbed: Testbed) -> None:
+    """A daemon `up` starts (dockerd, sshd) that inherits the lock's fd holds it while it runs,
+    and every later `up` of the state dir then waits forever (CI did, for an hour)."""
+    lock = testbed.images_file.parent / "up.lock"
+    assert lock.exists()
+    # Another `up` running right now (the other test group's) holds it rightly, and briefly.
+    held = [line for line in _processes_holding(lock) if "testbed" not in line]
+    held = [line for line in held if line.split(" ", 2)[1] != "flock"]
+    assert not held
+
+
 def test_image_map_names_every_service_and_every_image_exists(
     images: dict[str, str], image_map_path: Path, docker_client: docker.DockerClient
 ) -> None:

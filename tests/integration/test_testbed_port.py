@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import socket
@@ -61,8 +62,13 @@ def first_testbed_sshd(tmp_path: Path) -> Iterator[tuple[Path, int, int]]:
             os.kill(pid, 15)
 
 
-def _up(state: Path, port: int) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KBINFRA_TESTBED_DIR": str(state), "KBINFRA_TESTBED_SSH_PORT": str(port)}
+def _up(state: Path, port: int, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "KBINFRA_TESTBED_DIR": str(state),
+        "KBINFRA_TESTBED_SSH_PORT": str(port),
+        **extra_env,
+    }
     return subprocess.run(
         [str(REPO / "scripts" / "testbed"), "up"],
         capture_output=True,
@@ -108,3 +114,19 @@ def test_up_stops_its_own_state_dirs_sshd_that_lost_its_pid_file(
             "KBINFRA_TESTBED_SSH_PORT": str(port),
         }
         subprocess.run([str(REPO / "scripts" / "testbed"), "down"], env=down, check=False)
+
+
+def test_up_waits_a_bounded_time_for_another_up_and_names_it(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("scripts/testbed up runs as root only")
+    state = tmp_path / "locked"
+    state.mkdir()
+    with (state / "up.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        done = _up(state, _free_port(), KBINFRA_TESTBED_UP_LOCK_WAIT_S="1")
+    assert done.returncode != 0
+    assert "waiting for it" in done.stderr
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"testbed: error: {state / 'up.lock'} is still held after 1 s by ")
+    assert f"{os.getpid()} (" in error
+    assert not (state / "images.yaml").exists()
