@@ -10,10 +10,11 @@ revoked and the new ones accepted by every store that checks them.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from kbinfra.errors import KbinfraError
@@ -60,16 +61,42 @@ def write_state(stack_dir: Path, state: RotationState) -> None:
     write_private_file(state_path(stack_dir), state.model_dump_json(indent=2) + "\n")
 
 
+def checked_secrets(stack: Stack, name: str, part: ModuleType) -> set[str]:
+    """The secrets the store ``name`` checks: its own, and those its rotate Part says it
+    checks for other services (``checked``: PostgreSQL, the app tier's role password)."""
+    service = stack.families[name]
+    return set(service.secrets) | set(getattr(part, "checked", lambda _: ())(stack))
+
+
 def rotatable_secrets(stack: Stack) -> set[str]:
     """The stack's secrets that every service checking them takes two values of at once:
-    each service folder's ``rotate`` Part says which of its secrets (``ROTATES``); and the
-    restic password of each offsite repository (restic holds several keys at once)."""
+    each service folder's ``rotate`` Part says which of its secrets (``ROTATES``), less
+    those this stack cannot (``refused``); and the restic password of each offsite
+    repository (restic holds several keys at once)."""
     found: set[str] = set(offsite_passwords(stack.spec))
-    for name, service in stack.families.items():
+    for name in stack.families:
         part = service_part(name, "rotate")
         if part is not None:
-            found |= set(part.ROTATES) & set(service.secrets)
+            refused: Mapping[str, str] = getattr(part, "refused", lambda _: {})(stack)
+            found |= (set(part.ROTATES) & checked_secrets(stack, name, part)) - set(refused)
     return found
+
+
+def fresh_values(stack: Stack, names: Collection[str]) -> dict[str, str]:
+    """A new value per secret: a store's rotate Part may draw it (``fresh_value``: PostgreSQL
+    wants one that opens its idle login role)."""
+    drawers: dict[str, Callable[[str, Callable[[], str]], str]] = {}
+    for name in stack.families:
+        part = service_part(name, "rotate")
+        drawer = getattr(part, "fresh_value", None)
+        if part is not None and drawer is not None:
+            drawers |= dict.fromkeys(set(part.ROTATES) & checked_secrets(stack, name, part), drawer)
+    return {
+        name: drawers[name](stack.secrets[name], generate_secret)
+        if name in drawers
+        else generate_secret()
+        for name in names
+    }
 
 
 @dataclass
@@ -104,6 +131,7 @@ def refusal_reasons(stack: Stack) -> dict[str, str]:
         part = service_part(name, "rotate")
         if part is not None:
             reasons.update(getattr(part, "REFUSED", {}))
+            reasons.update(getattr(part, "refused", lambda _: {})(stack))
     return reasons
 
 
@@ -159,7 +187,7 @@ def rotate(
                 fix="`kbinfra plan` to see them, `kbinfra apply` them, then rotate",
             )
     if state is None:
-        fresh = {name: generate_secret() for name in choice.names}
+        fresh = fresh_values(stack, choice.names)
         remember_secret_values(fresh.values())
         state = new_state(stack.spec.name, choice.names, stack.secrets, fresh, now)
         write_state(stack.dir, state)
@@ -246,11 +274,11 @@ def check_revoked(stack: Stack, target: Target, state: RotationState) -> list[st
     """Ask each store of a rotated secret that the new value opens it and the old one no
     longer does; a store that still takes the old value stops the commit."""
     lines = []
-    for name, service in stack.families.items():
+    for name in stack.families:
         part = service_part(name, "rotate")
         if part is None:
             continue
-        mine = sorted(set(part.ROTATES) & set(service.secrets) & set(state.names))
+        mine = sorted(set(part.ROTATES) & checked_secrets(stack, name, part) & set(state.names))
         if not mine:
             continue
         with target.probe_context(stack, stack.services[name]) as probe:
@@ -282,9 +310,11 @@ def safe_copy_lines(stack: Stack, state: RotationState) -> list[str]:
         + (f"; the old copy's {', '.join(served)} no longer open anything" if served else ""),
     ]
     in_backups = []
-    for name, service in stack.families.items():
+    for name in stack.families:
         part = service_part(name, "rotate")
-        rotated = set(service.secrets) & set(state.names)
+        rotated = (
+            checked_secrets(stack, name, part) & set(state.names) if part is not None else set()
+        )
         if part is not None and rotated and getattr(part, "IN_BACKUPS", True):
             in_backups.append(name)
     if in_backups:

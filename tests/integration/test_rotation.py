@@ -1,11 +1,16 @@
-"""``kbinfra secrets rotate`` against a real Redis under a request loop, on the local engine.
+"""``kbinfra secrets rotate`` against a real Redis and a real PostgreSQL 15 under a request
+loop, on the local engine.
 
-One Redis stack is shared by the tests of this module, which run in order:
+One stack (Redis, PostgreSQL and its exporter) is shared by the tests of this module, which
+run in order:
 
 - ``rotate --all`` while a client loops logins and requests as the ``app`` and the ``admin``
-  ACL users, a new connection each time: zero failed requests, the old passwords refused
-  afterwards, the new ones in secrets.yaml, ``secrets list`` showing their new date, the next
-  plan empty, Redis never recreated (the ACL file is reloaded in place);
+  ACL users, and PostgreSQL logins and a query as the exporter's consumer (the login role its
+  password opens), a new connection each time: zero failed requests, the old passwords
+  refused afterwards (by every role of the consumer, an older stack's owner login included),
+  the new ones in secrets.yaml, ``secrets list`` showing their new date, the next plan empty,
+  Redis and PostgreSQL never recreated (the ACL file and the roles script are run in place),
+  the exporter moved to the other login role;
 - a rotation killed (kill -9) once its first phase is done: the state file holds the phase,
   apply refuses in one line, the client still gets every answer, and a rerun of the same
   command finishes it;
@@ -34,8 +39,12 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import psycopg
 import pytest
 import redis
+from psycopg import sql
+
+from kbinfra.services.postgres.roles import login_role, login_roles
 
 try:  # a package when tests/ has __init__.py files, plain modules otherwise
     from .stack_support import Deployment, fixed_secret, new_deployment
@@ -47,6 +56,8 @@ except ImportError:
 pytestmark = pytest.mark.integration
 
 USERS = {"app": "redis_app_password", "admin": "redis_admin_password"}
+#: PostgreSQL's consumers the client stands for: owner role -> its secret.
+PG_CONSUMERS = {"kbinfra_monitor": "postgres_monitor_password"}
 STATE = Path(".kbinfra") / "rotation.json"
 MAX_SECONDS = 300.0
 
@@ -54,7 +65,8 @@ MAX_SECONDS = 300.0
 @pytest.fixture(scope="module")
 def stack(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     folder = tmp_path_factory.mktemp("rotation") / "stack"
-    deployment = new_deployment("local", folder, testbed, ["redis"], prefix="kbs")
+    services = ["redis", "postgres", "postgres-exporter"]
+    deployment = new_deployment("local", folder, testbed, services, prefix="kbs")
     applied = deployment.run("apply", "--yes", "-o", "json")
     try:
         assert applied.code == 0, applied.err
@@ -75,6 +87,31 @@ def pending_new_values(stack: Deployment) -> dict[str, str]:
     return values
 
 
+def pg_logs_in(stack: Deployment, role: str, password: str) -> bool:
+    try:
+        with stack.postgres(user=role, password=password) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.OperationalError as error:
+        words = ("password authentication failed", "is not permitted to log in")
+        assert any(w in str(error) for w in words), error
+        return False
+    return True
+
+
+def pg_request(stack: Deployment, owner: str, password: str) -> str | None:
+    """Log in as the login role ``password`` opens and query as ``owner``: None, or why not."""
+    role = login_role(owner, password)
+    try:
+        with stack.postgres(user=role, password=password) as conn:
+            row = conn.execute("SELECT current_user, session_user, count(*) FROM pg_stat_activity")
+            found = row.fetchone()
+    except psycopg.Error as error:
+        return f"{role}: {type(error).__name__}: {str(error).strip()[:160]}"
+    if found is None or found[:2] != (owner, role):  # its objects would be the owner's
+        return f"{role}: logged in as {found}"
+    return None
+
+
 def logs_in(port: int, user: str, password: str) -> bool:
     client = redis.Redis(host="127.0.0.1", port=port, username=user, password=password)
     try:
@@ -89,9 +126,12 @@ class Client:
     """Logs in as each user and sets and reads a key, a new connection each time, in a
     thread, with the value it holds; :meth:`move` gives it the new ones."""
 
-    def __init__(self, port: int, held: dict[str, str]) -> None:
+    def __init__(
+        self, port: int, held: dict[str, str], pg: tuple[Deployment, dict[str, str]] | None = None
+    ) -> None:
         self.port = port
         self.held = dict(held)
+        self.pg, self.pg_held = pg if pg is not None else (None, {})
         self.sent = 0
         self.failures: list[str] = []
         self._stop = threading.Event()
@@ -107,6 +147,7 @@ class Client:
 
     def move(self, new: dict[str, str]) -> None:
         self.held = {user: new.get(USERS[user], held) for user, held in self.held.items()}
+        self.pg_held = {o: new.get(PG_CONSUMERS[o], held) for o, held in self.pg_held.items()}
 
     def _run(self) -> None:
         started = time.monotonic()
@@ -125,6 +166,11 @@ class Client:
                     self.failures.append(f"{user}: {type(error).__name__}: {error}")
                 finally:
                     client.close()
+            for owner, password in list(self.pg_held.items()) if self.pg else ():
+                self.sent += 1
+                failed = pg_request(self.pg, owner, password)
+                if failed is not None:
+                    self.failures.append(failed)
             time.sleep(0.02)
 
     def report(self) -> str:
@@ -161,14 +207,33 @@ def redis_id(docker_client: docker.DockerClient, stack: Deployment) -> str:
     return found
 
 
+def pg_held(values: dict[str, str]) -> dict[str, str]:
+    return {owner: values[secret] for owner, secret in PG_CONSUMERS.items()}
+
+
 def test_rotate_all_under_a_request_loop_fails_no_request_and_refuses_the_old_values(
     stack: Deployment, docker_client: docker.DockerClient
 ) -> None:
     port = stack.port("redis")
     old = secrets_of(stack)
     before = redis_id(docker_client, stack)
+    pg_before = docker_client.api.inspect_container(stack.container("postgres"))["Id"]
+    exporter = stack.container("postgres-exporter")
+    old_monitor = old[PG_CONSUMERS["kbinfra_monitor"]]
+    assert (
+        f"DATA_SOURCE_USER={login_role('kbinfra_monitor', old_monitor)}"
+        in (docker_client.api.inspect_container(exporter)["Config"]["Env"])
+    )
+    # an older stack's consumer logged in as the owner role itself, with the same password:
+    # made so here as its initdb did; it keeps logging in until the first rotation
+    with stack.postgres() as conn:
+        conn.execute(
+            sql.SQL("ALTER ROLE kbinfra_monitor LOGIN PASSWORD {}").format(sql.Literal(old_monitor))
+        )
+    assert pg_logs_in(stack, "kbinfra_monitor", old_monitor)
     started = datetime.now(UTC)
-    with Client(port, {user: old[secret] for user, secret in USERS.items()}) as client:
+    users = {user: old[secret] for user, secret in USERS.items()}
+    with Client(port, users, (stack, pg_held(old))) as client:
         time.sleep(0.5)
         code, err, out = rotate_following(stack, client, "--all", "--yes", "-o", "json")
         time.sleep(0.5)
@@ -178,6 +243,9 @@ def test_rotate_all_under_a_request_loop_fails_no_request_and_refuses_the_old_va
     assert set(client.held.values()) != {old[s] for s in USERS.values()}  # it was moved
     rotated = json.loads(out)["rotated"]
     assert {*USERS.values(), "redis_exporter_password", "backup_hmac_key"} <= set(rotated)
+    assert set(PG_CONSUMERS.values()) <= set(rotated)
+    assert "postgres_password" in json.loads(out)["not_rotatable"]
+    assert "postgres: the new values open it, the old ones are refused" in err
     assert "refresh your safe copy" in err
     new = secrets_of(stack)
     for user, secret in USERS.items():
@@ -187,6 +255,17 @@ def test_rotate_all_under_a_request_loop_fails_no_request_and_refuses_the_old_va
     assert new["backup_hmac_keys_previous"].split()[0] == old["backup_hmac_key"]
     assert not (stack.dir / STATE).exists()
     assert redis_id(docker_client, stack) == before  # reloaded in place, never recreated
+    for owner, secret in PG_CONSUMERS.items():
+        assert new[secret] != old[secret]
+        assert login_role(owner, new[secret]) != login_role(owner, old[secret])
+        for role in (*login_roles(owner), owner):
+            assert not pg_logs_in(stack, role, old[secret]), f"{role} takes the old password"
+        assert pg_logs_in(stack, login_role(owner, new[secret]), new[secret])
+    assert docker_client.api.inspect_container(stack.container("postgres"))["Id"] == pg_before
+    moved_to = (
+        f"DATA_SOURCE_USER={login_role('kbinfra_monitor', new[PG_CONSUMERS['kbinfra_monitor']])}"
+    )
+    assert moved_to in docker_client.api.inspect_container(exporter)["Config"]["Env"]
     listed = stack.run("secrets", "list", "-o", "json")
     dates = {s["name"]: s["generated"] for s in listed.json()["secrets"]}
     assert datetime.fromisoformat(dates["redis_app_password"]) >= started.replace(microsecond=0)
@@ -199,21 +278,30 @@ def test_a_rotation_killed_midway_is_finished_by_a_rerun_and_apply_waits_for_it(
 ) -> None:
     port = stack.port("redis")
     old = secrets_of(stack)
-    with Client(port, {user: old[secret] for user, secret in USERS.items()}) as client:
+    names = ("redis_app_password", "postgres_monitor_password")
+    users = {user: old[secret] for user, secret in USERS.items()}
+    with Client(port, users, (stack, pg_held(old))) as client:
         code, err, _ = rotate_following(
-            stack, client, "redis_app_password", "--yes", kill_after="phase added done"
+            stack, client, *names, "--yes", kill_after="phase added done"
         )
         assert code == -signal.SIGKILL, err
         state = json.loads((stack.dir / STATE).read_text())
         assert state["phase"] == "added"
         assert (stack.dir / STATE).stat().st_mode & 0o777 == 0o600
         new_value = state["new"]["redis_app_password"]
-        # the overlap holds: both values open Redis while the rotation waits
+        monitor = {"old": old["postgres_monitor_password"]}
+        monitor["new"] = state["new"]["postgres_monitor_password"]
+        # the overlap holds: both values open Redis and PostgreSQL while the rotation waits
         assert logs_in(port, "app", old["redis_app_password"])
         assert logs_in(port, "app", new_value)
+        for value in monitor.values():
+            assert pg_logs_in(stack, login_role("kbinfra_monitor", value), value)
         refused = stack.run("apply", "--yes")
         assert refused.code == 2
-        assert "apply: a rotation of redis_app_password is unfinished" in refused.err
+        assert (
+            "apply: a rotation of postgres_monitor_password, redis_app_password is unfinished"
+            in refused.err
+        )
         code, err, _ = rotate_following(stack, client, "--yes")
         assert code == 0, err
         assert "it stopped at added" in err
@@ -223,6 +311,9 @@ def test_a_rotation_killed_midway_is_finished_by_a_rerun_and_apply_waits_for_it(
     assert not logs_in(port, "app", old["redis_app_password"])
     assert logs_in(port, "app", new_value)
     assert secrets_of(stack)["redis_admin_password"] == old["redis_admin_password"]
+    assert secrets_of(stack)["postgres_monitor_password"] == monitor["new"]
+    assert not pg_logs_in(stack, login_role("kbinfra_monitor", monitor["old"]), monitor["old"])
+    assert pg_logs_in(stack, login_role("kbinfra_monitor", monitor["new"]), monitor["new"])
 
 
 # ------------------------------------------------- an offsite repository's restic password

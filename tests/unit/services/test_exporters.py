@@ -14,10 +14,10 @@ from kbinfra.service import BindMount
 from kbinfra.service_kit.monitoring import camel, failure_text, first_line_number
 from kbinfra.services.node_exporter.service import SERVICE as NODE
 from kbinfra.services.postgres.exporter import SERVICE as POSTGRES
+from kbinfra.services.postgres.roles import login_role
 from kbinfra.services.redis.exporter import SERVICE as REDIS
 from kbinfra.services.redis.exporter import watched_queues
 from kbinfra.stack import Stack
-from kbinfra.templating import service_templates
 from kbinfra.validation import missing_requirements
 
 MONITORING_SHARES = {
@@ -103,19 +103,23 @@ def test_only_containers_with_binds_hash_them(make_stack: Callable[..., Stack]) 
     ]
 
 
+MONITOR = "postgres_monitor_password"
+
+
 def test_postgres_exporter_logs_in_as_the_monitor_role(make_stack: Callable[..., Stack]) -> None:
     stack = make_stack("minimum", {"services": {"postgres": {"database": "kbdata"}}})
     spec = POSTGRES.container(stack.contexts["postgres-exporter"])
     assert spec.env == {
         "DATA_SOURCE_URI": "postgres:5432/kbdata?sslmode=disable",
-        "DATA_SOURCE_USER": "kbinfra_monitor",
+        "DATA_SOURCE_USER": login_role("kbinfra_monitor", stack.secrets[MONITOR]),
     }
-    # The postgres service creates this role with pg_monitor from the same secret.
+    # The postgres service makes this login role, a member of kbinfra_monitor (pg_monitor),
+    # with the verifier of the same secret.
     assert spec.secret_env == {"DATA_SOURCE_PASS": "postgres_monitor_password"}
     assert "postgres_monitor_password" in all_services()["postgres"].secrets
-    role_script = (service_templates("postgres") / "initdb/20-monitor-role.sh.j2").read_text()
-    assert "kbinfra_monitor" in role_script
-    assert "pg_monitor" in role_script
+    roles = {f.path: f.text for f in stack.rendered}["postgres/roles/roles.sh"]
+    assert "GRANT pg_monitor TO kbinfra_monitor;" in roles
+    assert f"GRANT kbinfra_monitor TO {spec.env['DATA_SOURCE_USER']};" in roles
     assert spec.depends_on == ["postgres"]
 
 

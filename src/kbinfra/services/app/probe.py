@@ -147,9 +147,11 @@ def database_address(probe: ProbeContext) -> tuple[tuple[str, int], Any]:
 
 def check_role_rights(probe: ProbeContext) -> str:
     from kbinfra.services.postgres.probe import connect  # noqa: PLC0415
+    from kbinfra.services.postgres.roles import login_role  # noqa: PLC0415
 
     address, _ = database_address(probe)
-    with connect(address, APP_ROLE, probe.secret(APP_DB_SECRET), APP_DATABASE) as conn:
+    password = probe.secret(APP_DB_SECRET)
+    with connect(address, login_role(APP_ROLE, password), password, APP_DATABASE) as conn:
         row = conn.execute(
             "SELECT rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls "
             "FROM pg_roles WHERE rolname = current_user"
@@ -169,12 +171,14 @@ def check_no_other_database(probe: ProbeContext) -> str:
     import psycopg  # noqa: PLC0415
 
     from kbinfra.services.postgres.probe import connect  # noqa: PLC0415
+    from kbinfra.services.postgres.roles import login_role  # noqa: PLC0415
 
     address, settings = database_address(probe)
+    password = probe.secret(APP_DB_SECRET)
     refused = []
     for other in (settings.database, "template1"):
         try:
-            conn = connect(address, APP_ROLE, probe.secret(APP_DB_SECRET), other)
+            conn = connect(address, login_role(APP_ROLE, password), password, other)
         except psycopg.OperationalError as error:
             require(
                 "no pg_hba.conf entry" in str(error) or "permission denied" in str(error),

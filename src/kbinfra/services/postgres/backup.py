@@ -55,6 +55,7 @@ from kbinfra.backup.manifest import Artifact, ArtifactKind, ServiceRecord, not_o
 from kbinfra.backup.streams import exec_run, exec_with_stdin, file_chunks
 from kbinfra.progress import Progress
 from kbinfra.services.postgres.exporter import MONITOR_ROLE
+from kbinfra.services.postgres.roles import login_roles
 
 if TYPE_CHECKING:
     import psycopg
@@ -152,7 +153,9 @@ def managed_roles(ctx: ServiceContext) -> set[str]:
     """The roles whose attributes and password come from kbinfra, never from a backup."""
     from kbinfra.services.postgres.service import SERVICE  # noqa: PLC0415
 
-    return {ctx.settings.user, MONITOR_ROLE, *(r.role for r in SERVICE.service_roles(ctx))}
+    owners = [MONITOR_ROLE, *(r.role for r in SERVICE.service_roles(ctx))]
+    # and each one's two login roles (:mod:`kbinfra.services.postgres.roles`)
+    return {ctx.settings.user, *owners, *(login for o in owners for login in login_roles(o))}
 
 
 def conninfo_dbname(name: str) -> str:

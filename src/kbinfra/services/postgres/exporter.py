@@ -1,8 +1,10 @@
 """postgres-exporter: PostgreSQL metrics for Prometheus' ``postgres`` job.
 
-It logs in as ``kbinfra_monitor``, the least-privilege role (``pg_monitor``) that the postgres
-service creates at initdb (``templates/postgres/initdb/20-monitor-role.sh``), with the password
-from the secret ``postgres_monitor_password``, passed by environment, never written to a file.
+It logs in as a member of ``kbinfra_monitor``, the least-privilege role (``pg_monitor``): the
+login role of ``postgres_monitor_password`` (``kbinfra_monitor_a`` or ``_b``, one of the two
+the postgres service alternates: :mod:`kbinfra.services.postgres.roles`); on a Swarm, as
+``kbinfra_monitor`` itself, made at initdb. The password is passed by environment, never
+written to a file.
 """
 
 from typing import TYPE_CHECKING, cast
@@ -11,6 +13,8 @@ from kbinfra.registry import get_service
 from kbinfra.service import ContainerSpec, HealthCheck, ServiceContext
 from kbinfra.service_kit.healthchecks import wget_http_probe
 from kbinfra.service_kit.monitoring import Exporter
+from kbinfra.services.postgres.roles import login_role
+from kbinfra.spec.values import SWARM_TARGET
 
 if TYPE_CHECKING:
     from kbinfra.services.postgres.service import PostgresSettings
@@ -45,7 +49,7 @@ class PostgresExporter(Exporter):
             image=ctx.image,
             env={
                 "DATA_SOURCE_URI": self.data_source_uri(ctx),
-                "DATA_SOURCE_USER": MONITOR_ROLE,
+                "DATA_SOURCE_USER": monitor_user(ctx),
             },
             secret_env={"DATA_SOURCE_PASS": MONITOR_SECRET},
             ports=ctx.loopback_port(self.container_port),
@@ -57,6 +61,13 @@ class PostgresExporter(Exporter):
             memory_mb=ctx.resources.memory_mb,
             depends_on=["postgres"],
         )
+
+
+def monitor_user(ctx: ServiceContext) -> str:
+    """The role the exporter logs in as with the value of its secret it holds."""
+    if ctx.stack.target == SWARM_TARGET:
+        return MONITOR_ROLE
+    return login_role(MONITOR_ROLE, ctx.secrets[MONITOR_SECRET])
 
 
 SERVICE = PostgresExporter()

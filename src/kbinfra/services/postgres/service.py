@@ -16,6 +16,7 @@ from kbinfra.service import (
     FileMount,
     HealthCheck,
     LoginCheck,
+    Reload,
     RenderedFile,
     Service,
     ServiceContext,
@@ -24,8 +25,10 @@ from kbinfra.service import (
     VolumeMount,
 )
 from kbinfra.service_kit.replication import derived_password
-from kbinfra.services.postgres.exporter import MONITOR_ROLE
+from kbinfra.services.postgres.exporter import MONITOR_ROLE, MONITOR_SECRET
 from kbinfra.services.postgres.exporter import SERVICE as EXPORTER
+from kbinfra.services.postgres.roles import ConsumerRole, consumer_sql, login_role, login_roles
+from kbinfra.spec.values import SWARM_TARGET
 
 Workload = Literal["web", "oltp", "dw", "mixed"]
 DiskKind = Literal["ssd", "nvme", "hdd"]
@@ -68,11 +71,31 @@ PRIMARY_HOST = "postgres"
 CONF_FILE = "postgres/postgresql.conf"
 HBA_FILE = "postgres/pg_hba.conf"
 FILES = (CONF_FILE, HBA_FILE)
-#: The login roles other services ask for (``Service.database_roles``), created at the first
-#: start and made so again after every (re)start of the container: a kept data volume from a
-#: stack without them lacks them, and their passwords follow secrets.yaml.
-ROLES_FILE = "postgres/initdb/30-service-roles.sh"
+#: The consumers' roles (the exporter's, and those other services ask for:
+#: ``Service.database_roles``), created at the first start and made so again after every
+#: (re)start of the container and whenever the file changes (``Reload``: a rotation's phase):
+#: a kept data volume from a stack without them lacks them, and their passwords follow
+#: secrets.yaml (:mod:`kbinfra.services.postgres.roles`).
+ROLES_FILE = "postgres/roles/roles.sh"
+#: It is 0600 and the server's own, so in a folder of its own; the image's entrypoint runs it
+#: at initialisation through this one-line script (sourced, as it sources every ``.sh``).
+ROLES_DIR = "/etc/postgresql/roles"
+ROLES_INITDB = "postgres/initdb/30-service-roles.sh"
 INITDB_DIR = "/docker-entrypoint-initdb.d"
+#: The exporter's role on a Swarm, made once at initdb from its Docker secret.
+MONITOR_SCRIPT = "postgres/initdb/20-monitor-role.sh"
+MONITOR_SCRIPT_TEXT = """#!/bin/sh
+# Runs once, when the data directory is initialised: a least-privilege role for the
+# postgres exporter. The password comes from the Docker secret file that
+# KBINFRA_MONITOR_PASSWORD_FILE names, never from this file.
+set -eu
+psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \\
+    -v monitor_password="$(cat "$KBINFRA_MONITOR_PASSWORD_FILE")" <<'SQL'
+SELECT format('CREATE ROLE kbinfra_monitor LOGIN PASSWORD %L', :'monitor_password')
+WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'kbinfra_monitor')\\gexec
+GRANT pg_monitor TO kbinfra_monitor;
+SQL
+"""
 #: Where Debian puts the server binaries when they are not on PATH.
 BIN_DIRS_GLOB = "/usr/lib/postgresql/*/bin"
 #: ``postgres -C`` prints memory settings as bare numbers in each setting's base unit
@@ -284,6 +307,7 @@ class Postgres(Service):
             "settings": ctx.settings,
             "tcp_roles": self.tcp_roles(ctx),
             "service_roles": self.service_roles(ctx),
+            "login_roles": login_roles,
             "replication_role": REPLICATION_ROLE if self.has_replica(ctx) else None,
         }
 
@@ -291,10 +315,31 @@ class Postgres(Service):
         """The roles the enabled services log in as, each owner of its own database."""
         return [role for s, own in enabled_services(ctx) for role in s.database_roles(own)]
 
+    def consumer_roles(self, ctx: ServiceContext) -> list[ConsumerRole]:
+        """The consumers that log in through two alternating login roles: the exporter and
+        every service role; none on a Swarm, where the exporter's role is made at initdb
+        from its Docker secret (``20-monitor-role.sh``) and no service asks for one."""
+        if not alternating_roles(ctx):
+            return []
+        return [
+            ConsumerRole(MONITOR_ROLE, MONITOR_SECRET, grants=("pg_monitor",)),
+            *(
+                ConsumerRole(role.role, role.password_secret, role.database)
+                for role in self.service_roles(ctx)
+            ),
+        ]
+
     def files(self, ctx: ServiceContext) -> list[RenderedFile]:
-        """The other services' roles (created after every start), and the replica's files."""
-        roles = self.service_roles(ctx)
-        role_files = [RenderedFile(path=ROLES_FILE, text=roles_script(roles))] if roles else []
+        """The consumers' roles (0600: SCRAM verifiers), and the replica's files."""
+        roles = self.consumer_roles(ctx)
+        role_files = (
+            [
+                RenderedFile(ROLES_FILE, roles_script(ctx, roles), mode=0o600, secret=True),
+                RenderedFile(ROLES_INITDB, f"#!/bin/sh\nsh {roles_path()}\n"),
+            ]
+            if roles
+            else [RenderedFile(MONITOR_SCRIPT, MONITOR_SCRIPT_TEXT)]
+        )
         return role_files + self.replica_files(ctx)
 
     def app_env(self, ctx: ServiceContext) -> Mapping[str, str]:
@@ -302,10 +347,10 @@ class Postgres(Service):
         if len(roles) != 1:
             return {}
         role = roles[0]
-        password = quote(ctx.secrets[role.password_secret], safe="")
-        return {
-            "DATABASE_URL": f"postgresql://{role.role}:{password}@{self.address()}/{role.database}"
-        }
+        value = ctx.secrets[role.password_secret]
+        login = login_role(role.role, value)
+        password = quote(value, safe="")
+        return {"DATABASE_URL": f"postgresql://{login}:{password}@{self.address()}/{role.database}"}
 
     def tcp_roles(self, ctx: ServiceContext) -> list[str]:
         """The roles pg_hba.conf lets in over TCP. The stack user is the image's superuser
@@ -314,11 +359,14 @@ class Postgres(Service):
         as its own ``pg_monitor`` role, and ``kbinfra bench`` as members of its group. Every
         other role connects only over the socket."""
         settings: PostgresSettings = ctx.settings
-        return [settings.user, MONITOR_ROLE, f"+{BENCH_GROUP}"]
+        # The owner too: an older stack's clients log in as it until their next apply.
+        logins = login_roles(MONITOR_ROLE) if alternating_roles(ctx) else ()
+        return [settings.user, MONITOR_ROLE, *logins, f"+{BENCH_GROUP}"]
 
     def container(self, ctx: ServiceContext) -> ContainerSpec:
         settings: PostgresSettings = ctx.settings
-        roles = self.service_roles(ctx)
+        roles = self.consumer_roles(ctx)
+        swarm = not alternating_roles(ctx)
         return ContainerSpec(
             service=self.name,
             image=ctx.image,
@@ -330,10 +378,10 @@ class Postgres(Service):
                 f"hba_file={CONFIG_DIR}/pg_hba.conf",
             ],
             env={"POSTGRES_DB": settings.database, "POSTGRES_USER": settings.user},
+            # The consumers' passwords are not here: a rotation would recreate the server.
             secret_env={
                 "POSTGRES_PASSWORD": "postgres_password",
-                "KBINFRA_MONITOR_PASSWORD": "postgres_monitor_password",
-                **{role_password_variable(role): role.password_secret for role in roles},
+                **({"KBINFRA_MONITOR_PASSWORD": MONITOR_SECRET} if swarm else {}),
             },
             ports=ctx.loopback_port(5432),
             volumes=[VolumeMount(volume=self.data_volume(ctx), target=DATA_DIR)],
@@ -346,11 +394,32 @@ class Postgres(Service):
                     source="postgres/initdb/10-monitoring.sql",
                     target="/docker-entrypoint-initdb.d/10-monitoring.sql",
                 ),
-                FileMount(
-                    source="postgres/initdb/20-monitor-role.sh",
-                    target="/docker-entrypoint-initdb.d/20-monitor-role.sh",
+                *(
+                    [
+                        FileMount(
+                            source=MONITOR_SCRIPT,
+                            target=f"{INITDB_DIR}/{MONITOR_SCRIPT.rsplit('/', 1)[-1]}",
+                        )
+                    ]
+                    if swarm
+                    else []
                 ),
-                *([FileMount(source=ROLES_FILE, target=roles_path())] if roles else []),
+                *(
+                    [
+                        FileMount(
+                            source=ROLES_FILE,
+                            target=roles_path(),
+                            uid=POSTGRES_UID,
+                            gid=POSTGRES_UID,
+                        ),
+                        FileMount(
+                            source=ROLES_INITDB,
+                            target=f"{INITDB_DIR}/{ROLES_INITDB.rsplit('/', 1)[-1]}",
+                        ),
+                    ]
+                    if roles
+                    else []
+                ),
                 *(
                     [
                         FileMount(
@@ -373,6 +442,16 @@ class Postgres(Service):
                 interval_s=5,
                 retries=12,
                 start_period_s=20,
+            ),
+            # A changed roles script (a rotation's phase) is run in the running server.
+            reload=(
+                Reload(
+                    files=(ROLES_FILE,),
+                    test=("sh", "-n", roles_path()),
+                    command=("sh", "-c", f'PGPASSWORD="$POSTGRES_PASSWORD" exec sh {roles_path()}'),
+                )
+                if roles
+                else None
             ),
             cpus=ctx.resources.cpus,
             memory_mb=ctx.resources.memory_mb,
@@ -496,8 +575,8 @@ class Postgres(Service):
         volume = self.data_volume(ctx)
         psql = 'psql -X -w -q -A -t -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "SELECT 1"'
         login = f'PGPASSWORD="$POSTGRES_PASSWORD" exec {psql}'
-        if self.service_roles(ctx):
-            # Then (re)make the services' roles: idempotent, as at initialisation.
+        if self.consumer_roles(ctx):
+            # Then (re)make the consumers' roles: idempotent, as at initialisation.
             login = (
                 f'export PGPASSWORD="$POSTGRES_PASSWORD" && {psql} >/dev/null && '
                 f"exec sh {roles_path()}"
@@ -518,38 +597,31 @@ class Postgres(Service):
 
 
 def roles_path() -> str:
-    return f"{INITDB_DIR}/{ROLES_FILE.rsplit('/', 1)[-1]}"
+    return f"{ROLES_DIR}/{ROLES_FILE.rsplit('/', 1)[-1]}"
 
 
-def role_password_variable(role: DatabaseRole) -> str:
-    return f"KBINFRA_ROLE_PASSWORD_{role.role.upper()}"
+def alternating_roles(ctx: ServiceContext) -> bool:
+    """Whether the consumers log in through alternating login roles (not on a Swarm)."""
+    return ctx.stack.target != SWARM_TARGET
 
 
-def roles_script(roles: list[DatabaseRole]) -> str:
-    """A shell script that makes each role exist as it should, owner of its database: run at
-    initialisation and after every start. Passwords come from the environment."""
+def roles_script(ctx: ServiceContext, roles: list[ConsumerRole]) -> str:
+    """A shell script that makes each consumer's roles as they should be: run at
+    initialisation, after every start, and whenever it changes. The passwords are in it as
+    SCRAM verifiers only (the file is 0600)."""
     lines = [
         "#!/bin/sh",
-        "# Rendered by kbinfra: the login roles the stack's services ask for (not superusers,",
-        "# no CREATEDB, no CREATEROLE), each owner of its own database. Idempotent: it runs",
-        "# when the data directory is initialised and after every start of the container.",
+        "# Rendered by kbinfra: each consumer's owner role (NOLOGIN, not a superuser, no",
+        "# CREATEDB, no CREATEROLE) and its two alternating login roles (docs/operations.md,",
+        "# Secrets rotation). Idempotent: it runs when the data directory is initialised,",
+        "# after every start of the container and whenever it changes.",
         "set -eu",
+        'psql -v ON_ERROR_STOP=1 -X -q --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" '
+        "<<'SQL'",
     ]
     for role in roles:
-        variable = role_password_variable(role)
-        lines += [
-            'psql -v ON_ERROR_STOP=1 -X -q --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \\',
-            f"    -v password=\"${variable}\" <<'SQL'",
-            f"SELECT 'CREATE ROLE {role.role} LOGIN' WHERE NOT EXISTS "
-            f"(SELECT FROM pg_roles WHERE rolname = '{role.role}')\\gexec",
-            f"ALTER ROLE {role.role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
-            "NOREPLICATION NOBYPASSRLS PASSWORD :'password';",
-            f"SELECT 'CREATE DATABASE {role.database} OWNER {role.role}' WHERE NOT EXISTS "
-            f"(SELECT FROM pg_database WHERE datname = '{role.database}')\\gexec",
-            f"ALTER DATABASE {role.database} OWNER TO {role.role};",
-            f"REVOKE ALL ON DATABASE {role.database} FROM PUBLIC;",
-            "SQL",
-        ]
+        lines += consumer_sql(role, ctx.accepted(role.password_secret))
+    lines.append("SQL")
     return "\n".join(lines) + "\n"
 
 

@@ -20,6 +20,8 @@ from kbinfra.progress import SILENT
 from kbinfra.render import render_stack
 from kbinfra.scaffold import init_stack, read_image_map
 from kbinfra.secrets import dump_secrets, write_private_file
+from kbinfra.services.app.service import APP_DB_SECRET
+from kbinfra.services.postgres.roles import login_role
 from kbinfra.spec.stack import load_stack
 from kbinfra.stack import Stack, generated_secrets, open_stack
 from kbinfra.ui import Console, Output
@@ -208,7 +210,7 @@ def test_the_env_file_holds_every_connection(make_stack: MakeStack) -> None:
     env = env_of(stack)
     app_redis = fixed_secret("redis_app_password")
     assert env["DATABASE_URL"] == (
-        f"postgresql://kb_app:{fixed_secret('postgres_app_password')}@postgres:5432/kb_app"
+        f"postgresql://kb_app_b:{fixed_secret('postgres_app_password')}@postgres:5432/kb_app"
     )
     databases = {
         "CACHE": 0,
@@ -248,22 +250,28 @@ def test_the_app_gets_its_own_postgres_role_and_pg_hba_line(make_stack: MakeStac
     stack = make_stack("minimum", APP)
     files = files_of(stack)
     hba = files["postgres/pg_hba.conf"].text
-    assert "host    kb_app    kb_app    samenet   scram-sha-256" in hba
-    script = files["postgres/initdb/30-service-roles.sh"].text
-    assert "NOSUPERUSER NOCREATEDB NOCREATEROLE" in script
-    assert "CREATE DATABASE kb_app OWNER kb_app" in script
-    assert "TESTSECRET" not in script
+    assert "host    kb_app    kb_app,kb_app_a,kb_app_b    samenet   scram-sha-256" in hba
+    script = files["postgres/roles/roles.sh"]
+    assert script.mode == 0o600 and script.secret
+    assert "NOSUPERUSER NOCREATEDB NOCREATEROLE" in script.text
+    assert "CREATE DATABASE kb_app OWNER kb_app" in script.text
+    assert "TESTSECRET" not in script.text  # verifiers only
     postgres = stack.containers["postgres"]
-    assert postgres.secret_env["KBINFRA_ROLE_PASSWORD_KB_APP"] == "postgres_app_password"
+    # no consumer's password in the server's environment: a rotation would recreate it
+    assert set(postgres.secret_env.values()) == {"postgres_password"}
+    assert postgres.reload is not None and postgres.reload.files == ("postgres/roles/roles.sh",)
     check = stack.services["postgres"].login_check(stack.contexts["postgres"])
     assert check is not None
-    assert "30-service-roles.sh" in check.command[-1]
+    assert "/etc/postgresql/roles/roles.sh" in check.command[-1]
+    # the app logs in as the login role its password opens
+    url = files["app/app.env"].text.split("DATABASE_URL=", 1)[1].split()[0]
+    assert url.startswith(f"postgresql://{login_role('kb_app', fixed_secret(APP_DB_SECRET))}:")
 
 
 def test_a_stack_without_the_app_renders_no_role(make_stack: MakeStack) -> None:
     stack = make_stack("minimum")
     files = files_of(stack)
-    assert "postgres/initdb/30-service-roles.sh" not in files
+    assert "CREATE DATABASE" not in files["postgres/roles/roles.sh"].text  # the exporter's
     assert "app/app.env" not in files
     assert "kb_app" not in files["postgres/pg_hba.conf"].text
 

@@ -117,7 +117,7 @@ def test_tcp_logins_only_from_the_stack_network_and_only_as_named_roles(
         if line and not line.startswith("#")
     ]
     tcp = [rule for rule in rules if rule[0] == "host"]
-    roles = "app,kbinfra_monitor,+kbinfra_bench"
+    roles = "app,kbinfra_monitor,kbinfra_monitor_a,kbinfra_monitor_b,+kbinfra_bench"
     assert tcp == [["host", "all", roles, "samenet", "scram-sha-256"]]
     assert [rule[0] for rule in rules] == ["local", "host"]  # no 0.0.0.0/0, no ::/0
 

@@ -1,0 +1,2 @@
+#!/bin/sh
+sh /etc/postgresql/roles/roles.sh
