@@ -572,26 +572,38 @@ def test_a_rollback_rolls_back_to_the_old_image_without_a_failed_request(
     assert again.code == 0, again.out + again.err
 
 
-def test_rotating_the_app_redis_password_fails_no_request_through_nginx(
+def test_rotating_the_app_redis_and_postgres_passwords_fails_no_request_through_nginx(
     deployed: Deployment, docker_client: docker.DockerClient, releases: dict[str, str]
 ) -> None:
-    """``secrets rotate`` of the app's Redis password while uploads are queued on Redis by
-    the API through nginx: the replicas are moved one at a time, no request fails, and the
-    old password is refused afterwards."""
+    """``secrets rotate`` of the app's Redis and PostgreSQL passwords while uploads are
+    queued on Redis and stored in PostgreSQL by the API through nginx: the replicas are moved
+    one at a time (to the other login role of ``kb_app``, whose tables, made through the
+    first, they keep using), no request fails, and the old passwords are refused afterwards."""
+    import psycopg  # noqa: PLC0415
     import redis  # noqa: PLC0415
+
+    from kbinfra.services.postgres.roles import login_role, login_roles  # noqa: PLC0415
 
     deployed.edit(lambda data: data["app"].__setitem__("image", releases["next"]))  # serving
     # converged first: a rotation refuses to start over changes not applied yet (and the
     # test images' tags are shared by every checkout on this engine: one may have moved)
     converged = deployed.run(*APPLY, timeout=900)
     assert converged.code == 0, converged.out + converged.err
-    old = yaml.safe_load((deployed.dir / "secrets.yaml").read_text())["redis_app_password"]
+    olds = yaml.safe_load((deployed.dir / "secrets.yaml").read_text())
+    old, old_pg = olds["redis_app_password"], olds["postgres_app_password"]
     before = app_containers(docker_client, deployed)
     assert before
     with Traffic(deployed, docker_client, upload=True) as traffic:
         time.sleep(1)
         rotated = deployed.run(
-            "secrets", "rotate", "redis_app_password", "--yes", "-o", "json", timeout=900
+            "secrets",
+            "rotate",
+            "redis_app_password",
+            "postgres_app_password",
+            "--yes",
+            "-o",
+            "json",
+            timeout=900,
         )
         time.sleep(1)
     print(traffic.report())
@@ -602,8 +614,20 @@ def test_rotating_the_app_redis_password_fails_no_request_through_nginx(
     after = app_containers(docker_client, deployed)
     assert set(after) == set(before)
     assert all(after[replica] != before[replica] for replica in before), (before, after)
-    new = yaml.safe_load((deployed.dir / "secrets.yaml").read_text())["redis_app_password"]
-    assert new != old
+    news = yaml.safe_load((deployed.dir / "secrets.yaml").read_text())
+    new, new_pg = news["redis_app_password"], news["postgres_app_password"]
+    assert new != old and new_pg != old_pg
+    assert login_role("kb_app", new_pg) != login_role("kb_app", old_pg)
+    for role, password, opens in [
+        *((role, old_pg, False) for role in (*login_roles("kb_app"), "kb_app")),
+        (login_role("kb_app", new_pg), new_pg, True),
+    ]:
+        try:
+            with deployed.postgres("kb_app", role, password) as conn:
+                tables = conn.execute("SELECT count(*) FROM pg_tables WHERE tableowner = 'kb_app'")
+                assert opens and (tables.fetchone() or (0,))[0] > 0  # the app's, still its
+        except psycopg.OperationalError as error:
+            assert not opens, f"{role}: {error}"
     port = deployed.port("redis")
     for password, opens in ((old, False), (new, True)):
         client = redis.Redis(host="127.0.0.1", port=port, username="app", password=password)
