@@ -65,6 +65,26 @@ def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]
     return base
 
 
+#: The services ``kbinfra init`` enables that :func:`only_services` can turn off.
+INIT_SERVICES = (
+    "qdrant",
+    "postgres",
+    "redis",
+    "unstructured",
+    "embeddings",
+    "nginx",
+    "prometheus",
+    "alertmanager",
+    "grafana",
+    "node-exporter",
+)
+
+
+def only_services(*enabled: str) -> dict[str, Any]:
+    """Stack-file overrides that enable ``enabled`` alone (exporters follow their store)."""
+    return {"services": {name: {"enabled": name in enabled} for name in INIT_SERVICES}}
+
+
 def write_stack_dir(
     folder: Path,
     profile: str = "minimum",

@@ -45,26 +45,11 @@ from kbinfra.rotation_state import read_state, refuse_while_rotating, state_path
 from kbinfra.secrets import dump_secrets, load_secret_dates, load_secrets, write_private_file
 from kbinfra.services.redis.service import acl_password_hash
 from kbinfra.stack import Stack, open_stack
-from tests.conftest import fixed_secret, run_kbinfra, write_stack_dir
+from tests.conftest import fixed_secret, only_services, run_kbinfra, write_stack_dir
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 REDIS = ["redis_admin_password", "redis_app_password", "redis_exporter_password"]
-ONLY_REDIS = {
-    "services": {
-        name: {"enabled": name == "redis"}
-        for name in (
-            "qdrant",
-            "postgres",
-            "unstructured",
-            "embeddings",
-            "nginx",
-            "prometheus",
-            "alertmanager",
-            "grafana",
-            "node-exporter",
-        )
-    }
-}
+ONLY_REDIS = only_services("redis")
 
 
 def state_at(phase: Phase, names: tuple[str, ...] = ("a", "b")) -> RotationState:

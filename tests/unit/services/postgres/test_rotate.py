@@ -25,27 +25,12 @@ from kbinfra.services.postgres.roles import (
     slot,
 )
 from kbinfra.stack import Stack, open_stack
-from tests.conftest import fixed_secret, write_stack_dir
+from tests.conftest import fixed_secret, only_services, write_stack_dir
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 MONITOR = ConsumerRole("kbinfra_monitor", "postgres_monitor_password", grants=("pg_monitor",))
 APP = ConsumerRole("kb_app", "postgres_app_password", "kb_app")
-ONLY_POSTGRES = {
-    "services": {
-        name: {"enabled": name in ("postgres", "postgres-exporter")}
-        for name in (
-            "qdrant",
-            "redis",
-            "unstructured",
-            "embeddings",
-            "nginx",
-            "prometheus",
-            "alertmanager",
-            "grafana",
-            "node-exporter",
-        )
-    }
-}
+ONLY_POSTGRES = only_services("postgres", "postgres-exporter")
 
 
 def values_in_slots() -> tuple[str, str]:
