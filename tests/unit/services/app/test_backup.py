@@ -70,7 +70,12 @@ def test_the_apps_role_keeps_the_password_kbinfra_gave_it(make_stack: MakeStack)
     """A backup taken with --include-secrets holds the role's old SCRAM verifier; restoring it
     after secrets.yaml changed would lock the app out until PostgreSQL restarts."""
     stack = make_stack("minimum", {"app": {"image": IMAGE}})
-    assert managed_roles(stack.contexts["postgres"]) == {"kb", "kb_app", "kbinfra_monitor"}
+    # and the consumers' login roles: a restore onto a rotated stack keeps their passwords
+    assert managed_roles(stack.contexts["postgres"]) == {
+        "kb",
+        *("kb_app", "kb_app_a", "kb_app_b"),
+        *("kbinfra_monitor", "kbinfra_monitor_a", "kbinfra_monitor_b"),
+    }
     assert "kb_app" not in managed_roles(make_stack("minimum").contexts["postgres"])
 
 
