@@ -57,7 +57,8 @@ pytestmark = pytest.mark.integration
 
 USERS = {"app": "redis_app_password", "admin": "redis_admin_password"}
 #: PostgreSQL's consumers the client stands for: owner role -> its secret.
-PG_CONSUMERS = {"kbinfra_monitor": "postgres_monitor_password"}
+MONITOR = "postgres_monitor_password"
+PG_CONSUMERS = {"kbinfra_monitor": MONITOR}
 STATE = Path(".kbinfra") / "rotation.json"
 MAX_SECONDS = 300.0
 
@@ -314,6 +315,30 @@ def test_a_rotation_killed_midway_is_finished_by_a_rerun_and_apply_waits_for_it(
     assert secrets_of(stack)["postgres_monitor_password"] == monitor["new"]
     assert not pg_logs_in(stack, login_role("kbinfra_monitor", monitor["old"]), monitor["old"])
     assert pg_logs_in(stack, login_role("kbinfra_monitor", monitor["new"]), monitor["new"])
+
+
+def test_a_backup_from_before_a_rotation_restores_and_the_consumers_still_log_in(
+    stack: Deployment,
+) -> None:
+    """A backup with --include-secrets holds the login roles' old SCRAM verifiers: a restore
+    onto the rotated stack leaves the roles as kbinfra made them (the new password opens the
+    active role, the old one opens nothing) and the exporter keeps logging in."""
+    old = secrets_of(stack)["postgres_monitor_password"]
+    made = stack.run("backup", "--include-secrets", "--output", "json")
+    assert made.code == 0, made.err
+    backup = Path(made.json()["path"])
+    assert login_role("kbinfra_monitor", old) in (backup / "postgres" / "roles.json").read_text()
+    code, err, _ = rotate_following(stack, Client(stack.port("redis"), {}), MONITOR, "--yes")
+    assert code == 0, err
+    assert "backups taken before" in err and "restore with the new copy" in err
+    new = secrets_of(stack)[MONITOR]
+    restored = stack.run("restore", str(backup), "--yes", "--no-safety-backup", "-o", "json")
+    assert restored.code == 0, restored.err
+    for role in (*login_roles("kbinfra_monitor"), "kbinfra_monitor"):
+        assert not pg_logs_in(stack, role, old), f"the restore gave {role} its old password"
+    assert pg_request(stack, "kbinfra_monitor", new) is None
+    check = stack.run("check", "--only", "postgres,postgres-exporter", "-o", "json")
+    assert check.code == 0, check.out + check.err
 
 
 # ------------------------------------------------- an offsite repository's restic password
