@@ -356,8 +356,8 @@ class Postgres(Service):
         """The roles pg_hba.conf lets in over TCP. The stack user is the image's superuser
         (``POSTGRES_USER``): the app logs in as it, and so do kbinfra's checks (``kbinfra
         check``) and backups (``pg_dump`` needs to read every table); the exporter logs in
-        as its own ``pg_monitor`` role, and ``kbinfra bench`` as members of its group. Every
-        other role connects only over the socket."""
+        as a login role of its ``pg_monitor`` role (:mod:`.roles`), and ``kbinfra bench`` as
+        members of its group. Every other role connects only over the socket."""
         settings: PostgresSettings = ctx.settings
         # The owner too: an older stack's clients log in as it until their next apply.
         logins = login_roles(MONITOR_ROLE) if alternating_roles(ctx) else ()
