@@ -1086,14 +1086,13 @@ def _drill_site(
     drill = drill_name(stack.spec.name)
     if target.kind != "swarm":
         return _DrillSite(drill, {"": _engine(target, drill)}, {"": target})
-    from kbinfra.backup.volumes import NODE_META  # noqa: PLC0415
     from kbinfra.swarm.backup import store_nodes, volume_node  # noqa: PLC0415
     from kbinfra.targets.swarm import SwarmTarget  # noqa: PLC0415
 
     assert isinstance(target, SwarmTarget)
     service_nodes = store_nodes(stack, services)
     volume_nodes = {
-        volume: volume_node(target, volume, artifact.meta.get(NODE_META))
+        volume: volume_node(target, volume, artifact.meta.get(VOLUME_NODE_META))
         for volume, artifact in volumes.items()
     }
     nodes = sorted({*service_nodes.values(), *volume_nodes.values()})
