@@ -359,7 +359,7 @@ def migrate_and_switch(
     engine = target_engine(target, current.spec.name)
     new_volume = new.contexts[step.service].volume(migration.volume_purpose)
     notes: list[str] = []
-    with writers_paused(current, engine, progress, notes):
+    with writers_paused(current, engine, progress, notes, doing="upgrade"):
         with engine.locked() as lock_notes:
             notes.extend(lock_notes)
             _copy_into_new_volume(

@@ -504,7 +504,7 @@ def _writers_paused(
 
 @contextmanager
 def writers_paused(
-    stack: Stack, engine: Engine, progress: Progress, notes: list[str], *, doing: str = "upgrade"
+    stack: Stack, engine: Engine, progress: Progress, notes: list[str], *, doing: str
 ) -> Iterator[None]:
     """The app's writers (:func:`writers_to_pause`) paused for the block; unpaused after it,
     also on an error, and waited for until healthy again. A container that cannot be
