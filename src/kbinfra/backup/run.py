@@ -1026,9 +1026,7 @@ def _start_drill_instance(
     )
     for volume in spec.volumes:
         engine.ensure_volume(volume.volume)
-    engine.claim_volumes(desired)
-    container_id = engine.create(desired, stack.secrets)
-    engine.put_files(container_id, desired.files)
+    container_id = engine.create_with_files(desired, stack.secrets)
     engine.start(container_id)
     return Instance(service, stack, target, engine, container_id, desired, drill=True)
 
