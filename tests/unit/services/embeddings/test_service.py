@@ -269,3 +269,54 @@ def test_health_probe_really_runs_with_the_standard_library() -> None:
         server.shutdown()
         server.server_close()
     assert probe("/health") != 0
+
+
+def test_a_container_made_before_the_keys_file_is_replaced_not_reloaded(
+    make_stack: Callable[..., Stack],
+) -> None:
+    """A stack applied by a kbinfra that passed the key as EMBEDDINGS_API_KEY (and rendered
+    config.json without ``api_key.file``): the next apply recreates its container with the
+    keys file, so the key leaves its environment; a reload would keep the old container."""
+    from kbinfra.containers import ObservedContainer  # noqa: PLC0415
+    from kbinfra.plan import (  # noqa: PLC0415
+        desired_service,
+        desired_services,
+        service_action,
+        sha256_text,
+    )
+
+    stack = make_stack("minimum")
+    rendered = render_stack(stack)
+    desired = desired_services(stack, rendered)["embeddings"]
+    by_path = {f.path: f for f in rendered}
+    document = json.loads(by_path[CONFIG_FILE].text)
+    del document["api_key"]["file"]
+    before = {
+        CONFIG_FILE: by_path[CONFIG_FILE]._replace(text=json.dumps(document, indent=2) + "\n")
+    }
+    old_spec = desired.spec._replace(
+        secret_env={"EMBEDDINGS_API_KEY": "embeddings_api_key"},
+        files=[f for f in desired.spec.files if f.source == CONFIG_FILE],
+        reload=None,
+    )
+    old = desired_service(stack.spec.name, old_spec, SERVICE.stage, before, stack.secrets)
+    observed = ObservedContainer(
+        id="c0ffee",
+        name=desired.container,
+        state="running",
+        status="Up 3 hours (healthy)",
+        image=desired.spec.image,
+        image_id="sha256:aaaa",
+        labels=old.labels(stack.spec.name),
+    )
+    deployed = {path: sha256_text(f.text) for path, f in before.items()}
+    action = service_action(desired, observed, None, deployed)
+    assert action.action == "recreate"
+    assert any("EMBEDDINGS_API_KEY" in reason for reason in action.reasons), action.reasons
+    assert any(CONFIG_FILE in reason for reason in action.reasons), action.reasons
+    # once recreated, a change of the keys file alone is a reload
+    current = {f.path: sha256_text(f.text) for f in rendered}
+    observed_now = dataclasses.replace(observed, labels=desired.labels(stack.spec.name))
+    assert service_action(desired, observed_now, None, current).action == "nothing"
+    current[KEYS_FILE] = "0" * 64
+    assert service_action(desired, observed_now, None, current).action == "reload"
