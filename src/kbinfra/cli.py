@@ -4,7 +4,9 @@ No ``from __future__ import annotations`` here or in ``kbinfra.commands``: Typer
 command's annotations on each start, and evaluating them from strings doubles that (~10 ms).
 """
 
+import copy
 import gc
+import os
 import sys
 import time
 from pathlib import Path
@@ -393,6 +395,53 @@ def render(
         )
 
 
+#: Options of the root callback that take no value (they may come before the command).
+_ROOT_FLAGS = frozenset({"--debug", "--no-color"})
+
+
+def _command_name(info: typer.models.CommandInfo) -> str:
+    """The name a command is invoked by, as Typer derives it."""
+    if info.name:
+        return info.name
+    assert info.callback is not None
+    return info.callback.__name__.lower().replace("_", "-")
+
+
+def app_for(args: list[str]) -> typer.Typer:
+    """``app`` with only the command ``args`` invoke, when they name one: Typer turns every
+    command's signature into click parameters before it runs any, about half of a no-op
+    apply's work before kbinfra's own starts. ``app`` itself (every command) for ``--help``,
+    ``--version``, shell completion and a command it does not know (click's own error)."""
+    words = iter(args)
+    name = next((word for word in words if word not in _ROOT_FLAGS), None)
+    completing = any(key.startswith("_KBINFRA_COMPLETE") for key in os.environ)
+    if name is None or name.startswith("-") or completing:
+        return app
+    pruned = _only(app, name)
+    if not pruned.registered_commands and not pruned.registered_groups:
+        return app
+    return pruned
+
+
+def _only(app: typer.Typer, name: str) -> typer.Typer:
+    """A copy of ``app`` with only what ``name`` invokes: its command, or its named group
+    whole (``secrets``, ``profiles``), looked for in the apps mounted without a name too."""
+    pruned = copy.copy(app)
+    pruned.registered_commands = [c for c in app.registered_commands if _command_name(c) == name]
+    pruned.registered_groups = []
+    for group in app.registered_groups:
+        if isinstance(group.name, str):  # a named group: the whole of it, or none
+            if group.name == name:
+                pruned.registered_groups.append(group)
+            continue
+        assert group.typer_instance is not None  # mounted without a name: its commands
+        mounted = _only(group.typer_instance, name)
+        if mounted.registered_commands or mounted.registered_groups:
+            pruned.registered_groups.append(copy.copy(group))
+            pruned.registered_groups[-1].typer_instance = mounted
+    return pruned
+
+
 def main() -> None:
     """Entry point: one clear line and exit 2 for user errors; tracebacks only with --debug.
 
@@ -401,7 +450,7 @@ def main() -> None:
     knows. Typer (click) handles usage errors itself in standalone mode and exits 2.
     """
     try:
-        app()
+        app_for(sys.argv[1:])()
     except KbinfraError as error:
         if _state["debug"]:
             raise

@@ -58,6 +58,8 @@ class RecordingAPI:
         self.calls.append(("inspect_image", ref))
         if ref == LOCK_IMAGE and self.lock_image:
             return {"Id": "sha256:lock"}
+        if ref in self.tags:
+            return {"Id": self.tags[ref]}
         raise docker.errors.ImageNotFound(f"No such image: {ref}")
 
     def import_image_from_data(self, data: bytes, repository: str, tag: str) -> None:
@@ -81,7 +83,7 @@ def _engine(api: RecordingAPI) -> Engine:
     return Engine(SimpleNamespace(api=api), "kb")  # type: ignore[arg-type]
 
 
-def test_observe_lists_only_the_images_the_stack_names() -> None:
+def test_observe_inspects_only_the_images_the_stack_names() -> None:
     api = RecordingAPI(
         tags={"postgres:16": "sha256:p", "redis:7": "sha256:r", "unrelated:1": "sha256:u"}
     )
@@ -89,7 +91,9 @@ def test_observe_lists_only_the_images_the_stack_names() -> None:
     assert facts.images == {"postgres:16": "sha256:p", "redis:7": "sha256:r"}
     assert api.calls == [
         ("containers", {"label": f"{LABEL_STACK}=kb"}),
-        ("images", {"reference": ["absent:2", "postgres:16", "redis:7"]}),
+        ("inspect_image", "absent:2"),
+        ("inspect_image", "postgres:16"),
+        ("inspect_image", "redis:7"),
     ]
 
 
@@ -151,9 +155,9 @@ def test_the_deployed_hashes_are_read_while_the_engine_is_asked(make_stack: Any)
     class API(RecordingAPI):
         seen_hashing: bool | None = None
 
-        def images(self, filters: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+        def inspect_image(self, ref: str) -> dict[str, str]:
             self.seen_hashing = hashing.wait(timeout=2)
-            return super().images(filters)
+            return super().inspect_image(ref)
 
     api = API()
     seen = observe(make_stack("minimum"), _engine(api), Store())  # type: ignore[arg-type]

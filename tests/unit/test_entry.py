@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -73,3 +74,33 @@ def test_only_short_commands_run_without_the_collector(
     args = [*argv, "--dir", str(tmp_path)] if argv[0] not in {"profiles", "images", "ssh"} else argv
     CliRunner().invoke(app, args)
     assert gc.isenabled() is collecting
+
+
+PLUGIN_PROBE = """
+import os, sys
+from kbinfra.entry import main
+sys.argv = ["kbinfra", "profiles", "show", "minimum"]
+try:
+    main()
+except SystemExit:
+    pass
+from pydantic.plugin import _loader
+print(os.environ.get("PYDANTIC_DISABLE_PLUGINS"), "scanned" if _loader._plugins is not None else "not")
+"""
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"), [(None, "__all__ not"), ("some_plugin", "some_plugin scanned")]
+)
+def test_pydantic_looks_for_no_plugins_unless_the_user_says(
+    given: str | None, expected: str
+) -> None:
+    """Looking for plugins reads every installed distribution's entry points (~2% of a no-op
+    apply); a profile builds models, so the look would have happened."""
+    env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
+    if given is not None:
+        env["PYDANTIC_DISABLE_PLUGINS"] = given
+    done = subprocess.run(
+        [sys.executable, "-c", PLUGIN_PROBE], capture_output=True, text=True, env=env, check=True
+    )
+    assert done.stdout.strip().splitlines()[-1] == expected

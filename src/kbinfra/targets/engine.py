@@ -95,6 +95,10 @@ class EngineReads(Protocol):
 
     def images(self, filters: Mapping[str, Any] | None) -> list[dict[str, Any]]: ...
 
+    def image_ids(self, refs: Sequence[str]) -> dict[str, str]:
+        """The id of each of ``refs`` the engine holds (by inspecting it), by reference."""
+        ...
+
     def container_or_none(self, name: str) -> dict[str, Any] | None:
         """The container's inspect document, or None when there is no such container."""
         ...
@@ -117,6 +121,17 @@ class DockerPyReads:
     def images(self, filters: Mapping[str, Any] | None) -> list[dict[str, Any]]:
         listed: list[dict[str, Any]] = self.api.images(filters=dict(filters) if filters else None)
         return listed
+
+    def image_ids(self, refs: Sequence[str]) -> dict[str, str]:
+        import docker.errors  # noqa: PLC0415
+
+        ids: dict[str, str] = {}
+        for ref in refs:
+            try:
+                ids[ref] = str(self.api.inspect_image(ref)["Id"])  # type: ignore[no-untyped-call]
+            except docker.errors.NotFound:
+                continue
+        return ids
 
     def container_or_none(self, name: str) -> dict[str, Any] | None:
         import docker.errors  # noqa: PLC0415
@@ -185,19 +200,17 @@ class Engine:
         return tuple(sorted((self._observed(c) for c in listed), key=lambda c: c.name))
 
     def present_images(self, refs: Iterable[str] | None = None) -> dict[str, str]:
-        """Image reference -> id of the images present: of ``refs`` only (the engine lists
-        just those, not every image on the host; no call when empty), or every one (None)."""
-        wanted = None if refs is None else sorted({normalize_ref(ref) for ref in refs})
-        if wanted == []:
-            return {}
+        """Image reference -> id of the images present: of ``refs`` only (each inspected by
+        name, not every image on the host listed; no call when empty), or every one (None)."""
+        if refs is not None:
+            wanted = sorted({normalize_ref(ref) for ref in refs})
+            return self.reads.image_ids(wanted) if wanted else {}
         present: dict[str, str] = {}
-        for image in self.reads.images({"reference": wanted} if wanted else None):
+        for image in self.reads.images(None):
             for tag in image.get("RepoTags") or ():
                 if tag != "<none>:<none>":
                     present[normalize_ref(tag)] = image["Id"]
-        if wanted is None:
-            return present
-        return {ref: present[ref] for ref in wanted if ref in present}
+        return present
 
     @staticmethod
     def _observed(raw: Mapping[str, Any]) -> ObservedContainer:
@@ -218,14 +231,7 @@ class Engine:
         )
 
     def image_id(self, ref: str) -> str | None:
-        import docker.errors  # noqa: PLC0415
-
-        try:
-            info = self.api.inspect_image(ref)  # type: ignore[no-untyped-call]
-        except docker.errors.ImageNotFound:
-            return None
-        image_id: str = info["Id"]
-        return image_id
+        return self.reads.image_ids([ref]).get(ref)
 
     def tag(self, image_id: str, ref: str) -> None:
         """Point ``ref`` at the image ``image_id`` (present on the engine)."""

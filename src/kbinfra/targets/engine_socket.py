@@ -14,7 +14,7 @@ import contextlib
 import json
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -74,6 +74,18 @@ class SocketEngineReads:
         answer: list[dict[str, Any]] = self._get_json("/images/json", query)
         return answer
 
+    def image_ids(self, refs: Sequence[str]) -> dict[str, str]:
+        # One inspect per reference, all sent at once on the one connection (HTTP/1.1
+        # pipelining: the engine answers them in order): a millisecond each, where listing
+        # images with a reference filter makes the engine size every image it holds (50 to
+        # 100 ms on a host with 70 images).
+        paths = [f"/images/{quote(ref, safe='/:')}/json" for ref in refs]  # as docker-py
+        ids: dict[str, str] = {}
+        for ref, path, (status, body) in zip(refs, paths, self._get_many(paths), strict=True):
+            if status != 404:
+                ids[ref] = str(self._decode(status, body, path)["Id"])
+        return ids
+
     def container_or_none(self, name: str) -> dict[str, Any] | None:
         status, body = self._get(f"/containers/{quote(name, safe='')}/json")
         if status == 404:
@@ -110,13 +122,19 @@ class SocketEngineReads:
             ) from None
 
     def _get(self, path: str) -> tuple[int, bytes]:
-        """One GET on the kept-alive connection; a connection the engine closed while idle is
-        opened again once (a GET can be repeated)."""
-        request = f"GET {path} HTTP/1.1\r\nHost: docker\r\nUser-Agent: kbinfra\r\n\r\n".encode()
+        return self._get_many([path])[0]
+
+    def _get_many(self, paths: Sequence[str]) -> list[tuple[int, bytes]]:
+        """GETs on the kept-alive connection, sent together and answered in order; a
+        connection the engine closed while idle is opened again once (a GET can be repeated)."""
+        requests = b"".join(
+            f"GET {path} HTTP/1.1\r\nHost: docker\r\nUser-Agent: kbinfra\r\n\r\n".encode()
+            for path in paths
+        )
         with self._lock:
             reused = self._sock is not None
             try:
-                return self._exchange(request)
+                return self._exchange(requests, len(paths))
             except (ConnectionError, _ClosedByEngineError):
                 self._disconnect()
                 if not reused:
@@ -125,7 +143,7 @@ class SocketEngineReads:
                         where=self.where,
                     ) from None
             try:
-                return self._exchange(request)
+                return self._exchange(requests, len(paths))
             except (ConnectionError, _ClosedByEngineError):
                 self._disconnect()
                 raise EngineAnswerError(
@@ -133,16 +151,20 @@ class SocketEngineReads:
                     where=self.where,
                 ) from None
 
-    def _exchange(self, request: bytes) -> tuple[int, bytes]:
+    def _exchange(self, requests: bytes, count: int) -> list[tuple[int, bytes]]:
         if self._sock is None:
             self._connect()
         assert self._sock is not None
-        self._sock.sendall(request)
-        status, headers = self._read_head()
-        body = self._read_body(headers)
-        if headers.get("connection", "").lower() == "close":
-            self._disconnect()
-        return status, body
+        self._sock.sendall(requests)
+        answers: list[tuple[int, bytes]] = []
+        for _ in range(count):
+            status, headers = self._read_head()
+            answers.append((status, self._read_body(headers)))
+            if headers.get("connection", "").lower() == "close":
+                self._disconnect()
+                if len(answers) < count:  # the rest were not answered: ask again
+                    raise _ClosedByEngineError
+        return answers
 
     def _connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
