@@ -359,7 +359,7 @@ def migrate_and_switch(
     engine = target_engine(target, current.spec.name)
     new_volume = new.contexts[step.service].volume(migration.volume_purpose)
     notes: list[str] = []
-    with writers_paused(current, engine, progress, notes):
+    with writers_paused(current, engine, progress, notes, doing="upgrade"):
         with engine.locked() as lock_notes:
             notes.extend(lock_notes)
             _copy_into_new_volume(
@@ -463,9 +463,7 @@ def _copy_into_new_volume(
     container_id: str | None = None
     try:
         progress.note(service, f"starting {step.new_image} on the new volume {new_volume}")
-        engine.claim_volumes(desired)
-        container_id = engine.create(desired, new.secrets)
-        engine.put_files(container_id, desired.files)
+        container_id = engine.create_with_files(desired, new.secrets)
         engine.start(container_id)
         problem = engine.wait_healthy(container_id, health_timeout(desired, None))
         if problem is not None:

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import docker.errors
+import pytest
 
 from kbinfra.apply import observe, repair
 from kbinfra.containers import ObservedContainer
@@ -163,3 +164,31 @@ def test_the_deployed_hashes_are_read_while_the_engine_is_asked(make_stack: Any)
     seen = observe(make_stack("minimum"), _engine(api), Store())  # type: ignore[arg-type]
     assert api.seen_hashing is True
     assert seen.facts.deployed_files == {"a.conf": "0" * 64}
+
+
+def test_a_container_made_apart_from_an_apply_gets_its_files_or_is_removed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A restore drill's or an upgrade's own container: volumes claimed, created, files put
+    in; when the files cannot be put in, no half-made container is left behind."""
+    engine = Engine(SimpleNamespace(api=RecordingAPI()), "kb")  # type: ignore[arg-type]
+    calls: list[str] = []
+    failing = {"put": False}
+
+    def put_files(container_id: str, files: Any) -> None:
+        calls.append(f"put {container_id}")
+        if failing["put"]:
+            raise OSError("no space left on device")
+
+    monkeypatch.setattr(engine, "claim_volumes", lambda desired: calls.append("claim"))
+    monkeypatch.setattr(engine, "create", lambda desired, secrets: calls.append("create") or "c1")
+    monkeypatch.setattr(engine, "put_files", put_files)
+    monkeypatch.setattr(engine, "remove", lambda container_id: calls.append(f"rm {container_id}"))
+    desired = SimpleNamespace(files=())
+    assert engine.create_with_files(desired, {}) == "c1"  # type: ignore[arg-type]
+    assert calls == ["claim", "create", "put c1"]
+    calls.clear()
+    failing["put"] = True
+    with pytest.raises(OSError, match="no space left"):
+        engine.create_with_files(desired, {})  # type: ignore[arg-type]
+    assert calls == ["claim", "create", "put c1", "rm c1"]

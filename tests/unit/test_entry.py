@@ -85,7 +85,8 @@ try:
 except SystemExit:
     pass
 from pydantic.plugin import _loader
-print(os.environ.get("PYDANTIC_DISABLE_PLUGINS"), "scanned" if _loader._plugins is not None else "not")
+scanned = "scanned" if _loader._plugins is not None else "not"
+print(os.environ.get("PYDANTIC_DISABLE_PLUGINS"), scanned)
 """
 
 

@@ -4,6 +4,7 @@ loaded secret redacted, and files that cannot be read named with a fix."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,7 @@ def test_an_unexpected_error_is_redacted_of_every_loaded_secret(
         raise RuntimeError(f"could not use {value}\nsecond line")
 
     monkeypatch.setattr(cli, "app", buggy_command)
+    monkeypatch.setattr(sys, "argv", ["kbinfra"])  # no command named: main() runs `app`
     monkeypatch.setitem(cli._state, "debug", False)
     with pytest.raises(SystemExit) as exit_info:
         cli.main()

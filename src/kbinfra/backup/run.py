@@ -504,7 +504,7 @@ def _writers_paused(
 
 @contextmanager
 def writers_paused(
-    stack: Stack, engine: Engine, progress: Progress, notes: list[str], *, doing: str = "upgrade"
+    stack: Stack, engine: Engine, progress: Progress, notes: list[str], *, doing: str
 ) -> Iterator[None]:
     """The app's writers (:func:`writers_to_pause`) paused for the block; unpaused after it,
     also on an error, and waited for until healthy again. A container that cannot be
@@ -1026,9 +1026,7 @@ def _start_drill_instance(
     )
     for volume in spec.volumes:
         engine.ensure_volume(volume.volume)
-    engine.claim_volumes(desired)
-    container_id = engine.create(desired, stack.secrets)
-    engine.put_files(container_id, desired.files)
+    container_id = engine.create_with_files(desired, stack.secrets)
     engine.start(container_id)
     return Instance(service, stack, target, engine, container_id, desired, drill=True)
 
@@ -1086,14 +1084,13 @@ def _drill_site(
     drill = drill_name(stack.spec.name)
     if target.kind != "swarm":
         return _DrillSite(drill, {"": _engine(target, drill)}, {"": target})
-    from kbinfra.backup.volumes import NODE_META  # noqa: PLC0415
     from kbinfra.swarm.backup import store_nodes, volume_node  # noqa: PLC0415
     from kbinfra.targets.swarm import SwarmTarget  # noqa: PLC0415
 
     assert isinstance(target, SwarmTarget)
     service_nodes = store_nodes(stack, services)
     volume_nodes = {
-        volume: volume_node(target, volume, artifact.meta.get(NODE_META))
+        volume: volume_node(target, volume, artifact.meta.get(VOLUME_NODE_META))
         for volume, artifact in volumes.items()
     }
     nodes = sorted({*service_nodes.values(), *volume_nodes.values()})

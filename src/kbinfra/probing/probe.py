@@ -467,7 +467,6 @@ class Pacer:
     def __init__(self, rate_per_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         if rate_per_s <= 0:
             raise ValueError(f"a pace of {rate_per_s} operations/s")
-        self.rate_per_s = rate_per_s
         self._interval = 1.0 / rate_per_s
         self._clock = clock
         self._lock = threading.Lock()

@@ -31,6 +31,7 @@ from kbinfra.targets.swarm import SwarmTarget
 
 if TYPE_CHECKING:
     from kbinfra.stack import Stack
+    from kbinfra.swarm.converge import StackStatus
     from kbinfra.swarm.reach import TaskAddress
     from kbinfra.targets.ssh import SSHTarget
 
@@ -156,17 +157,22 @@ def swarm_instances(
     stack: Stack, target: SwarmTarget, services: Iterable[str]
 ) -> dict[str, Instance]:
     """Each data service's running task (the primary's, never its replica's), with the
-    engine of the node that runs it."""
+    engine of the node that runs it. The stack's tasks are read from the manager once."""
     from kbinfra.plan import desired_services  # noqa: PLC0415
+    from kbinfra.swarm.converge import stack_status  # noqa: PLC0415
     from kbinfra.swarm.reach import running_task  # noqa: PLC0415
     from kbinfra.targets.engine import Engine  # noqa: PLC0415
 
+    services = list(services)
     desired = desired_services(stack, stack.rendered)
     refuse_peers(stack, services)
     instances: dict[str, Instance] = {}
+    status: StackStatus | None = None
     for service in services:
         try:
-            task = running_task(target, stack.spec.name, service)
+            if status is None:
+                status = stack_status(target.docker_client(), target, stack.spec.name)
+            task = running_task(target, stack.spec.name, service, status=status)
         except KbinfraError as error:
             raise BackupError(
                 f"{service} cannot be backed up: {error.what}",

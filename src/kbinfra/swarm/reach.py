@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kbinfra.errors import KbinfraError
-from kbinfra.swarm.converge import stack_status
+from kbinfra.swarm.converge import StackStatus, stack_status
 
 if TYPE_CHECKING:
     from kbinfra.swarm.state import ServiceState
@@ -43,10 +43,17 @@ class TaskAddress:
 
 
 def running_task(
-    target: SwarmTarget, stack: str, service: str, node: str | None = None
+    target: SwarmTarget,
+    stack: str,
+    service: str,
+    node: str | None = None,
+    *,
+    status: StackStatus | None = None,
 ) -> TaskAddress:
-    """A running task of ``service`` (its Swarm or kbinfra name), on ``node`` if given."""
-    status = stack_status(target.docker_client(), target, stack)
+    """A running task of ``service`` (its Swarm or kbinfra name), on ``node`` if given.
+    ``status``: the stack's, when already read (one read serves several services)."""
+    if status is None:
+        status = stack_status(target.docker_client(), target, stack)
     try:
         state = status.service(service)
     except StopIteration:

@@ -424,6 +424,19 @@ class Engine:
                 self.api.remove_container(helper, force=True)
         return True
 
+    def create_with_files(self, desired: DesiredService, secrets: Mapping[str, str]) -> str:
+        """Create (not start) a container of ``desired`` apart from an apply (a restore
+        drill's, an upgrade's copy): its data volumes given to the user it runs as, its
+        files put in; its id. A container whose files could not be put in is removed."""
+        self.claim_volumes(desired)
+        container_id = self.create(desired, secrets)
+        try:
+            self.put_files(container_id, desired.files)
+        except BaseException:
+            self.remove(container_id)
+            raise
+        return container_id
+
     def put_files(self, container_id: str, files: Sequence[MountedFile]) -> None:
         """Copy the mounted files into the created container's file volumes (its root is
         read-only), owned by the uid/gid the service runs as, in their rendered mode."""

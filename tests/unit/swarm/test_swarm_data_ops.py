@@ -12,10 +12,18 @@ import pytest
 
 from kbinfra.backup.handler import BackupError
 from kbinfra.stack import Stack
-from kbinfra.swarm.backup import refuse_peers, store_nodes, volume_node
+from kbinfra.swarm import converge, reach
+from kbinfra.swarm.backup import (
+    SwarmTaskInstance,
+    refuse_peers,
+    store_nodes,
+    swarm_instances,
+    volume_node,
+)
 from kbinfra.swarm.build import DRILL_SECRETS_SOURCE, SECRETS_DIR, secrets_as_files
 from kbinfra.swarm.operate import task_label
 from kbinfra.swarm.placement import stack_placements
+from kbinfra.swarm.state import ServiceState, TaskReport
 from kbinfra.targets.streams import LogRequest, read_logs
 from tests.conftest import fixed_secret
 
@@ -171,3 +179,55 @@ def test_a_backup_of_qdrant_peers_is_refused_not_taken_from_one_peer(
     with pytest.raises(BackupError, match=r"qdrant runs as 2 peers \(node1, node2\)"):
         refuse_peers(stack, ["postgres", "qdrant"])
     refuse_peers(make_swarm_stack(), ["postgres", "qdrant"])  # one pinned Qdrant: taken
+
+
+# ---------------------------------------------------------------- each store's running task
+
+
+class TaskNodes:
+    """The part of a SwarmTarget swarm_instances uses: each node's engine knows the gateway
+    address of the task containers on it."""
+
+    def __init__(self) -> None:
+        self.api = self
+
+    def docker_client(self) -> TaskNodes:
+        return self
+
+    def node_client(self, name: str) -> TaskNodes:
+        return self
+
+    def node_target(self, name: str) -> str:
+        return f"ssh to {name}"
+
+    def inspect_network(self, name: str) -> dict[str, Any]:
+        return {"Containers": {f"c-{s}": {"IPv4Address": f"172.18.0.{n}/16"}
+                               for n, s in enumerate(("postgres", "redis"), start=2)}}  # fmt: skip
+
+
+def test_one_read_of_the_stacks_tasks_finds_every_stores_running_task(
+    make_swarm_stack: Callable[..., Stack], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manager is asked for the stack's services and tasks once for all the stores
+    backed up, not once per store (each read is several calls over SSH)."""
+    stack = make_swarm_stack()
+    reads: list[str] = []
+
+    def state(service: str, node: str) -> ServiceState:
+        task = TaskReport(f"s_{service}", f"t-{service}", 1, node, "running", "running", True,
+                          container_id=f"c-{service}")  # fmt: skip
+        return ServiceState(f"s_{service}", service, 1, 1, "", "", False, False, False, (task,))
+
+    def stack_status(client: Any, target: Any, name: str) -> converge.StackStatus:
+        reads.append(name)
+        return converge.StackStatus((), (state("postgres", "node1"), state("redis", "node2")))
+
+    monkeypatch.setattr(converge, "stack_status", stack_status)
+    monkeypatch.setattr(reach, "stack_status", stack_status)
+    found = swarm_instances(stack, TaskNodes(), ["postgres", "redis"])  # type: ignore[arg-type]
+    assert reads == [stack.spec.name]
+    assert {name: (i.container_id, i.node, i.gateway_address) for name, i in found.items()
+            if isinstance(i, SwarmTaskInstance)} == {
+        "postgres": ("c-postgres", "node1", "172.18.0.2"),
+        "redis": ("c-redis", "node2", "172.18.0.3"),
+    }  # fmt: skip
