@@ -241,6 +241,95 @@ def build_image(client: Any, dockerfile: str, tag: str) -> str:
     return str(image.id)
 
 
+# ---------------------------------------------------------------- secrets rotate, followed
+#: The unfinished rotation's state file in a stack folder (its ``new`` values included).
+ROTATION_STATE = Path(".kbinfra") / "rotation.json"
+
+
+def stack_secrets(deployment: Deployment) -> dict[str, str]:
+    values: dict[str, str] = yaml.safe_load((deployment.dir / "secrets.yaml").read_text())
+    return values
+
+
+def pending_new_values(deployment: Deployment) -> dict[str, str]:
+    values: dict[str, str] = json.loads((deployment.dir / ROTATION_STATE).read_text())["new"]
+    return values
+
+
+def rotate_following(
+    deployment: Deployment,
+    moved: Callable[[dict[str, str]], None],
+    *args: str,
+    kill_after: str = "",
+) -> tuple[int, str, str]:
+    """Run ``secrets rotate ARGS``; when it says it moves the clients (``phase moved:``),
+    give ``moved`` the new values (what the clients a test stands for move to); with
+    ``kill_after``, kill -9 it once that line is printed. No value, old or new, may be in
+    its output. Returns (exit code, stderr, stdout)."""
+    process = deployment.popen("secrets", "rotate", *args)
+    assert process.stderr is not None
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if "phase moved:" in line:
+            moved(pending_new_values(deployment))
+        if kill_after and kill_after in line:
+            os.kill(process.pid, signal.SIGKILL)
+            break
+    code = process.wait(timeout=900)
+    out = process.stdout.read() if process.stdout else ""
+    text = "".join(lines)
+    shown = [*stack_secrets(deployment).values()]
+    if (deployment.dir / ROTATION_STATE).exists():
+        shown += pending_new_values(deployment).values()
+    for value in shown:
+        for part in value.split():
+            assert part not in text + out, "a secret value reached the output"
+    return code, text, out
+
+
+def restic(
+    repository: Path, password: str, *args: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """restic itself on ``repository``, with ``password`` (by environment), no cache."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
+    env |= {"RESTIC_REPOSITORY": str(repository), "RESTIC_PASSWORD": password}
+    return subprocess.run(
+        ["restic", "--no-cache", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        check=False,
+    )
+
+
+#: The file the snapshot of :func:`add_offsite_repository` holds.
+OFFSITE_SNAPSHOT_FILE = "rows.txt"
+
+
+def add_offsite_repository(deployment: Deployment, root: Path, name: str = "disk") -> Path:
+    """A real local restic repository under ``root``, configured as the stack's offsite
+    ``name`` (its password, fixed, added to secrets.yaml as ``offsite_<name>_password``),
+    holding one kbinfra-tagged snapshot of one file. Changes no rendered file."""
+    repository = root / "repo"
+    deployment.edit(
+        lambda d: d["backup"].update({"offsite": [{"name": name, "repository": str(repository)}]})
+    )
+    secret = f"offsite_{name}_password"
+    password = fixed_secret(secret)
+    path = deployment.dir / "secrets.yaml"
+    path.write_text(yaml.safe_dump({**stack_secrets(deployment), secret: password}))
+    data = root / "backup"
+    data.mkdir()
+    (data / OFFSITE_SNAPSHOT_FILE).write_text("".join(f"row {i}\n" for i in range(1000)))
+    tags = ("--tag", "kbinfra", "--tag", f"stack={deployment.name}")
+    for args in (("init",), ("backup", *tags, "backup")):
+        done = restic(repository, password, *args, cwd=root)
+        assert done.returncode == 0, done.stderr
+    return repository
+
+
 # ---------------------------------------------------------------- followed output, terminals
 def read_until(process: subprocess.Popen[str], wanted: list[str]) -> str:
     """stdout lines of ``process`` until every one of ``wanted`` was seen (a follow)."""

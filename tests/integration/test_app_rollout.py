@@ -7,7 +7,10 @@ On both targets:
 - a new app image rolls replica by replica while a client sends requests through nginx over
   HTTPS: zero failed requests, every replica replaced, one at a time, nginx not recreated;
 - a failing migration leaves the old release serving (no replica replaced, no failed
-  request), exit 1 with the migration's own reason.
+  request), exit 1 with the migration's own reason;
+- ``secrets rotate`` under uploads through nginx fails no request: locally of the app's
+  Redis password, over SSH ``--all`` (Redis, the backup key, an offsite repository's restic
+  password).
 
 On the local engine only (``LOCAL_ONLY``), where the stack starts with one replica:
 
@@ -37,7 +40,6 @@ from typing import Any
 import docker
 import httpx
 import pytest
-import yaml
 
 from kbinfra.names import OLD_SUFFIX
 
@@ -46,8 +48,11 @@ try:  # a package when tests/ has __init__.py files, plain modules otherwise
         DOCUMENTS_WORKER,
         SECRET_MARK,
         Deployment,
+        add_offsite_repository,
         app_deployment,
         build_image,
+        restic,
+        stack_secrets,
     )
     from .testbed_support import Testbed, wait_for
 except ImportError:
@@ -55,8 +60,11 @@ except ImportError:
         DOCUMENTS_WORKER,
         SECRET_MARK,
         Deployment,
+        add_offsite_repository,
         app_deployment,
         build_image,
+        restic,
+        stack_secrets,
     )
     from testbed_support import Testbed, wait_for  # type: ignore[no-redef]
 
@@ -74,6 +82,8 @@ VARIANTS = {NEXT: "ENV KB_APP_RELEASE=next", BROKEN: "ENV KB_APP_FAIL_HEALTH=1"}
 MAX_REQUESTS = 3000
 MAX_SECONDS = 600.0
 APPLY = ("apply", "--yes", "--allow-oversized-profile", "--output", "json")
+#: The offsite repository the SSH stack's ``secrets rotate --all`` rotates the password of.
+OFFSITE = "offsite_disk_password"
 #: For the tests that need one target only: they share the local stack.
 LOCAL_ONLY = pytest.mark.parametrize("deployed", ["local"], indirect=True)
 
@@ -572,13 +582,18 @@ def test_a_rollback_rolls_back_to_the_old_image_without_a_failed_request(
     assert again.code == 0, again.out + again.err
 
 
-def test_rotating_the_app_redis_and_postgres_passwords_fails_no_request_through_nginx(
-    deployed: Deployment, docker_client: docker.DockerClient, releases: dict[str, str]
+def test_rotating_the_app_passwords_fails_no_request_through_nginx(
+    deployed: Deployment,
+    docker_client: docker.DockerClient,
+    releases: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     """``secrets rotate`` of the app's Redis and PostgreSQL passwords while uploads are
     queued on Redis and stored in PostgreSQL by the API through nginx: the replicas are moved
     one at a time (to the other login role of ``kb_app``, whose tables, made through the
-    first, they keep using), no request fails, and the old passwords are refused afterwards."""
+    first, they keep using), no request fails, and the old passwords are refused afterwards.
+    Over SSH it is ``secrets rotate --all``, an offsite repository's restic password and the
+    backup key included."""
     import psycopg  # noqa: PLC0415
     import redis  # noqa: PLC0415
 
@@ -589,22 +604,16 @@ def test_rotating_the_app_redis_and_postgres_passwords_fails_no_request_through_
     # test images' tags are shared by every checkout on this engine: one may have moved)
     converged = deployed.run(*APPLY, timeout=900)
     assert converged.code == 0, converged.out + converged.err
-    olds = yaml.safe_load((deployed.dir / "secrets.yaml").read_text())
-    old, old_pg = olds["redis_app_password"], olds["postgres_app_password"]
+    every = deployed.kind == "ssh"
+    offsite = tmp_path_factory.mktemp("offsite")
+    repository = add_offsite_repository(deployed, offsite) if every else None
+    old = stack_secrets(deployed)
     before = app_containers(docker_client, deployed)
     assert before
+    names = ["--all"] if every else ["redis_app_password", "postgres_app_password"]
     with Traffic(deployed, docker_client, upload=True) as traffic:
         time.sleep(1)
-        rotated = deployed.run(
-            "secrets",
-            "rotate",
-            "redis_app_password",
-            "postgres_app_password",
-            "--yes",
-            "-o",
-            "json",
-            timeout=900,
-        )
+        rotated = deployed.run("secrets", "rotate", *names, "--yes", "-o", "json", timeout=900)
         time.sleep(1)
     print(traffic.report())
     assert rotated.code == 0, rotated.out + rotated.err
@@ -614,9 +623,18 @@ def test_rotating_the_app_redis_and_postgres_passwords_fails_no_request_through_
     after = app_containers(docker_client, deployed)
     assert set(after) == set(before)
     assert all(after[replica] != before[replica] for replica in before), (before, after)
-    news = yaml.safe_load((deployed.dir / "secrets.yaml").read_text())
-    new, new_pg = news["redis_app_password"], news["postgres_app_password"]
-    assert new != old and new_pg != old_pg
+    new = stack_secrets(deployed)
+    assert new["redis_app_password"] != old["redis_app_password"]
+    port = deployed.port("redis")
+    for password, opens in ((old["redis_app_password"], False), (new["redis_app_password"], True)):
+        client = redis.Redis(host="127.0.0.1", port=port, username="app", password=password)
+        try:
+            assert bool(client.ping()) is opens
+        except redis.AuthenticationError:
+            assert not opens
+        finally:
+            client.close()
+    old_pg, new_pg = old["postgres_app_password"], new["postgres_app_password"]
     assert login_role("kb_app", new_pg) != login_role("kb_app", old_pg)
     for role, password, opens in [
         *((role, old_pg, False) for role in (*login_roles("kb_app"), "kb_app")),
@@ -628,12 +646,13 @@ def test_rotating_the_app_redis_and_postgres_passwords_fails_no_request_through_
                 assert opens and (tables.fetchone() or (0,))[0] > 0  # the app's, still its
         except psycopg.OperationalError as error:
             assert not opens, f"{role}: {error}"
-    port = deployed.port("redis")
-    for password, opens in ((old, False), (new, True)):
-        client = redis.Redis(host="127.0.0.1", port=port, username="app", password=password)
-        try:
-            assert bool(client.ping()) is opens
-        except redis.AuthenticationError:
-            assert not opens
-        finally:
-            client.close()
+    if repository is None:
+        return
+    wanted = {"redis_app_password", "redis_admin_password", "backup_hmac_key", OFFSITE}
+    wanted.add("postgres_app_password")
+    assert wanted <= set(rotated.json()["rotated"]), rotated.out
+    assert all(new[name] != old[name] for name in wanted)
+    assert new["backup_hmac_keys_previous"].split()[0] == old["backup_hmac_key"]
+    assert restic(repository, new[OFFSITE], "snapshots", "--json").returncode == 0
+    refused = restic(repository, old[OFFSITE], "snapshots")
+    assert refused.returncode != 0 and "wrong password" in refused.stderr

@@ -6,6 +6,9 @@ app's series from every replica and its alert rules evaluate on them; a worker r
 while its task runs finishes it (Celery's warm shutdown); backup → wipe → restore leaves every
 document searchable.
 
+``secrets rotate embeddings_api_key`` under embed requests and searches fails none (the
+keys file reloaded in place, the app moved to the new key).
+
 One stack per target is shared by the tests of this module (applying it takes minutes on 2
 cores); the tests marked ``LOCAL_ONLY`` run on the local one, the backup test last (it wipes
 and restores the stack).
@@ -32,7 +35,14 @@ from kbinfra.service_kit.monitoring import p95
 from kbinfra.services.grafana.service import own_panels
 
 try:  # a package when tests/ has __init__.py files, plain modules otherwise
-    from .stack_support import DOCUMENTS_WORKER, Deployment, app_deployment, fixed_secret
+    from .stack_support import (
+        DOCUMENTS_WORKER,
+        Deployment,
+        app_deployment,
+        fixed_secret,
+        rotate_following,
+        stack_secrets,
+    )
     from .testbed_support import Testbed, wait_for
 except ImportError:
     from stack_support import (  # type: ignore[no-redef]
@@ -40,6 +50,8 @@ except ImportError:
         Deployment,
         app_deployment,
         fixed_secret,
+        rotate_following,
+        stack_secrets,
     )
     from testbed_support import Testbed, wait_for  # type: ignore[no-redef]
 
@@ -270,7 +282,7 @@ def test_status_lists_the_replicas_and_the_worker(deployed: Deployment) -> None:
 def test_no_secret_is_in_the_tiers_container_config(deployed: Deployment) -> None:
     client = docker.from_env()
     try:
-        for name in (*REPLICAS, WORKER):
+        for name in (*REPLICAS, WORKER, "embeddings"):
             config = client.containers.get(f"{deployed.name}-{name}").attrs["Config"]
             assert "TESTSECRET" not in json.dumps(config), name
     finally:
@@ -482,6 +494,94 @@ def test_a_workers_running_task_finishes_during_its_replacement(
     finally:
         client.close()
     assert document not in new_logs, "the new worker processed the document again"
+
+
+class EmbedAndSearch:
+    """A client of the embedding service (embed requests straight to it with the key it
+    holds, moved to the new one when the rotation moves the clients) and searches through
+    nginx to the app, whose replicas kbinfra moves itself; every answer must be a 200."""
+
+    def __init__(self, deployment: Deployment, key: str) -> None:
+        self.url = f"http://127.0.0.1:{deployment.port('embeddings')}/embed"
+        self.deployment = deployment
+        self.key = key
+        self.sent = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> EmbedAndSearch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def move(self, new: dict[str, str]) -> None:
+        self.key = new.get("embeddings_api_key", self.key)
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        with httpx.Client(timeout=60) as embeddings, through_nginx(self.deployment) as https:
+            while not self._stop.is_set() and time.monotonic() - started < 900:
+                for what, send in (
+                    ("embed", lambda: embeddings.post(
+                        self.url, json={"texts": ["lava"]}, headers={"X-API-Key": self.key}
+                    )),
+                    ("search", lambda: https.get("/search", params={"q": "lava", "limit": 1})),
+                ):  # fmt: skip
+                    self.sent += 1
+                    try:
+                        status = send().status_code
+                    except httpx.HTTPError as error:
+                        self.failures.append(f"{what}: {type(error).__name__}: {error}")
+                        continue
+                    if status != 200:
+                        self.failures.append(f"{what}: HTTP {status}")
+                self._stop.wait(0.3)  # under nginx's 10 requests/s per client
+
+    def report(self) -> str:
+        return f"{self.sent} requests, {len(self.failures)} failed: {self.failures[:5]}"
+
+
+@LOCAL_ONLY
+def test_rotating_the_embeddings_key_reloads_it_in_place_and_fails_no_request(
+    deployed: Deployment, uploaded: dict[str, str], docker_client: docker.DockerClient
+) -> None:
+    """``secrets rotate embeddings_api_key`` while a client embeds and the app searches
+    (each search embeds its query with the app's key): the keys file is reloaded in place
+    (the container kept), the app's replicas move to the new key, no request fails, and the
+    old key is refused afterwards; no key is in the container's configuration."""
+    old = stack_secrets(deployed)["embeddings_api_key"]
+    container = deployed.container("embeddings")
+    before = docker_client.api.inspect_container(container)["Id"]
+    with EmbedAndSearch(deployed, old) as traffic:
+        time.sleep(1)
+        code, err, out = rotate_following(
+            deployed, traffic.move, "embeddings_api_key", "--yes", "-o", "json"
+        )
+        time.sleep(1)
+    print(traffic.report())
+    assert code == 0, err
+    assert traffic.sent >= 20 and traffic.failures == [], traffic.report()
+    new = stack_secrets(deployed)["embeddings_api_key"]
+    assert new != old and traffic.key == new
+    outcomes = {
+        a["phase"]: {r["service"]: r["outcome"] for r in a["services"]}
+        for a in json.loads(out)["applies"]
+    }
+    assert [outcomes[p]["embeddings"] for p in ("added", "moved", "revoked")] == ["reloaded"] * 3
+    assert outcomes["moved"]["app-1"] == "recreated"  # the app tier's env holds the new key
+    assert "embeddings: the new values open it, the old ones are refused" in err
+    url = f"http://127.0.0.1:{deployed.port('embeddings')}/embed"
+    for key, status in ((old, 401), (new, 200)):
+        answer = httpx.post(url, json={"texts": ["x"]}, headers={"X-API-Key": key}, timeout=60)
+        assert answer.status_code == status, key == new
+    attrs = docker_client.api.inspect_container(container)
+    assert attrs["Id"] == before  # reloaded in place, never recreated
+    assert old not in json.dumps(attrs) and new not in json.dumps(attrs)
+    assert_each_document_is_found_by_a_sentence_from_it(deployed, uploaded)
 
 
 @LOCAL_ONLY

@@ -28,9 +28,7 @@ A store that accepted the new value late, or revoked the old one early, fails it
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -47,10 +45,30 @@ from psycopg import sql
 from kbinfra.services.postgres.roles import login_role, login_roles
 
 try:  # a package when tests/ has __init__.py files, plain modules otherwise
-    from .stack_support import Deployment, fixed_secret, new_deployment
+    from .stack_support import (
+        OFFSITE_SNAPSHOT_FILE,
+        ROTATION_STATE,
+        Deployment,
+        add_offsite_repository,
+        new_deployment,
+        pending_new_values,
+        restic,
+        rotate_following,
+    )
+    from .stack_support import stack_secrets as secrets_of
     from .testbed_support import Testbed
 except ImportError:
-    from stack_support import Deployment, fixed_secret, new_deployment  # type: ignore[no-redef]
+    from stack_support import (  # type: ignore[no-redef]
+        OFFSITE_SNAPSHOT_FILE,
+        ROTATION_STATE,
+        Deployment,
+        add_offsite_repository,
+        new_deployment,
+        pending_new_values,
+        restic,
+        rotate_following,
+    )
+    from stack_support import stack_secrets as secrets_of  # type: ignore[no-redef]
     from testbed_support import Testbed  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.integration
@@ -59,7 +77,7 @@ USERS = {"app": "redis_app_password", "admin": "redis_admin_password"}
 #: PostgreSQL's consumers the client stands for: owner role -> its secret.
 MONITOR = "postgres_monitor_password"
 PG_CONSUMERS = {"kbinfra_monitor": MONITOR}
-STATE = Path(".kbinfra") / "rotation.json"
+STATE = ROTATION_STATE
 MAX_SECONDS = 300.0
 
 
@@ -74,18 +92,6 @@ def stack(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield deployment
     finally:
         deployment.run("destroy", "--yes", "--delete-data", "--confirm-name", deployment.name)
-
-
-def secrets_of(stack: Deployment) -> dict[str, str]:
-    import yaml  # noqa: PLC0415
-
-    values: dict[str, str] = yaml.safe_load((stack.dir / "secrets.yaml").read_text())
-    return values
-
-
-def pending_new_values(stack: Deployment) -> dict[str, str]:
-    values: dict[str, str] = json.loads((stack.dir / STATE).read_text())["new"]
-    return values
 
 
 def pg_logs_in(stack: Deployment, role: str, password: str) -> bool:
@@ -178,31 +184,6 @@ class Client:
         return f"{self.sent} requests, {len(self.failures)} failed: {self.failures[:5]}"
 
 
-def rotate_following(stack: Deployment, client: Client, *args: str, kill_after: str = "") -> Any:
-    """Run ``secrets rotate ARGS``, moving ``client`` when it moves the clients; with
-    ``kill_after``, kill -9 the process once that line is printed. Returns (code, stderr)."""
-    process = stack.popen("secrets", "rotate", *args)
-    assert process.stderr is not None
-    lines = []
-    for line in process.stderr:
-        lines.append(line)
-        if "phase moved:" in line:
-            client.move(pending_new_values(stack))
-        if kill_after and kill_after in line:
-            os.kill(process.pid, signal.SIGKILL)
-            break
-    code = process.wait(timeout=600)
-    out = process.stdout.read() if process.stdout else ""
-    text = "".join(lines)
-    shown = [*secrets_of(stack).values()]
-    if (stack.dir / STATE).exists():
-        shown += pending_new_values(stack).values()
-    for value in shown:
-        for part in value.split():
-            assert part not in text + out, "a secret value reached the output"
-    return code, text, out
-
-
 def redis_id(docker_client: docker.DockerClient, stack: Deployment) -> str:
     found: str = docker_client.api.inspect_container(stack.container("redis"))["Id"]
     return found
@@ -236,7 +217,7 @@ def test_rotate_all_under_a_request_loop_fails_no_request_and_refuses_the_old_va
     users = {user: old[secret] for user, secret in USERS.items()}
     with Client(port, users, (stack, pg_held(old))) as client:
         time.sleep(0.5)
-        code, err, out = rotate_following(stack, client, "--all", "--yes", "-o", "json")
+        code, err, out = rotate_following(stack, client.move, "--all", "--yes", "-o", "json")
         time.sleep(0.5)
     print(client.report())
     assert code == 0, err
@@ -283,7 +264,7 @@ def test_a_rotation_killed_midway_is_finished_by_a_rerun_and_apply_waits_for_it(
     users = {user: old[secret] for user, secret in USERS.items()}
     with Client(port, users, (stack, pg_held(old))) as client:
         code, err, _ = rotate_following(
-            stack, client, *names, "--yes", kill_after="phase added done"
+            stack, client.move, *names, "--yes", kill_after="phase added done"
         )
         assert code == -signal.SIGKILL, err
         state = json.loads((stack.dir / STATE).read_text())
@@ -303,7 +284,7 @@ def test_a_rotation_killed_midway_is_finished_by_a_rerun_and_apply_waits_for_it(
             "apply: a rotation of postgres_monitor_password, redis_app_password is unfinished"
             in refused.err
         )
-        code, err, _ = rotate_following(stack, client, "--yes")
+        code, err, _ = rotate_following(stack, client.move, "--yes")
         assert code == 0, err
         assert "it stopped at added" in err
     print(client.report())
@@ -328,7 +309,7 @@ def test_a_backup_from_before_a_rotation_restores_and_the_consumers_still_log_in
     assert made.code == 0, made.err
     backup = Path(made.json()["path"])
     assert login_role("kbinfra_monitor", old) in (backup / "postgres" / "roles.json").read_text()
-    code, err, _ = rotate_following(stack, Client(stack.port("redis"), {}), MONITOR, "--yes")
+    code, err, _ = rotate_following(stack, Client(stack.port("redis"), {}).move, MONITOR, "--yes")
     assert code == 0, err
     assert "backups taken before" in err and "restore with the new copy" in err
     new = secrets_of(stack)[MONITOR]
@@ -344,23 +325,7 @@ def test_a_backup_from_before_a_rotation_restores_and_the_consumers_still_log_in
 # ------------------------------------------------- an offsite repository's restic password
 
 OFFSITE = "offsite_disk_password"
-SNAPSHOT_FILE = "rows.txt"
-
-
-def restic(
-    repository: Path, password: str, *args: str, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    """restic itself on ``repository``, with ``password`` (by environment), no cache."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
-    env |= {"RESTIC_REPOSITORY": str(repository), "RESTIC_PASSWORD": password}
-    return subprocess.run(
-        ["restic", "--no-cache", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        check=False,
-    )
+SNAPSHOT_FILE = OFFSITE_SNAPSHOT_FILE
 
 
 def repository_keys(repository: Path, password: str) -> list[dict[str, Any]]:
@@ -374,24 +339,7 @@ def repository_keys(repository: Path, password: str) -> list[dict[str, Any]]:
 def offsite(stack: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real local restic repository configured as the stack's offsite ``disk``, holding one
     kbinfra-tagged snapshot, made with the password secrets.yaml holds."""
-    import yaml  # noqa: PLC0415
-
-    root = tmp_path_factory.mktemp("offsite")
-    repository = root / "repo"
-    stack.edit(
-        lambda d: d["backup"].update({"offsite": [{"name": "disk", "repository": str(repository)}]})
-    )
-    path = stack.dir / "secrets.yaml"
-    password = fixed_secret(OFFSITE)
-    path.write_text(yaml.safe_dump({**secrets_of(stack), OFFSITE: password}))
-    data = root / "backup"
-    data.mkdir()
-    (data / SNAPSHOT_FILE).write_text("".join(f"row {i}\n" for i in range(1000)))
-    tags = ("--tag", "kbinfra", "--tag", f"stack={stack.name}")
-    for args in (("init",), ("backup", *tags, "backup")):
-        done = restic(repository, password, *args, cwd=root)
-        assert done.returncode == 0, done.stderr
-    return repository
+    return add_offsite_repository(stack, tmp_path_factory.mktemp("offsite"))
 
 
 def assert_opens_only_with(repository: Path, password: str, refused: str, tmp: Path) -> None:
@@ -413,7 +361,7 @@ def test_an_offsite_password_rotates_through_restic_keys_and_the_snapshot_stays(
 ) -> None:
     old = secrets_of(stack)[OFFSITE]
     code, err, out = rotate_following(
-        stack, Client(stack.port("redis"), {}), OFFSITE, "--yes", "-o", "json"
+        stack, Client(stack.port("redis"), {}).move, OFFSITE, "--yes", "-o", "json"
     )
     assert code == 0, err
     assert json.loads(out)["rotated"] == [OFFSITE]
@@ -430,14 +378,16 @@ def test_an_offsite_rotation_killed_after_key_add_is_finished_by_a_rerun(
 ) -> None:
     old = secrets_of(stack)[OFFSITE]
     client = Client(stack.port("redis"), {})
-    code, err, _ = rotate_following(stack, client, OFFSITE, "--yes", kill_after="restic key add")
+    code, err, _ = rotate_following(
+        stack, client.move, OFFSITE, "--yes", kill_after="restic key add"
+    )
     assert code == -signal.SIGKILL, err
     new = pending_new_values(stack)[OFFSITE]
     assert secrets_of(stack)[OFFSITE] == old
     # killed between key add and key remove: two keys, each opened by a value kbinfra holds
     assert len(repository_keys(offsite, old)) == 2
     assert len(repository_keys(offsite, new)) == 2
-    code, err, _ = rotate_following(stack, client, "--yes")
+    code, err, _ = rotate_following(stack, client.move, "--yes")
     assert code == 0, err
     assert "finishing the rotation of offsite_disk_password" in err
     assert secrets_of(stack)[OFFSITE] == new

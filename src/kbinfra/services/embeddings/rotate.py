@@ -1,13 +1,27 @@
-"""The embedding service's side of ``kbinfra secrets rotate``: not built yet, and why.
+"""The embedding service's side of ``kbinfra secrets rotate``: it accepts every key of its
+keys file.
 
-Its image (``image/app.py``) reads one key from ``EMBEDDINGS_API_KEY`` at start, and its
-container is replaced by a restart: no second key, no reload. Both are ours to add (a keys
-file it re-reads, delivered by apply's reload); not done yet.
+The keys file (rendered by kbinfra, 0600 for the service's user) holds the key clients use
+and, during a rotation, the other one. apply delivers a changed keys file into the running
+service and runs ``reload_keys.py`` there, which sends SIGHUP and returns once the service
+has loaded the file: no restart, no refused request. Its clients (the app tier's env,
+``check``, ``bench``) move to the new key in the ``moved`` phase.
 """
 
-ROTATES: frozenset[str] = frozenset()
-REFUSED = {
-    "embeddings_api_key": (
-        "the embedding service reads one key at start; a second key reloaded in place is not built"
-    ),
-}
+from kbinfra.probing.probe import ProbeContext
+from kbinfra.services.embeddings.probe import SECRET, client
+
+#: The secrets this service takes two values of at once.
+ROTATES = frozenset({SECRET})
+#: No backup holds the key (the models volume is not backed up, and no store keeps it).
+IN_BACKUPS = False
+
+
+def accepts(probe: ProbeContext, secret: str, value: str) -> bool:
+    """Whether the service answers an embed request sent with ``value`` as its key now."""
+    with client(probe.url(), value) as http:
+        response = http.post("/embed", json={"texts": ["kbinfra checks a key."]})
+    if response.status_code in (401, 403):
+        return False
+    response.raise_for_status()
+    return True

@@ -21,6 +21,8 @@ from kbinfra.service import (
     FileMount,
     HealthCheck,
     Panel,
+    Reload,
+    RenderedFile,
     Route,
     ScrapeTarget,
     Service,
@@ -37,7 +39,17 @@ if TYPE_CHECKING:
 
 CONFIG_FILE = "embeddings/config.json"
 CONFIG_TARGET = "/etc/kbinfra/embeddings/config.json"
+#: The API keys the service accepts, one a line (two during a rotation), 0600 for its user:
+#: a file, not an env var, so no key is in ``docker inspect``; re-read in place on a change.
+KEYS_FILE = "embeddings/keys/api_keys"
+KEYS_TARGET = "/etc/kbinfra/embeddings/keys/api_keys"
+#: The image's user (its Dockerfile's ``useradd --uid``), which alone reads the keys file.
+SERVICE_UID = 10001
+#: Run in the container by apply's reload: SIGHUP, then wait until the keys are loaded.
+RELOAD_KEYS = ("python", "/app/reload_keys.py")
 API_KEY_HEADER = "X-API-Key"
+#: What clients of the service (the app tier) read the key from; the service itself read it
+#: from there before the keys file (a config with no ``api_key.file`` still does).
 API_KEY_ENV = "EMBEDDINGS_API_KEY"
 PORT = 8001
 #: Answers 200 without a key once the default model is loaded.
@@ -192,6 +204,8 @@ class ApiKey(BaseModel):
     required: bool
     header: str
     env: str = Field(pattern=r"^[A-Z][A-Z0-9_]*$")
+    #: The keys file the service reads (and re-reads on SIGHUP); None when no key is required.
+    file: str | None = Field(None, pattern=r"^/\S+$")
 
 
 class EmbeddingsConfig(BaseModel):
@@ -230,7 +244,8 @@ class Embeddings(Service):
     secrets = ("embeddings_api_key",)
     stage = "service"
     health_path = HEALTH_PATH
-    # The image reads its API key only from EMBEDDINGS_API_KEY (the Dockerfile's CMD).
+    # The image's command (the Dockerfile's CMD). It reads its keys from a file kbinfra
+    # renders, so no secret is passed in its environment.
     image_start = ("python", "/app/app.py")
 
     def keeps_state(self, ctx: ServiceContext) -> bool:
@@ -274,9 +289,20 @@ class Embeddings(Service):
             torch_threads=tune.torch_threads,
             batch_size=tune.batch_size,
             api_key=ApiKey(
-                required=settings.require_api_key, header=API_KEY_HEADER, env=API_KEY_ENV
+                required=settings.require_api_key,
+                header=API_KEY_HEADER,
+                env=API_KEY_ENV,
+                file=KEYS_TARGET if settings.require_api_key else None,
             ),
         )
+
+    def files(self, ctx: ServiceContext) -> list[RenderedFile]:
+        """The keys file: the key clients use and, during a rotation, the other one."""
+        settings: EmbeddingsSettings = ctx.settings
+        if not settings.require_api_key:
+            return []
+        text = "".join(f"{key}\n" for key in ctx.accepted("embeddings_api_key"))
+        return [RenderedFile(KEYS_FILE, text, mode=0o600, secret=True)]
 
     def template_context(self, ctx: ServiceContext) -> dict[str, Any]:
         return {"config": self.config(ctx).model_dump(mode="json")}
@@ -285,6 +311,11 @@ class Embeddings(Service):
         settings: EmbeddingsSettings = ctx.settings
         tune = self.tuning(ctx)
         threads = str(tune.torch_threads)
+        files = [FileMount(source=CONFIG_FILE, target=CONFIG_TARGET)]
+        if settings.require_api_key:
+            files.append(
+                FileMount(source=KEYS_FILE, target=KEYS_TARGET, uid=SERVICE_UID, gid=SERVICE_UID)
+            )
         return ContainerSpec(
             service=self.name,
             image=ctx.image,
@@ -300,10 +331,9 @@ class Embeddings(Service):
                 # uvicorn's workers are forked; tokenizers' own thread pool would deadlock.
                 "TOKENIZERS_PARALLELISM": "false",
             },
-            secret_env={API_KEY_ENV: "embeddings_api_key"} if settings.require_api_key else {},
             ports=ctx.loopback_port(PORT),
             volumes=[VolumeMount(volume=ctx.volume("models"), target=settings.models_path)],
-            files=[FileMount(source=CONFIG_FILE, target=CONFIG_TARGET)],
+            files=files,
             # The image has Python but not `requests` (the guide's health check imported it).
             healthcheck=HealthCheck(
                 test=python_http_probe(f"http://127.0.0.1:{PORT}{self.health_path}"),
@@ -315,6 +345,14 @@ class Embeddings(Service):
             cpus=ctx.resources.cpus,
             memory_mb=ctx.resources.memory_mb,
             tmpfs=(TmpfsMount("/tmp"),),
+            # A change of the keys file alone (a key added or revoked by `kbinfra secrets
+            # rotate`) is delivered into the running service, which re-reads it: no restart,
+            # no request refused. Anything else (config.json) recreates it.
+            reload=(
+                Reload(files=(KEYS_FILE,), test=("test", "-s", KEYS_TARGET), command=RELOAD_KEYS)
+                if settings.require_api_key
+                else None
+            ),
         )
 
     def scrape_targets(self, ctx: ServiceContext) -> list[ScrapeTarget]:

@@ -87,8 +87,8 @@ def make_client(
             return loaded
         return app_module.load_model(config, name)
 
-    api_key = "k3y" if config.api_key.required else None
-    app = app_module.create_app(config, loader=reuse, preload=preload, api_key=api_key)
+    keys = app_module.ApiKeys(("k3y",)) if config.api_key.required else None
+    app = app_module.create_app(config, loader=reuse, preload=preload, api_keys=keys)
     with test_client(app) as client:
         if preload:
             wait_healthy(client)
@@ -245,6 +245,64 @@ def test_the_api_key_is_required_when_the_config_says_so(
         right = client.post("/embed", json={"texts": ["x"]}, headers={"X-API-Key": "k3y"})
         assert right.status_code == 200
         assert client.get("/health").status_code == 200  # the health check sends no key
+
+
+def test_every_key_of_the_keys_file_is_accepted_and_sighup_reloads_it(
+    app_module: ModuleType, tmp_path: Path, loaded_model: Any
+) -> None:
+    import signal  # noqa: PLC0415
+
+    path = tmp_path / "api_keys"
+    path.write_text("old-key\nnew-key\n")
+    marker = tmp_path / "loaded"
+    settings = {"required": True, "header": "X-API-Key", "env": "UNSET_KEY", "file": str(path)}
+    config = app_module.ServiceConfig.model_validate(config_data(tmp_path, api_key=settings))
+    keys = app_module.ApiKeys.from_config(config.api_key, marker)
+    assert marker.read_text() == app_module.file_digest(path.read_bytes())
+    app = app_module.create_app(config, loader=lambda *_: loaded_model, api_keys=keys)
+
+    def status(key: str) -> int:
+        answer = client.post("/embed", json={"texts": ["x"]}, headers={"X-API-Key": key})
+        return int(answer.status_code)
+
+    previous = signal.getsignal(signal.SIGHUP)
+    try:
+        app_module.reload_on_hangup(keys)
+        with client_class()(app) as client:
+            wait_healthy(client)
+            assert (status("old-key"), status("new-key"), status("other")) == (200, 200, 401)
+            path.write_text("new-key\n")
+            assert status("old-key") == 200  # read again only when told to
+            signal.raise_signal(signal.SIGHUP)
+            assert (status("old-key"), status("new-key")) == (401, 200)
+            assert marker.read_text() == app_module.file_digest(b"new-key\n")
+            # a file that cannot be used keeps the keys it had, and the marker says so
+            path.write_text("\n")
+            signal.raise_signal(signal.SIGHUP)
+            assert (status("old-key"), status("new-key")) == (401, 200)
+            assert marker.read_text() == app_module.file_digest(b"new-key\n")
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def test_a_config_without_a_keys_file_takes_the_one_key_of_its_env_var(
+    app_module: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stack rendered before the keys file: config.json names no file, the key is in
+    EMBEDDINGS_API_KEY; the new image still serves it until the next apply replaces it."""
+    monkeypatch.setenv("EMBEDDINGS_API_KEY", "env-key")
+    settings = {"required": True, "header": "X-API-Key", "env": "EMBEDDINGS_API_KEY"}
+    config = app_module.ServiceConfig.model_validate(config_data(tmp_path, api_key=settings))
+    keys = app_module.ApiKeys.from_config(config.api_key)
+    assert (keys.accepts("env-key"), keys.accepts("other"), keys.accepts("")) == (
+        True,
+        False,
+        False,
+    )
+    empty = tmp_path / "empty"
+    empty.write_text("  \n")
+    with pytest.raises(app_module.ConfigError, match="the keys file holds no key"):
+        app_module.ApiKeys.from_config(config.api_key.model_copy(update={"file": str(empty)}))
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import json
 import subprocess
@@ -22,6 +23,7 @@ from kbinfra.services.embeddings.render_check import check_rendered
 from kbinfra.services.embeddings.service import (
     CONFIG_FILE,
     DEFAULT_MODELS,
+    KEYS_FILE,
     SERVICE,
     EmbeddingModel,
     EmbeddingsSettings,
@@ -30,6 +32,7 @@ from kbinfra.services.embeddings.service import (
 )
 from kbinfra.stack import Stack
 from kbinfra.validation import free_port
+from tests.conftest import fixed_secret
 
 MODELS = [EmbeddingModel.model_validate(m) for m in DEFAULT_MODELS]
 
@@ -128,6 +131,7 @@ def test_rendered_config_is_sorted_and_complete(make_stack: Callable[..., Stack]
     assert document["half_precision_on_cuda"] is True
     assert document["api_key"] == {
         "env": "EMBEDDINGS_API_KEY",
+        "file": "/etc/kbinfra/embeddings/keys/api_keys",
         "header": "X-API-Key",
         "required": True,
     }
@@ -142,20 +146,58 @@ def test_container_never_downloads_models(make_stack: Callable[..., Stack]) -> N
     assert [(v.volume, v.target, v.data) for v in spec.volumes] == [
         ("kb-embeddings-models", "/models", True)
     ]
-    assert [(f.source, f.target) for f in spec.files] == [
-        (CONFIG_FILE, "/etc/kbinfra/embeddings/config.json")
+    assert [(f.source, f.target, f.uid) for f in spec.files] == [
+        (CONFIG_FILE, "/etc/kbinfra/embeddings/config.json", 0),
+        (KEYS_FILE, "/etc/kbinfra/embeddings/keys/api_keys", 10001),
     ]
     assert [(p.host_ip, p.host_port, p.container_port) for p in spec.ports] == [
         ("127.0.0.1", 8001, 8001)
     ]
-    assert spec.secret_env == {"EMBEDDINGS_API_KEY": "embeddings_api_key"}
+    # the key is a file for the service's user, never an env var `docker inspect` shows
+    assert spec.secret_env == {}
     assert all("TESTSECRET" not in value for value in spec.env.values())
+
+
+def keys_file(stack: Stack) -> Any:
+    return next(f for f in stack.rendered if f.path == KEYS_FILE)
+
+
+def test_the_keys_file_holds_the_key_and_during_a_rotation_the_other_one(
+    make_stack: Callable[..., Stack],
+) -> None:
+    stack = make_stack("minimum")
+    key = stack.secrets["embeddings_api_key"]
+    rendered = keys_file(stack)
+    assert (rendered.text, rendered.mode, rendered.secret) == (f"{key}\n", 0o600, True)
+    other = fixed_secret("embeddings_api_key-next")
+    moved = dataclasses.replace(
+        stack,
+        secrets={**stack.secrets, "embeddings_api_key": other},
+        overlap={"embeddings_api_key": key},
+    )
+    assert keys_file(moved).text == f"{other}\n{key}\n"
+    # the app tier, a client, holds the one value clients use
+    assert moved.contexts["embeddings"].secrets["embeddings_api_key"] == other
+
+
+def test_a_change_of_the_keys_file_alone_is_reloaded_in_place(
+    make_stack: Callable[..., Stack],
+) -> None:
+    reload = SERVICE.container(make_stack("minimum").contexts["embeddings"]).reload
+    assert reload is not None
+    assert tuple(reload.files) == (KEYS_FILE,)
+    assert tuple(reload.test) == ("test", "-s", "/etc/kbinfra/embeddings/keys/api_keys")
+    assert tuple(reload.command) == ("python", "/app/reload_keys.py")
 
 
 def test_api_key_can_be_switched_off(make_stack: Callable[..., Stack]) -> None:
     stack = make_stack("minimum", {"services": {"embeddings": {"require_api_key": False}}})
-    assert SERVICE.container(stack.contexts["embeddings"]).secret_env == {}
+    spec = SERVICE.container(stack.contexts["embeddings"])
+    assert (spec.secret_env, spec.reload) == ({}, None)
+    assert [f.source for f in spec.files] == [CONFIG_FILE]
+    assert KEYS_FILE not in {f.path for f in stack.rendered}
     assert config(stack)[1]["api_key"]["required"] is False
+    assert config(stack)[1]["api_key"]["file"] is None
 
 
 def test_health_check_uses_only_the_standard_library(make_stack: Callable[..., Stack]) -> None:
@@ -227,3 +269,54 @@ def test_health_probe_really_runs_with_the_standard_library() -> None:
         server.shutdown()
         server.server_close()
     assert probe("/health") != 0
+
+
+def test_a_container_made_before_the_keys_file_is_replaced_not_reloaded(
+    make_stack: Callable[..., Stack],
+) -> None:
+    """A stack applied by a kbinfra that passed the key as EMBEDDINGS_API_KEY (and rendered
+    config.json without ``api_key.file``): the next apply recreates its container with the
+    keys file, so the key leaves its environment; a reload would keep the old container."""
+    from kbinfra.containers import ObservedContainer  # noqa: PLC0415
+    from kbinfra.plan import (  # noqa: PLC0415
+        desired_service,
+        desired_services,
+        service_action,
+        sha256_text,
+    )
+
+    stack = make_stack("minimum")
+    rendered = render_stack(stack)
+    desired = desired_services(stack, rendered)["embeddings"]
+    by_path = {f.path: f for f in rendered}
+    document = json.loads(by_path[CONFIG_FILE].text)
+    del document["api_key"]["file"]
+    before = {
+        CONFIG_FILE: by_path[CONFIG_FILE]._replace(text=json.dumps(document, indent=2) + "\n")
+    }
+    old_spec = desired.spec._replace(
+        secret_env={"EMBEDDINGS_API_KEY": "embeddings_api_key"},
+        files=[f for f in desired.spec.files if f.source == CONFIG_FILE],
+        reload=None,
+    )
+    old = desired_service(stack.spec.name, old_spec, SERVICE.stage, before, stack.secrets)
+    observed = ObservedContainer(
+        id="c0ffee",
+        name=desired.container,
+        state="running",
+        status="Up 3 hours (healthy)",
+        image=desired.spec.image,
+        image_id="sha256:aaaa",
+        labels=old.labels(stack.spec.name),
+    )
+    deployed = {path: sha256_text(f.text) for path, f in before.items()}
+    action = service_action(desired, observed, None, deployed)
+    assert action.action == "recreate"
+    assert any("EMBEDDINGS_API_KEY" in reason for reason in action.reasons), action.reasons
+    assert any(CONFIG_FILE in reason for reason in action.reasons), action.reasons
+    # once recreated, a change of the keys file alone is a reload
+    current = {f.path: sha256_text(f.text) for f in rendered}
+    observed_now = dataclasses.replace(observed, labels=desired.labels(stack.spec.name))
+    assert service_action(desired, observed_now, None, current).action == "nothing"
+    current[KEYS_FILE] = "0" * 64
+    assert service_action(desired, observed_now, None, current).action == "reload"

@@ -9,6 +9,13 @@ preloads and warms the default model, and serves:
 - ``GET /models``  the configured models and whether each is loaded
 - ``GET /metrics`` Prometheus text exposition
 
+The API keys it accepts are the lines of a keys file (``api_key.file``, delivered by kbinfra,
+readable by the service's user only), re-read when the process gets SIGHUP: during ``kbinfra
+secrets rotate`` the file holds the current key and the other one, and kbinfra's reload
+(``reload_keys.py``) sends the signal and waits until the service has loaded the file. A
+config with no ``file`` (a stack rendered by an older kbinfra) takes one key from the
+variable ``api_key.env``.
+
 Models come from a local folder (``models.<name>.path``, by default ``models_path/<name>``)
 or from an installed model package; the Hugging Face hub is switched off before any of its
 libraries is imported, so nothing is downloaded at run time.
@@ -25,11 +32,14 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in the service's log
 
+import hashlib
 import hmac
 import importlib
 import json
 import logging
+import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -86,6 +96,8 @@ class ApiKeyConfig(_Config):
     required: bool = False
     header: str = "X-API-Key"
     env: str = "EMBEDDINGS_API_KEY"
+    #: The keys file (one key a line), re-read on SIGHUP; None: one key from ``env``.
+    file: str | None = None
 
 
 class ServiceConfig(_Config):
@@ -147,6 +159,94 @@ def load_config(path: str | Path) -> ServiceConfig:
         where = "".join(f"{part}: " for part in [".".join(map(str, first["loc"]))] if part)
         message = first["msg"].removeprefix("Value error, ")
         raise ConfigError(f"{path}: {where}{message}") from None
+
+
+# --------------------------------------------------------------------------- API keys
+
+#: Where the service writes the digest of the keys file it has loaded (the container's
+#: /tmp is private to it): ``reload_keys.py`` waits for the digest of the delivered file.
+LOADED_KEYS_MARKER = "/tmp/kbinfra-embeddings-keys.loaded"
+
+
+def file_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def parse_keys(data: bytes, where: str) -> tuple[str, ...]:
+    """The keys of a keys file: its non-empty lines. :class:`ConfigError` if there is none."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: the keys file is not UTF-8 text") from None
+    keys = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if not keys:
+        raise ConfigError(f"{where}: the keys file holds no key")
+    return keys
+
+
+class ApiKeys:
+    """The keys the service accepts now. :meth:`reload` replaces them all at once (one
+    assignment of a tuple), so a request checks against the old set or the new one."""
+
+    def __init__(
+        self, keys: tuple[str, ...], path: Path | None = None, marker: Path | None = None
+    ) -> None:
+        self.keys = keys
+        self.path = path
+        self.marker = marker
+
+    @classmethod
+    def from_config(cls, config: ApiKeyConfig, marker: Path | None = None) -> ApiKeys:
+        """The keys of ``config.file``, or the one key of ``$config.env`` without a file."""
+        if config.file is None:
+            key = os.environ.get(config.env, "")
+            if config.required and not key:
+                raise ConfigError(f"api_key.required is true but ${config.env} is empty or unset")
+            return cls((key,) if key else ())
+        keys = cls((), Path(config.file), marker)
+        keys.reload()
+        return keys
+
+    def reload(self) -> None:
+        """Read the keys file again; :class:`ConfigError` (the current keys kept) if it
+        cannot be read or holds no key."""
+        assert self.path is not None
+        try:
+            data = self.path.read_bytes()
+        except OSError as error:
+            raise ConfigError(f"{self.path}: cannot read the keys file: {error}") from None
+        self.keys = parse_keys(data, str(self.path))
+        if self.marker is not None:
+            write_atomically(self.marker, file_digest(data))
+
+    def accepts(self, given: str) -> bool:
+        """Whether ``given`` is one of the keys (compared with each, in constant time)."""
+        found = False
+        for key in self.keys:
+            found |= hmac.compare_digest(given.encode(), key.encode())
+        return found
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """A reader sees the previous content or the new one, never part of it."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        out.write(text)
+    os.replace(temporary, path)
+
+
+def reload_on_hangup(keys: ApiKeys) -> None:
+    """SIGHUP re-reads the keys file; a file that cannot be used keeps the current keys."""
+
+    def hangup(_signal: int, _frame: object) -> None:
+        try:
+            keys.reload()
+        except ConfigError as error:
+            log.error("keys not reloaded, the previous ones stay: %s", error)
+        else:
+            log.info("keys reloaded from %s: %d accepted", keys.path, len(keys.keys))
+
+    signal.signal(signal.SIGHUP, hangup)
 
 
 # --------------------------------------------------------------------------- models
@@ -430,12 +530,13 @@ def create_app(
     *,
     loader: Loader = load_model,
     preload: bool = True,
-    api_key: str | None = None,
+    api_keys: ApiKeys | None = None,
 ) -> FastAPI:
     """The ASGI app. ``preload=False`` leaves the default model unloaded (for tests)."""
     service = EmbeddingService(config, loader)
-    if config.api_key.required and not api_key:
-        raise ConfigError(f"api_key.required is true but ${config.api_key.env} is empty or unset")
+    keys = api_keys or ApiKeys(())
+    if config.api_key.required and not keys.keys:
+        raise ConfigError("api_key.required is true but no API key is configured")
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -458,8 +559,7 @@ def create_app(
     def authorised(request: Request) -> bool:
         if not config.api_key.required:
             return True
-        given = request.headers.get(config.api_key.header, "")
-        return hmac.compare_digest(given.encode(), (api_key or "").encode())
+        return keys.accepts(request.headers.get(config.api_key.header, ""))
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, error: ApiError) -> JSONResponse:
@@ -508,8 +608,12 @@ def main() -> None:
     path = os.environ.get(CONFIG_ENV, DEFAULT_CONFIG_PATH)
     try:
         config = load_config(path)
-        api_key = os.environ.get(config.api_key.env) if config.api_key.required else None
-        app = create_app(config, api_key=api_key)
+        keys = (
+            ApiKeys.from_config(config.api_key, Path(LOADED_KEYS_MARKER))
+            if config.api_key.required
+            else None
+        )
+        app = create_app(config, api_keys=keys)
     except ConfigError as error:
         print(f"kbinfra-embeddings: {error}", file=sys.stderr)
         sys.exit(2)
@@ -522,6 +626,8 @@ def main() -> None:
     import torch
     import uvicorn
 
+    if keys is not None and keys.path is not None:
+        reload_on_hangup(keys)
     torch.set_num_threads(config.torch_threads)
     log.info(
         "config %s: default model %s, device %s, %d torch threads, batch %d",
