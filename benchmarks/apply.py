@@ -389,7 +389,13 @@ def _timed_apply(apply: list[str], env: Mapping[str, str], what: str) -> ApplySa
 
 
 def measure_kbinfra(
-    target: str, images: Path, runs: int, noops: int, env: Mapping[str, str]
+    target: str,
+    images: Path,
+    runs: int,
+    noops: int,
+    env: Mapping[str, str],
+    *,
+    settle_s: float,
 ) -> dict[str, list[ApplySample]]:
     samples: dict[str, list[ApplySample]] = {case: [] for case in CASES}
     for index in range(runs):
@@ -400,6 +406,7 @@ def measure_kbinfra(
         where = f"kbinfra {target} round {index + 1}/{runs}"
         try:
             samples[COLD].append(_timed_apply(apply, env, f"{where}: {COLD}"))
+            settle(settle_s)
             for _ in range(noops):
                 samples[NOOP].append(_timed_apply(apply, env, f"{where}: {NOOP}"))
             _change(folder, 60 + index)
@@ -501,6 +508,18 @@ class Peer:
         shutil.rmtree(self.config_root, ignore_errors=True)
 
 
+def settle(seconds: float) -> None:
+    """Let a stack just stood up finish starting before its no-ops are timed: the cold apply
+    returns when every service is healthy, but the services go on warming up (caches, first
+    scrapes, JIT) for some seconds, on the same cores. A no-op measured meanwhile measures their
+    start-up, not the tool's orchestration, and kbinfra's 11 services (stand-ins in Python, a
+    database) take longer to settle than the peer's 8 small containers. Both tools wait the
+    same time after their cold run."""
+    if seconds > 0:
+        progress(f"settling {seconds:.0f}s before the no-ops")
+        time.sleep(seconds)
+
+
 def measure_peer(args: argparse.Namespace, noops: int, changes: int) -> dict[str, list[float]]:
     """pyinfra's cold deploy, ``noops`` no-op deploys and ``changes`` one-change deploys."""
     pyinfra = peer_venv(args.peer_venv)
@@ -516,7 +535,7 @@ def measure_peer(args: argparse.Namespace, noops: int, changes: int) -> dict[str
             )
         try:
             steps: list[tuple[str, Callable[[], None]]] = [(COLD, lambda: None)]
-            steps += [(NOOP, lambda: None)] * noops
+            steps += [(NOOP, lambda: settle(args.settle))] + [(NOOP, lambda: None)] * (noops - 1)
             steps += [(CHANGE, lambda: peer.change_one_value(PEER_CHANGED_SERVICE))] * changes
             for case, before in steps:
                 before()
@@ -546,6 +565,12 @@ def main() -> None:
     parser.add_argument("--identity", type=Path)
     parser.add_argument("--output", choices=["text", "json"], default="text")
     parser.add_argument("--skip-peer", action="store_true", help="do not run pyinfra")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=10.0,
+        help="seconds both tools wait after a cold run before its no-ops (0: none)",
+    )
     parser.add_argument("--peer-dir", type=Path, default=PEER_DIR, help="peer workload")
     parser.add_argument("--peer-venv", type=Path, default=PEER_VENV, help="pyinfra's venv")
     parser.add_argument("--peer-base-image", help="image to tag kb/debian:bookworm")
@@ -568,7 +593,9 @@ def main() -> None:
     series: list[Series] = []
     kbinfra_runs: dict[str, dict[str, list[ApplySample]]] = {}
     for target in targets:
-        measured = measure_kbinfra(target, args.images, args.runs, args.noops, env)
+        measured = measure_kbinfra(
+            target, args.images, args.runs, args.noops, env, settle_s=args.settle
+        )
         kbinfra_runs[target] = measured
         for case in CASES:
             series.append(Series("kbinfra", target, case, [s.wall_s for s in measured[case]]))
@@ -577,7 +604,10 @@ def main() -> None:
         for case in CASES:
             series.append(Series("pyinfra", "local", case, peer[case]))
     checks = target_checks(kbinfra_runs, series)
-    load = f"before: {load_before}; after: {_load().strip()}"
+    load = (
+        f"before: {load_before}; after: {_load().strip()}; "
+        f"no-ops from {args.settle:.0f}s after each cold run"
+    )
     if args.output == "json":
         cold = {
             target: [
