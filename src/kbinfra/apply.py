@@ -569,6 +569,18 @@ class ServiceRunner:
         begun = self.clock()
         saved: list[tuple[str, bytes]] = []
         reloaded = False
+        if observed.health not in (None, "healthy"):
+            # A container still starting (an interrupted apply left it, PostgreSQL in its
+            # initdb) has no server to reload yet: it becomes healthy first, or is not touched.
+            self.progress.service_state(
+                desired.service, "waiting", f"waiting until healthy ({observed.health}) to reload"
+            )
+            problem = self._healthy(desired, observed.id)
+            if problem is not None:
+                problem = f"it did not become healthy before its reload: {problem}; nothing changed"
+                self.progress.service_state(desired.service, "failed", f"failed: {problem}")
+                logs = self.engine.logs_tail(observed.id, LOG_LINES)
+                return ServiceResult(desired.service, "reload", "failed", error=problem, logs=logs)
         try:
             with self.engine_work:
                 begun = self.clock()
