@@ -95,19 +95,45 @@ def network(docker_client: docker.DockerClient, cleanup: Cleanup, name: str) -> 
 
 
 # ------------------------------------------------------------------ the image map
+def _command_line(pid: str) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # gone meanwhile
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def _parent(pid: str) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "0"
+    return stat.rsplit(")", 1)[1].split()[1]  # after "pid (comm) state": the ppid
+
+
+def _started_by_a_running_up(pid: str) -> bool:
+    """Whether ``pid`` is a `scripts/testbed up` still running, or one of its children (which
+    hold its lock rightly, until it ends)."""
+    while pid not in ("0", "1"):
+        if "scripts/testbed" in _command_line(pid):
+            return True
+        pid = _parent(pid)
+    return False
+
+
 def _processes_holding(path: Path) -> list[str]:
-    """Every process with `path` open, as "PID COMMAND LINE"."""
-    held = []
+    """Every process with `path` open, but a running `up` and its children: "PID COMMAND"."""
+    held = set()
     for fd in Path("/proc").glob("[0-9]*/fd/*"):
         try:
             if fd.readlink() != path:
                 continue
-            cmdline = (fd.parents[1] / "cmdline").read_bytes()
         except OSError:  # gone meanwhile, or not ours to read
             continue
-        command = cmdline.replace(b"\0", b" ").decode(errors="replace")
-        held.append(f"{fd.parts[2]} {command}")
-    return held
+        pid = fd.parts[2]
+        if not _started_by_a_running_up(pid):
+            held.add(f"{pid} {_command_line(pid)}")
+    return sorted(held)
 
 
 def test_no_daemon_up_started_keeps_its_lock(testbed: Testbed) -> None:
@@ -115,10 +141,7 @@ def test_no_daemon_up_started_keeps_its_lock(testbed: Testbed) -> None:
     and every later `up` of the state dir then waits forever (CI did, for an hour)."""
     lock = testbed.images_file.parent / "up.lock"
     assert lock.exists()
-    # Another `up` running right now (the other test group's) holds it rightly, and briefly.
-    held = [line for line in _processes_holding(lock) if "testbed" not in line]
-    held = [line for line in held if line.split(" ", 2)[1] != "flock"]
-    assert not held
+    assert _processes_holding(lock) == []
 
 
 def test_image_map_names_every_service_and_every_image_exists(
