@@ -10,7 +10,7 @@ revoked and the new ones accepted by every store that checks them.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -61,6 +61,25 @@ def write_state(stack_dir: Path, state: RotationState) -> None:
     write_private_file(state_path(stack_dir), state.model_dump_json(indent=2) + "\n")
 
 
+def rotate_parts(stack: Stack) -> Iterator[tuple[str, ModuleType]]:
+    """Each service of the stack whose folder has a ``rotate`` Part, with that Part."""
+    for name in stack.families:
+        part = service_part(name, "rotate")
+        if part is not None:
+            yield name, part
+
+
+def stack_refusals(stack: Stack, part: ModuleType) -> Mapping[str, str]:
+    """Why this stack cannot rotate secrets the Part otherwise takes (``refused``)."""
+    refused: Mapping[str, str] = getattr(part, "refused", lambda _: {})(stack)
+    return refused
+
+
+def taken_secrets(stack: Stack, name: str, part: ModuleType) -> set[str]:
+    """The secrets the store ``name`` checks and takes two values of at once."""
+    return set(part.ROTATES) & checked_secrets(stack, name, part)
+
+
 def checked_secrets(stack: Stack, name: str, part: ModuleType) -> set[str]:
     """The secrets the store ``name`` checks: its own, and those its rotate Part says it
     checks for other services (``checked``: PostgreSQL, the app tier's role password)."""
@@ -74,11 +93,8 @@ def rotatable_secrets(stack: Stack) -> set[str]:
     those this stack cannot (``refused``); and the restic password of each offsite
     repository (restic holds several keys at once)."""
     found: set[str] = set(offsite_passwords(stack.spec))
-    for name in stack.families:
-        part = service_part(name, "rotate")
-        if part is not None:
-            refused: Mapping[str, str] = getattr(part, "refused", lambda _: {})(stack)
-            found |= (set(part.ROTATES) & checked_secrets(stack, name, part)) - set(refused)
+    for name, part in rotate_parts(stack):
+        found |= taken_secrets(stack, name, part) - set(stack_refusals(stack, part))
     return found
 
 
@@ -86,11 +102,10 @@ def fresh_values(stack: Stack, names: Collection[str]) -> dict[str, str]:
     """A new value per secret: a store's rotate Part may draw it (``fresh_value``: PostgreSQL
     wants one that opens its idle login role)."""
     drawers: dict[str, Callable[[str, Callable[[], str]], str]] = {}
-    for name in stack.families:
-        part = service_part(name, "rotate")
+    for name, part in rotate_parts(stack):
         drawer = getattr(part, "fresh_value", None)
-        if part is not None and drawer is not None:
-            drawers |= dict.fromkeys(set(part.ROTATES) & checked_secrets(stack, name, part), drawer)
+        if drawer is not None:
+            drawers |= dict.fromkeys(taken_secrets(stack, name, part), drawer)
     return {
         name: drawers[name](stack.secrets[name], generate_secret)
         if name in drawers
@@ -127,11 +142,9 @@ def refusal_reasons(stack: Stack) -> dict[str, str]:
     """Why a service cannot rotate a secret of its own, where its rotate Part says
     (``REFUSED``); and why an offsite repository's S3 keys are not kbinfra's to rotate."""
     reasons = offsite_refusals(stack.spec)
-    for name in stack.families:
-        part = service_part(name, "rotate")
-        if part is not None:
-            reasons.update(getattr(part, "REFUSED", {}))
-            reasons.update(getattr(part, "refused", lambda _: {})(stack))
+    for _, part in rotate_parts(stack):
+        reasons.update(getattr(part, "REFUSED", {}))
+        reasons.update(stack_refusals(stack, part))
     return reasons
 
 
@@ -274,11 +287,8 @@ def check_revoked(stack: Stack, target: Target, state: RotationState) -> list[st
     """Ask each store of a rotated secret that the new value opens it and the old one no
     longer does; a store that still takes the old value stops the commit."""
     lines = []
-    for name in stack.families:
-        part = service_part(name, "rotate")
-        if part is None:
-            continue
-        mine = sorted(set(part.ROTATES) & checked_secrets(stack, name, part) & set(state.names))
+    for name, part in rotate_parts(stack):
+        mine = sorted(taken_secrets(stack, name, part) & set(state.names))
         if not mine:
             continue
         with target.probe_context(stack, stack.services[name]) as probe:
@@ -310,12 +320,9 @@ def safe_copy_lines(stack: Stack, state: RotationState) -> list[str]:
         + (f"; the old copy's {', '.join(served)} no longer open anything" if served else ""),
     ]
     in_backups = []
-    for name in stack.families:
-        part = service_part(name, "rotate")
-        rotated = (
-            checked_secrets(stack, name, part) & set(state.names) if part is not None else set()
-        )
-        if part is not None and rotated and getattr(part, "IN_BACKUPS", True):
+    for name, part in rotate_parts(stack):
+        rotated = checked_secrets(stack, name, part) & set(state.names)
+        if rotated and getattr(part, "IN_BACKUPS", True):
             in_backups.append(name)
     if in_backups:
         lines.append(
