@@ -93,7 +93,8 @@ def accepts(probe: ProbeContext, secret: str, value: str) -> bool:
     from kbinfra.services.postgres.probe import connect  # noqa: PLC0415
 
     owner, database = owners(probe.stack)[secret]
-    for role in (login_role(owner, value), *login_roles(owner), owner):
+    # The role the value names first; each role tried once (it is one of the two).
+    for role in dict.fromkeys((login_role(owner, value), *login_roles(owner), owner)):
         try:
             with connect(probe.address(), role, value, database) as conn:
                 conn.execute("SELECT 1")
