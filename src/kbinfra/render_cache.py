@@ -6,8 +6,9 @@ validated spec, profile, secrets, TLS files and folder) and of kbinfra's own cod
 templates, so it is kept in ``.kbinfra/render-cache.json`` under a key hashed from all of
 them: the spec, profile and TLS files as read, every secret's value (hashed, never stored
 apart from the files that hold it) and the size and modification time of every file of the
-kbinfra package. Anything else, or a cache that does not read back as exactly what a render
-returns, and the stack is rendered again.
+kbinfra package, its templates and its profiles (:mod:`kbinfra.code_fingerprint`). Anything
+else, or a cache that does not read back as exactly what a render returns, and the stack is
+rendered again.
 
 The rendered files hold secrets (``.env`` files, ACLs, the TLS key), so the cache file is
 0600 in a 0700 folder, as ``secrets.yaml`` is, and is written atomically. It is read as
@@ -21,10 +22,10 @@ import hashlib
 import json
 import os
 import posixpath
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kbinfra.code_fingerprint import code_fingerprint
 from kbinfra.service import RenderedFile
 
 if TYPE_CHECKING:
@@ -32,26 +33,6 @@ if TYPE_CHECKING:
 
 CACHE_FILE = Path(".kbinfra") / "render-cache.json"
 FORMAT = 1
-PACKAGE = Path(__file__).resolve().parent
-
-
-def code_fingerprint(package: Path = PACKAGE) -> str:
-    """Size and modification time of every file of kbinfra (its code and templates)."""
-    digest = hashlib.sha256(sys.version.encode())
-    stack = [package]
-    while stack:
-        folder = stack.pop()
-        with os.scandir(folder) as entries:
-            for entry in sorted(entries, key=lambda e: e.name):
-                if entry.name == "__pycache__":
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(Path(entry.path))
-                elif entry.is_file():
-                    info = entry.stat()
-                    line = f"{entry.path}\0{info.st_size}\0{info.st_mtime_ns}\n"
-                    digest.update(line.encode("utf-8", "surrogateescape"))
-    return digest.hexdigest()
 
 
 def render_key(stack: Stack, code: str) -> str:

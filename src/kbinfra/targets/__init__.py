@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kbinfra.errors import KbinfraError
-from kbinfra.spec.stack import StackSpec
-from kbinfra.spec.swarm import SwarmSettings
-from kbinfra.spec.values import SWARM_TARGET, check_target
 from kbinfra.targets.base import FileStore, Target
+
+if TYPE_CHECKING:
+    from kbinfra.spec.stack import StackSpec
+    from kbinfra.spec.swarm import SwarmSettings
 
 __all__ = ["FileStore", "Target", "open_target"]
 
@@ -31,6 +33,8 @@ def open_target(
 
     A Swarm stack opens only for a command that says it handles one (``swarm``): the
     others refuse it in one line, never falling through to the local engine."""
+    from kbinfra.spec.values import SWARM_TARGET  # noqa: PLC0415 (loaded with ``spec``)
+
     if target is not None and target != spec.target:
         spec = spec.model_copy(update={"target": _checked_target(target)})
     if spec.target == SWARM_TARGET:
@@ -107,6 +111,8 @@ def _swarm_target(
 
 def _checked_target(target: str) -> str:
     """``--target`` is checked as the stack file's ``target:`` is, as a one-line error."""
+    from kbinfra.spec.values import check_target  # noqa: PLC0415
+
     try:
         return check_target(target)
     except ValueError as error:
