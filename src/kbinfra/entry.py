@@ -9,6 +9,7 @@ than a moment (apply, check, backup, ...).
 
 import gc
 import os
+import sys
 
 
 def main() -> None:
@@ -18,6 +19,10 @@ def main() -> None:
     # plugins kbinfra has none of. A user who sets the variable keeps their choice.
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     try:
+        from kbinfra.noop_fast import answered  # noqa: PLC0415
+
+        if answered(sys.argv[1:]):  # a no-op apply the record still answers
+            return
         from kbinfra.cli import main as cli_main  # noqa: PLC0415 (imported with the collector off)
 
         cli_main()

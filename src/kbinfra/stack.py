@@ -9,6 +9,7 @@ from functools import cached_property
 from pathlib import Path
 
 from kbinfra.errors import SpecError, unreadable
+from kbinfra.input_files import noted
 from kbinfra.registry import all_services
 from kbinfra.secrets import (
     BACKUP_KEY_SECRET,
@@ -188,7 +189,7 @@ def stack_of(
 def _read_tls(stack_dir: Path, relative: str, what: str) -> str:
     path = stack_dir / relative
     try:
-        text = path.read_text(encoding="utf-8")
+        text = noted(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(
             f"{what} not found",

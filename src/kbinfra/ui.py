@@ -66,6 +66,8 @@ class Console:
         self.output = output
         self.redact = redact
         self._emitted_json = False
+        #: every warning printed, redacted (what a no-op record replays)
+        self.warned: list[str] = []
         _running[:] = [self]
 
     @staticmethod
@@ -95,6 +97,7 @@ class Console:
         sys.stderr.write(self.redact(text) + "\n")
 
     def warn(self, text: str) -> None:
+        self.warned.append(self.redact(text))
         sys.stderr.write(self.redact(f"warning: {text}") + "\n")
 
     def error(self, text: str) -> None:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
     from kbinfra.apply import ApplyResult, Observation
     from kbinfra.capacity import Fit
+    from kbinfra.noop_fast import NoopRecorder
     from kbinfra.plan import Plan
     from kbinfra.plan_file import PlanFile
     from kbinfra.stack import Stack
@@ -239,14 +240,9 @@ def _expect_plan(
 
 
 def print_apply(console: Console, result: "ApplyResult") -> None:
-    rows = [
-        (r.service, r.action, r.outcome, f"{r.seconds:.1f}s", r.error or "")
-        for r in result.services
-    ]
-    console.table(None, ["service", "action", "outcome", "time", "detail"], rows)
-    console.line(result.summary())
-    if result.release is not None:
-        console.line(f"recorded as release {result.release} (`kbinfra history`)")
+    from kbinfra.noop_fast import print_apply_document  # noqa: PLC0415
+
+    print_apply_document(console, result.as_json())
 
 
 @app.command(
@@ -306,6 +302,8 @@ def apply(
         _require_fit(stack, where, console, allow=allow_oversized_profile)
         if not yes and saved is None:
             _ask_to_apply(console, plan_stack(stack, where, only=chosen), print_plan, where.name)
+        plain = not (chosen or saved or target or force_unlock or allow_oversized_profile)
+        recorder = _noop_recorder(stack, where) if plain else None
         with apply_progress(console) as progress:
             result = apply_stack(
                 stack,
@@ -316,7 +314,20 @@ def apply(
                 progress=progress,
                 expect=expect,
             )
+        if recorder is not None:
+            recorder.finish(result.as_json(), console.warned)
     report_apply(console, result, where.name)
+
+
+def _noop_recorder(stack: "Stack", where: "Target") -> "NoopRecorder | None":
+    """What records a local apply's no-op for the next one (:mod:`kbinfra.noop_fast`)."""
+    from kbinfra.noop_fast import NoopRecorder  # noqa: PLC0415
+    from kbinfra.targets.local import LocalTarget  # noqa: PLC0415
+
+    if not isinstance(where, LocalTarget):
+        return None
+    refs = [spec.image for spec in stack.containers.values()]
+    return NoopRecorder(stack.dir, stack.spec.name, refs, where.engine_reads())
 
 
 def report_apply(console: Console, result: "ApplyResult", where: str) -> None:

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from kbinfra.errors import SpecError, unreadable
+from kbinfra.input_files import noted
 
 Loc = tuple[str | int, ...]
 
@@ -64,7 +65,7 @@ class YamlDocument(NamedTuple):
 def read_yaml(path: Path, *, what: str, fix_missing: str) -> YamlDocument:
     """Parse ``path`` as a YAML mapping; any problem is a one-line :class:`SpecError`."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = noted(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(f"{what} not found", where=str(path), fix=fix_missing) from None
     except IsADirectoryError:
