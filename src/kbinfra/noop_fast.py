@@ -1,4 +1,4 @@
-"""A no-op ``kbinfra apply --yes`` on the local engine, answered without loading the stack.
+"""A no-op ``kbinfra apply --yes`` (local or SSH), answered without loading the stack.
 
 A local no-op apply spends most of its time before it asks the engine anything: importing
 pydantic and Typer and validating the stack file, profile and secrets into kbinfra's models.
@@ -19,11 +19,12 @@ nothing to do again unless the target moved. So each such apply records
 - what it printed: the result document and the warnings.
 
 The next ``kbinfra apply --yes`` with only ``--dir``, ``--output`` and ``--no-color`` checks
-the key, makes the same reads on the engine's socket and, when they hash the same and no
-apply holds the lock, prints the recorded result. Anything else (a changed input, a moved
-container or image, a file edited on the target, the lock, a rotation under way, a record
-that does not read back by type, another option, an SSH or Swarm target) and the apply runs
-in full, exactly as without the record, which also reports any error itself.
+the key, makes the same reads (on the engine's socket; over SSH on the forwarded socket and
+the shared OpenSSH master) and, when they hash the same and no apply holds the lock, prints
+the recorded result. Anything else (a changed input, a moved container or image, a file
+edited on the target, the lock, a rotation under way, a record that does not read back by
+type, another option, a Swarm target) and the apply runs in full, exactly as without the
+record, which also reports any error itself.
 """
 
 from __future__ import annotations
@@ -149,11 +150,9 @@ def container_essence(raw: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def observed(reads: Any, stack: str, refs: Sequence[str], stack_dir: Path) -> str | None:
-    """The hash of what the engine and the deployed files show (None while the stack's lock
-    is held: an apply is at work, or was interrupted)."""
-    from kbinfra.targets.local import LocalFileStore  # noqa: PLC0415
-
+def observed(reads: Any, store: Any, stack: str, refs: Sequence[str]) -> str | None:
+    """The hash of what the engine (``reads``) and the deployed files (``store``) show; None
+    while the stack's lock is held: an apply is at work, or was interrupted."""
     if reads.container_or_none(lock_name(stack)) is not None:
         return None
     listed = reads.containers({"label": f"{LABEL_STACK}={stack}"})
@@ -165,7 +164,7 @@ def observed(reads: Any, stack: str, refs: Sequence[str], stack_dir: Path) -> st
         ),
         "images": images,
         "engine": [info.get("NCPU"), info.get("MemTotal")],
-        "files": LocalFileStore(stack_dir / DEPLOYED_DIR).hashes(),
+        "files": store.hashes(),
     }
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
 
@@ -180,6 +179,74 @@ class NoopRecord:
     inputs: list[str]
     document: dict[str, Any]
     warnings: list[str]
+    #: ``{"kind": "local"}``, or an SSH target's address and options (:func:`describe`)
+    target: dict[str, Any]
+
+
+_SSH_FIELDS: dict[str, tuple[type, ...]] = {
+    "user": (str,),
+    "host": (str,),
+    "port": (int,),
+    "known_hosts": (str,),
+    "identity": (str, type(None)),
+    "deploy_dir": (str, type(None)),
+}
+
+
+def describe(target: Any) -> dict[str, Any] | None:
+    """How to open ``target`` again without the stack: local or SSH (None: neither)."""
+    from kbinfra.targets.local import LocalTarget  # noqa: PLC0415
+    from kbinfra.targets.ssh import SSHTarget  # noqa: PLC0415
+
+    if isinstance(target, LocalTarget):
+        return {"kind": "local"}
+    if isinstance(target, SSHTarget):
+        options = target.options
+        return {
+            "kind": "ssh",
+            "user": target.address.user,
+            "host": target.address.host,
+            "port": target.address.port,
+            "known_hosts": str(options.known_hosts),
+            "identity": None if options.identity is None else str(options.identity),
+            "deploy_dir": options.deploy_dir,
+        }
+    return None
+
+
+def _valid_target(target: Any) -> bool:
+    if not isinstance(target, dict):
+        return False
+    if target == {"kind": "local"}:
+        return True
+    return (
+        target.get("kind") == "ssh"
+        and set(target) == {"kind", *_SSH_FIELDS}
+        and all(
+            isinstance(target[name], kinds) and type(target[name]) is not bool
+            for name, kinds in _SSH_FIELDS.items()
+        )
+    )
+
+
+def opened(target: Mapping[str, Any], stack_dir: Path) -> Any:
+    """The target :func:`describe` described (not yet connected)."""
+    if target["kind"] == "local":
+        from kbinfra.targets.local import LocalTarget  # noqa: PLC0415
+
+        return LocalTarget(stack_dir)
+    from kbinfra.targets.openssh import SSHAddress, SSHOptions  # noqa: PLC0415
+    from kbinfra.targets.ssh import SSHTarget  # noqa: PLC0415
+
+    identity = target["identity"]
+    return SSHTarget(
+        SSHAddress(target["user"], target["host"], target["port"]),
+        SSHOptions(
+            known_hosts=Path(target["known_hosts"]),
+            identity=None if identity is None else Path(identity),
+            deploy_dir=target["deploy_dir"],
+        ),
+    )
 
 
 def read_record(path: Path) -> NoopRecord | None:
@@ -202,6 +269,8 @@ def read_record(path: Path) -> NoopRecord | None:
     document = data.get("document")
     if not isinstance(document, dict) or not _applied_nothing(document):
         return None
+    if not _valid_target(data.get("target")):
+        return None
     return NoopRecord(
         key=data["key"],
         observed=data["observed"],
@@ -210,6 +279,7 @@ def read_record(path: Path) -> NoopRecord | None:
         inputs=data["inputs"],
         document=document,
         warnings=data["warnings"],
+        target=data["target"],
     )
 
 
@@ -306,20 +376,19 @@ def _still_nothing_to_do(stack_dir: Path) -> tuple[list[str], dict[str, Any]] | 
         return None
     if input_key(stack_dir, record.inputs, os.environ) != record.key:
         return None
-    from kbinfra.targets.local import engine_address  # noqa: PLC0415
+    if record.target["kind"] == "local":
+        from kbinfra.targets.local import engine_address  # noqa: PLC0415
 
-    address = engine_address()
-    if not address.startswith("unix://"):
-        return None
-    from kbinfra.targets.engine_socket import SocketEngineReads  # noqa: PLC0415
-
-    reads = SocketEngineReads(address.removeprefix("unix://"))
+        if not engine_address().startswith("unix://"):  # docker-py's own transport
+            return None
+    target = opened(record.target, stack_dir)
     try:
-        seen = observed(reads, record.stack, record.refs, stack_dir)
+        with target:
+            seen = observed(
+                target.engine_reads(), target.file_store(record.stack), record.stack, record.refs
+            )
     except Exception:  # any doubt: the full apply, which reports errors itself
         return None
-    finally:
-        reads.close()
     if seen != record.observed:
         return None
     return record.warnings, record.document
@@ -330,20 +399,33 @@ class NoopRecorder:
     """Taken by a full local apply around its own look: :meth:`finish` writes the record
     when the apply changed nothing and the target looked the same before and after."""
 
-    def __init__(self, stack_dir: Path, stack: str, refs: Sequence[str], reads: Any) -> None:
+    def __init__(
+        self,
+        stack_dir: Path,
+        stack: str,
+        refs: Sequence[str],
+        target: Any,
+        described: dict[str, Any],
+    ) -> None:
         from kbinfra.input_files import read_so_far  # noqa: PLC0415
 
         self.stack_dir = stack_dir
         self.stack = stack
         self.refs = sorted({normalize_ref(ref) for ref in refs})
-        self.reads = reads
+        self.target = target
+        self.described = described
         self.inputs = read_so_far()
         self.key = input_key(stack_dir, self.inputs, os.environ)
         self.before = self._look()
 
     def _look(self) -> str | None:
         try:
-            return observed(self.reads, self.stack, self.refs, self.stack_dir)
+            return observed(
+                self.target.engine_reads(),
+                self.target.file_store(self.stack),
+                self.stack,
+                self.refs,
+            )
         except Exception:  # no record then; the apply reports its own errors
             return None
 
@@ -367,6 +449,7 @@ class NoopRecorder:
             inputs=self.inputs,
             document=document,
             warnings=list(warnings),
+            target=self.described,
         )
         with contextlib.suppress(OSError):  # no record where the folder cannot hold one
             write_record(path, record)

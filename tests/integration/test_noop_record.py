@@ -2,18 +2,20 @@
 
 The console script (``kbinfra.entry``) is what runs here, as a user runs it: after an apply
 that found nothing to do, the next one answers from the record without loading the stack's
-models (no pydantic, no Typer, no YAML imported) and prints exactly what the full path
-printed; any drift of the target or change of an input, and the apply runs in full and
-converges as it always did.
+models (no pydantic, no Typer, no YAML imported), locally and over SSH, and prints exactly
+what the full path printed; any drift of the target or change of an input, and the apply
+runs in full and converges as it always did.
 """
 
 from __future__ import annotations
 
 import json
+import pwd
 import stat
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -30,13 +32,22 @@ pytestmark = pytest.mark.integration
 
 ENTRY = [sys.executable, "-c", "from kbinfra.entry import main; main()"]
 NOTHING = "0 created, 0 recreated, 0 started, 0 removed, 0 files uploaded"
-HEAVY = {"pydantic", "pydantic_core", "typer", "click", "yaml", "jinja2", "docker"}
+HEAVY = {"pydantic", "pydantic_core", "typer", "click", "yaml", "jinja2", "docker", "paramiko"}
+#: where each deployment's files are on its target
+DEPLOYED: dict[str, Path] = {}
 
 
-@pytest.fixture(scope="module")
-def deployment(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+@pytest.fixture(scope="module", params=["local", "ssh"])
+def deployment(
+    request: pytest.FixtureRequest, testbed: Testbed, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployment]:
     folder = tmp_path_factory.mktemp("noop-record")
-    deployment = new_deployment("local", folder, testbed, ["redis", "redis-exporter"], "kbn")
+    deployment = new_deployment(request.param, folder, testbed, ["redis", "redis-exporter"], "kbn")
+    if request.param == "ssh":
+        home = Path(pwd.getpwnam(testbed.ssh.user).pw_dir)
+        DEPLOYED[deployment.name] = home / ".kbinfra" / deployment.name
+    else:
+        DEPLOYED[deployment.name] = folder / noop_fast.DEPLOYED_DIR
     applied = deployment.run("apply", "--yes")
     assert applied.code == 0, applied.err
     yield deployment
@@ -110,7 +121,7 @@ def test_a_stopped_container_is_started_again(deployment: Deployment) -> None:
 
 def test_a_file_edited_on_the_target_is_put_back(deployment: Deployment) -> None:
     _recorded(deployment)
-    conf = next((deployment.dir / noop_fast.DEPLOYED_DIR / "redis").glob("*.conf"))
+    conf = next((DEPLOYED[deployment.name] / "redis").glob("*.conf"))
     good = conf.read_text()
     conf.write_text(good + "# edited by hand\n")
     run, imported = _entry(deployment, "--output", "json")

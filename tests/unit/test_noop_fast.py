@@ -23,6 +23,8 @@ from kbinfra.noop_fast import (
 )
 from kbinfra.rotation_state import STATE_FILE
 from kbinfra.targets.local import LocalTarget
+from kbinfra.targets.openssh import SSHAddress, SSHOptions
+from kbinfra.targets.ssh import SSHTarget
 from kbinfra.ui import Output
 
 NOOP_DOCUMENT: dict[str, Any] = {
@@ -39,6 +41,12 @@ NOOP_DOCUMENT: dict[str, Any] = {
     "repaired": [],
     "notes": [],
     "release": None,
+}  # fmt: skip
+
+
+SSH_TARGET: dict[str, Any] = {
+    "kind": "ssh", "user": "kb", "host": "10.0.0.5", "port": 22,
+    "known_hosts": "/s/known_hosts", "identity": None, "deploy_dir": None,
 }  # fmt: skip
 
 
@@ -198,23 +206,27 @@ def test_the_observation_moves_with_the_target(tmp_path: Path) -> None:
     deployed = tmp_path / noop_fast.DEPLOYED_DIR / "redis"
     deployed.mkdir(parents=True)
     (deployed / "redis.conf").write_text("maxmemory 1mb\n")
-    reads = _Reads()
-    first = observed(reads, "kb", ["redis:7"], tmp_path)
-    assert first is not None and observed(reads, "kb", ["redis:7"], tmp_path) == first
+    reads, store = _Reads(), LocalTarget(tmp_path).file_store("kb")
+
+    def look() -> str | None:
+        return observed(reads, store, "kb", ["redis:7"])
+
+    first = look()
+    assert first is not None and look() == first
     reads.ids["redis:7"] = "sha256:9"  # the tag moved
-    assert observed(reads, "kb", ["redis:7"], tmp_path) != first
+    assert look() != first
     reads.ids["redis:7"] = "sha256:1"
     (deployed / "redis.conf").write_text("maxmemory 2mb\n")  # edited on the target
-    assert observed(reads, "kb", ["redis:7"], tmp_path) != first
+    assert look() != first
     (deployed / "redis.conf").write_text("maxmemory 1mb\n")
-    assert observed(reads, "kb", ["redis:7"], tmp_path) == first
+    assert look() == first
     reads.cpus = 4
-    assert observed(reads, "kb", ["redis:7"], tmp_path) != first
+    assert look() != first
     reads.cpus = 2
     reads.listed = []
-    assert observed(reads, "kb", ["redis:7"], tmp_path) != first
+    assert look() != first
     reads.lock = {"Config": {"Labels": {}}}
-    assert observed(reads, "kb", ["redis:7"], tmp_path) is None
+    assert look() is None
 
 
 # ---------------------------------------------------------------- the record file
@@ -222,6 +234,7 @@ def _record(**changes: Any) -> NoopRecord:
     fields: dict[str, Any] = {
         "key": "k", "observed": "o", "stack": "kb", "refs": ["redis:7"],
         "inputs": ["/s/kbinfra.yaml"], "document": NOOP_DOCUMENT, "warnings": ["w"],
+        "target": {"kind": "local"},
     }  # fmt: skip
     fields.update(changes)
     return NoopRecord(**fields)
@@ -250,6 +263,11 @@ def test_the_record_is_written_0600_and_read_back(tmp_path: Path) -> None:
         {"document": {**NOOP_DOCUMENT, "notes": ["a stale lock was broken"]}},
         {"document": {**NOOP_DOCUMENT, "services": [{"service": "redis", "action": "create",
                                                      "outcome": "created"}]}},
+        {"target": {"kind": "swarm"}},
+        {"target": {**SSH_TARGET, "port": "22"}},
+        {"target": {**SSH_TARGET, "port": True}},
+        {"target": {**SSH_TARGET, "command": "rm -rf /"}},
+        {"target": {k: v for k, v in SSH_TARGET.items() if k != "known_hosts"}},
     ],
 )  # fmt: skip
 def test_a_record_that_is_not_a_no_op_by_type_is_ignored(
@@ -261,6 +279,24 @@ def test_a_record_that_is_not_a_no_op_by_type_is_ignored(
     document.update(change)
     path.write_text(json.dumps(document))
     assert read_record(path) is None
+
+
+def test_an_ssh_target_is_recorded_and_opened_again(tmp_path: Path) -> None:
+    target = SSHTarget(
+        SSHAddress("kb", "10.0.0.5", 2222),
+        SSHOptions(known_hosts=Path("/s/kh"), identity=Path("/s/id"), deploy_dir="/srv/kb"),
+    )
+    described = noop_fast.describe(target)
+    assert described is not None
+    path = tmp_path / "record.json"
+    write_record(path, _record(target=described))
+    record = read_record(path)
+    assert record is not None
+    again = noop_fast.opened(record.target, tmp_path)
+    assert isinstance(again, SSHTarget)
+    assert (again.address, again.options) == (target.address, target.options)
+    assert noop_fast.describe(LocalTarget(tmp_path)) == {"kind": "local"}
+    assert noop_fast.describe(object()) is None
 
 
 def test_an_unreadable_record_is_ignored(tmp_path: Path) -> None:

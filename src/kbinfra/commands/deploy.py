@@ -320,14 +320,14 @@ def apply(
 
 
 def _noop_recorder(stack: "Stack", where: "Target") -> "NoopRecorder | None":
-    """What records a local apply's no-op for the next one (:mod:`kbinfra.noop_fast`)."""
-    from kbinfra.noop_fast import NoopRecorder  # noqa: PLC0415
-    from kbinfra.targets.local import LocalTarget  # noqa: PLC0415
+    """What records a local or SSH apply's no-op for the next one (:mod:`kbinfra.noop_fast`)."""
+    from kbinfra.noop_fast import NoopRecorder, describe  # noqa: PLC0415
 
-    if not isinstance(where, LocalTarget):
+    described = describe(where)
+    if described is None:
         return None
     refs = [spec.image for spec in stack.containers.values()]
-    return NoopRecorder(stack.dir, stack.spec.name, refs, where.engine_reads())
+    return NoopRecorder(stack.dir, stack.spec.name, refs, where, described)
 
 
 def report_apply(console: Console, result: "ApplyResult", where: str) -> None:

@@ -15,6 +15,8 @@ from typing import Annotated, NamedTuple
 
 from pydantic import AfterValidator, Field
 
+from kbinfra.host_port import HostPort
+
 #: Ports everywhere (published ports, target URLs, upstreams, ``ssh trust``).
 MIN_PORT, MAX_PORT = 1, 65535
 DEFAULT_SSH_PORT = 22
@@ -76,17 +78,6 @@ def parse_port(text: str) -> int:
     if not MIN_PORT <= port <= MAX_PORT:
         raise ValueError(f"port {port} is out of range: use {MIN_PORT} to {MAX_PORT}")
     return port
-
-
-class HostPort(NamedTuple):
-    """A host (name, IPv4, or IPv6 without brackets) and a port."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
 
 
 def parse_host_port(text: str, *, default_port: int | None = None) -> HostPort:

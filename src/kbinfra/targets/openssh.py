@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kbinfra.errors import KbinfraError
-from kbinfra.spec.values import HostPort
+from kbinfra.host_port import HostPort
 
 DEFAULT_PORT = 22
 #: How long a master outlives its last use, unless ``KBINFRA_SSH_PERSIST`` says otherwise.

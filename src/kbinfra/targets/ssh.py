@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kbinfra.errors import KbinfraError, unreadable
-from kbinfra.spec.values import HostPort
+from kbinfra.host_port import HostPort
 from kbinfra.targets.base import RECORDS_DIR, TEMP_PREFIX, FileStore, Target
 from kbinfra.targets.openssh import (
     DEFAULT_PORT,
