@@ -14,8 +14,10 @@ nothing to do again unless the target moved. So each such apply records
 - ``observed``: a hash of what the engine and the deployed files showed: the stack's
   containers (every field the planner reads; a status by its health and exit code, not its
   uptime), the id of each image the stack names, the engine's CPUs and memory, and every
-  deployed file's sha256. It is taken before and after the full apply's own look, and the
-  record is written only when the two agree;
+  deployed file's sha256. Once a full apply found nothing to do, this look is taken, the
+  plan made again from a fresh look, and this look taken once more: the record is written
+  only when the plan still changes nothing and the two looks agree (a changing apply pays
+  nothing for the record);
 - what it printed: the result document and the warnings.
 
 The next ``kbinfra apply --yes`` with only ``--dir``, ``--output`` and ``--no-color`` checks
@@ -267,7 +269,7 @@ def read_record(path: Path) -> NoopRecord | None:
     ):
         return None
     document = data.get("document")
-    if not isinstance(document, dict) or not _applied_nothing(document):
+    if not isinstance(document, dict) or not applied_nothing(document):
         return None
     if not _valid_target(data.get("target")):
         return None
@@ -283,7 +285,7 @@ def read_record(path: Path) -> NoopRecord | None:
     )
 
 
-def _applied_nothing(document: Any) -> bool:
+def applied_nothing(document: Any) -> bool:
     """A result document of an apply that changed nothing and noted nothing."""
     if not isinstance(document, dict) or document.get("ok") is not True:
         return False
@@ -396,8 +398,8 @@ def _still_nothing_to_do(stack_dir: Path) -> tuple[list[str], dict[str, Any]] | 
 
 # ---------------------------------------------------------------- recording (full path)
 class NoopRecorder:
-    """Taken by a full local apply around its own look: :meth:`finish` writes the record
-    when the apply changed nothing and the target looked the same before and after."""
+    """Taken around a full apply's look that found nothing to do: :meth:`finish` writes the
+    record when the target looked the same before and after it."""
 
     def __init__(
         self,
@@ -436,7 +438,7 @@ class NoopRecorder:
             self.key is None
             or after is None
             or after != self.before
-            or not _applied_nothing(document)
+            or not applied_nothing(document)
             or (self.stack_dir / ROTATION_FILE).exists()
         ):
             forget(self.stack_dir)

@@ -112,6 +112,7 @@ def test_a_stopped_container_is_started_again(deployment: Deployment) -> None:
     assert "pydantic" in imported  # the full path
     outcomes = {r["service"]: r["outcome"] for r in run.json()["services"]}
     assert outcomes["redis-exporter"] == "started"
+    assert not (deployment.dir / noop_fast.RECORD_FILE).exists()  # a changing apply drops it
     state = subprocess.run(
         ["docker", "inspect", "-f", "{{.State.Running}}", deployment.container("redis-exporter")],
         capture_output=True, text=True, check=True,

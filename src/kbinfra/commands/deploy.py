@@ -6,7 +6,7 @@ paramiko are imported only inside the commands, so ``kbinfra --help`` stays fast
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Protocol, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar
 
 import typer
 
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
     from kbinfra.apply import ApplyResult, Observation
     from kbinfra.capacity import Fit
-    from kbinfra.noop_fast import NoopRecorder
     from kbinfra.plan import Plan
     from kbinfra.plan_file import PlanFile
     from kbinfra.stack import Stack
@@ -303,7 +302,6 @@ def apply(
         if not yes and saved is None:
             _ask_to_apply(console, plan_stack(stack, where, only=chosen), print_plan, where.name)
         plain = not (chosen or saved or target or force_unlock or allow_oversized_profile)
-        recorder = _noop_recorder(stack, where) if plain else None
         with apply_progress(console) as progress:
             result = apply_stack(
                 stack,
@@ -314,20 +312,33 @@ def apply(
                 progress=progress,
                 expect=expect,
             )
-        if recorder is not None:
-            recorder.finish(result.as_json(), console.warned)
+        if plain:
+            _record_noop(stack, where, result.as_json(), console.warned)
     report_apply(console, result, where.name)
 
 
-def _noop_recorder(stack: "Stack", where: "Target") -> "NoopRecorder | None":
-    """What records a local or SSH apply's no-op for the next one (:mod:`kbinfra.noop_fast`)."""
-    from kbinfra.noop_fast import NoopRecorder, describe  # noqa: PLC0415
+def _record_noop(
+    stack: "Stack", where: "Target", document: dict[str, Any], warnings: list[str]
+) -> None:
+    """After a plain local or SSH apply: when it changed nothing, leave the record the next
+    no-op answers from (:mod:`kbinfra.noop_fast`), made from a look, a fresh plan that still
+    changes nothing, and a second look that agrees with the first; else drop any record."""
+    from kbinfra.apply import nothing_to_do, target_engine  # noqa: PLC0415
+    from kbinfra.noop_fast import NoopRecorder, applied_nothing, describe, forget  # noqa: PLC0415
 
     described = describe(where)
     if described is None:
-        return None
+        return
+    if not applied_nothing(document):
+        forget(stack.dir)
+        return
     refs = [spec.image for spec in stack.containers.values()]
-    return NoopRecorder(stack.dir, stack.spec.name, refs, where, described)
+    recorder = NoopRecorder(stack.dir, stack.spec.name, refs, where, described)
+    name = stack.spec.name
+    if nothing_to_do(stack, target_engine(where, name), where.file_store(name)) is None:
+        forget(stack.dir)
+        return
+    recorder.finish(document, warnings)
 
 
 def report_apply(console: Console, result: "ApplyResult", where: str) -> None:
