@@ -6,11 +6,11 @@ are in :mod:`kbinfra.names`.
 from __future__ import annotations
 
 import posixpath
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kbinfra.container_status import exit_code_of, health_of
 from kbinfra.names import LABEL_CONFIG_HASH, LABEL_HASH_PREFIX, LABEL_SERVICE, LABEL_STACK
 from kbinfra.service import ContainerSpec, FileMount, RenderedFile, TmpfsMount
 
@@ -125,19 +125,12 @@ class ObservedContainer:
     @property
     def health(self) -> str | None:
         """healthy, unhealthy, starting, or None when the container has no health check."""
-        if "(healthy)" in self.status:
-            return "healthy"
-        if "(unhealthy)" in self.status:
-            return "unhealthy"
-        if "(health: starting)" in self.status:
-            return "starting"
-        return None
+        return health_of(self.status)
 
     @property
     def exit_code(self) -> int | None:
         """The exit code of an exited container (``Exited (0) 2 minutes ago``), else None."""
-        match = re.match(r"Exited \((-?\d+)\)", self.status)
-        return int(match.group(1)) if match else None
+        return exit_code_of(self.status)
 
     def as_json(self) -> dict[str, Any]:
         return {

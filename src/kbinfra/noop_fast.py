@@ -35,7 +35,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from kbinfra.code_fingerprint import code_fingerprint
+from kbinfra.container_status import exit_code_of, health_of, published_ports
 from kbinfra.names import LABEL_STACK, lock_name, normalize_ref
 from kbinfra.ui import Console, Output, disable_colour
 
@@ -53,8 +53,6 @@ DEPLOYED_DIR = Path(".kbinfra") / "deployed"
 STACK_FILE = "kbinfra.yaml"
 FORMAT = 1
 ENV_PREFIXES = ("KBINFRA_", "DOCKER_")
-_EXITED = re.compile(r"Exited \((-?\d+)\)")
-_HEALTH = ("(healthy)", "(unhealthy)", "(health: starting)")
 
 
 @dataclass(frozen=True)
@@ -133,22 +131,16 @@ def container_essence(raw: Mapping[str, Any]) -> dict[str, Any]:
     """What the planner reads of a listed container (kbinfra.targets.engine's ``_observed``
     and ``ObservedContainer``), the status reduced to its health and exit code."""
     status = str(raw.get("Status", ""))
-    exited = _EXITED.match(status)
-    ports = sorted(
-        f"{p.get('IP', '')}:{p.get('PublicPort')}->{p.get('PrivatePort')}/{p.get('Type', 'tcp')}"
-        for p in raw.get("Ports") or ()
-        if p.get("PublicPort")
-    )
     return {
         "id": raw.get("Id"),
         "names": raw.get("Names"),
         "state": raw.get("State", ""),
-        "health": next((token for token in _HEALTH if token in status), None),
-        "exit": exited.group(1) if exited else None,
+        "health": health_of(status),
+        "exit": exit_code_of(status),
         "image": raw.get("Image", ""),
         "image_id": raw.get("ImageID", ""),
         "labels": raw.get("Labels") or {},
-        "ports": ports,
+        "ports": list(published_ports(raw.get("Ports") or ())),
     }
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, Protocol
 
+from kbinfra.container_status import published_ports
 from kbinfra.containers import (
     CLAIM_CAPABILITIES,
     HELPER_PIDS_LIMIT,
@@ -214,11 +215,6 @@ class Engine:
 
     @staticmethod
     def _observed(raw: Mapping[str, Any]) -> ObservedContainer:
-        ports = sorted(
-            f"{p.get('IP', '')}:{p['PublicPort']}->{p['PrivatePort']}/{p.get('Type', 'tcp')}"
-            for p in raw.get("Ports") or ()
-            if p.get("PublicPort")
-        )
         return ObservedContainer(
             id=raw["Id"],
             name=raw["Names"][0].lstrip("/"),
@@ -227,7 +223,7 @@ class Engine:
             image=raw.get("Image", ""),
             image_id=raw.get("ImageID", ""),
             labels=dict(raw.get("Labels") or {}),
-            ports=tuple(dict.fromkeys(ports)),
+            ports=published_ports(raw.get("Ports") or ()),
         )
 
     def image_id(self, ref: str) -> str | None:
