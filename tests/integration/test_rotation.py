@@ -10,10 +10,15 @@ run in order:
   refused afterwards (by every role of the consumer, an older stack's owner login included),
   the new ones in secrets.yaml, ``secrets list`` showing their new date, the next plan empty,
   Redis and PostgreSQL never recreated (the ACL file and the roles script are run in place),
-  the exporter moved to the other login role;
+  the exporter moved to the other login role, PostgreSQL's superuser (kbinfra's own login)
+  opened by its new password only and no longer in the server's environment;
 - a rotation killed (kill -9) once its first phase is done: the state file holds the phase,
   apply refuses in one line, the client still gets every answer, and a rerun of the same
   command finishes it;
+- the superuser's rotation killed after its first phase, and its ``moved`` files then put
+  into the server as an apply killed before its roles script ran would leave them (the
+  server still holding the old password): the rerun's roles script logs in with the old
+  value, sets the new one, and the rotation finishes, the server never recreated;
 - an offsite repository's restic password, on a real local repository beside the stack
   holding one snapshot: rotated, the snapshot lists and restores with the new password, the
   old one is refused by restic, one key is left; and a run killed right after ``restic key
@@ -27,8 +32,10 @@ A store that accepted the new value late, or revoked the old one early, fails it
 
 from __future__ import annotations
 
+import io
 import json
 import signal
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -40,6 +47,7 @@ import docker
 import psycopg
 import pytest
 import redis
+import yaml
 from psycopg import sql
 
 from kbinfra.services.postgres.roles import login_role, login_roles
@@ -226,7 +234,7 @@ def test_rotate_all_under_a_request_loop_fails_no_request_and_refuses_the_old_va
     rotated = json.loads(out)["rotated"]
     assert {*USERS.values(), "redis_exporter_password", "backup_hmac_key"} <= set(rotated)
     assert set(PG_CONSUMERS.values()) <= set(rotated)
-    assert "postgres_password" in json.loads(out)["not_rotatable"]
+    assert "postgres_password" in rotated
     assert "postgres: the new values open it, the old ones are refused" in err
     assert "refresh your safe copy" in err
     new = secrets_of(stack)
@@ -243,7 +251,13 @@ def test_rotate_all_under_a_request_loop_fails_no_request_and_refuses_the_old_va
         for role in (*login_roles(owner), owner):
             assert not pg_logs_in(stack, role, old[secret]), f"{role} takes the old password"
         assert pg_logs_in(stack, login_role(owner, new[secret]), new[secret])
-    assert docker_client.api.inspect_container(stack.container("postgres"))["Id"] == pg_before
+    server = docker_client.api.inspect_container(stack.container("postgres"))
+    assert server["Id"] == pg_before
+    assert not pg_logs_in(stack, "kb", old["postgres_password"]), "the old superuser opens it"
+    assert pg_logs_in(stack, "kb", new["postgres_password"])
+    assert all(not v.startswith("POSTGRES_PASSWORD=") for v in server["Config"]["Env"])
+    assert old["postgres_password"] not in json.dumps(server)
+    assert new["postgres_password"] not in json.dumps(server)
     moved_to = (
         f"DATA_SOURCE_USER={login_role('kbinfra_monitor', new[PG_CONSUMERS['kbinfra_monitor']])}"
     )
@@ -298,18 +312,94 @@ def test_a_rotation_killed_midway_is_finished_by_a_rerun_and_apply_waits_for_it(
     assert pg_logs_in(stack, login_role("kbinfra_monitor", monitor["new"]), monitor["new"])
 
 
+def put_superuser_files(
+    docker_client: docker.DockerClient, stack: Deployment, current: str, other: str
+) -> None:
+    """Write the superuser's password files into the running server as apply delivers them
+    (0600, the server's own), without running its roles script."""
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for name, value in (("superuser", current), ("superuser-other", other)):
+            data = value.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.uid, info.gid = len(data), 0o600, 999, 999
+            tar.addfile(info, io.BytesIO(data))
+    container = stack.container("postgres")
+    assert docker_client.api.put_archive(container, "/etc/postgresql/roles", archive.getvalue())
+
+
+def test_a_superuser_rotation_killed_before_its_alter_role_is_finished_by_a_rerun(
+    stack: Deployment, docker_client: docker.DockerClient
+) -> None:
+    old = secrets_of(stack)
+    server = docker_client.api.inspect_container(stack.container("postgres"))["Id"]
+    with Client(stack.port("redis"), {}, (stack, pg_held(old))) as client:
+        code, err, _ = rotate_following(
+            stack, client.move, "postgres_password", "--yes", kill_after="phase added done"
+        )
+        assert code == -signal.SIGKILL, err
+        new = json.loads((stack.dir / STATE).read_text())["new"]["postgres_password"]
+        # phase added: kbinfra still logs in with the old value; the server holds only it
+        assert pg_logs_in(stack, "kb", old["postgres_password"])
+        assert not pg_logs_in(stack, "kb", new)
+        # the next phase's files, delivered by an apply killed before its roles script ran
+        put_superuser_files(docker_client, stack, new, old["postgres_password"])
+        code, err, _ = rotate_following(stack, client.move, "--yes")
+        assert code == 0, err
+        assert "it stopped at added" in err
+    print(client.report())
+    assert client.failures == [], client.report()
+    assert secrets_of(stack)["postgres_password"] == new
+    assert not pg_logs_in(stack, "kb", old["postgres_password"])
+    assert pg_logs_in(stack, "kb", new)
+    assert docker_client.api.inspect_container(stack.container("postgres"))["Id"] == server
+    check = stack.run("check", "--only", "postgres,postgres-exporter", "-o", "json")
+    assert check.code == 0, check.out + check.err
+
+
+def test_a_superuser_password_changed_by_hand_fails_apply_in_one_line_and_nothing_moves(
+    stack: Deployment, docker_client: docker.DockerClient
+) -> None:
+    """Only a rotation changes the server's password: a new value typed into secrets.yaml is
+    refused by the reload, which puts the running server's files back, and says how to fix
+    it; the server keeps its password and its container."""
+    held = secrets_of(stack)
+    server = docker_client.api.inspect_container(stack.container("postgres"))["Id"]
+    edited = {**held, "postgres_password": f"{held['postgres_password']}-typed-by-hand"}
+    (stack.dir / "secrets.yaml").write_text(yaml.safe_dump(edited))
+    try:
+        refused = stack.run("apply", "--yes")
+        assert refused.code != 0, refused.out
+        assert "postgres_password (secrets.yaml) does not open the server as kb" in refused.err
+        assert "kbinfra secrets rotate postgres_password" in refused.err
+        assert "its previous files were put back and reloaded" in refused.err
+        assert edited["postgres_password"] not in refused.err + refused.out
+        assert "Traceback" not in refused.err
+        assert pg_logs_in(stack, "kb", held["postgres_password"])
+        assert not pg_logs_in(stack, "kb", edited["postgres_password"])
+        assert docker_client.api.inspect_container(stack.container("postgres"))["Id"] == server
+    finally:
+        (stack.dir / "secrets.yaml").write_text(yaml.safe_dump(held))
+    applied = stack.run("apply", "--yes")
+    assert applied.code == 0, applied.err
+
+
 def test_a_backup_from_before_a_rotation_restores_and_the_consumers_still_log_in(
     stack: Deployment,
 ) -> None:
-    """A backup with --include-secrets holds the login roles' old SCRAM verifiers: a restore
-    onto the rotated stack leaves the roles as kbinfra made them (the new password opens the
-    active role, the old one opens nothing) and the exporter keeps logging in."""
+    """A backup with --include-secrets holds the login roles' and the superuser's old SCRAM
+    verifiers: a restore onto the rotated stack leaves the roles as kbinfra made them (the
+    new password opens the active role and the superuser, the old one opens nothing) and the
+    exporter keeps logging in."""
     old = secrets_of(stack)["postgres_monitor_password"]
+    old_superuser = secrets_of(stack)["postgres_password"]
     made = stack.run("backup", "--include-secrets", "--output", "json")
     assert made.code == 0, made.err
     backup = Path(made.json()["path"])
     assert login_role("kbinfra_monitor", old) in (backup / "postgres" / "roles.json").read_text()
-    code, err, _ = rotate_following(stack, Client(stack.port("redis"), {}).move, MONITOR, "--yes")
+    code, err, _ = rotate_following(
+        stack, Client(stack.port("redis"), {}).move, MONITOR, "postgres_password", "--yes"
+    )
     assert code == 0, err
     assert "backups taken before" in err and "restore with the new copy" in err
     new = secrets_of(stack)[MONITOR]
@@ -318,6 +408,8 @@ def test_a_backup_from_before_a_rotation_restores_and_the_consumers_still_log_in
     for role in (*login_roles("kbinfra_monitor"), "kbinfra_monitor"):
         assert not pg_logs_in(stack, role, old), f"the restore gave {role} its old password"
     assert pg_request(stack, "kbinfra_monitor", new) is None
+    assert not pg_logs_in(stack, "kb", old_superuser), "the restore gave the superuser its old one"
+    assert pg_logs_in(stack, "kb", secrets_of(stack)["postgres_password"])
     check = stack.run("check", "--only", "postgres,postgres-exporter", "-o", "json")
     assert check.code == 0, check.out + check.err
 

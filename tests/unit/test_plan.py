@@ -106,7 +106,9 @@ def test_labels_never_hold_secret_values(make_stack: Any) -> None:
     desired = _desired(make_stack)
     labels = json.dumps(desired.labels("kb"))
     assert "TESTSECRET" not in labels
-    assert LABEL_HASH_PREFIX + "env.POSTGRES_PASSWORD" in desired.labels("kb")
+    secret_env = _desired(make_stack, service="unstructured").labels("kb")
+    assert LABEL_HASH_PREFIX + "env.UNSTRUCTURED_API_KEY" in secret_env
+    assert "TESTSECRET" not in json.dumps(secret_env)
     assert desired.labels("kb")[LABEL_STACK] == "kb"
     assert desired.labels("kb")[LABEL_SERVICE] == "postgres"
 

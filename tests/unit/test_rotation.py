@@ -288,7 +288,6 @@ def test_apply_rollback_and_upgrade_refuse_while_a_rotation_is_unfinished(stack:
 @pytest.mark.parametrize(
     ("name", "words"),
     [
-        ("postgres_password", "two alternating superusers are not built"),
         ("unstructured_api_key", "the Unstructured API takes one key"),
         ("qdrant_api_key", "reads its keys at start only"),  # Qdrant's rotate Part says why
         ("qdrant_read_only_api_key", "no second read-only key"),

@@ -27,7 +27,13 @@ from kbinfra.service import (
 from kbinfra.service_kit.replication import derived_password
 from kbinfra.services.postgres.exporter import MONITOR_ROLE, MONITOR_SECRET
 from kbinfra.services.postgres.exporter import SERVICE as EXPORTER
-from kbinfra.services.postgres.roles import ConsumerRole, consumer_sql, login_role, login_roles
+from kbinfra.services.postgres.roles import (
+    ConsumerRole,
+    consumer_sql,
+    login_role,
+    login_roles,
+    scram_verifier,
+)
 from kbinfra.spec.values import SWARM_TARGET
 
 Workload = Literal["web", "oltp", "dw", "mixed"]
@@ -81,6 +87,15 @@ ROLES_FILE = "postgres/roles/roles.sh"
 #: at initialisation through this one-line script (sourced, as it sources every ``.sh``).
 ROLES_DIR = "/etc/postgresql/roles"
 ROLES_INITDB = "postgres/initdb/30-service-roles.sh"
+#: The superuser's password (``postgres_password``), 0600 and the server's own, beside the
+#: roles script. The image's entrypoint sets it at initialisation (``POSTGRES_PASSWORD_FILE``)
+#: and the roles script logs in with it, then sets it (``ALTER ROLE``). It is a file, not an
+#: environment variable, so ``docker inspect`` does not show it and a rotation delivers it
+#: into the running server (``Reload``) instead of recreating it.
+SUPERUSER_FILE = "postgres/roles/superuser"
+#: During a rotation, the superuser's other value (empty otherwise): the one the server may
+#: still hold until the roles script has set the value of ``SUPERUSER_FILE``.
+SUPERUSER_OTHER_FILE = "postgres/roles/superuser-other"
 INITDB_DIR = "/docker-entrypoint-initdb.d"
 #: The exporter's role on a Swarm, made once at initdb from its Docker secret.
 MONITOR_SCRIPT = "postgres/initdb/20-monitor-role.sh"
@@ -330,12 +345,16 @@ class Postgres(Service):
         ]
 
     def files(self, ctx: ServiceContext) -> list[RenderedFile]:
-        """The consumers' roles (0600: SCRAM verifiers), and the replica's files."""
+        """The consumers' roles (0600: SCRAM verifiers), the superuser's password files (0600),
+        and the replica's files."""
         roles = self.consumer_roles(ctx)
+        accepted = ctx.accepted("postgres_password")
         role_files = (
             [
                 RenderedFile(ROLES_FILE, roles_script(ctx, roles), mode=0o600, secret=True),
                 RenderedFile(ROLES_INITDB, f"#!/bin/sh\nsh {roles_path()}\n"),
+                RenderedFile(SUPERUSER_FILE, accepted[0], mode=0o600, secret=True),
+                RenderedFile(SUPERUSER_OTHER_FILE, "".join(accepted[1:]), mode=0o600, secret=True),
             ]
             if roles
             else [RenderedFile(MONITOR_SCRIPT, MONITOR_SCRIPT_TEXT)]
@@ -377,12 +396,21 @@ class Postgres(Service):
                 "-c",
                 f"hba_file={CONFIG_DIR}/pg_hba.conf",
             ],
-            env={"POSTGRES_DB": settings.database, "POSTGRES_USER": settings.user},
-            # The consumers' passwords are not here: a rotation would recreate the server.
-            secret_env={
-                "POSTGRES_PASSWORD": "postgres_password",
-                **({"KBINFRA_MONITOR_PASSWORD": MONITOR_SECRET} if swarm else {}),
+            env={
+                "POSTGRES_DB": settings.database,
+                "POSTGRES_USER": settings.user,
+                **({"POSTGRES_PASSWORD_FILE": in_roles_dir(SUPERUSER_FILE)} if roles else {}),
             },
+            # No password is here on one host (a rotation would recreate the server): the
+            # superuser's is a file (``SUPERUSER_FILE``); on a Swarm each is a Docker secret.
+            secret_env=(
+                {
+                    "POSTGRES_PASSWORD": "postgres_password",
+                    "KBINFRA_MONITOR_PASSWORD": MONITOR_SECRET,
+                }
+                if swarm
+                else {}
+            ),
             ports=ctx.loopback_port(5432),
             volumes=[VolumeMount(volume=self.data_volume(ctx), target=DATA_DIR)],
             files=[
@@ -416,6 +444,15 @@ class Postgres(Service):
                             source=ROLES_INITDB,
                             target=f"{INITDB_DIR}/{ROLES_INITDB.rsplit('/', 1)[-1]}",
                         ),
+                        *(
+                            FileMount(
+                                source=source,
+                                target=in_roles_dir(source),
+                                uid=POSTGRES_UID,
+                                gid=POSTGRES_UID,
+                            )
+                            for source in (SUPERUSER_FILE, SUPERUSER_OTHER_FILE)
+                        ),
                     ]
                     if roles
                     else []
@@ -443,12 +480,13 @@ class Postgres(Service):
                 retries=12,
                 start_period_s=20,
             ),
-            # A changed roles script (a rotation's phase) is run in the running server.
+            # A changed roles script or superuser password (a rotation's phase) is run in the
+            # running server.
             reload=(
                 Reload(
-                    files=(ROLES_FILE,),
+                    files=(ROLES_FILE, SUPERUSER_FILE, SUPERUSER_OTHER_FILE),
                     test=("sh", "-n", roles_path()),
-                    command=("sh", "-c", f'PGPASSWORD="$POSTGRES_PASSWORD" exec sh {roles_path()}'),
+                    command=("sh", roles_path()),
                 )
                 if roles
                 else None
@@ -576,10 +614,10 @@ class Postgres(Service):
         psql = 'psql -X -w -q -A -t -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "SELECT 1"'
         login = f'PGPASSWORD="$POSTGRES_PASSWORD" exec {psql}'
         if self.consumer_roles(ctx):
-            # Then (re)make the consumers' roles: idempotent, as at initialisation.
+            # (Re)make the consumers' roles and the superuser's password (idempotent, as at
+            # initialisation), then log in with the password clients use.
             login = (
-                f'export PGPASSWORD="$POSTGRES_PASSWORD" && {psql} >/dev/null && '
-                f"exec sh {roles_path()}"
+                f'sh {roles_path()} && PGPASSWORD="$(cat "$POSTGRES_PASSWORD_FILE")" exec {psql}'
             )
         return LoginCheck(
             command=["sh", "-c", login],
@@ -596,8 +634,13 @@ class Postgres(Service):
         )
 
 
+def in_roles_dir(source: str) -> str:
+    """Where the rendered file ``source`` of ``postgres/roles/`` is in the container."""
+    return f"{ROLES_DIR}/{source.rsplit('/', 1)[-1]}"
+
+
 def roles_path() -> str:
-    return f"{ROLES_DIR}/{ROLES_FILE.rsplit('/', 1)[-1]}"
+    return in_roles_dir(ROLES_FILE)
 
 
 def alternating_roles(ctx: ServiceContext) -> bool:
@@ -606,21 +649,42 @@ def alternating_roles(ctx: ServiceContext) -> bool:
 
 
 def roles_script(ctx: ServiceContext, roles: list[ConsumerRole]) -> str:
-    """A shell script that makes each consumer's roles as they should be: run at
-    initialisation, after every start, and whenever it changes. The passwords are in it as
-    SCRAM verifiers only (the file is 0600)."""
+    """A shell script that makes each consumer's roles and the superuser's password as they
+    should be: run at initialisation, after every start, and whenever it or a superuser
+    password file changes. It logs in with the superuser's password file, or during a
+    rotation with its other value (the server holds that one until this script has run); the
+    passwords are in it as SCRAM verifiers only (the file is 0600)."""
+    settings: PostgresSettings = ctx.settings
+    superuser = ctx.secrets["postgres_password"]
+    login = 'psql -X -w -q -A -t --username "$POSTGRES_USER" --dbname "$POSTGRES_DB"'
     lines = [
         "#!/bin/sh",
         "# Rendered by kbinfra: each consumer's owner role (NOLOGIN, not a superuser, no",
-        "# CREATEDB, no CREATEROLE) and its two alternating login roles (docs/operations.md,",
-        "# Secrets rotation). Idempotent: it runs when the data directory is initialised,",
-        "# after every start of the container and whenever it changes.",
+        "# CREATEDB, no CREATEROLE) and its two alternating login roles, and the superuser's",
+        "# password (docs/operations.md, Secrets rotation). Idempotent: it runs when the data",
+        "# directory is initialised, after every start of the container and whenever it or a",
+        "# superuser password file changes.",
         "set -eu",
-        'psql -v ON_ERROR_STOP=1 -X -q --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" '
+        f'PGPASSWORD="$(cat {in_roles_dir(SUPERUSER_FILE)})"',
+        "export PGPASSWORD",
+        f"if ! {login} -c 'SELECT 1' >/dev/null 2>&1; then",
+        f'  other="$(cat {in_roles_dir(SUPERUSER_OTHER_FILE)})"',
+        '  if [ -z "$other" ]; then',
+        '    echo "postgres_password (secrets.yaml) does not open the server as $POSTGRES_USER:'
+        " it keeps the password it was initialized or last rotated with; put that value back"
+        ' in secrets.yaml, and change it only with: kbinfra secrets rotate postgres_password" >&2',
+        "    exit 1",
+        "  fi",
+        '  PGPASSWORD="$other"',
+        "fi",
+        'psql -v ON_ERROR_STOP=1 -X -q -w --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" '
         "<<'SQL'",
     ]
     for role in roles:
         lines += consumer_sql(role, ctx.accepted(role.password_secret))
+    lines.append(
+        f"ALTER ROLE {settings.user} WITH PASSWORD '{scram_verifier(settings.user, superuser)}';"
+    )
     lines.append("SQL")
     return "\n".join(lines) + "\n"
 

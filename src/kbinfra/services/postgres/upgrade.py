@@ -52,7 +52,8 @@ if TYPE_CHECKING:
 #: the new major refuses stops the copy). A row of data that happened to read exactly like
 #: one of those lines would be left out too, and the row counts afterwards would stop it.
 COPY_SCRIPT = r"""set -euo pipefail
-export PGPASSWORD="$POSTGRES_PASSWORD"
+# The superuser's password: a file on one host, the environment on a Swarm.
+export PGPASSWORD="${POSTGRES_PASSWORD:-$(cat "${POSTGRES_PASSWORD_FILE:?}")}"
 pg_dumpall --host="$KBINFRA_SOURCE_HOST" --port=5432 --username="$POSTGRES_USER" \
     --no-password --quote-all-identifiers \
   | grep -vxF "CREATE ROLE \"$POSTGRES_USER\";" \

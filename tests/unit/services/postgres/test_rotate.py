@@ -140,12 +140,68 @@ def test_each_phase_renders_the_roles_its_view_asks_and_the_clients_follow(
     assert len(servers) == 1
 
 
-def test_secrets_rotate_takes_the_consumers_and_refuses_the_superuser_with_why(
+def superuser_files(stack: Stack) -> tuple[str, str]:
+    texts = {f.path: f.text for f in stack.rendered}
+    return texts["postgres/roles/superuser"], texts["postgres/roles/superuser-other"]
+
+
+def test_the_superuser_rotates_through_its_password_files_and_the_server_stays(
     stack: Stack,
 ) -> None:
-    assert {"postgres_monitor_password"} <= rotatable_secrets(stack)
-    assert "postgres_password" not in rotatable_secrets(stack)
-    assert "two alternating superusers" in refusal_reasons(stack)["postgres_password"]
+    """Clients of the superuser are kbinfra alone: its file holds the value they use, the
+    other file the value the server may still hold, and the roles script sets the former."""
+    name = "postgres_password"
+    old, new = stack.secrets[name], fixed_secret("superuser-next")
+    state = new_state("kb", [name], stack.secrets, {name: new}, NOW)
+    files, servers = {}, set()
+    for phase in PHASES:
+        shown = view(state, phase, stack.secrets)
+        phased = dataclasses.replace(stack, secrets=shown.secrets, overlap=shown.overlap)
+        files[phase] = superuser_files(phased)
+        script = roles_text(phased)
+        client = shown.secrets[name]
+        assert f"ALTER ROLE kb WITH PASSWORD '{scram_verifier('kb', client)}';" in script
+        assert old not in script and new not in script  # verifiers only
+        servers.add(repr(phased.containers["postgres"]))
+    assert files == {
+        "generated": (old, ""),
+        "added": (old, new),
+        "moved": (new, old),  # the roles script logs in with the old one and sets the new
+        "revoked": (new, ""),
+    }
+    assert len(servers) == 1  # no phase recreates the server: no password in its spec
+
+
+def test_the_superusers_password_is_a_file_the_server_reloads_not_its_environment(
+    stack: Stack,
+) -> None:
+    spec = stack.containers["postgres"]
+    assert spec.secret_env == {}
+    assert spec.env["POSTGRES_PASSWORD_FILE"] == "/etc/postgresql/roles/superuser"
+    assert stack.secrets["postgres_password"] not in repr(spec)
+    mounted = {m.source: m for m in spec.files}
+    for source in ("postgres/roles/superuser", "postgres/roles/superuser-other"):
+        assert (mounted[source].uid, mounted[source].gid) == (999, 999)
+        rendered = next(f for f in stack.rendered if f.path == source)
+        assert rendered.mode == 0o600 and rendered.secret
+    assert spec.reload is not None
+    assert set(spec.reload.files) == {
+        "postgres/roles/roles.sh",
+        "postgres/roles/superuser",
+        "postgres/roles/superuser-other",
+    }
+    script = roles_text(stack)
+    # it logs in with the file's value, else (during a rotation) with the other value
+    assert 'PGPASSWORD="$(cat /etc/postgresql/roles/superuser)"' in script
+    assert 'other="$(cat /etc/postgresql/roles/superuser-other)"' in script
+    assert "set -x" not in script
+
+
+def test_secrets_rotate_takes_the_consumers_and_the_superuser(
+    stack: Stack,
+) -> None:
+    assert {"postgres_monitor_password", "postgres_password"} <= rotatable_secrets(stack)
+    assert "postgres_password" not in refusal_reasons(stack)
     drawn = fresh_values(stack, ["postgres_monitor_password"])["postgres_monitor_password"]
     assert slot(drawn) != slot(stack.secrets["postgres_monitor_password"])
 
@@ -156,4 +212,8 @@ def test_on_a_swarm_the_monitor_role_is_refused_with_why(tmp_path: Path) -> None
     swarm = open_stack(write_swarm_stack_dir(tmp_path / "swarm"))
     assert "postgres_monitor_password" not in rotatable_secrets(swarm)
     assert "one host" in refusal_reasons(swarm)["postgres_monitor_password"]
+    assert "postgres_password" not in rotatable_secrets(swarm)
+    assert "Docker secret" in refusal_reasons(swarm)["postgres_password"]
+    # on a Swarm the superuser's password stays a Docker secret, read at initdb
+    assert swarm.containers["postgres"].secret_env["POSTGRES_PASSWORD"] == "postgres_password"
     assert swarm.containers["postgres-exporter"].env["DATA_SOURCE_USER"] == "kbinfra_monitor"

@@ -143,7 +143,8 @@ def test_rendered_files_are_scram_only_and_use_pg13_column_names(
 def test_container_keeps_password_out_of_env_values(make_stack: Callable[..., Stack]) -> None:
     stack = make_stack("minimum")
     spec = SERVICE.container(stack.contexts["postgres"])
-    assert spec.secret_env["POSTGRES_PASSWORD"] == "postgres_password"
+    assert spec.secret_env == {}  # the superuser's password is a file: POSTGRES_PASSWORD_FILE
+    assert spec.env["POSTGRES_PASSWORD_FILE"] == "/etc/postgresql/roles/superuser"
     assert all("TESTSECRET" not in value for value in spec.env.values())
     assert [(p.host_ip, p.host_port) for p in spec.ports] == [("127.0.0.1", 5432)]
 
