@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 import yaml
 
+from kbinfra.private_file import write_private_file
 from kbinfra.registry import get_service
 from kbinfra.render import render_service, write_tree
 from kbinfra.scaffold import init_stack
-from kbinfra.secrets import dump_secrets, write_private_file
+from kbinfra.secrets import dump_secrets
 from kbinfra.service import ServiceContext
 from kbinfra.spec.stack import load_stack
 from kbinfra.stack import Stack, generated_secrets, open_stack

@@ -44,6 +44,7 @@ from typing import Any
 from kbinfra.code_fingerprint import code_fingerprint
 from kbinfra.container_status import exit_code_of, health_of, published_ports
 from kbinfra.names import LABEL_STACK, lock_name, normalize_ref
+from kbinfra.private_file import write_private_file
 from kbinfra.ui import Console, Output, disable_colour
 
 RECORD_FILE = Path(".kbinfra") / "noop-record.json"
@@ -303,17 +304,8 @@ def applied_nothing(document: Any) -> bool:
 def write_record(path: Path, record: NoopRecord) -> None:
     """Atomically, 0600 in a 0700 folder (it hashes the secrets file, as the render cache
     holds rendered secrets)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     document = {"format": FORMAT, **record.__dict__}
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(document, handle)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    write_private_file(path, json.dumps(document), durable=False, folder_mode=0o700)
 
 
 def forget(stack_dir: Path) -> None:

@@ -111,7 +111,7 @@ def plan_document(
 
 def write_plan_file(path: Path, document: PlanFile) -> None:
     """Atomically, mode 0600 (diffs of configuration are nobody else's business)."""
-    from kbinfra.secrets import write_private_file  # noqa: PLC0415
+    from kbinfra.private_file import write_private_file  # noqa: PLC0415
 
     text = json.dumps(document.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
     try:

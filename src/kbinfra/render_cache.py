@@ -20,12 +20,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import posixpath
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kbinfra.code_fingerprint import code_fingerprint
+from kbinfra.private_file import write_private_file
 from kbinfra.service import RenderedFile
 
 if TYPE_CHECKING:
@@ -101,15 +101,5 @@ def _inside(path: str) -> bool:
 
 
 def write_cache(path: Path, key: str, files: list[RenderedFile]) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     document = {"key": key, "files": [[f.path, f.text, f.mode, f.secret] for f in files]}
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(document, handle)
-        os.chmod(temp, 0o600)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    write_private_file(path, json.dumps(document), durable=False, folder_mode=0o700)

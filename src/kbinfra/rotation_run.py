@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from kbinfra.errors import KbinfraError
 from kbinfra.offsite.restic import OffsiteError
 from kbinfra.offsite.rotate import RepositoryKeys, offsite_passwords, offsite_refusals
+from kbinfra.private_file import write_private_file
 from kbinfra.registry import service_part
 from kbinfra.rotation import (
     COMMIT_ONLY,
@@ -41,7 +42,6 @@ from kbinfra.secrets import (
     record_secret_dates,
     remember_secret_values,
     secrets_path,
-    write_private_file,
 )
 
 if TYPE_CHECKING:

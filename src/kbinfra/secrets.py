@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import secrets as random_source
 import stat
@@ -12,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from kbinfra.errors import SpecError
+from kbinfra.private_file import write_private_file
 from kbinfra.spec.yamlfile import YamlSyntaxError, dump_yaml, read_yaml
 
 SECRETS_FILE = "secrets.yaml"
@@ -42,23 +42,6 @@ def remember_secret_values(values: Iterable[str]) -> None:
 def generate_secret() -> str:
     """A 43-character URL-safe token (256 bits): safe in URLs, env vars and config files."""
     return random_source.token_urlsafe(32)
-
-
-def write_private_file(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically with mode 0600 from the first byte."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, 0o600)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 def refuse_readable_by_others(path: Path, what: str, then: str = "") -> None:

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kbinfra import render_cache
+from kbinfra.private_file import write_private_file
 from kbinfra.render import render_stack
-from kbinfra.secrets import dump_secrets, load_secrets, write_private_file
+from kbinfra.secrets import dump_secrets, load_secrets
 from kbinfra.stack import Stack, open_stack, required_secrets
 from tests.conftest import edit_stack_file, write_stack_dir
 

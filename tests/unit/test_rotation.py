@@ -23,6 +23,7 @@ from kbinfra.apply import ApplyResult, ServiceResult
 from kbinfra.errors import KbinfraError
 from kbinfra.offsite.restic import OffsiteError, RepositoryKey, parse_keys
 from kbinfra.offsite.rotate import RepositoryKeys
+from kbinfra.private_file import write_private_file
 from kbinfra.rotation import (
     PHASES,
     Phase,
@@ -42,7 +43,7 @@ from kbinfra.rotation_run import (
     write_state,
 )
 from kbinfra.rotation_state import read_state, refuse_while_rotating, state_path
-from kbinfra.secrets import dump_secrets, load_secret_dates, load_secrets, write_private_file
+from kbinfra.secrets import dump_secrets, load_secret_dates, load_secrets
 from kbinfra.services.redis.service import acl_password_hash
 from kbinfra.stack import Stack, open_stack
 from tests.conftest import fixed_secret, only_services, run_kbinfra, write_stack_dir

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from kbinfra.errors import SpecError
+from kbinfra.private_file import write_private_file
 from kbinfra.probing.probe import CheckFailedError
 from kbinfra.probing.stack_checks import check_secret_ages
 from kbinfra.secret_report import secret_report
@@ -21,7 +22,6 @@ from kbinfra.secrets import (
     load_secrets,
     record_secret_dates,
     secret_ages,
-    write_private_file,
 )
 from kbinfra.stack import Stack, open_stack
 from tests.conftest import fixed_secret, run_kbinfra, write_stack_dir

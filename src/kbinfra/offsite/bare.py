@@ -22,8 +22,9 @@ from kbinfra.errors import SpecError
 from kbinfra.offsite.repository import SshSettings
 from kbinfra.offsite.restic import OffsiteError, Restic, WrongPasswordError
 from kbinfra.offsite.run import fetch_snapshot, pick_snapshot
+from kbinfra.private_file import write_private_file
 from kbinfra.progress import Progress
-from kbinfra.secrets import load_secrets, write_private_file
+from kbinfra.secrets import load_secrets
 from kbinfra.spec.profile import builtin_profile_names
 from kbinfra.spec.stack import STACK_FILE, OffsiteRepository
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kbinfra.secrets import SECRETS_FILE, write_private_file
+from kbinfra.private_file import write_private_file
+from kbinfra.secrets import SECRETS_FILE
 
 VERIFIED_FILE = ".kbinfra-verified.json"
 SAFE_COPY_FILE = ".kbinfra-safe-copy.json"

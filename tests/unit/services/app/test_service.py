@@ -16,10 +16,11 @@ from kbinfra.errors import ApplyFailedError, SpecError
 from kbinfra.exports import compose_document
 from kbinfra.names import LABEL_CONFIG_HASH
 from kbinfra.plan import desired_services, service_action
+from kbinfra.private_file import write_private_file
 from kbinfra.progress import SILENT
 from kbinfra.render import render_stack
 from kbinfra.scaffold import init_stack, read_image_map
-from kbinfra.secrets import dump_secrets, write_private_file
+from kbinfra.secrets import dump_secrets
 from kbinfra.services.app.service import APP_DB_SECRET
 from kbinfra.services.postgres.roles import login_role
 from kbinfra.spec.stack import load_stack
