@@ -97,6 +97,9 @@ SUPERUSER_FILE = "postgres/roles/superuser"
 #: still hold until the roles script has set the value of ``SUPERUSER_FILE``.
 SUPERUSER_OTHER_FILE = "postgres/roles/superuser-other"
 INITDB_DIR = "/docker-entrypoint-initdb.d"
+#: A login as the superuser over the server's own socket, with ``PGPASSWORD``: the login
+#: check's, and the roles script's test of which password the server holds.
+SUPERUSER_LOGIN = 'psql -X -w -q -A -t -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "SELECT 1"'
 #: The exporter's role on a Swarm, made once at initdb from its Docker secret.
 MONITOR_SCRIPT = "postgres/initdb/20-monitor-role.sh"
 MONITOR_SCRIPT_TEXT = """#!/bin/sh
@@ -611,13 +614,13 @@ class Postgres(Service):
         the stack's password (from the container's environment, never on a command line)."""
         settings: PostgresSettings = ctx.settings
         volume = self.data_volume(ctx)
-        psql = 'psql -X -w -q -A -t -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "SELECT 1"'
-        login = f'PGPASSWORD="$POSTGRES_PASSWORD" exec {psql}'
+        login = f'PGPASSWORD="$POSTGRES_PASSWORD" exec {SUPERUSER_LOGIN}'
         if self.consumer_roles(ctx):
             # (Re)make the consumers' roles and the superuser's password (idempotent, as at
             # initialisation), then log in with the password clients use.
             login = (
-                f'sh {roles_path()} && PGPASSWORD="$(cat "$POSTGRES_PASSWORD_FILE")" exec {psql}'
+                f'sh {roles_path()} && PGPASSWORD="$(cat "$POSTGRES_PASSWORD_FILE")" '
+                f"exec {SUPERUSER_LOGIN}"
             )
         return LoginCheck(
             command=["sh", "-c", login],
@@ -656,7 +659,6 @@ def roles_script(ctx: ServiceContext, roles: list[ConsumerRole]) -> str:
     passwords are in it as SCRAM verifiers only (the file is 0600)."""
     settings: PostgresSettings = ctx.settings
     superuser = ctx.secrets["postgres_password"]
-    login = 'psql -X -w -q -A -t --username "$POSTGRES_USER" --dbname "$POSTGRES_DB"'
     lines = [
         "#!/bin/sh",
         "# Rendered by kbinfra: each consumer's owner role (NOLOGIN, not a superuser, no",
@@ -667,7 +669,7 @@ def roles_script(ctx: ServiceContext, roles: list[ConsumerRole]) -> str:
         "set -eu",
         f'PGPASSWORD="$(cat {in_roles_dir(SUPERUSER_FILE)})"',
         "export PGPASSWORD",
-        f"if ! {login} -c 'SELECT 1' >/dev/null 2>&1; then",
+        f"if ! {SUPERUSER_LOGIN} >/dev/null 2>&1; then",
         f'  other="$(cat {in_roles_dir(SUPERUSER_OTHER_FILE)})"',
         '  if [ -z "$other" ]; then',
         '    echo "postgres_password (secrets.yaml) does not open the server as $POSTGRES_USER:'

@@ -7,7 +7,7 @@
 set -eu
 PGPASSWORD="$(cat /etc/postgresql/roles/superuser)"
 export PGPASSWORD
-if ! psql -X -w -q -A -t --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" -c 'SELECT 1' >/dev/null 2>&1; then
+if ! psql -X -w -q -A -t -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "SELECT 1" >/dev/null 2>&1; then
   other="$(cat /etc/postgresql/roles/superuser-other)"
   if [ -z "$other" ]; then
     echo "postgres_password (secrets.yaml) does not open the server as $POSTGRES_USER: it keeps the password it was initialized or last rotated with; put that value back in secrets.yaml, and change it only with: kbinfra secrets rotate postgres_password" >&2
