@@ -225,6 +225,28 @@ class ScrapeTarget(NamedTuple):
     interval_s: int = 30
 
 
+class KeyGate(NamedTuple):
+    """The key check nginx makes for a service that takes one key, read at start (the
+    Unstructured API): clients send a key nginx accepts (``accepted``: the one they use and,
+    during ``kbinfra secrets rotate``, the other one), and nginx sends the service its own
+    key (``upstream_key``) instead, which only nginx and the service hold. A reload of nginx
+    changes the accepted keys in place: the service is never restarted and no request is
+    refused. A request with no key is sent on without one, and answered as the service
+    would; one with a key nginx does not accept gets 401. The keys go only into nginx's
+    0600 keys file, never into its site configuration."""
+
+    header: str  # "unstructured-api-key", as clients send it
+    accepted: tuple[str, ...]
+    upstream_key: str
+    #: nginx's plain-HTTP listener for the service's clients on the stack network.
+    port: int
+    #: The port nginx publishes that listener on, on 127.0.0.1 (the service's own host port,
+    #: which the service itself then leaves to nginx); None: not published.
+    host_port: int | None = None
+    #: The names of the secrets the keys are (for errors, never with a value).
+    secrets: tuple[str, ...] = ()
+
+
 class Route(NamedTuple):
     """A public path prefix nginx forwards to a service on the stack network."""
 
@@ -232,6 +254,9 @@ class Route(NamedTuple):
     address: str  # host:port on the stack network
     #: Requests that take minutes (documents): nginx gives them its longer timeout.
     long_running: bool = False
+    #: nginx checks the clients' key for the service (on this route and on the gate's own
+    #: listener), or None: headers pass through as sent.
+    gate: KeyGate | None = None
 
 
 class Panel(NamedTuple):
@@ -388,6 +413,10 @@ class Service(ABC):
     #: Services this one is useless without (an exporter's store): ``render --check`` fails
     #: when this one is enabled and one of them is not.
     requires: ClassVar[tuple[str, ...]] = ()
+    #: Whether it checks the keys of the services that route through it with a
+    #: :class:`KeyGate` (nginx): those services ask for it (:mod:`kbinfra.service_kit.key_gate`)
+    #: instead of naming it.
+    checks_keys: ClassVar[bool] = False
 
     #: Whether its settings are ``services.<name>`` of the stack file; a service configured
     #: by a top-level section of its own (the app tier's ``app:``) says False and answers

@@ -31,7 +31,6 @@ from __future__ import annotations
 import signal
 import ssl
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +54,7 @@ try:  # a package when tests/ has __init__.py files, plain modules otherwise
         stack_secrets,
     )
     from .testbed_support import Testbed, wait_for
+    from .traffic import BackgroundTraffic
 except ImportError:
     from stack_support import (  # type: ignore[no-redef]
         DOCUMENTS_WORKER,
@@ -67,6 +67,7 @@ except ImportError:
         stack_secrets,
     )
     from testbed_support import Testbed, wait_for  # type: ignore[no-redef]
+    from traffic import BackgroundTraffic  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.integration
 
@@ -166,47 +167,36 @@ def nginx_address(client: docker.DockerClient, deployment: Deployment) -> str:
     return address
 
 
-class Traffic:
+class Traffic(BackgroundTraffic):
     """``GET /health`` through nginx over HTTPS, a new connection each time, in a thread,
     until stopped (at most MAX_REQUESTS, MAX_SECONDS); the replicas' containers are listed
     along the way, to tell when each was replaced."""
 
+    max_seconds = MAX_SECONDS
+    pause_s = 0.05
+
     def __init__(
         self, deployment: Deployment, client: docker.DockerClient, *, upload: bool = False
     ) -> None:
+        super().__init__()
         self.deployment = deployment
         self.client = client
         #: every other request uploads a document: the API queues it on Redis (Celery)
         self.upload = upload
-        self.sent = 0
-        self.failures: list[str] = []
         self.snapshots: list[dict[str, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
-
-    def _run(self) -> None:
+    def send(self) -> None:
         spec = self.deployment.spec
         port = spec["services"]["nginx"]["https_port"]
-        started = time.monotonic()
         with httpx.Client(
             base_url=f"https://127.0.0.1:{port}",
             headers={"Host": spec["domain"], "Connection": "close"},
             verify=False,  # the stack's self-signed certificate
             timeout=30,
         ) as https:
-            while (
-                not self._stop.is_set()
-                and self.sent < MAX_REQUESTS
-                and time.monotonic() - started < MAX_SECONDS
-            ):
+            for _ in self.rounds():
+                if self.sent >= MAX_REQUESTS:
+                    break
                 self.sent += 1
                 try:
                     if self.upload and self.sent % 2 == 0:
@@ -223,10 +213,6 @@ class Traffic:
                     self.failures.append(f"{type(error).__name__}: {error}")
                 if self.sent % 4 == 0:
                     self.snapshots.append(app_containers(self.client, self.deployment))
-                time.sleep(0.05)
-
-    def report(self) -> str:
-        return f"{self.sent} requests through nginx, {len(self.failures)} failed: {self.failures}"
 
 
 def apply_with_traffic(

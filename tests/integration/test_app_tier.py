@@ -44,6 +44,7 @@ try:  # a package when tests/ has __init__.py files, plain modules otherwise
         stack_secrets,
     )
     from .testbed_support import Testbed, wait_for
+    from .traffic import BackgroundTraffic
 except ImportError:
     from stack_support import (  # type: ignore[no-redef]
         DOCUMENTS_WORKER,
@@ -54,6 +55,7 @@ except ImportError:
         stack_secrets,
     )
     from testbed_support import Testbed, wait_for  # type: ignore[no-redef]
+    from traffic import BackgroundTraffic  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.integration
 #: For a test that needs only one target (the engine's own view, Prometheus, a wipe): it shares
@@ -496,35 +498,25 @@ def test_a_workers_running_task_finishes_during_its_replacement(
     assert document not in new_logs, "the new worker processed the document again"
 
 
-class EmbedAndSearch:
+class EmbedAndSearch(BackgroundTraffic):
     """A client of the embedding service (embed requests straight to it with the key it
     holds, moved to the new one when the rotation moves the clients) and searches through
     nginx to the app, whose replicas kbinfra moves itself; every answer must be a 200."""
 
+    pause_s = 0.3  # under nginx's 10 requests/s per client
+
     def __init__(self, deployment: Deployment, key: str) -> None:
+        super().__init__()
         self.url = f"http://127.0.0.1:{deployment.port('embeddings')}/embed"
         self.deployment = deployment
         self.key = key
-        self.sent = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> EmbedAndSearch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
 
     def move(self, new: dict[str, str]) -> None:
         self.key = new.get("embeddings_api_key", self.key)
 
-    def _run(self) -> None:
-        started = time.monotonic()
+    def send(self) -> None:
         with httpx.Client(timeout=60) as embeddings, through_nginx(self.deployment) as https:
-            while not self._stop.is_set() and time.monotonic() - started < 900:
+            for _ in self.rounds():
                 for what, send in (
                     ("embed", lambda: embeddings.post(
                         self.url, json={"texts": ["lava"]}, headers={"X-API-Key": self.key}
@@ -539,10 +531,6 @@ class EmbedAndSearch:
                         continue
                     if status != 200:
                         self.failures.append(f"{what}: HTTP {status}")
-                self._stop.wait(0.3)  # under nginx's 10 requests/s per client
-
-    def report(self) -> str:
-        return f"{self.sent} requests, {len(self.failures)} failed: {self.failures[:5]}"
 
 
 @LOCAL_ONLY

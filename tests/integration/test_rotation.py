@@ -36,7 +36,6 @@ import io
 import json
 import signal
 import tarfile
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -65,6 +64,7 @@ try:  # a package when tests/ has __init__.py files, plain modules otherwise
     )
     from .stack_support import stack_secrets as secrets_of
     from .testbed_support import Testbed
+    from .traffic import BackgroundTraffic
 except ImportError:
     from stack_support import (  # type: ignore[no-redef]
         OFFSITE_SNAPSHOT_FILE,
@@ -78,6 +78,7 @@ except ImportError:
     )
     from stack_support import stack_secrets as secrets_of  # type: ignore[no-redef]
     from testbed_support import Testbed  # type: ignore[no-redef]
+    from traffic import BackgroundTraffic  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.integration
 
@@ -137,36 +138,27 @@ def logs_in(port: int, user: str, password: str) -> bool:
         client.close()
 
 
-class Client:
+class Client(BackgroundTraffic):
     """Logs in as each user and sets and reads a key, a new connection each time, in a
     thread, with the value it holds; :meth:`move` gives it the new ones."""
+
+    max_seconds = MAX_SECONDS
+    join_timeout_s = 30
 
     def __init__(
         self, port: int, held: dict[str, str], pg: tuple[Deployment, dict[str, str]] | None = None
     ) -> None:
+        super().__init__()
         self.port = port
         self.held = dict(held)
         self.pg, self.pg_held = pg if pg is not None else (None, {})
-        self.sent = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Client:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
 
     def move(self, new: dict[str, str]) -> None:
         self.held = {user: new.get(USERS[user], held) for user, held in self.held.items()}
         self.pg_held = {o: new.get(PG_CONSUMERS[o], held) for o, held in self.pg_held.items()}
 
-    def _run(self) -> None:
-        started = time.monotonic()
-        while not self._stop.is_set() and time.monotonic() - started < MAX_SECONDS:
+    def send(self) -> None:
+        for _ in self.rounds():
             for user, password in list(self.held.items()):
                 self.sent += 1
                 client = redis.Redis(
@@ -186,10 +178,6 @@ class Client:
                 failed = pg_request(self.pg, owner, password)
                 if failed is not None:
                     self.failures.append(failed)
-            time.sleep(0.02)
-
-    def report(self) -> str:
-        return f"{self.sent} requests, {len(self.failures)} failed: {self.failures[:5]}"
 
 
 def redis_id(docker_client: docker.DockerClient, stack: Deployment) -> str:

@@ -93,7 +93,10 @@ def test_render_writes_every_file_with_its_mode_and_no_secret_in_json(tmp_path: 
     assert "TESTSECRET" not in done.stdout + done.stderr
     env_file = out / ".env"
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
-    assert fixed_secret("unstructured_api_key") in env_file.read_text()
+    assert fixed_secret("unstructured_upstream_key") in env_file.read_text()
+    keys = out / "nginx/keys.conf"  # the clients' key: only nginx's key gate holds it
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o600
+    assert fixed_secret("unstructured_api_key") in keys.read_text()
 
 
 def test_render_is_byte_identical_across_runs(tmp_path: Path) -> None:

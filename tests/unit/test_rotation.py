@@ -46,11 +46,13 @@ from kbinfra.rotation_state import read_state, refuse_while_rotating, state_path
 from kbinfra.secrets import dump_secrets, load_secret_dates, load_secrets
 from kbinfra.services.redis.service import acl_password_hash
 from kbinfra.stack import Stack, open_stack
-from tests.conftest import fixed_secret, only_services, run_kbinfra, write_stack_dir
+from tests.conftest import FIXTURES, fixed_secret, only_services, run_kbinfra, write_stack_dir
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 REDIS = ["redis_admin_password", "redis_app_password", "redis_exporter_password"]
 ONLY_REDIS = only_services("redis")
+ONLY_UNSTRUCTURED = only_services("unstructured")
+SWARM_NODES = FIXTURES / "swarm" / "nodes.yaml"
 
 
 def state_at(phase: Phase, names: tuple[str, ...] = ("a", "b")) -> RotationState:
@@ -289,7 +291,7 @@ def test_apply_rollback_and_upgrade_refuse_while_a_rotation_is_unfinished(stack:
 @pytest.mark.parametrize(
     ("name", "words"),
     [
-        ("unstructured_api_key", "the Unstructured API takes one key"),
+        ("unstructured_upstream_key", "reads its own key at start"),
         ("qdrant_api_key", "reads its keys at start only"),  # Qdrant's rotate Part says why
         ("qdrant_read_only_api_key", "no second read-only key"),
     ],
@@ -305,16 +307,34 @@ def test_secrets_rotate_refuses_a_secret_it_cannot_rotate_in_one_line(
     assert not state_path(folder).exists()
 
 
-def test_the_embedding_services_key_is_rotatable_and_unstructureds_is_not(
+def test_the_unstructured_clients_key_rotates_through_nginx_and_the_apis_own_does_not(
     tmp_path: Path,
 ) -> None:
     full = open_stack(write_stack_dir(tmp_path / "full"))  # every service enabled
     rotatable = rotatable_secrets(full)
-    assert "embeddings_api_key" in rotatable
-    assert "unstructured_api_key" not in rotatable
+    assert {"embeddings_api_key", "unstructured_api_key"} <= rotatable
+    assert "unstructured_upstream_key" not in rotatable
     choice = choose_secrets(full, [], every=True)
-    assert "embeddings_api_key" in choice.names
-    assert "unstructured_api_key" in choice.not_rotatable
+    assert {"embeddings_api_key", "unstructured_api_key"} <= set(choice.names)
+    assert "unstructured_upstream_key" in choice.not_rotatable
+
+
+def test_without_nginx_the_unstructured_key_is_refused_with_why(tmp_path: Path) -> None:
+    folder = write_stack_dir(tmp_path / "gateless", "minimum", ONLY_UNSTRUCTURED)
+    assert "unstructured_api_key" not in rotatable_secrets(open_stack(folder))
+    done = run_kbinfra("secrets", "rotate", "unstructured_api_key", "--yes", "--dir", str(folder))
+    assert done.returncode == 2
+    assert "enable nginx, its key gate" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not state_path(folder).exists()
+
+
+def test_on_a_swarm_the_unstructured_key_is_not_rotatable(tmp_path: Path) -> None:
+    # (`secrets rotate` refuses a Swarm stack as a whole; this is why it would refuse this key)
+    swarm = open_stack(write_stack_dir(tmp_path / "swarm", nodes_file=SWARM_NODES))
+    assert "unstructured_api_key" not in rotatable_secrets(swarm)
+    part = dict(rotation_run.rotate_parts(swarm))["unstructured"]
+    assert "key gate" in rotation_run.stack_refusals(swarm, part)["unstructured_api_key"]
 
 
 def test_during_the_overlap_the_redis_acl_user_has_both_passwords(stack: Stack) -> None:

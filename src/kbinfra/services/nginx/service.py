@@ -18,6 +18,7 @@ from kbinfra.service import (
     ContainerSpec,
     FileMount,
     HealthCheck,
+    KeyGate,
     PortBinding,
     Reload,
     RenderedFile,
@@ -27,6 +28,7 @@ from kbinfra.service import (
     ServiceSettings,
     TmpfsMount,
 )
+from kbinfra.services.nginx.key_gates import REFUSED, REFUSED_BODY, gated_route, keys_conf
 
 if TYPE_CHECKING:
     pass
@@ -36,6 +38,9 @@ MAIN_CONF = "nginx/nginx.conf"
 SITE_CONF = "nginx/site.conf"
 CERT_FILE = "nginx/tls/cert.pem"
 KEY_FILE = "nginx/tls/key.pem"
+#: The key gates' keys (secret, 0600), included by the site configuration when there are any.
+KEYS_CONF = "nginx/keys.conf"
+KEYS_TARGET = f"{CONFIG_DIR}/kbinfra/keys.conf"
 
 #: Protocols and TLS 1.2 cipher suites (Mozilla "intermediate", ECDHE only: DHE suites need an
 #: ``ssl_dhparam`` file and nginx silently skips them without one). The guide's
@@ -217,8 +222,14 @@ def routed_services(ctx: ServiceContext) -> list[tuple[Service, Route]]:
     return [(s, route) for s, own in enabled_services(ctx) for route in s.routes(own)]
 
 
+def key_gates(ctx: ServiceContext) -> list[tuple[str, KeyGate]]:
+    """The enabled services whose key nginx checks (``Route.gate``), with their gate."""
+    return [(s.name, route.gate) for s, route in routed_services(ctx) if route.gate is not None]
+
+
 class Nginx(Service):
     name = "nginx"
+    checks_keys = True
     allocation = "app"
     # nginx only fronts the user's API servers, which take the rest of the "app" budget.
     share = 0.25
@@ -242,6 +253,8 @@ class Nginx(Service):
                 "timeout_s": settings.document_timeout_s
                 if route.long_running
                 else settings.proxy_timeout_s,
+                # names and ports only: the keys are in the keys file
+                "gate": gated_route(service.name, route.gate) if route.gate else None,
             }
             for service, route in routed_services(ctx)
         ]
@@ -256,6 +269,10 @@ class Nginx(Service):
             "upstream_keepalive": UPSTREAM_KEEPALIVE,
             "resolver": DOCKER_DNS,
             "routes": routes,
+            "gates": [route for route in routes if route["gate"]],
+            "keys_target": KEYS_TARGET,
+            "refused": REFUSED,
+            "refused_body": REFUSED_BODY,
             "protocols": " ".join(TLS_PROTOCOLS),
             "ciphers": ":".join(TLS12_CIPHERS),
             "headers": SECURITY_HEADERS,
@@ -272,28 +289,42 @@ class Nginx(Service):
         return app_upstream(ctx.stack.app.upstream)
 
     def files(self, ctx: ServiceContext) -> list[RenderedFile]:
-        return [
+        files = [
             RenderedFile(path=CERT_FILE, text=ctx.extra["tls_certificate"]),
             RenderedFile(path=KEY_FILE, text=ctx.extra["tls_key"], mode=0o600, secret=True),
         ]
+        gates = key_gates(ctx)
+        if gates:
+            files.append(RenderedFile(KEYS_CONF, keys_conf(gates), mode=0o600, secret=True))
+        return files
 
     def container(self, ctx: ServiceContext) -> ContainerSpec:
         settings: NginxSettings = ctx.settings
         # Its longest request: a reload waits as long for the previous workers to finish.
         stop_timeout = max(settings.proxy_timeout_s, settings.document_timeout_s)
+        gates = [gate for _, gate in key_gates(ctx)]
+        files = [
+            FileMount(source=MAIN_CONF, target=f"{CONFIG_DIR}/nginx.conf"),
+            FileMount(source=SITE_CONF, target=f"{CONFIG_DIR}/kbinfra/site.conf"),
+            FileMount(source=CERT_FILE, target=f"{CONFIG_DIR}/tls/cert.pem"),
+            FileMount(source=KEY_FILE, target=f"{CONFIG_DIR}/tls/key.pem"),
+        ]
+        if gates:
+            files.append(FileMount(source=KEYS_CONF, target=KEYS_TARGET))
         return ContainerSpec(
             service=self.name,
             image=ctx.image,
             ports=[
                 PortBinding(host_ip="0.0.0.0", host_port=settings.http_port, container_port=80),
                 PortBinding(host_ip="0.0.0.0", host_port=settings.https_port, container_port=443),
+                # a gated service's own host port: its clients on this host come through here
+                *(
+                    PortBinding(host_ip="127.0.0.1", host_port=g.host_port, container_port=g.port)
+                    for g in gates
+                    if g.host_port is not None
+                ),
             ],
-            files=[
-                FileMount(source=MAIN_CONF, target=f"{CONFIG_DIR}/nginx.conf"),
-                FileMount(source=SITE_CONF, target=f"{CONFIG_DIR}/kbinfra/site.conf"),
-                FileMount(source=CERT_FILE, target=f"{CONFIG_DIR}/tls/cert.pem"),
-                FileMount(source=KEY_FILE, target=f"{CONFIG_DIR}/tls/key.pem"),
-            ],
+            files=files,
             # HTTPS on the container's own port: proves the certificate loaded and the TLS
             # listener answers. -k because the name is 127.0.0.1, not the certificate's.
             healthcheck=HealthCheck(
@@ -314,7 +345,7 @@ class Nginx(Service):
             # these files alone) is delivered into the running nginx and reloaded in place.
             depends_on=[server.service for server in balanced_servers(ctx)],
             reload=Reload(
-                files=(MAIN_CONF, SITE_CONF, CERT_FILE, KEY_FILE),
+                files=(MAIN_CONF, SITE_CONF, CERT_FILE, KEY_FILE, *([KEYS_CONF] if gates else [])),
                 test=("nginx", "-t", "-q"),
                 command=tuple(reload_command(stop_timeout)),
                 resolves_servers=True,

@@ -5,6 +5,7 @@ without it. Bench: documents per second on a small generated corpus (Markdown, t
 from __future__ import annotations
 
 import random
+import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -23,15 +24,18 @@ from kbinfra.probing.probe import (
 from kbinfra.services.unstructured.service import (
     API_KEY_HEADER,
     API_PATH,
+    CLIENT_SECRET,
     HEALTH_PATH,
+    UPSTREAM_SECRET,
     UnstructuredSettings,
     UnstructuredTune,
+    gated,
 )
 
 if TYPE_CHECKING:
     import httpx
 
-SECRET = "unstructured_api_key"
+SECRET = CLIENT_SECRET
 TIMEOUT_S = 120.0
 #: A small text document must take a tenth of what the app waits for any document at most.
 SMALL_DOCUMENT_SHARE = 0.1
@@ -99,8 +103,22 @@ def check_refuses_without_key(base: str) -> str:
     return "HTTP 401 without a key"
 
 
+def check_refuses_other_keys(base: str, upstream_key: str) -> str:
+    """Through the key gate, a made-up key and the API's own key are refused: only the
+    clients' key goes through (the API's own is nginx's to send, never a client's)."""
+    for what, key in (
+        ("a made-up key", "kbinfra-check-" + secrets.token_urlsafe(16)),
+        ("the API's own key", upstream_key),
+    ):
+        with client(base, key) as http:
+            response = partition(http, document(random.Random(0), 0))
+        require(response.status_code == 401, f"partition with {what}: HTTP {response.status_code}")
+    return "HTTP 401 for a made-up key and for the API's own"
+
+
 def checks(probe: ProbeContext) -> list[CheckRow]:
     key = probe.secret(SECRET)
+    behind_gate = gated(probe.ctx)
     rows = Checks(probe.name)
     rows.run(
         "healthcheck",
@@ -112,7 +130,12 @@ def checks(probe: ProbeContext) -> list[CheckRow]:
         "partition-small-document",
         "reachable",
         lambda: check_partition(probe.url(), key),
-        fix="the container must get unstructured_api_key as UNSTRUCTURED_API_KEY: re-apply",
+        fix=(
+            "nginx's key gate must accept unstructured_api_key and send the API "
+            "unstructured_upstream_key: re-apply"
+            if behind_gate
+            else "the container must get unstructured_api_key as UNSTRUCTURED_API_KEY: re-apply"
+        ),
         needs="healthcheck",
     )
     rows.run(
@@ -121,6 +144,13 @@ def checks(probe: ProbeContext) -> list[CheckRow]:
         lambda: check_refuses_without_key(probe.url()),
         fix="UNSTRUCTURED_API_KEY must be set in the container: re-apply the stack",
     )
+    if behind_gate:
+        rows.run(
+            "refuses-other-keys",
+            "locked-down",
+            lambda: check_refuses_other_keys(probe.url(), probe.secret(UPSTREAM_SECRET)),
+            fix="nginx's keys file must accept unstructured_api_key alone: re-apply the stack",
+        )
     return rows.rows
 
 

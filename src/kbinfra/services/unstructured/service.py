@@ -7,6 +7,14 @@ apply: ``UNSTRUCTURED_API_KEY`` (checked against the ``unstructured-api-key`` he
 /proc/meminfo, not the container's limit), ``UNSTRUCTURED_PARALLEL_MODE_ENABLED|URL|THREADS|
 SPLIT_SIZE`` and ``MAX_LIFETIME_SECONDS``. Threads inside one document are bounded with the
 OpenMP variables that torch, OpenBLAS and Tesseract read.
+
+The API takes one key, read at start. When the stack's nginx runs beside it (on one host),
+nginx is its key gate (:class:`kbinfra.service.KeyGate`): clients send
+``unstructured_api_key`` to nginx (``nginx:8002`` on the stack network, the host port on
+127.0.0.1, ``/unstructured/`` over HTTPS), which accepts it and sends the API its own key,
+``unstructured_upstream_key``, held only by nginx and the API. Rotating the clients' key is then
+a reload of nginx, never a restart of the API. Without nginx (or on a Swarm) the API checks
+``unstructured_api_key`` itself, as upstream documents.
 """
 
 import math
@@ -19,12 +27,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from kbinfra.service import (
     ContainerSpec,
     HealthCheck,
+    KeyGate,
     Route,
     Service,
     ServiceContext,
     ServiceSettings,
 )
 from kbinfra.service_kit.healthchecks import python_http_probe
+from kbinfra.service_kit.key_gate import key_gate
 
 if TYPE_CHECKING:
     pass
@@ -33,6 +43,11 @@ STRATEGIES_FILE = "unstructured/strategies.json"
 API_PATH = "/general/v0/general"
 API_KEY_HEADER = "unstructured-api-key"
 PORT = 8000
+#: The key clients send, and the API's own key behind nginx's key gate.
+CLIENT_SECRET = "unstructured_api_key"
+UPSTREAM_SECRET = "unstructured_upstream_key"
+#: nginx's listener for the API's clients on the stack network.
+GATE_PORT = 8002
 #: Answers 200 without the API key.
 HEALTH_PATH = "/healthcheck"
 
@@ -227,7 +242,7 @@ class Unstructured(Service):
     container_port = PORT
     # The guide published it on 8001, where the embedding service listens.
     default_host_port = 8002
-    secrets = ("unstructured_api_key",)
+    secrets = (CLIENT_SECRET, UPSTREAM_SECRET)
     stage = "service"
     # Upstream's start script; the API reads UNSTRUCTURED_API_KEY only from its environment.
     image_start = ("scripts/app-start.sh",)
@@ -246,7 +261,7 @@ class Unstructured(Service):
         settings: UnstructuredSettings = ctx.settings
         return StrategiesDocument(
             api=ApiAccess(
-                stack_network_url=f"http://{self.address()}{API_PATH}",
+                stack_network_url=f"http://{client_address(ctx)}{API_PATH}",
                 loopback_url=(
                     f"http://127.0.0.1:{settings.port}{API_PATH}" if settings.port else None
                 ),
@@ -287,8 +302,10 @@ class Unstructured(Service):
             service=self.name,
             image=ctx.image,
             env=env,
-            secret_env={"UNSTRUCTURED_API_KEY": "unstructured_api_key"},
-            ports=ctx.loopback_port(PORT),
+            secret_env={"UNSTRUCTURED_API_KEY": UPSTREAM_SECRET if gated(ctx) else CLIENT_SECRET},
+            # behind its key gate, nginx publishes the host port: the API's clients there
+            # send the key nginx accepts
+            ports=[] if gated(ctx) else ctx.loopback_port(PORT),
             # The image has python3 (no curl).
             healthcheck=HealthCheck(
                 test=python_http_probe(f"http://127.0.0.1:{PORT}{self.health_path}"),
@@ -306,13 +323,41 @@ class Unstructured(Service):
 
     def app_env(self, ctx: ServiceContext) -> Mapping[str, str]:
         return {
-            "UNSTRUCTURED_API_URL": f"http://{self.address()}{API_PATH}",
-            "UNSTRUCTURED_API_KEY": ctx.secrets["unstructured_api_key"],
+            "UNSTRUCTURED_API_URL": f"http://{client_address(ctx)}{API_PATH}",
+            "UNSTRUCTURED_API_KEY": ctx.secrets[CLIENT_SECRET],
         }
 
     def routes(self, ctx: ServiceContext) -> list[Route]:
+        settings: UnstructuredSettings = ctx.settings
+        gate = (
+            KeyGate(
+                header=API_KEY_HEADER,
+                accepted=ctx.accepted(CLIENT_SECRET),
+                upstream_key=ctx.secrets[UPSTREAM_SECRET],
+                port=GATE_PORT,
+                host_port=settings.port,
+                secrets=(CLIENT_SECRET, UPSTREAM_SECRET),
+            )
+            if gated(ctx)
+            else None
+        )
         # hi_res partitioning of a long PDF takes minutes.
-        return [Route(prefix="/unstructured/", address=self.address(), long_running=True)]
+        return [
+            Route(prefix="/unstructured/", address=self.address(), long_running=True, gate=gate)
+        ]
+
+
+def gated(ctx: ServiceContext) -> bool:
+    """Whether nginx checks the clients' key in front of the API: when it runs beside it on
+    one host (a Swarm's nginx is not built as a key gate)."""
+    return key_gate(ctx) is not None
+
+
+def client_address(ctx: ServiceContext) -> str:
+    """Where the API's clients on the stack network send their requests: nginx's key gate,
+    or the API itself when there is none."""
+    gate = key_gate(ctx)
+    return gate.address(GATE_PORT) if gate is not None else SERVICE.address()
 
 
 SERVICE = Unstructured()

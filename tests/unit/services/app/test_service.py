@@ -190,7 +190,8 @@ def test_the_api_waits_for_its_stores_and_nginx_for_the_api(make_stack: MakeStac
     reload = stack.containers["nginx"].reload
     assert reload is not None and reload.resolves_servers
     assert set(reload.files) == {
-        "nginx/nginx.conf", "nginx/site.conf", "nginx/tls/cert.pem", "nginx/tls/key.pem"
+        "nginx/nginx.conf", "nginx/site.conf", "nginx/tls/cert.pem", "nginx/tls/key.pem",
+        "nginx/keys.conf",  # the Unstructured API's key gate
     }  # fmt: skip
     assert desired_services(stack, render_stack(stack))["worker-documents-1"].spec.command == [
         "worker"
@@ -231,9 +232,11 @@ def test_the_env_file_holds_every_connection(make_stack: MakeStack) -> None:
     assert env["QDRANT_API_KEY"] == fixed_secret("qdrant_api_key")
     assert env["EMBEDDINGS_URL"] == "http://embeddings:8001"
     assert env["EMBEDDINGS_API_KEY"] == fixed_secret("embeddings_api_key")
-    assert env["UNSTRUCTURED_API_URL"] == "http://unstructured:8000/general/v0/general"
+    # through nginx, the API's key gate, with the clients' key (never the API's own)
+    assert env["UNSTRUCTURED_API_URL"] == "http://nginx:8002/general/v0/general"
     assert env["UNSTRUCTURED_API_KEY"] == fixed_secret("unstructured_api_key")
     assert "redis_admin_password" not in repr(env)
+    assert "unstructured_upstream_key" not in repr(env)
 
 
 def test_the_env_file_wires_only_enabled_services(make_stack: MakeStack) -> None:

@@ -284,6 +284,7 @@ def test_only_nginx_publishes_on_all_interfaces(make_stack: Callable[..., Stack]
     assert [(p.host_ip, p.host_port, p.container_port) for p in spec.ports] == [
         ("0.0.0.0", 8080, 80),
         ("0.0.0.0", 8443, 443),
+        ("127.0.0.1", 8002, 8002),  # the Unstructured API's host port, behind its key gate
     ]
     for name, service in stack.services.items():
         if name != "nginx":

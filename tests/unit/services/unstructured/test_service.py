@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -18,9 +19,12 @@ from kbinfra.services.unstructured.service import (
     SERVICE,
     STRATEGIES_FILE,
     UnstructuredSettings,
+    client_address,
+    gated,
     unstructured_tuning,
 )
-from kbinfra.stack import Stack
+from kbinfra.stack import Stack, open_stack
+from tests.conftest import FIXTURES, write_stack_dir
 
 #: Every variable the upstream image reads (scripts/app-start.sh, prepline_general/api), plus
 #: the OpenMP ones that torch, OpenBLAS and Tesseract read.
@@ -75,10 +79,15 @@ def test_port_no_longer_clashes_with_the_embedding_service(
         name: [p.host_port for p in service.container(stack.contexts[name]).ports]
         for name, service in stack.services.items()
     }
-    assert ports["unstructured"] == [8002]
+    # behind its key gate, nginx publishes the API's host port (on loopback)
+    assert ports["unstructured"] == []
+    assert 8002 in ports["nginx"]
     assert ports["embeddings"] == [8001]
-    spec = SERVICE.container(stack.contexts["unstructured"])
-    assert [(p.host_ip, p.container_port) for p in spec.ports] == [("127.0.0.1", 8000)]
+    alone = make_stack("minimum", {"services": {"nginx": {"enabled": False}}})
+    spec = SERVICE.container(alone.contexts["unstructured"])
+    assert [(p.host_ip, p.host_port, p.container_port) for p in spec.ports] == [
+        ("127.0.0.1", 8002, 8000)
+    ]
     with pytest.raises(SpecError, match="both use host port 8001"):
         make_stack("minimum", {"services": {"unstructured": {"port": 8001}}})
 
@@ -105,7 +114,8 @@ def test_strategies_are_the_guides_in_api_field_names(make_stack: Callable[..., 
         "max_file_size_bytes": 50 * 1024 * 1024,
         "processing_timeout_s": 300,
     }
-    assert document["api"]["stack_network_url"] == "http://unstructured:8000/general/v0/general"
+    # its clients on the stack network go through nginx, the API's key gate
+    assert document["api"]["stack_network_url"] == "http://nginx:8002/general/v0/general"
     assert document["api"]["loopback_url"] == "http://127.0.0.1:8002/general/v0/general"
     assert document["api"]["api_key_header"] == "unstructured-api-key"
 
@@ -156,7 +166,8 @@ def test_container_sets_only_env_the_upstream_image_reads(
 ) -> None:
     spec = SERVICE.container(make_stack("large").contexts["unstructured"])
     assert set(spec.env) | set(spec.secret_env) <= UPSTREAM_ENV
-    assert spec.secret_env == {"UNSTRUCTURED_API_KEY": "unstructured_api_key"}
+    # behind nginx's key gate the API holds its own key, never the clients'
+    assert spec.secret_env == {"UNSTRUCTURED_API_KEY": "unstructured_upstream_key"}
     assert all("TESTSECRET" not in value for value in spec.env.values())
     assert spec.env["UNSTRUCTURED_MEMORY_FREE_MINIMUM_MB"] == "1024"
     assert spec.env["OMP_NUM_THREADS"] == "1"  # 8 cores, 8 documents
@@ -203,3 +214,40 @@ def test_check_rendered_validates_the_strategies_file(
     assert result.detail.startswith("strategies.docx.strategy:")
     assert result.line is not None
     assert '"strategy": "accurate"' in text.splitlines()[result.line - 1]
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        {"overrides": {"services": {"nginx": {"enabled": False}}}},
+        {"nodes_file": FIXTURES / "swarm" / "nodes.yaml"},
+    ],
+    ids=["without-nginx", "swarm"],
+)
+def test_without_a_key_gate_the_api_checks_the_clients_key_itself(
+    tmp_path: Path, where: dict[str, Any]
+) -> None:
+    stack = open_stack(write_stack_dir(tmp_path / "kb", **where))
+    ctx = stack.contexts["unstructured"]
+    assert not gated(ctx)
+    spec = SERVICE.container(ctx)
+    assert spec.secret_env == {"UNSTRUCTURED_API_KEY": "unstructured_api_key"}
+    assert SERVICE.routes(ctx)[0].gate is None
+    assert client_address(ctx) == "unstructured:8000"
+
+
+def test_behind_the_gate_the_route_accepts_both_client_keys_during_a_rotation(
+    make_stack: Callable[..., Stack],
+) -> None:
+    stack = make_stack()
+    ctx = stack.contexts["unstructured"]
+    assert gated(ctx) and client_address(ctx) == "nginx:8002"
+    (route,) = SERVICE.routes(ctx)
+    assert route.gate is not None
+    assert route.gate.accepted == (ctx.secrets["unstructured_api_key"],)
+    assert route.gate.upstream_key == ctx.secrets["unstructured_upstream_key"]
+    new = "new-client-key-0123456789"
+    rotating = dataclasses.replace(stack, overlap={"unstructured_api_key": new})
+    (route,) = SERVICE.routes(rotating.contexts["unstructured"])
+    assert route.gate is not None
+    assert route.gate.accepted == (ctx.secrets["unstructured_api_key"], new)
