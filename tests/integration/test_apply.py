@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import stat
@@ -166,6 +167,15 @@ def deployment(
     yield from _deployment(request, tmp_path / "stack", image_map_path, SMALL)
 
 
+def _published_on(service: str, port: str) -> str:
+    """The host address a published ``port`` (``HOST:PORT->CONTAINER/tcp``) must be bound
+    to: nginx's web ports face the network; every other door, nginx's key-gated one in
+    front of Unstructured included, is loopback only."""
+    container_port = port.split("->", 1)[1]
+    web = service == "nginx" and container_port in ("80/tcp", "443/tcp")
+    return "0.0.0.0" if web else "127.0.0.1"
+
+
 def _services(deployment: Deployment) -> list[str]:
     return sorted(deployment.images)
 
@@ -293,7 +303,7 @@ def test_apply_status_reapply_and_one_change(full_deployment: Deployment) -> Non
         assert row["running_image"] == deployment.images[service]
         for port in row["ports"]:
             host_ip = port.split(":", 1)[0]
-            assert host_ip == ("0.0.0.0" if service == "nginx" else "127.0.0.1"), port
+            assert host_ip == _published_on(service, port), port
     text_status = deployment.run("status")
     assert "postgres" in text_status.out and "healthy" in text_status.out
 
@@ -560,6 +570,39 @@ def test_a_second_plan_rides_on_the_first_ones_ssh_master(
             _ssh_control(socket_path, "exit")
         assert deployment.run("plan").code == 3
         assert _master(runtime) is None
+    finally:
+        for socket_path in _master_sockets(runtime):
+            _ssh_control(socket_path, "exit")
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+def test_a_master_killed_without_cleaning_up_is_replaced_not_an_error(
+    ssh_target: SSHTarget, tmp_path: Path, image_map_path: Path
+) -> None:
+    """A reboot, the OOM killer or ``kill -9`` ends a master without removing its socket:
+    the next run must start a new master, not fail on the dead one's socket (it did: ssh
+    would not bind over the old file, and ``-O forward`` failed with "Connection refused")."""
+    deployment = _new_deployment("ssh", tmp_path / "stack", image_map_path, ssh_target)
+    runtime = Path(tempfile.mkdtemp(prefix="kbt-"))
+    try:
+        deployment.env["XDG_RUNTIME_DIR"] = str(runtime)
+        assert deployment.run("plan").code == 3
+        answer = _master(runtime)
+        assert answer is not None
+        match = re.search(r"pid=(\d+)", answer)
+        assert match is not None, answer
+        os.kill(int(match[1]), signal.SIGKILL)
+        (socket_path,) = _master_sockets(runtime)
+        deadline = time.monotonic() + 10
+        while _ssh_control(socket_path, "check").returncode == 0:
+            assert time.monotonic() < deadline, "the killed master still answers"
+            time.sleep(0.05)
+        assert socket_path.is_socket()  # left behind, as a crash leaves it
+
+        again = deployment.run("plan")
+        assert again.code == 3, again.err
+        replaced = _master(runtime)
+        assert replaced is not None and replaced != answer
     finally:
         for socket_path in _master_sockets(runtime):
             _ssh_control(socket_path, "exit")

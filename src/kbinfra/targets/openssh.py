@@ -242,10 +242,27 @@ class OpenSSH:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # two runs at once start one master, not two
             if not self.master_alive():
+                self._remove_dead_socket()
                 self._start_master()
         finally:
             os.close(fd)
         self._started = True
+
+    def _remove_dead_socket(self) -> None:
+        """Remove the socket a master killed without cleaning up left behind (a reboot, the
+        OOM killer, ``kill -9``): ssh does not bind over it, and every ``-O`` request would
+        fail on it with "Connection refused". Only a socket nothing listens on is removed,
+        and only in kbinfra's own private folder, under the lock."""
+        path = self.control_path
+        if path is None or not path.is_socket():
+            return
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+            except ConnectionRefusedError:
+                path.unlink(missing_ok=True)
+            except OSError:
+                return
 
     def _start_master(self) -> None:
         persist = self.persist_s or UNSHARED_PERSIST_S
