@@ -39,11 +39,20 @@ def fixed_secret(name: str) -> str:
     return f"{SECRET_MARK}-{name}-0123456789"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A loopback port nothing listens on, and never one this process handed out before:
+    the kernel may give the same free port to two binds in a row, and a stack file with
+    two services on one port is refused (test_fit saw ``qdrant and redis both use``)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 @dataclass
