@@ -298,11 +298,11 @@ def init(
     for name in result.merged:
         console.line(f"updated {stack_dir / name} (new defaults; your edits kept)")
     for name in result.kept:
-        why = (
-            "never rewritten"
-            if name == SECRETS_FILE
-            else "exists; --force rewrites what init wrote"
-        )
+        why = "exists; --force rewrites what init wrote"
+        if name == SECRETS_FILE:
+            why = "its values are never rewritten" + (
+                "; the missing ones added" if result.secrets_added else ""
+            )
         console.line(f"kept    {stack_dir / name} ({why})")
     for name in result.kept_as_yours:
         console.line(f"kept    {stack_dir / name} (yours: init did not write it as it is now)")

@@ -17,7 +17,7 @@ import yaml
 
 from kbinfra.errors import SpecError
 from kbinfra.registry import all_services
-from kbinfra.secrets import SECRETS_FILE, ensure_secrets
+from kbinfra.secrets import SECRETS_FILE, ensure_secrets, secrets_path
 from kbinfra.spec.profile import load_profile
 from kbinfra.spec.stack import STACK_FILE, StackSpec, load_stack, stack_model
 from kbinfra.spec.swarm import SwarmNodes
@@ -387,9 +387,11 @@ def init_stack(
     spec, doc = load_stack(stack_dir)
     result.profile, result.target = spec.profile, spec.target
 
+    existed = secrets_path(stack_dir).exists()
     _, added = ensure_secrets(stack_dir, generated_secrets(spec))
     result.secrets_added = added
-    (result.created if added else result.kept).append(SECRETS_FILE)
+    # an existing file with a missing secret added is kept (its values are), not created
+    (result.kept if existed else result.created).append(SECRETS_FILE)
 
     _ensure_certificate(spec, doc, record, result, force=force)
     return result

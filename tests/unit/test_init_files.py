@@ -175,3 +175,25 @@ def test_the_record_lists_what_init_wrote(stack: Path) -> None:
 def test_a_broken_record_is_one_line(stack: Path) -> None:
     (stack / INIT_RECORD).write_text("[not, a, record")
     refused(init(stack, "--force"), str(stack / INIT_RECORD), "not a record kbinfra init wrote")
+
+
+def test_init_adds_a_missing_secret_to_the_kept_file_and_says_so(stack: Path) -> None:
+    path = stack / "secrets.yaml"
+    secrets = yaml.safe_load(path.read_text())
+    missing = "unstructured_upstream_key"
+    path.write_text(yaml.safe_dump({k: v for k, v in secrets.items() if k != missing}))
+    again = init(stack)
+    assert again.returncode == 0, again.stderr
+    result = json.loads(again.stdout)
+    assert "secrets.yaml" in result["kept"] and "secrets.yaml" not in result["created"]
+    assert result["secrets_added"] == [missing]
+    kept = yaml.safe_load(path.read_text())
+    assert {k: kept[k] for k in secrets if k != missing} == {
+        k: v for k, v in secrets.items() if k != missing
+    }
+    text = kbinfra("init", "--profile", "minimum", "--dir", str(stack))
+    assert "created" not in text.stdout, text.stdout
+    path.write_text(yaml.safe_dump({k: v for k, v in kept.items() if k != missing}))
+    said = kbinfra("init", "--dir", str(stack)).stdout
+    assert "created" not in said and "secrets.yaml (its values are never rewritten" in said
+    assert "the missing ones added" in said and f"generated secrets: {missing}" in said
