@@ -181,6 +181,22 @@ node_up() {
   node_boot_script "$node" >"$dir/boot.sh"
   ip netns exec "$ns" unshare --uts bash "$dir/boot.sh" \
     >"$dir/logs/boot.log" 2>&1 || die "node $node did not boot; see $dir/logs/boot.log"
+  touch "$run/booted"  # node_leave_old_swarm: this boot's engine may hold an old Swarm
+}
+
+# A node booted now whose engine rejoined the Swarm it was in when the machine stopped
+# (its data root is kept): that Swarm's other managers are gone with their state, so it
+# waits for a leader forever ("pending"). Take it out; a node already up is left alone.
+node_leave_old_swarm() {
+  local node=$1 run state
+  run=$(node_run "$node")
+  [ -f "$run/booted" ] || return 0
+  rm -f "$run/booted"
+  state=$(node_docker "$node" info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null || true)
+  [ "$state" = inactive ] && return 0
+  log "cluster: $node came back in an old Swarm (state ${state:-unknown}): leaving it"
+  timeout 60 docker -H "unix://$(node_socket "$node")" swarm leave --force >/dev/null ||
+    die "node $node cannot leave its old Swarm; see $(node_dir "$node")/logs/dockerd.log"
 }
 
 node_wait() {
@@ -300,6 +316,7 @@ cmd_cluster_up() {
   for node in $(node_names); do node_up "$node" & done
   wait
   for node in $(node_names); do node_wait "$node"; done
+  for node in $(node_names); do node_leave_old_swarm "$node"; done
   write_node_file
   check_node_logins
   log "cluster: $CLUSTER_NODES nodes up on $CLUSTER_NET.0/24 in $(elapsed "$start") s"
