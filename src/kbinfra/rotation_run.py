@@ -43,6 +43,7 @@ from kbinfra.secrets import (
     remember_secret_values,
     secrets_path,
 )
+from kbinfra.spec.values import SWARM_TARGET
 
 if TYPE_CHECKING:
     from kbinfra.offsite.repository import SshSettings
@@ -87,12 +88,27 @@ def checked_secrets(stack: Stack, name: str, part: ModuleType) -> set[str]:
     return set(service.secrets) | set(getattr(part, "checked", lambda _: ())(stack))
 
 
+#: Why a Swarm stack rotates only what no service reads (its backup key, its offsite
+#: repositories' passwords).
+ON_A_SWARM = (
+    "on a Swarm its services read it from a Docker secret or config, which no running task "
+    "re-reads: a new value replaces their tasks, and a store's one task fails requests "
+    "meanwhile"
+)
+
+
+def on_a_swarm(stack: Stack) -> bool:
+    return stack.spec.target == SWARM_TARGET
+
+
 def rotatable_secrets(stack: Stack) -> set[str]:
     """The stack's secrets that every service checking them takes two values of at once:
     each service folder's ``rotate`` Part says which of its secrets (``ROTATES``), less
     those this stack cannot (``refused``); and the restic password of each offsite
-    repository (restic holds several keys at once)."""
+    repository (restic holds several keys at once). On a Swarm, only the latter."""
     found: set[str] = set(offsite_passwords(stack.spec))
+    if on_a_swarm(stack):
+        return found
     for name, part in rotate_parts(stack):
         found |= taken_secrets(stack, name, part) - set(stack_refusals(stack, part))
     return found
@@ -142,9 +158,11 @@ def refusal_reasons(stack: Stack) -> dict[str, str]:
     """Why a service cannot rotate a secret of its own, where its rotate Part says
     (``REFUSED``); and why an offsite repository's S3 keys are not kbinfra's to rotate."""
     reasons = offsite_refusals(stack.spec)
-    for _, part in rotate_parts(stack):
+    for name, part in rotate_parts(stack):
         reasons.update(getattr(part, "REFUSED", {}))
         reasons.update(stack_refusals(stack, part))
+        if on_a_swarm(stack):
+            reasons.update(dict.fromkeys(checked_secrets(stack, name, part), ON_A_SWARM))
     return reasons
 
 
@@ -211,6 +229,7 @@ def rotate(
         stack.spec.name, state.names, choice.not_rotatable, resumed, state.started
     )
     outside = set(repositories) & set(state.names)
+    refuse_applying_on_a_swarm(stack, state, outside)
     keys = [
         RepositoryKeys(repositories[name], stack.secrets, state.old[name], state.new[name], ssh)
         for name in sorted(outside)
@@ -254,6 +273,18 @@ def rotate(
     say(f"committed: secrets.yaml holds the new values of {', '.join(state.names)}")
     result.safe_copy = safe_copy_lines(stack, state)
     return result
+
+
+def refuse_applying_on_a_swarm(stack: Stack, state: RotationState, outside: set[str]) -> None:
+    """choose() refuses a Swarm stack's served secrets; an unfinished rotation started
+    with another target (its state file) is not finished on a Swarm either."""
+    if on_a_swarm(stack) and needs_apply(state, outside):
+        raise KbinfraError(
+            f"the unfinished rotation of {', '.join(state.names)} needs an apply, which a "
+            "Swarm stack's rotation never runs; nothing was changed",
+            where=str(state_path(stack.dir)),
+            fix="finish it with the target it was started on (`--target`)",
+        )
 
 
 def step_on_repository(

@@ -39,11 +39,14 @@ from .stack_support import (
     KBINFRA,
     SECRET_MARK,
     Deployment,
+    add_offsite_repository,
     fixed_secret,
     interrupt_follow,
     read_terminal,
     read_until,
     reap,
+    restic,
+    stack_secrets,
     swarm_deployment,
 )
 from .testbed_support import node_engine
@@ -709,6 +712,68 @@ def test_only_plans_and_rolls_just_the_services_named(
     assert deployment.run("plan", "--only", "redis").code == 0
     done = deployment.run("apply", "--only", "nginx", "--only", "rediss")
     assert done.code == 2 and "--only rediss: service is unknown" in done.err
+
+
+def test_secrets_rotate_on_the_swarm_rotates_what_no_task_reads_and_refuses_the_rest(
+    deployment: Deployment, clean_cluster: Cluster, tmp_path: Path
+) -> None:
+    """The backup key and an offsite repository's restic password are read by no task:
+    they rotate on a Swarm with no change to any service. Everything a task reads is
+    refused by name (a Docker secret no running task re-reads)."""
+    (tmp_path / "offsite").mkdir()
+    repository = add_offsite_repository(deployment, tmp_path / "offsite")
+    old = stack_secrets(deployment)
+    made = deployment.run("backup", "--dest", str(tmp_path / "backups"), "-o", "json")
+    assert made.code == 0, made.err[-3000:]
+    signed_before = Path(made.json()["path"])
+    before = service_versions(clean_cluster)
+
+    refused = deployment.run("secrets", "rotate", "redis_app_password", "--yes")
+    assert refused.code == 2, refused.err
+    (line,) = refused.err.strip().splitlines()
+    assert "redis_app_password" in line and "no running task re-reads" in line, line
+
+    done = deployment.run("secrets", "rotate", "--all", "--yes", "-o", "json")
+    assert done.code == 0, done.err[-3000:]
+    result = done.json()
+    assert sorted(result["rotated"]) == ["backup_hmac_key", "offsite_disk_password"]
+    assert {"redis_app_password", "postgres_password"} <= set(result["not_rotatable"])
+    assert "on a Swarm kbinfra rotates only what no service reads" in done.err
+    assert result["applies"] == []
+    assert service_versions(clean_cluster) == before  # no task replaced
+
+    new = stack_secrets(deployment)
+    assert new["offsite_disk_password"] != old["offsite_disk_password"]
+    assert new["backup_hmac_key"] != old["backup_hmac_key"]
+    assert new["backup_hmac_keys_previous"].startswith(old["backup_hmac_key"])
+    assert {k: v for k, v in new.items() if not k.startswith(("offsite_", "backup_hmac"))} == {
+        k: v for k, v in old.items() if not k.startswith(("offsite_", "backup_hmac"))
+    }
+    opened = restic(repository, new["offsite_disk_password"], "snapshots", "--json")
+    assert opened.returncode == 0 and len(json.loads(opened.stdout)) == 1, opened.stderr
+    assert restic(repository, old["offsite_disk_password"], "snapshots").returncode != 0
+    for value in filter(None, (*old.values(), *new.values())):
+        assert value not in done.out + done.err
+
+    # A backup signed before the rotation still verifies with the keys secrets.yaml holds
+    # now (the old key kept verify-only), and not with the new key alone. (The restore
+    # drill of that backup is test_backup_drill_wipe_apply_restore_gives_back_identical_data.)
+    from kbinfra.backup.signing import (  # noqa: PLC0415
+        BackupKeys,
+        UnauthenticatedBackupError,
+        backup_keys,
+        check_signature,
+    )
+
+    manifest = (signed_before / "manifest.json").read_bytes()
+    signature = (signed_before / "manifest.hmac").read_text()
+    where = str(signed_before)
+    assert check_signature(manifest, signature, backup_keys(new), allow_unsigned=False, where=where)
+    with pytest.raises(UnauthenticatedBackupError):
+        check_signature(
+            manifest, signature, BackupKeys(new["backup_hmac_key"]), allow_unsigned=False,
+            where=where,
+        )  # fmt: skip
 
 
 def test_destroy_keeps_volumes_then_delete_data_removes_them(

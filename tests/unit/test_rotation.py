@@ -337,6 +337,43 @@ def test_on_a_swarm_the_unstructured_key_is_not_rotatable(tmp_path: Path) -> Non
     assert "key gate" in rotation_run.stack_refusals(swarm, part)["unstructured_api_key"]
 
 
+@pytest.fixture
+def swarm_stack(tmp_path: Path) -> Stack:
+    offsite = {"backup": {"offsite": [{"name": "disk", "repository": str(tmp_path / "repo")}]}}
+    folder = write_stack_dir(tmp_path / "swarm", overrides=offsite, nodes_file=SWARM_NODES)
+    return open_stack(folder)
+
+
+def test_on_a_swarm_only_what_no_service_reads_is_rotated(swarm_stack: Stack) -> None:
+    assert rotatable_secrets(swarm_stack) == {OFFSITE}
+    every = choose_secrets(swarm_stack, [], every=True)
+    assert set(every.names) == {"backup_hmac_key", OFFSITE}
+    assert {*REDIS, "postgres_password", "qdrant_api_key"} <= set(every.not_rotatable)
+
+
+@pytest.mark.parametrize("name", ["redis_app_password", "postgres_password", "embeddings_api_key"])
+def test_on_a_swarm_a_served_secret_is_refused_in_one_line_with_why(
+    swarm_stack: Stack, name: str
+) -> None:
+    done = run_kbinfra("secrets", "rotate", name, "--yes", "--dir", str(swarm_stack.dir))
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert name in line and "no running task re-reads" in line, line
+    assert not state_path(swarm_stack.dir).exists()
+
+
+def test_a_rotation_started_on_one_host_is_not_finished_on_a_swarm(
+    swarm_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_state(
+        swarm_stack.dir,
+        new_state("kb", REDIS, swarm_stack.secrets, dict.fromkeys(REDIS, "x" * 32), NOW),
+    )
+    with pytest.raises(KbinfraError, match="Swarm stack's rotation never runs"):
+        run(swarm_stack, monkeypatch, Recorder())
+    assert read_state(swarm_stack.dir) is not None  # kept, for the target it was started on
+
+
 def test_during_the_overlap_the_redis_acl_user_has_both_passwords(stack: Stack) -> None:
     old = stack.secrets["redis_app_password"]
     new = fixed_secret("redis_app_password-next")

@@ -18,7 +18,6 @@ from kbinfra.commands.options import (
     apply_progress,
     confirm,
     examples,
-    open_stack_and_target,
 )
 from kbinfra.ui import Console, Output
 
@@ -122,22 +121,33 @@ def rotate_command(
     it; apply refuses until then. Secrets kbinfra cannot rotate yet are named and refused.
     An offsite repository's restic password goes through restic's keys instead (key add,
     the new one proved, key remove of the old one's key): no apply, no snapshot rewritten.
+    On a Swarm only what no service reads rotates: the backup key and those passwords.
     """
     from kbinfra.offsite.run import ssh_settings  # noqa: PLC0415
     from kbinfra.rotation_run import choose_secrets, rotate  # noqa: PLC0415
     from kbinfra.rotation_state import state_path  # noqa: PLC0415
     from kbinfra.secrets import known_secrets_redactor  # noqa: PLC0415
+    from kbinfra.stack import open_stack  # noqa: PLC0415
     from kbinfra.stack_lock import stack_locked  # noqa: PLC0415
+    from kbinfra.targets import open_target  # noqa: PLC0415
 
     console = Console(output)
-    stack, where = open_stack_and_target(stack_dir, target, known_hosts, identity, console)
+    stack = open_stack(stack_dir)
     # the new values too, generated later: each line is redacted of every value known by then
     console.set_redactor(lambda text: known_secrets_redactor()(stack.redact(text)))
+    # refused before any connection; on a Swarm only what no service reads rotates
     choice = choose_secrets(stack, names or [], every=every)
+    where = open_target(
+        stack.spec, stack_dir, target=target, known_hosts=known_hosts, identity=identity,
+        swarm=True,
+    )  # fmt: skip
     if choice.not_rotatable:
-        console.warn(
-            f"not rotated (kbinfra cannot rotate them yet): {', '.join(choice.not_rotatable)}"
+        why = (
+            "on a Swarm kbinfra rotates only what no service reads"
+            if where.kind == "swarm"
+            else "kbinfra cannot rotate them yet"
         )
+        console.warn(f"not rotated ({why}): {', '.join(choice.not_rotatable)}")
     resuming = state_path(stack.dir).is_file()
     if not yes and not resuming:
         question = f"Rotate {', '.join(choice.names)} of stack {stack.spec.name} on {where.name}?"
