@@ -45,8 +45,8 @@ from kbinfra.releases import (
     write_releases,
 )
 from kbinfra.service import LoginCheck, Reload, RenderedFile
-from kbinfra.spec.stack import STACK_FILE
 from kbinfra.stack import Stack
+from kbinfra.stack_folder import STACK_FILE
 from kbinfra.targets.base import FileStore, Target
 from kbinfra.targets.engine import Engine, container_problem
 

@@ -45,13 +45,11 @@ from kbinfra.code_fingerprint import code_fingerprint
 from kbinfra.container_status import exit_code_of, health_of, published_ports
 from kbinfra.names import LABEL_STACK, lock_name, normalize_ref
 from kbinfra.private_file import write_private_file
+from kbinfra.stack_folder import ROTATION_FILE, found_stack_dir
 from kbinfra.ui import Console, Output, disable_colour
 
 RECORD_FILE = Path(".kbinfra") / "noop-record.json"
 #: kbinfra.rotation_state.STATE_FILE (that module loads the models): a rotation under way
-ROTATION_FILE = Path(".kbinfra") / "rotation.json"
-DEPLOYED_DIR = Path(".kbinfra") / "deployed"
-STACK_FILE = "kbinfra.yaml"
 FORMAT = 1
 ENV_PREFIXES = ("KBINFRA_", "DOCKER_")
 
@@ -101,12 +99,7 @@ def fast_apply(args: Sequence[str], env: Mapping[str, str], cwd: Path) -> FastAp
 def _stack_dir(given: str | None, cwd: Path) -> Path | None:
     """The folder as the full path takes it: given, else the nearest one up holding the
     stack file (the current one as ``Path()``, as messages show it)."""
-    if given is not None:
-        return Path(given)
-    for folder in (cwd, *cwd.parents):
-        if (folder / STACK_FILE).is_file():
-            return Path() if folder == cwd else folder
-    return None
+    return Path(given) if given is not None else found_stack_dir(cwd)
 
 
 # ---------------------------------------------------------------- the two hashes

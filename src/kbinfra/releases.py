@@ -279,8 +279,9 @@ def history_rows(releases: Sequence[Release]) -> list[tuple[str, ...]]:
 def release_stack(stack: Stack, release: Release) -> Stack:
     """The stack of ``release``: its stack file and profile, with ``stack``'s secrets and TLS."""
     from kbinfra.spec.profile import Profile as ProfileModel  # noqa: PLC0415
-    from kbinfra.spec.stack import STACK_FILE, parse_stack  # noqa: PLC0415
+    from kbinfra.spec.stack import parse_stack  # noqa: PLC0415
     from kbinfra.stack import stack_of  # noqa: PLC0415
+    from kbinfra.stack_folder import STACK_FILE  # noqa: PLC0415
 
     where = stack.dir / f"{STACK_FILE} (release {release.number})"
     spec, doc = parse_stack(release.stack_file, where)
@@ -340,7 +341,7 @@ def refuse_data_volume_moves(release: Release, moves: Mapping[str, tuple[str, st
 def restore_stack_file(stack_dir: Path, text: str) -> bool:
     """Write ``text`` as kbinfra.yaml (atomically, same mode), keeping the old one; whether
     the file changed."""
-    from kbinfra.spec.stack import STACK_FILE  # noqa: PLC0415
+    from kbinfra.stack_folder import STACK_FILE  # noqa: PLC0415
 
     path = stack_dir / STACK_FILE
     current = path.read_text(encoding="utf-8")

@@ -11,8 +11,7 @@ from pydantic import ValidationError
 from kbinfra.errors import KbinfraError, SpecError
 from kbinfra.rotation import RotationState
 from kbinfra.secrets import refuse_readable_by_others, remember_secret_values
-
-STATE_FILE = Path(".kbinfra") / "rotation.json"
+from kbinfra.stack_folder import ROTATION_FILE as STATE_FILE
 
 
 def state_path(stack_dir: Path) -> Path:

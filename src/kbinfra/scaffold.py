@@ -19,11 +19,12 @@ from kbinfra.errors import SpecError
 from kbinfra.registry import all_services
 from kbinfra.secrets import SECRETS_FILE, ensure_secrets, secrets_path
 from kbinfra.spec.profile import load_profile
-from kbinfra.spec.stack import STACK_FILE, StackSpec, load_stack, stack_model
+from kbinfra.spec.stack import StackSpec, load_stack, stack_model
 from kbinfra.spec.swarm import SwarmNodes
 from kbinfra.spec.values import SWARM_TARGET, check_domain, check_image_reference, check_target
 from kbinfra.spec.yamlfile import YamlDocument, load_yaml, read_yaml
 from kbinfra.stack import Stack, generated_secrets
+from kbinfra.stack_folder import STACK_FILE
 from kbinfra.templating import environment
 
 _COMMON = {"enabled", "image", "port"}

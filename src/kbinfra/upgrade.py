@@ -306,7 +306,7 @@ def changed_images(new: Stack, containers: Mapping[str, ObservedContainer]) -> l
 
 
 def stack_file_path(stack: Stack) -> Path:
-    from kbinfra.spec.stack import STACK_FILE  # noqa: PLC0415
+    from kbinfra.stack_folder import STACK_FILE  # noqa: PLC0415
 
     return stack.dir / STACK_FILE
 

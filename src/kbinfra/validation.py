@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from kbinfra.service import ServiceContext
     from kbinfra.stack import Stack
 
-STACK_FILE = "kbinfra.yaml"
+from kbinfra.stack_folder import STACK_FILE
 
 RenderCheck = Callable[["ServiceContext", Path], list[CheckResult]]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kbinfra.commands.options import find_stack_dir, split_names
+from kbinfra.commands.options import split_names
 from kbinfra.errors import KbinfraError
 from kbinfra.log_lines import (
     LinePrefixer,
@@ -23,6 +23,7 @@ from kbinfra.log_lines import (
     parse_since,
     split_timestamp,
 )
+from kbinfra.stack_folder import find_stack_dir
 from kbinfra.targets.streams import FrameReader
 from tests.conftest import edit_stack_file, run_kbinfra, write_stack_dir
 

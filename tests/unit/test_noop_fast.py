@@ -22,6 +22,7 @@ from kbinfra.noop_fast import (
     write_record,
 )
 from kbinfra.rotation_state import STATE_FILE
+from kbinfra.stack_folder import DEPLOYED_DIR
 from kbinfra.targets.local import LocalTarget
 from kbinfra.targets.openssh import SSHAddress, SSHOptions
 from kbinfra.targets.ssh import SSHTarget
@@ -108,9 +109,10 @@ def test_the_stack_folder_is_found_walking_up(tmp_path: Path) -> None:
 
 
 def test_it_looks_where_the_full_path_keeps_things(tmp_path: Path) -> None:
-    assert noop_fast.ROTATION_FILE == STATE_FILE
+    # one copy of each name now (kbinfra.stack_folder): the fast path reads what they write
+    assert noop_fast.ROTATION_FILE is STATE_FILE
     store = LocalTarget(tmp_path).file_store("kb")
-    assert Path(store.location) == tmp_path / noop_fast.DEPLOYED_DIR
+    assert Path(store.location) == tmp_path / DEPLOYED_DIR
 
 
 # ---------------------------------------------------------------- the input key
@@ -203,7 +205,7 @@ class _Reads:
 
 
 def test_the_observation_moves_with_the_target(tmp_path: Path) -> None:
-    deployed = tmp_path / noop_fast.DEPLOYED_DIR / "redis"
+    deployed = tmp_path / DEPLOYED_DIR / "redis"
     deployed.mkdir(parents=True)
     (deployed / "redis.conf").write_text("maxmemory 1mb\n")
     reads, store = _Reads(), LocalTarget(tmp_path).file_store("kb")

@@ -17,8 +17,8 @@ from kbinfra.backup.manifest import SECRETS_MARKER, Artifact
 from kbinfra.plan import is_secret_file
 from kbinfra.secrets import SECRETS_FILE
 from kbinfra.spec.profile import load_profile
-from kbinfra.spec.stack import STACK_FILE
 from kbinfra.stack import Stack
+from kbinfra.stack_folder import STACK_FILE
 
 SERVICE = "stack"
 MARKER_TEXT = (

@@ -588,7 +588,7 @@ def restore(
     """
     from kbinfra.backup.run import backup_root, run_restore  # noqa: PLC0415
     from kbinfra.offsite.run import fetch_backup, parse_offsite_ref, scratch_dir  # noqa: PLC0415
-    from kbinfra.spec.stack import STACK_FILE  # noqa: PLC0415
+    from kbinfra.stack_folder import STACK_FILE  # noqa: PLC0415
 
     console = Console(output)
     _warn_unsigned(console, allow_unsigned)

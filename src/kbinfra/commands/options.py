@@ -16,6 +16,7 @@ import typer
 import typer.core
 
 from kbinfra.errors import KbinfraError
+from kbinfra.stack_folder import found_stack_dir
 from kbinfra.ui import Console, Output
 
 if TYPE_CHECKING:
@@ -26,17 +27,6 @@ if TYPE_CHECKING:
 #: Every option a user may want to set once for a shell session has a ``KBINFRA_*``
 #: variable; ``--help`` shows it next to the option.
 ENV_DIR = "KBINFRA_DIR"
-
-
-def find_stack_dir(start: Path) -> Path | None:
-    """The nearest folder holding ``kbinfra.yaml``: ``start`` or a folder above it (as git
-    finds its repository)."""
-    from kbinfra.spec.stack import STACK_FILE  # noqa: PLC0415
-
-    for folder in (start, *start.parents):
-        if (folder / STACK_FILE).is_file():
-            return folder
-    return None
 
 
 def given_on_command_line(ctx: typer.Context, name: str) -> bool:
@@ -53,9 +43,7 @@ def _given(ctx: typer.Context, param: typer.CallbackParam) -> bool:
 def _found_stack_dir(ctx: typer.Context, param: typer.CallbackParam) -> Path | None:
     """The stack folder when ``--dir`` and ``KBINFRA_DIR`` are absent: the current one
     (kept relative, as messages show it) or the nearest above it."""
-    cwd = Path.cwd()
-    found = find_stack_dir(cwd)
-    return None if found is None else (Path() if found == cwd else found)
+    return found_stack_dir(Path.cwd())
 
 
 def _stack_dir_required(ctx: typer.Context, param: typer.CallbackParam, value: Path) -> Path:

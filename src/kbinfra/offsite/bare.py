@@ -26,7 +26,8 @@ from kbinfra.private_file import write_private_file
 from kbinfra.progress import Progress
 from kbinfra.secrets import load_secrets
 from kbinfra.spec.profile import builtin_profile_names
-from kbinfra.spec.stack import STACK_FILE, OffsiteRepository
+from kbinfra.spec.stack import OffsiteRepository
+from kbinfra.stack_folder import STACK_FILE
 
 RESTORED_PROFILE = "profile.yaml"
 _PASSWORD = re.compile(r"^offsite_(?P<name>[a-z][a-z0-9_]*)_password$")

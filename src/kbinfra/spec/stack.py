@@ -22,8 +22,8 @@ from kbinfra.spec.values import (
     parse_ssh_target,
 )
 from kbinfra.spec.yamlfile import YamlDocument, parse_yaml, read_yaml, validate
+from kbinfra.stack_folder import STACK_FILE
 
-STACK_FILE = "kbinfra.yaml"
 Workload = Literal["web", "oltp", "dw", "mixed"]
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 

@@ -13,6 +13,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from kbinfra.errors import KbinfraError
+from kbinfra.stack_folder import DEPLOYED_DIR
 from kbinfra.targets.base import RECORDS_DIR, TEMP_PREFIX, FileStore, Target
 
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ class LocalTarget(Target):
         return self._socket_reads
 
     def file_store(self, stack: str) -> FileStore:
-        return LocalFileStore(self.stack_dir / ".kbinfra" / "deployed")
+        return LocalFileStore(self.stack_dir / DEPLOYED_DIR)
 
     def close(self) -> None:
         if self._socket_reads is not None:
