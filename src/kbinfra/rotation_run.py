@@ -161,8 +161,9 @@ def refusal_reasons(stack: Stack) -> dict[str, str]:
     for name, part in rotate_parts(stack):
         reasons.update(getattr(part, "REFUSED", {}))
         reasons.update(stack_refusals(stack, part))
-        if on_a_swarm(stack):
-            reasons.update(dict.fromkeys(checked_secrets(stack, name, part), ON_A_SWARM))
+        if on_a_swarm(stack):  # a service's own reason, where it gives one, says more
+            for secret in checked_secrets(stack, name, part):
+                reasons.setdefault(secret, ON_A_SWARM)
     return reasons
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from kbinfra import noop_fast
+from kbinfra.stack_folder import DEPLOYED_DIR
 
 try:
     from .stack_support import SECRET_MARK, Deployment, Run, new_deployment
@@ -47,7 +48,7 @@ def deployment(
         home = Path(pwd.getpwnam(testbed.ssh.user).pw_dir)
         DEPLOYED[deployment.name] = home / ".kbinfra" / deployment.name
     else:
-        DEPLOYED[deployment.name] = folder / noop_fast.DEPLOYED_DIR
+        DEPLOYED[deployment.name] = folder / DEPLOYED_DIR
     applied = deployment.run("apply", "--yes")
     assert applied.code == 0, applied.err
     yield deployment

@@ -351,14 +351,22 @@ def test_on_a_swarm_only_what_no_service_reads_is_rotated(swarm_stack: Stack) ->
     assert {*REDIS, "postgres_password", "qdrant_api_key"} <= set(every.not_rotatable)
 
 
-@pytest.mark.parametrize("name", ["redis_app_password", "postgres_password", "embeddings_api_key"])
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("redis_app_password", "no running task re-reads"),
+        ("embeddings_api_key", "no running task re-reads"),
+        ("postgres_password", "Docker secret"),  # PostgreSQL's own reason, which says more
+        ("postgres_monitor_password", "one host"),
+    ],
+)
 def test_on_a_swarm_a_served_secret_is_refused_in_one_line_with_why(
-    swarm_stack: Stack, name: str
+    swarm_stack: Stack, name: str, why: str
 ) -> None:
     done = run_kbinfra("secrets", "rotate", name, "--yes", "--dir", str(swarm_stack.dir))
     assert done.returncode == 2, done.stderr
     (line,) = done.stderr.strip().splitlines()
-    assert name in line and "no running task re-reads" in line, line
+    assert name in line and why in line, line
     assert not state_path(swarm_stack.dir).exists()
 
 
