@@ -45,11 +45,10 @@ from kbinfra.code_fingerprint import code_fingerprint
 from kbinfra.container_status import exit_code_of, health_of, published_ports
 from kbinfra.names import LABEL_STACK, lock_name, normalize_ref
 from kbinfra.private_file import write_private_file
-from kbinfra.stack_folder import ROTATION_FILE, found_stack_dir
+from kbinfra.stack_folder import ROTATION_FILE, STATE_DIR, found_stack_dir
 from kbinfra.ui import Console, Output, disable_colour
 
-RECORD_FILE = Path(".kbinfra") / "noop-record.json"
-#: kbinfra.rotation_state.STATE_FILE (that module loads the models): a rotation under way
+RECORD_FILE = STATE_DIR / "noop-record.json"
 FORMAT = 1
 ENV_PREFIXES = ("KBINFRA_", "DOCKER_")
 

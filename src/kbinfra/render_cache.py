@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING, Any
 from kbinfra.code_fingerprint import code_fingerprint
 from kbinfra.private_file import write_private_file
 from kbinfra.service import RenderedFile
+from kbinfra.stack_folder import STATE_DIR
 
 if TYPE_CHECKING:
     from kbinfra.stack import Stack
 
-CACHE_FILE = Path(".kbinfra") / "render-cache.json"
+CACHE_FILE = STATE_DIR / "render-cache.json"
 FORMAT = 1
 
 

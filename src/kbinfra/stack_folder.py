@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 STACK_FILE = "kbinfra.yaml"
-#: kbinfra's own state in the stack folder (the rotation's, the deployed copy's).
+#: kbinfra's own state in the stack folder (the rotation's, the deployed copy, the no-op
+#: record, the render cache).
 STATE_DIR = Path(".kbinfra")
 ROTATION_FILE = STATE_DIR / "rotation.json"
 DEPLOYED_DIR = STATE_DIR / "deployed"

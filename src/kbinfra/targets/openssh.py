@@ -256,13 +256,8 @@ class OpenSSH:
         path = self.control_path
         if path is None or not path.is_socket():
             return
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            try:
-                probe.connect(str(path))
-            except ConnectionRefusedError:
-                path.unlink(missing_ok=True)
-            except OSError:
-                return
+        if isinstance(connect_error(path), ConnectionRefusedError):
+            path.unlink(missing_ok=True)
 
     def _start_master(self) -> None:
         persist = self.persist_s or UNSHARED_PERSIST_S
@@ -383,16 +378,18 @@ class OpenSSH:
         return self.folder / f"{self.name}.{suffix}"
 
 
+def connect_error(path: Path) -> OSError | None:
+    """Why connecting to the unix socket ``path`` fails now, or None when a listener
+    answers (``ConnectionRefusedError``: a socket file nothing listens on)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(2)
+        try:
+            probe.connect(str(path))
+        except OSError as error:
+            return error
+    return None
+
+
 def connectable(path: Path) -> bool:
     """Whether a listener answers on the unix socket ``path`` now."""
-    if not path.exists():
-        return False
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(2)
-    try:
-        probe.connect(str(path))
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
+    return path.exists() and connect_error(path) is None
