@@ -40,21 +40,31 @@ class Standin:
 def standin(docker_client: docker.DockerClient, images: dict[str, str]) -> Iterator[Standin]:
     """One stand-in container for the module, with an admin, an alternative admin (the one
     a key rotation adds) and a read-only key."""
-    container = docker_client.containers.run(
+    container = run_standin(
+        docker_client,
         images["qdrant"],
-        detach=True,
-        name=f"kbt-qdrant-standin-{random.randrange(1 << 32):08x}",
         environment={
             "QDRANT__SERVICE__API_KEY": KEY,
             "QDRANT__SERVICE__READ_ONLY_API_KEY": READ_KEY,
             "QDRANT__SERVICE__ALT_API_KEY": ALT_KEY,
         },
-        ports={"6333/tcp": ("127.0.0.1", None)},
     )
     try:
         yield Standin(container)
     finally:
         container.remove(force=True, v=True)
+
+
+def run_standin(docker_client: docker.DockerClient, image: str, **options: Any) -> Any:
+    """A stand-in container on a random loopback port; ``options`` go to docker-py's run."""
+    # docker-py documents a host port of None as "a random one"; its stubs do not allow it.
+    return docker_client.containers.run(  # type: ignore[call-overload]
+        image,
+        detach=True,
+        name=f"kbt-qdrant-standin-{random.randrange(1 << 32):08x}",
+        ports={"6333/tcp": ("127.0.0.1", None)},
+        **options,
+    )
 
 
 def wait_ready(container: Any) -> str:
