@@ -9,6 +9,7 @@ collection. It runs on Qdrant Edge (Qdrant's own storage engine).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -21,6 +22,9 @@ from typing import Any
 import docker
 import httpx
 import pytest
+
+from kbinfra.containers import locked_down
+from kbinfra.service import DEFAULT_PIDS_LIMIT, TmpfsMount
 
 pytestmark = pytest.mark.integration
 
@@ -40,21 +44,31 @@ class Standin:
 def standin(docker_client: docker.DockerClient, images: dict[str, str]) -> Iterator[Standin]:
     """One stand-in container for the module, with an admin, an alternative admin (the one
     a key rotation adds) and a read-only key."""
-    container = docker_client.containers.run(
+    container = run_standin(
+        docker_client,
         images["qdrant"],
-        detach=True,
-        name=f"kbt-qdrant-standin-{random.randrange(1 << 32):08x}",
         environment={
             "QDRANT__SERVICE__API_KEY": KEY,
             "QDRANT__SERVICE__READ_ONLY_API_KEY": READ_KEY,
             "QDRANT__SERVICE__ALT_API_KEY": ALT_KEY,
         },
-        ports={"6333/tcp": ("127.0.0.1", None)},
     )
     try:
         yield Standin(container)
     finally:
         container.remove(force=True, v=True)
+
+
+def run_standin(docker_client: docker.DockerClient, image: str, **options: Any) -> Any:
+    """A stand-in container on a random loopback port; ``options`` go to docker-py's run."""
+    # docker-py documents a host port of None as "a random one"; its stubs do not allow it.
+    return docker_client.containers.run(  # type: ignore[call-overload]
+        image,
+        detach=True,
+        name=f"kbt-qdrant-standin-{random.randrange(1 << 32):08x}",
+        ports={"6333/tcp": ("127.0.0.1", None)},
+        **options,
+    )
 
 
 def wait_ready(container: Any) -> str:
@@ -267,3 +281,56 @@ def test_a_hostile_snapshot_is_refused_and_the_collection_untouched(
     assert response.status_code == 400, response.text
     assert set(response.json()) == {"status", "time"}
     assert every_point(admin, collection) == before
+
+
+#: More than the 64 MB tmpfs kbinfra gives Qdrant's /tmp (TmpfsMount's default size).
+LARGE_UPLOAD = 72 * 1024 * 1024
+
+
+def test_an_upload_larger_than_the_tmp_tmpfs_is_spooled_into_the_snapshots_path(
+    docker_client: docker.DockerClient, images: dict[str, str]
+) -> None:
+    """Run as kbinfra runs Qdrant (read-only root, /tmp a 64 MB tmpfs: QdrantService's
+    container), an uploaded snapshot larger than /tmp restores: upstream spools a multipart
+    upload into its snapshots path (src/actix/mod.rs, TempFileConfig), not into /tmp."""
+    tmp = TmpfsMount("/tmp")
+    assert tmp.size_mb * 1024 * 1024 < LARGE_UPLOAD
+    container = run_standin(
+        docker_client,
+        images["qdrant"],
+        environment={"QDRANT__SERVICE__API_KEY": KEY},
+        # anonymous volumes, as the service's storage and snapshots volumes; v=True removes them
+        mounts=[
+            docker.types.Mount(target=target, source=None, type="volume")
+            for target in ("/qdrant/storage", "/qdrant/snapshots")
+        ],
+        **locked_down(pids_limit=DEFAULT_PIDS_LIMIT, tmpfs=(tmp,)),
+    )
+    try:
+        url = wait_ready(container)
+        with httpx.Client(base_url=url, headers={"api-key": KEY}, timeout=120) as http:
+            name = "large_upload"
+            created = http.put(
+                f"/collections/{name}", json={"vectors": {"size": DIMENSION, "distance": "Cosine"}}
+            )
+            assert created.status_code == 200, created.text
+            upsert(http, name, points(50, seed=7))
+            before = every_point(http, name)
+            taken = snapshot(http, name)
+            archive = http.get(f"/collections/{name}/snapshots/{taken['name']}")
+            assert archive.status_code == 200, archive.text
+            # Zero blocks after the archive's end-of-archive marker, as tar pads a record: the
+            # same snapshot to a reader, but an upload larger than /tmp.
+            padded = archive.content + bytes(LARGE_UPLOAD - len(archive.content))
+            checksum = hashlib.sha256(padded).hexdigest()
+            assert http.delete(f"/collections/{name}").status_code == 200
+            response = http.post(
+                f"/collections/{name}/snapshots/upload",
+                params={"priority": "snapshot", "checksum": checksum},
+                files={"snapshot": ("large.snapshot", padded, "application/octet-stream")},
+            )
+            assert response.status_code == 200, (response.text, container.logs(tail=20))
+            assert response.json()["result"] is True
+            assert every_point(http, name) == before
+    finally:
+        container.remove(force=True, v=True)

@@ -31,7 +31,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import qdrant_edge
 import uvicorn
@@ -39,6 +39,8 @@ import yaml
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
 from qdrant_client import models
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
@@ -1038,13 +1040,20 @@ def create_app(config: dict[str, Any], version: str) -> FastAPI:
     @app.post("/collections/{collection}/snapshots/upload")
     async def upload_snapshot(request: Request, collection: str) -> Response:
         start = time.perf_counter()
-        form = await request.form()
-        upload = form.get("snapshot")
-        if upload is None or isinstance(upload, str):
-            return error(400, "Bad request: multipart field `snapshot` is required", start)
+        # Upstream spools multipart uploads into the snapshots path, not the temp dir
+        # (src/actix/mod.rs: TempFileConfig::default().directory(snapshots_path)): /tmp may be
+        # a small tmpfs (kbinfra's is 64 MB), so the body is streamed straight into a file
+        # there, never through request.form(), which spools into /tmp.
         with tempfile.NamedTemporaryFile(dir=engine.snapshots_path, suffix=".upload") as handle:
-            while chunk := await upload.read(1 << 20):
-                handle.write(chunk)
+            try:
+                found = await MultipartFileField("snapshot", handle).receive(request)
+            except ApiError as exc:
+                return error(exc.status_code, exc.message, start)
+            except OSError as exc:
+                LOG.exception("POST /collections/%s/snapshots/upload failed", collection)
+                return error(500, f"Service internal error: {exc}", start)
+            if not found:
+                return error(400, "Bad request: multipart field `snapshot` is required", start)
             handle.flush()
             try:
                 with engine.lock:
@@ -1079,6 +1088,77 @@ def is_read_only(method: str, path: str) -> bool:
         and path.startswith("/collections/")
         and path.endswith(READ_ONLY_POST_SUFFIXES)
     )
+
+
+class MultipartFileField:
+    """The file part named ``name`` of a multipart/form-data body, streamed into ``out`` as
+    the body arrives (chunk by chunk: never the whole upload in memory); the other parts are
+    read and dropped. A part counts as the file only with a ``filename``, as in a form; the
+    first such part named ``name`` is the one kept."""
+
+    def __init__(self, name: str, out: IO[bytes]) -> None:
+        self.name = name.encode()
+        self.out = out
+        self.found = False
+        self._writing = False
+        self._header_name = b""
+        self._header_value = b""
+        self._disposition = b""
+
+    async def receive(self, request: Request) -> bool:
+        """Read the body; True when it held the part. A body that is not multipart holds none."""
+        content_type, params = parse_options_header(request.headers.get("content-type"))
+        if content_type != b"multipart/form-data":
+            return False
+        boundary = params.get(b"boundary")
+        if not boundary:
+            raise ApiError(400, "Bad request: multipart body without a boundary")
+        parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._part_begin,
+                "on_header_field": self._header_field,
+                "on_header_value": self._header_value_data,
+                "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_finished,
+                "on_part_data": self._part_data,
+                "on_part_end": self._part_end,
+            },
+        )
+        try:
+            async for chunk in request.stream():
+                parser.write(chunk)
+            parser.finalize()
+        except FormParserError as exc:
+            raise ApiError(400, f"Bad request: invalid multipart data: {exc}") from exc
+        return self.found
+
+    def _part_begin(self) -> None:
+        self._writing = False
+        self._disposition = b""
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def _header_value_data(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _header_end(self) -> None:
+        if self._header_name.lower() == b"content-disposition":
+            self._disposition = self._header_value
+        self._header_name = self._header_value = b""
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self._disposition)
+        if not self.found and options.get(b"name") == self.name and b"filename" in options:
+            self.found = self._writing = True
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._writing:
+            self.out.write(data[start:end])
+
+    def _part_end(self) -> None:
+        self._writing = False
 
 
 class fetch_location:  # noqa: N801 - used as a context manager like open()
