@@ -225,19 +225,27 @@ class ScrapeTarget(NamedTuple):
     interval_s: int = 30
 
 
-class KeyGate(NamedTuple):
-    """The key check nginx makes for a service that takes one key, read at start (the
-    Unstructured API): clients send a key nginx accepts (``accepted``: the one they use and,
-    during ``kbinfra secrets rotate``, the other one), and nginx sends the service its own
-    key (``upstream_key``) instead, which only nginx and the service hold. A reload of nginx
-    changes the accepted keys in place: the service is never restarted and no request is
-    refused. A request with no key is sent on without one, and answered as the service
-    would; one with a key nginx does not accept gets 401. The keys go only into nginx's
-    0600 keys file, never into its site configuration."""
+class KeyGrant(NamedTuple):
+    """One kind of access a key gate hands out: each client key it accepts (``accepted``:
+    the one clients use and, during ``kbinfra secrets rotate``, the other one) is replaced by
+    the service's own key for that access (``upstream_key``), which only nginx and the
+    service hold."""
 
-    header: str  # "unstructured-api-key", as clients send it
     accepted: tuple[str, ...]
     upstream_key: str
+
+
+class KeyGate(NamedTuple):
+    """The key check nginx makes for a service whose keys are read at start (the Unstructured
+    API, Qdrant): clients send a key nginx accepts, and nginx sends the service its own key
+    for the same access instead (``grants``: Qdrant's read-write and read-only keys). A
+    reload of nginx changes the accepted keys in place: the service is never restarted and
+    no request is refused. A request with no key is sent on without one, and answered as the
+    service would; one with a key nginx does not accept gets 401. The keys go only into
+    nginx's 0600 keys file, never into its site configuration."""
+
+    header: str  # "unstructured-api-key", as clients send it
+    grants: tuple[KeyGrant, ...]
     #: nginx's plain-HTTP listener for the service's clients on the stack network.
     port: int
     #: The port nginx publishes that listener on, on 127.0.0.1 (the service's own host port,
@@ -245,10 +253,19 @@ class KeyGate(NamedTuple):
     host_port: int | None = None
     #: The names of the secrets the keys are (for errors, never with a value).
     secrets: tuple[str, ...] = ()
+    #: Clients may send the key as ``Authorization: Bearer KEY`` instead of in ``header``
+    #: (Qdrant takes both); nginx sends it on in ``header`` alone.
+    bearer: bool = False
+    #: Request and response bodies of any size, passed on as they come instead of buffered
+    #: (Qdrant's snapshots: gigabytes, each way).
+    streamed: bool = False
+    #: The content type and body of the service's own answer to a key it does not know,
+    #: which nginx gives a refused key; None: nginx's own JSON ``{"detail": ...}``.
+    refusal: tuple[str, str] | None = None
 
 
 class Route(NamedTuple):
-    """A public path prefix nginx forwards to a service on the stack network."""
+    """A path prefix nginx forwards to a service on the stack network."""
 
     prefix: str  # "/embeddings/": stripped before the request is passed on
     address: str  # host:port on the stack network
@@ -257,6 +274,9 @@ class Route(NamedTuple):
     #: nginx checks the clients' key for the service (on this route and on the gate's own
     #: listener), or None: headers pass through as sent.
     gate: KeyGate | None = None
+    #: Served on the public HTTPS site; False: only on its key gate's own listener on the
+    #: stack network and loopback (a data store: Qdrant is never reachable from outside).
+    public: bool = True
 
 
 class Panel(NamedTuple):
@@ -529,7 +549,8 @@ class Service(ABC):
         return []
 
     def routes(self, ctx: ServiceContext) -> list[Route]:
-        """The public paths nginx forwards to this service (data stores have none)."""
+        """The paths nginx forwards to this service: public ones (data stores have none) and
+        a data store's key gate (``Route.public`` False)."""
         return []
 
     def dashboard_panels(self, ctx: ServiceContext) -> list[Panel]:

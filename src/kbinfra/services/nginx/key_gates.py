@@ -4,12 +4,17 @@ site configuration says of each gate (never a key).
 For each gated service the keys file holds one ``map`` of the header clients send to the key
 nginx sends on:
 
-- a key nginx accepts → the service's own key (its ``upstream_key``);
+- a key nginx accepts → the service's own key for the same access (its grant's
+  ``upstream_key``: Qdrant's read-only clients get Qdrant's read-only key);
 - no key → none (nginx sends no header, and the service answers as it would without one);
 - any other key → ``REFUSED``, which the locations answer with 401.
 
 Accepted keys are matched by anchored, case-sensitive regular expressions: nginx compares a
 map's plain strings case-insensitively (it lowercases them), which a key must not be.
+
+A gate that also takes ``Authorization: Bearer KEY`` (Qdrant) maps both headers at once,
+joined by ``/`` (never in a key): ``KEY/`` (the key in its header, no Authorization) and
+``/Bearer KEY`` (Authorization alone) are accepted; both at once, or anything else, refused.
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from kbinfra.errors import SpecError
-from kbinfra.service import KeyGate
+from kbinfra.service import KeyGate, KeyGrant
 
 #: The map value of a key nginx does not accept: no key is it (keys are URL-safe tokens).
 REFUSED = "!refused"
-#: What nginx answers a refused key with: the Unstructured API's own 401 body.
+#: What nginx answers a refused key with, unless the service gives its own (``refusal``):
+#: the Unstructured API's 401 body.
+REFUSED_TYPE = "application/json"
 REFUSED_BODY = '{"detail":"API key is invalid"}'
 #: Only these characters in a key or a header: nothing a quoted nginx string or a regular
 #: expression reads as anything but itself, so a key is written as it is.
@@ -39,6 +46,13 @@ class GatedRoute(NamedTuple):
     variable: str
     header: str
     port: int
+    #: Authorization is read too, and never sent on.
+    bearer: bool
+    #: Bodies of any size, not buffered.
+    streamed: bool
+    #: What a refused key is answered with (content type, body).
+    refused_type: str
+    refused_body: str
 
 
 def variable_of(service: str) -> str:
@@ -53,7 +67,64 @@ def header_variable(header: str) -> str:
 def gated_route(service: str, gate: KeyGate) -> GatedRoute:
     if _HEADER.match(gate.header) is None:
         raise ValueError(f"key gate of {service}: header {gate.header!r} is not a header name")
-    return GatedRoute(service, variable_of(service), gate.header, gate.port)
+    refused_type, refused_body = gate.refusal or (REFUSED_TYPE, REFUSED_BODY)
+    if "'" in refused_body or "\\" in refused_body or re.search(r"\s", refused_type):
+        raise ValueError(f"key gate of {service}: its refusal does not fit nginx's quotes")
+    return GatedRoute(
+        service,
+        variable_of(service),
+        gate.header,
+        gate.port,
+        gate.bearer,
+        gate.streamed,
+        refused_type,
+        refused_body,
+    )
+
+
+def map_source(gate: KeyGate) -> str:
+    """What a gate's map reads: the key's header, and Authorization too for a Bearer gate."""
+    if gate.bearer:
+        return f'"{header_variable(gate.header)}/$http_authorization"'
+    return header_variable(gate.header)
+
+
+def map_entries(gate: KeyGate) -> list[str]:
+    """The map's lines: no key sends none, each accepted key its grant's own key."""
+    none = '"/"' if gate.bearer else '""'
+    lines = [f'    default "{REFUSED}";', f'    {none} "";']
+    for grant in gate.grants:
+        for key in grant.accepted:
+            lines.append(f'    "~^{key}{"/" if gate.bearer else ""}$" "{grant.upstream_key}";')
+            if gate.bearer:
+                lines.append(f'    "~^/Bearer {key}$" "{grant.upstream_key}";')
+    return lines
+
+
+def check_keys(service: str, gate: KeyGate) -> None:
+    """Every key is a URL-safe token, and no key is accepted for two grants or is also a key
+    nginx sends on: it goes into nginx's configuration, where anything else could change it."""
+    names = " and ".join(gate.secrets) or f"{service}'s keys"
+    if any(_KEY.match(key) is None for key in _keys(gate.grants)):
+        raise SpecError(
+            f"{names}: nginx checks these keys of {service}, and one is not a "
+            "URL-safe token of 16 to 256 letters, digits, - and _",
+            where="secrets.yaml",
+            fix="delete its line and run `kbinfra init` to generate it",
+        )
+    accepted = [key for grant in gate.grants for key in set(grant.accepted)]
+    sent = {grant.upstream_key for grant in gate.grants}
+    if len(set(accepted)) != len(accepted) or sent & set(accepted):
+        raise SpecError(
+            f"{names}: two of these keys of {service} have the same value, so nginx could "
+            "not tell which access a client asks for",
+            where="secrets.yaml",
+            fix="delete one of their lines and run `kbinfra init` to generate it",
+        )
+
+
+def _keys(grants: Sequence[KeyGrant]) -> list[str]:
+    return [key for grant in grants for key in (*grant.accepted, grant.upstream_key)]
 
 
 def keys_conf(gates: Sequence[tuple[str, KeyGate]]) -> str:
@@ -64,22 +135,6 @@ def keys_conf(gates: Sequence[tuple[str, KeyGate]]) -> str:
     ]
     for service, gate in gates:
         route = gated_route(service, gate)
-        for key in (*gate.accepted, gate.upstream_key):
-            if _KEY.match(key) is None:
-                # it goes into nginx's configuration: anything else could change it
-                names = " and ".join(gate.secrets) or f"{service}'s keys"
-                raise SpecError(
-                    f"{names}: nginx checks these keys of {service}, and one is not a "
-                    "URL-safe token of 16 to 256 letters, digits, - and _",
-                    where="secrets.yaml",
-                    fix="delete its line and run `kbinfra init` to generate it",
-                )
-        lines += [
-            "",
-            f"map {header_variable(gate.header)} ${route.variable} {{",
-            f'    default "{REFUSED}";',
-            '    "" "";',
-            *(f'    "~^{key}$" "{gate.upstream_key}";' for key in gate.accepted),
-            "}",
-        ]
+        check_keys(service, gate)
+        lines += ["", f"map {map_source(gate)} ${route.variable} {{", *map_entries(gate), "}"]
     return "\n".join(lines) + "\n"

@@ -2,7 +2,8 @@
 
 nginx fronts the user's own API servers (``app.upstream``, not deployed by kbinfra) and, when
 they are enabled, the stack's embedding and Unstructured services, so that ``kbinfra check``
-can prove that HTTPS answers all the way through. Qdrant, PostgreSQL and Redis are never routed.
+can prove that HTTPS answers all the way through. Qdrant, PostgreSQL and Redis are never routed
+there; nginx is at most Qdrant's key gate on the stack network and loopback (``Route.public``).
 """
 
 import ipaddress
@@ -28,7 +29,7 @@ from kbinfra.service import (
     ServiceSettings,
     TmpfsMount,
 )
-from kbinfra.services.nginx.key_gates import REFUSED, REFUSED_BODY, gated_route, keys_conf
+from kbinfra.services.nginx.key_gates import REFUSED, gated_route, keys_conf
 
 if TYPE_CHECKING:
     pass
@@ -216,15 +217,21 @@ def reload_command(wait_s: int) -> list[str]:
     return ["/bin/sh", "-c", script]
 
 
-def routed_services(ctx: ServiceContext) -> list[tuple[Service, Route]]:
-    """Every public route the enabled services offer (``Service.routes``), with its service.
-    Data stores offer none: they are never reachable through nginx."""
+def all_routes(ctx: ServiceContext) -> list[tuple[Service, Route]]:
+    """Every route the enabled services offer (``Service.routes``), with its service."""
     return [(s, route) for s, own in enabled_services(ctx) for route in s.routes(own)]
+
+
+def routed_services(ctx: ServiceContext) -> list[tuple[Service, Route]]:
+    """Every public route the enabled services offer, with its service. Data stores offer
+    none: they are never reachable through nginx's HTTPS site (at most through a key gate's
+    own listener on the stack network and loopback)."""
+    return [(s, route) for s, route in all_routes(ctx) if route.public]
 
 
 def key_gates(ctx: ServiceContext) -> list[tuple[str, KeyGate]]:
     """The enabled services whose key nginx checks (``Route.gate``), with their gate."""
-    return [(s.name, route.gate) for s, route in routed_services(ctx) if route.gate is not None]
+    return [(s.name, route.gate) for s, route in all_routes(ctx) if route.gate is not None]
 
 
 class Nginx(Service):
@@ -250,13 +257,14 @@ class Nginx(Service):
                 "path": route.prefix,
                 "service": service.name,
                 "address": route.address,
+                "public": route.public,
                 "timeout_s": settings.document_timeout_s
                 if route.long_running
                 else settings.proxy_timeout_s,
                 # names and ports only: the keys are in the keys file
                 "gate": gated_route(service.name, route.gate) if route.gate else None,
             }
-            for service, route in routed_services(ctx)
+            for service, route in all_routes(ctx)
         ]
         domain = ctx.stack.domain
         return {
@@ -268,11 +276,10 @@ class Nginx(Service):
             "upstream_fail_timeout_s": UPSTREAM_FAIL_TIMEOUT_S,
             "upstream_keepalive": UPSTREAM_KEEPALIVE,
             "resolver": DOCKER_DNS,
-            "routes": routes,
+            "routes": [route for route in routes if route["public"]],
             "gates": [route for route in routes if route["gate"]],
             "keys_target": KEYS_TARGET,
             "refused": REFUSED,
-            "refused_body": REFUSED_BODY,
             "protocols": " ".join(TLS_PROTOCOLS),
             "ciphers": ":".join(TLS12_CIPHERS),
             "headers": SECURITY_HEADERS,

@@ -42,12 +42,11 @@ from kbinfra.backup.handler import (
 )
 from kbinfra.backup.manifest import Artifact, ArtifactKind, ServiceRecord, same_minor
 from kbinfra.progress import Progress
-from kbinfra.services.qdrant.service import HTTP_PORT
+from kbinfra.services.qdrant.service import API_KEY, HTTP_PORT, own_key
 
 if TYPE_CHECKING:
     import httpx
 
-API_KEY_SECRET = "qdrant_api_key"
 SAMPLE_POINTS = 16
 ATTEMPTS = 3
 POINTS = "points"
@@ -196,7 +195,8 @@ class QdrantBackup(BackupHandler):
             instance.reach(HTTP_PORT) as (host, port),
             httpx.Client(
                 base_url=f"http://{host}:{port}",
-                headers={"api-key": instance.secrets[API_KEY_SECRET]},
+                # Qdrant itself, not its key gate: with the key Qdrant checks
+                headers={"api-key": instance.secrets[own_key(instance.ctx, API_KEY)]},
                 timeout=httpx.Timeout(60.0, read=None),
             ) as client,
         ):

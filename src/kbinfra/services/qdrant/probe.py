@@ -31,13 +31,19 @@ from kbinfra.probing.probe import (
     run_load,
     uninterrupted,
 )
-from kbinfra.services.qdrant.service import QdrantSettings, QdrantTune
+from kbinfra.services.qdrant.service import (
+    API_KEY,
+    READ_ONLY_KEY,
+    UPSTREAM_API_KEY,
+    UPSTREAM_READ_ONLY_KEY,
+    QdrantSettings,
+    QdrantTune,
+    gated,
+)
 
 if TYPE_CHECKING:
     import httpx
 
-API_KEY = "qdrant_api_key"
-READ_ONLY_KEY = "qdrant_read_only_api_key"
 TIMEOUT_S = 30.0
 #: The guide's HighSearchLatency alert: p95 of a knowledge-base search above 0.5 s.
 SEARCH_P95_S = 0.5
@@ -112,6 +118,28 @@ def check_refuses_without_key(base: str) -> str:
     return f"{_status(response)} without a key"
 
 
+def check_refuses_other_keys(base: str, own_keys: Sequence[str]) -> str:
+    """Through the key gate, a made-up key and Qdrant's own keys are refused, in ``api-key``
+    and as a Bearer token: only the clients' keys go through (Qdrant's own are nginx's to
+    send, never a client's)."""
+    import httpx  # noqa: PLC0415
+
+    keys = [("a made-up key", "kbinfra-check-" + secrets.token_urlsafe(16))]
+    keys += [("Qdrant's own key", key) for key in own_keys]
+    with httpx.Client(base_url=base, timeout=TIMEOUT_S) as http:
+        for what, key in keys:
+            for form, headers in (
+                ("api-key", {"api-key": key}),
+                ("Bearer", {"Authorization": f"Bearer {key}"}),
+            ):
+                response = http.get("/collections", headers=headers)
+                require(
+                    response.status_code == 401,
+                    f"GET /collections with {what} ({form}): {_status(response)}",
+                )
+    return "HTTP 401 for a made-up key and for Qdrant's own, in api-key and as Bearer"
+
+
 def check_read_only_key(base: str, read_only_key: str, api_key: str) -> str:
     """The read-only key reads but cannot create a collection (403, not 401: a key Qdrant
     does not know would be refused for that reason and prove nothing)."""
@@ -161,7 +189,12 @@ def checks(probe: ProbeContext) -> list[CheckRow]:
         "collections-with-api-key",
         "reachable",
         lambda: check_collections(probe.url(), api_key),
-        fix="the container must get qdrant_api_key as QDRANT__SERVICE__API_KEY: re-apply",
+        fix=(
+            "nginx's key gate must accept qdrant_api_key and send Qdrant "
+            "qdrant_upstream_api_key: re-apply"
+            if gated(probe.ctx)
+            else "the container must get qdrant_api_key as QDRANT__SERVICE__API_KEY: re-apply"
+        ),
         needs="ready",
     )
     rows.run(
@@ -170,6 +203,14 @@ def checks(probe: ProbeContext) -> list[CheckRow]:
         lambda: check_refuses_without_key(probe.url()),
         fix="set service.api_key (QDRANT__SERVICE__API_KEY): re-apply the stack",
     )
+    if gated(probe.ctx):
+        own = [probe.secret(UPSTREAM_API_KEY), probe.secret(UPSTREAM_READ_ONLY_KEY)]
+        rows.run(
+            "refuses-other-keys",
+            "locked-down",
+            lambda: check_refuses_other_keys(probe.url(), own),
+            fix="nginx's keys file must accept the clients' keys alone: re-apply the stack",
+        )
     rows.run(
         "read-only-key-cannot-write",
         "locked-down",

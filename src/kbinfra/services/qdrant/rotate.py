@@ -1,23 +1,81 @@
-"""Qdrant's side of ``kbinfra secrets rotate``: what it could take, and why not yet.
+"""Qdrant's side of ``kbinfra secrets rotate``: nginx's key gate takes two values of each
+client key.
 
-Qdrant (1.17 and later) takes a second read-write key, ``service.alt_api_key`` ("same as
-api_key, can be used for rolling key rotation", src/settings.rs), which the test bed's
-stand-in implements as upstream does. It is not enough for a rotation with no failed request
-here: Qdrant reads its keys at start only (kbinfra gives them as environment variables), and
-one Qdrant container owns its storage, so each phase would restart it and fail the requests
-in flight; and there is no second read-only key at all, so the read-only clients cannot be
-moved without either a failed request or a write key. Both are refused by name.
+Qdrant reads its keys at start (kbinfra gives them as environment variables), and one Qdrant
+container owns its storage: a restart fails the requests in flight. Its second read-write key
+(``service.alt_api_key``, Qdrant 1.17 and later) would need a restart per phase, and it has
+no second read-only key at all. So its clients do not hold Qdrant's own keys: they send
+``qdrant_api_key`` or ``qdrant_read_only_api_key`` to nginx, Qdrant's key gate
+(:class:`kbinfra.service.KeyGate`), which accepts each value of its keys file and sends
+Qdrant its own key for the same access. A rotation changes that keys file (the old and the
+new client keys, then the new ones alone), which apply delivers into the running nginx and
+reloads in place: Qdrant is never restarted and no request is refused. Its clients (the app
+tier's env, ``check``, ``bench``) move to the new keys in the ``moved`` phase.
+
+Qdrant's own keys are not rotated by this command (changing them restarts Qdrant); without
+nginx, with a gRPC port (nginx gates HTTP only) or on a Swarm there is no gate, and the
+clients' keys are Qdrant's own: refused, with the reason.
 """
 
-#: The secrets this store takes two values of at once (none yet).
-ROTATES: frozenset[str] = frozenset()
-REFUSED = {
-    "qdrant_api_key": (
-        "Qdrant takes a second key (service.alt_api_key) but reads its keys at start only: "
-        "each phase would restart it and fail requests"
-    ),
-    "qdrant_read_only_api_key": (
-        "Qdrant has no second read-only key: its read-only clients cannot move without a "
-        "failed request"
-    ),
-}
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kbinfra.probing.probe import ProbeContext
+from kbinfra.service_kit.key_gate import key_gate
+from kbinfra.services.qdrant.probe import client
+from kbinfra.services.qdrant.service import (
+    API_KEY,
+    READ_ONLY_KEY,
+    SERVICE,
+    UPSTREAM_API_KEY,
+    UPSTREAM_READ_ONLY_KEY,
+    QdrantSettings,
+    gated,
+)
+from kbinfra.spec.values import SWARM_TARGET
+
+if TYPE_CHECKING:
+    from kbinfra.stack import Stack
+
+#: The secrets its clients hold two values of at once (through nginx's key gate).
+ROTATES = frozenset({API_KEY, READ_ONLY_KEY})
+_RESTARTS = (
+    "Qdrant reads its own keys at start: changing one restarts Qdrant and fails the "
+    "requests in flight (only nginx, Qdrant and kbinfra hold it)"
+)
+REFUSED = {UPSTREAM_API_KEY: _RESTARTS, UPSTREAM_READ_ONLY_KEY: _RESTARTS}
+
+
+def refused(stack: Stack) -> dict[str, str]:
+    """Where there is no key gate, the clients' keys are Qdrant's own, read at start."""
+    ctx = stack.contexts[SERVICE.name]
+    if gated(ctx):
+        return {}
+    if stack.spec.target == SWARM_TARGET:
+        reason = "on a Swarm, nginx is not Qdrant's key gate"
+    elif key_gate(ctx) is None:
+        reason = (
+            "without nginx, Qdrant checks this key itself and reads it at start only: "
+            "enable nginx, its key gate, to rotate it with no failed request"
+        )
+    else:
+        settings: QdrantSettings = ctx.settings
+        reason = (
+            f"Qdrant publishes gRPC on port {settings.grpc_port}, which nginx does not gate, "
+            "so Qdrant checks this key itself: set services.qdrant.grpc_port to null "
+            "(clients use REST) to put Qdrant behind nginx's key gate"
+        )
+    return {API_KEY: reason, READ_ONLY_KEY: reason}
+
+
+def accepts(probe: ProbeContext, secret: str, value: str) -> bool:
+    """Whether Qdrant's key gate (its host port is nginx's) lets a read through with
+    ``value`` as the key: ``GET /collections`` is read access, which both keys give."""
+    del secret
+    with client(probe.url(), value) as http:
+        response = http.get("/collections")
+    if response.status_code == 401:
+        return False
+    response.raise_for_status()
+    return True

@@ -1,4 +1,15 @@
-"""Qdrant: thread and segment tuning from the profile, api keys by env, a schema-checked config."""
+"""Qdrant: thread and segment tuning from the profile, api keys by env, a schema-checked config.
+
+Qdrant reads its two keys (read-write and read-only) at start. When the stack's nginx runs
+beside it on one host and Qdrant publishes no gRPC port (``grpc_port: null``: nginx gates HTTP
+only), nginx is its key gate (:class:`kbinfra.service.KeyGate`): clients send
+``qdrant_api_key`` or ``qdrant_read_only_api_key`` to nginx (``nginx:6333`` on the stack
+network, Qdrant's host port on 127.0.0.1), in ``api-key`` or as a Bearer token, and nginx
+sends Qdrant its own key for the same access, ``qdrant_upstream_api_key`` or
+``qdrant_upstream_read_only_api_key``, which only nginx, Qdrant and kbinfra hold (kbinfra's
+backups and Prometheus reach Qdrant itself with them). Rotating the clients' keys is then a
+reload of nginx, never a restart of Qdrant. Otherwise Qdrant checks the clients' keys itself.
+"""
 
 import math
 from collections.abc import Mapping, Sequence
@@ -10,8 +21,11 @@ from kbinfra.service import (
     ContainerSpec,
     FileMount,
     HealthCheck,
+    KeyGate,
+    KeyGrant,
     Panel,
     PortBinding,
+    Route,
     ScrapeTarget,
     Service,
     ServiceContext,
@@ -19,6 +33,7 @@ from kbinfra.service import (
     TmpfsMount,
     VolumeMount,
 )
+from kbinfra.service_kit.key_gate import key_gate
 from kbinfra.spec.profile import DiskKind
 
 if TYPE_CHECKING:
@@ -38,6 +53,16 @@ METRICS_JOB = "qdrant"
 GRPC_PORT = 6334
 #: Raft and shard transfers between peers: on the overlay network only, it accepts writes.
 P2P_PORT = 6335
+#: The keys clients send, and Qdrant's own behind nginx's key gate.
+API_KEY = "qdrant_api_key"
+READ_ONLY_KEY = "qdrant_read_only_api_key"
+UPSTREAM_API_KEY = "qdrant_upstream_api_key"
+UPSTREAM_READ_ONLY_KEY = "qdrant_upstream_read_only_api_key"
+API_KEY_HEADER = "api-key"
+#: nginx's listener for Qdrant's clients on the stack network: Qdrant's own port number.
+GATE_PORT = HTTP_PORT
+#: Qdrant's own answer to a key it does not know, which nginx gives a refused key.
+REFUSAL = ("text/plain", "Invalid API key or JWT")
 
 
 def readyz_probe(port: int = HTTP_PORT) -> str:
@@ -112,7 +137,7 @@ class Qdrant(Service):
     default_image = "qdrant/qdrant:v1.19.0"
     container_port = HTTP_PORT
     default_host_port = HTTP_PORT
-    secrets = ("qdrant_api_key", "qdrant_read_only_api_key")
+    secrets = (API_KEY, READ_ONLY_KEY, UPSTREAM_API_KEY, UPSTREAM_READ_ONLY_KEY)
     stage = "data"
     # Upstream's entrypoint passes its arguments to ./qdrant; Qdrant reads its API keys from
     # QDRANT__SERVICE__* variables or a config file, not from a *_FILE variable.
@@ -158,7 +183,9 @@ class Qdrant(Service):
 
     def container(self, ctx: ServiceContext) -> ContainerSpec:
         settings: QdrantSettings = ctx.settings
-        ports = ctx.loopback_port(HTTP_PORT)
+        # behind its key gate, nginx publishes the host port: Qdrant's clients there send
+        # the keys nginx accepts
+        ports = [] if gated(ctx) else ctx.loopback_port(HTTP_PORT)
         if settings.grpc_port is not None:
             ports.append(
                 PortBinding(
@@ -171,8 +198,8 @@ class Qdrant(Service):
             # The image's default; set explicitly so a changed default cannot skip our file.
             env={"RUN_MODE": "production"},
             secret_env={
-                "QDRANT__SERVICE__API_KEY": "qdrant_api_key",
-                "QDRANT__SERVICE__READ_ONLY_API_KEY": "qdrant_read_only_api_key",
+                "QDRANT__SERVICE__API_KEY": own_key(ctx, API_KEY),
+                "QDRANT__SERVICE__READ_ONLY_API_KEY": own_key(ctx, READ_ONLY_KEY),
             },
             ports=ports,
             volumes=[
@@ -199,13 +226,14 @@ class Qdrant(Service):
 
     def scrape_targets(self, ctx: ServiceContext) -> list[ScrapeTarget]:
         # /metrics needs a key once one is set; the read-only key has the global read access
-        # it asks for, and Qdrant accepts it as ``Authorization: Bearer``.
+        # it asks for, and Qdrant accepts it as ``Authorization: Bearer``. Prometheus is
+        # kbinfra's own, not a client: it scrapes Qdrant itself, with Qdrant's own key.
         return [
             ScrapeTarget(
                 job=METRICS_JOB,
                 address=self.address(),
                 path="/metrics",
-                bearer_secret="qdrant_read_only_api_key",
+                bearer_secret=own_key(ctx, READ_ONLY_KEY),
             )
         ]
 
@@ -226,9 +254,54 @@ class Qdrant(Service):
 
     def app_env(self, ctx: ServiceContext) -> Mapping[str, str]:
         return {
-            "QDRANT_URL": f"http://{self.address()}",
-            "QDRANT_API_KEY": ctx.secrets["qdrant_api_key"],
+            "QDRANT_URL": f"http://{client_address(ctx)}",
+            "QDRANT_API_KEY": ctx.secrets[API_KEY],
         }
+
+    def routes(self, ctx: ServiceContext) -> list[Route]:
+        """Qdrant's key gate, when nginx is it: never on the public site."""
+        if not gated(ctx):
+            return []
+        settings: QdrantSettings = ctx.settings
+        gate = KeyGate(
+            header=API_KEY_HEADER,
+            grants=(
+                KeyGrant(ctx.accepted(API_KEY), ctx.secrets[UPSTREAM_API_KEY]),
+                KeyGrant(ctx.accepted(READ_ONLY_KEY), ctx.secrets[UPSTREAM_READ_ONLY_KEY]),
+            ),
+            port=GATE_PORT,
+            host_port=settings.port,
+            secrets=self.secrets,
+            bearer=True,
+            streamed=True,
+            refusal=REFUSAL,
+        )
+        # snapshots of a large collection take minutes to make, download and upload
+        return [
+            Route(prefix="/", address=self.address(), long_running=True, gate=gate, public=False)
+        ]
+
+
+def gated(ctx: ServiceContext) -> bool:
+    """Whether nginx checks the clients' keys in front of Qdrant: when it runs beside it on
+    one host and Qdrant publishes no gRPC port (nginx gates HTTP only)."""
+    settings: QdrantSettings = ctx.settings
+    return settings.grpc_port is None and key_gate(ctx) is not None
+
+
+def own_key(ctx: ServiceContext, secret: str) -> str:
+    """The secret Qdrant itself checks for the access ``secret`` gives: its own behind the
+    key gate, the clients' otherwise."""
+    if not gated(ctx):
+        return secret
+    return {API_KEY: UPSTREAM_API_KEY, READ_ONLY_KEY: UPSTREAM_READ_ONLY_KEY}[secret]
+
+
+def client_address(ctx: ServiceContext) -> str:
+    """Where Qdrant's clients on the stack network send their requests: nginx's key gate,
+    or Qdrant itself when there is none."""
+    gate = key_gate(ctx) if gated(ctx) else None
+    return gate.address(GATE_PORT) if gate is not None else SERVICE.address()
 
 
 SERVICE = Qdrant()

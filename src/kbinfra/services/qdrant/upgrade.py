@@ -8,7 +8,8 @@ wrote; a snapshot restores only onto the minor version that took it.
 from typing import Any
 
 from kbinfra.probing.probe import CheckFailedError, ProbeContext
-from kbinfra.services.qdrant.probe import API_KEY, client
+from kbinfra.services.qdrant.probe import client
+from kbinfra.services.qdrant.service import API_KEY
 from kbinfra.upgrade import Refusal, image_version, shown, version_tuple
 
 

@@ -28,6 +28,7 @@ from kbinfra.service import (
     ContainerSpec,
     HealthCheck,
     KeyGate,
+    KeyGrant,
     Route,
     Service,
     ServiceContext,
@@ -332,8 +333,7 @@ class Unstructured(Service):
         gate = (
             KeyGate(
                 header=API_KEY_HEADER,
-                accepted=ctx.accepted(CLIENT_SECRET),
-                upstream_key=ctx.secrets[UPSTREAM_SECRET],
+                grants=(KeyGrant(ctx.accepted(CLIENT_SECRET), ctx.secrets[UPSTREAM_SECRET]),),
                 port=GATE_PORT,
                 host_port=settings.port,
                 secrets=(CLIENT_SECRET, UPSTREAM_SECRET),

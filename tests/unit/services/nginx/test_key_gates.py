@@ -15,7 +15,7 @@ import pytest
 
 from kbinfra.errors import SpecError
 from kbinfra.render import render_service
-from kbinfra.service import KeyGate
+from kbinfra.service import KeyGate, KeyGrant
 from kbinfra.services.nginx.key_gates import REFUSED, keys_conf
 from kbinfra.services.nginx.service import KEYS_CONF, KEYS_TARGET, SERVICE
 from kbinfra.services.unstructured.service import CLIENT_SECRET, GATE_PORT, UPSTREAM_SECRET
@@ -27,8 +27,7 @@ OTHER = "other-client-key-0123456789"
 UPSTREAM = "upstream_key_0123456789ABCDEF"
 GATE = KeyGate(
     header="unstructured-api-key",
-    accepted=(CLIENT, OTHER),
-    upstream_key=UPSTREAM,
+    grants=(KeyGrant((CLIENT, OTHER), UPSTREAM),),
     port=GATE_PORT,
     secrets=(CLIENT_SECRET, UPSTREAM_SECRET),
 )
@@ -70,7 +69,10 @@ def test_each_accepted_key_maps_to_the_upstream_key_by_an_anchored_case_sensitiv
 def test_a_key_that_is_not_a_url_safe_token_is_refused_naming_the_secrets_not_the_value(
     bad: str,
 ) -> None:
-    for gate in (GATE._replace(accepted=(bad,)), GATE._replace(upstream_key=bad)):
+    for gate in (
+        GATE._replace(grants=(KeyGrant((bad,), UPSTREAM),)),
+        GATE._replace(grants=(KeyGrant((CLIENT,), bad),)),
+    ):
         with pytest.raises(SpecError) as raised:
             keys_conf([("unstructured", gate)])
         message = str(raised.value)

@@ -374,6 +374,17 @@ def test_rendered_config_passes_nginx_t(
 
 
 @pytest.mark.validators
+def test_qdrants_key_gate_passes_nginx_t(make_stack: Callable[..., Stack], tmp_path: Path) -> None:
+    """Qdrant behind its key gate (no gRPC port): the two-header map, the streaming listener."""
+    require_nginx()
+    stack = make_stack("minimum", {"services": {"qdrant": {"grpc_port": None}}})
+    out = render_to(stack, tmp_path / "out")
+    assert "$kb_qdrant_key" in (out / "nginx/keys.conf").read_text()
+    checks = nginx_checks(stack, out)
+    assert checks["nginx -t"].outcome == "ok", checks["nginx -t"].detail
+
+
+@pytest.mark.validators
 def test_guides_zone_inside_server_fails_with_the_rendered_line(
     make_stack: Callable[..., Stack], tmp_path: Path
 ) -> None:

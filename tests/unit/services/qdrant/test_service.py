@@ -169,7 +169,9 @@ def test_readyz_probe_really_speaks_http(status: int, healthy: bool) -> None:
 
 
 def test_grpc_port_can_be_left_unpublished(make_stack: Callable[..., Stack]) -> None:
-    stack = make_stack("minimum", {"services": {"qdrant": {"grpc_port": None}}})
+    stack = make_stack(
+        "minimum", {"services": {"qdrant": {"grpc_port": None}, "nginx": {"enabled": False}}}
+    )
     spec = SERVICE.container(stack.contexts["qdrant"])
     assert [p.container_port for p in spec.ports] == [6333]
 

@@ -244,10 +244,11 @@ def test_behind_the_gate_the_route_accepts_both_client_keys_during_a_rotation(
     assert gated(ctx) and client_address(ctx) == "nginx:8002"
     (route,) = SERVICE.routes(ctx)
     assert route.gate is not None
-    assert route.gate.accepted == (ctx.secrets["unstructured_api_key"],)
-    assert route.gate.upstream_key == ctx.secrets["unstructured_upstream_key"]
+    (grant,) = route.gate.grants
+    assert grant.accepted == (ctx.secrets["unstructured_api_key"],)
+    assert grant.upstream_key == ctx.secrets["unstructured_upstream_key"]
     new = "new-client-key-0123456789"
     rotating = dataclasses.replace(stack, overlap={"unstructured_api_key": new})
     (route,) = SERVICE.routes(rotating.contexts["unstructured"])
     assert route.gate is not None
-    assert route.gate.accepted == (ctx.secrets["unstructured_api_key"], new)
+    assert route.gate.grants[0].accepted == (ctx.secrets["unstructured_api_key"], new)

@@ -1,0 +1,261 @@
+"""nginx as Qdrant's key gate, and the rotation of Qdrant's two client keys through it, on the
+local engine: a real nginx in front of the test bed's Qdrant STAND-IN (no registry here has
+Qdrant's server; the stand-in checks ``api-key`` or ``Authorization: Bearer`` against its
+read-write and read-only keys as upstream does, and answers 401 and 403 alike).
+
+One stack (Qdrant and nginx; ``grpc_port: null``, as every test stack has) is shared by the
+tests of this module, which run in order:
+
+- the gate: each client key opens Qdrant through nginx's loopback port (Qdrant's host port)
+  with its own access (the read-only key reads, and its write is 403), in ``api-key`` and as a
+  Bearer token; no key is answered by Qdrant itself (401), any other key by nginx (401),
+  Qdrant's own keys and both headers at once included; Qdrant on the stack network refuses the
+  clients' keys (nothing goes around the gate) and takes its own; no client key is in either
+  container's ``docker inspect``; ``check`` passes, its gate row included;
+- a backup and a restore reach Qdrant itself with its own key and give back every point;
+- ``secrets rotate qdrant_api_key qdrant_read_only_api_key`` while a writer and a reader loop
+  through the gate, a new connection each time, with the keys they hold (moved when the
+  rotation says so): zero failed requests, the old keys refused afterwards, neither nginx nor
+  Qdrant recreated, Qdrant's own keys unchanged, the next plan empty.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterator
+
+import docker
+import httpx
+import pytest
+
+try:  # a package when tests/ has __init__.py files, plain modules otherwise
+    from .stack_support import Deployment, free_port, new_deployment, rotate_following
+    from .stack_support import stack_secrets as secrets_of
+    from .testbed_support import Testbed
+    from .traffic import BackgroundTraffic
+except ImportError:
+    from stack_support import (  # type: ignore[no-redef]
+        Deployment,
+        free_port,
+        new_deployment,
+        rotate_following,
+    )
+    from stack_support import stack_secrets as secrets_of  # type: ignore[no-redef]
+    from testbed_support import Testbed  # type: ignore[no-redef]
+    from traffic import BackgroundTraffic  # type: ignore[no-redef]
+
+pytestmark = pytest.mark.integration
+
+WRITE = "qdrant_api_key"
+READ = "qdrant_read_only_api_key"
+OWN_WRITE = "qdrant_upstream_api_key"
+OWN_READ = "qdrant_upstream_read_only_api_key"
+COLLECTION = "gate_docs"
+DIMENSION = 8
+MAX_SECONDS = 300.0
+
+
+@pytest.fixture(scope="module")
+def stack(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    folder = tmp_path_factory.mktemp("qgate") / "stack"
+    deployment = new_deployment("local", folder, testbed, ["qdrant", "nginx"], prefix="kbq")
+
+    def nginx_ports(data: dict[str, object]) -> None:
+        nginx = data["services"]["nginx"]  # type: ignore[index]
+        nginx["http_port"], nginx["https_port"] = free_port(), free_port()
+
+    deployment.edit(nginx_ports)
+    assert deployment.spec["services"]["qdrant"]["grpc_port"] is None
+    applied = deployment.run("apply", "--yes", "-o", "json", timeout=900)
+    try:
+        assert applied.code == 0, applied.out + applied.err
+        yield deployment
+    finally:
+        deployment.run("destroy", "--yes", "--delete-data", "--confirm-name", deployment.name)
+
+
+def gate(stack: Deployment) -> str:
+    return f"http://127.0.0.1:{stack.port('qdrant')}"
+
+
+def key_headers(key: str | None, form: str = "api-key") -> dict[str, str]:
+    if key is None:
+        return {}
+    return {"api-key": key} if form == "api-key" else {"Authorization": f"Bearer {key}"}
+
+
+def status(base: str, method: str, path: str, headers: dict[str, str], body: object = None) -> int:
+    with httpx.Client(base_url=base, headers=headers, timeout=60) as http:
+        response = http.request(method, path, json=body)
+    if response.status_code == 200 and method == "GET":
+        assert response.json()["status"] == "ok", response.text
+    return response.status_code
+
+
+def points(seed: int, count: int) -> list[dict[str, object]]:
+    rng = random.Random(seed)
+    return [
+        {"id": seed * 1000 + i, "vector": [rng.random() for _ in range(DIMENSION)]}
+        for i in range(count)
+    ]
+
+
+def qdrant_address(docker_client: docker.DockerClient, stack: Deployment) -> str:
+    networks = docker_client.api.inspect_container(stack.container("qdrant"))["NetworkSettings"][
+        "Networks"
+    ]
+    address: str = next(iter(networks.values()))["IPAddress"]
+    return f"http://{address}:6333"
+
+
+def test_the_gate_gives_each_client_key_its_own_access_and_qdrant_its_own_key(
+    stack: Deployment, docker_client: docker.DockerClient
+) -> None:
+    secrets = secrets_of(stack)
+    write, read = secrets[WRITE], secrets[READ]
+    base = gate(stack)
+    created = status(
+        base,
+        "PUT",
+        f"/collections/{COLLECTION}",
+        key_headers(write),
+        {"vectors": {"size": DIMENSION, "distance": "Cosine"}},
+    )
+    assert created == 200
+    upsert = {"points": points(1, 50)}
+    assert (
+        status(
+            base, "PUT", f"/collections/{COLLECTION}/points?wait=true", key_headers(write), upsert
+        )
+        == 200
+    )
+    for form in ("api-key", "Bearer"):
+        assert status(base, "GET", f"/collections/{COLLECTION}", key_headers(write, form)) == 200
+        assert status(base, "GET", f"/collections/{COLLECTION}", key_headers(read, form)) == 200
+        # the read-only key gets Qdrant's read-only key, never more
+        refused = status(base, "DELETE", f"/collections/{COLLECTION}", key_headers(read, form))
+        assert refused == 403, form
+        for other in (secrets[OWN_WRITE], secrets[OWN_READ], write.swapcase(), write + "x"):
+            assert status(base, "GET", "/collections", key_headers(other, form)) == 401, form
+    assert status(base, "GET", "/collections", {}) == 401  # Qdrant's own answer
+    both = {"api-key": write, "Authorization": f"Bearer {write}"}
+    assert status(base, "GET", "/collections", both) == 401
+    direct = qdrant_address(docker_client, stack)
+    for client_key in (write, read):  # nothing goes around the gate
+        assert status(direct, "GET", "/collections", key_headers(client_key)) == 401
+    assert status(direct, "GET", "/collections", key_headers(secrets[OWN_WRITE])) == 200
+    for service in ("qdrant", "nginx"):
+        shown = json.dumps(docker_client.api.inspect_container(stack.container(service)))
+        assert write not in shown and read not in shown, f"{service}'s docker inspect"
+    shown = json.dumps(docker_client.api.inspect_container(stack.container("nginx")))
+    assert secrets[OWN_WRITE] not in shown and secrets[OWN_READ] not in shown
+    checked = stack.run("check", "--only", "qdrant", "-o", "json")  # no app behind nginx
+    assert checked.code == 0, checked.out + checked.err
+    rows = {(r["service"], r["check"]): r for r in checked.json()["checks"]}
+    for row in ("refuses-other-keys", "read-only-key-cannot-write", "collections-with-api-key"):
+        assert rows[("qdrant", row)]["ok"], rows
+
+
+def test_backup_and_restore_reach_qdrant_itself_and_give_back_every_point(
+    stack: Deployment,
+) -> None:
+    write = secrets_of(stack)[WRITE]
+    base = gate(stack)
+    count = f"/collections/{COLLECTION}/points/count"
+    with httpx.Client(base_url=base, headers=key_headers(write), timeout=60) as http:
+        before = http.post(count, json={"exact": True}).json()["result"]["count"]
+    assert before == 50
+    made = stack.run("backup", "--output", "json", timeout=900)
+    assert made.code == 0, made.err
+    backup = made.json()["path"]
+    extra = {"points": points(2, 10)}
+    assert (
+        status(
+            base, "PUT", f"/collections/{COLLECTION}/points?wait=true", key_headers(write), extra
+        )
+        == 200
+    )
+    restored = stack.run(
+        "restore", backup, "--yes", "--no-safety-backup", "--output", "json", timeout=900
+    )
+    assert restored.code == 0, restored.err
+    with httpx.Client(base_url=base, headers=key_headers(write), timeout=60) as http:
+        after = http.post(count, json={"exact": True}).json()["result"]["count"]
+    assert after == before  # the 10 points written after the backup are gone again
+
+
+class Clients(BackgroundTraffic):
+    """A writer (upserts, read-write key) and a reader (reads, read-only key) through the
+    gate, a new connection each request, alternating the two header forms; :meth:`move`
+    gives them the new keys."""
+
+    max_seconds = MAX_SECONDS
+
+    def __init__(self, stack: Deployment, keys: dict[str, str]) -> None:
+        super().__init__()
+        self.stack = stack
+        self.keys = dict(keys)
+
+    def move(self, new: dict[str, str]) -> None:
+        self.keys = {name: new.get(name, value) for name, value in self.keys.items()}
+
+    def send(self) -> None:
+        base = gate(self.stack)
+        for number in self.rounds():
+            form = "api-key" if number % 2 else "Bearer"
+            requests = (
+                (
+                    "writer",
+                    "PUT",
+                    f"/collections/{COLLECTION}/points?wait=true",
+                    WRITE,
+                    {"points": points(100 + number % 50, 2)},
+                ),
+                ("reader", "GET", f"/collections/{COLLECTION}", READ, None),
+            )
+            for who, method, path, secret, body in requests:
+                self.sent += 1
+                try:
+                    code = status(base, method, path, key_headers(self.keys[secret], form), body)
+                except httpx.HTTPError as error:
+                    self.failures.append(f"{who}: {type(error).__name__}: {error}")
+                    continue
+                if code != 200:
+                    self.failures.append(f"{who} ({form}): HTTP {code}")
+
+
+def test_rotating_both_client_keys_reloads_nginx_and_fails_no_request(
+    stack: Deployment, docker_client: docker.DockerClient
+) -> None:
+    old = secrets_of(stack)
+    ids = {
+        s: docker_client.api.inspect_container(stack.container(s))["Id"]
+        for s in ("qdrant", "nginx")
+    }
+    with Clients(stack, {WRITE: old[WRITE], READ: old[READ]}) as clients:
+        time.sleep(0.5)
+        code, err, out = rotate_following(stack, clients.move, WRITE, READ, "--yes", "-o", "json")
+        time.sleep(0.5)
+    print(clients.report())
+    assert code == 0, err
+    assert clients.sent >= 20 and clients.failures == [], clients.report()
+    assert sorted(json.loads(out)["rotated"]) == [WRITE, READ]
+    assert "qdrant: the new values open it, the old ones are refused" in err
+    new = secrets_of(stack)
+    assert clients.keys == {WRITE: new[WRITE], READ: new[READ]}
+    assert (new[OWN_WRITE], new[OWN_READ]) == (old[OWN_WRITE], old[OWN_READ])
+    base = gate(stack)
+    for form in ("api-key", "Bearer"):
+        for secret in (WRITE, READ):
+            assert new[secret] != old[secret]
+            assert status(base, "GET", "/collections", key_headers(old[secret], form)) == 401
+            assert status(base, "GET", "/collections", key_headers(new[secret], form)) == 200
+    for service, before in ids.items():
+        now = docker_client.api.inspect_container(stack.container(service))["Id"]
+        assert now == before, f"{service} was recreated"
+    plan = stack.run("plan", "-o", "json")
+    assert plan.code == 0 and not plan.json()["changes"], plan.out
+    checked = stack.run("check", "--only", "qdrant", "-o", "json")  # no app behind nginx
+    assert checked.code == 0, checked.out + checked.err
