@@ -103,9 +103,7 @@ def test_the_gate_listener_streams_any_body_and_sends_the_key_in_api_key_alone(
     stack = make_stack("minimum", GATED)
     files = nginx_files(stack)
     site = files["nginx/site.conf"]
-    (server,) = [
-        block for block in site.split("\nserver {")[1:] if f"listen {GATE_PORT};" in block
-    ]
+    (server,) = [block for block in site.split("\nserver {")[1:] if f"listen {GATE_PORT};" in block]
     for line in (
         "client_max_body_size 0;",
         "proxy_request_buffering off;",
