@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from kbinfra.secrets import secret_ages
+from kbinfra.service_kit.key_gate import key_gate
 from kbinfra.stack import Stack, secret_uses
 
 
@@ -45,6 +46,8 @@ def secret_report(stack: Stack, now: datetime) -> list[SecretEntry]:
     names = sorted(stack.secrets)
     ages = secret_ages(stack.dir, names)
     uses = secret_uses(stack.spec, names)
+    for name, checker in gate_uses(stack):
+        uses.setdefault(name, []).append(checker)
     limit = stack.spec.secrets.max_age_days
     entries = []
     for name in names:
@@ -56,8 +59,21 @@ def secret_report(stack: Stack, now: datetime) -> list[SecretEntry]:
                 generated=age.since if age else None,
                 exact=age.exact if age else False,
                 age_days=days,
-                used_by=tuple(uses.get(name, [])),
+                used_by=tuple(sorted(uses.get(name, []))),
                 too_old=limit is not None and days is not None and days > limit,
             )
         )
     return entries
+
+
+def gate_uses(stack: Stack) -> list[tuple[str, str]]:
+    """``(secret, "nginx (key gate)")`` for each key a key gate checks in front of its
+    service (:class:`kbinfra.service.KeyGate`): the gate holds them too."""
+    found = []
+    for name, service in stack.services.items():
+        ctx = stack.contexts[name]
+        gate = key_gate(ctx)
+        for route in service.routes(ctx):
+            if route.gate is not None and gate is not None:
+                found += [(secret, f"{gate.name} (key gate)") for secret in route.gate.secrets]
+    return found

@@ -17,7 +17,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,35 @@ DOCUMENTS_WORKER: dict[str, Any] = {
 }
 
 
+def nginx_on_free_ports(data: dict[str, Any]) -> None:
+    """A stack file edit: nginx's two public ports (it has no ``port``) free ones."""
+    nginx = data["services"]["nginx"]
+    nginx["http_port"], nginx["https_port"] = free_port(), free_port()
+
+
+@contextmanager
+def applied_deployment(
+    testbed: Testbed, folder: Path, services: Iterable[str], prefix: str
+) -> Iterator[Deployment]:
+    """A local :func:`new_deployment` of ``services`` (nginx on free ports), applied for the
+    block and destroyed with its data after it."""
+    deployment = new_deployment("local", folder, testbed, services, prefix=prefix)
+    deployment.edit(nginx_on_free_ports)
+    applied = deployment.run("apply", "--yes", "-o", "json", timeout=900)
+    try:
+        assert applied.code == 0, applied.out + applied.err
+        yield deployment
+    finally:
+        deployment.run("destroy", "--yes", "--delete-data", "--confirm-name", deployment.name)
+
+
+def container_url(docker_client: Any, deployment: Deployment, service: str, port: int) -> str:
+    """``http://IP:port`` of a service's container on the stack network: around nginx."""
+    inspected = docker_client.api.inspect_container(deployment.container(service))
+    address: str = next(iter(inspected["NetworkSettings"]["Networks"].values()))["IPAddress"]
+    return f"http://{address}:{port}"
+
+
 def app_deployment(
     kind: str,
     folder: Path,
@@ -196,8 +226,7 @@ def app_deployment(
     deployment = new_deployment(kind, folder, testbed, services, prefix=prefix)
 
     def with_app(data: dict[str, Any]) -> None:
-        nginx = data["services"]["nginx"]
-        nginx["http_port"], nginx["https_port"] = free_port(), free_port()
+        nginx_on_free_ports(data)
         data["app"] = {"image": testbed.images["app"], **app}
         if configure is not None:
             configure(data)

@@ -21,22 +21,21 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import docker
 import httpx
 import pytest
 
 try:  # a package when tests/ has __init__.py files, plain modules otherwise
-    from .stack_support import Deployment, free_port, new_deployment, rotate_following
+    from .stack_support import Deployment, applied_deployment, container_url, rotate_following
     from .stack_support import stack_secrets as secrets_of
     from .testbed_support import Testbed
     from .traffic import BackgroundTraffic
 except ImportError:
     from stack_support import (  # type: ignore[no-redef]
         Deployment,
-        free_port,
-        new_deployment,
+        applied_deployment,
+        container_url,
         rotate_following,
     )
     from stack_support import stack_secrets as secrets_of  # type: ignore[no-redef]
@@ -55,19 +54,8 @@ MAX_SECONDS = 300.0
 @pytest.fixture(scope="module")
 def stack(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     folder = tmp_path_factory.mktemp("gate") / "stack"
-    deployment = new_deployment("local", folder, testbed, ["unstructured", "nginx"], prefix="kbg")
-
-    def nginx_ports(data: dict[str, Any]) -> None:
-        nginx = data["services"]["nginx"]
-        nginx["http_port"], nginx["https_port"] = free_port(), free_port()
-
-    deployment.edit(nginx_ports)
-    applied = deployment.run("apply", "--yes", "-o", "json", timeout=900)
-    try:
-        assert applied.code == 0, applied.out + applied.err
+    with applied_deployment(testbed, folder, ["unstructured", "nginx"], "kbg") as deployment:
         yield deployment
-    finally:
-        deployment.run("destroy", "--yes", "--delete-data", "--confirm-name", deployment.name)
 
 
 def doors(stack: Deployment) -> dict[str, tuple[str, str]]:
@@ -91,14 +79,6 @@ def partition_status(stack: Deployment, base: str, prefix: str, key: str | None)
     return response.status_code
 
 
-def api_address(docker_client: docker.DockerClient, stack: Deployment) -> str:
-    networks = docker_client.api.inspect_container(stack.container("unstructured"))[
-        "NetworkSettings"
-    ]["Networks"]
-    address: str = next(iter(networks.values()))["IPAddress"]
-    return f"http://{address}:8000"
-
-
 def test_the_gate_takes_the_clients_key_and_gives_the_api_its_own(
     stack: Deployment, docker_client: docker.DockerClient
 ) -> None:
@@ -111,7 +91,7 @@ def test_the_gate_takes_the_clients_key_and_gives_the_api_its_own(
         assert partition_status(stack, base, prefix, upstream) == 401, door  # not a client key
         assert partition_status(stack, base, prefix, client.swapcase()) == 401, door
         assert partition_status(stack, base, prefix, client + "x") == 401, door
-    api = api_address(docker_client, stack)
+    api = container_url(docker_client, stack, "unstructured", 8000)
     assert partition_status(stack, api, "", client) == 401  # nothing goes around the gate
     assert partition_status(stack, api, "", upstream) == 200
     for service in ("unstructured", "nginx"):

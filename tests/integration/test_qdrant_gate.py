@@ -31,15 +31,15 @@ import httpx
 import pytest
 
 try:  # a package when tests/ has __init__.py files, plain modules otherwise
-    from .stack_support import Deployment, free_port, new_deployment, rotate_following
+    from .stack_support import Deployment, applied_deployment, container_url, rotate_following
     from .stack_support import stack_secrets as secrets_of
     from .testbed_support import Testbed
     from .traffic import BackgroundTraffic
 except ImportError:
     from stack_support import (  # type: ignore[no-redef]
         Deployment,
-        free_port,
-        new_deployment,
+        applied_deployment,
+        container_url,
         rotate_following,
     )
     from stack_support import stack_secrets as secrets_of  # type: ignore[no-redef]
@@ -60,20 +60,9 @@ MAX_SECONDS = 300.0
 @pytest.fixture(scope="module")
 def stack(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     folder = tmp_path_factory.mktemp("qgate") / "stack"
-    deployment = new_deployment("local", folder, testbed, ["qdrant", "nginx"], prefix="kbq")
-
-    def nginx_ports(data: dict[str, object]) -> None:
-        nginx = data["services"]["nginx"]  # type: ignore[index]
-        nginx["http_port"], nginx["https_port"] = free_port(), free_port()
-
-    deployment.edit(nginx_ports)
-    assert deployment.spec["services"]["qdrant"]["grpc_port"] is None
-    applied = deployment.run("apply", "--yes", "-o", "json", timeout=900)
-    try:
-        assert applied.code == 0, applied.out + applied.err
+    with applied_deployment(testbed, folder, ["qdrant", "nginx"], "kbq") as deployment:
+        assert deployment.spec["services"]["qdrant"]["grpc_port"] is None
         yield deployment
-    finally:
-        deployment.run("destroy", "--yes", "--delete-data", "--confirm-name", deployment.name)
 
 
 def gate(stack: Deployment) -> str:
@@ -100,14 +89,6 @@ def points(seed: int, count: int) -> list[dict[str, object]]:
         {"id": seed * 1000 + i, "vector": [rng.random() for _ in range(DIMENSION)]}
         for i in range(count)
     ]
-
-
-def qdrant_address(docker_client: docker.DockerClient, stack: Deployment) -> str:
-    networks = docker_client.api.inspect_container(stack.container("qdrant"))["NetworkSettings"][
-        "Networks"
-    ]
-    address: str = next(iter(networks.values()))["IPAddress"]
-    return f"http://{address}:6333"
 
 
 def test_the_gate_gives_each_client_key_its_own_access_and_qdrant_its_own_key(
@@ -142,7 +123,7 @@ def test_the_gate_gives_each_client_key_its_own_access_and_qdrant_its_own_key(
     assert status(base, "GET", "/collections", {}) == 401  # Qdrant's own answer
     both = {"api-key": write, "Authorization": f"Bearer {write}"}
     assert status(base, "GET", "/collections", both) == 401
-    direct = qdrant_address(docker_client, stack)
+    direct = container_url(docker_client, stack, "qdrant", 6333)
     for client_key in (write, read):  # nothing goes around the gate
         assert status(direct, "GET", "/collections", key_headers(client_key)) == 401
     assert status(direct, "GET", "/collections", key_headers(secrets[OWN_WRITE])) == 200

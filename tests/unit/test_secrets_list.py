@@ -112,6 +112,16 @@ def test_a_secret_nothing_uses_any_more_is_listed_as_a_leftover(tmp_path: Path) 
     assert report["qdrant_api_key"].used_by == ("qdrant",)
 
 
+def test_the_keys_a_key_gate_checks_are_listed_as_used_by_it_too(tmp_path: Path) -> None:
+    overrides = {"services": {"qdrant": {"grpc_port": None}}}
+    stack = open_stack(write_stack_dir(tmp_path / "stack", overrides=overrides))
+    report = {entry.name: entry.used_by for entry in secret_report(stack, NOW)}
+    for name in ("qdrant_api_key", "qdrant_upstream_read_only_api_key"):
+        assert report[name] == ("nginx (key gate)", "qdrant"), name
+    assert report["unstructured_api_key"] == ("nginx (key gate)", "unstructured")
+    assert report["embeddings_api_key"] == ("embeddings",)  # it checks its keys itself
+
+
 def test_secrets_list_prints_names_and_ages_and_never_a_value(tmp_path: Path) -> None:
     folder = write_stack_dir(tmp_path / "stack", overrides={"secrets": {"max_age_days": 30}})
     record_secret_dates(folder, ["redis_admin_password"], datetime.now(UTC) - timedelta(days=45))
