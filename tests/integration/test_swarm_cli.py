@@ -756,24 +756,22 @@ def test_secrets_rotate_on_the_swarm_rotates_what_no_task_reads_and_refuses_the_
         assert value not in done.out + done.err
 
     # A backup signed before the rotation still verifies with the keys secrets.yaml holds
-    # now (the old key kept verify-only), and not with the new key alone. (The restore
-    # drill of that backup is test_backup_drill_wipe_apply_restore_gives_back_identical_data.)
-    from kbinfra.backup.signing import (  # noqa: PLC0415
-        BackupKeys,
-        UnauthenticatedBackupError,
-        backup_keys,
-        check_signature,
-    )
-
-    manifest = (signed_before / "manifest.json").read_bytes()
-    signature = (signed_before / "manifest.hmac").read_text()
-    where = str(signed_before)
-    assert check_signature(manifest, signature, backup_keys(new), allow_unsigned=False, where=where)
-    with pytest.raises(UnauthenticatedBackupError):
-        check_signature(
-            manifest, signature, BackupKeys(new["backup_hmac_key"]), allow_unsigned=False,
-            where=where,
-        )  # fmt: skip
+    # now (the old key kept verify-only): the whole restore drill, each store into a
+    # throwaway container on its node. With the new key alone it is refused, nothing used.
+    drill = deployment.run("backup", "verify", str(signed_before), "-o", "json")
+    assert drill.code == 0, drill.err[-3000:]
+    assert drill.json()["ok"] is True, drill.json()["checks"]
+    secrets_file = deployment.dir / "secrets.yaml"
+    kept = secrets_file.read_text()
+    alone = {k: v for k, v in yaml.safe_load(kept).items() if k != "backup_hmac_keys_previous"}
+    secrets_file.write_text(yaml.safe_dump(alone))
+    try:
+        refused = deployment.run("backup", "verify", str(signed_before))
+    finally:
+        secrets_file.write_text(kept)
+    assert refused.code == 2, refused.err[-3000:]
+    assert "matches no backup key of this stack" in refused.err, refused.err[-3000:]
+    assert "throwaway container" not in refused.err
 
 
 def test_destroy_keeps_volumes_then_delete_data_removes_them(
