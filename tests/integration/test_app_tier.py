@@ -6,8 +6,9 @@ app's series from every replica and its alert rules evaluate on them; a worker r
 while its task runs finishes it (Celery's warm shutdown); backup → wipe → restore leaves every
 document searchable.
 
-``secrets rotate embeddings_api_key`` under embed requests and searches fails none (the
-keys file reloaded in place, the app moved to the new key).
+``secrets rotate embeddings_api_key qdrant_api_key`` under embed requests and searches fails
+none (the embedding service's keys file and nginx's, Qdrant's key gate, reloaded in place;
+the app moved to both new keys).
 
 One stack per target is shared by the tests of this module (applying it takes minutes on 2
 cores); the tests marked ``LOCAL_ONLY`` run on the local one, the backup test last (it wipes
@@ -534,41 +535,51 @@ class EmbedAndSearch(BackgroundTraffic):
 
 
 @LOCAL_ONLY
-def test_rotating_the_embeddings_key_reloads_it_in_place_and_fails_no_request(
+def test_rotating_the_embeddings_and_qdrant_keys_reloads_them_in_place_and_fails_no_request(
     deployed: Deployment, uploaded: dict[str, str], docker_client: docker.DockerClient
 ) -> None:
-    """``secrets rotate embeddings_api_key`` while a client embeds and the app searches
-    (each search embeds its query with the app's key): the keys file is reloaded in place
-    (the container kept), the app's replicas move to the new key, no request fails, and the
-    old key is refused afterwards; no key is in the container's configuration."""
-    old = stack_secrets(deployed)["embeddings_api_key"]
-    container = deployed.container("embeddings")
-    before = docker_client.api.inspect_container(container)["Id"]
-    with EmbedAndSearch(deployed, old) as traffic:
+    """``secrets rotate embeddings_api_key qdrant_api_key`` while a client embeds and the app
+    searches (each search embeds its query with the app's key, then asks Qdrant through
+    nginx, its key gate, with the app's Qdrant key): the embedding service's keys file and
+    nginx's are reloaded in place (both containers kept, Qdrant untouched), the app's
+    replicas move to the new keys, no request fails, and the old keys are refused
+    afterwards; no key is in the containers' configuration."""
+    rotated = ("embeddings_api_key", "qdrant_api_key")
+    old = {name: stack_secrets(deployed)[name] for name in rotated}
+    kept = ("embeddings", "nginx", "qdrant")
+    before = {s: docker_client.api.inspect_container(deployed.container(s))["Id"] for s in kept}
+    with EmbedAndSearch(deployed, old["embeddings_api_key"]) as traffic:
         time.sleep(1)
-        code, err, out = rotate_following(
-            deployed, traffic.move, "embeddings_api_key", "--yes", "-o", "json"
-        )
+        code, err, out = rotate_following(deployed, traffic.move, *rotated, "--yes", "-o", "json")
         time.sleep(1)
     print(traffic.report())
     assert code == 0, err
     assert traffic.sent >= 20 and traffic.failures == [], traffic.report()
-    new = stack_secrets(deployed)["embeddings_api_key"]
-    assert new != old and traffic.key == new
+    new = {name: stack_secrets(deployed)[name] for name in rotated}
+    assert all(new[name] != old[name] for name in rotated)
+    assert traffic.key == new["embeddings_api_key"]
     outcomes = {
         a["phase"]: {r["service"]: r["outcome"] for r in a["services"]}
         for a in json.loads(out)["applies"]
     }
-    assert [outcomes[p]["embeddings"] for p in ("added", "moved", "revoked")] == ["reloaded"] * 3
-    assert outcomes["moved"]["app-1"] == "recreated"  # the app tier's env holds the new key
+    for service in ("embeddings", "nginx"):
+        assert [outcomes[p][service] for p in ("added", "moved", "revoked")] == ["reloaded"] * 3
+    assert outcomes["moved"]["app-1"] == "recreated"  # the app tier's env holds the new keys
     assert "embeddings: the new values open it, the old ones are refused" in err
+    assert "qdrant: the new values open it, the old ones are refused" in err
     url = f"http://127.0.0.1:{deployed.port('embeddings')}/embed"
-    for key, status in ((old, 401), (new, 200)):
+    gate = f"http://127.0.0.1:{deployed.port('qdrant')}/collections"
+    for key, status in ((old["embeddings_api_key"], 401), (new["embeddings_api_key"], 200)):
         answer = httpx.post(url, json={"texts": ["x"]}, headers={"X-API-Key": key}, timeout=60)
-        assert answer.status_code == status, key == new
-    attrs = docker_client.api.inspect_container(container)
-    assert attrs["Id"] == before  # reloaded in place, never recreated
-    assert old not in json.dumps(attrs) and new not in json.dumps(attrs)
+        assert answer.status_code == status, key == new["embeddings_api_key"]
+    for key, status in ((old["qdrant_api_key"], 401), (new["qdrant_api_key"], 200)):
+        answer = httpx.get(gate, headers={"api-key": key}, timeout=60)
+        assert answer.status_code == status, key == new["qdrant_api_key"]
+    for service in kept:
+        attrs = docker_client.api.inspect_container(deployed.container(service))
+        assert attrs["Id"] == before[service], f"{service} was recreated"
+        for name in rotated:
+            assert old[name] not in json.dumps(attrs) and new[name] not in json.dumps(attrs)
     assert_each_document_is_found_by_a_sentence_from_it(deployed, uploaded)
 
 
