@@ -25,12 +25,10 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ import httpx
 import psycopg
 import redis
 import yaml
+from stack_files import only_services
 
 KBINFRA = [sys.executable, "-c", "from kbinfra.entry import main; main()"]
 MB = 1_000_000
@@ -45,13 +44,6 @@ DATA_SERVICES = ("postgres", "qdrant", "redis")
 ROW_BYTES = 8192  # 512 md5 digests: incompressible, as pg_dump -Fc compresses
 REDIS_VALUE_BYTES = 1024
 QDRANT_DIM = 128
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _kbinfra(args: list[str], env: dict[str, str]) -> str:
@@ -65,13 +57,7 @@ def _stack(folder: Path, images: Path, target: str, env: dict[str, str]) -> dict
     _kbinfra(["init", "--profile", "minimum", "--images", str(images), "--target", target,
               "--dir", str(folder)], env)  # fmt: skip
     data: dict[str, Any] = yaml.safe_load((folder / "kbinfra.yaml").read_text())
-    data["name"] = f"kbbench{uuid.uuid4().hex[:6]}"
-    for service, settings in data["services"].items():
-        settings["enabled"] = service in DATA_SERVICES
-        if settings.get("port"):
-            settings["port"] = _free_port()
-        if "grpc_port" in settings:
-            settings["grpc_port"] = None
+    only_services(data, DATA_SERVICES, "kbbench")
     (folder / "kbinfra.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return data
 

@@ -23,19 +23,18 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
+from stack_files import free_port, only_services
 
 KBINFRA = [sys.executable, "-c", "from kbinfra.entry import main; main()"]
 SERVICES = ("qdrant", "nginx")
@@ -46,13 +45,6 @@ Operation = Callable[[httpx.Client, random.Random], httpx.Response]
 
 def note(message: str) -> None:
     print(f"key_gate: {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def kbinfra(args: list[str], folder: Path) -> str:
@@ -68,13 +60,7 @@ def make_stack(folder: Path, images: Path) -> dict[str, Any]:
     kbinfra(["init", "--profile", "minimum", "--images", str(images)], folder)
     path = folder / "kbinfra.yaml"
     data: dict[str, Any] = yaml.safe_load(path.read_text())
-    data["name"] = f"kbgate{uuid.uuid4().hex[:6]}"
-    for service, settings in data["services"].items():
-        settings["enabled"] = service in SERVICES
-        if settings.get("port"):
-            settings["port"] = free_port()
-        if "grpc_port" in settings:
-            settings["grpc_port"] = None  # nginx gates HTTP only
+    only_services(data, SERVICES, "kbgate")  # no gRPC port: nginx gates HTTP only
     nginx = data["services"]["nginx"]
     nginx["http_port"], nginx["https_port"] = free_port(), free_port()
     path.write_text(yaml.safe_dump(data, sort_keys=False))
