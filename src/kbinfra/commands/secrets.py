@@ -124,7 +124,7 @@ def rotate_command(
     On a Swarm only what no service reads rotates: the backup key and those passwords.
     """
     from kbinfra.offsite.run import ssh_settings  # noqa: PLC0415
-    from kbinfra.rotation_run import choose_secrets, rotate  # noqa: PLC0415
+    from kbinfra.rotation_run import choose_secrets, on_a_swarm, rotate  # noqa: PLC0415
     from kbinfra.rotation_state import state_path  # noqa: PLC0415
     from kbinfra.secrets import known_secrets_redactor  # noqa: PLC0415
     from kbinfra.stack import open_stack  # noqa: PLC0415
@@ -144,7 +144,7 @@ def rotate_command(
     if choice.not_rotatable:
         why = (
             "on a Swarm kbinfra rotates only what no service reads"
-            if where.kind == "swarm"
+            if on_a_swarm(stack)
             else "kbinfra cannot rotate them yet"
         )
         console.warn(f"not rotated ({why}): {', '.join(choice.not_rotatable)}")
