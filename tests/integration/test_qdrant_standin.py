@@ -20,8 +20,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import docker
+import grpc
 import httpx
 import pytest
+from qdrant_client import QdrantClient, models
+from qdrant_client import grpc as pb
+from qdrant_client.grpc import (
+    collections_service_pb2_grpc,
+    points_service_pb2_grpc,
+    qdrant_pb2_grpc,
+)
 
 from kbinfra.containers import locked_down
 from kbinfra.service import DEFAULT_PIDS_LIMIT, TmpfsMount
@@ -38,6 +46,8 @@ class Standin:
     def __init__(self, container: Any) -> None:
         self.container = container
         self.url = wait_ready(container)  # the published port may change on a restart
+        bound = container.attrs["NetworkSettings"]["Ports"]["6334/tcp"]
+        self.grpc_address = f"127.0.0.1:{bound[0]['HostPort']}"
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +76,7 @@ def run_standin(docker_client: docker.DockerClient, image: str, **options: Any) 
         image,
         detach=True,
         name=f"kbt-qdrant-standin-{random.randrange(1 << 32):08x}",
-        ports={"6333/tcp": ("127.0.0.1", None)},
+        ports={"6333/tcp": ("127.0.0.1", None), "6334/tcp": ("127.0.0.1", None)},
         **options,
     )
 
@@ -202,6 +212,98 @@ def snapshot(http: httpx.Client, name: str) -> dict[str, Any]:
     response = http.post(f"/collections/{name}/snapshots?wait=true")
     assert response.status_code == 200, response.text
     return dict(response.json()["result"])
+
+
+def grpc_answer(
+    address: str, stub: Any, method: str, request: Any, metadata: list[tuple[str, str]]
+) -> tuple[grpc.StatusCode, str]:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            getattr(stub(channel), method)(request, metadata=metadata, timeout=30)
+        except grpc.RpcError as error:
+            return error.code(), error.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+@pytest.mark.filterwarnings("ignore:Api key is used with an insecure connection")
+def test_its_grpc_api_answers_keys_points_and_errors_as_upstream(
+    standin: Standin, admin: httpx.Client, collection: str
+) -> None:
+    address = standin.grpc_address
+    points_stub = points_service_pb2_grpc.PointsStub
+    listing = (collections_service_pb2_grpc.CollectionsStub, "List", pb.ListCollectionsRequest())
+    ok = (grpc.StatusCode.OK, "")
+    # upstream's auth (src/tonic/auth.rs): the health check is open, everything else needs
+    # a key in api-key or as a Bearer token
+    health = (qdrant_pb2_grpc.QdrantStub, "HealthCheck", pb.HealthCheckRequest())
+    assert grpc_answer(address, *health, []) == ok
+    assert grpc_answer(address, *health, [("api-key", "wrong")]) == ok
+    assert grpc_answer(address, *listing, []) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "Must provide an API key or an Authorization bearer token",
+    )
+    assert grpc_answer(address, *listing, [("api-key", "wrong")]) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "Invalid API key or JWT",
+    )
+    for metadata in ([("api-key", KEY)], [("authorization", f"Bearer {ALT_KEY}")]):
+        assert grpc_answer(address, *listing, metadata) == ok
+    upsert_one = pb.UpsertPoints(
+        collection_name=collection,
+        wait=True,
+        points=[
+            pb.PointStruct(
+                id=pb.PointId(num=7), vectors=pb.Vectors(vector=pb.Vector(data=[1.0] * DIMENSION))
+            )
+        ],
+    )
+    assert grpc_answer(address, points_stub, "Upsert", upsert_one, [("api-key", READ_KEY)]) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "Forbidden: Global manage access is required",
+    )
+    counting = pb.CountPoints(collection_name=collection)
+    assert grpc_answer(address, points_stub, "Count", counting, [("api-key", READ_KEY)]) == ok
+    missing = pb.CountPoints(collection_name="no_such_collection")
+    assert grpc_answer(address, points_stub, "Count", missing, [("api-key", KEY)]) == (
+        grpc.StatusCode.NOT_FOUND,
+        "Not found: Collection `no_such_collection` doesn't exist!",
+    )
+    deleting = pb.DeletePoints(collection_name=collection)
+    assert grpc_answer(address, points_stub, "Delete", deleting, [("api-key", KEY)])[0] == (
+        grpc.StatusCode.UNIMPLEMENTED
+    )
+    # Qdrant's own client over gRPC: what it writes REST reads back, and the other way round
+    client = QdrantClient(
+        host="127.0.0.1",
+        port=int(standin.url.rpartition(":")[2]),
+        grpc_port=int(address.rpartition(":")[2]),
+        prefer_grpc=True,
+        https=False,
+        api_key=KEY,
+        check_compatibility=False,
+    )
+    try:
+        batch = points(30, seed=5)
+        client.upsert(
+            collection,
+            [
+                models.PointStruct(id=p["id"], vector=p["vector"], payload=p["payload"])
+                for p in batch
+            ],
+            wait=True,
+        )
+        assert count(admin, collection) == 30 and client.count(collection).count == 30
+        query = {"query": batch[4]["vector"], "limit": 5, "with_payload": True}
+        rest = admin.post(f"/collections/{collection}/points/query", json=query).json()
+        over_grpc = client.query_points(collection, **query)
+        assert [(p.id, p.payload) for p in over_grpc.points] == [
+            (p["id"], p["payload"]) for p in rest["result"]["points"]
+        ]
+        assert over_grpc.points[0].id == 4
+        assert client.collection_exists(collection) and not client.collection_exists("nope")
+        assert collection in {c.name for c in client.get_collections().collections}
+    finally:
+        client.close()
 
 
 def test_a_snapshot_gives_back_every_point_and_survives_a_restart(

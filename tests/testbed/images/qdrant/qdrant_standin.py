@@ -7,9 +7,10 @@ in-process). Each collection is one Edge shard under the storage path. Request b
 validated with qdrant-client's models of the REST API. Snapshots are tar files of a
 collection's shard with a sha256 checksum, restorable by recover/upload.
 
-It is not Qdrant: no gRPC, no cluster, no sparse vectors, no multi-stage queries; a route it
-does not implement answers 404 like an unknown route, and a request feature it does not
-implement is refused with 400 rather than ignored.
+Its gRPC API (qdrant_standin_grpc.py, on grpc_port) serves a smaller part still. It is not
+Qdrant: no cluster, no sparse vectors, no multi-stage queries; a route it does not implement
+answers 404 like an unknown route, and a request feature it does not implement is refused with
+400 rather than ignored.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import qdrant_edge
+import qdrant_standin_grpc
 import uvicorn
 import yaml
 from fastapi import FastAPI, Request
@@ -725,14 +727,45 @@ def to_json(value: Any) -> Any:
 
 
 # ------------------------------------------------------------------ the HTTP API
-def create_app(config: dict[str, Any], version: str) -> FastAPI:
+def auth_keys(config: dict[str, Any]) -> tuple[set[str], str | None]:
+    """The read-write keys and the read-only key, as upstream reads them (REST and gRPC).
+
+    Upstream (src/common/auth/mod.rs, AuthKeys): api_key and alt_api_key (1.17+, "same as
+    api_key, can be used for rolling key rotation") both grant read-write; there is no
+    second read-only key. An empty key counts as unset; none set: no authentication."""
     service = config.get("service", {})
-    storage = config.get("storage", {})
-    # Upstream (src/common/auth/mod.rs, AuthKeys): api_key and alt_api_key (1.17+, "same as
-    # api_key, can be used for rolling key rotation") both grant read-write; there is no
-    # second read-only key. An empty key counts as unset; none set: no authentication.
     write_keys = {key for key in (service.get("api_key"), service.get("alt_api_key")) if key}
-    read_only_key = service.get("read_only_api_key") or None
+    return write_keys, service.get("read_only_api_key") or None
+
+
+def run_query(engine: Engine, collection: str, query: models.QueryRequest) -> list[dict[str, Any]]:
+    """A query API request (REST or gRPC): nearest points to a dense vector only."""
+    vector = query.query
+    if isinstance(vector, models.NearestQuery):
+        vector = vector.nearest
+    if not (isinstance(vector, list) and all(isinstance(x, (int, float)) for x in vector)):
+        raise ApiError(
+            400, "Bad request: the stand-in answers only nearest queries by a dense vector"
+        )
+    if query.prefetch:
+        raise ApiError(400, "Bad request: prefetch is not implemented by the stand-in")
+    return engine.query(
+        collection,
+        [float(x) for x in vector],
+        using=query.using,
+        filter=query.filter,
+        limit=query.limit if query.limit is not None else 10,
+        offset=query.offset,
+        with_payload=query.with_payload if query.with_payload is not None else False,
+        with_vector=query.with_vector if query.with_vector is not None else False,
+        score_threshold=query.score_threshold,
+        exact=bool(query.params and query.params.exact),
+    )
+
+
+def create_app(config: dict[str, Any], version: str) -> FastAPI:
+    storage = config.get("storage", {})
+    write_keys, read_only_key = auth_keys(config)
     engine = Engine(
         Path(storage.get("storage_path", "./storage")).resolve(),
         Path(storage.get("snapshots_path", "./snapshots")).resolve(),
@@ -969,27 +1002,7 @@ def create_app(config: dict[str, Any], version: str) -> FastAPI:
     @route("POST", "/collections/{collection}/points/query")
     def query_points(request: Request, body: dict[str, Any] | None, collection: str) -> Any:
         query = models.QueryRequest.model_validate(body or {})
-        vector = query.query
-        if isinstance(vector, models.NearestQuery):
-            vector = vector.nearest
-        if not (isinstance(vector, list) and all(isinstance(x, (int, float)) for x in vector)):
-            raise ApiError(
-                400, "Bad request: the stand-in answers only nearest queries by a dense vector"
-            )
-        if query.prefetch:
-            raise ApiError(400, "Bad request: prefetch is not implemented by the stand-in")
-        points = engine.query(
-            collection,
-            [float(x) for x in vector],
-            using=query.using,
-            filter=query.filter,
-            limit=query.limit if query.limit is not None else 10,
-            offset=query.offset,
-            with_payload=query.with_payload if query.with_payload is not None else False,
-            with_vector=query.with_vector if query.with_vector is not None else False,
-            score_threshold=query.score_threshold,
-            exact=bool(query.params and query.params.exact),
-        )
+        points = run_query(engine, collection, query)
         return {"points": points}
 
     @route("POST", "/collections/{collection}/points/scroll")
@@ -1221,9 +1234,30 @@ def main(argv: list[str] | None = None) -> None:
     )
     app = create_app(config, version)
     service = config.get("service", {})
+    storage = config.get("storage", {})
+    host = str(service.get("host", "0.0.0.0"))
+    # upstream's default config publishes gRPC on 6334; grpc_port: null turns it off
+    grpc_port = service.get("grpc_port", 6334)
+    if grpc_port is not None:
+        write_keys, read_only_key = auth_keys(config)
+        engine = app.state.engine
+        # held for as long as the app runs: grpcio stops a server that is garbage collected
+        app.state.grpc_server = qdrant_standin_grpc.serve(
+            engine,
+            ApiError,
+            lambda collection, query: run_query(engine, collection, query),
+            lambda collection, body: engine.create(
+                collection, body, collection_defaults(storage, body)
+            ),
+            host=host,
+            port=int(grpc_port),
+            version=version,
+            write_keys=write_keys,
+            read_only_key=read_only_key,
+        )
     uvicorn.run(
         app,
-        host=str(service.get("host", "0.0.0.0")),
+        host=host,
         port=int(service.get("http_port", 6333)),
         log_level="info",
     )
