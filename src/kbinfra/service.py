@@ -235,6 +235,24 @@ class KeyGrant(NamedTuple):
     upstream_key: str
 
 
+class GrpcGate(NamedTuple):
+    """A key gate's gRPC listener (Qdrant's gRPC port): HTTP/2 without TLS (h2c) on the stack
+    network, checked against the same keys as the gate's HTTP listener."""
+
+    #: nginx's h2c listener for the service's gRPC clients on the stack network.
+    port: int
+    #: host:port of the service's own gRPC on the stack network.
+    address: str
+    #: The port nginx publishes that listener on, on 127.0.0.1; None: not published.
+    host_port: int | None = None
+    #: Methods the service answers with no key (``/qdrant.Qdrant/HealthCheck``): sent on
+    #: without one, whatever key the client sent.
+    open_methods: tuple[str, ...] = ()
+    #: The grpc-message of the service's own refusal of a key it does not know (its
+    #: grpc-status is 16, UNAUTHENTICATED).
+    refusal: str = "Invalid API key"
+
+
 class KeyGate(NamedTuple):
     """The key check nginx makes for a service whose keys are read at start (the Unstructured
     API, Qdrant): clients send a key nginx accepts, and nginx sends the service its own key
@@ -262,6 +280,11 @@ class KeyGate(NamedTuple):
     #: The content type and body of the service's own answer to a key it does not know,
     #: which nginx gives a refused key; None: nginx's own JSON ``{"detail": ...}``.
     refusal: tuple[str, str] | None = None
+    #: Paths the service answers with no key (Qdrant's ``/readyz``): sent on without one,
+    #: whatever key the client sent, so a probe never depends on holding a key.
+    open_paths: tuple[str, ...] = ()
+    #: The service's gRPC port behind the same keys, or None: HTTP only.
+    grpc: GrpcGate | None = None
 
 
 class Route(NamedTuple):

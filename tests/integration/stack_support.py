@@ -187,12 +187,19 @@ def nginx_on_free_ports(data: dict[str, Any]) -> None:
 
 @contextmanager
 def applied_deployment(
-    testbed: Testbed, folder: Path, services: Iterable[str], prefix: str
+    testbed: Testbed,
+    folder: Path,
+    services: Iterable[str],
+    prefix: str,
+    configure: Callable[[dict[str, Any]], None] | None = None,
 ) -> Iterator[Deployment]:
-    """A local :func:`new_deployment` of ``services`` (nginx on free ports), applied for the
-    block and destroyed with its data after it."""
+    """A local :func:`new_deployment` of ``services`` (nginx on free ports, then
+    ``configure``'s edits of the stack file), applied for the block and destroyed with its
+    data after it."""
     deployment = new_deployment("local", folder, testbed, services, prefix=prefix)
     deployment.edit(nginx_on_free_ports)
+    if configure is not None:
+        deployment.edit(configure)
     applied = deployment.run("apply", "--yes", "-o", "json", timeout=900)
     try:
         assert applied.code == 0, applied.out + applied.err

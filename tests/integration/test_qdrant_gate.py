@@ -1,10 +1,12 @@
-"""nginx as Qdrant's key gate, and the rotation of Qdrant's two client keys through it, on the
-local engine: a real nginx in front of the test bed's Qdrant STAND-IN (no registry here has
-Qdrant's server; the stand-in checks ``api-key`` or ``Authorization: Bearer`` against its
-read-write and read-only keys as upstream does, and answers 401 and 403 alike).
+"""nginx as Qdrant's key gate on REST and gRPC, and the rotation of Qdrant's two client keys
+through it, on the local engine: a real nginx in front of the test bed's Qdrant STAND-IN (no
+registry here has Qdrant's server; the stand-in checks ``api-key`` or ``Authorization: Bearer``
+against its read-write and read-only keys as upstream does, on REST and on gRPC, and answers
+401/403 and UNAUTHENTICATED/PERMISSION_DENIED alike). The gRPC clients are qdrant-client's
+own stubs and ``QdrantClient(prefer_grpc=True)``.
 
-One stack (Qdrant and nginx; ``grpc_port: null``, as every test stack has) is shared by the
-tests of this module, which run in order:
+One stack (Qdrant and nginx, Qdrant's gRPC published on a free port) is shared by the tests
+of this module, which run in order:
 
 - the gate: each client key opens Qdrant through nginx's loopback port (Qdrant's host port)
   with its own access (the read-only key reads, and its write is 403), in ``api-key`` and as a
@@ -12,11 +14,15 @@ tests of this module, which run in order:
   Qdrant's own keys and both headers at once included; Qdrant on the stack network refuses the
   clients' keys (nothing goes around the gate) and takes its own; no client key is in either
   container's ``docker inspect``; ``check`` passes, its gate row included;
+- the gate on gRPC (h2c through nginx's loopback port, Qdrant's gRPC host port): the same
+  keys with the same access, in ``api-key`` metadata and as a Bearer token; any other key
+  UNAUTHENTICATED from nginx with Qdrant's own message, no key Qdrant's own answer, the health
+  check open whatever key is sent; Qdrant's own gRPC port refuses the clients' keys;
 - a backup and a restore reach Qdrant itself with its own key and give back every point;
 - ``secrets rotate qdrant_api_key qdrant_read_only_api_key`` while a writer and a reader loop
-  through the gate, a new connection each time, with the keys they hold (moved when the
-  rotation says so): zero failed requests, the old keys refused afterwards, neither nginx nor
-  Qdrant recreated, Qdrant's own keys unchanged, the next plan empty.
+  through the gate on REST and on gRPC, a new connection each time, with the keys they hold
+  (moved when the rotation says so): zero failed requests, the old keys refused afterwards on
+  both, neither nginx nor Qdrant recreated, Qdrant's own keys unchanged, the next plan empty.
 """
 
 from __future__ import annotations
@@ -27,11 +33,25 @@ import time
 from collections.abc import Iterator
 
 import docker
+import grpc
 import httpx
 import pytest
+from qdrant_client import QdrantClient, models
+from qdrant_client import grpc as pb
+from qdrant_client.grpc import (
+    collections_service_pb2_grpc,
+    points_service_pb2_grpc,
+    qdrant_pb2_grpc,
+)
 
 try:  # a package when tests/ has __init__.py files, plain modules otherwise
-    from .stack_support import Deployment, applied_deployment, container_url, rotate_following
+    from .stack_support import (
+        Deployment,
+        applied_deployment,
+        container_url,
+        free_port,
+        rotate_following,
+    )
     from .stack_support import stack_secrets as secrets_of
     from .testbed_support import Testbed
     from .traffic import BackgroundTraffic
@@ -40,6 +60,7 @@ except ImportError:
         Deployment,
         applied_deployment,
         container_url,
+        free_port,
         rotate_following,
     )
     from stack_support import stack_secrets as secrets_of  # type: ignore[no-redef]
@@ -60,13 +81,58 @@ MAX_SECONDS = 300.0
 @pytest.fixture(scope="module")
 def stack(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     folder = tmp_path_factory.mktemp("qgate") / "stack"
-    with applied_deployment(testbed, folder, ["qdrant", "nginx"], "kbq") as deployment:
-        assert deployment.spec["services"]["qdrant"]["grpc_port"] is None
+
+    def publish_grpc(data: dict[str, object]) -> None:
+        data["services"]["qdrant"]["grpc_port"] = free_port()  # type: ignore[index]
+
+    with applied_deployment(
+        testbed, folder, ["qdrant", "nginx"], "kbq", configure=publish_grpc
+    ) as deployment:
         yield deployment
 
 
 def gate(stack: Deployment) -> str:
     return f"http://127.0.0.1:{stack.port('qdrant')}"
+
+
+def grpc_gate(stack: Deployment) -> str:
+    return f"127.0.0.1:{stack.spec['services']['qdrant']['grpc_port']}"
+
+
+def key_metadata(key: str | None, form: str = "api-key") -> list[tuple[str, str]]:
+    return [(name.lower(), value) for name, value in key_headers(key, form).items()]
+
+
+def grpc_call(
+    address: str, method: str, key: str | None, form: str = "api-key", **fields: object
+) -> tuple[grpc.StatusCode, str]:
+    """One gRPC call on a new channel (a new connection): its status code and message."""
+    with grpc.insecure_channel(address) as channel:
+        stubs = {
+            "HealthCheck": (qdrant_pb2_grpc.QdrantStub, pb.HealthCheckRequest),
+            "List": (collections_service_pb2_grpc.CollectionsStub, pb.ListCollectionsRequest),
+            "Count": (points_service_pb2_grpc.PointsStub, pb.CountPoints),
+            "Upsert": (points_service_pb2_grpc.PointsStub, pb.UpsertPoints),
+            "Query": (points_service_pb2_grpc.PointsStub, pb.QueryPoints),
+        }
+        stub, request = stubs[method]
+        try:
+            getattr(stub(channel), method)(
+                request(**fields), metadata=key_metadata(key, form), timeout=30
+            )
+        except grpc.RpcError as error:
+            return error.code(), error.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+def grpc_points(seed: int, count: int) -> list[pb.PointStruct]:
+    return [
+        pb.PointStruct(
+            id=pb.PointId(num=int(point["id"])),  # type: ignore[call-overload]
+            vectors=pb.Vectors(vector=pb.Vector(data=point["vector"])),
+        )
+        for point in points(seed, count)
+    ]
 
 
 def key_headers(key: str | None, form: str = "api-key") -> dict[str, str]:
@@ -121,6 +187,10 @@ def test_the_gate_gives_each_client_key_its_own_access_and_qdrant_its_own_key(
         for other in (secrets[OWN_WRITE], secrets[OWN_READ], write.swapcase(), write + "x"):
             assert status(base, "GET", "/collections", key_headers(other, form)) == 401, form
     assert status(base, "GET", "/collections", {}) == 401  # Qdrant's own answer
+    # what Qdrant answers with no key, nginx sends on with none, whatever key came
+    for path in ("/readyz", "/healthz", "/"):
+        with httpx.Client(base_url=base, headers=key_headers("not-a-key-of-this-stack")) as http:
+            assert http.get(path).status_code == 200, path
     both = {"api-key": write, "Authorization": f"Bearer {write}"}
     assert status(base, "GET", "/collections", both) == 401
     direct = container_url(docker_client, stack, "qdrant", 6333)
@@ -139,6 +209,59 @@ def test_the_gate_gives_each_client_key_its_own_access_and_qdrant_its_own_key(
         assert rows[("qdrant", row)]["ok"], rows
 
 
+@pytest.mark.filterwarnings("ignore:Api key is used with an insecure connection")
+def test_on_grpc_the_gate_gives_the_same_keys_the_same_access(
+    stack: Deployment, docker_client: docker.DockerClient
+) -> None:
+    secrets = secrets_of(stack)
+    write, read = secrets[WRITE], secrets[READ]
+    address = grpc_gate(stack)
+    ok = (grpc.StatusCode.OK, "")
+    upsert = {"collection_name": COLLECTION, "wait": True, "points": grpc_points(3, 5)}
+    for form in ("api-key", "Bearer"):
+        assert grpc_call(address, "Upsert", write, form, **upsert) == ok, form
+        assert grpc_call(address, "Count", read, form, collection_name=COLLECTION) == ok, form
+        # the read-only key gets Qdrant's read-only key, never more
+        assert grpc_call(address, "Upsert", read, form, **upsert) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "Forbidden: Global manage access is required",
+        ), form
+        for other in (secrets[OWN_WRITE], secrets[OWN_READ], write.swapcase(), write + "x"):
+            assert grpc_call(address, "List", other, form) == (
+                grpc.StatusCode.UNAUTHENTICATED,
+                "Invalid API key or JWT",
+            ), form
+        # the health check needs no key, and a wrong one does not close it
+        assert grpc_call(address, "HealthCheck", "not-a-key-of-this-stack", form) == ok
+    assert grpc_call(address, "List", None) == (  # Qdrant's own answer
+        grpc.StatusCode.UNAUTHENTICATED,
+        "Must provide an API key or an Authorization bearer token",
+    )
+    # Qdrant's own client, unchanged, over gRPC through the gate
+    client = QdrantClient(
+        host="127.0.0.1",
+        port=stack.port("qdrant"),
+        grpc_port=int(address.rpartition(":")[2]),
+        prefer_grpc=True,
+        https=False,
+        api_key=read,
+        check_compatibility=False,
+    )
+    try:
+        found = client.query_points(COLLECTION, query=points(3, 1)[0]["vector"], limit=3)
+        assert found.points[0].id == 3000
+        assert client.count(COLLECTION).count == 55
+        with pytest.raises(Exception, match="PERMISSION_DENIED"):
+            client.upsert(COLLECTION, [models.PointStruct(id=1, vector=[0.5] * DIMENSION)])
+    finally:
+        client.close()
+    # nothing goes around the gate: Qdrant's own gRPC port takes its own keys only
+    direct = container_url(docker_client, stack, "qdrant", 6334).removeprefix("http://")
+    for client_key in (write, read):
+        assert grpc_call(direct, "List", client_key)[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert grpc_call(direct, "List", secrets[OWN_WRITE]) == ok
+
+
 def test_backup_and_restore_reach_qdrant_itself_and_give_back_every_point(
     stack: Deployment,
 ) -> None:
@@ -147,7 +270,7 @@ def test_backup_and_restore_reach_qdrant_itself_and_give_back_every_point(
     count = f"/collections/{COLLECTION}/points/count"
     with httpx.Client(base_url=base, headers=key_headers(write), timeout=60) as http:
         before = http.post(count, json={"exact": True}).json()["result"]["count"]
-    assert before == 50
+    assert before == 55  # 50 over REST, 5 over gRPC
     made = stack.run("backup", "--output", "json", timeout=900)
     assert made.code == 0, made.err
     backup = made.json()["path"]
@@ -169,8 +292,8 @@ def test_backup_and_restore_reach_qdrant_itself_and_give_back_every_point(
 
 class Clients(BackgroundTraffic):
     """A writer (upserts, read-write key) and a reader (reads, read-only key) through the
-    gate, a new connection each request, alternating the two header forms; :meth:`move`
-    gives them the new keys."""
+    gate on REST and on gRPC, a new connection each request, alternating the two header
+    forms; :meth:`move` gives them the new keys."""
 
     max_seconds = MAX_SECONDS
 
@@ -183,7 +306,7 @@ class Clients(BackgroundTraffic):
         self.keys = {name: new.get(name, value) for name, value in self.keys.items()}
 
     def send(self) -> None:
-        base = gate(self.stack)
+        base, address = gate(self.stack), grpc_gate(self.stack)
         for number in self.rounds():
             form = "api-key" if number % 2 else "Bearer"
             requests = (
@@ -205,6 +328,24 @@ class Clients(BackgroundTraffic):
                     continue
                 if code != 200:
                     self.failures.append(f"{who} ({form}): HTTP {code}")
+            calls = (
+                (
+                    "gRPC writer",
+                    "Upsert",
+                    WRITE,
+                    {
+                        "collection_name": COLLECTION,
+                        "wait": True,
+                        "points": grpc_points(200 + number % 50, 2),
+                    },
+                ),
+                ("gRPC reader", "Count", READ, {"collection_name": COLLECTION}),
+            )
+            for who, method, secret, fields in calls:
+                self.sent += 1
+                answer = grpc_call(address, method, self.keys[secret], form, **fields)
+                if answer[0] != grpc.StatusCode.OK:
+                    self.failures.append(f"{who} ({form}): {answer[0].name} {answer[1]}")
 
 
 def test_rotating_both_client_keys_reloads_nginx_and_fails_no_request(
@@ -221,7 +362,7 @@ def test_rotating_both_client_keys_reloads_nginx_and_fails_no_request(
         time.sleep(0.5)
     print(clients.report())
     assert code == 0, err
-    assert clients.sent >= 20 and clients.failures == [], clients.report()
+    assert clients.sent >= 40 and clients.failures == [], clients.report()
     assert sorted(json.loads(out)["rotated"]) == [WRITE, READ]
     assert "qdrant: the new values open it, the old ones are refused" in err
     new = secrets_of(stack)
@@ -233,6 +374,9 @@ def test_rotating_both_client_keys_reloads_nginx_and_fails_no_request(
             assert new[secret] != old[secret]
             assert status(base, "GET", "/collections", key_headers(old[secret], form)) == 401
             assert status(base, "GET", "/collections", key_headers(new[secret], form)) == 200
+            refused = grpc_call(grpc_gate(stack), "List", old[secret], form)
+            assert refused == (grpc.StatusCode.UNAUTHENTICATED, "Invalid API key or JWT")
+            assert grpc_call(grpc_gate(stack), "List", new[secret], form)[0] == grpc.StatusCode.OK
     for service, before in ids.items():
         now = docker_client.api.inspect_container(stack.container(service))["Id"]
         assert now == before, f"{service} was recreated"

@@ -292,9 +292,6 @@ def test_apply_rollback_and_upgrade_refuse_while_a_rotation_is_unfinished(stack:
     ("name", "words"),
     [
         ("unstructured_upstream_key", "reads its own key at start"),
-        # with its gRPC port published, Qdrant is not behind nginx: its rotate Part says why
-        ("qdrant_api_key", "set services.qdrant.grpc_port to null"),
-        ("qdrant_read_only_api_key", "which nginx does not gate"),
         ("qdrant_upstream_api_key", "restarts Qdrant"),
         ("qdrant_upstream_read_only_api_key", "restarts Qdrant"),
     ],
@@ -332,27 +329,26 @@ def test_without_nginx_the_unstructured_key_is_refused_with_why(tmp_path: Path) 
     assert not state_path(folder).exists()
 
 
-QDRANT_GATED = {"services": {"qdrant": {"grpc_port": None}}}
 QDRANT_CLIENT_KEYS = {"qdrant_api_key", "qdrant_read_only_api_key"}
 QDRANT_OWN_KEYS = {"qdrant_upstream_api_key", "qdrant_upstream_read_only_api_key"}
 
 
-def test_behind_nginx_without_grpc_qdrants_client_keys_rotate_and_its_own_do_not(
-    tmp_path: Path,
+@pytest.mark.parametrize("grpc_port", [6334, None])
+def test_behind_nginx_qdrants_client_keys_rotate_and_its_own_do_not(
+    tmp_path: Path, grpc_port: int | None
 ) -> None:
-    gated = open_stack(write_stack_dir(tmp_path / "gated", overrides=QDRANT_GATED))
+    # gRPC published or not: nginx gates REST and gRPC alike
+    overrides = {"services": {"qdrant": {"grpc_port": grpc_port}}}
+    gated = open_stack(write_stack_dir(tmp_path / "gated", overrides=overrides))
     assert rotatable_secrets(gated) >= QDRANT_CLIENT_KEYS
     assert not QDRANT_OWN_KEYS & rotatable_secrets(gated)
     choice = choose_secrets(gated, [], every=True)
     assert set(choice.names) >= QDRANT_CLIENT_KEYS
     assert set(choice.not_rotatable) >= QDRANT_OWN_KEYS
-    # the default publishes gRPC, which nginx does not gate: Qdrant checks the keys itself
-    default = open_stack(write_stack_dir(tmp_path / "default"))
-    assert not QDRANT_CLIENT_KEYS & rotatable_secrets(default)
 
 
 def test_without_nginx_the_qdrant_keys_are_refused_with_why(tmp_path: Path) -> None:
-    overrides = {"services": {"qdrant": {"grpc_port": None}, "nginx": {"enabled": False}}}
+    overrides = {"services": {"nginx": {"enabled": False}}}
     folder = write_stack_dir(tmp_path / "gateless", overrides=overrides)
     assert not QDRANT_CLIENT_KEYS & rotatable_secrets(open_stack(folder))
     done = run_kbinfra("secrets", "rotate", "qdrant_api_key", "--yes", "--dir", str(folder))

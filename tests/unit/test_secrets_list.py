@@ -109,12 +109,11 @@ def test_a_secret_nothing_uses_any_more_is_listed_as_a_leftover(tmp_path: Path) 
     )
     report = {entry.name: entry for entry in secret_report(open_stack(folder), NOW)}
     assert report["removed_service_key"].used_by == ()
-    assert report["qdrant_api_key"].used_by == ("qdrant",)
+    assert report["qdrant_api_key"].used_by == ("nginx (key gate)", "qdrant")
 
 
 def test_the_keys_a_key_gate_checks_are_listed_as_used_by_it_too(tmp_path: Path) -> None:
-    overrides = {"services": {"qdrant": {"grpc_port": None}}}
-    stack = open_stack(write_stack_dir(tmp_path / "stack", overrides=overrides))
+    stack = open_stack(write_stack_dir(tmp_path / "stack"))
     report = {entry.name: entry.used_by for entry in secret_report(stack, NOW)}
     for name in ("qdrant_api_key", "qdrant_upstream_read_only_api_key"):
         assert report[name] == ("nginx (key gate)", "qdrant"), name

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from kbinfra.errors import SpecError
-from kbinfra.service import KeyGate, KeyGrant
+from kbinfra.service import GrpcGate, KeyGate, KeyGrant
 
 #: The map value of a key nginx does not accept: no key is it (keys are URL-safe tokens).
 REFUSED = "!refused"
@@ -36,6 +36,11 @@ REFUSED_BODY = '{"detail":"API key is invalid"}'
 #: expression reads as anything but itself, so a key is written as it is.
 _KEY = re.compile(r"^[A-Za-z0-9_-]{16,256}$")
 _HEADER = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
+#: An open path or gRPC method: written into an exact-match location as it is.
+_PATH = re.compile(r"^/[A-Za-z0-9._/-]{0,255}$")
+#: A grpc-message nginx sends as it is: printable ASCII but the quotes, backslash and %
+#: (gRPC percent-encodes anything else).
+_GRPC_MESSAGE = re.compile(r"^[ !#$&(-\[\]-~]{1,200}$")
 
 
 class GatedRoute(NamedTuple):
@@ -53,6 +58,12 @@ class GatedRoute(NamedTuple):
     #: What a refused key is answered with (content type, body).
     refused_type: str
     refused_body: str
+    #: A regular expression of the paths sent on with no key, unchecked; "" for none.
+    open_paths: str
+    #: The gate's gRPC listener, or None.
+    grpc: GrpcGate | None
+    #: A regular expression of the gRPC methods sent on with no key; "" for none.
+    open_methods: str
 
 
 def variable_of(service: str) -> str:
@@ -70,6 +81,12 @@ def gated_route(service: str, gate: KeyGate) -> GatedRoute:
     refused_type, refused_body = gate.refusal or (REFUSED_TYPE, REFUSED_BODY)
     if "'" in refused_body or "\\" in refused_body or re.search(r"\s", refused_type):
         raise ValueError(f"key gate of {service}: its refusal does not fit nginx's quotes")
+    grpc = gate.grpc
+    paths = (*gate.open_paths, *(grpc.open_methods if grpc else ()))
+    if any(_PATH.match(path) is None for path in paths):
+        raise ValueError(f"key gate of {service}: an open path is not a plain path")
+    if grpc is not None and _GRPC_MESSAGE.match(grpc.refusal) is None:
+        raise ValueError(f"key gate of {service}: its gRPC refusal is not a plain message")
     return GatedRoute(
         service,
         variable_of(service),
@@ -79,7 +96,17 @@ def gated_route(service: str, gate: KeyGate) -> GatedRoute:
         gate.streamed,
         refused_type,
         refused_body,
+        any_of(gate.open_paths),
+        grpc,
+        any_of(grpc.open_methods if grpc else ()),
     )
+
+
+def any_of(paths: Sequence[str]) -> str:
+    """An anchored regular expression matching exactly these paths, or "" for none."""
+    if not paths:
+        return ""
+    return "^(?:" + "|".join(re.escape(path) for path in paths) + ")$"
 
 
 def map_source(gate: KeyGate) -> str:

@@ -9,6 +9,7 @@ there; nginx is at most Qdrant's key gate on the stack network and loopback (``R
 import ipaddress
 import math
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
 from pydantic import Field, model_validator
@@ -234,6 +235,17 @@ def key_gates(ctx: ServiceContext) -> list[tuple[str, KeyGate]]:
     return [(s.name, route.gate) for s, route in all_routes(ctx) if route.gate is not None]
 
 
+def gate_ports(gates: Sequence[KeyGate]) -> list[tuple[int, int]]:
+    """(host port, nginx's port) of each gate listener nginx publishes on 127.0.0.1: a gated
+    service's own host ports (HTTP and gRPC), which its clients on this host keep using."""
+    listeners: list[tuple[int | None, int]] = []
+    for g in gates:
+        listeners.append((g.host_port, g.port))
+        if g.grpc is not None:
+            listeners.append((g.grpc.host_port, g.grpc.port))
+    return [(host, port) for host, port in listeners if host is not None]
+
+
 class Nginx(Service):
     name = "nginx"
     checks_keys = True
@@ -326,9 +338,8 @@ class Nginx(Service):
                 PortBinding(host_ip="0.0.0.0", host_port=settings.https_port, container_port=443),
                 # a gated service's own host port: its clients on this host come through here
                 *(
-                    PortBinding(host_ip="127.0.0.1", host_port=g.host_port, container_port=g.port)
-                    for g in gates
-                    if g.host_port is not None
+                    PortBinding(host_ip="127.0.0.1", host_port=host_port, container_port=port)
+                    for host_port, port in gate_ports(gates)
                 ),
             ],
             files=files,

@@ -13,8 +13,8 @@ reloads in place: Qdrant is never restarted and no request is refused. Its clien
 tier's env, ``check``, ``bench``) move to the new keys in the ``moved`` phase.
 
 Qdrant's own keys are not rotated by this command (changing them restarts Qdrant); without
-nginx, with a gRPC port (nginx gates HTTP only) or on a Swarm there is no gate, and the
-clients' keys are Qdrant's own: refused, with the reason.
+nginx or on a Swarm there is no gate, and the clients' keys are Qdrant's own: refused, with
+the reason. The gate checks REST and gRPC alike (one map of the keys, two listeners).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kbinfra.probing.probe import ProbeContext
-from kbinfra.service_kit.key_gate import key_gate
 from kbinfra.services.qdrant.probe import client
 from kbinfra.services.qdrant.service import (
     API_KEY,
@@ -30,7 +29,6 @@ from kbinfra.services.qdrant.service import (
     SERVICE,
     UPSTREAM_API_KEY,
     UPSTREAM_READ_ONLY_KEY,
-    QdrantSettings,
     gated,
 )
 from kbinfra.spec.values import SWARM_TARGET
@@ -54,17 +52,10 @@ def refused(stack: Stack) -> dict[str, str]:
         return {}
     if stack.spec.target == SWARM_TARGET:
         reason = "on a Swarm, nginx is not Qdrant's key gate"
-    elif key_gate(ctx) is None:
+    else:
         reason = (
             "without nginx, Qdrant checks this key itself and reads it at start only: "
             "enable nginx, its key gate, to rotate it with no failed request"
-        )
-    else:
-        settings: QdrantSettings = ctx.settings
-        reason = (
-            f"Qdrant publishes gRPC on port {settings.grpc_port}, which nginx does not gate, "
-            "so Qdrant checks this key itself: set services.qdrant.grpc_port to null "
-            "(clients use REST) to put Qdrant behind nginx's key gate"
         )
     return {API_KEY: reason, READ_ONLY_KEY: reason}
 

@@ -1,25 +1,26 @@
 """Qdrant: thread and segment tuning from the profile, api keys by env, a schema-checked config.
 
 Qdrant reads its two keys (read-write and read-only) at start. When the stack's nginx runs
-beside it on one host and Qdrant publishes no gRPC port (``grpc_port: null``: nginx gates HTTP
-only), nginx is its key gate (:class:`kbinfra.service.KeyGate`): clients send
-``qdrant_api_key`` or ``qdrant_read_only_api_key`` to nginx (``nginx:6333`` on the stack
-network, Qdrant's host port on 127.0.0.1), in ``api-key`` or as a Bearer token, and nginx
-sends Qdrant its own key for the same access, ``qdrant_upstream_api_key`` or
-``qdrant_upstream_read_only_api_key``, which only nginx, Qdrant and kbinfra hold (kbinfra's
-backups and Prometheus reach Qdrant itself with them). Rotating the clients' keys is then a
-reload of nginx, never a restart of Qdrant. Otherwise Qdrant checks the clients' keys itself.
+beside it on one host, nginx is its key gate (:class:`kbinfra.service.KeyGate`), for REST and
+gRPC alike: clients send ``qdrant_api_key`` or ``qdrant_read_only_api_key`` to nginx
+(``nginx:6333`` and ``nginx:6334`` on the stack network, Qdrant's host ports on 127.0.0.1), in
+``api-key`` or as a Bearer token, and nginx sends Qdrant its own key for the same access,
+``qdrant_upstream_api_key`` or ``qdrant_upstream_read_only_api_key``, which only nginx, Qdrant
+and kbinfra hold (kbinfra's backups and Prometheus reach Qdrant itself with them). Rotating
+the clients' keys is then a reload of nginx, never a restart of Qdrant. Otherwise (no nginx,
+or a Swarm) Qdrant checks the clients' keys itself.
 """
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from pydantic import Field
 
 from kbinfra.service import (
     ContainerSpec,
     FileMount,
+    GrpcGate,
     HealthCheck,
     KeyGate,
     KeyGrant,
@@ -35,9 +36,6 @@ from kbinfra.service import (
 )
 from kbinfra.service_kit.key_gate import key_gate
 from kbinfra.spec.profile import DiskKind
-
-if TYPE_CHECKING:
-    pass
 
 KIB_PER_GIB = 1024 * 1024
 #: One segment never grows past this (KiB): bigger segments make each HNSW build long.
@@ -59,10 +57,15 @@ READ_ONLY_KEY = "qdrant_read_only_api_key"
 UPSTREAM_API_KEY = "qdrant_upstream_api_key"
 UPSTREAM_READ_ONLY_KEY = "qdrant_upstream_read_only_api_key"
 API_KEY_HEADER = "api-key"
-#: nginx's listener for Qdrant's clients on the stack network: Qdrant's own port number.
+#: nginx's listeners for Qdrant's clients on the stack network: Qdrant's own port numbers.
 GATE_PORT = HTTP_PORT
-#: Qdrant's own answer to a key it does not know, which nginx gives a refused key.
+GRPC_GATE_PORT = GRPC_PORT
+#: Qdrant's own answer to a key it does not know, which nginx gives a refused key (REST: 401
+#: with this text; gRPC: UNAUTHENTICATED with it as the message).
 REFUSAL = ("text/plain", "Invalid API key or JWT")
+#: What Qdrant answers with no key (src/actix/auth.rs, src/tonic/auth.rs).
+OPEN_PATHS = ("/", "/healthz", "/livez", "/readyz")
+OPEN_METHODS = ("/qdrant.Qdrant/HealthCheck", "/grpc.health.v1.Health/Check")
 
 
 def readyz_probe(port: int = HTTP_PORT) -> str:
@@ -183,10 +186,10 @@ class Qdrant(Service):
 
     def container(self, ctx: ServiceContext) -> ContainerSpec:
         settings: QdrantSettings = ctx.settings
-        # behind its key gate, nginx publishes the host port: Qdrant's clients there send
+        # behind its key gate, nginx publishes the host ports: Qdrant's clients there send
         # the keys nginx accepts
         ports = [] if gated(ctx) else ctx.loopback_port(HTTP_PORT)
-        if settings.grpc_port is not None:
+        if settings.grpc_port is not None and not gated(ctx):
             ports.append(
                 PortBinding(
                     host_ip="127.0.0.1", host_port=settings.grpc_port, container_port=GRPC_PORT
@@ -275,6 +278,14 @@ class Qdrant(Service):
             bearer=True,
             streamed=True,
             refusal=REFUSAL,
+            open_paths=OPEN_PATHS,
+            grpc=GrpcGate(
+                port=GRPC_GATE_PORT,
+                address=self.address(GRPC_PORT),
+                host_port=settings.grpc_port,
+                open_methods=OPEN_METHODS,
+                refusal=REFUSAL[1],
+            ),
         )
         # snapshots of a large collection take minutes to make, download and upload
         return [
@@ -283,10 +294,9 @@ class Qdrant(Service):
 
 
 def gated(ctx: ServiceContext) -> bool:
-    """Whether nginx checks the clients' keys in front of Qdrant: when it runs beside it on
-    one host and Qdrant publishes no gRPC port (nginx gates HTTP only)."""
-    settings: QdrantSettings = ctx.settings
-    return settings.grpc_port is None and key_gate(ctx) is not None
+    """Whether nginx checks the clients' keys in front of Qdrant (REST and gRPC): when it runs
+    beside it on one host."""
+    return key_gate(ctx) is not None
 
 
 def own_key(ctx: ServiceContext, secret: str) -> str:

@@ -228,15 +228,16 @@ def test_the_env_file_holds_every_connection(make_stack: MakeStack) -> None:
         assert env[f"REDIS_{purpose}_URL"] == f"redis://app:{app_redis}@redis:6379/{db}"
     assert env["CELERY_BROKER_URL"].endswith("@redis:6379/3")
     assert env["CELERY_RESULT_BACKEND"].endswith("@redis:6379/4")
-    assert env["QDRANT_URL"] == "http://qdrant:6333"
-    assert env["QDRANT_API_KEY"] == fixed_secret("qdrant_api_key")
     assert env["EMBEDDINGS_URL"] == "http://embeddings:8001"
     assert env["EMBEDDINGS_API_KEY"] == fixed_secret("embeddings_api_key")
-    # through nginx, the API's key gate, with the clients' key (never the API's own)
+    # through nginx, Qdrant's and the API's key gate, with the clients' keys (never their own)
+    assert env["QDRANT_URL"] == "http://nginx:6333"
+    assert env["QDRANT_API_KEY"] == fixed_secret("qdrant_api_key")
     assert env["UNSTRUCTURED_API_URL"] == "http://nginx:8002/general/v0/general"
     assert env["UNSTRUCTURED_API_KEY"] == fixed_secret("unstructured_api_key")
     assert "redis_admin_password" not in repr(env)
     assert "unstructured_upstream_key" not in repr(env)
+    assert fixed_secret("qdrant_upstream_api_key") not in repr(env)
 
 
 def test_the_env_file_wires_only_enabled_services(make_stack: MakeStack) -> None:

@@ -165,7 +165,11 @@ def test_security_headers_are_sent_always(make_stack: Callable[..., Stack]) -> N
     # Obsolete header: turned off, never the guide's "1; mode=block".
     assert "mode=block" not in site
     # An add_header inside a location would drop the server's headers there.
-    assert enclosing_blocks(site, "add_header") == ["server"] * len(SECURITY_HEADERS)
+    assert enclosing_blocks(https, "add_header") == ["server"] * len(SECURITY_HEADERS)
+    # the only others: a gRPC refusal's status, in a server with no headers to drop
+    others = [block for block in server_blocks(site) if block != https and "add_header" in block]
+    assert len(others) == 1 and "location @kb_qdrant_grpc_refused" in others[0]
+    assert enclosing_blocks(others[0], "add_header") == ["location"] * 2
 
 
 def test_http_redirects_to_https_with_301(make_stack: Callable[..., Stack]) -> None:
@@ -226,10 +230,20 @@ def test_internal_routes_follow_enabled_services(make_stack: Callable[..., Stack
 
 def test_data_stores_are_never_routed(make_stack: Callable[..., Stack]) -> None:
     files = rendered(make_stack("large"))
-    text = files["nginx/nginx.conf"] + files["nginx/site.conf"]
-    code = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
-    for name in ("qdrant", "postgres", "redis", "6333", "5432", "6379"):
+    site = files["nginx/site.conf"]
+    # Qdrant is reached only through its key gate's own listeners (6333, 6334), never the site
+    public = "\n".join([files["nginx/nginx.conf"], *server_blocks(site)[:2]])
+    code = "\n".join(line.split("#", 1)[0] for line in public.splitlines())
+    for name in ("qdrant", "postgres", "redis", "6333", "6334", "5432", "6379"):
         assert name not in code.lower()
+    site_code = "\n".join(line.split("#", 1)[0] for line in site.splitlines())
+    for name in ("postgres", "redis", "5432", "6379"):
+        assert name not in site_code.lower()
+    gates = [block for block in server_blocks(site)[2:] if "qdrant" in block]
+    assert [block.split("\n", 2)[1].strip() for block in gates] == [
+        "listen 6333;",
+        "listen 6334;",
+    ]
 
 
 def test_app_upstream_on_docker_host_is_static_with_keepalive(
@@ -284,7 +298,10 @@ def test_only_nginx_publishes_on_all_interfaces(make_stack: Callable[..., Stack]
     assert [(p.host_ip, p.host_port, p.container_port) for p in spec.ports] == [
         ("0.0.0.0", 8080, 80),
         ("0.0.0.0", 8443, 443),
-        ("127.0.0.1", 8002, 8002),  # the Unstructured API's host port, behind its key gate
+        # Qdrant's host ports (REST, gRPC) and the Unstructured API's, behind their key gates
+        ("127.0.0.1", 6333, 6333),
+        ("127.0.0.1", 6334, 6334),
+        ("127.0.0.1", 8002, 8002),
     ]
     for name, service in stack.services.items():
         if name != "nginx":

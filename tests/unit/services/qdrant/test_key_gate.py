@@ -1,9 +1,9 @@
-"""nginx as Qdrant's key gate (one host, nginx enabled, ``grpc_port: null``): what is rendered.
+"""nginx as Qdrant's key gate (one host, nginx enabled), for REST and gRPC: what is rendered.
 
 The gate's behaviour with a real nginx in front of the Qdrant stand-in (each client key's
-access, 401 for every other key in both header forms, a rotation under a request loop with no
-failed request, backups through Qdrant's own key) is proven in
-``tests/integration/test_key_gate.py``.
+access, 401 for every other key in both header forms, on REST and gRPC, a rotation under
+request loops on both with no failed request, backups through Qdrant's own key) is proven in
+``tests/integration/test_qdrant_gate.py``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from kbinfra.services.nginx.service import SERVICE as NGINX
 from kbinfra.services.qdrant.service import (
     API_KEY,
     GATE_PORT,
+    GRPC_GATE_PORT,
     READ_ONLY_KEY,
     SERVICE,
     UPSTREAM_API_KEY,
@@ -28,17 +29,18 @@ from kbinfra.services.qdrant.service import (
 )
 from kbinfra.stack import Stack
 
-GATED = {"services": {"qdrant": {"grpc_port": None}}}
+#: Qdrant's gRPC left unpublished on the host: nginx still gates it on the stack network.
+NO_GRPC_PORT = {"services": {"qdrant": {"grpc_port": None}}}
 
 
 def nginx_files(stack: Stack) -> dict[str, str]:
     return {f.path: f.text for f in render_service(NGINX, stack.contexts["nginx"])}
 
 
-def test_with_grpc_published_qdrant_checks_its_clients_keys_itself(
+def test_without_nginx_qdrant_checks_its_clients_keys_itself(
     make_stack: Callable[..., Stack],
 ) -> None:
-    ctx = make_stack().contexts["qdrant"]
+    ctx = make_stack("minimum", {"services": {"nginx": {"enabled": False}}}).contexts["qdrant"]
     assert not gated(ctx) and SERVICE.routes(ctx) == []
     spec = SERVICE.container(ctx)
     assert spec.secret_env == {
@@ -52,7 +54,7 @@ def test_with_grpc_published_qdrant_checks_its_clients_keys_itself(
 def test_behind_the_gate_qdrant_holds_its_own_keys_and_leaves_its_port_to_nginx(
     make_stack: Callable[..., Stack],
 ) -> None:
-    stack = make_stack("minimum", GATED)
+    stack = make_stack()
     ctx = stack.contexts["qdrant"]
     assert gated(ctx)
     spec = SERVICE.container(ctx)
@@ -60,24 +62,26 @@ def test_behind_the_gate_qdrant_holds_its_own_keys_and_leaves_its_port_to_nginx(
         "QDRANT__SERVICE__API_KEY": UPSTREAM_API_KEY,
         "QDRANT__SERVICE__READ_ONLY_API_KEY": UPSTREAM_READ_ONLY_KEY,
     }
-    assert spec.ports == []
+    assert spec.ports == []  # neither REST nor gRPC: nginx publishes Qdrant's host ports
     nginx = NGINX.container(stack.contexts["nginx"])
-    assert ("127.0.0.1", ctx.settings.port, GATE_PORT) in [
-        (p.host_ip, p.host_port, p.container_port) for p in nginx.ports
+    published = [(p.host_ip, p.host_port, p.container_port) for p in nginx.ports]
+    assert ("127.0.0.1", ctx.settings.port, GATE_PORT) in published
+    assert ("127.0.0.1", ctx.settings.grpc_port, GRPC_GATE_PORT) in published
+    unpublished = make_stack("minimum", NO_GRPC_PORT)
+    assert SERVICE.container(unpublished.contexts["qdrant"]).ports == []
+    nginx = NGINX.container(unpublished.contexts["nginx"])
+    assert [p.container_port for p in nginx.ports if p.host_ip == "127.0.0.1"] == [
+        GATE_PORT,
+        8002,  # the Unstructured API's gate
     ]
-    # the app reaches Qdrant through the gate with the clients' key; Prometheus scrapes
-    # Qdrant itself with Qdrant's own read-only key
-    env = SERVICE.app_env(ctx)
-    assert env["QDRANT_URL"] == f"http://nginx:{GATE_PORT}"
-    assert env["QDRANT_API_KEY"] == ctx.secrets[API_KEY]
-    (target,) = SERVICE.scrape_targets(ctx)
-    assert (target.address, target.bearer_secret) == ("qdrant:6333", UPSTREAM_READ_ONLY_KEY)
+    # on the stack network, unpublished
+    assert f"listen {GRPC_GATE_PORT};" in nginx_files(unpublished)["nginx/site.conf"]
 
 
 def test_each_client_key_maps_to_qdrants_own_key_for_its_access_in_both_header_forms(
     make_stack: Callable[..., Stack],
 ) -> None:
-    stack = make_stack("minimum", GATED)
+    stack = make_stack()
     secrets = stack.contexts["qdrant"].secrets
     text = nginx_files(stack)[KEYS_CONF]
     (block,) = re.findall(
@@ -100,7 +104,7 @@ def test_each_client_key_maps_to_qdrants_own_key_for_its_access_in_both_header_f
 def test_the_gate_listener_streams_any_body_and_sends_the_key_in_api_key_alone(
     make_stack: Callable[..., Stack],
 ) -> None:
-    stack = make_stack("minimum", GATED)
+    stack = make_stack()
     files = nginx_files(stack)
     site = files["nginx/site.conf"]
     (server,) = [block for block in site.split("\nserver {")[1:] if f"listen {GATE_PORT};" in block]
@@ -127,7 +131,7 @@ def test_the_gate_listener_streams_any_body_and_sends_the_key_in_api_key_alone(
 def test_during_a_rotation_nginx_accepts_both_values_and_qdrant_does_not_change(
     make_stack: Callable[..., Stack],
 ) -> None:
-    stack = make_stack("minimum", GATED)
+    stack = make_stack()
     new_rw, new_ro = "new-qdrant-key-0123456789abcdef", "new-qdrant-read-key-0123456789"
     rotating = dataclasses.replace(stack, overlap={API_KEY: new_rw, READ_ONLY_KEY: new_ro})
     before, during = nginx_files(stack), nginx_files(rotating)
@@ -138,3 +142,47 @@ def test_during_a_rotation_nginx_accepts_both_values_and_qdrant_does_not_change(
     assert SERVICE.container(rotating.contexts["qdrant"]) == SERVICE.container(
         stack.contexts["qdrant"]
     )
+
+
+def test_the_grpc_listener_checks_the_same_keys_and_answers_a_refusal_as_qdrant_does(
+    make_stack: Callable[..., Stack],
+) -> None:
+    stack = make_stack()
+    files = nginx_files(stack)
+    site = files["nginx/site.conf"]
+    (server,) = [
+        block for block in site.split("\nserver {")[1:] if f"listen {GRPC_GATE_PORT};" in block
+    ]
+    for line in (
+        "http2 on;",  # h2c: HTTP/2 with no TLS, as Qdrant's own gRPC port
+        "client_max_body_size 0;",
+        "grpc_set_header api-key $kb_qdrant_key;",  # the one map of the keys file
+        'grpc_set_header Authorization "";',
+        'set $kb_qdrant_grpc_upstream "qdrant:6334";',
+        "grpc_pass grpc://$kb_qdrant_grpc_upstream;",
+        'if ($kb_qdrant_key = "!refused") {',
+        "error_page 401 = @kb_qdrant_grpc_refused;",
+        "default_type application/grpc;",
+        "add_header grpc-status 16 always;",  # UNAUTHENTICATED, as Qdrant answers
+        'add_header grpc-message "Invalid API key or JWT" always;',
+        # Qdrant's health checks need no key: sent on with none, whatever the client sent
+        r"location ~ ^(?:/qdrant\.Qdrant/HealthCheck|/grpc\.health\.v1\.Health/Check)$ {",
+        'grpc_set_header api-key "";',
+    ):
+        assert line in server, line
+    # one map for both listeners
+    assert files[KEYS_CONF].count("$kb_qdrant_key {") == 1
+    old = make_stack("minimum", {"services": {"nginx": {"image": "nginx:1.24.0"}}})
+    assert f"listen {GRPC_GATE_PORT} http2;" in nginx_files(old)["nginx/site.conf"]
+
+
+def test_the_rest_listener_sends_qdrants_open_paths_on_with_no_key(
+    make_stack: Callable[..., Stack],
+) -> None:
+    site = nginx_files(make_stack())["nginx/site.conf"]
+    (server,) = [block for block in site.split("\nserver {")[1:] if f"listen {GATE_PORT};" in block]
+    opened = server[server.index("location ~ ^(?:/|/healthz|/livez|/readyz)$ {") :]
+    opened = opened[: opened.index("}")]
+    assert 'proxy_set_header api-key "";' in opened
+    assert 'proxy_set_header Authorization "";' in opened
+    assert "!refused" not in opened

@@ -103,7 +103,9 @@ def test_rendered_config_carries_the_tuning(
 def test_container_passes_keys_by_env_and_publishes_on_loopback(
     make_stack: Callable[..., Stack],
 ) -> None:
-    spec = SERVICE.container(make_stack("recommended").contexts["qdrant"])
+    # without nginx, its key gate: Qdrant checks its clients' keys and publishes its own ports
+    stack = make_stack("recommended", {"services": {"nginx": {"enabled": False}}})
+    spec = SERVICE.container(stack.contexts["qdrant"])
     assert spec.image == "qdrant/qdrant:v1.19.0"
     assert spec.secret_env == {
         "QDRANT__SERVICE__API_KEY": "qdrant_api_key",
@@ -176,9 +178,13 @@ def test_grpc_port_can_be_left_unpublished(make_stack: Callable[..., Stack]) -> 
     assert [p.container_port for p in spec.ports] == [6333]
 
 
-def test_scrape_target_uses_the_read_only_key(make_stack: Callable[..., Stack]) -> None:
+def test_scrape_target_uses_qdrants_own_read_only_key(make_stack: Callable[..., Stack]) -> None:
+    # behind nginx's key gate Prometheus scrapes Qdrant itself, with Qdrant's own key
     (target,) = SERVICE.scrape_targets(make_stack().contexts["qdrant"])
     assert (target.job, target.address, target.path) == ("qdrant", "qdrant:6333", "/metrics")
+    assert target.bearer_secret == "qdrant_upstream_read_only_api_key"
+    alone = make_stack("minimum", {"services": {"nginx": {"enabled": False}}})
+    (target,) = SERVICE.scrape_targets(alone.contexts["qdrant"])
     assert target.bearer_secret == "qdrant_read_only_api_key"
 
 
