@@ -13,7 +13,7 @@ of this module, which run in order:
   Bearer token; no key is answered by Qdrant itself (401), any other key by nginx (401),
   Qdrant's own keys and both headers at once included; Qdrant on the stack network refuses the
   clients' keys (nothing goes around the gate) and takes its own; no client key is in either
-  container's ``docker inspect``; ``check`` passes, its gate row included;
+  container's ``docker inspect``; ``check`` passes, its gate rows (REST and gRPC) included;
 - the gate on gRPC (h2c through nginx's loopback port, Qdrant's gRPC host port): the same
   keys with the same access, in ``api-key`` metadata and as a Bearer token; any other key
   UNAUTHENTICATED from nginx with Qdrant's own message, no key Qdrant's own answer, the health
@@ -205,7 +205,13 @@ def test_the_gate_gives_each_client_key_its_own_access_and_qdrant_its_own_key(
     checked = stack.run("check", "--only", "qdrant", "-o", "json")  # no app behind nginx
     assert checked.code == 0, checked.out + checked.err
     rows = {(r["service"], r["check"]): r for r in checked.json()["checks"]}
-    for row in ("refuses-other-keys", "read-only-key-cannot-write", "collections-with-api-key"):
+    for row in (
+        "refuses-other-keys",
+        "read-only-key-cannot-write",
+        "collections-with-api-key",
+        "grpc-with-api-key",
+        "grpc-refuses-other-keys",
+    ):
         assert rows[("qdrant", row)]["ok"], rows
 
 

@@ -56,6 +56,8 @@ UPLOAD_CONCURRENCY = 2
 SEARCH_CONCURRENCY = 4
 CLUSTERS = 64  # bench vectors lie around this many centres, as embeddings of topics do
 GREEN_WAIT_S = 120.0
+#: A read, which both client keys may call, with an empty request message.
+LIST_METHOD = "/qdrant.Collections/List"
 
 
 def client(base_url: str, key: str | None, timeout: float = TIMEOUT_S) -> httpx.Client:
@@ -140,6 +142,35 @@ def check_refuses_other_keys(base: str, own_keys: Sequence[str]) -> str:
     return "HTTP 401 for a made-up key and for Qdrant's own, in api-key and as Bearer"
 
 
+def check_grpc_with_api_key(address: tuple[str, int], api_key: str) -> str:
+    """Through the key gate's gRPC listener, the clients' key lists collections."""
+    from kbinfra.probing.grpc_status import OK, grpc_status  # noqa: PLC0415
+
+    answer = grpc_status(*address, LIST_METHOD, [("api-key", api_key)], timeout_s=TIMEOUT_S)
+    require(answer.code == OK, f"{LIST_METHOD}: gRPC status {answer.code} {answer.message}")
+    return f"{LIST_METHOD}: OK"
+
+
+def check_grpc_refuses_other_keys(address: tuple[str, int], own_keys: Sequence[str]) -> str:
+    """Through the key gate's gRPC listener, a made-up key and Qdrant's own keys are
+    refused (UNAUTHENTICATED), in ``api-key`` and as a Bearer token."""
+    from kbinfra.probing.grpc_status import UNAUTHENTICATED, grpc_status  # noqa: PLC0415
+
+    keys = [("a made-up key", "kbinfra-check-" + secrets.token_urlsafe(16))]
+    keys += [("Qdrant's own key", key) for key in own_keys]
+    for what, key in keys:
+        for form, metadata in (
+            ("api-key", ("api-key", key)),
+            ("Bearer", ("authorization", f"Bearer {key}")),
+        ):
+            answer = grpc_status(*address, LIST_METHOD, [metadata], timeout_s=TIMEOUT_S)
+            require(
+                answer.code == UNAUTHENTICATED,
+                f"{LIST_METHOD} with {what} ({form}): gRPC status {answer.code} {answer.message}",
+            )
+    return "UNAUTHENTICATED for a made-up key and for Qdrant's own, in api-key and as Bearer"
+
+
 def check_read_only_key(base: str, read_only_key: str, api_key: str) -> str:
     """The read-only key reads but cannot create a collection (403, not 401: a key Qdrant
     does not know would be refused for that reason and prove nothing)."""
@@ -211,6 +242,22 @@ def checks(probe: ProbeContext) -> list[CheckRow]:
             lambda: check_refuses_other_keys(probe.url(), own),
             fix="nginx's keys file must accept the clients' keys alone: re-apply the stack",
         )
+        grpc_port = settings.grpc_port
+        if grpc_port is not None:
+            rows.run(
+                "grpc-with-api-key",
+                "reachable",
+                lambda: check_grpc_with_api_key(probe.address(grpc_port), api_key),
+                fix="nginx's gRPC listener must pass qdrant_api_key on to Qdrant's gRPC port "
+                "with Qdrant's own key: re-apply the stack",
+                needs="ready",
+            )
+            rows.run(
+                "grpc-refuses-other-keys",
+                "locked-down",
+                lambda: check_grpc_refuses_other_keys(probe.address(grpc_port), own),
+                fix="nginx's keys file must accept the clients' keys alone: re-apply the stack",
+            )
     rows.run(
         "read-only-key-cannot-write",
         "locked-down",
