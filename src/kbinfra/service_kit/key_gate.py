@@ -16,3 +16,16 @@ def key_gate(ctx: ServiceContext) -> Service | None:
     return next(
         (s for s in all_services().values() if s.checks_keys and s.name in ctx.enabled), None
     )
+
+
+def gated(ctx: ServiceContext) -> bool:
+    """Whether nginx checks the clients' keys in front of the service of ``ctx`` (REST and,
+    where it has one, gRPC): when it runs beside it on one host."""
+    return key_gate(ctx) is not None
+
+
+def client_address(ctx: ServiceContext, service: Service, gate_port: int) -> str:
+    """Where ``service``'s clients on the stack network send their requests: nginx's key
+    gate listener on ``gate_port``, or the service itself when there is no gate."""
+    gate = key_gate(ctx)
+    return gate.address(gate_port) if gate is not None else service.address()

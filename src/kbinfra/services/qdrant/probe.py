@@ -31,6 +31,7 @@ from kbinfra.probing.probe import (
     run_load,
     uninterrupted,
 )
+from kbinfra.service_kit.key_gate import gated
 from kbinfra.services.qdrant.service import (
     API_KEY,
     READ_ONLY_KEY,
@@ -38,7 +39,6 @@ from kbinfra.services.qdrant.service import (
     UPSTREAM_READ_ONLY_KEY,
     QdrantSettings,
     QdrantTune,
-    gated,
 )
 
 if TYPE_CHECKING:

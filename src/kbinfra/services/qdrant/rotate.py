@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kbinfra.probing.probe import ProbeContext
+from kbinfra.service_kit.key_gate import gated
 from kbinfra.services.qdrant.probe import client
 from kbinfra.services.qdrant.service import (
     API_KEY,
@@ -29,7 +30,6 @@ from kbinfra.services.qdrant.service import (
     SERVICE,
     UPSTREAM_API_KEY,
     UPSTREAM_READ_ONLY_KEY,
-    gated,
 )
 from kbinfra.spec.values import SWARM_TARGET
 

@@ -34,7 +34,8 @@ from kbinfra.service import (
     TmpfsMount,
     VolumeMount,
 )
-from kbinfra.service_kit.key_gate import key_gate
+from kbinfra.service_kit.key_gate import client_address as gated_client_address
+from kbinfra.service_kit.key_gate import gated
 from kbinfra.spec.profile import DiskKind
 
 KIB_PER_GIB = 1024 * 1024
@@ -293,12 +294,6 @@ class Qdrant(Service):
         ]
 
 
-def gated(ctx: ServiceContext) -> bool:
-    """Whether nginx checks the clients' keys in front of Qdrant (REST and gRPC): when it runs
-    beside it on one host."""
-    return key_gate(ctx) is not None
-
-
 def own_key(ctx: ServiceContext, secret: str) -> str:
     """The secret Qdrant itself checks for the access ``secret`` gives: its own behind the
     key gate, the clients' otherwise."""
@@ -308,10 +303,8 @@ def own_key(ctx: ServiceContext, secret: str) -> str:
 
 
 def client_address(ctx: ServiceContext) -> str:
-    """Where Qdrant's clients on the stack network send their requests: nginx's key gate,
-    or Qdrant itself when there is none."""
-    gate = key_gate(ctx) if gated(ctx) else None
-    return gate.address(GATE_PORT) if gate is not None else SERVICE.address()
+    """Where Qdrant's clients on the stack network send their requests."""
+    return gated_client_address(ctx, SERVICE, GATE_PORT)
 
 
 SERVICE = Qdrant()

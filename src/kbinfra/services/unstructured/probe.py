@@ -21,6 +21,7 @@ from kbinfra.probing.probe import (
     require,
     run_load,
 )
+from kbinfra.service_kit.key_gate import gated
 from kbinfra.services.unstructured.service import (
     API_KEY_HEADER,
     API_PATH,
@@ -29,7 +30,6 @@ from kbinfra.services.unstructured.service import (
     UPSTREAM_SECRET,
     UnstructuredSettings,
     UnstructuredTune,
-    gated,
 )
 
 if TYPE_CHECKING:

@@ -21,8 +21,9 @@ import random
 from typing import TYPE_CHECKING
 
 from kbinfra.probing.probe import ProbeContext
+from kbinfra.service_kit.key_gate import gated
 from kbinfra.services.unstructured.probe import client, document, partition
-from kbinfra.services.unstructured.service import CLIENT_SECRET, SERVICE, UPSTREAM_SECRET, gated
+from kbinfra.services.unstructured.service import CLIENT_SECRET, SERVICE, UPSTREAM_SECRET
 from kbinfra.spec.values import SWARM_TARGET
 
 if TYPE_CHECKING:

@@ -35,7 +35,8 @@ from kbinfra.service import (
     ServiceSettings,
 )
 from kbinfra.service_kit.healthchecks import python_http_probe
-from kbinfra.service_kit.key_gate import key_gate
+from kbinfra.service_kit.key_gate import client_address as gated_client_address
+from kbinfra.service_kit.key_gate import gated
 
 if TYPE_CHECKING:
     pass
@@ -347,17 +348,9 @@ class Unstructured(Service):
         ]
 
 
-def gated(ctx: ServiceContext) -> bool:
-    """Whether nginx checks the clients' key in front of the API: when it runs beside it on
-    one host (a Swarm's nginx is not built as a key gate)."""
-    return key_gate(ctx) is not None
-
-
 def client_address(ctx: ServiceContext) -> str:
-    """Where the API's clients on the stack network send their requests: nginx's key gate,
-    or the API itself when there is none."""
-    gate = key_gate(ctx)
-    return gate.address(GATE_PORT) if gate is not None else SERVICE.address()
+    """Where the API's clients on the stack network send their requests."""
+    return gated_client_address(ctx, SERVICE, GATE_PORT)
 
 
 SERVICE = Unstructured()

@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 
 from kbinfra.render import render_service
+from kbinfra.service_kit.key_gate import gated
 from kbinfra.services.nginx.key_gates import REFUSED
 from kbinfra.services.nginx.service import KEYS_CONF
 from kbinfra.services.nginx.service import SERVICE as NGINX
@@ -25,7 +26,6 @@ from kbinfra.services.qdrant.service import (
     UPSTREAM_API_KEY,
     UPSTREAM_READ_ONLY_KEY,
     client_address,
-    gated,
 )
 from kbinfra.stack import Stack
 

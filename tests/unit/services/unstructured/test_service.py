@@ -14,13 +14,13 @@ from pydantic import ValidationError
 from kbinfra.errors import SpecError
 from kbinfra.registry import get_service
 from kbinfra.render import render_service, render_stack, write_tree
+from kbinfra.service_kit.key_gate import gated
 from kbinfra.services.unstructured.render_check import check_rendered
 from kbinfra.services.unstructured.service import (
     SERVICE,
     STRATEGIES_FILE,
     UnstructuredSettings,
     client_address,
-    gated,
     unstructured_tuning,
 )
 from kbinfra.stack import Stack, open_stack
