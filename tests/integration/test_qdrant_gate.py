@@ -17,7 +17,8 @@ of this module, which run in order:
 - the gate on gRPC (h2c through nginx's loopback port, Qdrant's gRPC host port): the same
   keys with the same access, in ``api-key`` metadata and as a Bearer token; any other key
   UNAUTHENTICATED from nginx with Qdrant's own message, no key Qdrant's own answer, the health
-  check open whatever key is sent; Qdrant's own gRPC port refuses the clients' keys;
+  checks open whatever key is sent, a 6.5 MB message passed on; Qdrant's own gRPC port refuses
+  the clients' keys;
 - a backup and a restore reach Qdrant itself with its own key and give back every point;
 - ``secrets rotate qdrant_api_key qdrant_read_only_api_key`` while a writer and a reader loop
   through the gate on REST and on gRPC, a new connection each time, with the keys they hold
@@ -43,6 +44,8 @@ from qdrant_client.grpc import (
     points_service_pb2_grpc,
     qdrant_pb2_grpc,
 )
+
+from kbinfra.probing.grpc_status import grpc_status
 
 try:  # a package when tests/ has __init__.py files, plain modules otherwise
     from .stack_support import (
@@ -261,6 +264,25 @@ def test_on_grpc_the_gate_gives_the_same_keys_the_same_access(
             client.upsert(COLLECTION, [models.PointStruct(id=1, vector=[0.5] * DIMENSION)])
     finally:
         client.close()
+    # a message far over gRPC's usual 4 MB passes the gate (nginx takes any body size), and
+    # the gRPC health checking protocol is open through it whatever key is sent
+    big = pb.UpsertPoints(
+        collection_name=COLLECTION,
+        wait=True,
+        points=[
+            pb.PointStruct(
+                id=point.id,  # the same points again: the count stays
+                vectors=point.vectors,
+                payload={"text": pb.Value(string_value="x" * 1_300_000)},
+            )
+            for point in grpc_points(3, 5)
+        ],
+    )
+    assert big.ByteSize() > 6_000_000
+    assert grpc_call(address, "Upsert", write, **{f.name: v for f, v in big.ListFields()}) == ok
+    host, _, port = address.rpartition(":")
+    health = grpc_status(host, int(port), "/grpc.health.v1.Health/Check", [("api-key", "bad")])
+    assert health == (0, "")
     # nothing goes around the gate: Qdrant's own gRPC port takes its own keys only
     direct = container_url(docker_client, stack, "qdrant", 6334).removeprefix("http://")
     for client_key in (write, read):

@@ -268,6 +268,26 @@ def test_its_grpc_api_answers_keys_points_and_errors_as_upstream(
         grpc.StatusCode.NOT_FOUND,
         "Not found: Collection `no_such_collection` doesn't exist!",
     )
+    # the gRPC health checking protocol, open like HealthCheck
+    with grpc.insecure_channel(address) as channel:
+        check = channel.unary_unary("/grpc.health.v1.Health/Check")
+        assert check(b"", metadata=[("api-key", "wrong")], timeout=30) == b"\x08\x01"  # SERVING
+    # a message far over grpcio's 4 MB default: upstream takes any size
+    big = pb.UpsertPoints(
+        collection_name=collection,
+        wait=True,
+        points=[
+            pb.PointStruct(
+                id=pb.PointId(num=100 + i),
+                vectors=pb.Vectors(vector=pb.Vector(data=[1.0] * DIMENSION)),
+                payload={"text": pb.Value(string_value="x" * 1_000_000)},
+            )
+            for i in range(6)
+        ],
+    )
+    assert big.ByteSize() > 6_000_000
+    assert grpc_answer(address, points_stub, "Upsert", big, [("api-key", KEY)]) == ok
+    assert count(admin, collection) == 6
     deleting = pb.DeletePoints(collection_name=collection)
     assert grpc_answer(address, points_stub, "Delete", deleting, [("api-key", KEY)])[0] == (
         grpc.StatusCode.UNIMPLEMENTED
@@ -292,7 +312,7 @@ def test_its_grpc_api_answers_keys_points_and_errors_as_upstream(
             ],
             wait=True,
         )
-        assert count(admin, collection) == 30 and client.count(collection).count == 30
+        assert count(admin, collection) == 36 and client.count(collection).count == 36
         query = {"query": batch[4]["vector"], "limit": 5, "with_payload": True}
         rest = admin.post(f"/collections/{collection}/points/query", json=query).json()
         over_grpc = client.query_points(collection, **query)

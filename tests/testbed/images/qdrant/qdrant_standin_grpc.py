@@ -9,10 +9,10 @@ or as ``authorization: Bearer``; ``/qdrant.Qdrant/HealthCheck`` and
 or an Authorization bearer token", an unknown one UNAUTHENTICATED "Invalid API key or JWT", a
 write with the read-only key PERMISSION_DENIED "Forbidden: Global manage access is required".
 
-Implemented: HealthCheck; Collections List, Create (dense vectors), Delete, Get (status and
-counts only), CollectionExists;
-Points Upsert, Query (nearest by a dense vector), Count. Every other method answers
-UNIMPLEMENTED, as generated servicers do.
+Implemented: HealthCheck and grpc.health.v1's Health/Check; Collections List, Create (dense
+vectors), Delete, Get (status and counts only), CollectionExists; Points Upsert, Query
+(nearest by a dense vector), Count. Every other method answers UNIMPLEMENTED, as generated
+servicers do. Messages of any size are taken, as upstream takes them.
 """
 
 from __future__ import annotations
@@ -111,6 +111,21 @@ class Auth(grpc.ServerInterceptor):  # type: ignore[misc]
             context.abort(code, message)
 
         return grpc.unary_unary_rpc_method_handler(abort)
+
+
+class HealthProtocol(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """``/grpc.health.v1.Health/Check``, the gRPC health checking protocol upstream serves
+    beside its own HealthCheck: always SERVING (status 1), as upstream answers. The messages
+    are encoded by hand (field 1, a varint): qdrant-client does not ship health.proto."""
+
+    def service(self, details: Any) -> Any:
+        if details.method != "/grpc.health.v1.Health/Check":
+            return None
+
+        def check(request: bytes, context: grpc.ServicerContext) -> bytes:
+            return b"\x08\x01"  # HealthCheckResponse{status: SERVING}
+
+        return grpc.unary_unary_rpc_method_handler(check)
 
 
 def answered(engine: Any, api_error: type[Exception], call: Callable[[], Any], context: Any) -> Any:
@@ -252,6 +267,9 @@ def serve(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=16),
         interceptors=[Auth(write_keys, read_only_key)],
+        handlers=[HealthProtocol()],
+        # upstream decodes messages of any size (max_decoding_message_size(usize::MAX))
+        options=[("grpc.max_receive_message_length", -1)],
     )
     qdrant_pb2_grpc.add_QdrantServicer_to_server(Qdrant(), server)
     collections_service_pb2_grpc.add_CollectionsServicer_to_server(Collections(), server)
