@@ -25,6 +25,7 @@ from kbinfra.registry import service_part
 from kbinfra.rotation import (
     COMMIT_ONLY,
     PHASE_WORDS,
+    PHASES,
     Choice,
     Phase,
     RotationState,
@@ -140,6 +141,8 @@ class RotationResult:
     applies: list[dict[str, Any]] = field(default_factory=list)
     checks: list[str] = field(default_factory=list)
     safe_copy: list[str] = field(default_factory=list)
+    #: The phase ``--stop-after`` stopped at (secrets.yaml unchanged), or None: committed.
+    stopped_after: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -151,6 +154,7 @@ class RotationResult:
             "applies": self.applies,
             "checks": self.checks,
             "safe_copy": self.safe_copy,
+            "stopped_after": self.stopped_after,
         }
 
 
@@ -192,9 +196,11 @@ def rotate(
     progress: Progress,
     ssh: SshSettings,
     timeout: float | None = None,
+    stop_after: Phase | None = None,
 ) -> RotationResult:
     """Run (or finish) the rotation of ``choice.names``; the caller holds the stack's lock.
-    ``ssh``: how restic reaches an SFTP offsite repository."""
+    ``ssh``: how restic reaches an SFTP offsite repository. ``stop_after``: stop once that
+    phase is done (both values accepted), the state kept for a later run to finish."""
     from kbinfra.apply import apply_stack, plan_stack  # noqa: PLC0415
 
     state = read_state(stack.dir)
@@ -206,6 +212,7 @@ def rotate(
             fix=f"put back `name: {state.stack}` in kbinfra.yaml and finish the rotation",
         )
     resumed = state.phase if state is not None else None
+    refuse_stopping_where_it_is_past(state, stop_after, stack.dir)
     repositories = offsite_passwords(stack.spec)
     if state is None and (set(choice.names) - COMMIT_ONLY - set(repositories)):
         # each phase applies the whole stack: other pending changes would ride along
@@ -259,6 +266,10 @@ def rotate(
         state = state.advanced(phase)
         write_state(stack.dir, state)
         say(f"phase {phase} done")
+        if phase == stop_after:
+            result.stopped_after = phase
+            say(f"stopped after phase {phase}: {STOPPED}")
+            return result
     if needs_apply(state, outside):
         final = view(state, "revoked", stack.secrets, outside)
         result.checks = check_revoked(
@@ -267,13 +278,41 @@ def rotate(
     result.checks += [check_repository(repository, stack.dir) for repository in keys]
     for line in result.checks:
         say(line)
+    commit(stack, state, now, say)
+    result.safe_copy = safe_copy_lines(stack, state)
+    return result
+
+
+def commit(stack: Stack, state: RotationState, now: datetime, say: Callable[[str], None]) -> None:
+    """secrets.yaml (0600) gets the new values, the dates record them, and the state file
+    goes: the rotation is done."""
     values = committed_secrets(state, stack.secrets)
     write_private_file(secrets_path(stack.dir), dump_secrets(values))
     record_secret_dates(stack.dir, state.names, now)
     state_path(stack.dir).unlink(missing_ok=True)
     say(f"committed: secrets.yaml holds the new values of {', '.join(state.names)}")
-    result.safe_copy = safe_copy_lines(stack, state)
-    return result
+
+
+#: What a rotation stopped by ``--stop-after`` leaves.
+STOPPED = (
+    "the old and the new values are both accepted; `kbinfra secrets rotate` finishes the "
+    "rotation (apply refuses until then)"
+)
+
+
+def refuse_stopping_where_it_is_past(
+    state: RotationState | None, stop_after: Phase | None, stack_dir: Path
+) -> None:
+    """``--stop-after`` on an unfinished rotation that has done that phase already."""
+    if stop_after is None or state is None:
+        return
+    if PHASES.index(state.phase) >= PHASES.index(stop_after):
+        raise KbinfraError(
+            f"the unfinished rotation of {', '.join(state.names)} is at phase {state.phase} "
+            f"already, not before {stop_after}; nothing was changed",
+            where=str(state_path(stack_dir)),
+            fix="run `kbinfra secrets rotate` without --stop-after to finish it",
+        )
 
 
 def refuse_applying_on_a_swarm(stack: Stack, state: RotationState, outside: set[str]) -> None:

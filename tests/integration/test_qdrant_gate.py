@@ -23,7 +23,10 @@ of this module, which run in order:
 - ``secrets rotate qdrant_api_key qdrant_read_only_api_key`` while a writer and a reader loop
   through the gate on REST and on gRPC, a new connection each time, with the keys they hold
   (moved when the rotation says so): zero failed requests, the old keys refused afterwards on
-  both, neither nginx nor Qdrant recreated, Qdrant's own keys unchanged, the next plan empty.
+  both, neither nginx nor Qdrant recreated, Qdrant's own keys unchanged, the next plan empty;
+- the same rotation with ``--stop-after moved`` while the loops keep the old keys (clients
+  kbinfra does not manage): both values accepted until the loops move and a rerun finishes;
+  no request fails.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from kbinfra.probing.grpc_status import grpc_status
 
 try:  # a package when tests/ has __init__.py files, plain modules otherwise
     from .stack_support import (
+        ROTATION_STATE,
         Deployment,
         applied_deployment,
         container_url,
@@ -60,6 +64,7 @@ try:  # a package when tests/ has __init__.py files, plain modules otherwise
     from .traffic import BackgroundTraffic
 except ImportError:
     from stack_support import (  # type: ignore[no-redef]
+        ROTATION_STATE,
         Deployment,
         applied_deployment,
         container_url,
@@ -412,3 +417,46 @@ def test_rotating_both_client_keys_reloads_nginx_and_fails_no_request(
     assert plan.code == 0 and not plan.json()["changes"], plan.out
     checked = stack.run("check", "--only", "qdrant", "-o", "json")  # no app behind nginx
     assert checked.code == 0, checked.out + checked.err
+
+
+def test_a_rotation_stopped_after_moved_waits_for_clients_kbinfra_does_not_manage(
+    stack: Deployment,
+) -> None:
+    """``--stop-after moved``: kbinfra's own clients are moved, both values stay accepted
+    while the operator moves clients of their own (here: the loops, which the command never
+    moves), and a rerun revokes the old values. No request of theirs fails on the way."""
+    old = secrets_of(stack)
+    base, address = gate(stack), grpc_gate(stack)
+    with Clients(stack, {WRITE: old[WRITE], READ: old[READ]}) as clients:
+        time.sleep(0.5)
+        code, err, out = rotate_following(
+            stack, lambda _: None, WRITE, READ, "--yes", "--stop-after", "moved", "-o", "json"
+        )
+        assert code == 0, err
+        assert json.loads(out)["stopped_after"] == "moved"
+        assert "the rotation is unfinished: move the clients kbinfra does not manage" in err
+        state_file = stack.dir / ROTATION_STATE
+        assert state_file.stat().st_mode & 0o777 == 0o600
+        new = json.loads(state_file.read_text())["new"]
+        for secret in (WRITE, READ):  # both values open the gate, on REST and on gRPC
+            for value in (old[secret], new[secret]):
+                assert status(base, "GET", "/collections", key_headers(value)) == 200
+                assert grpc_call(address, "List", value)[0] == grpc.StatusCode.OK
+        assert secrets_of(stack)[WRITE] == old[WRITE]  # secrets.yaml waits for the finish
+        refused = stack.run("apply", "--yes")
+        assert refused.code == 2 and "is unfinished" in refused.err, refused.err
+        time.sleep(0.5)
+        clients.move(new)  # the operator moves their own clients, reading rotation.json
+        time.sleep(0.5)
+        code, err, out = rotate_following(stack, lambda _: None, "--yes", "-o", "json")
+        assert code == 0, err
+        finished = json.loads(out)
+        assert finished["stopped_after"] is None and finished["resumed_from"] == "moved"
+        time.sleep(0.5)
+    print(clients.report())
+    assert clients.sent >= 40 and clients.failures == [], clients.report()
+    assert {s: secrets_of(stack)[s] for s in (WRITE, READ)} == {s: new[s] for s in (WRITE, READ)}
+    for secret in (WRITE, READ):
+        assert status(base, "GET", "/collections", key_headers(old[secret])) == 401
+        assert grpc_call(address, "List", old[secret])[0] == grpc.StatusCode.UNAUTHENTICATED
+        assert grpc_call(address, "List", new[secret])[0] == grpc.StatusCode.OK

@@ -270,7 +270,9 @@ def test_a_rotation_killed_midway_is_finished_by_a_rerun_and_apply_waits_for_it(
         )
         assert code == -signal.SIGKILL, err
         state = json.loads((stack.dir / STATE).read_text())
-        assert state["phase"] == "added"
+        # killed when it printed "phase added done": on a loaded machine the kill may land
+        # once the next phase is done too; in either both values are accepted
+        assert state["phase"] in ("added", "moved"), state["phase"]
         assert (stack.dir / STATE).stat().st_mode & 0o777 == 0o600
         new_value = state["new"]["redis_app_password"]
         monitor = {"old": old["postgres_monitor_password"]}
@@ -288,7 +290,7 @@ def test_a_rotation_killed_midway_is_finished_by_a_rerun_and_apply_waits_for_it(
         )
         code, err, _ = rotate_following(stack, client.move, "--yes")
         assert code == 0, err
-        assert "it stopped at added" in err
+        assert f"it stopped at {state['phase']}" in err
     print(client.report())
     assert client.failures == [], client.report()
     assert secrets_of(stack)["redis_app_password"] == new_value
@@ -322,10 +324,13 @@ def test_a_superuser_rotation_killed_before_its_alter_role_is_finished_by_a_reru
     old = secrets_of(stack)
     server = docker_client.api.inspect_container(stack.container("postgres"))["Id"]
     with Client(stack.port("redis"), {}, (stack, pg_held(old))) as client:
+        # stopped exactly after phase added (a kill -9 at that line could land a phase later
+        # on a loaded machine); the kill inside the next phase is then made by hand below
         code, err, _ = rotate_following(
-            stack, client.move, "postgres_password", "--yes", kill_after="phase added done"
+            stack, client.move, "postgres_password", "--yes", "--stop-after", "added"
         )
-        assert code == -signal.SIGKILL, err
+        assert code == 0, err
+        assert "stopped after phase added" in err
         new = json.loads((stack.dir / STATE).read_text())["new"]["postgres_password"]
         # phase added: kbinfra still logs in with the old value; the server holds only it
         assert pg_logs_in(stack, "kb", old["postgres_password"])

@@ -196,6 +196,7 @@ def run(
     monkeypatch: pytest.MonkeyPatch,
     recorder: Recorder,
     names: list[str] = REDIS,
+    stop_after: Phase | None = None,
 ) -> Any:
     monkeypatch.setattr("kbinfra.apply.apply_stack", recorder)
     monkeypatch.setattr("kbinfra.apply.plan_stack", lambda *args, **kw: NO_CHANGES)
@@ -203,7 +204,16 @@ def run(
     lines: list[str] = []
     fresh = open_stack(stack.dir)  # as a rerun reads it
     choice = choose_secrets(fresh, names, every=False)
-    result = rotate(fresh, object(), choice, now=NOW, say=lines.append, progress=None, ssh=None)  # type: ignore[arg-type]
+    result = rotate(
+        fresh,
+        object(),  # type: ignore[arg-type]
+        choice,
+        now=NOW,
+        say=lines.append,
+        progress=None,  # type: ignore[arg-type]
+        ssh=None,  # type: ignore[arg-type]
+        stop_after=stop_after,
+    )
     return result, lines
 
 
@@ -257,6 +267,36 @@ def test_a_failed_phase_keeps_the_state_where_it_was_and_secrets_yaml_unchanged(
     run(stack, monkeypatch, recorder)
     assert [bool(overlap) for _, overlap in recorder.views] == [True, False]
     assert not state_path(stack.dir).exists()
+
+
+@pytest.mark.parametrize("stop_after", ["added", "moved"])
+def test_stop_after_keeps_both_values_and_secrets_yaml_and_a_rerun_finishes(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, stop_after: Phase
+) -> None:
+    before = (stack.dir / "secrets.yaml").read_text()
+    recorder = Recorder()
+    result, lines = run(stack, monkeypatch, recorder, stop_after=stop_after)
+    # the phases up to and with stop_after, each deploying both values, and no commit
+    assert len(recorder.views) == PHASES.index(stop_after)
+    assert all(overlap for _, overlap in recorder.views)
+    assert result.stopped_after == stop_after and result.as_json()["stopped_after"] == stop_after
+    assert result.safe_copy == [] and result.checks == []
+    assert lines[-1].startswith(f"stopped after phase {stop_after}: the old and the new values")
+    state = read_state(stack.dir)
+    assert state is not None and state.phase == stop_after
+    assert (stack.dir / "secrets.yaml").read_text() == before
+    # asking again to stop where it already is: one clear line, nothing changed
+    with pytest.raises(KbinfraError, match=f"at phase {stop_after} already") as raised:
+        run(stack, monkeypatch, Recorder(), stop_after="added")
+    assert raised.value.exit_code == 2
+    assert read_state(stack.dir) == state
+    # a rerun without it goes on from there to the commit
+    recorder = Recorder()
+    result, _ = run(stack, monkeypatch, recorder)
+    assert len(recorder.views) == len(PHASES) - 1 - PHASES.index(stop_after)
+    assert result.stopped_after is None and result.resumed_from == stop_after
+    assert not state_path(stack.dir).exists()
+    assert load_secrets(stack.dir, REDIS) == {**stack.secrets, **state.new}
 
 
 def test_a_rotation_does_not_start_over_changes_not_applied_yet(

@@ -2,6 +2,7 @@
 value. ``kbinfra secrets rotate`` replaces them with no failed request."""
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +21,14 @@ from kbinfra.commands.options import (
     examples,
 )
 from kbinfra.ui import Console, Output
+
+
+class StopAfter(StrEnum):
+    """The phases a rotation may stop after: both values are accepted after each."""
+
+    added = "added"
+    moved = "moved"
+
 
 app = typer.Typer()
 secrets_app = typer.Typer(
@@ -88,6 +97,7 @@ def list_command(stack_dir: DirOption = Path(), output: OutputOption = Output.te
         "kbinfra secrets rotate --all --yes",
         "kbinfra secrets rotate redis_app_password",
         "kbinfra secrets rotate          # finish a rotation that was interrupted",
+        "kbinfra secrets rotate qdrant_api_key --stop-after moved   # then move your clients",
     ),
 )
 def rotate_command(
@@ -108,6 +118,17 @@ def rotate_command(
     known_hosts: KnownHostsOption = None,
     identity: IdentityOption = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Rotate without asking.")] = False,
+    stop_after: Annotated[
+        StopAfter | None,
+        typer.Option(
+            "--stop-after",
+            metavar="PHASE",
+            help="Stop once PHASE is done, the old and the new values both accepted (added: "
+            "every client still on the old ones; moved: kbinfra's clients on the new ones), "
+            "to move clients kbinfra does not manage; run again without it to finish.",
+            show_default=False,
+        ),
+    ] = None,
     timeout: HealthTimeoutOption = None,
     force_unlock: ForceUnlockOption = False,
     output: OutputOption = Output.text,
@@ -122,6 +143,9 @@ def rotate_command(
     An offsite repository's restic password goes through restic's keys instead (key add,
     the new one proved, key remove of the old one's key): no apply, no snapshot rewritten.
     On a Swarm only what no service reads rotates: the backup key and those passwords.
+    Clients of your own (scripts, other hosts) hold values too: --stop-after moved leaves
+    both values accepted while you move them to the new ones, which .kbinfra/rotation.json
+    (0600) holds until the rotation is finished.
     """
     from kbinfra.offsite.run import ssh_settings  # noqa: PLC0415
     from kbinfra.rotation_run import choose_secrets, on_a_swarm, rotate  # noqa: PLC0415
@@ -169,10 +193,23 @@ def rotate_command(
             progress=progress,
             ssh=ssh_settings(known_hosts, identity),
             timeout=timeout,
+            stop_after=stop_after.value if stop_after is not None else None,
         )
     if console.json_mode:
         console.emit_json(result.as_json())
+    elif result.stopped_after:
+        console.line(
+            f"stopped after phase {result.stopped_after} of rotating "
+            f"{', '.join(result.rotated)} of stack {result.stack}: the old and the new values "
+            "are both accepted"
+        )
     else:
         console.line(f"rotated {', '.join(result.rotated)} of stack {result.stack}")
+    if result.stopped_after:
+        console.warn(
+            f"the rotation is unfinished: move the clients kbinfra does not manage to the new "
+            f"values (in {state_path(stack.dir)}, 0600), then run `kbinfra secrets rotate` "
+            "to revoke the old ones and write secrets.yaml; apply refuses until then"
+        )
     for line in result.safe_copy:
         console.warn(line)
