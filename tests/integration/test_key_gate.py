@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import docker
 import httpx
@@ -54,7 +55,16 @@ MAX_SECONDS = 300.0
 @pytest.fixture(scope="module")
 def stack(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     folder = tmp_path_factory.mktemp("gate") / "stack"
-    with applied_deployment(testbed, folder, ["unstructured", "nginx"], "kbg") as deployment:
+
+    def fast_client(data: dict[str, Any]) -> None:
+        # the client below sends over 10 requests a second through the HTTPS site from one
+        # address: over nginx's default rate limit, whose 429s would say nothing of the gate
+        nginx = data["services"]["nginx"]
+        nginx["rate_limit_rps"], nginx["rate_limit_burst"] = 1000, 1000
+
+    with applied_deployment(
+        testbed, folder, ["unstructured", "nginx"], "kbg", configure=fast_client
+    ) as deployment:
         yield deployment
 
 
