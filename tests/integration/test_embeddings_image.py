@@ -10,6 +10,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,16 @@ def test_unchanged_inputs_do_not_rebuild(docker_client: Any, embeddings_image: s
 
 @pytest.fixture
 def container(docker_client: Any, embeddings_image: str, tmp_path: Path) -> Iterator[Any]:
+    with running_image(docker_client, embeddings_image, tmp_path, CONFIG) as running:
+        yield running
+
+
+@contextmanager
+def running_image(
+    docker_client: Any, embeddings_image: str, tmp_path: Path, settings: dict[str, Any]
+) -> Iterator[Any]:
     config = tmp_path / "config.json"
-    config.write_text(json.dumps(CONFIG))
+    config.write_text(json.dumps(settings))
     config.chmod(0o644)
     suffix = uuid.uuid4().hex[:8]
     network = docker_client.networks.create(f"kbinfra-test-offline-{suffix}", internal=True)
@@ -122,3 +131,37 @@ def test_the_image_has_cpu_torch_and_no_requests(container: Any) -> None:
     code, out = container.exec_run(["python", "-c", probe])
     assert code == 0, out.decode()
     assert out.decode().split() == ["2.13.0+cpu", "None", "True"]
+
+
+HEALTH = """
+import sys, urllib.request
+answer = urllib.request.urlopen("http://127.0.0.1:8001/health", timeout=5)
+sys.exit(0 if answer.status == 200 else 1)
+"""
+
+
+def test_with_drain_s_it_answers_that_long_after_sigterm_then_stops(
+    docker_client: Any, embeddings_image: str, tmp_path: Path
+) -> None:
+    """A Swarm task replaced start-first leaves DNS 2 s before its SIGTERM; nginx may hold
+    its address 10 s: with ``drain_s`` it answers through that, and then stops by itself."""
+    drain_s = 6.0
+    with running_image(
+        docker_client, embeddings_image, tmp_path, {**CONFIG, "drain_s": drain_s}
+    ) as running:
+        wait_healthy(running)
+        running.kill(signal="SIGTERM")
+        sent = time.monotonic()
+        answered = []
+        while time.monotonic() - sent < drain_s - 1.5:
+            code, out = running.exec_run(["python", "-c", HEALTH])
+            assert code == 0, f"refused {time.monotonic() - sent:.1f} s after SIGTERM: {out!r}"
+            answered.append(time.monotonic() - sent)
+        exited = running.wait(timeout=30)
+        stopped = time.monotonic() - sent
+        logs = running.logs().decode()
+    print(f"answered {len(answered)} times up to {answered[-1]:.1f} s; stopped at {stopped:.1f} s")
+    assert answered[-1] >= drain_s - 2.5
+    assert drain_s - 0.5 <= stopped < drain_s + 10, logs[-2000:]
+    assert exited["StatusCode"] in (0, 143), logs[-2000:]  # uvicorn re-raises the SIGTERM
+    assert "answering 6 s more before stopping (drain)" in logs

@@ -31,8 +31,10 @@ from kbinfra.service import (
     TmpfsMount,
     VolumeMount,
 )
+from kbinfra.service_kit.dns_cache import DNS_CACHE_S
 from kbinfra.service_kit.healthchecks import python_http_probe
 from kbinfra.service_kit.monitoring import p95
+from kbinfra.spec.values import SWARM_TARGET
 
 if TYPE_CHECKING:
     pass
@@ -225,6 +227,9 @@ class EmbeddingsConfig(BaseModel):
     torch_threads: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     api_key: ApiKey
+    #: Seconds it keeps answering after its stop signal (a Swarm task replaced start-first:
+    #: clients that resolved it before it left DNS still reach it); 0 stops at once.
+    drain_s: int = Field(0, ge=0, le=300)
 
     @model_validator(mode="after")
     def _default_is_served(self) -> Self:
@@ -294,14 +299,17 @@ class Embeddings(Service):
                 env=API_KEY_ENV,
                 file=KEYS_TARGET if settings.require_api_key else None,
             ),
+            drain_s=DNS_CACHE_S if ctx.stack.target == SWARM_TARGET else 0,
         )
 
     def files(self, ctx: ServiceContext) -> list[RenderedFile]:
-        """The keys file: the key clients use and, during a rotation, the other one."""
+        """The keys file: the key clients use and, during a rotation, the other one, sorted:
+        the same two keys make the same file whichever clients hold (on a Swarm, a task
+        replaced the fewer times)."""
         settings: EmbeddingsSettings = ctx.settings
         if not settings.require_api_key:
             return []
-        text = "".join(f"{key}\n" for key in ctx.accepted("embeddings_api_key"))
+        text = "".join(f"{key}\n" for key in sorted(ctx.accepted("embeddings_api_key")))
         return [RenderedFile(KEYS_FILE, text, mode=0o600, secret=True)]
 
     def template_context(self, ctx: ServiceContext) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from kbinfra.service import (
     ServiceSettings,
     TmpfsMount,
 )
+from kbinfra.service_kit.dns_cache import DNS_CACHE_S
 from kbinfra.services.nginx.key_gates import REFUSED, gated_route, keys_conf
 
 if TYPE_CHECKING:
@@ -288,6 +289,7 @@ class Nginx(Service):
             "upstream_fail_timeout_s": UPSTREAM_FAIL_TIMEOUT_S,
             "upstream_keepalive": UPSTREAM_KEEPALIVE,
             "resolver": DOCKER_DNS,
+            "dns_cache_s": DNS_CACHE_S,
             "routes": [route for route in routes if route["public"]],
             "gates": [route for route in routes if route["gate"]],
             "keys_target": KEYS_TARGET,

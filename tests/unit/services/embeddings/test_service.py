@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from kbinfra import __version__
 from kbinfra.errors import SpecError
 from kbinfra.render import render_service, render_stack, write_tree
+from kbinfra.service_kit.dns_cache import DNS_CACHE_S
 from kbinfra.service_kit.healthchecks import python_http_probe
 from kbinfra.services.embeddings.render_check import check_rendered
 from kbinfra.services.embeddings.service import (
@@ -30,9 +31,9 @@ from kbinfra.services.embeddings.service import (
     _clamp_pow2,
     embeddings_tuning,
 )
-from kbinfra.stack import Stack
+from kbinfra.stack import Stack, open_stack
 from kbinfra.validation import free_port
-from tests.conftest import fixed_secret
+from tests.conftest import FIXTURES, fixed_secret, write_stack_dir
 
 MODELS = [EmbeddingModel.model_validate(m) for m in DEFAULT_MODELS]
 
@@ -175,9 +176,22 @@ def test_the_keys_file_holds_the_key_and_during_a_rotation_the_other_one(
         secrets={**stack.secrets, "embeddings_api_key": other},
         overlap={"embeddings_api_key": key},
     )
-    assert keys_file(moved).text == f"{other}\n{key}\n"
+    assert keys_file(moved).text == "".join(f"{k}\n" for k in sorted((key, other)))
+    added = dataclasses.replace(stack, overlap={"embeddings_api_key": other})
+    # the same file whichever value clients hold: on a Swarm, no task replaced for it
+    assert keys_file(added).text == keys_file(moved).text
     # the app tier, a client, holds the one value clients use
     assert moved.contexts["embeddings"].secrets["embeddings_api_key"] == other
+
+
+def test_on_a_swarm_it_drains_for_as_long_as_nginx_keeps_a_dns_answer(
+    make_stack: Callable[..., Stack], tmp_path: Path
+) -> None:
+    local = SERVICE.config(make_stack("minimum").contexts["embeddings"])
+    assert local.drain_s == 0  # one host: apply replaces it stop-first, no DNS flip to wait out
+    folder = write_stack_dir(tmp_path / "swarm", nodes_file=FIXTURES / "swarm" / "nodes.yaml")
+    swarm = SERVICE.config(open_stack(folder).contexts["embeddings"])
+    assert swarm.drain_s == DNS_CACHE_S == 10
 
 
 def test_a_change_of_the_keys_file_alone_is_reloaded_in_place(

@@ -117,6 +117,10 @@ class ServiceConfig(_Config):
     api_key: ApiKeyConfig = ApiKeyConfig()
     max_texts_per_request: int = Field(256, ge=1)
     max_text_chars: int = Field(16384, ge=1)
+    #: Seconds it keeps answering after SIGTERM before it stops as uvicorn does (in-flight
+    #: requests finished): a Swarm task replaced start-first is taken out of DNS before its
+    #: stop signal, and a client that resolved it earlier still sends to it for a while.
+    drain_s: float = Field(0, ge=0, le=300)
 
     @model_validator(mode="after")
     def _default_is_configured(self) -> ServiceConfig:
@@ -600,6 +604,26 @@ def create_app(
     return app
 
 
+def draining_server(config: Any, drain_s: float) -> Any:
+    """A uvicorn server that, on its first SIGTERM, answers ``drain_s`` seconds more and
+    then stops as uvicorn does; any other signal (or a second SIGTERM) stops it at once."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):  # type: ignore[misc]
+        draining: threading.Timer | None = None
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if sig == signal.SIGTERM and drain_s > 0 and self.draining is None:
+                log.info("SIGTERM: answering %g s more before stopping (drain)", drain_s)
+                self.draining = threading.Timer(drain_s, super().handle_exit, (sig, frame))
+                self.draining.daemon = True
+                self.draining.start()
+                return
+            super().handle_exit(sig, frame)
+
+    return DrainingServer(config)
+
+
 def main() -> None:
     """Start the service: validate the config (one line and exit 2 if unusable), then serve."""
     logging.basicConfig(
@@ -637,7 +661,11 @@ def main() -> None:
         config.torch_threads,
         config.batch_size,
     )
-    uvicorn.run(app, host=config.host, port=config.port, workers=1, access_log=False)
+    server = draining_server(
+        uvicorn.Config(app, host=config.host, port=config.port, workers=1, access_log=False),
+        config.drain_s,
+    )
+    server.run()
 
 
 if __name__ == "__main__":
