@@ -47,9 +47,11 @@ from kbinfra.secrets import (
 from kbinfra.spec.values import SWARM_TARGET
 
 if TYPE_CHECKING:
+    from kbinfra.apply import ApplyResult
     from kbinfra.offsite.repository import SshSettings
     from kbinfra.progress import Progress
     from kbinfra.stack import Stack
+    from kbinfra.swarm.run import SwarmApplyResult
     from kbinfra.targets.base import Target
 
 
@@ -89,29 +91,48 @@ def checked_secrets(stack: Stack, name: str, part: ModuleType) -> set[str]:
     return set(service.secrets) | set(getattr(part, "checked", lambda _: ())(stack))
 
 
-#: Why a Swarm stack rotates only what no service reads (its backup key, its offsite
-#: repositories' passwords).
-ON_A_SWARM = (
-    "on a Swarm its services read it from a Docker secret or config, which no running task "
-    "re-reads: a new value replaces their tasks, and a store's one task fails requests "
-    "meanwhile"
-)
-
-
 def on_a_swarm(stack: Stack) -> bool:
     return stack.spec.target == SWARM_TARGET
+
+
+def swarm_gaps(stack: Stack) -> dict[str, str]:
+    """On a Swarm, why each secret read by a service whose tasks cannot be replaced with no
+    failed request cannot rotate: a Swarm service reads a secret from a Docker secret or
+    config, which no running task re-reads, so a new value means new tasks."""
+    from kbinfra.stack import secret_uses  # noqa: PLC0415
+    from kbinfra.swarm.placement import replacement_gap, stack_placements  # noqa: PLC0415
+
+    gaps = {
+        name: gap
+        for name, placement in stack_placements(stack).items()
+        if (gap := replacement_gap(stack, name, placement)) is not None
+    }
+    readers = {name: set(used) for name, used in secret_uses(stack.spec, stack.secrets).items()}
+    for name, part in rotate_parts(stack):
+        for secret in checked_secrets(stack, name, part):
+            readers.setdefault(secret, set()).add(name)
+    reasons = {}
+    for secret, services in sorted(readers.items()):
+        gapped = sorted(services & set(gaps))
+        if gapped:
+            reasons[secret] = (
+                "on a Swarm a new value replaces the tasks that read it (no running task "
+                f"re-reads a Docker secret), and {gaps[gapped[0]]}: requests fail meanwhile"
+            )
+    return reasons
 
 
 def rotatable_secrets(stack: Stack) -> set[str]:
     """The stack's secrets that every service checking them takes two values of at once:
     each service folder's ``rotate`` Part says which of its secrets (``ROTATES``), less
     those this stack cannot (``refused``); and the restic password of each offsite
-    repository (restic holds several keys at once). On a Swarm, only the latter."""
+    repository (restic holds several keys at once). On a Swarm, less those a service reads
+    whose tasks cannot be replaced with no failed request (:func:`swarm_gaps`)."""
     found: set[str] = set(offsite_passwords(stack.spec))
-    if on_a_swarm(stack):
-        return found
     for name, part in rotate_parts(stack):
         found |= taken_secrets(stack, name, part) - set(stack_refusals(stack, part))
+    if on_a_swarm(stack):
+        found -= set(swarm_gaps(stack))
     return found
 
 
@@ -162,12 +183,12 @@ def refusal_reasons(stack: Stack) -> dict[str, str]:
     """Why a service cannot rotate a secret of its own, where its rotate Part says
     (``REFUSED``); and why an offsite repository's S3 keys are not kbinfra's to rotate."""
     reasons = offsite_refusals(stack.spec)
-    for name, part in rotate_parts(stack):
+    for _, part in rotate_parts(stack):
         reasons.update(getattr(part, "REFUSED", {}))
         reasons.update(stack_refusals(stack, part))
-        if on_a_swarm(stack):  # a service's own reason, where it gives one, says more
-            for secret in checked_secrets(stack, name, part):
-                reasons.setdefault(secret, ON_A_SWARM)
+    if on_a_swarm(stack):  # a service's own reason, where it gives one, says more
+        for secret, gap in swarm_gaps(stack).items():
+            reasons.setdefault(secret, gap)
     return reasons
 
 
@@ -201,8 +222,6 @@ def rotate(
     """Run (or finish) the rotation of ``choice.names``; the caller holds the stack's lock.
     ``ssh``: how restic reaches an SFTP offsite repository. ``stop_after``: stop once that
     phase is done (both values accepted), the state kept for a later run to finish."""
-    from kbinfra.apply import apply_stack, plan_stack  # noqa: PLC0415
-
     state = read_state(stack.dir)
     if state is not None and state.stack != stack.spec.name:
         raise KbinfraError(
@@ -216,9 +235,8 @@ def rotate(
     repositories = offsite_passwords(stack.spec)
     if state is None and (set(choice.names) - COMMIT_ONLY - set(repositories)):
         # each phase applies the whole stack: other pending changes would ride along
-        changed = plan_stack(stack, target, with_diffs=False)
-        if changed.has_changes:
-            moving = [a.service for a in changed.services if a.action != "nothing"]
+        moving = pending_changes(stack, target)
+        if moving is not None:
             raise KbinfraError(
                 "the stack has changes not applied yet"
                 + (f" ({', '.join(moving)})" if moving else "")
@@ -250,19 +268,12 @@ def rotate(
         if needs_apply(state, outside):
             shown = view(state, phase, stack.secrets, outside)
             phase_stack = dataclasses.replace(stack, secrets=shown.secrets, overlap=shown.overlap)
-            applied = apply_stack(
-                phase_stack, target, timeout=timeout, progress=progress, lock_held=True
-            )
+            if on_a_swarm(stack):
+                refuse_a_gap_on_the_swarm(phase_stack, target, phase, state)
+            applied = apply_phase(phase_stack, target, timeout=timeout, progress=progress)
             result.applies.append({"phase": phase, **applied.as_json()})
             if not applied.ok:
-                failed = next(r for r in applied.services if r.outcome in ("failed", "skipped"))
-                raise RotationFailedError(
-                    f"phase {phase} of the rotation failed: {failed.service}: {failed.error}; "
-                    f"the stack stays at phase {state.phase}, where every client's value is "
-                    "accepted",
-                    where=str(state_path(stack.dir)),
-                    fix="fix the cause, then run `kbinfra secrets rotate` again to finish",
-                )
+                raise phase_failed(applied, phase, state, stack.dir)
         state = state.advanced(phase)
         write_state(stack.dir, state)
         say(f"phase {phase} done")
@@ -315,16 +326,112 @@ def refuse_stopping_where_it_is_past(
         )
 
 
+def phase_failed(
+    applied: ApplyResult | SwarmApplyResult, phase: Phase, state: RotationState, stack_dir: Path
+) -> RotationFailedError:
+    """A phase's apply that failed: the state stays at the phase before, where every
+    client's value is accepted."""
+    failed = next((r for r in applied.services if r.outcome in ("failed", "skipped")), None)
+    why = (
+        f"{failed.service}: {failed.error}"
+        if failed is not None
+        else str(getattr(applied, "failure", None) or "the apply failed")
+    )
+    return RotationFailedError(
+        f"phase {phase} of the rotation failed: {why}; the stack stays at phase "
+        f"{state.phase}, where every client's value is accepted",
+        where=str(state_path(stack_dir)),
+        fix="fix the cause, then run `kbinfra secrets rotate` again to finish",
+    )
+
+
 def refuse_applying_on_a_swarm(stack: Stack, state: RotationState, outside: set[str]) -> None:
-    """choose() refuses a Swarm stack's served secrets; an unfinished rotation started
+    """choose() refuses what a Swarm stack cannot rotate; an unfinished rotation started
     with another target (its state file) is not finished on a Swarm either."""
-    if on_a_swarm(stack) and needs_apply(state, outside):
+    if not on_a_swarm(stack):
+        return
+    cannot = sorted(set(state.names) - outside - COMMIT_ONLY - rotatable_secrets(stack))
+    if cannot:
         raise KbinfraError(
-            f"the unfinished rotation of {', '.join(state.names)} needs an apply, which a "
-            "Swarm stack's rotation never runs; nothing was changed",
+            f"the unfinished rotation of {', '.join(state.names)} needs an apply that would "
+            f"fail requests on a Swarm ({', '.join(cannot)}); nothing was changed",
             where=str(state_path(stack.dir)),
             fix="finish it with the target it was started on (`--target`)",
         )
+
+
+def pending_changes(stack: Stack, target: Target) -> list[str] | None:
+    """The services a plain apply would change now (an empty list: something else, a
+    network or a secret), or None: the target is as the stack says."""
+    if on_a_swarm(stack):
+        from kbinfra.swarm.run import swarm_plan  # noqa: PLC0415
+        from kbinfra.targets.swarm import SwarmTarget  # noqa: PLC0415
+
+        assert isinstance(target, SwarmTarget)
+        planned = swarm_plan(stack, target)
+        if not planned.has_changes:
+            return None
+        return [a.service for a in planned.services if a.action != "nothing"]
+    from kbinfra.apply import plan_stack  # noqa: PLC0415
+
+    changed = plan_stack(stack, target, with_diffs=False)
+    if not changed.has_changes:
+        return None
+    return [a.service for a in changed.services if a.action != "nothing"]
+
+
+def apply_phase(
+    stack: Stack, target: Target, *, timeout: float | None, progress: Progress
+) -> ApplyResult | SwarmApplyResult:
+    """One phase's apply under the lock the caller holds: apply's health-gated path on one
+    host, Swarm's rolling update (start-first, health-gated) on a Swarm."""
+    if on_a_swarm(stack):
+        from kbinfra.swarm.run import swarm_apply_held  # noqa: PLC0415
+        from kbinfra.targets.swarm import SwarmTarget  # noqa: PLC0415
+
+        assert isinstance(target, SwarmTarget)
+        return swarm_apply_held(stack, target, timeout_s=timeout, progress=progress)
+    from kbinfra.apply import apply_stack  # noqa: PLC0415
+
+    return apply_stack(stack, target, timeout=timeout, progress=progress, lock_held=True)
+
+
+def first_gap(stack: Stack, services: Collection[str]) -> tuple[str, str] | None:
+    """The first of ``services`` (Swarm services by kbinfra's names) whose tasks cannot be
+    replaced with no failed request, and why."""
+    from kbinfra.swarm.placement import replacement_gap, stack_placements  # noqa: PLC0415
+
+    placements = stack_placements(stack)
+    for name in services:
+        placement = placements.get(name)
+        if placement is None:  # a store's streaming replica or one of its peers
+            return name, f"{name} is pinned to its node as its store is"
+        gap = replacement_gap(stack, name, placement)
+        if gap is not None:
+            return name, gap
+    return None
+
+
+def refuse_a_gap_on_the_swarm(
+    stack: Stack, target: Target, phase: Phase, state: RotationState
+) -> None:
+    """Before a phase's apply on a Swarm: every service it would replace must start its new
+    task beside the old one. choose() saw to it from what each service reads; this asks the
+    Swarm itself, so a rendered file that changes elsewhere stops the rotation first."""
+    found = first_gap(stack, pending_changes(stack, target) or [])
+    if found is None:
+        return
+    name, gap = found
+    unchanged = state.phase == "generated"
+    if unchanged:
+        state_path(stack.dir).unlink(missing_ok=True)
+    raise RotationFailedError(
+        f"phase {phase} of the rotation would replace {name}'s tasks, and {gap}: requests "
+        "would fail; "
+        + ("nothing was changed" if unchanged else f"the stack stays at phase {state.phase}"),
+        where=str(state_path(stack.dir)),
+        fix="rotate it on one host, or with the service out of the Swarm stack",
+    )
 
 
 def step_on_repository(

@@ -732,13 +732,14 @@ def test_secrets_rotate_on_the_swarm_rotates_what_no_task_reads_and_refuses_the_
     assert refused.code == 2, refused.err
     (line,) = refused.err.strip().splitlines()
     assert "redis_app_password" in line and "no running task re-reads" in line, line
+    assert "redis keeps its data on one node" in line, line
 
     done = deployment.run("secrets", "rotate", "--all", "--yes", "-o", "json")
     assert done.code == 0, done.err[-3000:]
     result = done.json()
     assert sorted(result["rotated"]) == ["backup_hmac_key", "offsite_disk_password"]
     assert {"redis_app_password", "postgres_password"} <= set(result["not_rotatable"])
-    assert "on a Swarm kbinfra rotates only what no service reads" in done.err
+    assert "on a Swarm kbinfra rotates only what no pinned or host-port task reads" in done.err
     assert result["applies"] == []
     assert service_versions(clean_cluster) == before  # no task replaced
 

@@ -46,6 +46,7 @@ from kbinfra.rotation_state import read_state, refuse_while_rotating, state_path
 from kbinfra.secrets import dump_secrets, load_secret_dates, load_secrets
 from kbinfra.services.redis.service import acl_password_hash
 from kbinfra.stack import Stack, open_stack
+from kbinfra.swarm.placement import replacement_gap, stack_placements
 from tests.conftest import FIXTURES, fixed_secret, only_services, run_kbinfra, write_stack_dir
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -412,18 +413,45 @@ def swarm_stack(tmp_path: Path) -> Stack:
     return open_stack(folder)
 
 
-def test_on_a_swarm_only_what_no_service_reads_is_rotated(swarm_stack: Stack) -> None:
-    assert rotatable_secrets(swarm_stack) == {OFFSITE}
+def test_on_a_swarm_what_no_pinned_or_published_task_reads_is_rotated(swarm_stack: Stack) -> None:
+    # the embedding service's tasks are replaced start-first (no data, no host port)
+    assert rotatable_secrets(swarm_stack) == {OFFSITE, "embeddings_api_key"}
     every = choose_secrets(swarm_stack, [], every=True)
-    assert set(every.names) == {"backup_hmac_key", OFFSITE}
+    assert set(every.names) == {"backup_hmac_key", OFFSITE, "embeddings_api_key"}
     assert {*REDIS, "postgres_password", "qdrant_api_key"} <= set(every.not_rotatable)
+
+
+def test_a_pinned_task_has_a_gap_when_replaced_and_a_replicated_one_has_none(
+    swarm_stack: Stack,
+) -> None:
+    embeddings = stack_placements(swarm_stack)["embeddings"]
+    assert not embeddings.pinned and replacement_gap(swarm_stack, "embeddings", embeddings) is None
+    pinned = embeddings._replace(pinned=True, replicas=1)
+    gap = replacement_gap(swarm_stack, "embeddings", pinned)
+    assert gap is not None and "embeddings keeps its data on one node" in gap
+    assert "embeddings_api_key" not in rotation_run.swarm_gaps(swarm_stack)
+
+
+def test_a_phase_that_would_replace_a_pinned_task_on_a_swarm_is_refused_first(
+    swarm_stack: Stack,
+) -> None:
+    assert rotation_run.first_gap(swarm_stack, ["embeddings"]) is None
+    assert rotation_run.first_gap(swarm_stack, ["embeddings", "redis"]) == (
+        "redis",
+        "redis keeps its data on one node, so its one task stops before the new one starts",
+    )
+    name, gap = rotation_run.first_gap(swarm_stack, ["nginx"]) or ("", "")
+    assert name == "nginx" and "publishes its ports in host mode" in gap
+    name, gap = rotation_run.first_gap(swarm_stack, ["postgres-replica"]) or ("", "")
+    assert name == "postgres-replica" and "pinned" in gap
 
 
 @pytest.mark.parametrize(
     ("name", "why"),
     [
         ("redis_app_password", "no running task re-reads"),
-        ("embeddings_api_key", "no running task re-reads"),
+        ("redis_app_password", "redis keeps its data on one node"),
+        ("qdrant_api_key", "nginx is not Qdrant's key gate"),  # Qdrant's own reason
         ("postgres_password", "Docker secret"),  # PostgreSQL's own reason, which says more
         ("postgres_monitor_password", "one host"),
     ],
@@ -445,7 +473,7 @@ def test_a_rotation_started_on_one_host_is_not_finished_on_a_swarm(
         swarm_stack.dir,
         new_state("kb", REDIS, swarm_stack.secrets, dict.fromkeys(REDIS, "x" * 32), NOW),
     )
-    with pytest.raises(KbinfraError, match="Swarm stack's rotation never runs"):
+    with pytest.raises(KbinfraError, match="needs an apply that would fail requests on a Swarm"):
         run(swarm_stack, monkeypatch, Recorder())
     assert read_state(swarm_stack.dir) is not None  # kept, for the target it was started on
 

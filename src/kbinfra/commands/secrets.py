@@ -142,7 +142,8 @@ def rotate_command(
     it; apply refuses until then. Secrets kbinfra cannot rotate yet are named and refused.
     An offsite repository's restic password goes through restic's keys instead (key add,
     the new one proved, key remove of the old one's key): no apply, no snapshot rewritten.
-    On a Swarm only what no service reads rotates: the backup key and those passwords.
+    On a Swarm, what no service reads rotates (the backup key, those passwords), and the
+    keys of services whose tasks Swarm replaces start-first (the embedding service's).
     Clients of your own (scripts, other hosts) hold values too: --stop-after moved leaves
     both values accepted while you move them to the new ones, which .kbinfra/rotation.json
     (0600) holds until the rotation is finished.
@@ -159,7 +160,7 @@ def rotate_command(
     stack = open_stack(stack_dir)
     # the new values too, generated later: each line is redacted of every value known by then
     console.set_redactor(lambda text: known_secrets_redactor()(stack.redact(text)))
-    # refused before any connection; on a Swarm only what no service reads rotates
+    # refused before any connection; on a Swarm, only what no pinned or published task reads
     choice = choose_secrets(stack, names or [], every=every)
     where = open_target(
         stack.spec, stack_dir, target=target, known_hosts=known_hosts, identity=identity,
@@ -167,7 +168,7 @@ def rotate_command(
     )  # fmt: skip
     if choice.not_rotatable:
         why = (
-            "on a Swarm kbinfra rotates only what no service reads"
+            "on a Swarm kbinfra rotates only what no pinned or host-port task reads"
             if on_a_swarm(stack)
             else "kbinfra cannot rotate them yet"
         )

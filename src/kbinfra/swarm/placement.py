@@ -268,3 +268,17 @@ def spread_by_capacity(nodes: Sequence[SwarmNode], demands: Mapping[str, int]) -
         chosen[service] = node
         free[node] -= memory
     return chosen
+
+
+def replacement_gap(stack: Stack, name: str, placement: Placement) -> str | None:
+    """Why a new task of ``name`` cannot take over from its old one with no failed request
+    (as a new value of a secret it reads asks), or None: its new task starts beside the
+    old one, which is taken out of DNS before it stops (start-first, no host port)."""
+    if placement.pinned or placement.peers:
+        return f"{name} keeps its data on one node, so its one task stops before the new one starts"
+    if any(port.host_ip != "127.0.0.1" for port in stack.containers[name].ports):
+        return (
+            f"{name} publishes its ports in host mode, so its task on a node stops before the "
+            "new one takes the ports"
+        )
+    return None

@@ -541,6 +541,18 @@ def swarm_apply(
     return result
 
 
+def swarm_apply_held(
+    stack: Stack,
+    target: SwarmTarget,
+    *,
+    timeout_s: float | None = None,
+    progress: Progress = SILENT,
+) -> SwarmApplyResult:
+    """Apply the whole stack to its Swarm, which exists, under the stack's lock, which the
+    caller holds (``kbinfra secrets rotate`` applies once per phase under one lock)."""
+    return _apply_locked(stack, target, timeout_s=timeout_s, only=(), progress=progress)
+
+
 def _apply_locked(
     stack: Stack,
     target: SwarmTarget,
