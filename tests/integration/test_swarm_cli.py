@@ -49,7 +49,7 @@ from .stack_support import (
     stack_secrets,
     swarm_deployment,
 )
-from .testbed_support import node_engine
+from .testbed_support import node_engine, service_versions
 
 if TYPE_CHECKING:  # not imported at run time: pytest would try to collect class Testbed
     from .testbed_support import Cluster, Testbed
@@ -99,17 +99,6 @@ def deployment(
     return swarm_deployment(
         folder, STACK, clean_cluster.node_file, testbed.images_file, SERVICES, configure
     )
-
-
-def service_versions(cluster: Cluster) -> dict[str, int]:
-    client = node_engine(cluster, "node1")
-    try:
-        return {
-            s["Spec"]["Name"]: s["Version"]["Index"]
-            for s in client.api.services(filters={"label": f"io.kbinfra.stack={STACK}"})
-        }
-    finally:
-        client.close()
 
 
 def placements(deployment: Deployment) -> dict[str, list[str]]:
@@ -239,14 +228,14 @@ def test_plan_then_has_nothing_to_do_and_a_second_apply_changes_nothing(
 ) -> None:
     done = deployment.run("plan")
     assert done.code == 0, done.out + done.err
-    before = service_versions(clean_cluster)
+    before = service_versions(clean_cluster, STACK)
     done = deployment.run("apply", "--yes", "--timeout", CONVERGE_S, "-o", "json")
     assert done.code == 0, done.err[-3000:]
     result = done.json()
     assert result["changed"] is False and result["images_copied"] == {}
     assert {s["outcome"] for s in result["services"]} == {"unchanged"}
     assert result["swarm"]["created"] is False and result["swarm"]["joined"] == []
-    assert service_versions(clean_cluster) == before
+    assert service_versions(clean_cluster, STACK) == before
 
 
 def postgres_logs(deployment: Deployment, text: str) -> None:
@@ -354,7 +343,7 @@ def test_a_second_apply_or_destroy_while_one_holds_the_lock_is_refused_naming_it
     from kbinfra.swarm.lock import swarm_lock_holder, swarm_locked  # noqa: PLC0415
 
     manager = node_engine(clean_cluster, "node1")
-    before = service_versions(clean_cluster)
+    before = service_versions(clean_cluster, STACK)
     try:
         with swarm_locked(manager, STACK):
             for command in (("apply", "--yes"), ("destroy", "--yes")):
@@ -367,7 +356,7 @@ def test_a_second_apply_or_destroy_while_one_holds_the_lock_is_refused_naming_it
                 holder = f"host {socket.gethostname()}, pid {os.getpid()}, since "
                 assert f"stack {STACK} is locked by {holder}" in errors[0], errors
                 assert "--force-unlock" in errors[0]
-            assert service_versions(clean_cluster) == before  # neither changed anything
+            assert service_versions(clean_cluster, STACK) == before  # neither changed anything
         assert swarm_lock_holder(manager, STACK) is None  # released on leaving the block
         # A holder that died: the next apply breaks its lock, says so, and applies.
         node1 = next(n for n in clean_cluster.nodes if n.name == "node1")
@@ -389,7 +378,7 @@ def test_a_second_apply_or_destroy_while_one_holds_the_lock_is_refused_naming_it
             assert done.code == 0, done.err[-3000:]
             assert f"pid {os.getpid()}" in done.err and "(forced)" in done.err
         assert swarm_lock_holder(manager, STACK) is None
-        assert service_versions(clean_cluster) == before
+        assert service_versions(clean_cluster, STACK) == before
     finally:
         manager.close()
 
@@ -586,7 +575,7 @@ def test_backup_drill_wipe_apply_restore_gives_back_identical_data(
 
     # The restore drill: each store into a throwaway container on its own node, compared,
     # removed; nothing the stack runs is touched.
-    before = service_versions(clean_cluster)
+    before = service_versions(clean_cluster, STACK)
     drill = deployment.run("backup", "verify", str(folder), "-o", "json")
     assert drill.code == 0, drill.err[-3000:]
     verdict = drill.json()
@@ -595,7 +584,7 @@ def test_backup_drill_wipe_apply_restore_gives_back_identical_data(
     for store in ("postgres", "redis", "qdrant"):
         where = placements(deployment)[store][0]
         assert f"{store}: starting a throwaway container on {where}" in drill.err, drill.err
-    assert service_versions(clean_cluster) == before
+    assert service_versions(clean_cluster, STACK) == before
     for each in clean_cluster.nodes:
         client = node_engine(clean_cluster, each.name)
         try:
@@ -654,7 +643,7 @@ def test_bench_quick_measures_the_stores_through_their_tasks(deployment: Deploym
 def test_one_changed_setting_rolls_only_that_service(
     deployment: Deployment, clean_cluster: Cluster
 ) -> None:
-    before = service_versions(clean_cluster)
+    before = service_versions(clean_cluster, STACK)
 
     def evict(data: dict[str, Any]) -> None:
         data["services"]["redis"].update(
@@ -672,7 +661,7 @@ def test_one_changed_setting_rolls_only_that_service(
     outcomes = {s["service"]: s["outcome"] for s in done.json()["services"]}
     assert outcomes.pop("redis") == "updated"
     assert set(outcomes.values()) == {"unchanged"}
-    after = service_versions(clean_cluster)
+    after = service_versions(clean_cluster, STACK)
     assert {name for name in after if after[name] != before[name]} == {f"{STACK}_redis"}
     assert deployment.run("plan").code == 0
 
@@ -680,7 +669,7 @@ def test_one_changed_setting_rolls_only_that_service(
 def test_only_plans_and_rolls_just_the_services_named(
     deployment: Deployment, clean_cluster: Cluster
 ) -> None:
-    before = service_versions(clean_cluster)
+    before = service_versions(clean_cluster, STACK)
 
     def two_changes(data: dict[str, Any]) -> None:
         data["services"]["redis"].update(
@@ -701,7 +690,7 @@ def test_only_plans_and_rolls_just_the_services_named(
     )
     assert done.code == 0, done.err[-3000:]
     assert [(s["service"], s["outcome"]) for s in done.json()["services"]] == [("redis", "updated")]
-    after = service_versions(clean_cluster)
+    after = service_versions(clean_cluster, STACK)
     # Nothing removed, only redis rolled; postgres still waits for its change.
     assert set(after) == set(before)
     assert {name for name in after if after[name] != before[name]} == {f"{STACK}_redis"}
@@ -726,7 +715,7 @@ def test_secrets_rotate_on_the_swarm_rotates_what_no_task_reads_and_refuses_the_
     made = deployment.run("backup", "--dest", str(tmp_path / "backups"), "-o", "json")
     assert made.code == 0, made.err[-3000:]
     signed_before = Path(made.json()["path"])
-    before = service_versions(clean_cluster)
+    before = service_versions(clean_cluster, STACK)
 
     refused = deployment.run("secrets", "rotate", "redis_app_password", "--yes")
     assert refused.code == 2, refused.err
@@ -741,7 +730,7 @@ def test_secrets_rotate_on_the_swarm_rotates_what_no_task_reads_and_refuses_the_
     assert {"redis_app_password", "postgres_password"} <= set(result["not_rotatable"])
     assert "on a Swarm kbinfra rotates only what no pinned or host-port task reads" in done.err
     assert result["applies"] == []
-    assert service_versions(clean_cluster) == before  # no task replaced
+    assert service_versions(clean_cluster, STACK) == before  # no task replaced
 
     new = stack_secrets(deployment)
     assert new["offsite_disk_password"] != old["offsite_disk_password"]
@@ -786,7 +775,7 @@ def test_destroy_keeps_volumes_then_delete_data_removes_them(
     assert removal["secrets"] and removal["configs"] and removal["networks"]
     assert f"{STACK}-postgres-data" in removal["volumes_kept"][pinned["postgres"][0]]
     assert f"{STACK}-redis-data" in removal["volumes_kept"][pinned["redis"][0]]
-    assert service_versions(clean_cluster) == {}
+    assert service_versions(clean_cluster, STACK) == {}
     done = deployment.run("destroy", "--delete-data", "--confirm-name", STACK, "-o", "json")
     assert done.code == 0, done.err
     gone = done.json()["volumes_removed"]

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from .stack_support import Deployment, rotate_following, stack_secrets, swarm_deployment
-from .testbed_support import node_engine
+from .testbed_support import service_versions
 from .traffic import BackgroundTraffic
 
 if TYPE_CHECKING:  # not imported at run time: pytest would try to collect class Testbed
@@ -118,24 +118,13 @@ class Client(BackgroundTraffic):
                 self.failures.append(f"{answer.status_code}: {answer.text[:200]}")
 
 
-def service_versions(cluster: Cluster) -> dict[str, int]:
-    client = node_engine(cluster, "node1")
-    try:
-        return {
-            s["Spec"]["Name"]: s["Version"]["Index"]
-            for s in client.api.services(filters={"label": f"io.kbinfra.stack={STACK}"})
-        }
-    finally:
-        client.close()
-
-
 def test_the_embeddings_key_rotates_under_a_request_loop_through_nginx_with_none_failed(
     deployment: Deployment, clean_cluster: Cluster
 ) -> None:
     url = embed_url(deployment, clean_cluster)
     old = stack_secrets(deployment)[KEY]
     assert embed(url, old).status_code == 200
-    before = service_versions(clean_cluster)
+    before = service_versions(clean_cluster, STACK)
     with Client(url, old) as client:
         code, err, out = rotate_following(deployment, client.move, KEY, "--yes", "-o", "json")
     print(client.report())
@@ -155,7 +144,7 @@ def test_the_embeddings_key_rotates_under_a_request_loop_through_nginx_with_none
     assert new != old
     assert embed(url, old).status_code == 401
     assert embed(url, new).status_code == 200
-    after = service_versions(clean_cluster)
+    after = service_versions(clean_cluster, STACK)
     assert after[f"{STACK}_nginx"] == before[f"{STACK}_nginx"]  # nginx was never touched
     assert after[f"{STACK}_embeddings"] > before[f"{STACK}_embeddings"]
     plan = deployment.run("plan", "-o", "json")

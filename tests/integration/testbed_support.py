@@ -149,6 +149,18 @@ def node_engine(cluster: Cluster, name: str) -> docker.DockerClient:
     return docker.DockerClient(base_url=f"unix://{node.socket}")
 
 
+def service_versions(cluster: Cluster, stack: str) -> dict[str, int]:
+    """Each Swarm service of ``stack`` by name, with its version (an update raises it)."""
+    client = node_engine(cluster, "node1")
+    try:
+        return {
+            s["Spec"]["Name"]: s["Version"]["Index"]
+            for s in client.api.services(filters={"label": f"io.kbinfra.stack={stack}"})
+        }
+    finally:
+        client.close()
+
+
 def leave_swarm(cluster: Cluster, *names: str) -> None:
     """``names`` (default: every node, the first manager last) out of any Swarm."""
     import docker.errors  # noqa: PLC0415
