@@ -189,10 +189,17 @@ class ServiceState:
 
     @property
     def lost_on(self) -> list[str]:
-        """The nodes that are down with a task of this service last seen running there."""
-        return sorted(
-            {t.node for t in self.tasks if t.node and not t.node_ready and t.state == "running"}
-        )
+        """The nodes that are down with a task of this service last seen running there, or
+        where a slot's newest placed task is: a node's agent may report its task's exit (its
+        dockerd stopping) before the manager marks the node down, and a pinned slot's new
+        task then waits with no node."""
+        newest: dict[object, TaskReport] = {}
+        for task in self.tasks:  # newest first
+            if task.node:
+                newest.setdefault(task.slot if task.slot is not None else task.node, task)
+        lost = {t.node for t in newest.values() if not t.node_ready}
+        lost |= {t.node for t in self.tasks if t.node and not t.node_ready and t.state == "running"}
+        return sorted(lost)
 
     @property
     def converged(self) -> bool:

@@ -38,9 +38,11 @@ def task(
     desired: str = "running",
     when: str = "1",
     err: str = "",
+    slot: int | None = None,
 ) -> dict[str, Any]:
     return {
         "ID": f"t-{node}-{state}-{when}",
+        "Slot": slot,
         "NodeID": node,
         "DesiredState": desired,
         "Status": {
@@ -158,3 +160,23 @@ def test_a_node_that_joined_again_counts_as_ready_despite_its_old_down_entry() -
     assert node_states([NODES[1], old])["n2"] == "ready"
     assert node_states([old, NODES[1]])["n2"] == "ready"
     assert node_states(NODES)["n3"] == "down"
+
+
+def test_a_slot_whose_newest_task_exited_on_a_node_now_down_is_lost_there() -> None:
+    # n3's dockerd stopped: its agent reported the task's exit before n3 was marked down,
+    # and the pinned slot's new task waits with no node to go to
+    pending = {**task("", "pending", when="3", slot=1), "NodeID": ""}
+    exited = task("id3", "failed", desired="shutdown", when="2", slot=1)
+    older = task("id3", "shutdown", desired="shutdown", when="1", slot=1)
+    state = service_state(service(replicas=1), [older, exited, pending], NODES)
+    assert state.degraded and state.running == 0
+    assert state.lost_on == ["n3"]
+
+
+def test_a_slot_rescheduled_from_a_down_node_is_not_lost_there() -> None:
+    moved = task("id1", "running", when="3", slot=1)
+    left = task("id3", "failed", desired="shutdown", when="2", slot=1)
+    state = service_state(service(replicas=1), [left, moved], NODES)
+    assert not state.degraded and state.lost_on == []
+    global_ = service_state(service(replicas=None), [task("id3", "failed", when="2")], NODES)
+    assert global_.lost_on == ["n3"]  # a global service's task is its node's
