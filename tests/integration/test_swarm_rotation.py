@@ -1,13 +1,18 @@
 """``kbinfra secrets rotate embeddings_api_key`` on the test bed's real three-node Swarm,
 under a request loop through nginx: no failed request, and the old key refused afterwards.
 
-The stack: the embedding service (kbinfra's own image, built here) as two replicas on
-node2 and node3, and nginx as one task on node1, the way a client reaches it (HTTPS, its
-host-mode port). A Swarm service reads its keys from a Docker secret, which no running task
-re-reads, so each phase that changes the keys file is a rolling update: a new task starts
-beside the old one (start-first), takes its place in Docker's DNS once healthy, and the
-old one leaves DNS 2 s before its SIGTERM. nginx keeps DNS answers 10 s, so the old task
-answers 10 s more after its SIGTERM (the image's drain): no request nginx sends is lost.
+The stack: the embedding service (kbinfra's own image, built here) as ONE replica on node2
+or node3, and nginx as one task on node1, the way a client reaches it (HTTPS, its host-mode
+port). One replica is the hard case: with two, nginx holds two addresses and sends a
+request that cannot reach a stopped task to the other one (measured: 2255 requests, 0
+failed, with the drain switched off); with one, nginx's cached address is the old task's
+alone until its 10 s run out.
+
+A Swarm service reads its keys from a Docker secret, which no running task re-reads, so
+each phase that changes the keys file is a rolling update: a new task starts beside the old
+one (start-first), takes its place in Docker's DNS once healthy, and the old one leaves DNS
+2 s before its SIGTERM. nginx keeps DNS answers 10 s, so the old task answers 10 s more
+after its SIGTERM (the image's drain): no request nginx sends is lost.
 
 The nodes leave any Swarm before the module and after it.
 """
@@ -33,6 +38,7 @@ pytestmark = pytest.mark.integration
 STACK = "kbrot"
 SERVICES = ("embeddings", "nginx")
 EMBEDDINGS_NODES = ["node2", "node3"]
+REPLICAS = 1
 NGINX_NODE = "node1"
 CONVERGE_S = "600"
 KEY = "embeddings_api_key"
@@ -65,7 +71,7 @@ def deployment(
         data["services"]["nginx"]["rate_limit_burst"] = RATE_RPS
         services = data["swarm"].setdefault("services", {}) or {}
         data["swarm"]["services"] = services
-        services["embeddings"] = {"replicas": 2, "placement": {"nodes": EMBEDDINGS_NODES}}
+        services["embeddings"] = {"replicas": REPLICAS, "placement": {"nodes": EMBEDDINGS_NODES}}
         services["nginx"] = {"replicas": 1, "placement": {"nodes": [NGINX_NODE]}}
         for node in data["swarm"]["nodes"]:
             node.update(storage_gb=500.0, memory_gb=24.0, cpus=4.0)
