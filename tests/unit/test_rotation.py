@@ -466,6 +466,63 @@ def test_on_a_swarm_a_served_secret_is_refused_in_one_line_with_why(
     assert not state_path(swarm_stack.dir).exists()
 
 
+def run_on_the_swarm(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, moving: list[str]
+) -> tuple[list[str], list[dict[str, str]]]:
+    """``secrets rotate embeddings_api_key`` on a Swarm stack, each phase's plan moving
+    ``moving`` (the stack itself as applied: no change); the applies recorded, not run."""
+    applied: list[dict[str, str]] = []
+    plans = iter([None, *([moving] * 3)])  # the check for changes not applied, then each phase
+
+    def apply_phase(phase_stack: Stack, target: Any, **options: Any) -> ApplyResult:
+        applied.append(dict(phase_stack.overlap))
+        result = ApplyResult(stack=phase_stack.spec.name, target="swarm")
+        result.services = [ServiceResult("embeddings", "update", "updated")]
+        return result
+
+    monkeypatch.setattr(rotation_run, "pending_changes", lambda *args: next(plans))
+    monkeypatch.setattr(rotation_run, "apply_phase", apply_phase)
+    monkeypatch.setattr(rotation_run, "check_revoked", lambda *args: ["checked"])
+    lines: list[str] = []
+    choice = choose_secrets(stack, ["embeddings_api_key"], every=False)
+    rotate(
+        stack,
+        object(),  # type: ignore[arg-type]
+        choice,
+        now=NOW,
+        say=lines.append,
+        progress=None,  # type: ignore[arg-type]
+        ssh=None,  # type: ignore[arg-type]
+    )
+    return lines, applied
+
+
+def test_on_a_swarm_each_phase_is_applied_when_it_replaces_only_start_first_tasks(
+    swarm_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = swarm_stack.secrets["embeddings_api_key"]
+    lines, applied = run_on_the_swarm(swarm_stack, monkeypatch, ["embeddings"])
+    # added: the new value accepted beside the old; moved: the old beside the new; revoked
+    new = applied[0]["embeddings_api_key"]
+    assert applied == [{"embeddings_api_key": new}, {"embeddings_api_key": old}, {}]
+    assert "committed: secrets.yaml holds the new values of embeddings_api_key" in lines
+    assert load_secrets(swarm_stack.dir, {"embeddings_api_key"})["embeddings_api_key"] != old
+    assert not state_path(swarm_stack.dir).exists()
+
+
+def test_on_a_swarm_a_phase_that_would_replace_a_pinned_task_stops_before_any_apply(
+    swarm_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = swarm_stack.secrets["embeddings_api_key"]
+    with pytest.raises(rotation_run.RotationFailedError) as refused:
+        run_on_the_swarm(swarm_stack, monkeypatch, ["embeddings", "redis"])
+    message = str(refused.value)
+    assert "phase added of the rotation would replace redis's tasks" in message, message
+    assert "redis keeps its data on one node" in message and "nothing was changed" in message
+    assert not state_path(swarm_stack.dir).exists()  # nothing left to finish
+    assert load_secrets(swarm_stack.dir, {"embeddings_api_key"})["embeddings_api_key"] == old
+
+
 def test_a_rotation_started_on_one_host_is_not_finished_on_a_swarm(
     swarm_stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
