@@ -160,7 +160,10 @@ def wait_converged(
             first = failed[0]
             verb = "rolled back by Swarm" if first.rolled_back else "paused by Swarm"
             message = why.get(first.name, "")
-            reason = first.failure() or _unhealthy(target, first, message) or message
+            # Swarm's task error ("dockerexec: unhealthy container") and the health check's
+            # own output (the cause) when it has both: which one a task carries is a race
+            found = (first.failure(), _unhealthy(target, first, message))
+            reason = "; ".join(part for part in found if part) or message
             raise ApplyFailedError(
                 f"the update of {first.name} was {verb}: {reason or 'Swarm gave no reason'}",
                 where=f"service {first.service or first.name}",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from kbinfra.swarm.desired import SwarmService, SwarmStack
 from kbinfra.swarm.images import images_per_node, node_states
 from kbinfra.swarm.service_spec import LABEL_SPEC_HASH
@@ -180,3 +182,37 @@ def test_a_slot_rescheduled_from_a_down_node_is_not_lost_there() -> None:
     assert not state.degraded and state.lost_on == []
     global_ = service_state(service(replicas=None), [task("id3", "failed", when="2")], NODES)
     assert global_.lost_on == ["n3"]  # a global service's task is its node's
+
+
+def test_a_rolled_back_update_says_swarms_task_error_and_the_health_checks_output(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whether the failed task carries Swarm's error ("dockerexec: unhealthy container") or
+    none (it exited 0 on its stop signal) is a race; the health check's output, the cause,
+    is said either way."""
+    from kbinfra.errors import ApplyFailedError  # noqa: PLC0415
+    from kbinfra.swarm import converge  # noqa: PLC0415
+
+    failed = task("id2", "failed", spec_hash="NEW", desired="shutdown", when="2")
+    failed["Status"]["Err"] = "dockerexec: unhealthy container"
+    state = service_state(
+        service(replicas=1, spec_hash="H", update="rollback_completed"),
+        [task("id1", "running", when="3"), failed],
+        NODES,
+        intended_hash="NEW",
+    )
+    assert state.rolled_back
+    output = "unhealthy container on n2: curl: (22) The requested URL returned error: 404"
+    monkeypatch.setattr(converge, "stack_status", lambda *args: converge.StackStatus((), (state,)))
+    monkeypatch.setattr(converge, "_unhealthy", lambda *args: output)
+    with pytest.raises(ApplyFailedError) as raised:
+        converge.wait_converged(
+            None,  # type: ignore[arg-type]
+            None,  # type: ignore[arg-type]
+            "kb",
+            {"kb_web": "NEW"},
+            timeout_s=5,
+        )
+    message = str(raised.value)
+    assert "rolled back by Swarm" in message
+    assert "dockerexec: unhealthy container" in message and "404" in message, message
