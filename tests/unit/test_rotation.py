@@ -192,6 +192,25 @@ class Recorder:
 NO_CHANGES = SimpleNamespace(has_changes=False, services=())
 
 
+def rotate_with_nothing_reached(
+    stack: Stack, names: list[str], stop_after: Phase | None = None
+) -> tuple[Any, list[str]]:
+    """``rotate`` of ``names`` as ``secrets rotate`` calls it, its lines kept; the target,
+    the progress and the SSH settings are never reached (a test patches what would)."""
+    lines: list[str] = []
+    result = rotate(
+        stack,
+        object(),  # type: ignore[arg-type]
+        choose_secrets(stack, names, every=False),
+        now=NOW,
+        say=lines.append,
+        progress=None,  # type: ignore[arg-type]
+        ssh=None,  # type: ignore[arg-type]
+        stop_after=stop_after,
+    )
+    return result, lines
+
+
 def run(
     stack: Stack,
     monkeypatch: pytest.MonkeyPatch,
@@ -202,20 +221,8 @@ def run(
     monkeypatch.setattr("kbinfra.apply.apply_stack", recorder)
     monkeypatch.setattr("kbinfra.apply.plan_stack", lambda *args, **kw: NO_CHANGES)
     monkeypatch.setattr(rotation_run, "check_revoked", lambda *args: ["checked"])
-    lines: list[str] = []
     fresh = open_stack(stack.dir)  # as a rerun reads it
-    choice = choose_secrets(fresh, names, every=False)
-    result = rotate(
-        fresh,
-        object(),  # type: ignore[arg-type]
-        choice,
-        now=NOW,
-        say=lines.append,
-        progress=None,  # type: ignore[arg-type]
-        ssh=None,  # type: ignore[arg-type]
-        stop_after=stop_after,
-    )
-    return result, lines
+    return rotate_with_nothing_reached(fresh, names, stop_after)
 
 
 def test_secrets_rotate_rejects_a_state_file_others_can_read(stack: Stack) -> None:
@@ -483,17 +490,7 @@ def run_on_the_swarm(
     monkeypatch.setattr(rotation_run, "pending_changes", lambda *args: next(plans))
     monkeypatch.setattr(rotation_run, "apply_phase", apply_phase)
     monkeypatch.setattr(rotation_run, "check_revoked", lambda *args: ["checked"])
-    lines: list[str] = []
-    choice = choose_secrets(stack, ["embeddings_api_key"], every=False)
-    rotate(
-        stack,
-        object(),  # type: ignore[arg-type]
-        choice,
-        now=NOW,
-        say=lines.append,
-        progress=None,  # type: ignore[arg-type]
-        ssh=None,  # type: ignore[arg-type]
-    )
+    _, lines = rotate_with_nothing_reached(stack, ["embeddings_api_key"])
     return lines, applied
 
 
