@@ -35,6 +35,8 @@ from .test_backup import (
 pytestmark = pytest.mark.integration
 
 REPOSITORIES = ("disk", "sftp", "rest")
+#: Incompressible rows, in MiB, so that deduplication shows (``sent``).
+BLOB_MB = 64
 
 
 def listening(port: int) -> bool:
@@ -113,13 +115,15 @@ def stack(
 
 @pytest.fixture(scope="module")
 def sent(stack: Deployment) -> dict[str, dict[int, list[float]]]:
-    """The seeded data (once per module), with 16 MB of incompressible rows: restic cuts
-    files into chunks of 0.5 to 8 MiB, so only data of that size can show deduplication.
-    Returns the vectors sent to Qdrant."""
+    """The seeded data (once per module), with 64 MB of incompressible rows: restic cuts
+    files into chunks of 0.5 to 8 MiB, so only data of that size can show deduplication,
+    and a night's changed header chunk (up to 8 MiB) and small files (about 3 MB) stay well
+    under a quarter of it (with 16 MB, one 5 MB header chunk made a run fail). Returns the
+    vectors sent to Qdrant."""
     vectors = seed(stack)
     with pg(stack) as conn:
         conn.execute("create table blobs (id int primary key, data bytea)")
-        for i in range(16):
+        for i in range(BLOB_MB):
             conn.execute("insert into blobs values (%s, %s)", (i, random.randbytes(1 << 20)))
     return vectors
 
@@ -187,7 +191,7 @@ def test_two_nights_send_to_every_repository_deduplicate_and_prune(
         # Unchanged data: the second night adds a small share of the first's bytes (what
         # changes: each file's header chunk, with its timestamps, and the small files).
         first_added = nightly[name]["bytes_added"]
-        assert first_added > 16_000_000
+        assert first_added > BLOB_MB * 1_000_000
         assert again[name]["bytes_added"] < first_added / 4, (name, again, nightly)
     # disk keeps only the newest (keep_last 1): the first night was pruned, not the second.
     assert again["disk"]["retention_removed"] == [nightly["disk"]["snapshot"][:8]]
