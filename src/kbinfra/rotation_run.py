@@ -49,9 +49,10 @@ from kbinfra.spec.values import SWARM_TARGET
 if TYPE_CHECKING:
     from kbinfra.apply import ApplyResult
     from kbinfra.offsite.repository import SshSettings
+    from kbinfra.plan import Plan
     from kbinfra.progress import Progress
     from kbinfra.stack import Stack
-    from kbinfra.swarm.run import SwarmApplyResult
+    from kbinfra.swarm.run import SwarmApplyResult, SwarmPlan
     from kbinfra.targets.base import Target
 
 
@@ -100,13 +101,8 @@ def swarm_gaps(stack: Stack) -> dict[str, str]:
     failed request cannot rotate: a Swarm service reads a secret from a Docker secret or
     config, which no running task re-reads, so a new value means new tasks."""
     from kbinfra.stack import secret_uses  # noqa: PLC0415
-    from kbinfra.swarm.placement import replacement_gap, stack_placements  # noqa: PLC0415
 
-    gaps = {
-        name: gap
-        for name, placement in stack_placements(stack).items()
-        if (gap := replacement_gap(stack, name, placement)) is not None
-    }
+    gaps = {name: gap for name, gap in replacement_gaps(stack).items() if gap is not None}
     readers = {name: set(used) for name, used in secret_uses(stack.spec, stack.secrets).items()}
     for name, part in rotate_parts(stack):
         for secret in checked_secrets(stack, name, part):
@@ -120,6 +116,17 @@ def swarm_gaps(stack: Stack) -> dict[str, str]:
                 f"re-reads a Docker secret), and {gaps[gapped[0]]}: requests fail meanwhile"
             )
     return reasons
+
+
+def replacement_gaps(stack: Stack) -> dict[str, str | None]:
+    """Each service of a Swarm stack, with why its tasks cannot be replaced with no failed
+    request, or None (:func:`~kbinfra.swarm.placement.replacement_gap`)."""
+    from kbinfra.swarm.placement import replacement_gap, stack_placements  # noqa: PLC0415
+
+    return {
+        name: replacement_gap(stack, name, placement)
+        for name, placement in stack_placements(stack).items()
+    }
 
 
 def rotatable_secrets(stack: Stack) -> set[str]:
@@ -368,16 +375,14 @@ def pending_changes(stack: Stack, target: Target) -> list[str] | None:
         from kbinfra.targets.swarm import SwarmTarget  # noqa: PLC0415
 
         assert isinstance(target, SwarmTarget)
-        planned = swarm_plan(stack, target)
-        if not planned.has_changes:
-            return None
-        return [a.service for a in planned.services if a.action != "nothing"]
-    from kbinfra.apply import plan_stack  # noqa: PLC0415
+        planned: Plan | SwarmPlan = swarm_plan(stack, target)
+    else:
+        from kbinfra.apply import plan_stack  # noqa: PLC0415
 
-    changed = plan_stack(stack, target, with_diffs=False)
-    if not changed.has_changes:
+        planned = plan_stack(stack, target, with_diffs=False)
+    if not planned.has_changes:
         return None
-    return [a.service for a in changed.services if a.action != "nothing"]
+    return [a.service for a in planned.services if a.action != "nothing"]
 
 
 def apply_phase(
@@ -399,14 +404,11 @@ def apply_phase(
 def first_gap(stack: Stack, services: Collection[str]) -> tuple[str, str] | None:
     """The first of ``services`` (Swarm services by kbinfra's names) whose tasks cannot be
     replaced with no failed request, and why."""
-    from kbinfra.swarm.placement import replacement_gap, stack_placements  # noqa: PLC0415
-
-    placements = stack_placements(stack)
+    gaps = replacement_gaps(stack)
     for name in services:
-        placement = placements.get(name)
-        if placement is None:  # a store's streaming replica or one of its peers
+        if name not in gaps:  # a store's streaming replica or one of its peers
             return name, f"{name} is pinned to its node as its store is"
-        gap = replacement_gap(stack, name, placement)
+        gap = gaps[name]
         if gap is not None:
             return name, gap
     return None

@@ -52,7 +52,7 @@ from kbinfra.swarm.desired import (
     SwarmStack,
     UpdatePolicy,
 )
-from kbinfra.swarm.placement import Placement, stack_placements
+from kbinfra.swarm.placement import Placement, published_ports, stack_placements
 
 if TYPE_CHECKING:
     from kbinfra.spec.yamlfile import YamlDocument
@@ -265,9 +265,7 @@ def swarm_service(
         mounts=tuple(_mounts(stack_name, spec)),
         tmpfs=tuple(tmpfs),
         ports=tuple(
-            SwarmPort(target=p.container_port, published=p.host_port)
-            for p in spec.ports
-            if p.host_ip != "127.0.0.1"
+            SwarmPort(target=p.container_port, published=p.host_port) for p in published_ports(spec)
         ),
         healthcheck=spec.healthcheck,
         update=update_policy(spec, pinned=placement.pinned),

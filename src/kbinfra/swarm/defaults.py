@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from kbinfra.errors import SpecError
 from kbinfra.spec.swarm import SwarmNodes
 from kbinfra.spec.yamlfile import read_yaml, validate
-from kbinfra.swarm.placement import spread_by_capacity
+from kbinfra.swarm.placement import published_ports, spread_by_capacity
 
 if TYPE_CHECKING:
     from kbinfra.stack import Stack
@@ -68,9 +68,7 @@ def default_services(stack: Stack, nodes: SwarmNodes) -> dict[str, dict[str, Any
         elif spec.binds:
             continue  # global: one task on every node
         else:
-            serves = bool(service.routes(contexts[name])) or any(
-                port.host_ip != "127.0.0.1" for port in spec.ports
-            )
+            serves = bool(service.routes(contexts[name]) or published_ports(spec))
             written[name] = {"replicas": serving_replicas if serves else 1}
     return written
 

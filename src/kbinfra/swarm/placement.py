@@ -24,6 +24,7 @@ from kbinfra.errors import SpecError
 from kbinfra.spec.swarm import NodeChoice, SwarmNode, SwarmNodes
 
 if TYPE_CHECKING:
+    from kbinfra.service import ContainerSpec, PortBinding
     from kbinfra.spec.yamlfile import YamlDocument
     from kbinfra.stack import Stack
 
@@ -48,6 +49,12 @@ class Placement(NamedTuple):
         if self.replicas is None:
             return 1
         return -(-self.replicas // len(self.nodes))
+
+
+def published_ports(spec: ContainerSpec) -> list[PortBinding]:
+    """The ports a Swarm task publishes (in host mode): those its container publishes beyond
+    loopback on one host; a loopback one is for that host's own tools only."""
+    return [port for port in spec.ports if port.host_ip != "127.0.0.1"]
 
 
 def _where(doc: YamlDocument | None, service: str, *keys: str | int) -> str | None:
@@ -125,7 +132,7 @@ def service_placement(
             constraints=constraints,
             doc=doc,
         )
-    publishes = any(port.host_ip != "127.0.0.1" for port in spec.ports)
+    publishes = bool(published_ports(spec))
     if asked.replicas is None and spec.binds:
         return Placement(name, names, constraints, None, pinned=False)
     replicas = asked.replicas or 1
@@ -276,7 +283,7 @@ def replacement_gap(stack: Stack, name: str, placement: Placement) -> str | None
     old one, which is taken out of DNS before it stops (start-first, no host port)."""
     if placement.pinned or placement.peers:
         return f"{name} keeps its data on one node, so its one task stops before the new one starts"
-    if any(port.host_ip != "127.0.0.1" for port in stack.containers[name].ports):
+    if published_ports(stack.containers[name]):
         return (
             f"{name} publishes its ports in host mode, so its task on a node stops before the "
             "new one takes the ports"
