@@ -89,11 +89,11 @@ def deployment(
     clean_cluster: Cluster, testbed: Testbed, tmp_path_factory: pytest.TempPathFactory
 ) -> Deployment:
     """``kbinfra init --target swarm --nodes`` over the cluster, only SERVICES enabled."""
-    first_node = yaml.safe_load(clean_cluster.node_file.read_text())["nodes"][0]["address"]
+    first_node = clean_cluster.nodes[0].host
 
     def configure(data: dict[str, Any]) -> None:
         # nginx resolves its upstream when it starts: an address the nodes know (docs/swarm.md).
-        data["app"]["upstream"] = first_node.rsplit("@", 1)[1].split(":")[0] + ":8000"
+        data["app"]["upstream"] = first_node + ":8000"
 
     folder = tmp_path_factory.mktemp("swarm-cli") / "kb"
     return swarm_deployment(

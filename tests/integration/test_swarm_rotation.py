@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-import yaml
 
 from .stack_support import Deployment, rotate_following, stack_secrets, swarm_deployment
 from .testbed_support import service_versions
@@ -47,11 +46,7 @@ RATE_RPS = 200
 
 
 def node_address(cluster: Cluster, name: str) -> str:
-    node = next(
-        n for n in yaml.safe_load(cluster.node_file.read_text())["nodes"] if n["name"] == name
-    )
-    address: str = node["address"].rsplit("@", 1)[1].split(":")[0]
-    return address
+    return next(node.host for node in cluster.nodes if node.name == name)
 
 
 @pytest.fixture(scope="module")

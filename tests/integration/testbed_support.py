@@ -131,6 +131,11 @@ class Node:
     url: str  # ssh://user@address:port
     socket: str
 
+    @property
+    def host(self) -> str:
+        """Its address on the cluster's network, as the node file gives it."""
+        return self.url.rsplit("@", 1)[1].split(":")[0]
+
 
 @dataclass(frozen=True)
 class Cluster:
